@@ -1,0 +1,137 @@
+//! What each tape entry keeps for its backward pass, and the backward pass itself.
+//!
+//! Every arm of [`Saved::backward`] maps the gradient of the op's output to gradients of
+//! its inputs, in the order the op took them, by calling the op's backward functions in
+//! [`crate::ops`]. `needs[i]` says whether input `i` wants a gradient: the gradient of a
+//! network's first convolution with respect to the image, say, is never computed.
+
+use crate::error::Result;
+use crate::ops::{self, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
+use crate::tensor::{Shape, Tensor};
+
+use super::ParamId;
+
+pub(super) enum Saved {
+    /// A leaf created by `Graph::leaf`.
+    Input,
+    /// A leaf created by `Graph::param`.
+    Param(ParamId),
+    /// Inputs: x, w, and b if present.
+    Conv2d {
+        x: Tensor,
+        w: Tensor,
+        p: Conv2dParams,
+    },
+    /// Inputs: x, w, and b if present.
+    Linear {
+        x: Tensor,
+        w: Tensor,
+    },
+    MaxPool2d {
+        x: Tensor,
+        p: Pool2dParams,
+    },
+    AvgPool2d {
+        x_shape: Shape,
+        p: Pool2dParams,
+    },
+    GlobalAvgPool {
+        x_shape: Shape,
+    },
+    Lrn {
+        x: Tensor,
+        y: Tensor,
+        p: LrnParams,
+    },
+    /// Inputs: x, γ, β. `mean` and `var` are the batch statistics in training mode, the
+    /// running statistics in eval mode.
+    BatchNorm {
+        x: Tensor,
+        gamma: Tensor,
+        mean: Tensor,
+        var: Tensor,
+        eps: f64,
+        batch_stats: bool,
+    },
+    Relu {
+        y: Tensor,
+    },
+    Add,
+    Concat {
+        channels: Vec<usize>,
+    },
+    Dropout {
+        mask: Tensor,
+    },
+    Reshape {
+        from: Shape,
+    },
+    CrossEntropy {
+        probs: Tensor,
+        labels: Tensor,
+    },
+}
+
+/// `Some(f())` if the input wants a gradient.
+fn when<T>(need: bool, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+    if need { f().map(Some) } else { Ok(None) }
+}
+
+impl Saved {
+    pub(super) fn backward(self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let need = |i: usize| needs.get(i).copied().unwrap_or(false);
+        Ok(match self {
+            Saved::Input | Saved::Param(_) => Vec::new(),
+            Saved::Conv2d { x, w, p } => {
+                let dx = when(need(0), || ops::conv2d::backward_data(dy, &w, x.shape(), p))?;
+                let dw = when(need(1), || {
+                    ops::conv2d::backward_filter(dy, &x, w.shape(), p)
+                })?;
+                let db = when(need(2), || ops::conv2d::backward_bias(dy))?;
+                vec![dx, dw, db]
+            }
+            Saved::Linear { x, w } => {
+                let dx = when(need(0), || ops::linear::backward_data(dy, &w))?;
+                let dw = when(need(1), || ops::linear::backward_weight(dy, &x))?;
+                let db = when(need(2), || ops::linear::backward_bias(dy))?;
+                vec![dx, dw, db]
+            }
+            Saved::MaxPool2d { x, p } => vec![Some(ops::pool::max_pool2d_backward(dy, &x, p)?)],
+            Saved::AvgPool2d { x_shape, p } => {
+                vec![Some(ops::pool::avg_pool2d_backward(dy, &x_shape, p)?)]
+            }
+            Saved::GlobalAvgPool { x_shape } => {
+                vec![Some(ops::pool::global_avg_pool_backward(dy, &x_shape)?)]
+            }
+            Saved::Lrn { x, y, p } => vec![Some(ops::lrn::backward(dy, &x, &y, p)?)],
+            Saved::BatchNorm {
+                x,
+                gamma,
+                mean,
+                var,
+                eps,
+                batch_stats,
+            } => {
+                let g = if batch_stats {
+                    ops::batchnorm::backward_train(dy, &x, &gamma, &mean, &var, eps)?
+                } else {
+                    ops::batchnorm::backward_eval(dy, &x, &gamma, &mean, &var, eps)?
+                };
+                vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta)]
+            }
+            Saved::Relu { y } => vec![Some(ops::elementwise::relu_backward(dy, &y)?)],
+            // The gradient of a sum is passed unchanged to both terms (the tensor is shared,
+            // not copied; accumulating into it later copies on write).
+            Saved::Add => vec![Some(dy.clone()), Some(dy.clone())],
+            Saved::Concat { channels } => ops::concat::backward(dy, &channels)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            Saved::Dropout { mask } => vec![Some(ops::dropout::backward(dy, &mask)?)],
+            Saved::Reshape { from } => vec![Some(dy.reshape(from)?)],
+            Saved::CrossEntropy { probs, labels } => {
+                vec![Some(ops::loss::backward(&probs, &labels, dy)?)]
+            }
+        })
+    }
+}

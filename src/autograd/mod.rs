@@ -1,0 +1,472 @@
+//! Reverse-mode automatic differentiation on a tape.
+//!
+//! A [`Graph`] records each op as it runs forward: which inputs it read and what it must keep
+//! for its backward pass (an input, an output, a mask). Values are [`Var`]s: a tensor plus,
+//! when a gradient will be needed, the index of the tape entry that produced it. The tape is
+//! in execution order, which is a topological order, so [`Graph::backward`] simply walks it
+//! from the end: each entry turns the gradient of its output into gradients of its inputs,
+//! and where a value fed several ops (a residual shortcut, a DenseNet feature map read by
+//! every later layer) their contributions are summed.
+//!
+//! - A `Var` made by [`Graph::input`] or from a plain tensor is a constant: no gradient flows
+//!   to it, and an op whose inputs are all constant records nothing.
+//! - [`Graph::eval`] makes a graph that records nothing at all (inference), and tells the
+//!   layers to use eval behaviour (running statistics, no dropout).
+//! - Parameters ([`Param`]) live outside the tape and get their gradients from the
+//!   [`Gradients`] that `backward` returns.
+
+mod backward;
+pub mod gradcheck;
+mod param;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use param::{Param, ParamId};
+
+use crate::error::{Error, Result};
+use crate::ops::{self, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
+use crate::tensor::{Shape, Tensor};
+use backward::Saved;
+
+/// A value in a computation: a tensor, and the tape entry that made it (if it needs a gradient).
+#[derive(Clone, Debug)]
+pub struct Var {
+    value: Tensor,
+    node: Option<NodeId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeId {
+    graph: u64,
+    index: usize,
+}
+
+impl Var {
+    /// A constant: no gradient will be computed for it.
+    pub fn constant(value: Tensor) -> Var {
+        Var { value, node: None }
+    }
+
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    pub fn into_value(self) -> Tensor {
+        self.value
+    }
+
+    pub fn shape(&self) -> &Shape {
+        self.value.shape()
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.value.dims()
+    }
+
+    /// True when a gradient will flow back through this value.
+    pub fn requires_grad(&self) -> bool {
+        self.node.is_some()
+    }
+}
+
+struct Node {
+    saved: Saved,
+    /// The tape index of each input, or `None` for a constant input.
+    inputs: Vec<Option<usize>>,
+}
+
+/// How a graph behaves: whether it records for backward, and whether layers train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    pub recording: bool,
+    pub training: bool,
+}
+
+pub struct Graph {
+    id: u64,
+    mode: Mode,
+    nodes: Vec<Node>,
+    param_nodes: HashMap<ParamId, usize>,
+}
+
+impl Default for Graph {
+    fn default() -> Self {
+        Graph::new()
+    }
+}
+
+impl Graph {
+    /// A training graph: it records, and layers use batch statistics and dropout.
+    pub fn new() -> Graph {
+        Graph::with_mode(Mode {
+            recording: true,
+            training: true,
+        })
+    }
+
+    /// An inference graph: it records nothing; layers use running statistics, no dropout.
+    pub fn eval() -> Graph {
+        Graph::with_mode(Mode {
+            recording: false,
+            training: false,
+        })
+    }
+
+    pub fn with_mode(mode: Mode) -> Graph {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Graph {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            mode,
+            nodes: Vec::new(),
+            param_nodes: HashMap::new(),
+        }
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.mode.training
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.mode.recording
+    }
+
+    /// Number of entries on the tape (for tests and the profiler).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A constant input (data, labels): no gradient.
+    pub fn input(&mut self, value: Tensor) -> Var {
+        Var::constant(value)
+    }
+
+    /// An input whose gradient is wanted; read it back with [`Gradients::of`].
+    pub fn leaf(&mut self, value: Tensor) -> Var {
+        if !self.mode.recording {
+            return Var::constant(value);
+        }
+        self.push(value, Saved::Input, Vec::new())
+    }
+
+    /// A parameter. Reading one parameter twice gives the same tape entry, so its gradient
+    /// is the sum over both uses.
+    pub fn param(&mut self, p: &Param) -> Var {
+        if !self.mode.recording {
+            return Var::constant(p.value.clone());
+        }
+        if let Some(&index) = self.param_nodes.get(&p.id()) {
+            return Var {
+                value: p.value.clone(),
+                node: Some(NodeId {
+                    graph: self.id,
+                    index,
+                }),
+            };
+        }
+        let var = self.push(p.value.clone(), Saved::Param(p.id()), Vec::new());
+        self.param_nodes.insert(p.id(), self.nodes.len() - 1);
+        var
+    }
+
+    fn push(&mut self, value: Tensor, saved: Saved, inputs: Vec<Option<usize>>) -> Var {
+        self.nodes.push(Node { saved, inputs });
+        Var {
+            value,
+            node: Some(NodeId {
+                graph: self.id,
+                index: self.nodes.len() - 1,
+            }),
+        }
+    }
+
+    fn index_of(&self, v: &Var) -> Result<Option<usize>> {
+        match v.node {
+            None => Ok(None),
+            Some(n) if n.graph == self.id => Ok(Some(n.index)),
+            Some(_) => Err(Error::Autograd(
+                "a Var from another graph was used in this one".into(),
+            )),
+        }
+    }
+
+    /// Wraps an op's output: records a tape entry if recording and any input needs a gradient.
+    /// `saved` runs only when an entry is made.
+    fn record(
+        &mut self,
+        value: Tensor,
+        inputs: &[&Var],
+        saved: impl FnOnce() -> Saved,
+    ) -> Result<Var> {
+        let ids = inputs
+            .iter()
+            .map(|v| self.index_of(v))
+            .collect::<Result<Vec<_>>>()?;
+        if !self.mode.recording || ids.iter().all(Option::is_none) {
+            return Ok(Var::constant(value));
+        }
+        Ok(self.push(value, saved(), ids))
+    }
+
+    pub fn conv2d(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
+        let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p)?;
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        self.record(y, &inputs, || Saved::Conv2d {
+            x: x.value.clone(),
+            w: w.value.clone(),
+            p,
+        })
+    }
+
+    pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value))?;
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        self.record(y, &inputs, || Saved::Linear {
+            x: x.value.clone(),
+            w: w.value.clone(),
+        })
+    }
+
+    pub fn max_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
+        let y = ops::pool::max_pool2d_forward(&x.value, p)?;
+        self.record(y, &[x], || Saved::MaxPool2d {
+            x: x.value.clone(),
+            p,
+        })
+    }
+
+    pub fn avg_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
+        let y = ops::pool::avg_pool2d_forward(&x.value, p)?;
+        self.record(y, &[x], || Saved::AvgPool2d {
+            x_shape: x.shape().clone(),
+            p,
+        })
+    }
+
+    /// `[N, C, H, W] → [N, C, 1, 1]`.
+    pub fn global_avg_pool(&mut self, x: &Var) -> Result<Var> {
+        let y = ops::pool::global_avg_pool_forward(&x.value)?;
+        self.record(y, &[x], || Saved::GlobalAvgPool {
+            x_shape: x.shape().clone(),
+        })
+    }
+
+    pub fn lrn(&mut self, x: &Var, p: LrnParams) -> Result<Var> {
+        let y = ops::lrn::forward(&x.value, p)?;
+        let y_saved = y.clone();
+        self.record(y, &[x], || Saved::Lrn {
+            x: x.value.clone(),
+            y: y_saved,
+            p,
+        })
+    }
+
+    /// Training-mode batch norm. Returns the output and the batch mean and biased variance,
+    /// from which the layer updates its running statistics.
+    pub fn batch_norm_train(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        eps: f64,
+    ) -> Result<(Var, Tensor, Tensor)> {
+        let out = ops::batchnorm::forward_train(&x.value, &gamma.value, &beta.value, eps)?;
+        let (mean, var) = (out.mean.clone(), out.var.clone());
+        let y = self.record(out.y, &[x, gamma, beta], || Saved::BatchNorm {
+            x: x.value.clone(),
+            gamma: gamma.value.clone(),
+            mean: out.mean,
+            var: out.var,
+            eps,
+            batch_stats: true,
+        })?;
+        Ok((y, mean, var))
+    }
+
+    /// Eval-mode batch norm with fixed statistics.
+    pub fn batch_norm_eval(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+    ) -> Result<Var> {
+        let y = ops::batchnorm::forward_eval(
+            &x.value,
+            &gamma.value,
+            &beta.value,
+            running_mean,
+            running_var,
+            eps,
+        )?;
+        self.record(y, &[x, gamma, beta], || Saved::BatchNorm {
+            x: x.value.clone(),
+            gamma: gamma.value.clone(),
+            mean: running_mean.clone(),
+            var: running_var.clone(),
+            eps,
+            batch_stats: false,
+        })
+    }
+
+    pub fn relu(&mut self, x: &Var) -> Result<Var> {
+        let y = ops::elementwise::relu_forward(&x.value)?;
+        let y_saved = y.clone();
+        self.record(y, &[x], || Saved::Relu { y: y_saved })
+    }
+
+    pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
+        let y = ops::elementwise::add(&a.value, &b.value)?;
+        self.record(y, &[a, b], || Saved::Add)
+    }
+
+    /// Concatenation along dimension 1 (channels).
+    pub fn concat(&mut self, xs: &[&Var]) -> Result<Var> {
+        let values: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();
+        let y = ops::concat::forward(&values)?;
+        self.record(y, xs, || Saved::Concat {
+            channels: xs.iter().map(|v| v.dims()[1]).collect(),
+        })
+    }
+
+    /// Inverted dropout with probability `p`, mask drawn from `seed`.
+    pub fn dropout(&mut self, x: &Var, p: f64, seed: u64) -> Result<Var> {
+        let (y, mask) = ops::dropout::forward(&x.value, p, seed)?;
+        self.record(y, &[x], || Saved::Dropout { mask })
+    }
+
+    pub fn reshape(&mut self, x: &Var, shape: impl Into<Shape>) -> Result<Var> {
+        let y = x.value.reshape(shape)?;
+        self.record(y, &[x], || Saved::Reshape {
+            from: x.shape().clone(),
+        })
+    }
+
+    /// `[N, …] → [N, product of the rest]`, in C, H, W order as `torch.flatten(x, 1)`.
+    pub fn flatten(&mut self, x: &Var) -> Result<Var> {
+        let n = x.dims().first().copied().ok_or_else(|| {
+            Error::shape_of("flatten", "a tensor of rank at least 1", "input", x.shape())
+        })?;
+        let rest: usize = x.dims()[1..].iter().product();
+        self.reshape(x, [n, rest])
+    }
+
+    /// Mean softmax cross-entropy of `logits` `[N, K]` against i64 `labels` `[N]`.
+    pub fn cross_entropy(&mut self, logits: &Var, labels: &Tensor) -> Result<Var> {
+        let (loss, probs) = ops::loss::forward(&logits.value, labels)?;
+        self.record(loss, &[logits], || Saved::CrossEntropy {
+            probs,
+            labels: labels.clone(),
+        })
+    }
+
+    /// Gradients of the scalar `loss` with respect to every leaf and parameter it depends on.
+    pub fn backward(self, loss: &Var) -> Result<Gradients> {
+        if loss.value.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward needs a one-element loss, got shape {} (use backward_with_grad for other outputs)",
+                loss.shape()
+            )));
+        }
+        let seed = Tensor::full(loss.shape().clone(), 1.0, loss.value.dtype());
+        self.backward_with_grad(loss, seed)
+    }
+
+    /// Vector-Jacobian product: the gradients of `⟨grad, out⟩`.
+    pub fn backward_with_grad(mut self, out: &Var, grad: Tensor) -> Result<Gradients> {
+        let root = self.index_of(out)?.ok_or_else(|| {
+            Error::Autograd(
+                "the output does not depend on any parameter or leaf that needs a gradient".into(),
+            )
+        })?;
+        if grad.shape() != out.shape() {
+            return Err(Error::Autograd(format!(
+                "the output gradient has shape {} but the output has shape {}",
+                grad.shape(),
+                out.shape()
+            )));
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; root + 1];
+        grads[root] = Some(grad);
+        self.nodes.truncate(root + 1);
+        let mut result = Gradients {
+            graph: self.id,
+            leaves: HashMap::new(),
+            params: HashMap::new(),
+        };
+        // Popping frees each entry's saved tensors as soon as its gradient is pushed back.
+        while let Some(node) = self.nodes.pop() {
+            let index = self.nodes.len();
+            let Some(g) = grads[index].take() else {
+                continue;
+            };
+            match node.saved {
+                Saved::Input => {
+                    result.leaves.insert(index, g);
+                }
+                Saved::Param(id) => {
+                    result.params.insert(id, g);
+                }
+                saved => {
+                    let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
+                    let input_grads = saved.backward(&g, &needs)?;
+                    for (input, input_grad) in node.inputs.iter().zip(input_grads) {
+                        if let (Some(j), Some(ig)) = (*input, input_grad) {
+                            match &mut grads[j] {
+                                Some(acc) => ops::elementwise::add_assign(acc, &ig)?,
+                                slot => *slot = Some(ig),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// The result of a backward pass.
+#[derive(Debug)]
+pub struct Gradients {
+    graph: u64,
+    leaves: HashMap<usize, Tensor>,
+    params: HashMap<ParamId, Tensor>,
+}
+
+impl Gradients {
+    /// The gradient of a leaf made by [`Graph::leaf`]; `None` if the output did not depend on it.
+    pub fn of(&self, v: &Var) -> Option<&Tensor> {
+        v.node
+            .filter(|n| n.graph == self.graph)
+            .and_then(|n| self.leaves.get(&n.index))
+    }
+
+    pub fn of_param(&self, p: &Param) -> Option<&Tensor> {
+        self.params.get(&p.id())
+    }
+
+    /// Adds each parameter's gradient to its `grad` field (so several backward passes can
+    /// accumulate before one optimizer step).
+    pub fn accumulate_into<'a>(
+        mut self,
+        params: impl IntoIterator<Item = &'a mut Param>,
+    ) -> Result<()> {
+        for p in params {
+            if let Some(g) = self.params.remove(&p.id()) {
+                match &mut p.grad {
+                    Some(acc) => ops::elementwise::add_assign(acc, &g)?,
+                    slot => *slot = Some(g),
+                }
+            }
+        }
+        Ok(())
+    }
+}

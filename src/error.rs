@@ -1,0 +1,77 @@
+//! The one error type of the engine.
+//!
+//! Every fallible operation returns [`Result`]. Messages are written for the person at the
+//! terminal: they name the op (or file) and say what was expected and what was found, on one
+//! line, so the CLI can print them as they are.
+
+use crate::tensor::{DType, Shape};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input shapes do not fit the op.
+    #[error("{op}: expected {expected}, got {actual}")]
+    Shape {
+        op: &'static str,
+        expected: String,
+        actual: String,
+    },
+
+    /// The op does not run on this element type.
+    #[error("{op}: dtype {actual} is not supported here (supported: {supported})")]
+    DType {
+        op: &'static str,
+        actual: DType,
+        supported: &'static str,
+    },
+
+    /// Inputs of one op disagree on dtype or device.
+    #[error("{op}: inputs disagree: {detail}")]
+    Mismatch { op: &'static str, detail: String },
+
+    /// A hyper-parameter or argument outside its domain (a negative stride, p > 1, …).
+    #[error("{op}: {msg}")]
+    Argument { op: &'static str, msg: String },
+
+    /// A device is unknown or unusable.
+    #[error("device: {0}")]
+    Device(String),
+
+    /// Misuse of the autograd tape (a Var from another graph, backward from a non-scalar, …).
+    #[error("autograd: {0}")]
+    Autograd(String),
+
+    /// A file could not be read or written, or its content is malformed.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+}
+
+impl Error {
+    pub fn shape(op: &'static str, expected: impl Into<String>, actual: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            expected: expected.into(),
+            actual: actual.into(),
+        }
+    }
+
+    /// A shape error whose "actual" part is a tensor shape.
+    pub fn shape_of(op: &'static str, expected: impl Into<String>, what: &str, s: &Shape) -> Self {
+        Error::shape(op, expected, format!("{what} of shape {s}"))
+    }
+
+    pub fn argument(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Argument {
+            op,
+            msg: msg.into(),
+        }
+    }
+
+    pub fn file(path: impl AsRef<std::path::Path>, msg: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.as_ref().display().to_string(),
+            msg: msg.to_string(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Batch normalisation over the channels of an NCHW tensor (Ioffe & Szegedy, 2015).
+//!
+//! Per channel c, over the `M = N·H·W` values of that channel:
+//!
+//! ```text
+//! training:  μ = mean(x),  σ² = mean((x − μ)²)   (the biased variance, as PyTorch)
+//! eval:      μ, σ² = running_mean, running_var
+//! x̂ = (x − μ) / √(σ² + ε),   y = γ · x̂ + β
+//! ```
+//!
+//! After a training step the running statistics move towards the batch's, with momentum
+//! 0.1 and the *unbiased* variance `σ² · M / (M − 1)`, as PyTorch does.
+//!
+//! Training-mode gradient (μ and σ² depend on every x of the channel):
+//!
+//! ```text
+//! dβ = Σ dy,   dγ = Σ dy · x̂
+//! dx = γ / √(σ² + ε) · (dy − dβ / M − x̂ · dγ / M)
+//! ```
+//!
+//! In eval mode the statistics are constants, so `dx = γ / √(σ² + ε) · dy`.
+//!
+//! The reference accumulates every per-channel sum in f64, and computes the variance in a
+//! second pass over `(x − μ)²` rather than as `E[x²] − μ²`, which cancels catastrophically
+//! when the mean is large compared with the spread.
+
+use rayon::prelude::*;
+
+use super::{common_dtype, expect_nchw, expect_shape, host, with_float_type};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Float, Tensor};
+
+const OP: &str = "batch_norm";
+
+/// The training-mode forward: the output and the batch statistics it used.
+#[derive(Clone, Debug)]
+pub struct BatchNormTrainOutput {
+    pub y: Tensor,
+    /// Per-channel batch mean, `[C]`.
+    pub mean: Tensor,
+    /// Per-channel biased batch variance, `[C]`.
+    pub var: Tensor,
+}
+
+fn check(x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<(usize, usize, usize)> {
+    let (n, c, h, w) = expect_nchw(OP, "input", x)?;
+    for (name, t) in per_channel {
+        expect_shape(OP, name, t, &[c])?;
+    }
+    let mut all = vec![("input", x)];
+    all.extend_from_slice(per_channel);
+    common_dtype(OP, &all)?;
+    Ok((n, c, h * w))
+}
+
+fn check_eps(eps: f64) -> Result<()> {
+    if eps.is_finite() && eps > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::argument(
+            OP,
+            format!("eps must be positive, got {eps}"),
+        ))
+    }
+}
+
+/// Iterates over the `N` planes of channel `ch` (each `hw` long) in an NCHW buffer.
+fn planes<T>(data: &[T], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[T]> {
+    data.chunks_exact(c * hw)
+        .map(move |img| &img[ch * hw..][..hw])
+}
+
+pub fn forward_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrainOutput> {
+    check_eps(eps)?;
+    let (n, c, hw) = check(x, &[("weight", gamma), ("bias", beta)])?;
+    let m = n * hw;
+    if m == 0 {
+        return Err(Error::shape_of(
+            OP,
+            "at least one value per channel",
+            "input",
+            x.shape(),
+        ));
+    }
+    with_float_type!(x.dtype(), OP, |T| {
+        let xs = host::<T>(x)?;
+        let stats: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let sum: f64 = planes(xs, c, hw, ch).flatten().map(|v| v.to_f64()).sum();
+                let mean = sum / m as f64;
+                let sq: f64 = planes(xs, c, hw, ch)
+                    .flatten()
+                    .map(|v| (v.to_f64() - mean).powi(2))
+                    .sum();
+                (mean, sq / m as f64)
+            })
+            .collect();
+        let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
+        let var: Vec<f64> = stats.iter().map(|s| s.1).collect();
+        let y = normalize::<T>(
+            xs,
+            host::<T>(gamma)?,
+            host::<T>(beta)?,
+            &mean,
+            &var,
+            eps,
+            c,
+            hw,
+        );
+        Ok(BatchNormTrainOutput {
+            y: Tensor::from_cpu(x.shape().clone(), y),
+            mean: Tensor::from_cpu([c], mean.into_iter().map(T::from_f64).collect::<Vec<T>>()),
+            var: Tensor::from_cpu([c], var.into_iter().map(T::from_f64).collect::<Vec<T>>()),
+        })
+    })
+}
+
+pub fn forward_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    check_eps(eps)?;
+    let (_, c, hw) = check(
+        x,
+        &[
+            ("weight", gamma),
+            ("bias", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ],
+    )?;
+    with_float_type!(x.dtype(), OP, |T| {
+        let mean: Vec<f64> = host::<T>(running_mean)?
+            .iter()
+            .map(|v| v.to_f64())
+            .collect();
+        let var: Vec<f64> = host::<T>(running_var)?.iter().map(|v| v.to_f64()).collect();
+        let y = normalize::<T>(
+            host::<T>(x)?,
+            host::<T>(gamma)?,
+            host::<T>(beta)?,
+            &mean,
+            &var,
+            eps,
+            c,
+            hw,
+        );
+        Ok(Tensor::from_cpu(x.shape().clone(), y))
+    })
+}
+
+/// `y = γ·(x − μ)/√(σ² + ε) + β`, folded into one multiply-add per element:
+/// `y = x·a + b` with `a = γ/√(σ² + ε)` and `b = β − μ·a`.
+#[allow(clippy::too_many_arguments)]
+fn normalize<T: Float>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let coef: Vec<(T, T)> = (0..c)
+        .map(|ch| {
+            let a = gamma[ch].to_f64() / (var[ch] + eps).sqrt();
+            (
+                T::from_f64(a),
+                T::from_f64(beta[ch].to_f64() - mean[ch] * a),
+            )
+        })
+        .collect();
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, (y, x))| {
+            let (a, b) = coef[plane % c];
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
+        });
+    y
+}
+
+/// The gradients `(dx, dγ, dβ)`.
+#[derive(Clone, Debug)]
+pub struct BatchNormGrads {
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+}
+
+/// Training-mode backward, from the batch statistics the forward pass returned.
+pub fn backward_train(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<BatchNormGrads> {
+    backward(dy, x, gamma, mean, var, eps, true)
+}
+
+/// Eval-mode backward (statistics held fixed), from the running statistics.
+pub fn backward_eval(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<BatchNormGrads> {
+    backward(dy, x, gamma, running_mean, running_var, eps, false)
+}
+
+fn backward(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    batch_stats: bool,
+) -> Result<BatchNormGrads> {
+    check_eps(eps)?;
+    let (n, c, hw) = check(x, &[("weight", gamma), ("mean", mean), ("var", var)])?;
+    expect_shape(OP, "output gradient", dy, x.dims())?;
+    common_dtype(OP, &[("input", x), ("output gradient", dy)])?;
+    let m = (n * hw) as f64;
+    with_float_type!(x.dtype(), OP, |T| {
+        let (xs, dys) = (host::<T>(x)?, host::<T>(dy)?);
+        let (gs, ms, vs) = (host::<T>(gamma)?, host::<T>(mean)?, host::<T>(var)?);
+        // Per channel: invstd, Σdy, Σdy·x̂.
+        let sums: Vec<(f64, f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mu = ms[ch].to_f64();
+                let invstd = 1.0 / (vs[ch].to_f64() + eps).sqrt();
+                let mut sum_dy = 0.0;
+                let mut sum_dy_xhat = 0.0;
+                for (xp, dp) in planes(xs, c, hw, ch).zip(planes(dys, c, hw, ch)) {
+                    for (&xv, &dv) in xp.iter().zip(dp) {
+                        let d = dv.to_f64();
+                        sum_dy += d;
+                        sum_dy_xhat += d * (xv.to_f64() - mu) * invstd;
+                    }
+                }
+                (invstd, sum_dy, sum_dy_xhat)
+            })
+            .collect();
+        let mut dx = vec![T::ZERO; xs.len()];
+        dx.par_chunks_mut(hw)
+            .zip(xs.par_chunks(hw).zip(dys.par_chunks(hw)))
+            .enumerate()
+            .for_each(|(plane, (dxp, (xp, dp)))| {
+                let ch = plane % c;
+                let (invstd, sum_dy, sum_dy_xhat) = sums[ch];
+                let mu = ms[ch].to_f64();
+                let scale = gs[ch].to_f64() * invstd;
+                for ((o, &xv), &dv) in dxp.iter_mut().zip(xp).zip(dp) {
+                    let v = if batch_stats {
+                        let xhat = (xv.to_f64() - mu) * invstd;
+                        scale * (dv.to_f64() - sum_dy / m - xhat * sum_dy_xhat / m)
+                    } else {
+                        scale * dv.to_f64()
+                    };
+                    *o = T::from_f64(v);
+                }
+            });
+        let dgamma: Vec<T> = sums.iter().map(|s| T::from_f64(s.2)).collect();
+        let dbeta: Vec<T> = sums.iter().map(|s| T::from_f64(s.1)).collect();
+        Ok(BatchNormGrads {
+            dx: Tensor::from_cpu(x.shape().clone(), dx),
+            dgamma: Tensor::from_cpu([c], dgamma),
+            dbeta: Tensor::from_cpu([c], dbeta),
+        })
+    })
+}
+
+/// `running ← (1 − momentum)·running + momentum·batch`, with the unbiased batch variance.
+/// `count` is the number of values per channel the batch statistics came from (N·H·W).
+pub fn update_running_stats(
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    batch_mean: &Tensor,
+    batch_var: &Tensor,
+    count: usize,
+    momentum: f64,
+) -> Result<()> {
+    const OP: &str = "batch_norm running statistics";
+    if count < 2 {
+        return Err(Error::argument(
+            OP,
+            format!("expected more than 1 value per channel when training, got {count}"),
+        ));
+    }
+    let c = batch_mean.numel();
+    for (name, t) in [
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+        ("batch_var", batch_var),
+    ] {
+        expect_shape(OP, name, t, &[c])?;
+    }
+    let (dtype, _) = common_dtype(
+        OP,
+        &[
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+            ("batch_mean", batch_mean),
+            ("batch_var", batch_var),
+        ],
+    )?;
+    let unbias = count as f64 / (count - 1) as f64;
+    with_float_type!(dtype, OP, |T| {
+        let (bm, bv) = (
+            host::<T>(batch_mean)?.to_vec(),
+            host::<T>(batch_var)?.to_vec(),
+        );
+        for (r, b) in running_mean.as_mut_slice::<T>()?.iter_mut().zip(&bm) {
+            *r = T::from_f64((1.0 - momentum) * r.to_f64() + momentum * b.to_f64());
+        }
+        for (r, b) in running_var.as_mut_slice::<T>()?.iter_mut().zip(&bv) {
+            *r = T::from_f64((1.0 - momentum) * r.to_f64() + momentum * b.to_f64() * unbias);
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_train_by_hand() {
+        // One channel holding 1, 2, 3, 6: μ = 3, σ² = (4 + 1 + 0 + 9)/4 = 3.5.
+        let x = Tensor::from_vec([2, 1, 1, 2], vec![1.0f64, 2.0, 3.0, 6.0]).unwrap();
+        let gamma = Tensor::from_vec([1], vec![2.0f64]).unwrap();
+        let beta = Tensor::from_vec([1], vec![0.5f64]).unwrap();
+        let out = forward_train(&x, &gamma, &beta, 1e-5).unwrap();
+        assert_eq!(out.mean.to_vec::<f64>().unwrap(), vec![3.0]);
+        assert_eq!(out.var.to_vec::<f64>().unwrap(), vec![3.5]);
+        let s = (3.5f64 + 1e-5).sqrt();
+        let want: Vec<f64> = [1.0, 2.0, 3.0, 6.0]
+            .iter()
+            .map(|v| 2.0 * (v - 3.0) / s + 0.5)
+            .collect();
+        for (a, b) in out.y.to_vec::<f64>().unwrap().iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        // Running stats from (0, 1): mean 0.9·0 + 0.1·3, var 0.9·1 + 0.1·3.5·4/3.
+        let mut rm = Tensor::zeros([1], crate::DType::F64);
+        let mut rv = Tensor::full([1], 1.0, crate::DType::F64);
+        update_running_stats(&mut rm, &mut rv, &out.mean, &out.var, 4, 0.1).unwrap();
+        assert!((rm.item().unwrap() - 0.3).abs() < 1e-15);
+        assert!((rv.item().unwrap() - (0.9 + 0.1 * 3.5 * 4.0 / 3.0)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn variance_survives_a_large_mean() {
+        // E[x²] − μ² in f32 would lose every digit here; the two-pass variance keeps them.
+        let x = Tensor::from_vec(
+            [4, 1, 1, 1],
+            vec![1e4f32 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0],
+        )
+        .unwrap();
+        let one = Tensor::full([1], 1.0, crate::DType::F32);
+        let zero = Tensor::zeros([1], crate::DType::F32);
+        let out = forward_train(&x, &one, &zero, 1e-5).unwrap();
+        assert_eq!(out.var.to_vec::<f32>().unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn one_value_per_channel_cannot_update_running_stats() {
+        let mut rm = Tensor::zeros([2], crate::DType::F32);
+        let mut rv = Tensor::zeros([2], crate::DType::F32);
+        let b = Tensor::zeros([2], crate::DType::F32);
+        let e = update_running_stats(&mut rm, &mut rv, &b, &b, 1, 0.1).unwrap_err();
+        assert!(
+            e.to_string().contains("more than 1 value per channel"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,529 @@
+//! 2-D convolution: forward, and the gradients with respect to the input ("data"), the
+//! weights ("filter") and the bias.
+//!
+//! Like every deep-learning framework, "convolution" here is cross-correlation:
+//!
+//! ```text
+//! y[n, o, oy, ox] = b[o] + Σ_{c in group(o)} Σ_{ky, kx}
+//!                       w[o, c - c0(o), ky, kx] · x[n, c, oy·sh − ph + ky·dh, ox·sw − pw + kx·dw]
+//! ```
+//!
+//! with zeros outside the input. Layouts are PyTorch's: x is NCHW, w is OIHW with I = C/groups.
+//! Groups split the channels into `groups` independent convolutions (AlexNet's two towers).
+//!
+//! # How the CPU reference computes it: im2col + GEMM
+//!
+//! For one image, gather every input value that each output pixel reads into a matrix
+//! `col` with one row per (channel, ky, kx) and one column per output pixel:
+//!
+//! ```text
+//! col[(c·KH + ky)·KW + kx, oy·OW + ox] = x[c, oy·sh − ph + ky·dh, ox·sw − pw + kx·dw]
+//! ```
+//!
+//! Then the convolution is one matrix product per group, `y_g = W_g · col_g`, where `W_g`
+//! is the weight tensor of group g seen as an `(O/G) × (C/G·KH·KW)` matrix and `col_g` is
+//! the block of rows of `col` that belongs to group g's channels (contiguous, because the
+//! channel is the slowest index of a row). All the arithmetic happens in [`gemm`], the one
+//! routine written for speed.
+//!
+//! The two gradients reuse the same picture:
+//!
+//! - **data**: `dcol_g = W_gᵀ · dy_g`, then `col2im` scatters each entry of `dcol` back to
+//!   the input pixel it was gathered from, adding where windows overlap;
+//! - **filter**: `dW_g = Σ_n dy_g · col_gᵀ` (the im2col of x is recomputed per image);
+//! - **bias**: `db[o] = Σ_{n, oy, ox} dy[n, o, oy, ox]`.
+//!
+//! Work is spread over images with rayon. The filter gradient sums over images, so it is
+//! computed in a fixed number of batch chunks whose partial sums are added in order: the
+//! result does not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use super::gemm::{MatMut, MatRef, gemm, gemm_parallel};
+use super::{common_dtype, expect_nchw, expect_shape, host, with_float_type};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Float, Shape, Tensor};
+
+const OP: &str = "conv2d";
+
+/// Stride, padding, dilation and groups, each per (height, width) where it applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = (d, d);
+        self
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// Every size of one convolution, derived from the input and weight shapes and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub params: Conv2dParams,
+}
+
+impl ConvGeometry {
+    /// Checks an input shape `[N, C, H, W]` against a weight shape `[O, C/groups, KH, KW]`.
+    pub fn new(x: &Shape, w: &Shape, p: Conv2dParams) -> Result<ConvGeometry> {
+        let bad = |what: &str| Error::argument(OP, format!("{what} must be at least 1, got {p:?}"));
+        if p.stride.0 == 0 || p.stride.1 == 0 {
+            return Err(bad("stride"));
+        }
+        if p.dilation.0 == 0 || p.dilation.1 == 0 {
+            return Err(bad("dilation"));
+        }
+        if p.groups == 0 {
+            return Err(bad("groups"));
+        }
+        let (n, c, h, wd) = x
+            .dims4()
+            .ok_or_else(|| Error::shape_of(OP, "a 4-D input (N, C, H, W)", "input", x))?;
+        let (o, ci, kh, kw) = w.dims4().ok_or_else(|| {
+            Error::shape_of(OP, "a 4-D weight (O, C/groups, KH, KW)", "weight", w)
+        })?;
+        let g = p.groups;
+        if c % g != 0 || o % g != 0 {
+            return Err(Error::shape(
+                OP,
+                format!("input channels and output channels divisible by groups={g}"),
+                format!("input {x} and weight {w}"),
+            ));
+        }
+        if ci != c / g || kh == 0 || kw == 0 || o == 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "weight of shape [O, {}, KH, KW] for input {x} with groups={g}",
+                    c / g
+                ),
+                format!("weight of shape {w}"),
+            ));
+        }
+        let out_len = |len: usize, k: usize, s: usize, pad: usize, d: usize| -> Option<usize> {
+            let span = d * (k - 1) + 1;
+            (len + 2 * pad).checked_sub(span).map(|r| r / s + 1)
+        };
+        let (oh, ow) = match (
+            out_len(h, kh, p.stride.0, p.padding.0, p.dilation.0),
+            out_len(wd, kw, p.stride.1, p.padding.1, p.dilation.1),
+        ) {
+            (Some(oh), Some(ow)) => (oh, ow),
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "an input at least as large as the dilated kernel {}x{} after padding {:?}",
+                        p.dilation.0 * (kh - 1) + 1,
+                        p.dilation.1 * (kw - 1) + 1,
+                        p.padding
+                    ),
+                    format!("input of shape {x}"),
+                ));
+            }
+        };
+        Ok(ConvGeometry {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            oh,
+            ow,
+            params: p,
+        })
+    }
+
+    pub fn groups(&self) -> usize {
+        self.params.groups
+    }
+    /// Output channels per group: the rows of one group's weight matrix.
+    pub fn o_per_group(&self) -> usize {
+        self.o / self.groups()
+    }
+    /// Length of one group's im2col column: (C/G)·KH·KW, the shared dimension of the GEMM.
+    pub fn k_per_group(&self) -> usize {
+        self.c / self.groups() * self.kh * self.kw
+    }
+    /// Output pixels per image: the columns of the GEMM.
+    pub fn out_pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub fn in_shape(&self) -> Shape {
+        Shape::from([self.n, self.c, self.h, self.w])
+    }
+    pub fn out_shape(&self) -> Shape {
+        Shape::from([self.n, self.o, self.oh, self.ow])
+    }
+    pub fn weight_shape(&self) -> Shape {
+        Shape::from([self.o, self.c / self.groups(), self.kh, self.kw])
+    }
+    /// Multiply-adds of the forward pass (each gradient costs as many again).
+    pub fn macs(&self) -> u64 {
+        (self.n * self.o * self.out_pixels() * self.k_per_group()) as u64
+    }
+    /// A 1×1 kernel with stride 1 and no padding reads each pixel once: im2col would copy
+    /// the image unchanged, so the image itself is the GEMM operand.
+    fn is_pointwise(&self) -> bool {
+        let p = &self.params;
+        self.kh == 1 && self.kw == 1 && p.stride == (1, 1) && p.padding == (0, 0)
+    }
+}
+
+/// The forward pass: `y = conv(x, w) + b`, shape `[N, O, OH, OW]`.
+pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+    let mut inputs = vec![("input", x), ("weight", w)];
+    if let Some(b) = b {
+        expect_shape(OP, "bias", b, &[g.o])?;
+        inputs.push(("bias", b));
+    }
+    let (dtype, _device) = common_dtype(OP, &inputs)?;
+    with_float_type!(dtype, OP, |T| {
+        let bias = b.map(host::<T>).transpose()?;
+        let y = forward_cpu::<T>(host(x)?, host(w)?, bias, &g);
+        Ok(Tensor::from_cpu(g.out_shape(), y))
+    })
+}
+
+/// The gradient with respect to the input, from the output gradient `dy` and the weights.
+pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams) -> Result<Tensor> {
+    let g = ConvGeometry::new(x_shape, w.shape(), p)?;
+    expect_shape(OP, "output gradient", dy, &g.out_shape())?;
+    let (dtype, _device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
+    with_float_type!(dtype, OP, |T| {
+        let dx = backward_data_cpu::<T>(host(dy)?, host(w)?, &g);
+        Ok(Tensor::from_cpu(g.in_shape(), dx))
+    })
+}
+
+/// The gradient with respect to the weights, from the output gradient and the input.
+pub fn backward_filter(
+    dy: &Tensor,
+    x: &Tensor,
+    w_shape: &Shape,
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    let g = ConvGeometry::new(x.shape(), w_shape, p)?;
+    expect_shape(OP, "output gradient", dy, &g.out_shape())?;
+    let (dtype, _device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
+    with_float_type!(dtype, OP, |T| {
+        let dw = backward_filter_cpu::<T>(host(dy)?, host(x)?, &g);
+        Ok(Tensor::from_cpu(g.weight_shape(), dw))
+    })
+}
+
+/// The gradient with respect to the bias: `dy` summed over batch, height and width.
+pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
+    let (n, o, oh, ow) = expect_nchw(OP, "output gradient", dy)?;
+    with_float_type!(dy.dtype(), OP, |T| {
+        let dys = host::<T>(dy)?;
+        let pixels = oh * ow;
+        let db: Vec<T> = (0..o)
+            .into_par_iter()
+            .map(|oc| {
+                // Summed in f64: the reference should be the most accurate party in a comparison.
+                let mut s = 0.0f64;
+                for img in 0..n {
+                    let start = (img * o + oc) * pixels;
+                    s += dys[start..start + pixels]
+                        .iter()
+                        .map(|v| v.to_f64())
+                        .sum::<f64>();
+                }
+                T::from_f64(s)
+            })
+            .collect();
+        Ok(Tensor::from_cpu([o], db))
+    })
+}
+
+fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
+    let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
+    let in_len = g.c * g.h * g.w;
+    let mut y = vec![T::ZERO; g.n * g.o * pix];
+    // With fewer images than threads, let the GEMM itself share the work.
+    let split_gemm = g.n < rayon::current_num_threads();
+    y.par_chunks_mut(g.o * pix)
+        .zip(x.par_chunks(in_len))
+        .for_each_init(
+            || Vec::new(),
+            |col, (y_img, x_img)| {
+                let cols = im2col_or_image(x_img, g, col);
+                for grp in 0..g.groups() {
+                    let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
+                    let col_g = MatRef::row_major(&cols[grp * k * pix..][..k * pix], k, pix);
+                    let y_g = MatMut::row_major(&mut y_img[grp * og * pix..][..og * pix], og, pix);
+                    if split_gemm {
+                        gemm_parallel(w_g, col_g, y_g, false);
+                    } else {
+                        gemm(w_g, col_g, y_g, false);
+                    }
+                }
+                if let Some(b) = bias {
+                    for (plane, &bo) in y_img.chunks_exact_mut(pix).zip(b) {
+                        plane.iter_mut().for_each(|v| *v += bo);
+                    }
+                }
+            },
+        );
+    y
+}
+
+fn backward_data_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+    let pix = g.out_pixels();
+    let in_len = g.c * g.h * g.w;
+    let mut dx = vec![T::ZERO; g.n * in_len];
+    let split_gemm = g.n < rayon::current_num_threads();
+    dx.par_chunks_mut(in_len)
+        .zip(dy.par_chunks(g.o * pix))
+        .for_each_init(
+            || Vec::new(),
+            |dcol, (dx_img, dy_img)| {
+                if g.is_pointwise() {
+                    // For a pointwise conv the GEMM's output *is* the input gradient.
+                    dcol_gemms(w, dy_img, dx_img, g, split_gemm);
+                } else {
+                    dcol.resize(g.c * g.kh * g.kw * pix, T::ZERO);
+                    dcol_gemms(w, dy_img, dcol, g, split_gemm);
+                    col2im(dcol, g, dx_img);
+                }
+            },
+        );
+    dx
+}
+
+/// `dcol_g = W_gᵀ · dy_g` for every group of one image.
+fn dcol_gemms<T: Float>(w: &[T], dy_img: &[T], dcol: &mut [T], g: &ConvGeometry, split_gemm: bool) {
+    let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
+    for grp in 0..g.groups() {
+        let w_g_t = MatRef::row_major(&w[grp * og * k..][..og * k], og, k).t();
+        let dy_g = MatRef::row_major(&dy_img[grp * og * pix..][..og * pix], og, pix);
+        let dcol_g = MatMut::row_major(&mut dcol[grp * k * pix..][..k * pix], k, pix);
+        if split_gemm {
+            gemm_parallel(w_g_t, dy_g, dcol_g, false);
+        } else {
+            gemm(w_g_t, dy_g, dcol_g, false);
+        }
+    }
+}
+
+fn backward_filter_cpu<T: Float>(dy: &[T], x: &[T], g: &ConvGeometry) -> Vec<T> {
+    let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
+    let in_len = g.c * g.h * g.w;
+    let w_len = g.o * k;
+    // A fixed number of chunks, so the order of the additions depends on N alone.
+    const CHUNKS: usize = 8;
+    let per_chunk = g.n.div_ceil(CHUNKS).max(1);
+    let split_gemm = g.n < rayon::current_num_threads();
+    let partials: Vec<Vec<T>> = (0..g.n.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut dw = vec![T::ZERO; w_len];
+            let mut col = Vec::new();
+            for img in chunk * per_chunk..((chunk + 1) * per_chunk).min(g.n) {
+                let cols = im2col_or_image(&x[img * in_len..][..in_len], g, &mut col);
+                let dy_img = &dy[img * g.o * pix..][..g.o * pix];
+                for grp in 0..g.groups() {
+                    let dy_g = MatRef::row_major(&dy_img[grp * og * pix..][..og * pix], og, pix);
+                    let col_g_t = MatRef::row_major(&cols[grp * k * pix..][..k * pix], k, pix).t();
+                    let dw_g = MatMut::row_major(&mut dw[grp * og * k..][..og * k], og, k);
+                    if split_gemm {
+                        gemm_parallel(dy_g, col_g_t, dw_g, true);
+                    } else {
+                        gemm(dy_g, col_g_t, dw_g, true);
+                    }
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dw = partials.next().unwrap_or_else(|| vec![T::ZERO; w_len]);
+    for part in partials {
+        dw.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
+    }
+    dw
+}
+
+/// The GEMM operand for one image: the image itself for a pointwise conv, else its im2col
+/// written into `buf`.
+fn im2col_or_image<'a, T: Float>(x_img: &'a [T], g: &ConvGeometry, buf: &'a mut Vec<T>) -> &'a [T] {
+    if g.is_pointwise() {
+        x_img
+    } else {
+        buf.resize(g.c * g.kh * g.kw * g.out_pixels(), T::ZERO);
+        im2col(x_img, g, buf);
+        buf
+    }
+}
+
+/// The output positions `o` in `0..out_len` whose input index `o·stride + offset` falls
+/// inside `0..in_len`. Every other position reads padding. Computing this range once per
+/// row replaces a bounds test per element.
+fn valid_outputs(
+    out_len: usize,
+    in_len: usize,
+    stride: usize,
+    offset: isize,
+) -> std::ops::Range<usize> {
+    // First o with o·stride + offset >= 0.
+    let lo = if offset >= 0 { 0 } else { (-offset) as usize }.div_ceil(stride);
+    // First o with o·stride + offset >= in_len.
+    let limit = in_len as isize - offset;
+    let hi = if limit <= 0 {
+        0
+    } else {
+        (limit as usize).div_ceil(stride)
+    };
+    lo.min(out_len)..hi.min(out_len).max(lo.min(out_len))
+}
+
+/// Gathers one image `[C, H, W]` into `col` `[C·KH·KW, OH·OW]` (see the module comment).
+fn im2col<T: Float>(x: &[T], g: &ConvGeometry, col: &mut [T]) {
+    let p = &g.params;
+    let pix = g.out_pixels();
+    for c in 0..g.c {
+        let plane = &x[c * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            let y_off = (ky * p.dilation.0) as isize - p.padding.0 as isize;
+            let rows = valid_outputs(g.oh, g.h, p.stride.0, y_off);
+            for kx in 0..g.kw {
+                let x_off = (kx * p.dilation.1) as isize - p.padding.1 as isize;
+                let cols = valid_outputs(g.ow, g.w, p.stride.1, x_off);
+                let dst = &mut col[((c * g.kh + ky) * g.kw + kx) * pix..][..pix];
+                for oy in 0..g.oh {
+                    let out_row = &mut dst[oy * g.ow..][..g.ow];
+                    if !rows.contains(&oy) {
+                        out_row.fill(T::ZERO);
+                        continue;
+                    }
+                    let iy = (oy * p.stride.0) as isize + y_off;
+                    let in_row = &plane[iy as usize * g.w..][..g.w];
+                    out_row[..cols.start].fill(T::ZERO);
+                    out_row[cols.end..].fill(T::ZERO);
+                    for ox in cols.clone() {
+                        let ix = (ox * p.stride.1) as isize + x_off;
+                        out_row[ox] = in_row[ix as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each entry of `col` to the input pixel it came from.
+fn col2im<T: Float>(col: &[T], g: &ConvGeometry, x: &mut [T]) {
+    let p = &g.params;
+    let pix = g.out_pixels();
+    x.fill(T::ZERO);
+    for c in 0..g.c {
+        let plane = &mut x[c * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            let y_off = (ky * p.dilation.0) as isize - p.padding.0 as isize;
+            let rows = valid_outputs(g.oh, g.h, p.stride.0, y_off);
+            for kx in 0..g.kw {
+                let x_off = (kx * p.dilation.1) as isize - p.padding.1 as isize;
+                let cols = valid_outputs(g.ow, g.w, p.stride.1, x_off);
+                let src = &col[((c * g.kh + ky) * g.kw + kx) * pix..][..pix];
+                for oy in rows.clone() {
+                    let iy = (oy * p.stride.0) as isize + y_off;
+                    let in_row = &mut plane[iy as usize * g.w..][..g.w];
+                    for ox in cols.clone() {
+                        let ix = (ox * p.stride.1) as isize + x_off;
+                        in_row[ix as usize] += src[oy * g.ow + ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_outputs_matches_brute_force() {
+        for out_len in 0..6 {
+            for in_len in 0..7 {
+                for stride in 1..4 {
+                    for offset in -5isize..5 {
+                        let want: Vec<usize> = (0..out_len)
+                            .filter(|&o| {
+                                let i = (o * stride) as isize + offset;
+                                i >= 0 && i < in_len as isize
+                            })
+                            .collect();
+                        let got: Vec<usize> =
+                            valid_outputs(out_len, in_len, stride, offset).collect();
+                        assert_eq!(
+                            got, want,
+                            "out {out_len} in {in_len} s {stride} off {offset}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn geometry_follows_pytorch_output_sizes() {
+        // AlexNet conv1: 227 → 55 with an 11×11 kernel at stride 4.
+        let g = ConvGeometry::new(
+            &Shape::from([1, 3, 227, 227]),
+            &Shape::from([96, 3, 11, 11]),
+            Conv2dParams::default().stride(4),
+        )
+        .unwrap();
+        assert_eq!((g.oh, g.ow), (55, 55));
+        // Dilation 2 on a 3×3 kernel spans 5 pixels: 10 + 2·1 − 5 + 1 = 8.
+        let g = ConvGeometry::new(
+            &Shape::from([1, 4, 10, 10]),
+            &Shape::from([2, 2, 3, 3]),
+            Conv2dParams::default().padding(1).dilation(2).groups(2),
+        )
+        .unwrap();
+        assert_eq!((g.oh, g.ow), (8, 8));
+        assert_eq!(g.k_per_group(), 18);
+    }
+}

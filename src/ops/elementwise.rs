@@ -1,0 +1,180 @@
+//! Element-wise ops: ReLU, addition (the residual shortcut), and in-place accumulation
+//! (how the autograd tape sums the gradients of a value used more than once).
+
+use rayon::prelude::*;
+
+use super::{common_dtype, host, with_float_type};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Float, Tensor};
+
+/// Elements handed to one rayon task: large enough that scheduling costs nothing.
+pub(crate) const PAR_CHUNK: usize = 1 << 14;
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(
+            op,
+            format!("two tensors of one shape, {}", a.shape()),
+            format!("{} and {}", a.shape(), b.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// `max(x, 0)`.
+pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
+    with_float_type!(x.dtype(), "relu", |T| {
+        let xs = host::<T>(x)?;
+        let mut y = vec![T::ZERO; xs.len()];
+        y.par_chunks_mut(PAR_CHUNK)
+            .zip(xs.par_chunks(PAR_CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = if x > T::ZERO { x } else { T::ZERO };
+                }
+            });
+        Ok(Tensor::from_cpu(x.shape().clone(), y))
+    })
+}
+
+/// `dy` where the output was positive, else 0. Reading the output instead of the input lets
+/// the input be freed; the two agree because `y > 0` exactly where `x > 0`.
+pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    same_shape("relu backward", dy, y)?;
+    let (dtype, _) = common_dtype("relu backward", &[("output gradient", dy), ("output", y)])?;
+    with_float_type!(dtype, "relu backward", |T| {
+        let (dys, ys) = (host::<T>(dy)?, host::<T>(y)?);
+        let mut dx = vec![T::ZERO; ys.len()];
+        dx.par_chunks_mut(PAR_CHUNK)
+            .zip(dys.par_chunks(PAR_CHUNK).zip(ys.par_chunks(PAR_CHUNK)))
+            .for_each(|(dx, (dy, y))| {
+                for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
+                    *dx = if y > T::ZERO { dy } else { T::ZERO };
+                }
+            });
+        Ok(Tensor::from_cpu(y.shape().clone(), dx))
+    })
+}
+
+/// `a + b` for two tensors of one shape.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("add", a, b)?;
+    let (dtype, _) = common_dtype("add", &[("left", a), ("right", b)])?;
+    with_float_type!(dtype, "add", |T| {
+        let (xa, xb) = (host::<T>(a)?, host::<T>(b)?);
+        let mut y = vec![T::ZERO; xa.len()];
+        y.par_chunks_mut(PAR_CHUNK)
+            .zip(xa.par_chunks(PAR_CHUNK).zip(xb.par_chunks(PAR_CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = a + b;
+                }
+            });
+        Ok(Tensor::from_cpu(a.shape().clone(), y))
+    })
+}
+
+/// `acc += x`, in place.
+pub fn add_assign(acc: &mut Tensor, x: &Tensor) -> Result<()> {
+    same_shape("add_assign", acc, x)?;
+    let (dtype, _) = common_dtype("add_assign", &[("accumulator", acc), ("addend", x)])?;
+    with_float_type!(dtype, "add_assign", |T| {
+        let xs = host::<T>(x)?;
+        let acc = acc.as_mut_slice::<T>()?;
+        acc.par_chunks_mut(PAR_CHUNK)
+            .zip(xs.par_chunks(PAR_CHUNK))
+            .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, &x)| *a += x));
+        Ok(())
+    })
+}
+
+/// `a ⊙ b`, the element-wise product (used by dropout's mask).
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("mul", a, b)?;
+    let (dtype, _) = common_dtype("mul", &[("left", a), ("right", b)])?;
+    with_float_type!(dtype, "mul", |T| {
+        let (xa, xb) = (host::<T>(a)?, host::<T>(b)?);
+        let mut y = vec![T::ZERO; xa.len()];
+        y.par_chunks_mut(PAR_CHUNK)
+            .zip(xa.par_chunks(PAR_CHUNK).zip(xb.par_chunks(PAR_CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = a * b;
+                }
+            });
+        Ok(Tensor::from_cpu(a.shape().clone(), y))
+    })
+}
+
+/// Σ a·b over all elements, accumulated in f64 (the gradient checks use it to turn any
+/// output into a scalar).
+pub fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
+    same_shape("dot", a, b)?;
+    let (dtype, _) = common_dtype("dot", &[("left", a), ("right", b)])?;
+    with_float_type!(dtype, "dot", |T| {
+        let (xa, xb) = (host::<T>(a)?, host::<T>(b)?);
+        Ok(xa
+            .iter()
+            .zip(xb)
+            .map(|(&a, &b)| a.to_f64() * b.to_f64())
+            .sum())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_add_mul_by_hand() {
+        let x = Tensor::from_vec([4], vec![-1.0f32, 0.0, 2.0, -3.5]).unwrap();
+        let y = relu_forward(&x).unwrap();
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.0, 0.0, 2.0, 0.0]);
+        let dy = Tensor::from_vec([4], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(
+            relu_backward(&dy, &y).unwrap().to_vec::<f32>().unwrap(),
+            vec![0.0, 0.0, 3.0, 0.0]
+        );
+        assert_eq!(
+            add(&x, &dy).unwrap().to_vec::<f32>().unwrap(),
+            vec![0.0, 2.0, 5.0, 0.5]
+        );
+        assert_eq!(
+            mul(&x, &dy).unwrap().to_vec::<f32>().unwrap(),
+            vec![-1.0, 0.0, 6.0, -14.0]
+        );
+        assert_eq!(dot(&x, &dy).unwrap(), -9.0);
+        let mut acc = x.clone();
+        add_assign(&mut acc, &dy).unwrap();
+        assert_eq!(acc.to_vec::<f32>().unwrap(), vec![0.0, 2.0, 5.0, 0.5]);
+        assert_eq!(
+            x.to_vec::<f32>().unwrap()[0],
+            -1.0,
+            "the clone's source is untouched"
+        );
+    }
+
+    #[test]
+    fn mismatched_shapes_and_dtypes_are_errors() {
+        let a = Tensor::zeros([2, 3], crate::DType::F32);
+        let b = Tensor::zeros([3, 2], crate::DType::F32);
+        let c = Tensor::zeros([2, 3], crate::DType::F64);
+        assert_eq!(
+            add(&a, &b).unwrap_err().to_string(),
+            "add: expected two tensors of one shape, [2, 3], got [2, 3] and [3, 2]"
+        );
+        assert!(
+            add(&a, &c)
+                .unwrap_err()
+                .to_string()
+                .contains("left is f32 but right is f64")
+        );
+        let labels = Tensor::from_vec([1], vec![1i64]).unwrap();
+        assert!(
+            relu_forward(&labels)
+                .unwrap_err()
+                .to_string()
+                .contains("dtype i64")
+        );
+    }
+}

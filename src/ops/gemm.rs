@@ -1,0 +1,577 @@
+//! General matrix multiply on the CPU: `C = A·B` or `C += A·B`.
+//!
+//! Convolution (through im2col) and the fully connected layers spend nearly all their time
+//! here, so this is the one CPU routine written for speed. It follows the blocking of Goto &
+//! van de Geijn ("Anatomy of high-performance matrix multiplication", 2008), also used by
+//! BLIS:
+//!
+//! ```text
+//! for jc in steps of NC over the columns of C        (a block of B that fits in L3/L2)
+//!   for pc in steps of KC over the shared dimension   (one rank-KC update)
+//!     pack B[pc.., jc..] into column panels NR wide   (contiguous, in the order it is read)
+//!     for ic in steps of MC over the rows of C        (a block of A that fits in L2)
+//!       pack A[ic.., pc..] into row panels MR tall
+//!       for each NR panel, for each MR panel:
+//!         micro-kernel: an MR×NR tile of C in registers, KC rank-1 updates
+//! ```
+//!
+//! The micro-kernel is plain Rust on fixed-size arrays; LLVM keeps the MR×NR accumulator in
+//! vector registers and turns the inner loop into broadcasts and fused multiply-adds. It is
+//! compiled three times (AVX-512, AVX2+FMA, and portable) and the fastest one the CPU
+//! supports is chosen at run time. Every element of C is summed in the same order on every
+//! path that has FMA, so results do not depend on the machine's vector width or on the number
+//! of threads.
+//!
+//! Matrices are passed as strided views ([`MatRef`]), so a transposed operand costs nothing:
+//! `a.t()` swaps the strides and packing reads it in whatever order it lies.
+
+use std::marker::PhantomData;
+
+use crate::tensor::Float;
+
+/// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, T: Copy> MatRef<'a, T> {
+    /// A view with explicit strides. Panics if the view reaches past the end of `data`:
+    /// callers are ops that have already checked their shapes, so this is a bug check.
+    pub fn new(
+        data: &'a [T],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
+            assert!(
+                last < data.len(),
+                "MatRef {rows}x{cols} exceeds {} elements",
+                data.len()
+            );
+        }
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// A contiguous row-major `rows × cols` matrix.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatRef::new(data, rows, cols, cols, 1)
+    }
+
+    /// The transpose, as a view of the same memory.
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> T {
+        debug_assert!(i < self.rows && j < self.cols);
+        // SAFETY: `new` checked that the largest index of the view is in bounds.
+        unsafe {
+            *self
+                .data
+                .get_unchecked(i * self.row_stride + j * self.col_stride)
+        }
+    }
+
+    /// The sub-matrix of rows `r0..r0 + nr`.
+    fn rows_range(self, r0: usize, nr: usize) -> Self {
+        debug_assert!(r0 + nr <= self.rows);
+        if nr == 0 {
+            return MatRef { rows: 0, ..self };
+        }
+        MatRef {
+            data: &self.data[r0 * self.row_stride..],
+            rows: nr,
+            ..self
+        }
+    }
+
+    /// The sub-matrix of columns `c0..c0 + nc`.
+    fn cols_range(self, c0: usize, nc: usize) -> Self {
+        debug_assert!(c0 + nc <= self.cols);
+        if nc == 0 {
+            return MatRef { cols: 0, ..self };
+        }
+        MatRef {
+            data: &self.data[c0 * self.col_stride..],
+            cols: nc,
+            ..self
+        }
+    }
+}
+
+/// A mutable row-major matrix view (row stride ≥ columns, column stride 1). It can be split
+/// into disjoint column or row blocks that are written from different threads.
+pub struct MatMut<'a, T> {
+    ptr: *mut T,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    _borrow: PhantomData<&'a mut T>,
+}
+
+// SAFETY: a MatMut is an exclusive borrow of the elements it covers (the constructor takes
+// `&mut [T]`, and splitting yields views over disjoint elements), like `&mut [T]` itself.
+unsafe impl<T: Send> Send for MatMut<'_, T> {}
+
+impl<'a, T: Copy> MatMut<'a, T> {
+    /// A contiguous row-major `rows × cols` matrix.
+    pub fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
+        assert!(
+            rows * cols <= data.len(),
+            "MatMut {rows}x{cols} exceeds {} elements",
+            data.len()
+        );
+        MatMut {
+            ptr: data.as_mut_ptr(),
+            rows,
+            cols,
+            row_stride: cols,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Splits into columns `..c` and `c..`.
+    fn split_at_col(self, c: usize) -> (MatMut<'a, T>, MatMut<'a, T>) {
+        assert!(c <= self.cols);
+        let left = MatMut { cols: c, ..self };
+        // SAFETY: c <= cols, so the offset stays inside the first row of the view.
+        let right = MatMut {
+            ptr: unsafe { self.ptr.add(c) },
+            cols: self.cols - c,
+            ..self
+        };
+        (left, right)
+    }
+
+    /// Splits into rows `..r` and `r..`.
+    fn split_at_row(self, r: usize) -> (MatMut<'a, T>, MatMut<'a, T>) {
+        assert!(r <= self.rows);
+        let top = MatMut { rows: r, ..self };
+        let offset = if r == self.rows {
+            0
+        } else {
+            r * self.row_stride
+        };
+        // SAFETY: for r < rows, row r starts inside the view; for r == rows the bottom view
+        // is empty and never dereferenced.
+        let bottom = MatMut {
+            ptr: unsafe { self.ptr.add(offset) },
+            rows: self.rows - r,
+            ..self
+        };
+        (top, bottom)
+    }
+
+    #[inline(always)]
+    fn ptr_at(&mut self, i: usize, j: usize) -> *mut T {
+        debug_assert!(i < self.rows && j < self.cols);
+        // SAFETY: (i, j) is inside the view, whose elements this borrow owns.
+        unsafe { self.ptr.add(i * self.row_stride + j) }
+    }
+}
+
+// Blocking parameters (elements). KC·NR·4 B of a B panel and KC·MR·4 B of an A panel sit in
+// L1 during the micro-kernel; the MC×KC block of A (96·256·4 B = 96 KiB) stays in L2; the
+// KC×NC block of B (256·2048·4 B = 2 MiB) is streamed from L2/L3.
+const KC: usize = 256;
+const MC: usize = 96;
+const NC: usize = 2048;
+
+/// `C = A·B` (or `C += A·B` when `accumulate`), single-threaded.
+pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
+    check_dims(&a, &b, &c);
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() saw the CPU report AVX-512F.
+        Isa::Avx512 => unsafe { gemm_avx512(a, b, c, accumulate) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detect() saw the CPU report AVX2 and FMA.
+        Isa::Avx2Fma => unsafe { gemm_avx2(a, b, c, accumulate) },
+        Isa::Portable => gemm_blocked::<T, 6, 16, false>(a, b, c, accumulate),
+    }
+}
+
+/// As [`gemm`], with the columns (or rows) of C shared among the rayon threads. Each element
+/// of C is still computed by one thread in the same order, so the result is identical.
+pub fn gemm_parallel<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
+    check_dims(&a, &b, &c);
+    // Below about a million multiply-adds the threads cost more than they save.
+    const MIN_WORK: usize = 1 << 20;
+    let work = a.rows * b.cols * a.cols;
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || work < 2 * MIN_WORK {
+        gemm(a, b, c, accumulate);
+        return;
+    }
+    let pieces = (work / MIN_WORK).min(4 * threads);
+    split_and_run(a, b, c, accumulate, pieces);
+}
+
+fn split_and_run<T: Float>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    c: MatMut<T>,
+    accumulate: bool,
+    pieces: usize,
+) {
+    if pieces <= 1 {
+        gemm(a, b, c, accumulate);
+        return;
+    }
+    let left_pieces = pieces / 2;
+    if c.cols >= c.rows && c.cols >= 32 {
+        // Cut at a multiple of 16 so every piece keeps whole micro-tiles.
+        let cut = (c.cols * left_pieces / pieces).div_ceil(16) * 16;
+        let cut = cut.min(c.cols);
+        let (cl, cr) = c.split_at_col(cut);
+        let (bl, br) = (b.cols_range(0, cut), b.cols_range(cut, b.cols - cut));
+        rayon::join(
+            || split_and_run(a, bl, cl, accumulate, left_pieces),
+            || split_and_run(a, br, cr, accumulate, pieces - left_pieces),
+        );
+    } else if c.rows >= 16 {
+        let cut = (c.rows * left_pieces / pieces).div_ceil(8) * 8;
+        let cut = cut.min(c.rows);
+        let (ct, cb) = c.split_at_row(cut);
+        let (at, ab) = (a.rows_range(0, cut), a.rows_range(cut, a.rows - cut));
+        rayon::join(
+            || split_and_run(at, b, ct, accumulate, left_pieces),
+            || split_and_run(ab, b, cb, accumulate, pieces - left_pieces),
+        );
+    } else {
+        gemm(a, b, c, accumulate);
+    }
+}
+
+fn check_dims<T: Copy>(a: &MatRef<T>, b: &MatRef<T>, c: &MatMut<T>) {
+    assert!(
+        a.cols == b.rows && c.rows == a.rows && c.cols == b.cols,
+        "gemm: A {}x{} · B {}x{} into C {}x{}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        c.rows,
+        c.cols
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+    Portable,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("SCRATCHNET_CPU_PORTABLE").is_some() {
+                return Isa::Portable;
+            }
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+// The same blocked loop nest, compiled with different target features. With AVX-512 the
+// 8×32 f32 tile is 16 zmm accumulators; with AVX2 the 6×16 tile is 12 ymm accumulators
+// (the classic shape for 16 vector registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gemm_avx512<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
+    gemm_blocked::<T, 8, 32, true>(a, b, c, accumulate)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_avx2<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
+    gemm_blocked::<T, 6, 16, true>(a, b, c, accumulate)
+}
+
+#[inline(always)]
+fn gemm_blocked<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    mut c: MatMut<T>,
+    accumulate: bool,
+) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    // SAFETY: (i, j) is inside C.
+                    unsafe { *c.ptr_at(i, j) = T::ZERO };
+                }
+            }
+        }
+        return;
+    }
+    let mut packed_a = vec![T::ZERO; MC.div_ceil(MR) * MR * KC];
+    let mut packed_b = vec![T::ZERO; NC.div_ceil(NR) * NR * KC];
+
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // The first rank-KC update overwrites C unless the caller asked to accumulate.
+            let add_to_c = accumulate || pc > 0;
+            pack_b::<T, NR>(&b, pc, kc, jc, nc, &mut packed_b);
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                pack_a::<T, MR>(&a, ic, mc, pc, kc, &mut packed_a);
+                for jr in (0..nc).step_by(NR) {
+                    let nr = NR.min(nc - jr);
+                    let b_panel = &packed_b[(jr / NR) * NR * kc..][..NR * kc];
+                    for ir in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - ir);
+                        let a_panel = &packed_a[(ir / MR) * MR * kc..][..MR * kc];
+                        let acc = micro_kernel::<T, MR, NR, FMA>(kc, a_panel, b_panel);
+                        for (i, row) in acc.iter().enumerate().take(mr) {
+                            for (j, &v) in row.iter().enumerate().take(nr) {
+                                let p = c.ptr_at(ic + ir + i, jc + jr + j);
+                                // SAFETY: the tile is clipped to C's extent (mr, nr).
+                                unsafe { *p = if add_to_c { *p + v } else { v } };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `MR×NR` tile of `A_panel · B_panel` over `kc` steps. Panels are packed so that step `p`
+/// reads `MR` consecutive values of A and `NR` consecutive values of B.
+#[inline(always)]
+fn micro_kernel<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
+    kc: usize,
+    a_panel: &[T],
+    b_panel: &[T],
+) -> [[T; NR]; MR] {
+    let mut acc = [[T::ZERO; NR]; MR];
+    for (a_col, b_row) in a_panel
+        .chunks_exact(MR)
+        .zip(b_panel.chunks_exact(NR))
+        .take(kc)
+    {
+        for i in 0..MR {
+            let ai = a_col[i];
+            for j in 0..NR {
+                acc[i][j] = if FMA {
+                    ai.mul_add(b_row[j], acc[i][j])
+                } else {
+                    acc[i][j] + ai * b_row[j]
+                };
+            }
+        }
+    }
+    acc
+}
+
+/// Packs `A[i0..i0+mc, p0..p0+kc]` as row panels of `MR`: panel `q`, step `p`, row `r` goes
+/// to `out[q*MR*kc + p*MR + r]`. Rows past `mc` are zero so the micro-kernel needs no edge case.
+#[inline(always)]
+fn pack_a<T: Float, const MR: usize>(
+    a: &MatRef<T>,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    out: &mut [T],
+) {
+    for (q, panel) in out
+        .chunks_exact_mut(MR * kc)
+        .take(mc.div_ceil(MR))
+        .enumerate()
+    {
+        let rows = MR.min(mc - q * MR);
+        for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
+            for (r, v) in slot.iter_mut().enumerate() {
+                *v = if r < rows {
+                    a.at(i0 + q * MR + r, p0 + p)
+                } else {
+                    T::ZERO
+                };
+            }
+        }
+    }
+}
+
+/// Packs `B[p0..p0+kc, j0..j0+nc]` as column panels of `NR`: panel `q`, step `p`, column `c`
+/// goes to `out[q*NR*kc + p*NR + c]`, zero past `nc`.
+#[inline(always)]
+fn pack_b<T: Float, const NR: usize>(
+    b: &MatRef<T>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    out: &mut [T],
+) {
+    for (q, panel) in out
+        .chunks_exact_mut(NR * kc)
+        .take(nc.div_ceil(NR))
+        .enumerate()
+    {
+        let cols = NR.min(nc - q * NR);
+        for (p, slot) in panel.chunks_exact_mut(NR).enumerate() {
+            if cols == NR && b.col_stride == 1 {
+                // The common case: a contiguous run of B's row.
+                let start = (p0 + p) * b.row_stride + j0 + q * NR;
+                slot.copy_from_slice(&b.data[start..start + NR]);
+            } else {
+                for (cc, v) in slot.iter_mut().enumerate() {
+                    *v = if cc < cols {
+                        b.at(p0 + p, j0 + q * NR + cc)
+                    } else {
+                        T::ZERO
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn naive(a: &MatRef<f64>, b: &MatRef<f64>) -> Vec<f64> {
+        let mut c = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                c[i * b.cols + j] = (0..a.cols).map(|p| a.at(i, p) * b.at(p, j)).sum();
+            }
+        }
+        c
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<f64> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.uniform() * 2.0 - 1.0).collect()
+    }
+
+    fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| y * y).sum();
+        (num / den).sqrt()
+    }
+
+    #[test]
+    fn matches_naive_on_odd_sizes_and_transposes() {
+        // Sizes chosen to cross every block edge: m past MC, k past KC, n past NR panels.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 13, 5),
+            (97, 33, 257),
+            (130, 70, 300),
+            (3, 2049, 2),
+        ] {
+            let a_data = random(m * k, 1);
+            let b_data = random(k * n, 2);
+            let a = MatRef::row_major(&a_data, m, k);
+            let b = MatRef::row_major(&b_data, k, n);
+            let want = naive(&a, &b);
+            let mut c = vec![f64::NAN; m * n];
+            gemm(a, b, MatMut::row_major(&mut c, m, n), false);
+            assert!(rel_err(&c, &want) < 1e-14, "{m}x{n}x{k}");
+
+            // The same product through transposed views of transposed storage.
+            let at_data: Vec<f64> = (0..k * m).map(|x| a_data[(x % m) * k + x / m]).collect();
+            let bt_data: Vec<f64> = (0..n * k).map(|x| b_data[(x % k) * n + x / k]).collect();
+            let at = MatRef::row_major(&at_data, k, m).t();
+            let bt = MatRef::row_major(&bt_data, n, k).t();
+            let mut c2 = vec![f64::NAN; m * n];
+            gemm_parallel(at, bt, MatMut::row_major(&mut c2, m, n), false);
+            assert!(rel_err(&c2, &want) < 1e-14, "transposed {m}x{n}x{k}");
+        }
+    }
+
+    #[test]
+    fn accumulate_adds_to_c() {
+        let (m, n, k) = (5, 9, 4);
+        let a_data = random(m * k, 3);
+        let b_data = random(k * n, 4);
+        let a = MatRef::row_major(&a_data, m, k);
+        let b = MatRef::row_major(&b_data, k, n);
+        let mut c = vec![1.0; m * n];
+        gemm(a, b, MatMut::row_major(&mut c, m, n), true);
+        let want: Vec<f64> = naive(&a, &b).iter().map(|v| v + 1.0).collect();
+        assert!(rel_err(&c, &want) < 1e-14);
+    }
+
+    #[test]
+    fn parallel_f32_is_bit_identical_to_sequential() {
+        let (m, n, k) = (64, 300, 200);
+        let a_data: Vec<f32> = random(m * k, 5).iter().map(|&v| v as f32).collect();
+        let b_data: Vec<f32> = random(k * n, 6).iter().map(|&v| v as f32).collect();
+        let a = MatRef::row_major(&a_data, m, k);
+        let b = MatRef::row_major(&b_data, k, n);
+        let mut c1 = vec![0f32; m * n];
+        let mut c2 = vec![0f32; m * n];
+        gemm(a, b, MatMut::row_major(&mut c1, m, n), false);
+        gemm_parallel(a, b, MatMut::row_major(&mut c2, m, n), false);
+        assert_eq!(c1, c2);
+    }
+
+    #[test]
+    fn empty_shared_dimension_gives_zeros() {
+        let a: Vec<f32> = vec![];
+        let mut c = vec![5f32; 6];
+        gemm(
+            MatRef::row_major(&a, 2, 0),
+            MatRef::row_major(&a, 0, 3),
+            MatMut::row_major(&mut c, 2, 3),
+            false,
+        );
+        assert_eq!(c, vec![0.0; 6]);
+    }
+}

@@ -1,0 +1,161 @@
+//! The fully connected layer: `y = x · Wᵀ + b`.
+//!
+//! Shapes follow PyTorch's `nn.Linear`: x is `[N, I]`, W is `[O, I]` (one row per output),
+//! b is `[O]`, y is `[N, O]`. All three products are one GEMM each, with the transposes
+//! expressed as strided views so nothing is copied:
+//!
+//! ```text
+//! forward:  y  = x · Wᵀ        [N, I]·[I, O]
+//! data:     dx = dy · W        [N, O]·[O, I]
+//! weight:   dW = dyᵀ · x       [O, N]·[N, I]
+//! bias:     db = Σ_n dy[n, :]
+//! ```
+
+use rayon::prelude::*;
+
+use super::gemm::{MatMut, MatRef, gemm_parallel};
+use super::{common_dtype, expect_shape, host, with_float_type};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Float, Tensor};
+
+const OP: &str = "linear";
+
+fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
+    let (n, i) = x
+        .shape()
+        .dims2()
+        .ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
+    let (o, wi) = w
+        .shape()
+        .dims2()
+        .ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
+    if wi != i {
+        return Err(Error::shape(
+            OP,
+            format!("weight of shape [O, {i}] for input {}", x.shape()),
+            format!("weight of shape {}", w.shape()),
+        ));
+    }
+    Ok((n, i, o))
+}
+
+pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (n, i, o) = dims(x, w)?;
+    let mut inputs = vec![("input", x), ("weight", w)];
+    if let Some(b) = b {
+        expect_shape(OP, "bias", b, &[o])?;
+        inputs.push(("bias", b));
+    }
+    let (dtype, _) = common_dtype(OP, &inputs)?;
+    with_float_type!(dtype, OP, |T| {
+        let mut y = vec![T::ZERO; n * o];
+        let xm = MatRef::row_major(host::<T>(x)?, n, i);
+        let wm = MatRef::row_major(host::<T>(w)?, o, i);
+        gemm_parallel(xm, wm.t(), MatMut::row_major(&mut y, n, o), false);
+        if let Some(b) = b {
+            let bs = host::<T>(b)?;
+            for row in y.chunks_exact_mut(o) {
+                row.iter_mut().zip(bs).for_each(|(v, &bo)| *v += bo);
+            }
+        }
+        Ok(Tensor::from_cpu([n, o], y))
+    })
+}
+
+/// `dx = dy · W`.
+pub fn backward_data(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (o, i) = w
+        .shape()
+        .dims2()
+        .ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
+    let n = dy.dims().first().copied().unwrap_or(0);
+    expect_shape(OP, "output gradient", dy, &[n, o])?;
+    let (dtype, _) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
+    with_float_type!(dtype, OP, |T| {
+        let mut dx = vec![T::ZERO; n * i];
+        let dym = MatRef::row_major(host::<T>(dy)?, n, o);
+        let wm = MatRef::row_major(host::<T>(w)?, o, i);
+        gemm_parallel(dym, wm, MatMut::row_major(&mut dx, n, i), false);
+        Ok(Tensor::from_cpu([n, i], dx))
+    })
+}
+
+/// `dW = dyᵀ · x`.
+pub fn backward_weight(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (n, i) = x
+        .shape()
+        .dims2()
+        .ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
+    let o = dy.dims().get(1).copied().unwrap_or(0);
+    expect_shape(OP, "output gradient", dy, &[n, o])?;
+    let (dtype, _) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
+    with_float_type!(dtype, OP, |T| {
+        let mut dw = vec![T::ZERO; o * i];
+        let dym = MatRef::row_major(host::<T>(dy)?, n, o);
+        let xm = MatRef::row_major(host::<T>(x)?, n, i);
+        gemm_parallel(dym.t(), xm, MatMut::row_major(&mut dw, o, i), false);
+        Ok(Tensor::from_cpu([o, i], dw))
+    })
+}
+
+/// `db = Σ_n dy[n, :]`, summed in f64.
+pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
+    let (n, o) = dy.shape().dims2().ok_or_else(|| {
+        Error::shape_of(OP, "a 2-D output gradient", "output gradient", dy.shape())
+    })?;
+    with_float_type!(dy.dtype(), OP, |T| {
+        let dys = host::<T>(dy)?;
+        let db: Vec<T> = (0..o)
+            .into_par_iter()
+            .map(|j| T::from_f64((0..n).map(|r| dys[r * o + j].to_f64()).sum()))
+            .collect();
+        Ok(Tensor::from_cpu([o], db))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_by_hand() {
+        // x = [[1, 2]], W = [[1, 0], [0, 1], [1, 1]], b = [0.5, 0, -1]  →  y = [[1.5, 2, 2]]
+        let x = Tensor::from_vec([1, 2], vec![1.0f32, 2.0]).unwrap();
+        let w = Tensor::from_vec([3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
+        let b = Tensor::from_vec([3], vec![0.5f32, 0.0, -1.0]).unwrap();
+        let y = forward(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.dims(), &[1, 3]);
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![1.5, 2.0, 2.0]);
+        let dy = Tensor::from_vec([1, 3], vec![1.0f32, 1.0, 1.0]).unwrap();
+        assert_eq!(
+            backward_data(&dy, &w).unwrap().to_vec::<f32>().unwrap(),
+            vec![2.0, 2.0]
+        );
+        assert_eq!(
+            backward_weight(&dy, &x).unwrap().to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+        );
+        assert_eq!(
+            backward_bias(&dy).unwrap().to_vec::<f32>().unwrap(),
+            vec![1.0, 1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors() {
+        let x = Tensor::zeros([4, 5], crate::DType::F32);
+        let w = Tensor::zeros([3, 6], crate::DType::F32);
+        assert_eq!(
+            forward(&x, &w, None).unwrap_err().to_string(),
+            "linear: expected weight of shape [O, 5] for input [4, 5], got weight of shape [3, 6]"
+        );
+        let w = Tensor::zeros([3, 5], crate::DType::F32);
+        let b = Tensor::zeros([4], crate::DType::F32);
+        assert!(
+            forward(&x, &w, Some(&b))
+                .unwrap_err()
+                .to_string()
+                .contains("bias of shape [3]")
+        );
+    }
+}

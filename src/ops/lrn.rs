@@ -1,0 +1,201 @@
+//! Local response normalisation across channels (AlexNet, section 3.3).
+//!
+//! Each value is divided by a power of the energy of its neighbours in the channel dimension,
+//! at the same pixel:
+//!
+//! ```text
+//! s[c] = k + (α / size) · Σ_{c' ∈ W(c)} x[c']²        W(c) = [c − ⌊size/2⌋, c + ⌊(size−1)/2⌋] ∩ [0, C)
+//! y[c] = x[c] · s[c]^(−β)
+//! ```
+//!
+//! This is PyTorch's `nn.LocalResponseNorm` (α is divided by `size`; the paper's Caffe
+//! layer does the same). AlexNet uses size 5, α = 1e-4, β = 0.75, k = 2.
+//!
+//! The gradient: `y[j]` depends on `x[i]` directly when `i = j` and through `s[j]` whenever
+//! `i ∈ W(j)`, which is when `j ∈ [i − ⌊(size−1)/2⌋, i + ⌊size/2⌋]`. Differentiating,
+//!
+//! ```text
+//! dx[i] = dy[i] · s[i]^(−β) − (2αβ / size) · x[i] · Σ_{j : i ∈ W(j)} dy[j] · y[j] / s[j]
+//! ```
+//!
+//! The backward pass recomputes `s` from `x` instead of keeping it: one more tensor the size
+//! of the activation would otherwise stay alive until backward.
+
+use rayon::prelude::*;
+
+use super::{common_dtype, expect_nchw, expect_shape, host, with_float_type};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Float, Tensor};
+
+const OP: &str = "lrn";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrnParams {
+    pub size: usize,
+    pub alpha: f64,
+    pub beta: f64,
+    pub k: f64,
+}
+
+impl LrnParams {
+    /// The values of the AlexNet paper.
+    pub fn alexnet() -> Self {
+        LrnParams {
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 2.0,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.size == 0 {
+            return Err(Error::argument(OP, "size must be at least 1"));
+        }
+        if self.k <= 0.0 || self.alpha < 0.0 {
+            return Err(Error::argument(
+                OP,
+                format!(
+                    "k must be positive and alpha non-negative, got k={} alpha={}",
+                    self.k, self.alpha
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Channels that normalise channel `c`: `[c − ⌊size/2⌋, c + ⌊(size−1)/2⌋]` within `0..channels`.
+    fn window(&self, c: usize, channels: usize) -> std::ops::Range<usize> {
+        c.saturating_sub(self.size / 2)..(c + (self.size - 1) / 2 + 1).min(channels)
+    }
+
+    /// Channels whose window contains channel `i`: `[i − ⌊(size−1)/2⌋, i + ⌊size/2⌋]`.
+    fn windows_containing(&self, i: usize, channels: usize) -> std::ops::Range<usize> {
+        i.saturating_sub((self.size - 1) / 2)..(i + self.size / 2 + 1).min(channels)
+    }
+}
+
+/// `s[c]` for every channel of one image, `[C, HW]`.
+fn scale<T: Float>(x_img: &[T], c: usize, hw: usize, p: &LrnParams) -> Vec<T> {
+    let alpha_over_n = T::from_f64(p.alpha / p.size as f64);
+    let k = T::from_f64(p.k);
+    let mut s = vec![T::ZERO; c * hw];
+    for ch in 0..c {
+        let out = &mut s[ch * hw..][..hw];
+        for src in p.window(ch, c) {
+            for (o, &v) in out.iter_mut().zip(&x_img[src * hw..][..hw]) {
+                *o += v * v;
+            }
+        }
+        out.iter_mut().for_each(|o| *o = k + alpha_over_n * *o);
+    }
+    s
+}
+
+pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
+    p.check()?;
+    let (_n, c, h, w) = expect_nchw(OP, "input", x)?;
+    let hw = h * w;
+    with_float_type!(x.dtype(), OP, |T| {
+        let xs = host::<T>(x)?;
+        let neg_beta = T::from_f64(-p.beta);
+        let mut y = vec![T::ZERO; xs.len()];
+        y.par_chunks_mut(c * hw)
+            .zip(xs.par_chunks(c * hw))
+            .for_each(|(y_img, x_img)| {
+                let s = scale(x_img, c, hw, &p);
+                for ((y, &x), &s) in y_img.iter_mut().zip(x_img).zip(&s) {
+                    *y = x * s.powf(neg_beta);
+                }
+            });
+        Ok(Tensor::from_cpu(x.shape().clone(), y))
+    })
+}
+
+/// The input gradient, from the output gradient, the input and the output.
+pub fn backward(dy: &Tensor, x: &Tensor, y: &Tensor, p: LrnParams) -> Result<Tensor> {
+    p.check()?;
+    let (_n, c, h, w) = expect_nchw(OP, "input", x)?;
+    expect_shape(OP, "output gradient", dy, x.dims())?;
+    expect_shape(OP, "output", y, x.dims())?;
+    let (dtype, _) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("output", y)])?;
+    let hw = h * w;
+    with_float_type!(dtype, OP, |T| {
+        let (dys, xs, ys) = (host::<T>(dy)?, host::<T>(x)?, host::<T>(y)?);
+        let neg_beta = T::from_f64(-p.beta);
+        let coef = T::from_f64(2.0 * p.alpha * p.beta / p.size as f64);
+        let mut dx = vec![T::ZERO; xs.len()];
+        dx.par_chunks_mut(c * hw)
+            .zip(
+                xs.par_chunks(c * hw)
+                    .zip(dys.par_chunks(c * hw).zip(ys.par_chunks(c * hw))),
+            )
+            .for_each(|(dx_img, (x_img, (dy_img, y_img)))| {
+                let s = scale(x_img, c, hw, &p);
+                // ratio[j] = dy[j]·y[j]/s[j], the term each channel j sends to its window.
+                let ratio: Vec<T> = dy_img
+                    .iter()
+                    .zip(y_img)
+                    .zip(&s)
+                    .map(|((&d, &y), &s)| d * y / s)
+                    .collect();
+                for i in 0..c {
+                    let out = &mut dx_img[i * hw..][..hw];
+                    out.fill(T::ZERO);
+                    for j in p.windows_containing(i, c) {
+                        for (o, &r) in out.iter_mut().zip(&ratio[j * hw..][..hw]) {
+                            *o += r;
+                        }
+                    }
+                    let at = i * hw;
+                    for (q, o) in out.iter_mut().enumerate() {
+                        let direct = dy_img[at + q] * s[at + q].powf(neg_beta);
+                        *o = direct - coef * x_img[at + q] * *o;
+                    }
+                }
+            });
+        Ok(Tensor::from_cpu(x.shape().clone(), dx))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_pytorch() {
+        let p = LrnParams {
+            size: 4,
+            ..LrnParams::alexnet()
+        };
+        // size 4: c − 2 … c + 1
+        assert_eq!(p.window(0, 10), 0..2);
+        assert_eq!(p.window(5, 10), 3..7);
+        assert_eq!(p.window(9, 10), 7..10);
+        // i is in W(j) for j in i − 1 … i + 2
+        assert_eq!(p.windows_containing(5, 10), 4..8);
+        for i in 0..10 {
+            for j in 0..10 {
+                assert_eq!(
+                    p.window(j, 10).contains(&i),
+                    p.windows_containing(i, 10).contains(&j)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn forward_by_hand() {
+        // Two channels, one pixel, size 3 (window of c is c−1..c+1), α = 3, β = 1, k = 1:
+        // s = 1 + (3/3)(x0² + x1²) = 1 + 1 + 4 = 6 for both channels.
+        let p = LrnParams {
+            size: 3,
+            alpha: 3.0,
+            beta: 1.0,
+            k: 1.0,
+        };
+        let x = Tensor::from_vec([1, 2, 1, 1], vec![1.0f64, 2.0]).unwrap();
+        let y = forward(&x, p).unwrap().to_vec::<f64>().unwrap();
+        assert!((y[0] - 1.0 / 6.0).abs() < 1e-15 && (y[1] - 2.0 / 6.0).abs() < 1e-15);
+    }
+}

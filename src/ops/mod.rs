@@ -1,0 +1,107 @@
+//! The ops: one module per op family.
+//!
+//! Each module holds the op's shape rules, its parameters, and its CPU reference forward and
+//! backward. The reference is written to be read first and to be fast second; it is the oracle
+//! every kernel is tested against. An op's public functions take and return [`Tensor`]s,
+//! check their inputs (returning [`Error`]s that name the op and the shapes), and dispatch on
+//! the device and the element type. The CPU code is generic over [`Float`] so the same lines
+//! run in f32 for training and in f64 for the gradient checks.
+
+pub mod batchnorm;
+pub mod concat;
+pub mod conv2d;
+pub mod dropout;
+pub mod elementwise;
+pub mod gemm;
+pub mod linear;
+pub mod loss;
+pub mod lrn;
+pub mod pool;
+pub mod sgd;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Float, Tensor};
+
+/// Runs `$body` with `$T` bound to the Rust type of a floating-point dtype, or returns a
+/// dtype error naming `$op`. The reference ops are written once, generic over [`Float`].
+macro_rules! with_float_type {
+    ($dtype:expr, $op:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::tensor::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            other => Err($crate::error::Error::DType {
+                op: $op,
+                actual: other,
+                supported: "f32, f64",
+            }),
+        }
+    };
+}
+pub(crate) use with_float_type;
+
+/// Checks that all inputs share one dtype and one device; returns them.
+pub(crate) fn common_dtype(
+    op: &'static str,
+    inputs: &[(&str, &Tensor)],
+) -> Result<(DType, Device)> {
+    let (first_name, first) = inputs[0];
+    for (name, t) in &inputs[1..] {
+        if t.dtype() != first.dtype() {
+            return Err(Error::Mismatch {
+                op,
+                detail: format!(
+                    "{first_name} is {} but {name} is {}",
+                    first.dtype(),
+                    t.dtype()
+                ),
+            });
+        }
+        if t.device() != first.device() {
+            return Err(Error::Mismatch {
+                op,
+                detail: format!(
+                    "{first_name} is on {} but {name} is on {}",
+                    first.device(),
+                    t.device()
+                ),
+            });
+        }
+    }
+    Ok((first.dtype(), first.device()))
+}
+
+/// Checks that a tensor has exactly the expected shape.
+pub(crate) fn expect_shape(op: &'static str, what: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.dims() != want {
+        return Err(Error::shape_of(
+            op,
+            format!("{what} of shape {}", crate::tensor::Shape::from(want)),
+            what,
+            t.shape(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a tensor is 4-D (NCHW) and returns its dimensions.
+pub(crate) fn expect_nchw(
+    op: &'static str,
+    what: &str,
+    t: &Tensor,
+) -> Result<(usize, usize, usize, usize)> {
+    t.shape()
+        .dims4()
+        .ok_or_else(|| Error::shape_of(op, format!("a 4-D {what} (N, C, H, W)"), what, t.shape()))
+}
+
+/// Typed host slice of a tensor already checked to hold `T`.
+pub(crate) fn host<T: Float>(t: &Tensor) -> Result<&[T]> {
+    t.as_slice::<T>()
+}

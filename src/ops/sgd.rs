@@ -1,0 +1,112 @@
+//! Stochastic gradient descent with momentum and weight decay, in PyTorch's form
+//! (`torch.optim.SGD` with dampening 0, not Nesterov):
+//!
+//! ```text
+//! g ← grad + weight_decay · θ
+//! v ← momentum · v + g          (v starts at zero, so the first step sets v = g)
+//! θ ← θ − lr · v
+//! ```
+//!
+//! Note that the learning rate multiplies the velocity, not the gradient (Sutskever et al.
+//! write it the other way); the two agree at a constant learning rate but differ when it
+//! changes.
+
+use rayon::prelude::*;
+
+use super::{common_dtype, host, with_float_type};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+
+const OP: &str = "sgd";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdParams {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+}
+
+/// One update of `param` (and its `velocity`) from `grad`, in place.
+pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdParams) -> Result<()> {
+    for (name, t) in [("gradient", grad), ("velocity", &*velocity)] {
+        if t.shape() != param.shape() {
+            return Err(Error::shape(
+                OP,
+                format!("{name} of the parameter's shape {}", param.shape()),
+                format!("{name} of shape {}", t.shape()),
+            ));
+        }
+    }
+    let (dtype, _) = common_dtype(
+        OP,
+        &[
+            ("parameter", param),
+            ("gradient", grad),
+            ("velocity", velocity),
+        ],
+    )?;
+    with_float_type!(dtype, OP, |T| {
+        let g = host::<T>(grad)?;
+        let (lr, mom, wd) = (
+            T::from_f64(h.lr),
+            T::from_f64(h.momentum),
+            T::from_f64(h.weight_decay),
+        );
+        let v = velocity.as_mut_slice::<T>()?;
+        let p = param.as_mut_slice::<T>()?;
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(p, (v, g))| {
+                for ((p, v), &g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
+                    let d = g + wd * *p;
+                    *v = mom * *v + d;
+                    *p -= lr * *v;
+                }
+            });
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_steps_by_hand() {
+        let h = SgdParams {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+        };
+        let mut p = Tensor::from_vec([1], vec![1.0f64]).unwrap();
+        let mut v = Tensor::zeros([1], crate::DType::F64);
+        let g = Tensor::from_vec([1], vec![0.5f64]).unwrap();
+        step(&mut p, &g, &mut v, h).unwrap();
+        // d = 0.5 + 0.01·1 = 0.51; v = 0.51; p = 1 − 0.051 = 0.949
+        assert!((v.item().unwrap() - 0.51).abs() < 1e-15);
+        assert!((p.item().unwrap() - 0.949).abs() < 1e-15);
+        step(&mut p, &g, &mut v, h).unwrap();
+        // d = 0.5 + 0.00949 = 0.50949; v = 0.9·0.51 + 0.50949 = 0.96849; p = 0.949 − 0.096849
+        assert!((v.item().unwrap() - 0.96849).abs() < 1e-15);
+        assert!((p.item().unwrap() - 0.852151).abs() < 1e-15);
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        let mut p = Tensor::zeros([3], crate::DType::F32);
+        let mut v = Tensor::zeros([3], crate::DType::F32);
+        let g = Tensor::zeros([4], crate::DType::F32);
+        let h = SgdParams {
+            lr: 0.1,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
+        assert!(
+            step(&mut p, &g, &mut v, h)
+                .unwrap_err()
+                .to_string()
+                .contains("gradient of the parameter's shape [3]")
+        );
+    }
+}
