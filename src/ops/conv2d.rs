@@ -441,9 +441,18 @@ fn im2col<T: Float>(x: &[T], g: &ConvGeometry, col: &mut [T]) {
                     let in_row = &plane[iy as usize * g.w..][..g.w];
                     out_row[..cols.start].fill(T::ZERO);
                     out_row[cols.end..].fill(T::ZERO);
-                    for ox in cols.clone() {
-                        let ix = (ox * p.stride.1) as isize + x_off;
-                        out_row[ox] = in_row[ix as usize];
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let ix0 = ((cols.start * p.stride.1) as isize + x_off) as usize;
+                    if p.stride.1 == 1 {
+                        // Unit stride: the valid part of the row is one contiguous run.
+                        out_row[cols.clone()].copy_from_slice(&in_row[ix0..ix0 + cols.len()]);
+                    } else {
+                        let src = in_row[ix0..].iter().step_by(p.stride.1);
+                        for (o, &v) in out_row[cols.clone()].iter_mut().zip(src) {
+                            *o = v;
+                        }
                     }
                 }
             }
@@ -465,12 +474,16 @@ fn col2im<T: Float>(col: &[T], g: &ConvGeometry, x: &mut [T]) {
                 let x_off = (kx * p.dilation.1) as isize - p.padding.1 as isize;
                 let cols = valid_outputs(g.ow, g.w, p.stride.1, x_off);
                 let src = &col[((c * g.kh + ky) * g.kw + kx) * pix..][..pix];
+                if cols.is_empty() {
+                    continue;
+                }
+                let ix0 = ((cols.start * p.stride.1) as isize + x_off) as usize;
                 for oy in rows.clone() {
                     let iy = (oy * p.stride.0) as isize + y_off;
                     let in_row = &mut plane[iy as usize * g.w..][..g.w];
-                    for ox in cols.clone() {
-                        let ix = (ox * p.stride.1) as isize + x_off;
-                        in_row[ix as usize] += src[oy * g.ow + ox];
+                    let from = &src[oy * g.ow..][cols.clone()];
+                    for (d, &v) in in_row[ix0..].iter_mut().step_by(p.stride.1).zip(from) {
+                        *d += v;
                     }
                 }
             }

@@ -15,12 +15,14 @@
 //!         micro-kernel: an MR×NR tile of C in registers, KC rank-1 updates
 //! ```
 //!
-//! The micro-kernel is plain Rust on fixed-size arrays; LLVM keeps the MR×NR accumulator in
-//! vector registers and turns the inner loop into broadcasts and fused multiply-adds. It is
-//! compiled three times (AVX-512, AVX2+FMA, and portable) and the fastest one the CPU
-//! supports is chosen at run time. Every element of C is summed in the same order on every
-//! path that has FMA, so results do not depend on the machine's vector width or on the number
-//! of threads.
+//! Everything but the micro-kernel is plain, portable Rust. For f32 on x86-64 the
+//! micro-kernel is written with vector intrinsics ([`x86`]): an 8×32 tile in sixteen AVX-512
+//! registers, or a 6×16 tile in twelve AVX2 registers, chosen at run time from what the CPU
+//! reports. (Left to itself, LLVM vectorised the generic kernel across the wrong dimension,
+//! with gathers and scatters, at a tenth of the speed.) Both vector kernels sum each element
+//! of C in the same order with fused multiply-adds, so results depend neither on the
+//! machine's vector width nor on the number of threads. Other types (f64, used by the
+//! gradient checks) and other CPUs use the generic [`micro_kernel`].
 //!
 //! Matrices are passed as strided views ([`MatRef`]), so a transposed operand costs nothing:
 //! `a.t()` swaps the strides and packing reads it in whatever order it lies.
@@ -28,6 +30,9 @@
 use std::marker::PhantomData;
 
 use crate::tensor::Float;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 /// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +89,20 @@ impl<'a, T: Copy> MatRef<'a, T> {
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// The same view with the element type renamed (for a `T` known to be `U`).
+    fn cast<U: bytemuck::Pod>(self) -> MatRef<'a, U>
+    where
+        T: bytemuck::Pod,
+    {
+        MatRef {
+            data: bytemuck::cast_slice(self.data),
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
     }
 
     pub fn cols(&self) -> usize {
@@ -159,6 +178,21 @@ impl<'a, T: Copy> MatMut<'a, T> {
         }
     }
 
+    /// The same view with the element type renamed (for a `T` known to be `U`).
+    fn cast<U: bytemuck::Pod>(self) -> MatMut<'a, U>
+    where
+        T: bytemuck::Pod,
+    {
+        assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<U>());
+        MatMut {
+            ptr: self.ptr.cast::<U>(),
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            _borrow: PhantomData,
+        }
+    }
+
     /// Splits into columns `..c` and `c..`.
     fn split_at_col(self, c: usize) -> (MatMut<'a, T>, MatMut<'a, T>) {
         assert!(c <= self.cols);
@@ -209,14 +243,23 @@ const NC: usize = 2048;
 /// `C = A·B` (or `C += A·B` when `accumulate`), single-threaded.
 pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
-    match Isa::detect() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: detect() saw the CPU report AVX-512F.
-        Isa::Avx512 => unsafe { gemm_avx512(a, b, c, accumulate) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: detect() saw the CPU report AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { gemm_avx2(a, b, c, accumulate) },
-        Isa::Portable => gemm_blocked::<T, 6, 16, false>(a, b, c, accumulate),
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == crate::tensor::DType::F32 {
+        // T is f32 here, so these casts reinterpret nothing.
+        gemm_f32_with(Isa::detect(), a.cast(), b.cast(), c.cast(), accumulate);
+        return;
+    }
+    gemm_blocked::<T, 4, 8>(a, b, c, accumulate, micro_kernel::<T, 4, 8>)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn gemm_f32_with(isa: Isa, a: MatRef<f32>, b: MatRef<f32>, c: MatMut<f32>, accumulate: bool) {
+    match isa {
+        Isa::Avx512 => gemm_blocked::<f32, 8, 32>(a, b, c, accumulate, x86::kernel_avx512_8x32),
+        Isa::Avx2Fma => gemm_blocked::<f32, 6, 16>(a, b, c, accumulate, x86::kernel_avx2_6x16),
+        Isa::Portable => {
+            gemm_blocked::<f32, 4, 16>(a, b, c, accumulate, micro_kernel::<f32, 4, 16>)
+        }
     }
 }
 
@@ -285,58 +328,101 @@ fn check_dims<T: Copy>(a: &MatRef<T>, b: &MatRef<T>, c: &MatMut<T>) {
     );
 }
 
+/// The vector instruction sets the f32 kernels are written for.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
-    #[cfg(target_arch = "x86_64")]
     Avx512,
-    #[cfg(target_arch = "x86_64")]
     Avx2Fma,
     Portable,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Isa {
-    fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var_os("SCRATCHNET_CPU_PORTABLE").is_some() {
-                return Isa::Portable;
-            }
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2Fma;
-            }
+    /// What this CPU supports; `SCRATCHNET_CPU_PORTABLE=1` forces the generic kernel.
+    /// Every kernel this CPU can run, fastest first (the tests compare them).
+    #[cfg(test)]
+    fn all_supported() -> Vec<Isa> {
+        let mut v = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push(Isa::Avx512);
         }
-        Isa::Portable
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            v.push(Isa::Avx2Fma);
+        }
+        v.push(Isa::Portable);
+        v
+    }
+
+    fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var_os("SCRATCHNET_CPU_PORTABLE").is_some() {
+                Isa::Portable
+            } else if std::arch::is_x86_feature_detected!("avx512f") {
+                Isa::Avx512
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                Isa::Avx2Fma
+            } else {
+                Isa::Portable
+            }
+        })
     }
 }
 
-// The same blocked loop nest, compiled with different target features. With AVX-512 the
-// 8×32 f32 tile is 16 zmm accumulators; with AVX2 the 6×16 tile is 12 ymm accumulators
-// (the classic shape for 16 vector registers).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn gemm_avx512<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
-    gemm_blocked::<T, 8, 32, true>(a, b, c, accumulate)
-}
+/// Computes one `MR×NR` tile of `A_panel · B_panel` over `kc` steps and writes (or, with
+/// `accumulate`, adds) its top-left `mr×nr` corner to C at `c`, whose rows are `ldc` apart.
+/// Panels are packed so that step `p` reads `MR` consecutive values of A and `NR` consecutive
+/// values of B.
+///
+/// # Safety
+/// `a` holds at least `kc·MR` values, `b` at least `kc·NR`; `c` points at an `mr×nr` block
+/// (mr ≤ MR, nr ≤ NR) of writable memory with row stride `ldc` that nothing else accesses;
+/// the CPU supports the instructions the kernel was compiled for.
+pub(super) type MicroKernel<T> = unsafe fn(
+    kc: usize,
+    a: &[T],
+    b: &[T],
+    c: *mut T,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+);
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_avx2<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
-    gemm_blocked::<T, 6, 16, true>(a, b, c, accumulate)
-}
-
+/// Writes (or adds) the `mr×nr` corner of a row-major `tile` with `NR` values per row to C.
+///
+/// # Safety
+/// As for [`MicroKernel`]'s `c`.
 #[inline(always)]
-fn gemm_blocked<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
+pub(super) unsafe fn store_tile<T: Float, const NR: usize>(
+    tile: &[T],
+    c: *mut T,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    for (i, row) in tile.chunks_exact(NR).take(mr).enumerate() {
+        // SAFETY: row i of the block is nr writable values at c + i·ldc.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
+        if accumulate {
+            dst.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+        } else {
+            dst.copy_from_slice(&row[..nr]);
+        }
+    }
+}
+
+fn gemm_blocked<T: Float, const MR: usize, const NR: usize>(
     a: MatRef<T>,
     b: MatRef<T>,
     mut c: MatMut<T>,
     accumulate: bool,
+    kernel: MicroKernel<T>,
 ) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 {
@@ -353,8 +439,18 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
         }
         return;
     }
-    let mut packed_a = vec![T::ZERO; MC.div_ceil(MR) * MR * KC];
-    let mut packed_b = vec![T::ZERO; NC.div_ceil(NR) * NR * KC];
+    // Packing writes every element it later reads (padding included), so the buffers are
+    // reused between calls without clearing; allocating and zeroing them per call costs as
+    // much as the arithmetic for the small products of a CIFAR network.
+    let a_len = m.min(MC).div_ceil(MR) * MR * k.min(KC);
+    let b_len = n.min(NC).div_ceil(NR) * NR * k.min(KC);
+    let mut scratch = SCRATCH.take();
+    let words = ((a_len + b_len) * std::mem::size_of::<T>()).div_ceil(8);
+    if scratch.len() < words {
+        scratch.resize(words, 0.0);
+    }
+    let buf = &mut bytemuck::cast_slice_mut::<f64, T>(&mut scratch[..words])[..a_len + b_len];
+    let (packed_a, packed_b) = buf.split_at_mut(a_len);
 
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
@@ -362,57 +458,64 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
             let kc = KC.min(k - pc);
             // The first rank-KC update overwrites C unless the caller asked to accumulate.
             let add_to_c = accumulate || pc > 0;
-            pack_b::<T, NR>(&b, pc, kc, jc, nc, &mut packed_b);
+            pack_b::<T, NR>(&b, pc, kc, jc, nc, packed_b);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                pack_a::<T, MR>(&a, ic, mc, pc, kc, &mut packed_a);
+                pack_a::<T, MR>(&a, ic, mc, pc, kc, packed_a);
                 for jr in (0..nc).step_by(NR) {
                     let nr = NR.min(nc - jr);
                     let b_panel = &packed_b[(jr / NR) * NR * kc..][..NR * kc];
                     for ir in (0..mc).step_by(MR) {
                         let mr = MR.min(mc - ir);
                         let a_panel = &packed_a[(ir / MR) * MR * kc..][..MR * kc];
-                        let acc = micro_kernel::<T, MR, NR, FMA>(kc, a_panel, b_panel);
-                        for (i, row) in acc.iter().enumerate().take(mr) {
-                            for (j, &v) in row.iter().enumerate().take(nr) {
-                                let p = c.ptr_at(ic + ir + i, jc + jr + j);
-                                // SAFETY: the tile is clipped to C's extent (mr, nr).
-                                unsafe { *p = if add_to_c { *p + v } else { v } };
-                            }
-                        }
+                        let c_tile = c.ptr_at(ic + ir, jc + jr);
+                        // SAFETY: the panels hold kc steps; the mr×nr block at c_tile lies
+                        // inside C, which this call borrows exclusively; the kernel was
+                        // chosen for what this CPU supports.
+                        unsafe {
+                            kernel(kc, a_panel, b_panel, c_tile, c.row_stride, mr, nr, add_to_c)
+                        };
                     }
                 }
             }
         }
     }
+    SCRATCH.set(scratch);
 }
 
-/// `MR×NR` tile of `A_panel · B_panel` over `kc` steps. Panels are packed so that step `p`
-/// reads `MR` consecutive values of A and `NR` consecutive values of B.
-#[inline(always)]
-fn micro_kernel<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
+thread_local! {
+    /// Packing space of this thread, kept as f64 so it is aligned for f32 and f64 alike.
+    static SCRATCH: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The portable micro-kernel: plain loops over the tile, for any float type.
+///
+/// # Safety
+/// As for [`MicroKernel`]; the panel lengths are checked here.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_kernel<T: Float, const MR: usize, const NR: usize>(
     kc: usize,
-    a_panel: &[T],
-    b_panel: &[T],
-) -> [[T; NR]; MR] {
-    let mut acc = [[T::ZERO; NR]; MR];
-    for (a_col, b_row) in a_panel
+    a: &[T],
+    b: &[T],
+    c: *mut T,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    let mut tile = [[T::ZERO; NR]; MR];
+    for (a_col, b_row) in a[..kc * MR]
         .chunks_exact(MR)
-        .zip(b_panel.chunks_exact(NR))
-        .take(kc)
+        .zip(b[..kc * NR].chunks_exact(NR))
     {
-        for i in 0..MR {
-            let ai = a_col[i];
-            for j in 0..NR {
-                acc[i][j] = if FMA {
-                    ai.mul_add(b_row[j], acc[i][j])
-                } else {
-                    acc[i][j] + ai * b_row[j]
-                };
+        for (row, &ai) in tile.iter_mut().zip(a_col) {
+            for (t, &bj) in row.iter_mut().zip(b_row) {
+                *t += ai * bj;
             }
         }
     }
-    acc
+    // SAFETY: forwarded from the caller.
+    unsafe { store_tile::<T, NR>(tile.as_flattened(), c, ldc, mr, nr, accumulate) }
 }
 
 /// Packs `A[i0..i0+mc, p0..p0+kc]` as row panels of `MR`: panel `q`, step `p`, row `r` goes
@@ -560,6 +663,52 @@ mod tests {
         gemm(a, b, MatMut::row_major(&mut c1, m, n), false);
         gemm_parallel(a, b, MatMut::row_major(&mut c2, m, n), false);
         assert_eq!(c1, c2);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_f32_kernel_matches_and_the_vector_ones_agree_bitwise() {
+        // 8 and 6 row tiles, 32 and 16 column tiles, and KC: every edge is crossed.
+        for &(m, n, k) in &[(13, 37, 300), (8, 32, 5), (1, 1, 1), (50, 3, 7)] {
+            let a: Vec<f32> = random(m * k, 7).iter().map(|&v| v as f32).collect();
+            let b: Vec<f32> = random(k * n, 8).iter().map(|&v| v as f32).collect();
+            let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+            let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let want = naive(
+                &MatRef::row_major(&a64, m, k),
+                &MatRef::row_major(&b64, k, n),
+            );
+            let mut results = Vec::new();
+            for isa in Isa::all_supported() {
+                for accumulate in [false, true] {
+                    let mut c = vec![if accumulate { 0.5f32 } else { f32::NAN }; m * n];
+                    let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+                    gemm_f32_with(isa, am, bm, MatMut::row_major(&mut c, m, n), accumulate);
+                    let got: Vec<f64> = c
+                        .iter()
+                        .map(|&v| v as f64 - if accumulate { 0.5 } else { 0.0 })
+                        .collect();
+                    assert!(
+                        rel_err(&got, &want) < 1e-5,
+                        "{isa:?} {m}x{n}x{k} accumulate={accumulate}"
+                    );
+                    if !accumulate {
+                        results.push((isa, c));
+                    }
+                }
+            }
+            let vector: Vec<_> = results
+                .iter()
+                .filter(|(isa, _)| *isa != Isa::Portable)
+                .collect();
+            for pair in vector.windows(2) {
+                assert_eq!(
+                    pair[0].1, pair[1].1,
+                    "{:?} and {:?} differ",
+                    pair[0].0, pair[1].0
+                );
+            }
+        }
     }
 
     #[test]

@@ -102,6 +102,7 @@ element!(i64, I64, |x| x as f64, |v| v as i64);
 /// The floating-point types the CPU reference computes in.
 pub trait Float:
     Element
+    + bytemuck::Pod
     + Default
     + PartialOrd
     + Add<Output = Self>

@@ -1,0 +1,81 @@
+use super::{Module, join};
+use crate::autograd::{Graph, Param, Var};
+use crate::error::Result;
+use crate::ops::batchnorm::update_running_stats;
+use crate::tensor::{DType, Tensor};
+
+/// `nn.BatchNorm2d`: γ = 1 and β = 0 at the start, running mean 0 and variance 1,
+/// momentum 0.1, ε = 1e-5 (PyTorch's defaults).
+pub struct BatchNorm2d {
+    pub weight: Param,
+    pub bias: Param,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    /// Training steps taken, as PyTorch's `num_batches_tracked`.
+    pub num_batches_tracked: u64,
+    pub eps: f64,
+    pub momentum: f64,
+    name: String,
+}
+
+impl BatchNorm2d {
+    pub fn new(name: &str, channels: usize) -> BatchNorm2d {
+        BatchNorm2d {
+            weight: Param::new(
+                join(name, "weight"),
+                Tensor::full([channels], 1.0, DType::F32),
+            ),
+            bias: Param::new(join(name, "bias"), Tensor::zeros([channels], DType::F32)),
+            running_mean: Tensor::zeros([channels], DType::F32),
+            running_var: Tensor::full([channels], 1.0, DType::F32),
+            num_batches_tracked: 0,
+            eps: 1e-5,
+            momentum: 0.1,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Module for BatchNorm2d {
+    /// In a training graph: normalise with the batch statistics and move the running
+    /// statistics towards them. In an eval graph: normalise with the running statistics.
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let gamma = g.param(&self.weight);
+        let beta = g.param(&self.bias);
+        if g.is_training() {
+            let (y, mean, var) = g.batch_norm_train(x, &gamma, &beta, self.eps)?;
+            let count = x.dims()[0] * x.dims()[2..].iter().product::<usize>();
+            update_running_stats(
+                &mut self.running_mean,
+                &mut self.running_var,
+                &mean,
+                &var,
+                count,
+                self.momentum,
+            )?;
+            self.num_batches_tracked += 1;
+            Ok(y)
+        } else {
+            g.batch_norm_eval(
+                x,
+                &gamma,
+                &beta,
+                &self.running_mean,
+                &self.running_var,
+                self.eps,
+            )
+        }
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        vec![&self.weight, &self.bias]
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        vec![&mut self.weight, &mut self.bias]
+    }
+}

@@ -1,0 +1,70 @@
+use super::init::{self, Init};
+use super::{Module, join};
+use crate::autograd::{Graph, Param, Var};
+use crate::error::Result;
+use crate::ops::conv2d::Conv2dParams;
+
+/// `nn.Conv2d`: weight `[out, in/groups, k, k]`, optional bias `[out]`.
+pub struct Conv2d {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub params: Conv2dParams,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        params: Conv2dParams,
+        bias: bool,
+        init: Init,
+        seed: u64,
+    ) -> Conv2d {
+        let shape = [
+            out_channels,
+            in_channels / params.groups.max(1),
+            kernel,
+            kernel,
+        ];
+        let weight = Param::new(join(name, "weight"), init::weight(shape, init, seed));
+        let fan_in = shape[1] * kernel * kernel;
+        let bias = bias.then(|| {
+            let b = match init {
+                // torchvision zeroes the biases it initialises itself.
+                Init::KaimingNormalFanOut => {
+                    crate::Tensor::zeros([out_channels], crate::DType::F32)
+                }
+                Init::Default => init::bias(out_channels, fan_in, seed ^ 0xB1A5),
+            };
+            Param::new(join(name, "bias"), b)
+        });
+        Conv2d {
+            weight,
+            bias,
+            params,
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let w = g.param(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.param(b));
+        g.conv2d(x, &w, b.as_ref(), self.params)
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        std::iter::once(&self.weight)
+            .chain(self.bias.as_ref())
+            .collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        std::iter::once(&mut self.weight)
+            .chain(self.bias.as_mut())
+            .collect()
+    }
+}

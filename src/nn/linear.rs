@@ -1,0 +1,52 @@
+use super::init::{self, Init};
+use super::{Module, join};
+use crate::autograd::{Graph, Param, Var};
+use crate::error::Result;
+
+/// `nn.Linear`: weight `[out, in]`, bias `[out]`, both `U(−1/√in, 1/√in)` as PyTorch.
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+}
+
+impl Linear {
+    pub fn new(
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        seed: u64,
+    ) -> Linear {
+        let weight = Param::new(
+            join(name, "weight"),
+            init::weight([out_features, in_features], Init::Default, seed),
+        );
+        let bias = bias.then(|| {
+            Param::new(
+                join(name, "bias"),
+                init::bias(out_features, in_features, seed ^ 0xB1A5),
+            )
+        });
+        Linear { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let w = g.param(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.param(b));
+        g.linear(x, &w, b.as_ref())
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        std::iter::once(&self.weight)
+            .chain(self.bias.as_ref())
+            .collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        std::iter::once(&mut self.weight)
+            .chain(self.bias.as_mut())
+            .collect()
+    }
+}

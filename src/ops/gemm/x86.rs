@@ -1,0 +1,140 @@
+//! The f32 micro-kernels for x86-64, written with vector intrinsics.
+//!
+//! Both compute a tile `C[MR×NR] = Σ_p A[:, p] · B[p, :]` as `kc` rank-1 updates. Each step
+//! loads one row of the packed B panel (NR floats: two vectors), broadcasts each of the MR
+//! values of the packed A column in turn, and issues one fused multiply-add per accumulator.
+//! The tile sizes fill the register file: the accumulators plus the two B vectors plus one
+//! broadcast must fit, and there must be enough independent accumulators to cover the FMA
+//! latency (4 cycles × 2 FMA ports = at least 8 in flight).
+//!
+//! - AVX-512: 8×32 → 16 zmm accumulators + 2 + 1 of 32 registers.
+//! - AVX2:    6×16 → 12 ymm accumulators + 2 + 1 of 16 registers.
+//!
+//! A full tile is added to (or stored into) C straight from the registers; a partial tile at
+//! the edge of C goes through a small buffer and is clipped by [`store_tile`].
+
+use std::arch::x86_64::*;
+
+use super::store_tile;
+
+/// # Safety
+/// The CPU supports AVX-512F; see [`super::MicroKernel`] for the rest.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn kernel_avx512_8x32(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 8;
+    const NR: usize = 32;
+    assert!(a.len() >= MR * kc && b.len() >= NR * kc && mr <= MR && nr <= NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+    for _ in 0..kc {
+        // SAFETY: the assert above keeps every read inside the panels.
+        unsafe {
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+    }
+    if mr == MR && nr == NR {
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: a full tile: row i of C holds NR writable values at c + i·ldc.
+            unsafe {
+                let p = c.add(i * ldc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if accumulate {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(p));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(p.add(16)));
+                }
+                _mm512_storeu_ps(p, v0);
+                _mm512_storeu_ps(p.add(16), v1);
+            }
+        }
+    } else {
+        let mut tile = [0f32; MR * NR];
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: the buffer holds MR·NR values.
+            unsafe {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), row[0]);
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), row[1]);
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { store_tile::<f32, NR>(&tile, c, ldc, mr, nr, accumulate) }
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA; see [`super::MicroKernel`] for the rest.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn kernel_avx2_6x16(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    assert!(a.len() >= MR * kc && b.len() >= NR * kc && mr <= MR && nr <= NR);
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+    for _ in 0..kc {
+        // SAFETY: the assert above keeps every read inside the panels.
+        unsafe {
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_set1_ps(*ap.add(i));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+    }
+    if mr == MR && nr == NR {
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: a full tile: row i of C holds NR writable values at c + i·ldc.
+            unsafe {
+                let p = c.add(i * ldc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if accumulate {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(p));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(p.add(8)));
+                }
+                _mm256_storeu_ps(p, v0);
+                _mm256_storeu_ps(p.add(8), v1);
+            }
+        }
+    } else {
+        let mut tile = [0f32; MR * NR];
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: the buffer holds MR·NR values.
+            unsafe {
+                _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR), row[0]);
+                _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8), row[1]);
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { store_tile::<f32, NR>(&tile, c, ldc, mr, nr, accumulate) }
+    }
+}
