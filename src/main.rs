@@ -13,7 +13,7 @@ use scratchnet::train::{Progress, TrainOptions, train};
 #[command(
     name = "scratchnet",
     version,
-    about = "A deep-learning engine written from scratch: AlexNet, ResNet, DenseNet"
+    about = "A deep-learning engine written from scratch, for the classic vision networks"
 )]
 struct Cli {
     #[command(subcommand)]

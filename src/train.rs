@@ -2,9 +2,10 @@
 //!
 //! Each step: draw a batch (shuffled each epoch, augmented unless told not to), run the
 //! model forward on a fresh training graph, take the mean cross-entropy, walk the tape
-//! backward, and let SGD update the parameters. The learning rate follows a cosine from its
-//! peak to zero over the run, after a linear warm-up of at most one epoch (He et al. warm up
-//! the deepest CIFAR nets; Loshchilov & Hutter's cosine needs no tuning of step points).
+//! backward, and let SGD update the parameters. The learning rate rises linearly to its peak
+//! over at most one epoch (a gradual warm-up as in Goyal et al., 2017, which keeps the first
+//! steps of a freshly initialised network from diverging), then follows a cosine to zero
+//! (Loshchilov & Hutter, 2017: no step points to tune).
 //! After each epoch the model is evaluated on the held-out split in eval mode.
 
 use std::time::Instant;
@@ -94,7 +95,7 @@ pub fn learning_rate(peak: f64, step: usize, total: usize, warmup: usize) -> f64
     if step < warmup {
         return peak * (step + 1) as f64 / warmup as f64;
     }
-    let span = (total - warmup).max(1) as f64;
+    let span = total.saturating_sub(warmup).max(1) as f64;
     let t = (step - warmup) as f64 / span;
     0.5 * peak * (1.0 + (std::f64::consts::PI * t).cos())
 }
@@ -178,7 +179,12 @@ pub fn train(
     if steps_per_epoch == 0 {
         return Err(Error::argument("train", "the training split is empty"));
     }
-    let total_steps = o.steps.unwrap_or(o.epochs * steps_per_epoch);
+    let total_steps = match o.steps {
+        Some(steps) => steps,
+        None => o.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
+            Error::argument("train", format!("--epochs {} is too many", o.epochs))
+        })?,
+    };
     let warmup = (steps_per_epoch.min(total_steps / 10)).max(1);
     on_progress(&Progress::Start {
         model: o.model.clone(),

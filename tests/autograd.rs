@@ -119,3 +119,18 @@ fn backward_reaches_a_leaf_through_a_mixed_path() {
         vec![1.0, 2.0, 1.0, 2.0]
     );
 }
+
+#[test]
+fn dropout_is_the_identity_in_an_eval_graph() {
+    let x = Var::constant(Tensor::full([100], 3.0, DType::F32));
+    let mut g = Graph::eval();
+    let y = g.dropout(&x, 0.5, 1).unwrap();
+    assert!(y.value().shares_storage_with(x.value()));
+    assert!(
+        g.dropout(&x, 2.0, 1).is_err(),
+        "the probability is still checked"
+    );
+    let mut g = Graph::new();
+    let y = g.dropout(&x, 0.5, 1).unwrap();
+    assert!(y.value().to_f64_vec().contains(&0.0));
+}

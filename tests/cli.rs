@@ -45,6 +45,14 @@ fn bad_input_exits_2_with_a_one_line_error() {
     );
     assert_bad_input(&["train", "--no-such-flag"], "unexpected argument");
     assert_bad_input(&["frobnicate"], "unrecognized subcommand");
+    assert_bad_input(
+        &["train", "--epochs", "18446744073709551615"],
+        "is too many",
+    );
+    assert_bad_input(
+        &["train", "--num-classes", "100000000000"],
+        "number of classes must be between 1 and 100000",
+    );
     let out = scratchnet(&["train", "--model", "resnet19"]);
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }

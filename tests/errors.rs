@@ -206,3 +206,63 @@ fn tensor_constructors_reject_bad_input() {
     assert!(message(z(&[6]).reshape([4])).contains("6 elements"));
     assert!(message(z(&[2]).item()).contains("one element"));
 }
+
+#[test]
+fn empty_images_are_errors_not_panics() {
+    let p = Conv2dParams::default().padding(1);
+    let e = message(conv2d::forward(
+        &z(&[1, 0, 4, 4]),
+        &z(&[2, 0, 3, 3]),
+        None,
+        p,
+    ));
+    assert!(e.contains("at least one channel, row and column"), "{e}");
+    assert!(
+        message(conv2d::forward(
+            &z(&[1, 2, 0, 4]),
+            &z(&[2, 2, 3, 3]),
+            None,
+            p
+        ))
+        .contains("at least one")
+    );
+    let pool = Pool2dParams::new(2, 1).padding(1);
+    assert!(message(pool::max_pool2d_forward(&z(&[1, 1, 0, 0]), pool)).contains("at least one"));
+    assert!(message(pool::avg_pool2d_forward(&z(&[1, 1, 0, 3]), pool)).contains("at least one"));
+    assert!(
+        message(pool::global_avg_pool_backward(
+            &z(&[1, 2, 1, 1]),
+            &Shape::from([1, 2, 0, 3])
+        ))
+        .contains("at least one")
+    );
+    assert!(
+        message(lrn::forward(&z(&[1, 0, 2, 2]), LrnParams::alexnet())).contains("at least one")
+    );
+    let c0 = z(&[0]);
+    assert!(
+        message(batchnorm::forward_eval(
+            &z(&[2, 0, 2, 2]),
+            &c0,
+            &c0,
+            &c0,
+            &c0,
+            1e-5
+        ))
+        .contains("at least one")
+    );
+    // A batch of zero images is not an error: it gives zero outputs.
+    let y = conv2d::forward(&z(&[0, 2, 4, 4]), &z(&[3, 2, 3, 3]), None, p).unwrap();
+    assert_eq!(y.dims(), &[0, 3, 4, 4]);
+}
+
+#[test]
+fn absurd_sizes_are_errors_not_wrap_arounds() {
+    let huge = usize::MAX / 2 + 2;
+    assert!(message(Tensor::from_vec([huge, 2], vec![0f32; 2])).contains("values for shape"));
+    let p = Conv2dParams {
+        padding: (usize::MAX / 2, 0),
+        ..Conv2dParams::default()
+    };
+    assert!(conv2d::forward(&z(&[1, 1, 3, 3]), &z(&[1, 1, 3, 3]), None, p).is_err());
+}

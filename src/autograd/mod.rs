@@ -337,8 +337,13 @@ impl Graph {
         })
     }
 
-    /// Inverted dropout with probability `p`, mask drawn from `seed`.
+    /// Inverted dropout with probability `p`, mask drawn from `seed`. In an eval graph it
+    /// passes `x` through unchanged, as PyTorch's `F.dropout(training=False)`.
     pub fn dropout(&mut self, x: &Var, p: f64, seed: u64) -> Result<Var> {
+        if !self.mode.training {
+            ops::dropout::check_probability(p)?;
+            return Ok(x.clone());
+        }
         let (y, mask) = ops::dropout::forward(&x.value, p, seed)?;
         self.record(y, &[x], || Saved::Dropout { mask })
     }

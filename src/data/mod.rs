@@ -19,6 +19,9 @@ pub struct Dataset {
     /// `[C, H, W]` of one image.
     pub image_shape: [usize; 3],
     pub num_classes: usize,
+    /// The normalised value of a black pixel, per channel: what a random crop pads with
+    /// (torchvision pads the raw image with zeros before normalising).
+    pub black: Vec<f32>,
 }
 
 /// A training split and a held-out split.
@@ -84,7 +87,7 @@ impl Dataset {
                 Some(rng) => {
                     let (dy, dx) = (rng.below(9) as isize - 4, rng.below(9) as isize - 4);
                     let flip = rng.below(2) == 1;
-                    images.extend(crop_and_flip(img, c, h, w, dy, dx, flip));
+                    images.extend(crop_and_flip(img, [c, h, w], &self.black, (dy, dx), flip));
                 }
                 None => images.extend_from_slice(img),
             }
@@ -97,19 +100,18 @@ impl Dataset {
     }
 }
 
-/// The image shifted by `(dy, dx)` with zeros shifted in (a crop of the zero-padded image),
+/// The image shifted by `(dy, dx)` with black shifted in (a crop of the padded image),
 /// mirrored left–right if `flip`.
 fn crop_and_flip(
     img: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    dy: isize,
-    dx: isize,
+    [c, h, w]: [usize; 3],
+    black: &[f32],
+    (dy, dx): (isize, isize),
     flip: bool,
 ) -> Vec<f32> {
     let mut out = vec![0.0; c * h * w];
     for ch in 0..c {
+        out[ch * h * w..][..h * w].fill(black.get(ch).copied().unwrap_or(0.0));
         for y in 0..h {
             let sy = y as isize + dy;
             if sy < 0 || sy >= h as isize {
@@ -133,21 +135,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crop_shifts_in_zeros_and_flip_mirrors() {
-        // One channel 2×3: [[1,2,3],[4,5,6]]
+    fn crop_shifts_in_black_and_flip_mirrors() {
+        // One channel 2×3: [[1,2,3],[4,5,6]]; black is −2 after normalisation.
         let img = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        assert_eq!(
-            crop_and_flip(&img, 1, 2, 3, 0, 1, false),
-            vec![2.0, 3.0, 0.0, 5.0, 6.0, 0.0]
-        );
-        assert_eq!(
-            crop_and_flip(&img, 1, 2, 3, -1, 0, false),
-            vec![0.0, 0.0, 0.0, 1.0, 2.0, 3.0]
-        );
-        assert_eq!(
-            crop_and_flip(&img, 1, 2, 3, 0, 0, true),
-            vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]
-        );
+        let (shape, black) = ([1, 2, 3], [-2.0]);
+        let shift = |d, flip| crop_and_flip(&img, shape, &black, d, flip);
+        assert_eq!(shift((0, 1), false), vec![2.0, 3.0, -2.0, 5.0, 6.0, -2.0]);
+        assert_eq!(shift((-1, 0), false), vec![-2.0, -2.0, -2.0, 1.0, 2.0, 3.0]);
+        assert_eq!(shift((0, 0), true), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
     }
 
     #[test]

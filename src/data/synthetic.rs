@@ -55,6 +55,7 @@ fn draw(n: usize, seed: u64) -> Dataset {
         labels,
         image_shape: [3, SIZE, SIZE],
         num_classes: NUM_CLASSES,
+        black: vec![normalise(0.0); 3],
     }
 }
 
@@ -86,6 +87,11 @@ fn inside(label: usize, dx: f32, dy: f32, r: f32) -> bool {
     }
 }
 
+/// Pixels in [0, 1] to mean ½, spread ¼.
+fn normalise(v: f32) -> f32 {
+    (v - 0.5) / 0.25
+}
+
 fn draw_image(label: usize, rng: &mut Rng) -> Vec<f32> {
     let r = 5.0 + 7.0 * rng.uniform() as f32;
     let margin = r + 1.0;
@@ -102,7 +108,7 @@ fn draw_image(label: usize, rng: &mut Rng) -> Vec<f32> {
     let clutter: Vec<([usize; 4], [f32; 3])> = (0..3)
         .map(|_| {
             let (w, h) = (1 + rng.below(4), 1 + rng.below(4));
-            let (x0, y0) = (rng.below(SIZE - w), rng.below(SIZE - h));
+            let (x0, y0) = (rng.below(SIZE - w + 1), rng.below(SIZE - h + 1));
             (
                 [x0, y0, x0 + w, y0 + h],
                 std::array::from_fn(|_| rng.uniform() as f32),
@@ -124,7 +130,7 @@ fn draw_image(label: usize, rng: &mut Rng) -> Vec<f32> {
                     (false, None) => background[c],
                 };
                 let noisy = base + 0.1 * rng.normal() as f32;
-                img[(c * SIZE + y) * SIZE + x] = (noisy.clamp(0.0, 1.0) - 0.5) / 0.25;
+                img[(c * SIZE + y) * SIZE + x] = normalise(noisy.clamp(0.0, 1.0));
             }
         }
     }

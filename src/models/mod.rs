@@ -17,8 +17,13 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// A model by name, with `num_classes` outputs, its initial weights drawn from `seed`.
 pub fn build(name: &str, num_classes: usize, seed: u64) -> Result<Box<dyn Module + Send>> {
-    if num_classes == 0 {
-        return Err(Error::argument("model", "num_classes must be at least 1"));
+    // The upper bound keeps a typo from asking for a classifier that cannot be allocated.
+    const MAX_CLASSES: usize = 100_000;
+    if num_classes == 0 || num_classes > MAX_CLASSES {
+        return Err(Error::argument(
+            "model",
+            format!("the number of classes must be between 1 and {MAX_CLASSES}, got {num_classes}"),
+        ));
     }
     if let Some(depth) = name
         .strip_prefix("resnet")

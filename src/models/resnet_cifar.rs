@@ -4,7 +4,10 @@
 //! stages of `n` basic blocks at 16, 32 and 64 channels, the second and third starting with a
 //! stride-2 block, then global average pooling and one fully connected layer. Depth is
 //! `6n + 2`. Where a block changes the shape, its shortcut is a 1×1 stride-2 convolution with
-//! batch norm (the paper's option B), named `layerN.0.downsample.0/.1` as in torchvision.
+//! batch norm, named `layerN.0.downsample.0/.1` as in torchvision. That is the paper's
+//! option B; for CIFAR the paper itself used option A (identity shortcuts padded with zero
+//! channels, no parameters: 269,722 for ResNet-20 instead of 272,474). Option B keeps one
+//! kind of shortcut across all our ResNets and loads torchvision-style weights unchanged.
 //!
 //! ```text
 //! basic block:  x ─ conv3×3 ─ BN ─ ReLU ─ conv3×3 ─ BN ─(+)─ ReLU
@@ -190,7 +193,7 @@ mod tests {
     use crate::{DType, Tensor};
 
     #[test]
-    fn resnet20_has_the_published_parameter_count_and_names() {
+    fn resnet20_has_272474_parameters_with_projection_shortcuts() {
         let m = ResNetCifar::new(3, 10, 0);
         assert_eq!(m.num_params(), 272_474);
         let names: Vec<&str> = m.params().iter().map(|p| p.name()).collect();

@@ -44,6 +44,7 @@ pub struct BatchNormTrainOutput {
 
 fn check(x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<(usize, usize, usize)> {
     let (n, c, h, w) = expect_nchw(OP, "input", x)?;
+    super::expect_nonempty_image(OP, "input", x.shape())?;
     for (name, t) in per_channel {
         expect_shape(OP, name, t, &[c])?;
     }

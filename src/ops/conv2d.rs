@@ -137,9 +137,12 @@ impl ConvGeometry {
                 format!("weight of shape {w}"),
             ));
         }
+        super::expect_nonempty_image(OP, "input", x)?;
+        // Checked throughout: absurd padding or dilation must be an error, not a wrap-around.
         let out_len = |len: usize, k: usize, s: usize, pad: usize, d: usize| -> Option<usize> {
-            let span = d * (k - 1) + 1;
-            (len + 2 * pad).checked_sub(span).map(|r| r / s + 1)
+            let span = d.checked_mul(k - 1)?.checked_add(1)?;
+            let padded = pad.checked_mul(2)?.checked_add(len)?;
+            padded.checked_sub(span).map(|r| r / s + 1)
         };
         let (oh, ow) = match (
             out_len(h, kh, p.stride.0, p.padding.0, p.dilation.0),

@@ -30,14 +30,19 @@ pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
             .zip(xs.par_chunks(PAR_CHUNK))
             .for_each(|(y, x)| {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = if x > T::ZERO { x } else { T::ZERO };
+                    // NaN passes through, as in torch.relu.
+                    *y = if x > T::ZERO || x.is_nan() {
+                        x
+                    } else {
+                        T::ZERO
+                    };
                 }
             });
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }
 
-/// `dy` where the output was positive, else 0. Reading the output instead of the input lets
+/// `dy` where the output was positive (or NaN), else 0. Reading the output instead of the input lets
 /// the input be freed; the two agree because `y > 0` exactly where `x > 0`.
 pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("relu backward", dy, y)?;
@@ -49,7 +54,11 @@ pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
             .zip(dys.par_chunks(PAR_CHUNK).zip(ys.par_chunks(PAR_CHUNK)))
             .for_each(|(dx, (dy, y))| {
                 for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
-                    *dx = if y > T::ZERO { dy } else { T::ZERO };
+                    *dx = if y > T::ZERO || y.is_nan() {
+                        dy
+                    } else {
+                        T::ZERO
+                    };
                 }
             });
         Ok(Tensor::from_cpu(y.shape().clone(), dx))
@@ -152,6 +161,13 @@ mod tests {
             -1.0,
             "the clone's source is untouched"
         );
+    }
+
+    #[test]
+    fn relu_passes_nan_like_pytorch() {
+        let x = Tensor::from_vec([2], vec![f32::NAN, -1.0]).unwrap();
+        let y = relu_forward(&x).unwrap().to_vec::<f32>().unwrap();
+        assert!(y[0].is_nan() && y[1] == 0.0);
     }
 
     #[test]

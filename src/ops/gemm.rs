@@ -20,9 +20,10 @@
 //! registers, or a 6×16 tile in twelve AVX2 registers, chosen at run time from what the CPU
 //! reports. (Left to itself, LLVM vectorised the generic kernel across the wrong dimension,
 //! with gathers and scatters, at a tenth of the speed.) Both vector kernels sum each element
-//! of C in the same order with fused multiply-adds, so results depend neither on the
-//! machine's vector width nor on the number of threads. Other types (f64, used by the
-//! gradient checks) and other CPUs use the generic [`micro_kernel`].
+//! of C in the same order with fused multiply-adds, so results are the same on AVX2 and
+//! AVX-512 machines and for any number of threads. Other types (f64, used by the gradient
+//! checks) and other CPUs use the generic [`micro_kernel`], which has no FMA and so rounds
+//! differently.
 //!
 //! Matrices are passed as strided views ([`MatRef`]), so a transposed operand costs nothing:
 //! `a.t()` swaps the strides and packing reads it in whatever order it lies.
@@ -55,9 +56,13 @@ impl<'a, T: Copy> MatRef<'a, T> {
         col_stride: usize,
     ) -> Self {
         if rows > 0 && cols > 0 {
-            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
+            // Checked: a wrapped product could pass the test and let `at` read out of bounds.
+            let last = (rows - 1)
+                .checked_mul(row_stride)
+                .zip((cols - 1).checked_mul(col_stride))
+                .and_then(|(r, c)| r.checked_add(c));
             assert!(
-                last < data.len(),
+                last.is_some_and(|last| last < data.len()),
                 "MatRef {rows}x{cols} exceeds {} elements",
                 data.len()
             );
@@ -165,7 +170,7 @@ impl<'a, T: Copy> MatMut<'a, T> {
     /// A contiguous row-major `rows × cols` matrix.
     pub fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
         assert!(
-            rows * cols <= data.len(),
+            rows.checked_mul(cols).is_some_and(|n| n <= data.len()),
             "MatMut {rows}x{cols} exceeds {} elements",
             data.len()
         );
@@ -184,6 +189,11 @@ impl<'a, T: Copy> MatMut<'a, T> {
         T: bytemuck::Pod,
     {
         assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<U>());
+        assert_eq!(
+            self.ptr.align_offset(std::mem::align_of::<U>()),
+            0,
+            "misaligned cast"
+        );
         MatMut {
             ptr: self.ptr.cast::<U>(),
             rows: self.rows,
@@ -233,9 +243,10 @@ impl<'a, T: Copy> MatMut<'a, T> {
     }
 }
 
-// Blocking parameters (elements). KC·NR·4 B of a B panel and KC·MR·4 B of an A panel sit in
-// L1 during the micro-kernel; the MC×KC block of A (96·256·4 B = 96 KiB) stays in L2; the
-// KC×NC block of B (256·2048·4 B = 2 MiB) is streamed from L2/L3.
+// Blocking parameters (elements). During a micro-kernel the A panel (KC·MR·4 B = 8 KiB at
+// MR = 8) stays in L1 while the B panel (KC·NR·4 B = 32 KiB at NR = 32) streams from L2,
+// whose 2 MiB also hold the MC×KC block of A (96·256·4 B = 96 KiB) and most of the KC×NC
+// block of B (256·2048·4 B = 2 MiB).
 const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
@@ -291,9 +302,9 @@ fn split_and_run<T: Float>(
         return;
     }
     let left_pieces = pieces / 2;
-    if c.cols >= c.rows && c.cols >= 32 {
-        // Cut at a multiple of 16 so every piece keeps whole micro-tiles.
-        let cut = (c.cols * left_pieces / pieces).div_ceil(16) * 16;
+    if c.cols >= c.rows && c.cols >= 64 {
+        // Cut at a multiple of 32, the widest micro-tile, so no piece starts mid-tile.
+        let cut = (c.cols * left_pieces / pieces).div_ceil(32) * 32;
         let cut = cut.min(c.cols);
         let (cl, cr) = c.split_at_col(cut);
         let (bl, br) = (b.cols_range(0, cut), b.cols_range(cut, b.cols - cut));
@@ -301,8 +312,9 @@ fn split_and_run<T: Float>(
             || split_and_run(a, bl, cl, accumulate, left_pieces),
             || split_and_run(a, br, cr, accumulate, pieces - left_pieces),
         );
-    } else if c.rows >= 16 {
-        let cut = (c.rows * left_pieces / pieces).div_ceil(8) * 8;
+    } else if c.rows >= 48 {
+        // A multiple of 24 is a whole number of 6- and of 8-row micro-tiles.
+        let cut = (c.rows * left_pieces / pieces).div_ceil(24) * 24;
         let cut = cut.min(c.rows);
         let (ct, cb) = c.split_at_row(cut);
         let (at, ab) = (a.rows_range(0, cut), a.rows_range(cut, a.rows - cut));
@@ -339,7 +351,6 @@ enum Isa {
 
 #[cfg(target_arch = "x86_64")]
 impl Isa {
-    /// What this CPU supports; `SCRATCHNET_CPU_PORTABLE=1` forces the generic kernel.
     /// Every kernel this CPU can run, fastest first (the tests compare them).
     #[cfg(test)]
     fn all_supported() -> Vec<Isa> {
@@ -355,10 +366,11 @@ impl Isa {
         v
     }
 
+    /// What this CPU supports; `SCRATCHNET_CPU_PORTABLE=1` forces the generic kernel.
     fn detect() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
-            if std::env::var_os("SCRATCHNET_CPU_PORTABLE").is_some() {
+            if std::env::var("SCRATCHNET_CPU_PORTABLE").is_ok_and(|v| v == "1") {
                 Isa::Portable
             } else if std::arch::is_x86_feature_detected!("avx512f") {
                 Isa::Avx512

@@ -8,6 +8,8 @@
 //! ```
 //!
 //! Subtracting the row maximum keeps `exp` from overflowing without changing the result.
+//! Unlike PyTorch there is no `ignore_index`: every label must be a class (a −100 is an
+//! error here, where PyTorch would skip the example).
 //! The forward pass returns the probabilities so the backward pass needs nothing else.
 
 use super::{common_dtype, host, with_float_type};
@@ -103,25 +105,34 @@ pub fn backward(probs: &Tensor, labels: &Tensor, dloss: &Tensor) -> Result<Tenso
     })
 }
 
-/// The index of the largest logit of each row (the predicted class).
+/// The index of the largest logit of each row (the predicted class): the first maximum,
+/// or the first NaN if the row has one (as `torch.argmax`).
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
-    let (_, k) = logits.shape().dims2().ok_or_else(|| {
-        Error::shape_of(
-            "argmax",
-            "2-D logits (N, classes)",
-            "logits",
-            logits.shape(),
-        )
-    })?;
+    let (_, k) = logits
+        .shape()
+        .dims2()
+        .filter(|&(_, k)| k > 0)
+        .ok_or_else(|| {
+            Error::shape_of(
+                "argmax",
+                "2-D logits (N, classes) with a class",
+                "logits",
+                logits.shape(),
+            )
+        })?;
     let v = logits.to_f64_vec();
-    Ok(v.chunks_exact(k.max(1))
+    Ok(v.chunks_exact(k)
         .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
-                    if x > best.1 { (i, x) } else { best }
-                })
-                .0
+            let mut best = 0;
+            for (i, &x) in row.iter().enumerate() {
+                if x.is_nan() {
+                    return i;
+                }
+                if x > row[best] {
+                    best = i;
+                }
+            }
+            best
         })
         .collect())
 }
@@ -181,7 +192,12 @@ mod tests {
 
     #[test]
     fn argmax_picks_the_first_largest() {
-        let z = Tensor::from_vec([2, 3], vec![0.0f32, 2.0, 2.0, -1.0, -3.0, -2.0]).unwrap();
-        assert_eq!(argmax_rows(&z).unwrap(), vec![1, 0]);
+        let z = Tensor::from_vec(
+            [3, 3],
+            vec![0.0f32, 2.0, 2.0, -1.0, -3.0, -2.0, 5.0, f32::NAN, 9.0],
+        )
+        .unwrap();
+        assert_eq!(argmax_rows(&z).unwrap(), vec![1, 0, 1]);
+        assert!(argmax_rows(&Tensor::zeros([2, 0], DType::F32)).is_err());
     }
 }

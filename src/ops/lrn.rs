@@ -8,8 +8,11 @@
 //! y[c] = x[c] · s[c]^(−β)
 //! ```
 //!
-//! This is PyTorch's `nn.LocalResponseNorm` (α is divided by `size`; the paper's Caffe
-//! layer does the same). AlexNet uses size 5, α = 1e-4, β = 0.75, k = 2.
+//! This is PyTorch's `nn.LocalResponseNorm` and Caffe's LRN layer: α is divided by `size`.
+//! The AlexNet paper writes the sum without that division, with α = 1e-4; the Caffe model
+//! of AlexNet (and our `LrnParams::alexnet`) uses α = 1e-4 in the divided form, a
+//! normalisation five times weaker than the paper's formula read literally. Both use size 5,
+//! β = 0.75, k = 2.
 //!
 //! The gradient: `y[j]` depends on `x[i]` directly when `i = j` and through `s[j]` whenever
 //! `i ∈ W(j)`, which is when `j ∈ [i − ⌊(size−1)/2⌋, i + ⌊size/2⌋]`. Differentiating,
@@ -38,7 +41,7 @@ pub struct LrnParams {
 }
 
 impl LrnParams {
-    /// The values of the AlexNet paper.
+    /// Size 5, α = 1e-4 (divided by size), β = 0.75, k = 2: Caffe's AlexNet.
     pub fn alexnet() -> Self {
         LrnParams {
             size: 5,
@@ -95,6 +98,7 @@ fn scale<T: Float>(x_img: &[T], c: usize, hw: usize, p: &LrnParams) -> Vec<T> {
 pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
     p.check()?;
     let (_n, c, h, w) = expect_nchw(OP, "input", x)?;
+    super::expect_nonempty_image(OP, "input", x.shape())?;
     let hw = h * w;
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
@@ -116,6 +120,7 @@ pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
 pub fn backward(dy: &Tensor, x: &Tensor, y: &Tensor, p: LrnParams) -> Result<Tensor> {
     p.check()?;
     let (_n, c, h, w) = expect_nchw(OP, "input", x)?;
+    super::expect_nonempty_image(OP, "input", x.shape())?;
     expect_shape(OP, "output gradient", dy, x.dims())?;
     expect_shape(OP, "output", y, x.dims())?;
     let (dtype, _) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("output", y)])?;

@@ -101,6 +101,25 @@ pub(crate) fn expect_nchw(
         .ok_or_else(|| Error::shape_of(op, format!("a 4-D {what} (N, C, H, W)"), what, t.shape()))
 }
 
+/// Checks that an NCHW shape has at least one channel, row and column (a batch of zero
+/// images is fine). The ops split their work by planes and images, which an empty plane
+/// would turn into chunks of length zero.
+pub(crate) fn expect_nonempty_image(
+    op: &'static str,
+    what: &str,
+    s: &crate::tensor::Shape,
+) -> Result<()> {
+    match s.dims4() {
+        Some((_, c, h, w)) if c > 0 && h > 0 && w > 0 => Ok(()),
+        _ => Err(Error::shape_of(
+            op,
+            format!("a 4-D {what} (N, C, H, W) with at least one channel, row and column"),
+            what,
+            s,
+        )),
+    }
+}
+
 /// Typed host slice of a tensor already checked to hold `T`.
 pub(crate) fn host<T: Float>(t: &Tensor) -> Result<&[T]> {
     t.as_slice::<T>()

@@ -72,6 +72,8 @@ impl PoolGeometry {
                 format!("padding must be at most half the kernel, got {p:?}"),
             ));
         }
+        super::expect_nonempty_image(op, "input", x)?;
+        // Padding is at most half the kernel (checked above), so these sums cannot overflow.
         if h + 2 * p.padding.0 < kh || w + 2 * p.padding.1 < kw {
             return Err(Error::shape(
                 op,
@@ -243,9 +245,7 @@ pub fn avg_pool2d_backward(dy: &Tensor, x_shape: &Shape, p: Pool2dParams) -> Res
 pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
     const OP: &str = "global_avg_pool";
     let (n, c, h, w) = expect_nchw(OP, "input", x)?;
-    if h * w == 0 {
-        return Err(Error::shape_of(OP, "a non-empty plane", "input", x.shape()));
-    }
+    super::expect_nonempty_image(OP, "input", x.shape())?;
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let y: Vec<T> = xs
@@ -263,6 +263,7 @@ pub fn global_avg_pool_backward(dy: &Tensor, x_shape: &Shape) -> Result<Tensor> 
     let (n, c, h, w) = x_shape
         .dims4()
         .ok_or_else(|| Error::shape_of(OP, "a 4-D input (N, C, H, W)", "input", x_shape))?;
+    super::expect_nonempty_image(OP, "input", x_shape)?;
     expect_shape(OP, "output gradient", dy, &[n, c, 1, 1])?;
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;

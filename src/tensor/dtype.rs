@@ -52,8 +52,19 @@ impl fmt::Display for DType {
     }
 }
 
+mod sealed {
+    /// Only the types below can be elements: unsafe code (the GEMM) relies on `DTYPE`
+    /// telling the truth about the type's layout.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for i64 {}
+}
+
 /// A Rust type that can live in a tensor.
-pub trait Element: Copy + Send + Sync + fmt::Debug + 'static {
+pub trait Element: sealed::Sealed + Copy + Send + Sync + fmt::Debug + 'static {
     const DTYPE: DType;
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
@@ -123,6 +134,7 @@ pub trait Float:
     fn ln(self) -> Self;
     fn powf(self, e: Self) -> Self;
     fn max(self, o: Self) -> Self;
+    fn is_nan(self) -> bool;
     /// `self * a + b` rounded once. Only call it where the target has FMA instructions
     /// (without them it is a slow library call).
     fn mul_add(self, a: Self, b: Self) -> Self;
@@ -154,6 +166,10 @@ macro_rules! float {
             #[inline(always)]
             fn max(self, o: Self) -> Self {
                 $t::max(self, o)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                $t::is_nan(self)
             }
             #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
