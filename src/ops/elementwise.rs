@@ -21,66 +21,109 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// `max(x, 0)`.
+/// `f` applied to each element, in parallel chunks.
+fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+    y
+}
+
+/// `f` applied to each pair of elements of two equally long slices, in parallel chunks.
+fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::ZERO; a.len()];
+    y.par_chunks_mut(PAR_CHUNK)
+        .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = f(a, b);
+            }
+        });
+    y
+}
+
+/// A binary op on two tensors of one shape, dtype and device.
+fn binary(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    names: [&str; 2],
+    f: impl BinaryFn,
+) -> Result<Tensor> {
+    same_shape(op, a, b)?;
+    let (dtype, _) = common_dtype(op, &[(names[0], a), (names[1], b)])?;
+    with_float_type!(dtype, op, |T| {
+        let y = zip_map(host::<T>(a)?, host::<T>(b)?, |x, y| f.apply(x, y));
+        Ok(Tensor::from_cpu(a.shape().clone(), y))
+    })
+}
+
+/// A binary element function usable at every float type (closures cannot be generic).
+trait BinaryFn: Sync {
+    fn apply<T: Float>(&self, a: T, b: T) -> T;
+}
+
+struct Add;
+impl BinaryFn for Add {
+    fn apply<T: Float>(&self, a: T, b: T) -> T {
+        a + b
+    }
+}
+
+struct Mul;
+impl BinaryFn for Mul {
+    fn apply<T: Float>(&self, a: T, b: T) -> T {
+        a * b
+    }
+}
+
+/// ReLU's gradient: `dy` where the output `y` was positive (or NaN), else 0.
+struct ReluGrad;
+impl BinaryFn for ReluGrad {
+    fn apply<T: Float>(&self, dy: T, y: T) -> T {
+        if y > T::ZERO || y.is_nan() {
+            dy
+        } else {
+            T::ZERO
+        }
+    }
+}
+
+/// `max(x, 0)`. NaN passes through, as in `torch.relu`.
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
     with_float_type!(x.dtype(), "relu", |T| {
-        let xs = host::<T>(x)?;
-        let mut y = vec![T::ZERO; xs.len()];
-        y.par_chunks_mut(PAR_CHUNK)
-            .zip(xs.par_chunks(PAR_CHUNK))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    // NaN passes through, as in torch.relu.
-                    *y = if x > T::ZERO || x.is_nan() {
-                        x
-                    } else {
-                        T::ZERO
-                    };
-                }
-            });
+        let y = map(host::<T>(x)?, |x: T| {
+            if x > T::ZERO || x.is_nan() {
+                x
+            } else {
+                T::ZERO
+            }
+        });
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }
 
-/// `dy` where the output was positive (or NaN), else 0. Reading the output instead of the input lets
-/// the input be freed; the two agree because `y > 0` exactly where `x > 0`.
+/// `dy` where the output was positive (or NaN), else 0. Reading the output instead of the
+/// input lets the input be freed; the two agree because `y > 0` exactly where `x > 0`.
 pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-    same_shape("relu backward", dy, y)?;
-    let (dtype, _) = common_dtype("relu backward", &[("output gradient", dy), ("output", y)])?;
-    with_float_type!(dtype, "relu backward", |T| {
-        let (dys, ys) = (host::<T>(dy)?, host::<T>(y)?);
-        let mut dx = vec![T::ZERO; ys.len()];
-        dx.par_chunks_mut(PAR_CHUNK)
-            .zip(dys.par_chunks(PAR_CHUNK).zip(ys.par_chunks(PAR_CHUNK)))
-            .for_each(|(dx, (dy, y))| {
-                for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
-                    *dx = if y > T::ZERO || y.is_nan() {
-                        dy
-                    } else {
-                        T::ZERO
-                    };
-                }
-            });
-        Ok(Tensor::from_cpu(y.shape().clone(), dx))
-    })
+    binary(
+        "relu backward",
+        dy,
+        y,
+        ["output gradient", "output"],
+        ReluGrad,
+    )
 }
 
 /// `a + b` for two tensors of one shape.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    same_shape("add", a, b)?;
-    let (dtype, _) = common_dtype("add", &[("left", a), ("right", b)])?;
-    with_float_type!(dtype, "add", |T| {
-        let (xa, xb) = (host::<T>(a)?, host::<T>(b)?);
-        let mut y = vec![T::ZERO; xa.len()];
-        y.par_chunks_mut(PAR_CHUNK)
-            .zip(xa.par_chunks(PAR_CHUNK).zip(xb.par_chunks(PAR_CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                    *y = a + b;
-                }
-            });
-        Ok(Tensor::from_cpu(a.shape().clone(), y))
-    })
+    binary("add", a, b, ["left", "right"], Add)
+}
+
+/// `a ⊙ b`, the element-wise product (used by dropout's mask).
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("mul", a, b, ["left", "right"], Mul)
 }
 
 /// `acc += x`, in place.
@@ -94,24 +137,6 @@ pub fn add_assign(acc: &mut Tensor, x: &Tensor) -> Result<()> {
             .zip(xs.par_chunks(PAR_CHUNK))
             .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, &x)| *a += x));
         Ok(())
-    })
-}
-
-/// `a ⊙ b`, the element-wise product (used by dropout's mask).
-pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    same_shape("mul", a, b)?;
-    let (dtype, _) = common_dtype("mul", &[("left", a), ("right", b)])?;
-    with_float_type!(dtype, "mul", |T| {
-        let (xa, xb) = (host::<T>(a)?, host::<T>(b)?);
-        let mut y = vec![T::ZERO; xa.len()];
-        y.par_chunks_mut(PAR_CHUNK)
-            .zip(xa.par_chunks(PAR_CHUNK).zip(xb.par_chunks(PAR_CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                    *y = a * b;
-                }
-            });
-        Ok(Tensor::from_cpu(a.shape().clone(), y))
     })
 }
 
