@@ -19,6 +19,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod rng;
+pub mod selftest;
 pub mod tensor;
 pub mod train;
 

@@ -22,8 +22,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model (defaults: ResNet-20 on the built-in synthetic shapes, on the CPU).
+    /// Train a model (defaults: ResNet-20 on the built-in synthetic shapes).
     Train(TrainArgs),
+    /// What is usable on this machine, and why not.
+    Devices,
+    /// Every op and its gradient on a device against the CPU reference.
+    Selftest(SelftestArgs),
+}
+
+#[derive(Args)]
+struct SelftestArgs {
+    /// Device to test: cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -34,7 +45,7 @@ struct TrainArgs {
     /// Data source: synthetic.
     #[arg(long, default_value = "synthetic")]
     data: String,
-    /// Device: auto or cpu.
+    /// Device: auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Passes over the training split.
@@ -65,15 +76,103 @@ struct TrainArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => run_train(args),
+        Command::Train(args) => run_train(args).map(|()| ExitCode::SUCCESS),
+        Command::Devices => run_devices().map(|()| ExitCode::SUCCESS),
+        Command::Selftest(args) => run_selftest(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }
+}
+
+fn run_devices() -> scratchnet::Result<()> {
+    use scratchnet::device::{cuda, emu, kernels};
+    println!(
+        "cpu      usable: {} threads, f32 GEMM micro-kernel {}",
+        rayon::current_num_threads(),
+        scratchnet::ops::gemm::cpu_kernel_name()
+    );
+    let gpu_kernels = kernels::KERNELS.iter().filter(|k| !k.emu_only).count();
+    println!(
+        "emu      usable: {gpu_kernels} kernels of kernels/*.cu compiled as C++ (+{} emulator self-tests), run on the CPU",
+        emu::kernel_count() - gpu_kernels
+    );
+    match cuda::probe() {
+        Err(why) => println!("cuda     not usable: {why}"),
+        Ok(info) => {
+            println!(
+                "driver   CUDA {}.{}",
+                info.driver_version.0, info.driver_version.1
+            );
+            if info.gpus.is_empty() {
+                println!("cuda     not usable: the driver sees no GPU");
+            }
+            for g in &info.gpus {
+                let (major, minor) = g.compute_capability;
+                let state = match cuda::check(g.ordinal) {
+                    Ok(_) => "usable".to_string(),
+                    Err(why) => format!("not usable: {why}"),
+                };
+                println!(
+                    "cuda:{}   {state}: {}, compute capability {major}.{minor}, {:.1} GiB",
+                    g.ordinal,
+                    g.name,
+                    g.memory_bytes as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+    }
+    if kernels::CUDA_ARCHS.is_empty() {
+        println!(
+            "kernels  not compiled for the GPU: nvcc was not found at build time (scripts/setup-cuda.sh)"
+        );
+    } else {
+        let newest = kernels::CUDA_ARCHS
+            .iter()
+            .max_by_key(|a| a.parse::<u32>().unwrap_or(0))
+            .copied()
+            .unwrap_or("");
+        println!(
+            "kernels  {gpu_kernels} kernels, SASS for sm_{}, PTX for compute_{newest} ({:.1} MB fatbin)",
+            kernels::CUDA_ARCHS.join(", sm_"),
+            kernels::FATBIN.len() as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn run_selftest(a: SelftestArgs) -> scratchnet::Result<ExitCode> {
+    let device = a.device.parse::<Device>()?;
+    println!("selftest on {device}: each op against the CPU reference in f64 (relative L2 error)");
+    println!(
+        "{:<38} {:<58} {:>10} {:>8}  result",
+        "op", "case", "error", "limit"
+    );
+    let checks = scratchnet::selftest::run(device, |c| {
+        println!(
+            "{:<38} {:<58} {:>10.2e} {:>8.0e}  {}",
+            c.op,
+            c.case,
+            c.rel_err,
+            c.tol,
+            if c.passed() { "ok" } else { "FAIL" }
+        );
+    })?;
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    println!(
+        "{} checks on {device}: {} passed, {failed} failed",
+        checks.len(),
+        checks.len() - failed
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_train(a: TrainArgs) -> scratchnet::Result<()> {

@@ -132,19 +132,25 @@ fn load(o: &TrainOptions) -> Split {
 }
 
 /// Loss and accuracy of `model` on `data`, in eval mode.
-pub fn evaluate(model: &mut dyn Module, data: &Dataset, batch_size: usize) -> Result<(f64, f64)> {
+pub fn evaluate(
+    model: &mut dyn Module,
+    data: &Dataset,
+    batch_size: usize,
+    device: Device,
+) -> Result<(f64, f64)> {
     let mut loss_sum = 0.0;
     let mut correct = 0;
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let (x, y) = data.batch(chunk, None)?;
+        let (x, y) = (x.to_device(device)?, y.to_device(device)?);
         let mut g = Graph::eval();
         let logits = model.forward(&mut g, &Var::constant(x))?;
         loss_sum += g.cross_entropy(&logits, &y)?.value().item()? * chunk.len() as f64;
-        let labels = y.as_slice::<i64>()?;
+        let labels = y.to_vec::<i64>()?;
         correct += argmax_rows(logits.value())?
             .iter()
-            .zip(labels)
+            .zip(&labels)
             .filter(|(p, l)| **p as i64 == **l)
             .count();
     }
@@ -174,6 +180,7 @@ pub fn train(
         ));
     }
     let mut model = models::build(&o.model, classes, o.seed)?;
+    model.to_device(o.device)?;
     let mut opt = Sgd::new(o.lr, o.momentum, o.weight_decay);
     let steps_per_epoch = split.train.len().div_ceil(o.batch_size);
     if steps_per_epoch == 0 {
@@ -211,6 +218,8 @@ pub fn train(
             let lr = learning_rate(o.lr, step, total_steps, warmup);
             opt.hyper.lr = lr;
             let (x, y) = split.train.batch(chunk, o.augment.then_some(&mut rng))?;
+            let labels = y.as_slice::<i64>()?.to_vec();
+            let (x, y) = (x.to_device(o.device)?, y.to_device(o.device)?);
             let mut g = Graph::new();
             let logits = model.forward(&mut g, &Var::constant(x))?;
             let loss = g.cross_entropy(&logits, &y)?;
@@ -225,10 +234,9 @@ pub fn train(
             g.backward(&loss)?.accumulate_into(model.params_mut())?;
             opt.step(model.params_mut())?;
 
-            let labels = y.as_slice::<i64>()?;
             correct += predictions
                 .iter()
-                .zip(labels)
+                .zip(&labels)
                 .filter(|(p, l)| **p as i64 == **l)
                 .count();
             loss_sum += loss_value * chunk.len() as f64;
@@ -245,7 +253,7 @@ pub fn train(
             });
         }
         let images_per_sec = seen as f64 / started.elapsed().as_secs_f64();
-        let (test_loss, test_accuracy) = evaluate(model.as_mut(), &split.test, 256)?;
+        let (test_loss, test_accuracy) = evaluate(model.as_mut(), &split.test, 256, o.device)?;
         let report = EpochReport {
             epoch,
             train_loss: loss_sum / seen.max(1) as f64,

@@ -101,27 +101,27 @@ fn compare(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams, dtype: DTy
     let g = ConvGeometry::new(x.shape(), w.shape(), p).unwrap();
     let dy = Tensor::uniform(g.out_shape(), -1.0, 1.0, dtype, 4);
     let (xs, ws, bs, dys) = (
-        x.to_f64_vec(),
-        w.to_f64_vec(),
-        b.to_f64_vec(),
-        dy.to_f64_vec(),
+        x.to_f64_vec().unwrap(),
+        w.to_f64_vec().unwrap(),
+        b.to_f64_vec().unwrap(),
+        dy.to_f64_vec().unwrap(),
     );
     let case = format!("x {x_shape:?} w {w_shape:?} {p:?} {dtype}");
 
     let y = conv2d::forward(&x, &w, Some(&b), p).unwrap();
     assert_eq!(y.shape(), &g.out_shape(), "{case}");
-    let err = rel_l2(&y.to_f64_vec(), &direct_forward(&xs, &ws, &bs, &g));
+    let err = rel_l2(&y.to_f64_vec().unwrap(), &direct_forward(&xs, &ws, &bs, &g));
     assert!(err < tol, "forward {case}: {err:e}");
 
     let (dx_want, dw_want) = direct_backward(&xs, &ws, &dys, &g);
     let dx = conv2d::backward_data(&dy, &w, &Shape::from(x_shape), p).unwrap();
-    let err = rel_l2(&dx.to_f64_vec(), &dx_want);
+    let err = rel_l2(&dx.to_f64_vec().unwrap(), &dx_want);
     assert!(err < tol, "data gradient {case}: {err:e}");
     let dw = conv2d::backward_filter(&dy, &x, &Shape::from(w_shape), p).unwrap();
-    let err = rel_l2(&dw.to_f64_vec(), &dw_want);
+    let err = rel_l2(&dw.to_f64_vec().unwrap(), &dw_want);
     assert!(err < tol, "filter gradient {case}: {err:e}");
 
-    let db = conv2d::backward_bias(&dy).unwrap().to_f64_vec();
+    let db = conv2d::backward_bias(&dy).unwrap().to_f64_vec().unwrap();
     for (o, got) in db.iter().enumerate() {
         let want: f64 = (0..g.n)
             .flat_map(|n| (0..g.oh * g.ow).map(move |p| (n, p)))

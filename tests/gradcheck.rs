@@ -8,7 +8,9 @@ use scratchnet::{DType, Graph, Result, Tensor, Var};
 
 /// Uniform values in ±[0.1, 1.1): kept away from zero so ReLU's kink is never straddled.
 fn input(shape: &[usize], seed: u64) -> Tensor {
-    let u = Tensor::uniform(shape, -1.0, 1.0, DType::F64, seed).to_f64_vec();
+    let u = Tensor::uniform(shape, -1.0, 1.0, DType::F64, seed)
+        .to_f64_vec()
+        .unwrap();
     let v = u
         .into_iter()
         .map(|x| x.signum() * (0.1 + x.abs()))

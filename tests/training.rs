@@ -90,6 +90,7 @@ fn a_tiny_conv_net_fits_a_fixed_batch() {
             .bn1
             .running_mean
             .to_f64_vec()
+            .unwrap()
             .iter()
             .any(|v| v.abs() > 1e-3)
     );

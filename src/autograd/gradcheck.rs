@@ -84,9 +84,9 @@ pub fn gradcheck(
         .map(|(l, t)| {
             grads
                 .of(l)
-                .map_or_else(|| vec![0.0; t.numel()], Tensor::to_f64_vec)
+                .map_or_else(|| Ok(vec![0.0; t.numel()]), Tensor::to_f64_vec)
         })
-        .collect();
+        .collect::<Result<_>>()?;
 
     // ⟨r, f(inputs)⟩ without recording.
     let projected = |inputs: &[Tensor]| -> Result<f64> {

@@ -381,7 +381,8 @@ impl Graph {
                 loss.shape()
             )));
         }
-        let seed = Tensor::full(loss.shape().clone(), 1.0, loss.value.dtype());
+        let seed = Tensor::full(loss.shape().clone(), 1.0, loss.value.dtype())
+            .to_device(loss.value.device())?;
         self.backward_with_grad(loss, seed)
     }
 

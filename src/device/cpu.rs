@@ -50,6 +50,17 @@ impl CpuStorage {
         }
     }
 
+    /// The raw bytes, writable (for copies from a device).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            CpuStorage::F32(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::F64(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::I64(v) => bytemuck::cast_slice_mut(v),
+        }
+    }
+
     /// The raw little-endian bytes (what a checkpoint file holds).
     pub fn as_bytes(&self) -> &[u8] {
         match self {

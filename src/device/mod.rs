@@ -1,28 +1,61 @@
 //! Devices: where a tensor's memory lives and where its ops run.
 //!
-//! Only the host exists in this build. Every op dispatches on [`Storage`], so the CUDA device
-//! and the emulator (which runs the CUDA kernel sources on the CPU) each become one more
-//! variant here and one more match arm in each op, with no change to the layers above.
+//! | device | what runs | memory |
+//! |---|---|---|
+//! | `cpu` | the Rust reference ops (rayon) | host `Vec`s |
+//! | `cuda[:N]` | the kernels of `kernels/*.cu`, compiled by nvcc, embedded as a fatbin | GPU memory, through a caching allocator |
+//! | `emu` | the same kernel sources compiled as C++ and run on the CPU by the emulator | host memory, through the same allocator |
+//!
+//! `cuda` and `emu` share one host-side path ([`gpu`]): buffers, the allocator, argument
+//! packing and checking, launch dimensions. They differ only in their [`gpu::Backend`].
 
 pub mod cpu;
+pub mod cuda;
+pub mod emu;
+pub mod gpu;
+pub mod kernels;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 pub use cpu::CpuStorage;
+pub use gpu::{GpuBuffer, GpuDevice};
 
 /// Where a tensor lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
     /// Host memory; ops run the Rust reference implementations, parallel with rayon.
     Cpu,
+    /// An NVIDIA GPU, by ordinal.
+    Cuda(usize),
+    /// The CUDA kernels, emulated on the CPU.
+    Emu,
 }
 
 impl Device {
-    /// What `--device auto` means on this machine: the best usable device.
+    /// What `--device auto` means on this machine: `cuda:0` if it is usable, else `cpu`.
     pub fn best_available() -> Device {
-        Device::Cpu
+        if cuda::check(0).is_ok() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
+    }
+
+    /// The GPU-like device behind `cuda:N` or `emu`, opened on first use; `None` for the CPU.
+    pub fn gpu(&self) -> Result<Option<Arc<GpuDevice>>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(n) => cuda::device(*n).map(Some),
+            Device::Emu => Ok(Some(emu::device())),
+        }
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Device::Cpu)
     }
 }
 
@@ -30,6 +63,8 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Emu => f.write_str("emu"),
         }
     }
 }
@@ -37,45 +72,84 @@ impl fmt::Display for Device {
 impl FromStr for Device {
     type Err = Error;
 
-    /// Parses the `--device` flag: `auto` or `cpu`.
+    /// Parses the `--device` flag: `auto`, `cpu`, `emu`, `cuda` or `cuda:N`. A CUDA device
+    /// that cannot be used is an error that says why (no driver, no GPU, no kernels).
     fn from_str(s: &str) -> Result<Device> {
-        match s {
-            "auto" => Ok(Device::best_available()),
-            "cpu" => Ok(Device::Cpu),
-            other => Err(Error::Device(format!(
-                "unknown device '{other}' (this build has: auto, cpu)"
-            ))),
+        let device = match s {
+            "auto" => return Ok(Device::best_available()),
+            "cpu" => Device::Cpu,
+            "emu" => Device::Emu,
+            "cuda" => Device::Cuda(0),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Device::Cuda(n),
+                _ => {
+                    return Err(Error::Device(format!(
+                        "unknown device '{other}' (expected auto, cpu, emu, cuda or cuda:N)"
+                    )));
+                }
+            },
+        };
+        if let Device::Cuda(n) = device {
+            cuda::check(n)
+                .map_err(|why| Error::Device(format!("cuda:{n} is not usable: {why}")))?;
         }
+        Ok(device)
     }
 }
 
-/// The memory behind a tensor, one variant per device.
-#[derive(Clone, Debug)]
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Fill every new GPU or emulator buffer with 0xFF bytes (NaN) before a kernel writes it, so
+/// that an element a kernel fails to write cannot pass a comparison. The parity tests and
+/// `selftest` turn this on.
+pub fn poison_new_buffers(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn poisoning() -> bool {
+    POISON.load(Ordering::Relaxed)
+}
+
+/// The memory behind a tensor.
+#[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    /// On a CUDA GPU or the emulator.
+    Gpu(GpuBuffer),
 }
 
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Gpu(b) => b.gpu().device(),
         }
     }
 
     pub fn dtype(&self) -> crate::tensor::DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Gpu(b) => b.dtype(),
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            Storage::Gpu(b) => b.len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A copy on the same device.
+    pub fn try_clone(&self) -> Result<Storage> {
+        Ok(match self {
+            Storage::Cpu(s) => Storage::Cpu(s.clone()),
+            Storage::Gpu(b) => Storage::Gpu(b.gpu().duplicate(b)?),
+        })
     }
 }
 
@@ -86,8 +160,18 @@ mod tests {
     #[test]
     fn parses_device_names() {
         assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
-        assert_eq!("auto".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("emu".parse::<Device>().unwrap(), Device::Emu);
         let err = "tpu".parse::<Device>().unwrap_err().to_string();
         assert!(err.contains("unknown device 'tpu'"), "{err}");
+        assert!("cuda:x".parse::<Device>().is_err());
+        // Whether cuda works depends on the machine; it must never panic.
+        match "cuda:0".parse::<Device>() {
+            Ok(d) => assert_eq!(d, Device::Cuda(0)),
+            Err(e) => assert!(
+                e.to_string().starts_with("device: cuda:0 is not usable: "),
+                "{e}"
+            ),
+        }
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
     }
 }

@@ -20,6 +20,7 @@ use crate::nn::init::Init;
 use crate::nn::{BatchNorm2d, Conv2d, Linear, Module, join};
 use crate::ops::conv2d::Conv2dParams;
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 
 fn conv3x3(name: &str, cin: usize, cout: usize, stride: usize, rng: &mut Rng) -> Conv2d {
     let p = Conv2dParams::default().stride(stride).padding(1);
@@ -110,6 +111,15 @@ impl Module for BasicBlock {
         }
         v
     }
+
+    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut v = self.bn1.buffers_mut();
+        v.extend(self.bn2.buffers_mut());
+        if let Some((_, b)) = &mut self.downsample {
+            v.extend(b.buffers_mut());
+        }
+        v
+    }
 }
 
 pub struct ResNetCifar {
@@ -185,12 +195,20 @@ impl Module for ResNetCifar {
         v.extend(self.fc.params_mut());
         v
     }
+
+    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut v = self.bn1.buffers_mut();
+        for b in &mut self.blocks {
+            v.extend(b.buffers_mut());
+        }
+        v
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DType, Tensor};
+    use crate::DType;
 
     #[test]
     fn resnet20_has_272474_parameters_with_projection_shortcuts() {
@@ -214,7 +232,13 @@ mod tests {
         let x = Var::constant(Tensor::randn([2, 3, 32, 32], 0.0, 1.0, DType::F32, 3));
         let y = m.forward(&mut g, &x).unwrap();
         assert_eq!(y.dims(), &[2, 7]);
-        assert!(y.value().to_f64_vec().iter().all(|v| v.is_finite()));
+        assert!(
+            y.value()
+                .to_f64_vec()
+                .unwrap()
+                .iter()
+                .all(|v| v.is_finite())
+        );
         assert!(g.is_empty(), "an eval graph records nothing");
     }
 }

@@ -60,11 +60,13 @@ mod tests {
 
     #[test]
     fn kaiming_has_the_right_spread() {
-        let w = weight([64, 32, 3, 3], Init::KaimingNormalFanOut, 1).to_f64_vec();
+        let w = weight([64, 32, 3, 3], Init::KaimingNormalFanOut, 1)
+            .to_f64_vec()
+            .unwrap();
         let var = w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64;
         let want = 2.0 / (64.0 * 9.0);
         assert!((var / want - 1.0).abs() < 0.05, "var {var} want {want}");
-        let u = weight([10, 64], Init::Default, 2).to_f64_vec();
+        let u = weight([10, 64], Init::Default, 2).to_f64_vec().unwrap();
         assert!(u.iter().all(|v| v.abs() <= 1.0 / 8.0));
     }
 }

@@ -17,7 +17,9 @@ pub use linear::Linear;
 pub use optim::Sgd;
 
 use crate::autograd::{Graph, Param, Var};
+use crate::device::Device;
 use crate::error::Result;
+use crate::tensor::Tensor;
 
 pub trait Module {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var>;
@@ -26,6 +28,24 @@ pub trait Module {
     fn params(&self) -> Vec<&Param>;
 
     fn params_mut(&mut self) -> Vec<&mut Param>;
+
+    /// State that is not trained but is saved and moved with the model (batch norm's
+    /// running statistics).
+    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
+        Vec::new()
+    }
+
+    /// Moves every parameter and buffer to `device`.
+    fn to_device(&mut self, device: Device) -> Result<()> {
+        for p in self.params_mut() {
+            p.value = p.value.to_device(device)?;
+            p.grad = None;
+        }
+        for b in self.buffers_mut() {
+            *b = b.to_device(device)?;
+        }
+        Ok(())
+    }
 
     /// The total number of trainable values.
     fn num_params(&self) -> usize {

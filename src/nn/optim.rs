@@ -28,10 +28,14 @@ impl Sgd {
     pub fn step<'a>(&mut self, params: impl IntoIterator<Item = &'a mut Param>) -> Result<()> {
         for p in params {
             let Some(grad) = p.grad.take() else { continue };
-            let v = self
-                .velocity
-                .entry(p.id())
-                .or_insert_with(|| Tensor::zeros_like(&p.value));
+            let v = match self.velocity.entry(p.id()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(Tensor::zeros_on(
+                    p.value.shape().clone(),
+                    p.value.dtype(),
+                    p.value.device(),
+                )?),
+            };
             step(&mut p.value, &grad, v, self.hyper)?;
         }
         Ok(())

@@ -26,7 +26,8 @@
 
 use rayon::prelude::*;
 
-use super::{common_dtype, expect_nchw, expect_shape, host, with_float_type};
+use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Tensor};
 
@@ -52,6 +53,14 @@ fn check(x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<(usize, usize, u
     all.extend_from_slice(per_channel);
     common_dtype(OP, &all)?;
     Ok((n, c, h * w))
+}
+
+/// Appends `(N, C, HW)` in the order the kernels of kernels/batchnorm.cu take them.
+fn shape_args(call: KernelCall, n: usize, c: usize, hw: usize) -> Result<KernelCall> {
+    Ok(call
+        .i32(to_i32(OP, "batch", n)?)
+        .i32(to_i32(OP, "channels", c)?)
+        .i64(to_i64(hw)))
 }
 
 fn check_eps(eps: f64) -> Result<()> {
@@ -87,6 +96,30 @@ pub fn forward_train(
             "input",
             x.shape(),
         ));
+    }
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        let mean = gpu.alloc(x.dtype(), c)?;
+        let var = gpu.alloc(x.dtype(), c)?;
+        let stats = KernelCall::block_per_item("bn_stats_f32", c)?
+            .buf(&mean)
+            .buf(&var)
+            .buf(x.gpu_buffer()?);
+        gpu.launch(shape_args(stats, n, c, hw)?)?;
+        let y = gpu.alloc(x.dtype(), x.numel())?;
+        let normalize = KernelCall::elementwise("bn_fwd_f32", x.numel())
+            .buf(&y)
+            .buf(x.gpu_buffer()?)
+            .buf(&mean)
+            .buf(&var)
+            .buf(gamma.gpu_buffer()?)
+            .buf(beta.gpu_buffer()?)
+            .f32(eps as f32);
+        gpu.launch(shape_args(normalize, n, c, hw)?)?;
+        return Ok(BatchNormTrainOutput {
+            y: Tensor::from_gpu(x.shape().clone(), y),
+            mean: Tensor::from_gpu([c], mean),
+            var: Tensor::from_gpu([c], var),
+        });
     }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
@@ -131,7 +164,7 @@ pub fn forward_eval(
     eps: f64,
 ) -> Result<Tensor> {
     check_eps(eps)?;
-    let (_, c, hw) = check(
+    let (n, c, hw) = check(
         x,
         &[
             ("weight", gamma),
@@ -140,6 +173,19 @@ pub fn forward_eval(
             ("running_var", running_var),
         ],
     )?;
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        let y = gpu.alloc(x.dtype(), x.numel())?;
+        let normalize = KernelCall::elementwise("bn_fwd_f32", x.numel())
+            .buf(&y)
+            .buf(x.gpu_buffer()?)
+            .buf(running_mean.gpu_buffer()?)
+            .buf(running_var.gpu_buffer()?)
+            .buf(gamma.gpu_buffer()?)
+            .buf(beta.gpu_buffer()?)
+            .f32(eps as f32);
+        gpu.launch(shape_args(normalize, n, c, hw)?)?;
+        return Ok(Tensor::from_gpu(x.shape().clone(), y));
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let mean: Vec<f64> = host::<T>(running_mean)?
             .iter()
@@ -237,8 +283,44 @@ fn backward(
     check_eps(eps)?;
     let (n, c, hw) = check(x, &[("weight", gamma), ("mean", mean), ("var", var)])?;
     expect_shape(OP, "output gradient", dy, x.dims())?;
-    common_dtype(OP, &[("input", x), ("output gradient", dy)])?;
+    let (dtype, device) = common_dtype(OP, &[("input", x), ("output gradient", dy)])?;
     let m = (n * hw) as f64;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let dgamma = gpu.alloc(dtype, c)?;
+        let dbeta = gpu.alloc(dtype, c)?;
+        let (xb, dyb, meanb, varb) = (
+            x.gpu_buffer()?,
+            dy.gpu_buffer()?,
+            mean.gpu_buffer()?,
+            var.gpu_buffer()?,
+        );
+        let reduce = KernelCall::block_per_item("bn_bwd_reduce_f32", c)?
+            .buf(&dgamma)
+            .buf(&dbeta)
+            .buf(dyb)
+            .buf(xb)
+            .buf(meanb)
+            .buf(varb)
+            .f32(eps as f32);
+        gpu.launch(shape_args(reduce, n, c, hw)?)?;
+        let dx = gpu.alloc(dtype, x.numel())?;
+        let data = KernelCall::elementwise("bn_bwd_data_f32", x.numel())
+            .buf(&dx)
+            .buf(dyb)
+            .buf(xb)
+            .buf(meanb)
+            .buf(varb)
+            .buf(gamma.gpu_buffer()?)
+            .buf(&dgamma)
+            .buf(&dbeta)
+            .f32(eps as f32);
+        gpu.launch(shape_args(data, n, c, hw)?.i32(batch_stats as i32))?;
+        return Ok(BatchNormGrads {
+            dx: Tensor::from_gpu(x.shape().clone(), dx),
+            dgamma: Tensor::from_gpu([c], dgamma),
+            dbeta: Tensor::from_gpu([c], dbeta),
+        });
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let (xs, dys) = (host::<T>(x)?, host::<T>(dy)?);
         let (gs, ms, vs) = (host::<T>(gamma)?, host::<T>(mean)?, host::<T>(var)?);
@@ -314,7 +396,7 @@ pub fn update_running_stats(
     ] {
         expect_shape(OP, name, t, &[c])?;
     }
-    let (dtype, _) = common_dtype(
+    let (dtype, device) = common_dtype(
         OP,
         &[
             ("running_mean", running_mean),
@@ -324,6 +406,20 @@ pub fn update_running_stats(
         ],
     )?;
     let unbias = count as f64 / (count - 1) as f64;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let rm = running_mean.gpu_buffer_mut()?;
+        let rv = running_var.gpu_buffer_mut()?;
+        return gpu.launch(
+            KernelCall::elementwise("bn_update_running_f32", c)
+                .buf(rm)
+                .buf(rv)
+                .buf(batch_mean.gpu_buffer()?)
+                .buf(batch_var.gpu_buffer()?)
+                .i32(to_i32(OP, "channels", c)?)
+                .f32(momentum as f32)
+                .f32(unbias as f32),
+        );
+    }
     with_float_type!(dtype, OP, |T| {
         let (bm, bv) = (
             host::<T>(batch_mean)?.to_vec(),

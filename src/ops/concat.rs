@@ -8,7 +8,8 @@
 
 use rayon::prelude::*;
 
-use super::{common_dtype, host, with_float_type};
+use super::{common_dtype, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Shape, Tensor};
 
@@ -33,7 +34,7 @@ pub fn forward(inputs: &[&Tensor]) -> Result<Tensor> {
         .map(|(i, t)| (format!("input {i}"), *t))
         .collect();
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-    let (dtype, _) = common_dtype(OP, &refs)?;
+    let (dtype, device) = common_dtype(OP, &refs)?;
     let (n, rest) = (first.dims()[0], &first.dims()[2..]);
     for (i, t) in inputs.iter().enumerate() {
         if t.rank() != first.rank() || t.dims()[0] != n || &t.dims()[2..] != rest {
@@ -52,6 +53,24 @@ pub fn forward(inputs: &[&Tensor]) -> Result<Tensor> {
     let total: usize = channels.iter().sum();
     let mut out_dims = first.dims().to_vec();
     out_dims[1] = total;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let y = gpu.alloc(dtype, n * total * inner)?;
+        let mut offset = 0;
+        for (x, &ci) in inputs.iter().zip(&channels) {
+            let piece = ci * inner;
+            gpu.launch(
+                KernelCall::elementwise("concat_copy_f32", n * piece)
+                    .buf(&y)
+                    .buf(x.gpu_buffer()?)
+                    .i64(to_i64(n))
+                    .i64(to_i64(piece))
+                    .i64(to_i64(total * inner))
+                    .i64(to_i64(offset)),
+            )?;
+            offset += piece;
+        }
+        return Ok(Tensor::from_gpu(out_dims, y));
+    }
     with_float_type!(dtype, OP, |T| {
         let srcs: Vec<&[T]> = inputs.iter().map(|t| host::<T>(t)).collect::<Result<_>>()?;
         let mut y = vec![T::ZERO; n * total * inner];
@@ -82,6 +101,28 @@ pub fn backward(dy: &Tensor, channels: &[usize]) -> Result<Vec<Tensor>> {
     }
     let n = dy.dims()[0];
     let inner: usize = dy.dims()[2..].iter().product();
+    if let Some(gpu) = gpu_f32(OP, dy.dtype(), dy.device())? {
+        let mut outs = Vec::with_capacity(channels.len());
+        let mut offset = 0;
+        for &ci in channels {
+            let piece = ci * inner;
+            let dx = gpu.alloc(dy.dtype(), n * piece)?;
+            gpu.launch(
+                KernelCall::elementwise("split_copy_f32", n * piece)
+                    .buf(&dx)
+                    .buf(dy.gpu_buffer()?)
+                    .i64(to_i64(n))
+                    .i64(to_i64(piece))
+                    .i64(to_i64(total * inner))
+                    .i64(to_i64(offset)),
+            )?;
+            let mut dims = dy.dims().to_vec();
+            dims[1] = ci;
+            outs.push(Tensor::from_gpu(Shape::from(dims), dx));
+            offset += piece;
+        }
+        return Ok(outs);
+    }
     with_float_type!(dy.dtype(), OP, |T| {
         let src = host::<T>(dy)?;
         let mut start = 0;

@@ -40,7 +40,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{MatMut, MatRef, gemm, gemm_parallel};
-use super::{common_dtype, expect_nchw, expect_shape, host, with_float_type};
+use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Shape, Tensor};
 
@@ -220,7 +221,18 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> R
         expect_shape(OP, "bias", b, &[g.o])?;
         inputs.push(("bias", b));
     }
-    let (dtype, _device) = common_dtype(OP, &inputs)?;
+    let (dtype, device) = common_dtype(OP, &inputs)?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let y = gpu.alloc(dtype, g.out_shape().numel())?;
+        let bias = b.map(Tensor::gpu_buffer).transpose()?;
+        let call = KernelCall::elementwise("conv2d_fwd_direct_f32", g.out_shape().numel())
+            .buf(&y)
+            .buf(x.gpu_buffer()?)
+            .buf(w.gpu_buffer()?)
+            .buf_or_null(bias);
+        gpu.launch(shape_args(call, &g)?)?;
+        return Ok(Tensor::from_gpu(g.out_shape(), y));
+    }
     with_float_type!(dtype, OP, |T| {
         let bias = b.map(host::<T>).transpose()?;
         let y = forward_cpu::<T>(host(x)?, host(w)?, bias, &g);
@@ -232,7 +244,16 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> R
 pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams) -> Result<Tensor> {
     let g = ConvGeometry::new(x_shape, w.shape(), p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
-    let (dtype, _device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
+    let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let dx = gpu.alloc(dtype, g.in_shape().numel())?;
+        let call = KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel())
+            .buf(&dx)
+            .buf(dy.gpu_buffer()?)
+            .buf(w.gpu_buffer()?);
+        gpu.launch(shape_args(call, &g)?)?;
+        return Ok(Tensor::from_gpu(g.in_shape(), dx));
+    }
     with_float_type!(dtype, OP, |T| {
         let dx = backward_data_cpu::<T>(host(dy)?, host(w)?, &g);
         Ok(Tensor::from_cpu(g.in_shape(), dx))
@@ -248,7 +269,17 @@ pub fn backward_filter(
 ) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w_shape, p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
-    let (dtype, _device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
+    let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let n = g.weight_shape().numel();
+        let dw = gpu.alloc(dtype, n)?;
+        let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", n)
+            .buf(&dw)
+            .buf(dy.gpu_buffer()?)
+            .buf(x.gpu_buffer()?);
+        gpu.launch(shape_args(call, &g)?)?;
+        return Ok(Tensor::from_gpu(g.weight_shape(), dw));
+    }
     with_float_type!(dtype, OP, |T| {
         let dw = backward_filter_cpu::<T>(host(dy)?, host(x)?, &g);
         Ok(Tensor::from_cpu(g.weight_shape(), dw))
@@ -258,6 +289,18 @@ pub fn backward_filter(
 /// The gradient with respect to the bias: `dy` summed over batch, height and width.
 pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
     let (n, o, oh, ow) = expect_nchw(OP, "output gradient", dy)?;
+    if let Some(gpu) = gpu_f32(OP, dy.dtype(), dy.device())? {
+        let db = gpu.alloc(dy.dtype(), o)?;
+        gpu.launch(
+            KernelCall::block_per_item("conv2d_bwd_bias_f32", o)?
+                .buf(&db)
+                .buf(dy.gpu_buffer()?)
+                .i32(to_i32(OP, "batch", n)?)
+                .i32(to_i32(OP, "channels", o)?)
+                .i64(to_i64(oh * ow)),
+        )?;
+        return Ok(Tensor::from_gpu([o], db));
+    }
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;
         let pixels = oh * ow;
@@ -278,6 +321,33 @@ pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
             .collect();
         Ok(Tensor::from_cpu([o], db))
     })
+}
+
+/// Appends the shape arguments every conv2d kernel takes, in their order in kernels/conv2d.cu.
+fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
+    let p = &g.params;
+    let mut call = call;
+    for (what, v) in [
+        ("batch", g.n),
+        ("input channels", g.c),
+        ("height", g.h),
+        ("width", g.w),
+        ("output channels", g.o),
+        ("kernel height", g.kh),
+        ("kernel width", g.kw),
+        ("output height", g.oh),
+        ("output width", g.ow),
+        ("stride", p.stride.0),
+        ("stride", p.stride.1),
+        ("padding", p.padding.0),
+        ("padding", p.padding.1),
+        ("dilation", p.dilation.0),
+        ("dilation", p.dilation.1),
+        ("groups", p.groups),
+    ] {
+        call = call.i32(to_i32(OP, what, v)?);
+    }
+    Ok(call)
 }
 
 fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {

@@ -10,7 +10,8 @@
 //! as an f32, so the drop rate is `p` rounded to a multiple of 2⁻²⁴ while the scale uses `p`
 //! itself: the expected output differs from the input by at most one part in 16 million.
 
-use super::{host, with_float_type};
+use super::{gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i64};
 use crate::error::{Error, Result};
 use crate::rng::counter_uniform_f32;
 use crate::tensor::{Element, Float, Tensor};
@@ -31,14 +32,30 @@ pub fn check_probability(p: f64) -> Result<()> {
 /// The output and the mask that produced it.
 pub fn forward(x: &Tensor, p: f64, seed: u64) -> Result<(Tensor, Tensor)> {
     check_probability(p)?;
+    // p = 1 drops everything (PyTorch returns zeros rather than dividing by zero).
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        let n = x.numel();
+        let y = gpu.alloc(x.dtype(), n)?;
+        let mask = gpu.alloc(x.dtype(), n)?;
+        gpu.launch(
+            KernelCall::elementwise("dropout_fwd_f32", n)
+                .buf(&y)
+                .buf(&mask)
+                .buf(x.gpu_buffer()?)
+                .i64(to_i64(n))
+                .u64(seed)
+                .f32(p as f32)
+                .f32(scale as f32),
+        )?;
+        return Ok((
+            Tensor::from_gpu(x.shape().clone(), y),
+            Tensor::from_gpu(x.shape().clone(), mask),
+        ));
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
-        // p = 1 drops everything (PyTorch returns zeros rather than dividing by zero).
-        let keep_scale = if p < 1.0 {
-            T::from_f64(1.0 / (1.0 - p))
-        } else {
-            T::ZERO
-        };
+        let keep_scale = T::from_f64(scale);
         let threshold = p as f32;
         let mask: Vec<T> = (0..xs.len())
             .map(|i| {

@@ -3,9 +3,10 @@
 
 use rayon::prelude::*;
 
-use super::{common_dtype, host, with_float_type};
+use super::{common_dtype, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i64};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Float, Tensor};
+use crate::tensor::{Float, Tensor};
 
 /// Elements handed to one rayon task: large enough that scheduling costs nothing.
 pub(crate) const PAR_CHUNK: usize = 1 << 14;
@@ -44,15 +45,26 @@ fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
 }
 
 /// A binary op on two tensors of one shape, dtype and device.
-fn binary(
+fn binary<F: BinaryFn>(
     op: &'static str,
     a: &Tensor,
     b: &Tensor,
     names: [&str; 2],
-    f: impl BinaryFn,
+    f: F,
 ) -> Result<Tensor> {
     same_shape(op, a, b)?;
-    let (dtype, _) = common_dtype(op, &[(names[0], a), (names[1], b)])?;
+    let (dtype, device) = common_dtype(op, &[(names[0], a), (names[1], b)])?;
+    if let Some(gpu) = gpu_f32(op, dtype, device)? {
+        let y = gpu.alloc(dtype, a.numel())?;
+        gpu.launch(
+            KernelCall::elementwise(F::KERNEL, a.numel())
+                .buf(&y)
+                .buf(a.gpu_buffer()?)
+                .buf(b.gpu_buffer()?)
+                .i64(to_i64(a.numel())),
+        )?;
+        return Ok(Tensor::from_gpu(a.shape().clone(), y));
+    }
     with_float_type!(dtype, op, |T| {
         let y = zip_map(host::<T>(a)?, host::<T>(b)?, |x, y| f.apply(x, y));
         Ok(Tensor::from_cpu(a.shape().clone(), y))
@@ -61,11 +73,14 @@ fn binary(
 
 /// A binary element function usable at every float type (closures cannot be generic).
 trait BinaryFn: Sync {
+    /// The kernel in kernels/elementwise.cu that computes the same function.
+    const KERNEL: &'static str;
     fn apply<T: Float>(&self, a: T, b: T) -> T;
 }
 
 struct Add;
 impl BinaryFn for Add {
+    const KERNEL: &'static str = "add_f32";
     fn apply<T: Float>(&self, a: T, b: T) -> T {
         a + b
     }
@@ -73,6 +88,7 @@ impl BinaryFn for Add {
 
 struct Mul;
 impl BinaryFn for Mul {
+    const KERNEL: &'static str = "mul_f32";
     fn apply<T: Float>(&self, a: T, b: T) -> T {
         a * b
     }
@@ -81,6 +97,7 @@ impl BinaryFn for Mul {
 /// ReLU's gradient: `dy` where the output `y` was positive (or NaN), else 0.
 struct ReluGrad;
 impl BinaryFn for ReluGrad {
+    const KERNEL: &'static str = "relu_bwd_f32";
     fn apply<T: Float>(&self, dy: T, y: T) -> T {
         if y > T::ZERO || y.is_nan() {
             dy
@@ -92,6 +109,16 @@ impl BinaryFn for ReluGrad {
 
 /// `max(x, 0)`. NaN passes through, as in `torch.relu`.
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
+    if let Some(gpu) = gpu_f32("relu", x.dtype(), x.device())? {
+        let y = gpu.alloc(x.dtype(), x.numel())?;
+        gpu.launch(
+            KernelCall::elementwise("relu_fwd_f32", x.numel())
+                .buf(&y)
+                .buf(x.gpu_buffer()?)
+                .i64(to_i64(x.numel())),
+        )?;
+        return Ok(Tensor::from_gpu(x.shape().clone(), y));
+    }
     with_float_type!(x.dtype(), "relu", |T| {
         let y = map(host::<T>(x)?, |x: T| {
             if x > T::ZERO || x.is_nan() {
@@ -129,7 +156,18 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `acc += x`, in place.
 pub fn add_assign(acc: &mut Tensor, x: &Tensor) -> Result<()> {
     same_shape("add_assign", acc, x)?;
-    let (dtype, _) = common_dtype("add_assign", &[("accumulator", acc), ("addend", x)])?;
+    let (dtype, device) = common_dtype("add_assign", &[("accumulator", acc), ("addend", x)])?;
+    if let Some(gpu) = gpu_f32("add_assign", dtype, device)? {
+        let n = x.numel();
+        let xb = x.gpu_buffer()?;
+        let accb = acc.gpu_buffer_mut()?;
+        return gpu.launch(
+            KernelCall::elementwise("add_assign_f32", n)
+                .buf(accb)
+                .buf(xb)
+                .i64(to_i64(n)),
+        );
+    }
     with_float_type!(dtype, "add_assign", |T| {
         let xs = host::<T>(x)?;
         let acc = acc.as_mut_slice::<T>()?;
@@ -144,15 +182,10 @@ pub fn add_assign(acc: &mut Tensor, x: &Tensor) -> Result<()> {
 /// output into a scalar).
 pub fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
     same_shape("dot", a, b)?;
-    let (dtype, _) = common_dtype("dot", &[("left", a), ("right", b)])?;
-    with_float_type!(dtype, "dot", |T| {
-        let (xa, xb) = (host::<T>(a)?, host::<T>(b)?);
-        Ok(xa
-            .iter()
-            .zip(xb)
-            .map(|(&a, &b)| a.to_f64() * b.to_f64())
-            .sum())
-    })
+    common_dtype("dot", &[("left", a), ("right", b)])?;
+    // Copied to the host and summed in f64 on any device: this is a checking tool.
+    let (xa, xb) = (a.to_f64_vec()?, b.to_f64_vec()?);
+    Ok(xa.iter().zip(&xb).map(|(a, b)| a * b).sum())
 }
 
 #[cfg(test)]

@@ -30,7 +30,10 @@
 
 use std::marker::PhantomData;
 
-use crate::tensor::Float;
+use super::{common_dtype, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::error::{Error, Result};
+use crate::tensor::{Float, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -261,6 +264,22 @@ pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool
         return;
     }
     gemm_blocked::<T, 4, 8>(a, b, c, accumulate, micro_kernel::<T, 4, 8>)
+}
+
+/// The f32 micro-kernel this CPU uses, for `scratchnet devices`.
+pub fn cpu_kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match Isa::detect() {
+            Isa::Avx512 => "AVX-512 8×32",
+            Isa::Avx2Fma => "AVX2+FMA 6×16",
+            Isa::Portable => "portable 4×16",
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "portable 4×16"
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -592,6 +611,91 @@ fn pack_b<T: Float, const NR: usize>(
             }
         }
     }
+}
+
+/// Which GPU kernel computes a matrix product (kernels/gemm.cu). The CPU always uses the
+/// blocked GEMM above.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// One thread per element of C, straight from global memory.
+    Naive,
+    /// 16×16 tiles staged in shared memory.
+    #[default]
+    Tiled,
+}
+
+impl GemmKernel {
+    fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Naive => "gemm_naive_f32",
+            GemmKernel::Tiled => "gemm_tiled_f32",
+        }
+    }
+}
+
+/// `op(a) · op(b)` for 2-D tensors, where `op` transposes when asked: the matrix product as
+/// an op on tensors, on any device. The transposes are strided views; nothing is copied.
+pub fn matmul(
+    a: &Tensor,
+    transpose_a: bool,
+    b: &Tensor,
+    transpose_b: bool,
+    kernel: GemmKernel,
+) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let dims = |t: &Tensor, name: &str, transposed: bool| -> Result<(usize, usize)> {
+        let (r, c) = t
+            .shape()
+            .dims2()
+            .ok_or_else(|| Error::shape_of(OP, format!("a 2-D {name}"), name, t.shape()))?;
+        Ok(if transposed { (c, r) } else { (r, c) })
+    };
+    let (m, k) = dims(a, "left operand", transpose_a)?;
+    let (kb, n) = dims(b, "right operand", transpose_b)?;
+    if k != kb {
+        return Err(Error::shape(
+            OP,
+            format!("operands with matching inner dimensions ({m}×{k} · {k}×N)"),
+            format!("{m}×{k} · {kb}×{n}"),
+        ));
+    }
+    // Strides of a row-major matrix, or of its transpose.
+    let strides = |t: &Tensor, transposed: bool| -> (usize, usize) {
+        let cols = t.dims()[1];
+        if transposed { (1, cols) } else { (cols, 1) }
+    };
+    let (a_rs, a_cs) = strides(a, transpose_a);
+    let (b_rs, b_cs) = strides(b, transpose_b);
+    let (dtype, device) = common_dtype(OP, &[("left operand", a), ("right operand", b)])?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let c = gpu.alloc(dtype, m * n)?;
+        // A 16×16 block per 16×16 tile of C: x along the columns, y along the rows.
+        let blocks = |len: usize| u32::try_from(len.div_ceil(16)).unwrap_or(u32::MAX);
+        gpu.launch(
+            KernelCall::new(kernel.name())
+                .grid(blocks(n), blocks(m), 1)
+                .block(16, 16, 1)
+                .buf(&c)
+                .buf(a.gpu_buffer()?)
+                .buf(b.gpu_buffer()?)
+                .i32(to_i32(OP, "rows", m)?)
+                .i32(to_i32(OP, "columns", n)?)
+                .i32(to_i32(OP, "inner dimension", k)?)
+                .i64(to_i64(a_rs))
+                .i64(to_i64(a_cs))
+                .i64(to_i64(b_rs))
+                .i64(to_i64(b_cs))
+                .i32(0),
+        )?;
+        return Ok(Tensor::from_gpu([m, n], c));
+    }
+    with_float_type!(dtype, OP, |T| {
+        let mut c = vec![T::ZERO; m * n];
+        let am = MatRef::new(host::<T>(a)?, m, k, a_rs, a_cs);
+        let bm = MatRef::new(host::<T>(b)?, k, n, b_rs, b_cs);
+        gemm_parallel(am, bm, MatMut::row_major(&mut c, m, n), false);
+        Ok(Tensor::from_cpu([m, n], c))
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The fully connected layer: `y = x · Wᵀ + b`.
 //!
 //! Shapes follow PyTorch's `nn.Linear`: x is `[N, I]`, W is `[O, I]` (one row per output),
-//! b is `[O]`, y is `[N, O]`. All three products are one GEMM each, with the transposes
-//! expressed as strided views so nothing is copied:
+//! b is `[O]`, y is `[N, O]`. All three products are one matrix product each
+//! ([`matmul`]), with the transposes expressed as strided views so nothing is copied:
 //!
 //! ```text
 //! forward:  y  = x · Wᵀ        [N, I]·[I, O]
@@ -10,13 +10,16 @@
 //! weight:   dW = dyᵀ · x       [O, N]·[N, I]
 //! bias:     db = Σ_n dy[n, :]
 //! ```
+//!
+//! The bias kernels are in kernels/linear.cu, the products in kernels/gemm.cu.
 
 use rayon::prelude::*;
 
-use super::gemm::{MatMut, MatRef, gemm_parallel};
-use super::{common_dtype, expect_shape, host, with_float_type};
+use super::gemm::{GemmKernel, matmul};
+use super::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Float, Tensor};
+use crate::tensor::{Element, Tensor};
 
 const OP: &str = "linear";
 
@@ -40,69 +43,74 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
 }
 
 pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let (n, i, o) = dims(x, w)?;
+    let (n, _, o) = dims(x, w)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
         expect_shape(OP, "bias", b, &[o])?;
         inputs.push(("bias", b));
     }
-    let (dtype, _) = common_dtype(OP, &inputs)?;
+    let (dtype, device) = common_dtype(OP, &inputs)?;
+    let mut y = matmul(x, false, w, true, GemmKernel::default())?;
+    let Some(b) = b else { return Ok(y) };
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let bias = b.gpu_buffer()?;
+        let yb = y.gpu_buffer_mut()?;
+        gpu.launch(
+            KernelCall::elementwise("bias_add_rows_f32", n * o)
+                .buf(yb)
+                .buf(bias)
+                .i64(to_i64(n))
+                .i32(to_i32(OP, "outputs", o)?),
+        )?;
+        return Ok(y);
+    }
     with_float_type!(dtype, OP, |T| {
-        let mut y = vec![T::ZERO; n * o];
-        let xm = MatRef::row_major(host::<T>(x)?, n, i);
-        let wm = MatRef::row_major(host::<T>(w)?, o, i);
-        gemm_parallel(xm, wm.t(), MatMut::row_major(&mut y, n, o), false);
-        if let Some(b) = b {
-            let bs = host::<T>(b)?;
-            for row in y.chunks_exact_mut(o) {
-                row.iter_mut().zip(bs).for_each(|(v, &bo)| *v += bo);
-            }
+        let bs = host::<T>(b)?.to_vec();
+        for row in y.as_mut_slice::<T>()?.chunks_exact_mut(o.max(1)) {
+            row.iter_mut().zip(&bs).for_each(|(v, &bo)| *v += bo);
         }
-        Ok(Tensor::from_cpu([n, o], y))
+        Ok(y)
     })
 }
 
 /// `dx = dy · W`.
 pub fn backward_data(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (o, i) = w
+    let (o, _) = w
         .shape()
         .dims2()
         .ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
     let n = dy.dims().first().copied().unwrap_or(0);
     expect_shape(OP, "output gradient", dy, &[n, o])?;
-    let (dtype, _) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
-    with_float_type!(dtype, OP, |T| {
-        let mut dx = vec![T::ZERO; n * i];
-        let dym = MatRef::row_major(host::<T>(dy)?, n, o);
-        let wm = MatRef::row_major(host::<T>(w)?, o, i);
-        gemm_parallel(dym, wm, MatMut::row_major(&mut dx, n, i), false);
-        Ok(Tensor::from_cpu([n, i], dx))
-    })
+    matmul(dy, false, w, false, GemmKernel::default())
 }
 
 /// `dW = dyᵀ · x`.
 pub fn backward_weight(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let (n, i) = x
+    let (n, _) = x
         .shape()
         .dims2()
         .ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
     let o = dy.dims().get(1).copied().unwrap_or(0);
     expect_shape(OP, "output gradient", dy, &[n, o])?;
-    let (dtype, _) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
-    with_float_type!(dtype, OP, |T| {
-        let mut dw = vec![T::ZERO; o * i];
-        let dym = MatRef::row_major(host::<T>(dy)?, n, o);
-        let xm = MatRef::row_major(host::<T>(x)?, n, i);
-        gemm_parallel(dym.t(), xm, MatMut::row_major(&mut dw, o, i), false);
-        Ok(Tensor::from_cpu([o, i], dw))
-    })
+    matmul(dy, true, x, false, GemmKernel::default())
 }
 
-/// `db = Σ_n dy[n, :]`, summed in f64.
+/// `db = Σ_n dy[n, :]` (summed in f64 on the CPU).
 pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
     let (n, o) = dy.shape().dims2().ok_or_else(|| {
         Error::shape_of(OP, "a 2-D output gradient", "output gradient", dy.shape())
     })?;
+    if let Some(gpu) = gpu_f32(OP, dy.dtype(), dy.device())? {
+        let db = gpu.alloc(dy.dtype(), o)?;
+        gpu.launch(
+            KernelCall::elementwise("sum_rows_f32", o)
+                .buf(&db)
+                .buf(dy.gpu_buffer()?)
+                .i64(to_i64(n))
+                .i32(to_i32(OP, "outputs", o)?),
+        )?;
+        return Ok(Tensor::from_gpu([o], db));
+    }
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;
         let db: Vec<T> = (0..o)

@@ -12,13 +12,15 @@
 //! error here, where PyTorch would skip the example).
 //! The forward pass returns the probabilities so the backward pass needs nothing else.
 
-use super::{common_dtype, host, with_float_type};
+use super::{common_dtype, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Element, Float, Tensor};
 
 const OP: &str = "cross_entropy";
 
-fn check_labels(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, Vec<usize>)> {
+/// Checks shapes and dtypes; returns `(N, K)`.
+fn check_shapes(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
     let (n, k) = logits
         .shape()
         .dims2()
@@ -39,11 +41,18 @@ fn check_labels(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, Vec<u
             logits.shape(),
         ));
     }
-    let labels = labels
-        .as_slice::<i64>()?
-        .iter()
+    Ok((n, k))
+}
+
+/// Every label as a class index, or an error naming the first one outside `0..k`. Labels on
+/// a device are copied to the host for this (N integers), since the forward kernel indexes
+/// the logits with them.
+fn check_labels(labels: &Tensor, k: usize) -> Result<Vec<usize>> {
+    labels
+        .to_vec::<i64>()?
+        .into_iter()
         .enumerate()
-        .map(|(i, &l)| {
+        .map(|(i, l)| {
             usize::try_from(l).ok().filter(|&l| l < k).ok_or_else(|| {
                 Error::argument(
                     OP,
@@ -51,13 +60,40 @@ fn check_labels(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, Vec<u
                 )
             })
         })
-        .collect::<Result<Vec<usize>>>()?;
-    Ok((n, k, labels))
+        .collect()
 }
 
 /// The mean loss (a scalar tensor) and the softmax probabilities `[N, K]`.
 pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (n, k, labels) = check_labels(logits, labels)?;
+    let (n, k) = check_shapes(logits, labels)?;
+    let label_values = check_labels(labels, k)?;
+    if let Some(gpu) = gpu_f32(OP, logits.dtype(), logits.device())? {
+        let labels = labels.to_device(logits.device())?;
+        let row_loss = gpu.alloc(logits.dtype(), n)?;
+        let probs = gpu.alloc(logits.dtype(), n * k)?;
+        gpu.launch(
+            KernelCall::block_per_item("softmax_xent_fwd_f32", n)?
+                .buf(&row_loss)
+                .buf(&probs)
+                .buf(logits.gpu_buffer()?)
+                .buf(labels.gpu_buffer()?)
+                .i32(to_i32(OP, "batch", n)?)
+                .i32(to_i32(OP, "classes", k)?),
+        )?;
+        let loss = gpu.alloc(logits.dtype(), 1)?;
+        gpu.launch(
+            KernelCall::new("mean_f32")
+                .block(crate::device::gpu::BLOCK, 1, 1)
+                .buf(&loss)
+                .buf(&row_loss)
+                .i64(to_i64(n)),
+        )?;
+        return Ok((
+            Tensor::from_gpu(crate::tensor::Shape::scalar(), loss),
+            Tensor::from_gpu([n, k], probs),
+        ));
+    }
+    let labels = label_values;
     with_float_type!(logits.dtype(), OP, |T| {
         let z = host::<T>(logits)?;
         let mut probs = vec![T::ZERO; n * k];
@@ -84,7 +120,7 @@ pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
 
 /// The logits' gradient from the probabilities, the labels and the loss's gradient.
 pub fn backward(probs: &Tensor, labels: &Tensor, dloss: &Tensor) -> Result<Tensor> {
-    let (n, k, labels) = check_labels(probs, labels)?;
+    let (n, k) = check_shapes(probs, labels)?;
     if dloss.numel() != 1 {
         return Err(Error::shape_of(
             OP,
@@ -93,7 +129,22 @@ pub fn backward(probs: &Tensor, labels: &Tensor, dloss: &Tensor) -> Result<Tenso
             dloss.shape(),
         ));
     }
-    let (dtype, _) = common_dtype(OP, &[("probabilities", probs), ("loss gradient", dloss)])?;
+    let (dtype, device) = common_dtype(OP, &[("probabilities", probs), ("loss gradient", dloss)])?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let labels = labels.to_device(device)?;
+        let dz = gpu.alloc(dtype, n * k)?;
+        gpu.launch(
+            KernelCall::elementwise("softmax_xent_bwd_f32", n * k)
+                .buf(&dz)
+                .buf(probs.gpu_buffer()?)
+                .buf(labels.gpu_buffer()?)
+                .buf(dloss.gpu_buffer()?)
+                .i32(to_i32(OP, "batch", n)?)
+                .i32(to_i32(OP, "classes", k)?),
+        )?;
+        return Ok(Tensor::from_gpu([n, k], dz));
+    }
+    let labels = check_labels(labels, k)?;
     with_float_type!(dtype, OP, |T| {
         let scale = host::<T>(dloss)?[0] / T::from_usize(n);
         let mut dz = host::<T>(probs)?.to_vec();
@@ -120,7 +171,7 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
                 logits.shape(),
             )
         })?;
-    let v = logits.to_f64_vec();
+    let v = logits.to_f64_vec()?;
     Ok(v.chunks_exact(k)
         .map(|row| {
             let mut best = 0;

@@ -26,7 +26,8 @@
 
 use rayon::prelude::*;
 
-use super::{common_dtype, expect_nchw, expect_shape, host, with_float_type};
+use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Tensor};
 
@@ -67,6 +68,18 @@ impl LrnParams {
         Ok(())
     }
 
+    /// The shape and parameter arguments of the kernels in kernels/lrn.cu.
+    fn append_args(&self, call: KernelCall, n: usize, c: usize, hw: usize) -> Result<KernelCall> {
+        Ok(call
+            .i32(to_i32(OP, "batch", n)?)
+            .i32(to_i32(OP, "channels", c)?)
+            .i64(to_i64(hw))
+            .i32(to_i32(OP, "size", self.size)?)
+            .f32((self.alpha / self.size as f64) as f32)
+            .f32(self.beta as f32)
+            .f32(self.k as f32))
+    }
+
     /// Channels that normalise channel `c`: `[c − ⌊size/2⌋, c + ⌊(size−1)/2⌋]` within `0..channels`.
     fn window(&self, c: usize, channels: usize) -> std::ops::Range<usize> {
         c.saturating_sub(self.size / 2)..(c + (self.size - 1) / 2 + 1).min(channels)
@@ -97,9 +110,17 @@ fn scale<T: Float>(x_img: &[T], c: usize, hw: usize, p: &LrnParams) -> Vec<T> {
 
 pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
     p.check()?;
-    let (_n, c, h, w) = expect_nchw(OP, "input", x)?;
+    let (n, c, h, w) = expect_nchw(OP, "input", x)?;
     super::expect_nonempty_image(OP, "input", x.shape())?;
     let hw = h * w;
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        let y = gpu.alloc(x.dtype(), x.numel())?;
+        let call = KernelCall::elementwise("lrn_fwd_f32", x.numel())
+            .buf(&y)
+            .buf(x.gpu_buffer()?);
+        gpu.launch(p.append_args(call, n, c, hw)?)?;
+        return Ok(Tensor::from_gpu(x.shape().clone(), y));
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let neg_beta = T::from_f64(-p.beta);
@@ -119,12 +140,23 @@ pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
 /// The input gradient, from the output gradient, the input and the output.
 pub fn backward(dy: &Tensor, x: &Tensor, y: &Tensor, p: LrnParams) -> Result<Tensor> {
     p.check()?;
-    let (_n, c, h, w) = expect_nchw(OP, "input", x)?;
+    let (n, c, h, w) = expect_nchw(OP, "input", x)?;
     super::expect_nonempty_image(OP, "input", x.shape())?;
     expect_shape(OP, "output gradient", dy, x.dims())?;
     expect_shape(OP, "output", y, x.dims())?;
-    let (dtype, _) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("output", y)])?;
+    let (dtype, device) =
+        common_dtype(OP, &[("output gradient", dy), ("input", x), ("output", y)])?;
     let hw = h * w;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let dx = gpu.alloc(dtype, x.numel())?;
+        let call = KernelCall::elementwise("lrn_bwd_f32", x.numel())
+            .buf(&dx)
+            .buf(dy.gpu_buffer()?)
+            .buf(x.gpu_buffer()?)
+            .buf(y.gpu_buffer()?);
+        gpu.launch(p.append_args(call, n, c, hw)?)?;
+        return Ok(Tensor::from_gpu(x.shape().clone(), dx));
+    }
     with_float_type!(dtype, OP, |T| {
         let (dys, xs, ys) = (host::<T>(dy)?, host::<T>(x)?, host::<T>(y)?);
         let neg_beta = T::from_f64(-p.beta);

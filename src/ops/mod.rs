@@ -5,7 +5,9 @@
 //! every kernel is tested against. An op's public functions take and return [`Tensor`]s,
 //! check their inputs (returning [`Error`]s that name the op and the shapes), and dispatch on
 //! the device and the element type. The CPU code is generic over [`Float`] so the same lines
-//! run in f32 for training and in f64 for the gradient checks.
+//! run in f32 for training and in f64 for the gradient checks. On `cuda` and `emu` an op
+//! launches the kernels of `kernels/<op>.cu` (f32 only) through the shared launch path of
+//! [`crate::device::gpu`]; the launch code sits in the op's file, under the CPU reference.
 
 pub mod batchnorm;
 pub mod concat;
@@ -19,7 +21,9 @@ pub mod lrn;
 pub mod pool;
 pub mod sgd;
 
-use crate::device::Device;
+use std::sync::Arc;
+
+use crate::device::{Device, GpuDevice};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Float, Tensor};
 
@@ -75,6 +79,26 @@ pub(crate) fn common_dtype(
         }
     }
     Ok((first.dtype(), first.device()))
+}
+
+/// The GPU device to run on if `device` is `cuda` or `emu` (where the kernels are f32), or
+/// `None` for the CPU reference.
+pub(crate) fn gpu_f32(
+    op: &'static str,
+    dtype: DType,
+    device: Device,
+) -> Result<Option<Arc<GpuDevice>>> {
+    let Some(gpu) = device.gpu()? else {
+        return Ok(None);
+    };
+    if dtype != DType::F32 {
+        return Err(Error::DType {
+            op,
+            actual: dtype,
+            supported: "f32 on cuda and emu",
+        });
+    }
+    Ok(Some(gpu))
 }
 
 /// Checks that a tensor has exactly the expected shape.

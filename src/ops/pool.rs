@@ -15,7 +15,9 @@
 
 use rayon::prelude::*;
 
-use super::{expect_nchw, expect_shape, host, with_float_type};
+use super::{expect_nchw, expect_shape, gpu_f32, host, with_float_type};
+use crate::device::GpuDevice;
+use crate::device::gpu::{GpuBuffer, KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Shape, Tensor};
 
@@ -98,6 +100,40 @@ impl PoolGeometry {
         Shape::from([self.n, self.c, self.oh, self.ow])
     }
 
+    /// Launches one of the window kernels of kernels/pool.cu (they share this argument list)
+    /// with one thread per element of `threads_over`: outputs for the forward kernels,
+    /// inputs for the backward ones.
+    fn launch(
+        &self,
+        gpu: &GpuDevice,
+        kernel: &'static str,
+        threads_over: usize,
+        bufs: &[&GpuBuffer],
+        op: &'static str,
+    ) -> Result<()> {
+        let mut call = KernelCall::elementwise(kernel, threads_over);
+        for b in bufs {
+            call = call.buf(b);
+        }
+        call = call.i64(to_i64(self.n * self.c));
+        let p = &self.p;
+        for (what, v) in [
+            ("height", self.h),
+            ("width", self.w),
+            ("output height", self.oh),
+            ("output width", self.ow),
+            ("kernel", p.kernel.0),
+            ("kernel", p.kernel.1),
+            ("stride", p.stride.0),
+            ("stride", p.stride.1),
+            ("padding", p.padding.0),
+            ("padding", p.padding.1),
+        ] {
+            call = call.i32(to_i32(op, what, v)?);
+        }
+        gpu.launch(call)
+    }
+
     /// The input rows (or columns) covered by output index `o`, clipped to the image.
     fn window(o: usize, stride: usize, pad: usize, k: usize, len: usize) -> std::ops::Range<usize> {
         let start = (o * stride) as isize - pad as isize;
@@ -150,6 +186,12 @@ impl PoolGeometry {
 pub fn max_pool2d_forward(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
     const OP: &str = "max_pool2d";
     let g = PoolGeometry::new(OP, x.shape(), p)?;
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        let n = g.out_shape().numel();
+        let y = gpu.alloc(x.dtype(), n)?;
+        g.launch(&gpu, "max_pool2d_fwd_f32", n, &[&y, x.gpu_buffer()?], OP)?;
+        return Ok(Tensor::from_gpu(g.out_shape(), y));
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let mut y = vec![T::ZERO; g.n * g.c * g.oh * g.ow];
@@ -171,7 +213,19 @@ pub fn max_pool2d_backward(dy: &Tensor, x: &Tensor, p: Pool2dParams) -> Result<T
     const OP: &str = "max_pool2d backward";
     let g = PoolGeometry::new(OP, x.shape(), p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
-    super::common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
+    let (dtype, device) = super::common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let n = x.numel();
+        let dx = gpu.alloc(dtype, n)?;
+        g.launch(
+            &gpu,
+            "max_pool2d_bwd_f32",
+            n,
+            &[&dx, dy.gpu_buffer()?, x.gpu_buffer()?],
+            OP,
+        )?;
+        return Ok(Tensor::from_gpu(x.shape().clone(), dx));
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let (xs, dys) = (host::<T>(x)?, host::<T>(dy)?);
         let mut dx = vec![T::ZERO; xs.len()];
@@ -191,6 +245,12 @@ pub fn max_pool2d_backward(dy: &Tensor, x: &Tensor, p: Pool2dParams) -> Result<T
 pub fn avg_pool2d_forward(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
     const OP: &str = "avg_pool2d";
     let g = PoolGeometry::new(OP, x.shape(), p)?;
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        let n = g.out_shape().numel();
+        let y = gpu.alloc(x.dtype(), n)?;
+        g.launch(&gpu, "avg_pool2d_fwd_f32", n, &[&y, x.gpu_buffer()?], OP)?;
+        return Ok(Tensor::from_gpu(g.out_shape(), y));
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let inv_area = T::ONE / T::from_usize(p.kernel.0 * p.kernel.1);
@@ -219,6 +279,12 @@ pub fn avg_pool2d_backward(dy: &Tensor, x_shape: &Shape, p: Pool2dParams) -> Res
     const OP: &str = "avg_pool2d backward";
     let g = PoolGeometry::new(OP, x_shape, p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
+    if let Some(gpu) = gpu_f32(OP, dy.dtype(), dy.device())? {
+        let n = x_shape.numel();
+        let dx = gpu.alloc(dy.dtype(), n)?;
+        g.launch(&gpu, "avg_pool2d_bwd_f32", n, &[&dx, dy.gpu_buffer()?], OP)?;
+        return Ok(Tensor::from_gpu(x_shape.clone(), dx));
+    }
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;
         let inv_area = T::ONE / T::from_usize(p.kernel.0 * p.kernel.1);
@@ -246,6 +312,16 @@ pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
     const OP: &str = "global_avg_pool";
     let (n, c, h, w) = expect_nchw(OP, "input", x)?;
     super::expect_nonempty_image(OP, "input", x.shape())?;
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        let y = gpu.alloc(x.dtype(), n * c)?;
+        gpu.launch(
+            KernelCall::block_per_item("global_avg_pool_fwd_f32", n * c)?
+                .buf(&y)
+                .buf(x.gpu_buffer()?)
+                .i64(to_i64(h * w)),
+        )?;
+        return Ok(Tensor::from_gpu([n, c, 1, 1], y));
+    }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let y: Vec<T> = xs
@@ -265,6 +341,17 @@ pub fn global_avg_pool_backward(dy: &Tensor, x_shape: &Shape) -> Result<Tensor> 
         .ok_or_else(|| Error::shape_of(OP, "a 4-D input (N, C, H, W)", "input", x_shape))?;
     super::expect_nonempty_image(OP, "input", x_shape)?;
     expect_shape(OP, "output gradient", dy, &[n, c, 1, 1])?;
+    if let Some(gpu) = gpu_f32(OP, dy.dtype(), dy.device())? {
+        let dx = gpu.alloc(dy.dtype(), x_shape.numel())?;
+        gpu.launch(
+            KernelCall::elementwise("global_avg_pool_bwd_f32", x_shape.numel())
+                .buf(&dx)
+                .buf(dy.gpu_buffer()?)
+                .i64(to_i64(n * c))
+                .i64(to_i64(h * w)),
+        )?;
+        return Ok(Tensor::from_gpu(x_shape.clone(), dx));
+    }
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;
         let inv = T::ONE / T::from_usize(h * w);

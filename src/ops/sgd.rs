@@ -13,7 +13,8 @@
 
 use rayon::prelude::*;
 
-use super::{common_dtype, host, with_float_type};
+use super::{common_dtype, gpu_f32, host, with_float_type};
+use crate::device::gpu::{KernelCall, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 
@@ -37,7 +38,7 @@ pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdPara
             ));
         }
     }
-    let (dtype, _) = common_dtype(
+    let (dtype, device) = common_dtype(
         OP,
         &[
             ("parameter", param),
@@ -45,6 +46,22 @@ pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdPara
             ("velocity", velocity),
         ],
     )?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let n = param.numel();
+        let g = grad.gpu_buffer()?;
+        let v = velocity.gpu_buffer_mut()?;
+        let p = param.gpu_buffer_mut()?;
+        return gpu.launch(
+            KernelCall::elementwise("sgd_step_f32", n)
+                .buf(p)
+                .buf(v)
+                .buf(g)
+                .i64(to_i64(n))
+                .f32(h.lr as f32)
+                .f32(h.momentum as f32)
+                .f32(h.weight_decay as f32),
+        );
+    }
     with_float_type!(dtype, OP, |T| {
         let g = host::<T>(grad)?;
         let (lr, mom, wd) = (

@@ -2,8 +2,8 @@
 //!
 //! Storage sits behind an `Arc`, so cloning a tensor is cheap and shares the memory: the
 //! autograd tape keeps activations alive this way without copying them. Writing through
-//! [`Tensor::as_mut_slice`] copies first if the memory is shared (copy-on-write), so a clone
-//! never changes under its owner's feet.
+//! [`Tensor::as_mut_slice`] or [`Tensor::gpu_buffer_mut`] copies first if the memory is
+//! shared (copy-on-write), so a clone never changes under its owner's feet.
 
 mod dtype;
 mod shape;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub use dtype::{DType, Element, Float};
 pub use shape::Shape;
 
-use crate::device::{CpuStorage, Device, Storage};
+use crate::device::{CpuStorage, Device, GpuBuffer, Storage};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -47,6 +47,11 @@ impl Tensor {
             shape,
             storage: Arc::new(storage),
         }
+    }
+
+    /// A tensor over a device buffer computed by an op whose output shape is known.
+    pub(crate) fn from_gpu(shape: impl Into<Shape>, buf: GpuBuffer) -> Tensor {
+        Tensor::from_storage(shape.into(), Storage::Gpu(buf))
     }
 
     /// A host tensor made from a vector computed by an op whose output shape is known.
@@ -137,17 +142,98 @@ impl Tensor {
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         match &*self.storage {
             Storage::Cpu(s) => T::slice(s).ok_or_else(|| self.wrong_dtype::<T>()),
+            Storage::Gpu(_) => Err(self.not_on_host()),
         }
+    }
+
+    fn not_on_host(&self) -> Error {
+        Error::Device(format!(
+            "the tensor lives on {}; copy it to the cpu first (Tensor::to_device)",
+            self.device()
+        ))
+    }
+
+    /// The storage, unshared: copied first (on its device) if another tensor shares it.
+    fn storage_mut(&mut self) -> Result<&mut Storage> {
+        if Arc::get_mut(&mut self.storage).is_none() {
+            self.storage = Arc::new(self.storage.try_clone()?);
+        }
+        Arc::get_mut(&mut self.storage)
+            .ok_or_else(|| Error::Device("tensor storage is shared".into()))
     }
 
     /// Mutable access to the elements; copies first when the storage is shared.
     pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {
         let dtype = self.dtype();
-        match Arc::make_mut(&mut self.storage) {
+        if !self.device().is_cpu() {
+            return Err(self.not_on_host());
+        }
+        match self.storage_mut()? {
             Storage::Cpu(s) => T::slice_mut(s).ok_or(Error::Mismatch {
                 op: "tensor",
                 detail: format!("wanted {} elements, tensor holds {dtype}", T::DTYPE),
             }),
+            Storage::Gpu(_) => Err(Error::Device("a GPU tensor has no host slice".into())),
+        }
+    }
+
+    /// The device buffer of a tensor on `cuda` or `emu`.
+    pub fn gpu_buffer(&self) -> Result<&GpuBuffer> {
+        match &*self.storage {
+            Storage::Gpu(b) => Ok(b),
+            Storage::Cpu(_) => Err(Error::Device(
+                "the tensor lives on the cpu, not on a GPU device".into(),
+            )),
+        }
+    }
+
+    /// The device buffer, unshared (copied on the device first if shared), for in-place kernels.
+    pub fn gpu_buffer_mut(&mut self) -> Result<&mut GpuBuffer> {
+        match self.storage_mut()? {
+            Storage::Gpu(b) => Ok(b),
+            Storage::Cpu(_) => Err(Error::Device(
+                "the tensor lives on the cpu, not on a GPU device".into(),
+            )),
+        }
+    }
+
+    /// A copy on `device` (the same tensor, shared, if it is already there).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let host = self.to_host()?;
+        let storage = match device.gpu()? {
+            None => Storage::Cpu(host),
+            Some(gpu) => Storage::Gpu(gpu.upload(host.dtype(), host.len(), host.as_bytes())?),
+        };
+        Ok(Tensor::from_storage(self.shape.clone(), storage))
+    }
+
+    /// The elements as host storage (downloaded from the device if need be).
+    fn to_host(&self) -> Result<CpuStorage> {
+        match &*self.storage {
+            Storage::Cpu(s) => Ok(s.clone()),
+            Storage::Gpu(b) => {
+                let mut host = CpuStorage::zeros(b.dtype(), b.len());
+                b.gpu().download(b, host.as_bytes_mut())?;
+                Ok(host)
+            }
+        }
+    }
+
+    /// Zeros on a device.
+    pub fn zeros_on(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        match device.gpu()? {
+            None => Ok(Tensor::zeros(shape, dtype)),
+            Some(gpu) => {
+                let n = shape.numel();
+                Ok(Tensor::from_storage(
+                    shape,
+                    Storage::Gpu(gpu.zeros(dtype, n)?),
+                ))
+            }
         }
     }
 
@@ -162,21 +248,33 @@ impl Tensor {
         }
     }
 
-    /// A copy of the elements in a host vector.
+    /// A copy of the elements in a host vector (downloaded from the device if need be).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        self.as_slice::<T>().map(<[T]>::to_vec)
+        match &*self.storage {
+            Storage::Cpu(_) => self.as_slice::<T>().map(<[T]>::to_vec),
+            Storage::Gpu(_) => {
+                let host = self.to_host()?;
+                T::slice(&host)
+                    .map(<[T]>::to_vec)
+                    .ok_or_else(|| self.wrong_dtype::<T>())
+            }
+        }
     }
 
-    /// The elements converted to f64, whatever the dtype (for tests and printing).
-    pub fn to_f64_vec(&self) -> Vec<f64> {
-        match &*self.storage {
-            Storage::Cpu(s) => match s {
+    /// The elements converted to f64, whatever the dtype and device (for tests and printing).
+    pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
+        let convert = |s: &CpuStorage| -> Vec<f64> {
+            match s {
                 CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
                 CpuStorage::F64(v) => v.clone(),
                 CpuStorage::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
                 CpuStorage::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
                 CpuStorage::I64(v) => v.iter().map(|&x| x as f64).collect(),
-            },
+            }
+        };
+        match &*self.storage {
+            Storage::Cpu(s) => Ok(convert(s)),
+            Storage::Gpu(_) => Ok(convert(&self.to_host()?)),
         }
     }
 
@@ -190,7 +288,7 @@ impl Tensor {
                 &self.shape,
             ));
         }
-        Ok(self.to_f64_vec()[0])
+        Ok(self.to_f64_vec()?[0])
     }
 
     /// The same elements under another shape with as many elements. Shares the storage.
@@ -220,11 +318,9 @@ impl Tensor {
                 format!("cannot convert {} to {dtype}", self.dtype()),
             ));
         }
-        Ok(Tensor::from_f64_values(
-            self.shape.clone(),
-            dtype,
-            self.to_f64_vec().into_iter(),
-        ))
+        let converted =
+            Tensor::from_f64_values(self.shape.clone(), dtype, self.to_f64_vec()?.into_iter());
+        converted.to_device(self.device())
     }
 
     /// True when both tensors share one allocation (a reshape, a clone).
@@ -263,7 +359,7 @@ mod tests {
         let a = Tensor::from_vec([3], vec![1.0f32, 0.1, -2.5]).unwrap();
         let h = a.to_dtype(DType::F16).unwrap();
         assert_eq!(h.dtype(), DType::F16);
-        let back = h.to_f64_vec();
+        let back = h.to_f64_vec().unwrap();
         assert_eq!(back[0], 1.0);
         assert!((back[1] - 0.1).abs() < 1e-4 && back[1] != 0.1f32 as f64);
         assert_eq!(back[2], -2.5);
@@ -277,9 +373,9 @@ mod tests {
         let a = Tensor::randn([1000], 0.0, 2.0, DType::F64, 7);
         let b = Tensor::randn([1000], 0.0, 2.0, DType::F64, 7);
         let c = Tensor::randn([1000], 0.0, 2.0, DType::F64, 8);
-        assert_eq!(a.to_f64_vec(), b.to_f64_vec());
-        assert_ne!(a.to_f64_vec(), c.to_f64_vec());
-        let v = a.to_f64_vec();
+        assert_eq!(a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
+        assert_ne!(a.to_f64_vec().unwrap(), c.to_f64_vec().unwrap());
+        let v = a.to_f64_vec().unwrap();
         let mean = v.iter().sum::<f64>() / 1000.0;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 1000.0;
         assert!(mean.abs() < 0.2, "mean {mean}");

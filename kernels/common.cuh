@@ -1,0 +1,88 @@
+// Shared by every kernel file: the one place that differs between nvcc and the emulator,
+// and the small device helpers several op families use.
+//
+// Every kernel in kernels/*.cu is compiled twice:
+//   - by nvcc, into the fatbin the CUDA device loads (build.rs);
+//   - as plain C++ against kernels/emu/cuda_emu.h, for the emulator (--device emu).
+// So a kernel may only use what the emulator provides (see the top of emu/cuda_emu.h):
+// no inline PTX, no `extern __shared__` (use SCRATCHNET_DYNAMIC_SHARED), no templates on
+// __global__ functions. Kernels are `extern "C"` so the host finds them by name, and their
+// parameters are pointers, int, unsigned, long long, unsigned long long, float or double:
+// build.rs reads each signature to generate the emulator's launch wrappers and the table the
+// host checks its arguments against.
+#pragma once
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#define SCRATCHNET_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#else
+#include "emu/cuda_emu.h"
+#endif
+
+// Threads per block for the simple element-wise kernels: a multiple of the warp size that
+// keeps enough warps resident per SM and that every GPU since Kepler accepts.
+#define SCRATCHNET_BLOCK 256
+
+// Index of this thread across the whole grid (1-D launches), in 64 bits: tensors can have
+// more than 2^31 elements.
+__device__ __forceinline__ long long global_thread_index() {
+    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+// Stride of a grid-stride loop: the number of threads in the grid.
+__device__ __forceinline__ long long grid_stride() {
+    return (long long)gridDim.x * blockDim.x;
+}
+
+// Sum of `v` over the 32 lanes of a warp, by halving: after the step with offset o, lane i
+// holds the sum of lanes i..i+2o-1. Lane 0 ends with the total.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Maximum of `v` over the 32 lanes of a warp (lane 0 ends with it), NaN-propagating.
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float o = __shfl_down_sync(0xffffffffu, v, offset);
+        v = (o > v || o != o) ? o : v;
+    }
+    return v;
+}
+
+// Sum of `v` over a block of SCRATCHNET_BLOCK threads: each warp reduces its 32 values
+// with shuffles, warp leaders write the 8 partial sums to shared memory, and the first warp
+// reduces those. Thread 0 returns the total (the other threads' return value is
+// meaningless). The order of the additions is fixed, so the result is deterministic. Every
+// thread of the block must call it (it contains __syncthreads), with blockDim.x ==
+// SCRATCHNET_BLOCK.
+__device__ __forceinline__ float block_sum(float v, float* scratch /* SCRATCHNET_BLOCK/32 floats */) {
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = (threadIdx.x < SCRATCHNET_BLOCK / 32) ? scratch[lane] : 0.f;
+    if (warp == 0) v = warp_sum(v);
+    return v;
+}
+
+// Maximum of `v` over a block of SCRATCHNET_BLOCK threads, as block_sum; every thread gets the
+// result (it is broadcast through shared memory).
+__device__ __forceinline__ float block_max(float v, float* scratch /* SCRATCHNET_BLOCK/32 + 1 floats */) {
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = (lane < SCRATCHNET_BLOCK / 32) ? scratch[lane] : scratch[0];
+        v = warp_max(v);
+        if (lane == 0) scratch[SCRATCHNET_BLOCK / 32] = v;
+    }
+    __syncthreads();
+    return scratch[SCRATCHNET_BLOCK / 32];
+}

@@ -1,0 +1,24 @@
+// Channel concatenation and its backward, the split. CPU reference: src/ops/concat.rs.
+//
+// An input of `piece` = C_i·inner values per image sits in the output at `offset` within
+// each image's `total` = ΣC_i·inner values. The host launches one copy per input (or per
+// gradient piece); one thread per element, grid-stride, reads and writes both coalesced.
+#include "common.cuh"
+
+// y[img·total + offset + j] = x[img·piece + j]
+extern "C" __global__ void concat_copy_f32(float* __restrict__ y, const float* __restrict__ x, long long images,
+                                           long long piece, long long total, long long offset) {
+    for (long long i = global_thread_index(); i < images * piece; i += grid_stride()) {
+        const long long img = i / piece, j = i % piece;
+        y[img * total + offset + j] = x[i];
+    }
+}
+
+// dx[img·piece + j] = dy[img·total + offset + j]
+extern "C" __global__ void split_copy_f32(float* __restrict__ dx, const float* __restrict__ dy, long long images,
+                                          long long piece, long long total, long long offset) {
+    for (long long i = global_thread_index(); i < images * piece; i += grid_stride()) {
+        const long long img = i / piece, j = i % piece;
+        dx[i] = dy[img * total + offset + j];
+    }
+}

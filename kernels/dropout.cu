@@ -1,0 +1,31 @@
+// Inverted dropout. CPU reference: src/ops/dropout.rs.
+//
+// Element i is dropped when u(seed, i) < p, where u is the counter-based SplitMix64 of
+// src/rng.rs: output number i of the stream started at `seed`, computed directly from
+// (seed, i). Every thread computes its own elements' draws, and the CPU computes the same
+// bits, so the mask is identical on every device. (The backward pass is dx = dy ⊙ mask:
+// mul_f32 in elementwise.cu.)
+#include "common.cuh"
+
+// The SplitMix64 finaliser (mix64 in src/rng.rs).
+__device__ __forceinline__ unsigned long long splitmix64_mix(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// A uniform float in [0, 1) with 24 random bits: counter_uniform_f32 in src/rng.rs.
+__device__ __forceinline__ float counter_uniform(unsigned long long seed, unsigned long long i) {
+    const unsigned long long z = splitmix64_mix(seed + (i + 1) * 0x9E3779B97F4A7C15ull);
+    return (float)(z >> 40) * (1.f / 16777216.f);
+}
+
+// mask[i] = 0 if dropped else scale (= 1/(1 − p)); y[i] = x[i]·mask[i].
+extern "C" __global__ void dropout_fwd_f32(float* __restrict__ y, float* __restrict__ mask, const float* __restrict__ x,
+                                           long long n, unsigned long long seed, float p, float scale) {
+    for (long long i = global_thread_index(); i < n; i += grid_stride()) {
+        const float m = counter_uniform(seed, (unsigned long long)i) < p ? 0.f : scale;
+        mask[i] = m;
+        y[i] = x[i] * m;
+    }
+}

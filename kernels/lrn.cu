@@ -1,0 +1,55 @@
+// Local response normalisation across channels (AlexNet). CPU reference: src/ops/lrn.rs,
+// whose comment derives the gradient.
+//
+//   s[c] = k + α/size · Σ_{c' ∈ W(c)} x[c']²,   W(c) = [c − ⌊size/2⌋, c + ⌊(size−1)/2⌋] ∩ [0, C)
+//   y[c] = x[c] · s[c]^−β
+//   dx[i] = dy[i] · s[i]^−β − (2αβ/size) · x[i] · Σ_{j : i ∈ W(j)} dy[j] · y[j] / s[j]
+//
+// `alpha_over_size` is α/size. One thread per element (n, c, pixel) of an N×C×HW tensor;
+// neighbouring threads are neighbouring pixels of one channel, so every read of a channel
+// window coalesces. Each value is read `size` times, from cache after the first.
+#include "common.cuh"
+
+// s[c] at one pixel: `x` points at channel 0 of that pixel, channels HW apart.
+__device__ __forceinline__ float lrn_scale(const float* x, long long HW, int C, int c, int size, float alpha_over_size, float k) {
+    const int lo = max(c - size / 2, 0), hi = min(c + (size - 1) / 2, C - 1);
+    float sum = 0.f;
+    for (int j = lo; j <= hi; ++j) {
+        const float v = x[j * HW];
+        sum += v * v;
+    }
+    return k + alpha_over_size * sum;
+}
+
+extern "C" __global__ void lrn_fwd_f32(float* __restrict__ y, const float* __restrict__ x, int N, int C, long long HW,
+                                       int size, float alpha_over_size, float beta, float k) {
+    const long long total = (long long)N * C * HW;
+    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
+        const long long p = idx % HW;
+        const int c = (int)((idx / HW) % C);
+        const long long n = idx / (HW * C);
+        const float* pixel = x + n * C * HW + p;
+        y[idx] = x[idx] * powf(lrn_scale(pixel, HW, C, c, size, alpha_over_size, k), -beta);
+    }
+}
+
+extern "C" __global__ void lrn_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x,
+                                       const float* __restrict__ y, int N, int C, long long HW, int size,
+                                       float alpha_over_size, float beta, float k) {
+    const long long total = (long long)N * C * HW;
+    const float coef = 2.f * alpha_over_size * beta;  // 2αβ/size
+    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
+        const long long p = idx % HW;
+        const int i = (int)((idx / HW) % C);
+        const long long base = (idx / (HW * C)) * C * HW + p;  // channel 0 of this pixel
+        // Channels j whose window contains i: [i − ⌊(size−1)/2⌋, i + ⌊size/2⌋].
+        const int lo = max(i - (size - 1) / 2, 0), hi = min(i + size / 2, C - 1);
+        float cross = 0.f;
+        for (int j = lo; j <= hi; ++j) {
+            const float s_j = lrn_scale(x + base, HW, C, j, size, alpha_over_size, k);
+            cross += dy[base + j * HW] * y[base + j * HW] / s_j;
+        }
+        const float s_i = lrn_scale(x + base, HW, C, i, size, alpha_over_size, k);
+        dx[idx] = dy[idx] * powf(s_i, -beta) - coef * x[idx] * cross;
+    }
+}

@@ -1,0 +1,123 @@
+// Pooling: max, average (count_include_pad), and global average.
+// CPU reference: src/ops/pool.rs.
+//
+// Shape arguments: `planes` = N·C independent H×W planes, pooled with a kh×kw window at
+// stride (sh, sw) and padding (ph, pw) into OH×OW outputs. The window of output (oy, ox)
+// covers rows [oy·sh − ph, oy·sh − ph + kh) and columns likewise, clipped to the plane.
+#include "common.cuh"
+
+// Flat index (within the plane) of the first maximum of window (oy, ox), scanning rows then
+// columns; a NaN wins at once. This is exactly the CPU reference's rule, so both pick the same
+// input, and the backward pass can find the winner again instead of storing its index.
+__device__ __forceinline__ int window_argmax(const float* plane, int H, int W, int oy, int ox,
+                                             int kh, int kw, int sh, int sw, int ph, int pw) {
+    const int y0 = oy * sh - ph, x0 = ox * sw - pw;
+    const int y1 = min(y0 + kh, H), x1 = min(x0 + kw, W);
+    int best_at = -1;
+    float best = 0.f;
+    for (int iy = max(y0, 0); iy < y1; ++iy) {
+        for (int ix = max(x0, 0); ix < x1; ++ix) {
+            const float v = plane[iy * W + ix];
+            if (best_at < 0 || v > best || v != v) {
+                best = v;
+                best_at = iy * W + ix;
+                if (v != v) return best_at;
+            }
+        }
+    }
+    return best_at;
+}
+
+// One thread per output: the maximum of its window.
+extern "C" __global__ void max_pool2d_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long long planes,
+                                              int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
+    const long long total = planes * OH * OW;
+    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
+        const int ox = (int)(idx % OW), oy = (int)((idx / OW) % OH);
+        const float* plane = x + (idx / ((long long)OW * OH)) * H * W;
+        y[idx] = plane[window_argmax(plane, H, W, oy, ox, kh, kw, sh, sw, ph, pw)];
+    }
+}
+
+// First output row (or column) whose window contains input index i: the smallest o with
+// o·s − p + k > i, i.e. o > (i + p − k) / s.
+__device__ __forceinline__ int first_window(int i, int s, int p, int k) {
+    const int t = i + p - k;
+    return t < 0 ? 0 : t / s + 1;
+}
+
+// One thread per input pixel: the sum of the output gradients of every window that this
+// pixel won. Overlapping windows (AlexNet's 3×3 stride 2) can share a winner, which then
+// collects several gradients; gathering them here, rather than having each output add into
+// its winner, needs no atomics and gives the same sum on every run.
+extern "C" __global__ void max_pool2d_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy,
+                                              const float* __restrict__ x, long long planes, int H, int W, int OH, int OW,
+                                              int kh, int kw, int sh, int sw, int ph, int pw) {
+    const long long total = planes * H * W;
+    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
+        const int ix = (int)(idx % W), iy = (int)((idx / W) % H);
+        const long long plane_index = idx / ((long long)W * H);
+        const float* plane = x + plane_index * H * W;
+        const float* dplane = dy + plane_index * OH * OW;
+        const int me = iy * W + ix;
+        float acc = 0.f;
+        // Windows containing row iy: o·sh − ph <= iy < o·sh − ph + kh.
+        const int oy_last = min((iy + ph) / sh, OH - 1), ox_last = min((ix + pw) / sw, OW - 1);
+        for (int oy = first_window(iy, sh, ph, kh); oy <= oy_last; ++oy) {
+            for (int ox = first_window(ix, sw, pw, kw); ox <= ox_last; ++ox) {
+                if (window_argmax(plane, H, W, oy, ox, kh, kw, sh, sw, ph, pw) == me) acc += dplane[oy * OW + ox];
+            }
+        }
+        dx[idx] = acc;
+    }
+}
+
+// One thread per output: the window's sum over kh·kw (padding counts in the divisor).
+extern "C" __global__ void avg_pool2d_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long long planes,
+                                              int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
+    const long long total = planes * OH * OW;
+    const float inv_area = 1.f / (float)(kh * kw);
+    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
+        const int ox = (int)(idx % OW), oy = (int)((idx / OW) % OH);
+        const float* plane = x + (idx / ((long long)OW * OH)) * H * W;
+        const int y0 = oy * sh - ph, x0 = ox * sw - pw;
+        float s = 0.f;
+        for (int iy = max(y0, 0); iy < min(y0 + kh, H); ++iy)
+            for (int ix = max(x0, 0); ix < min(x0 + kw, W); ++ix) s += plane[iy * W + ix];
+        y[idx] = s * inv_area;
+    }
+}
+
+// One thread per input pixel: Σ dy / (kh·kw) over the windows that contain it.
+extern "C" __global__ void avg_pool2d_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy, long long planes,
+                                              int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
+    const long long total = planes * H * W;
+    const float inv_area = 1.f / (float)(kh * kw);
+    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
+        const int ix = (int)(idx % W), iy = (int)((idx / W) % H);
+        const float* dplane = dy + (idx / ((long long)W * H)) * OH * OW;
+        const int oy_last = min((iy + ph) / sh, OH - 1), ox_last = min((ix + pw) / sw, OW - 1);
+        float acc = 0.f;
+        for (int oy = first_window(iy, sh, ph, kh); oy <= oy_last; ++oy)
+            for (int ox = first_window(ix, sw, pw, kw); ox <= ox_last; ++ox) acc += dplane[oy * OW + ox] * inv_area;
+        dx[idx] = acc;
+    }
+}
+
+// One block per plane: the mean of its HW values (a block reduction, fixed order).
+extern "C" __global__ void __launch_bounds__(SCRATCHNET_BLOCK)
+global_avg_pool_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long long HW) {
+    __shared__ float scratch[SCRATCHNET_BLOCK / 32];
+    const float* plane = x + blockIdx.x * HW;
+    float acc = 0.f;
+    for (long long i = threadIdx.x; i < HW; i += blockDim.x) acc += plane[i];
+    const float total = block_sum(acc, scratch);
+    if (threadIdx.x == 0) y[blockIdx.x] = total / (float)HW;
+}
+
+// dx[plane, i] = dy[plane] / HW: one thread per input element.
+extern "C" __global__ void global_avg_pool_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy, long long planes,
+                                                   long long HW) {
+    const float inv = 1.f / (float)HW;
+    for (long long idx = global_thread_index(); idx < planes * HW; idx += grid_stride()) dx[idx] = dy[idx / HW] * inv;
+}

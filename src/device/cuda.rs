@@ -1,0 +1,343 @@
+//! The CUDA device, on the driver API through cudarc (loaded dynamically, so a build needs
+//! no CUDA installation and a machine without a driver still runs the binary).
+//!
+//! One context (the device's primary context) and one stream per GPU; the fatbin that
+//! build.rs embedded is loaded once, and kernel handles are looked up once each. Every driver
+//! call is checked and its error mapped to a message that says what was being done.
+//!
+//! cudarc panics when it cannot load `libcuda` or a symbol in it, so everything here first
+//! probes for the library and runs the first driver calls under `catch_unwind`: a machine
+//! without a GPU gets an error that says what is missing, never a panic.
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{result, sys};
+
+use super::Device;
+use super::gpu::{Backend, GpuDevice, LaunchDims};
+use super::kernels::{CUDA_ARCHS, FATBIN, KernelInfo};
+use crate::error::{Error, Result};
+
+/// What the probe found about one GPU.
+#[derive(Clone, Debug)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub memory_bytes: usize,
+}
+
+/// What the probe found about the driver and its GPUs.
+#[derive(Clone, Debug)]
+pub struct CudaInfo {
+    /// e.g. (13, 0) for driver 580.
+    pub driver_version: (i32, i32),
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// Runs `f`, turning a panic (cudarc's way of reporting a missing library or symbol) into
+/// `None` without printing the panic message.
+fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _only_one = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    r.ok()
+}
+
+fn driver_error(what: &str, e: result::DriverError) -> String {
+    format!("{what}: {e:?}")
+}
+
+/// Is a driver there, and which GPUs does it see?
+pub fn probe() -> std::result::Result<CudaInfo, String> {
+    static PROBE: OnceLock<std::result::Result<CudaInfo, String>> = OnceLock::new();
+    PROBE.get_or_init(probe_uncached).clone()
+}
+
+fn probe_uncached() -> std::result::Result<CudaInfo, String> {
+    // SAFETY: only tries to open the library.
+    let present = quietly(|| unsafe { sys::is_culib_present() }).unwrap_or(false);
+    if !present {
+        return Err(
+            "no NVIDIA driver: libcuda.so could not be loaded (is the NVIDIA driver installed?)"
+                .into(),
+        );
+    }
+    quietly(|| -> std::result::Result<CudaInfo, String> {
+        result::init()
+            .map_err(|e| driver_error("the CUDA driver failed to initialise (cuInit)", e))?;
+        let mut version = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .map_err(|e| driver_error("cuDriverGetVersion", e))?;
+        let count = result::device::get_count().map_err(|e| driver_error("cuDeviceGetCount", e))?;
+        let mut gpus = Vec::new();
+        for ordinal in 0..count.max(0) {
+            let dev = result::device::get(ordinal).map_err(|e| driver_error("cuDeviceGet", e))?;
+            let name = result::device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into());
+            // SAFETY: `dev` came from device::get.
+            let (major, minor, mem) = unsafe {
+                (
+                    result::device::get_attribute(
+                        dev,
+                        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                    )
+                    .unwrap_or(0),
+                    result::device::get_attribute(
+                        dev,
+                        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                    )
+                    .unwrap_or(0),
+                    result::device::total_mem(dev).unwrap_or(0),
+                )
+            };
+            gpus.push(GpuInfo {
+                ordinal: ordinal as usize,
+                name,
+                compute_capability: (major, minor),
+                memory_bytes: mem,
+            });
+        }
+        Ok(CudaInfo {
+            driver_version: (version / 1000, (version % 1000) / 10),
+            gpus,
+        })
+    })
+    .unwrap_or_else(|| {
+        Err("the CUDA driver library lacks a function scratchnet needs (driver too old?)".into())
+    })
+}
+
+/// Whether the embedded kernels can run on a GPU of this compute capability: SASS for its
+/// exact architecture, or PTX of an older one that the driver compiles on load.
+pub fn kernels_run_on(cc: (i32, i32)) -> std::result::Result<(), String> {
+    if FATBIN.is_empty() {
+        return Err(
+            "the GPU kernels were not compiled: nvcc was not found when scratchnet was built \
+                    (run scripts/setup-cuda.sh, then cargo build again)"
+                .into(),
+        );
+    }
+    let arch = (cc.0 * 10 + cc.1).to_string();
+    let newest = CUDA_ARCHS
+        .iter()
+        .filter_map(|a| a.parse::<i32>().ok())
+        .max()
+        .unwrap_or(0);
+    if CUDA_ARCHS.contains(&arch.as_str()) || cc.0 * 10 + cc.1 >= newest {
+        Ok(())
+    } else {
+        Err(format!(
+            "the kernels were compiled for sm_{} but this GPU is sm_{arch} (set SCRATCHNET_CUDA_ARCHS={arch} and rebuild)",
+            CUDA_ARCHS.join(", sm_")
+        ))
+    }
+}
+
+/// Why `cuda:N` is not usable, or `Ok` if it is.
+pub fn check(ordinal: usize) -> std::result::Result<GpuInfo, String> {
+    let info = probe()?;
+    if info.gpus.is_empty() {
+        return Err("the NVIDIA driver is installed but sees no GPU".into());
+    }
+    let gpu = info
+        .gpus
+        .iter()
+        .find(|g| g.ordinal == ordinal)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "there is no cuda:{ordinal}; this machine has cuda:0 to cuda:{}",
+                info.gpus.len() - 1
+            )
+        })?;
+    kernels_run_on(gpu.compute_capability)?;
+    Ok(gpu)
+}
+
+/// The device `cuda:ordinal`, opened on first use.
+pub fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
+    static OPEN: OnceLock<Mutex<HashMap<usize, Arc<GpuDevice>>>> = OnceLock::new();
+    let mut open = OPEN
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = open.get(&ordinal) {
+        return Ok(Arc::clone(d));
+    }
+    let gpu =
+        check(ordinal).map_err(|e| Error::Device(format!("cuda:{ordinal} is not usable: {e}")))?;
+    let backend = quietly(|| CudaBackend::open(gpu)).unwrap_or_else(|| {
+        Err(Error::Device(format!(
+            "cuda:{ordinal}: the driver panicked while opening the device"
+        )))
+    })?;
+    let d = GpuDevice::new(Box::new(backend));
+    open.insert(ordinal, Arc::clone(&d));
+    Ok(d)
+}
+
+struct CudaBackend {
+    info: GpuInfo,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    module: sys::CUmodule,
+    functions: Mutex<HashMap<usize, sys::CUfunction>>,
+}
+
+// SAFETY: driver handles (context, stream, module, function) may be used from any thread;
+// every call makes the context current on the calling thread first.
+unsafe impl Send for CudaBackend {}
+// SAFETY: as above; the function cache is behind a mutex.
+unsafe impl Sync for CudaBackend {}
+
+impl CudaBackend {
+    fn open(info: GpuInfo) -> Result<CudaBackend> {
+        let name = format!("cuda:{}", info.ordinal);
+        let err =
+            |what: &str, e: result::DriverError| Error::Device(format!("{name}: {what}: {e:?}"));
+        let dev = result::device::get(info.ordinal as i32).map_err(|e| err("cuDeviceGet", e))?;
+        // SAFETY: `dev` came from device::get; the primary context lives for the process.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }
+            .map_err(|e| err("retaining the primary context", e))?;
+        // SAFETY: a context just retained.
+        unsafe { result::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(|e| err("creating a stream", e))?;
+        // The driver wants the image 8-byte aligned; include_bytes! promises only 1.
+        let mut image = vec![0u64; FATBIN.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut image)[..FATBIN.len()].copy_from_slice(FATBIN);
+        // SAFETY: a fatbin produced by nvcc, aligned, alive during the call.
+        let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }.map_err(|e| {
+            Error::Device(format!(
+                "{name}: loading the embedded kernels (compiled for sm_{}) on {} (sm_{}{}): {e:?}",
+                CUDA_ARCHS.join(", sm_"),
+                info.name,
+                info.compute_capability.0,
+                info.compute_capability.1
+            ))
+        })?;
+        Ok(CudaBackend {
+            info,
+            ctx,
+            stream,
+            module,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn name(&self) -> String {
+        format!("cuda:{}", self.info.ordinal)
+    }
+
+    fn err(&self, what: &str, e: result::DriverError) -> Error {
+        Error::Device(format!("{}: {what}: {e:?}", self.name()))
+    }
+
+    fn bind(&self) -> Result<()> {
+        // SAFETY: the context was retained in `open` and is never released.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| self.err("cuCtxSetCurrent", e))
+    }
+
+    fn function(&self, index: usize, kernel: &KernelInfo) -> Result<sys::CUfunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&f) = cache.get(&index) {
+            return Ok(f);
+        }
+        let cname = CString::new(kernel.name)
+            .map_err(|_| Error::Device(format!("bad kernel name {}", kernel.name)))?;
+        // SAFETY: the module is loaded for the life of the process.
+        let f = unsafe { result::module::get_function(self.module, cname) }
+            .map_err(|e| self.err(&format!("finding kernel {}", kernel.name), e))?;
+        cache.insert(index, f);
+        Ok(f)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn device(&self) -> Device {
+        Device::Cuda(self.info.ordinal)
+    }
+
+    unsafe fn malloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: plain allocation in the current context.
+        unsafe { result::malloc_sync(bytes) }
+            .map_err(|e| self.err(&format!("allocating {bytes} bytes"), e))
+    }
+
+    unsafe fn free(&self, ptr: u64, _bytes: usize) {
+        if self.bind().is_ok() {
+            // Work queued on the stream may still use the block: wait for it first.
+            // SAFETY: our stream; the pointer came from malloc (caller's contract).
+            unsafe {
+                let _ = result::stream::synchronize(self.stream);
+                let _ = result::free_sync(ptr);
+            }
+        }
+    }
+
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // Stream-ordered, so it lands before any later kernel; a pageable source is copied
+        // to a staging buffer before the call returns, so `src` may be freed afterwards.
+        // SAFETY: `dst` holds src.len() bytes (caller's contract).
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(|e| self.err("copying to the device", e))
+    }
+
+    unsafe fn download(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `src` holds dst.len() bytes (caller's contract); the synchronize makes
+        // the copy complete before `dst` is read.
+        unsafe {
+            result::memcpy_dtoh_async(dst, src, self.stream)
+                .map_err(|e| self.err("copying from the device", e))?;
+            result::stream::synchronize(self.stream)
+                .map_err(|e| self.err("waiting for the device (an earlier kernel failed?)", e))
+        }
+    }
+
+    unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both hold `bytes` bytes (caller's contract).
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream) }
+            .map_err(|e| self.err("copying on the device", e))
+    }
+
+    unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `dst` holds `bytes` bytes (caller's contract).
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream) }
+            .map_err(|e| self.err("memset", e))
+    }
+
+    unsafe fn launch(
+        &self,
+        index: usize,
+        kernel: &KernelInfo,
+        d: LaunchDims,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        self.bind()?;
+        let f = self.function(index, kernel)?;
+        // SAFETY: the arguments match the signature and point at live device memory (the
+        // caller's contract); launch dimensions were checked by GpuDevice::launch.
+        unsafe { result::launch_kernel(f, d.grid, d.block, d.shared_bytes, self.stream, args) }
+            .map_err(|e| self.err(&format!("launching {} with {:?}", kernel.name, d), e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: our stream.
+        unsafe { result::stream::synchronize(self.stream) }
+            .map_err(|e| self.err("waiting for the device (a kernel failed?)", e))
+    }
+}

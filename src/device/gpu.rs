@@ -1,0 +1,562 @@
+//! What the CUDA device and the emulator share: buffers, the caching allocator, and the
+//! launch path (argument packing and checking, launch dimensions).
+//!
+//! The two differ only in a [`Backend`]: where memory lives (GPU memory through the CUDA
+//! driver, or host memory) and how a launch runs (on the GPU, or block by block on the CPU).
+//! Everything above the backend runs the same code for both, so every test through the
+//! emulator also tests the host side of the GPU path.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use super::Device;
+use super::kernels::{self, ArgKind, KernelInfo};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// Grid and block dimensions, and dynamic shared memory in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchDims {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+/// The operations a device must provide. Pointers are device addresses (for the emulator,
+/// host addresses) as `u64`.
+pub trait Backend: Send + Sync {
+    fn device(&self) -> Device;
+
+    /// # Safety
+    /// The returned memory is uninitialised.
+    unsafe fn malloc(&self, bytes: usize) -> Result<u64>;
+    /// # Safety
+    /// `ptr` came from `malloc` with this size and is not used afterwards.
+    unsafe fn free(&self, ptr: u64, bytes: usize);
+    /// # Safety
+    /// `dst` holds at least `src.len()` bytes.
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// Waits for earlier work, then copies.
+    /// # Safety
+    /// `src` holds at least `dst.len()` bytes.
+    unsafe fn download(&self, dst: &mut [u8], src: u64) -> Result<()>;
+    /// # Safety
+    /// Both hold at least `bytes` bytes.
+    unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    /// # Safety
+    /// `dst` holds at least `bytes` bytes.
+    unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()>;
+    /// # Safety
+    /// `args[i]` points at a value of the kind `kernel.params[i]`; pointer arguments are
+    /// live allocations of this device large enough for what the kernel touches.
+    unsafe fn launch(
+        &self,
+        index: usize,
+        kernel: &KernelInfo,
+        dims: LaunchDims,
+        args: &mut [*mut c_void],
+    ) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    /// Whether freed memory may be kept for reuse. The emulator built with AddressSanitizer
+    /// says no, so that an out-of-bounds access always falls outside an allocation.
+    fn caching(&self) -> bool {
+        true
+    }
+}
+
+/// Memory use of one device, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Held by live buffers (rounded up to the allocator's size classes).
+    pub in_use: usize,
+    /// The largest `in_use` seen.
+    pub peak: usize,
+    /// Freed by buffers but kept for reuse.
+    pub cached: usize,
+    /// Calls to the device's allocator (cudaMalloc or its emulation) so far.
+    pub device_allocations: u64,
+}
+
+struct Allocator {
+    /// Free blocks by size class.
+    free: HashMap<usize, Vec<u64>>,
+    stats: MemoryStats,
+}
+
+/// A GPU (or its emulation): a backend plus the caching allocator in front of it.
+pub struct GpuDevice {
+    backend: Box<dyn Backend>,
+    alloc: Mutex<Allocator>,
+}
+
+/// The allocator's size class of a request: multiples of 512 bytes up to 1 MiB, then of
+/// 1 MiB. Rounding lets a freed block serve the next request of a similar size, and the
+/// caching lets a training step, whose sizes repeat from step to step, run without calling
+/// the device allocator once the first step has warmed the cache.
+fn size_class(bytes: usize) -> usize {
+    const SMALL: usize = 512;
+    const LARGE: usize = 1 << 20;
+    let b = bytes.max(1);
+    if b <= LARGE {
+        b.div_ceil(SMALL) * SMALL
+    } else {
+        b.div_ceil(LARGE) * LARGE
+    }
+}
+
+impl GpuDevice {
+    pub fn new(backend: Box<dyn Backend>) -> Arc<GpuDevice> {
+        Arc::new(GpuDevice {
+            backend,
+            alloc: Mutex::new(Allocator {
+                free: HashMap::new(),
+                stats: MemoryStats::default(),
+            }),
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.backend.device()
+    }
+
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.lock().stats
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Allocator> {
+        // A panic while holding the lock cannot leave the free lists inconsistent (each
+        // update is a single push or pop), so a poisoned lock is still usable.
+        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An uninitialised buffer of `len` elements. When [`super::poison_new_buffers`] is on,
+    /// every byte is 0xFF (a NaN in every float type), so an element a kernel forgets to
+    /// write fails the comparison with the reference.
+    pub fn alloc(self: &Arc<Self>, dtype: DType, len: usize) -> Result<GpuBuffer> {
+        let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
+            Error::Device(format!(
+                "{}: {len} elements of {dtype} overflow",
+                self.device()
+            ))
+        })?;
+        // Without caching (the emulator under AddressSanitizer) the size is exact, so that
+        // one element past the end is already outside the allocation.
+        let class = if self.backend.caching() {
+            size_class(bytes)
+        } else {
+            bytes.max(1)
+        };
+        let cached = if self.backend.caching() {
+            let mut a = self.lock();
+            let hit = a.free.get_mut(&class).and_then(Vec::pop);
+            if hit.is_some() {
+                a.stats.cached -= class;
+            }
+            hit
+        } else {
+            None
+        };
+        let ptr = match cached {
+            Some(p) => p,
+            None => {
+                // SAFETY: fresh memory; it is initialised below or by the caller's kernel.
+                let p = unsafe { self.backend.malloc(class) };
+                let p = match p {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Out of memory: give the cache back to the device and try once more.
+                        self.release_cache();
+                        // SAFETY: as above.
+                        unsafe { self.backend.malloc(class)? }
+                    }
+                };
+                self.lock().stats.device_allocations += 1;
+                p
+            }
+        };
+        {
+            let mut a = self.lock();
+            a.stats.in_use += class;
+            a.stats.peak = a.stats.peak.max(a.stats.in_use);
+        }
+        let buf = GpuBuffer {
+            ptr,
+            len,
+            dtype,
+            capacity: class,
+            device: Arc::clone(self),
+        };
+        if super::poisoning() && bytes > 0 {
+            // SAFETY: the buffer holds `class >= bytes` bytes.
+            unsafe { self.backend.memset(ptr, 0xFF, bytes)? };
+        }
+        Ok(buf)
+    }
+
+    /// A buffer of zeros.
+    pub fn zeros(self: &Arc<Self>, dtype: DType, len: usize) -> Result<GpuBuffer> {
+        let buf = self.alloc(dtype, len)?;
+        if buf.bytes() > 0 {
+            // SAFETY: the buffer holds `bytes()` bytes.
+            unsafe { self.backend.memset(buf.ptr, 0, buf.bytes())? };
+        }
+        Ok(buf)
+    }
+
+    /// Copies host bytes into a new buffer.
+    pub fn upload(self: &Arc<Self>, dtype: DType, len: usize, bytes: &[u8]) -> Result<GpuBuffer> {
+        let buf = self.alloc(dtype, len)?;
+        if bytes.len() != buf.bytes() {
+            return Err(Error::Device(format!(
+                "upload of {} bytes into a buffer of {}",
+                bytes.len(),
+                buf.bytes()
+            )));
+        }
+        if !bytes.is_empty() {
+            // SAFETY: the buffer holds exactly `bytes.len()` bytes.
+            unsafe { self.backend.upload(buf.ptr, bytes)? };
+        }
+        Ok(buf)
+    }
+
+    /// Copies a buffer back to the host (waiting for the kernels that write it).
+    pub fn download(&self, buf: &GpuBuffer, dst: &mut [u8]) -> Result<()> {
+        if dst.len() != buf.bytes() {
+            return Err(Error::Device(format!(
+                "download of a buffer of {} bytes into {}",
+                buf.bytes(),
+                dst.len()
+            )));
+        }
+        if dst.is_empty() {
+            return self.backend.synchronize();
+        }
+        // SAFETY: the buffer holds `dst.len()` bytes.
+        unsafe { self.backend.download(dst, buf.ptr) }
+    }
+
+    /// A new buffer with the same contents.
+    pub fn duplicate(self: &Arc<Self>, src: &GpuBuffer) -> Result<GpuBuffer> {
+        let buf = self.alloc(src.dtype, src.len)?;
+        if buf.bytes() > 0 {
+            // SAFETY: both hold `bytes()` bytes.
+            unsafe { self.backend.copy(buf.ptr, src.ptr, buf.bytes())? };
+        }
+        Ok(buf)
+    }
+
+    /// Copies `len` elements from `src[src_offset..]` to `dst[dst_offset..]` (element units).
+    pub fn copy_range(
+        &self,
+        dst: &GpuBuffer,
+        dst_offset: usize,
+        src: &GpuBuffer,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        if dst.dtype != src.dtype || dst_offset + len > dst.len || src_offset + len > src.len {
+            return Err(Error::Device(format!(
+                "copy of {len} elements from offset {src_offset} of {} to offset {dst_offset} of {}",
+                src.len, dst.len
+            )));
+        }
+        let size = dst.dtype.size_in_bytes();
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the ranges were checked against both buffers' lengths.
+        unsafe {
+            self.backend.copy(
+                dst.ptr + (dst_offset * size) as u64,
+                src.ptr + (src_offset * size) as u64,
+                len * size,
+            )
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.backend.synchronize()
+    }
+
+    /// Returns every cached block to the device.
+    pub fn release_cache(&self) {
+        let mut a = self.lock();
+        for (class, ptrs) in a.free.drain() {
+            for p in ptrs {
+                // SAFETY: cached blocks belong to no buffer.
+                unsafe { self.backend.free(p, class) };
+            }
+        }
+        a.stats.cached = 0;
+    }
+
+    fn release(&self, ptr: u64, class: usize) {
+        let mut a = self.lock();
+        a.stats.in_use -= class;
+        if self.backend.caching() {
+            a.free.entry(class).or_default().push(ptr);
+            a.stats.cached += class;
+        } else {
+            drop(a);
+            // SAFETY: the buffer that owned the block is being dropped.
+            unsafe { self.backend.free(ptr, class) };
+        }
+    }
+
+    /// Launches a kernel after checking its arguments against the kernel's signature. A grid
+    /// with a zero dimension is no work and launches nothing.
+    pub fn launch(&self, call: KernelCall) -> Result<()> {
+        let (index, info) = kernels::find(call.name)
+            .ok_or_else(|| Error::Device(format!("no kernel named {} was compiled", call.name)))?;
+        let kinds: Vec<ArgKind> = call.args.iter().map(Arg::kind).collect();
+        if kinds != info.params {
+            return Err(Error::Device(format!(
+                "kernel {} takes {:?} but was given {:?}",
+                call.name, info.params, kinds
+            )));
+        }
+        let d = call.dims;
+        if d.grid.0 == 0 || d.grid.1 == 0 || d.grid.2 == 0 {
+            return Ok(());
+        }
+        let threads = d.block.0 as u64 * d.block.1 as u64 * d.block.2 as u64;
+        if threads == 0 || threads > 1024 {
+            return Err(Error::Device(format!(
+                "kernel {}: a block of {threads} threads (1 to 1024 allowed)",
+                call.name
+            )));
+        }
+        let mut args = call.args;
+        let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_mut_ptr).collect();
+        // SAFETY: the argument kinds match the signature (checked above), and the pointers
+        // come from live buffers of this device (KernelCall::buf borrows them).
+        unsafe { self.backend.launch(index, info, d, &mut ptrs) }
+    }
+}
+
+impl Drop for GpuDevice {
+    fn drop(&mut self) {
+        self.release_cache();
+    }
+}
+
+/// Device memory holding `len` elements of one dtype. Freed (into the cache) when dropped.
+pub struct GpuBuffer {
+    ptr: u64,
+    len: usize,
+    dtype: DType,
+    capacity: usize,
+    device: Arc<GpuDevice>,
+}
+
+impl GpuBuffer {
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
+    }
+    pub fn gpu(&self) -> &Arc<GpuDevice> {
+        &self.device
+    }
+}
+
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GpuBuffer({} × {} on {})",
+            self.len,
+            self.dtype,
+            self.device.device()
+        )
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        self.device.release(self.ptr, self.capacity);
+    }
+}
+
+/// One kernel argument.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+}
+
+impl Arg {
+    fn kind(&self) -> ArgKind {
+        match self {
+            Arg::Ptr(_) => ArgKind::Ptr,
+            Arg::I32(_) => ArgKind::I32,
+            Arg::U32(_) => ArgKind::U32,
+            Arg::I64(_) => ArgKind::I64,
+            Arg::U64(_) => ArgKind::U64,
+            Arg::F32(_) => ArgKind::F32,
+            Arg::F64(_) => ArgKind::F64,
+        }
+    }
+
+    /// A pointer to the value itself, as cuLaunchKernel's `kernelParams` wants.
+    fn as_mut_ptr(&mut self) -> *mut c_void {
+        match self {
+            Arg::Ptr(v) => v as *mut u64 as *mut c_void,
+            Arg::I32(v) => v as *mut i32 as *mut c_void,
+            Arg::U32(v) => v as *mut u32 as *mut c_void,
+            Arg::I64(v) => v as *mut i64 as *mut c_void,
+            Arg::U64(v) => v as *mut u64 as *mut c_void,
+            Arg::F32(v) => v as *mut f32 as *mut c_void,
+            Arg::F64(v) => v as *mut f64 as *mut c_void,
+        }
+    }
+}
+
+/// A kernel launch being put together: name, dimensions, arguments in order.
+#[derive(Debug)]
+pub struct KernelCall {
+    pub name: &'static str,
+    pub dims: LaunchDims,
+    args: Vec<Arg>,
+}
+
+/// Threads per block for one-thread-per-element kernels (SCRATCHNET_BLOCK in common.cuh).
+pub const BLOCK: u32 = 256;
+
+/// Upper bound on blocks for grid-stride kernels: enough to fill any current GPU many times
+/// over, few enough that each thread handles several elements of a huge tensor.
+const MAX_GRID_STRIDE_BLOCKS: usize = 1 << 16;
+
+impl KernelCall {
+    pub fn new(name: &'static str) -> KernelCall {
+        KernelCall {
+            name,
+            dims: LaunchDims {
+                grid: (1, 1, 1),
+                block: (1, 1, 1),
+                shared_bytes: 0,
+            },
+            args: Vec::new(),
+        }
+    }
+
+    /// One thread per element with `BLOCK`-thread blocks; kernels launched this way use a
+    /// grid-stride loop, so the grid may be capped below `n / BLOCK`.
+    pub fn elementwise(name: &'static str, n: usize) -> KernelCall {
+        let blocks = n.div_ceil(BLOCK as usize).min(MAX_GRID_STRIDE_BLOCKS) as u32;
+        KernelCall::new(name).grid(blocks, 1, 1).block(BLOCK, 1, 1)
+    }
+
+    /// One `BLOCK`-thread block per item (a channel, a row, a plane).
+    pub fn block_per_item(name: &'static str, items: usize) -> Result<KernelCall> {
+        let blocks = u32::try_from(items)
+            .ok()
+            .filter(|&b| b < (1u32 << 31))
+            .ok_or_else(|| Error::Device(format!("kernel {name}: {items} blocks are too many")))?;
+        Ok(KernelCall::new(name).grid(blocks, 1, 1).block(BLOCK, 1, 1))
+    }
+
+    pub fn grid(mut self, x: u32, y: u32, z: u32) -> Self {
+        self.dims.grid = (x, y, z);
+        self
+    }
+
+    pub fn block(mut self, x: u32, y: u32, z: u32) -> Self {
+        self.dims.block = (x, y, z);
+        self
+    }
+
+    pub fn shared_bytes(mut self, bytes: u32) -> Self {
+        self.dims.shared_bytes = bytes;
+        self
+    }
+
+    /// A buffer argument (input or output).
+    pub fn buf(mut self, b: &GpuBuffer) -> Self {
+        self.args.push(Arg::Ptr(b.ptr));
+        self
+    }
+
+    /// An optional buffer: a null pointer when absent (the kernel tests for it).
+    pub fn buf_or_null(mut self, b: Option<&GpuBuffer>) -> Self {
+        self.args.push(Arg::Ptr(b.map_or(0, |b| b.ptr)));
+        self
+    }
+
+    pub fn i32(mut self, v: i32) -> Self {
+        self.args.push(Arg::I32(v));
+        self
+    }
+
+    pub fn u32(mut self, v: u32) -> Self {
+        self.args.push(Arg::U32(v));
+        self
+    }
+
+    pub fn i64(mut self, v: i64) -> Self {
+        self.args.push(Arg::I64(v));
+        self
+    }
+
+    pub fn u64(mut self, v: u64) -> Self {
+        self.args.push(Arg::U64(v));
+        self
+    }
+
+    pub fn f32(mut self, v: f32) -> Self {
+        self.args.push(Arg::F32(v));
+        self
+    }
+
+    pub fn f64(mut self, v: f64) -> Self {
+        self.args.push(Arg::F64(v));
+        self
+    }
+}
+
+/// A size as a kernel's `int` argument, or an error naming the op.
+pub fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        Error::argument(
+            op,
+            format!("{what} = {v} exceeds the GPU kernels' 32-bit index"),
+        )
+    })
+}
+
+/// A count as a kernel's `long long` argument.
+pub fn to_i64(v: usize) -> i64 {
+    // usize is at most 64 bits; a tensor never has 2^63 elements.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_round_up() {
+        assert_eq!(size_class(0), 512);
+        assert_eq!(size_class(1), 512);
+        assert_eq!(size_class(513), 1024);
+        assert_eq!(size_class(1 << 20), 1 << 20);
+        assert_eq!(size_class((1 << 20) + 1), 2 << 20);
+    }
+}

@@ -1,0 +1,212 @@
+//! The kernels against the CPU reference, through the emulator (always) and on a CUDA GPU
+//! (when one is usable; otherwise the test says it was skipped). The op-by-op comparisons
+//! are `scratchnet::selftest`, the same list `scratchnet selftest` prints; the tests below
+//! add what a list of ops cannot show: a whole training step, memory reuse, and the launch
+//! path's own checks.
+
+use scratchnet::device::cuda;
+use scratchnet::device::gpu::KernelCall;
+use scratchnet::nn::init::Init;
+use scratchnet::nn::{BatchNorm2d, Conv2d, Linear, Module, Sgd};
+use scratchnet::ops::conv2d::Conv2dParams;
+use scratchnet::ops::lrn::LrnParams;
+use scratchnet::ops::pool::Pool2dParams;
+use scratchnet::selftest::{self, rel_l2};
+use scratchnet::{DType, Device, Graph, Param, Result, Tensor, Var};
+
+fn assert_selftest_passes(device: Device) {
+    let checks =
+        selftest::run(device, |_| {}).unwrap_or_else(|e| panic!("selftest on {device}: {e}"));
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| format!("{} [{}]: {:e} > {:e}", c.op, c.case, c.rel_err, c.tol))
+        .collect();
+    assert!(checks.len() > 70, "only {} checks ran", checks.len());
+    assert!(failed.is_empty(), "on {device}:\n{}", failed.join("\n"));
+}
+
+#[test]
+fn every_kernel_matches_the_cpu_reference_on_emu() {
+    assert_selftest_passes(Device::Emu);
+}
+
+#[test]
+fn every_kernel_matches_the_cpu_reference_on_cuda() {
+    match cuda::check(0) {
+        Ok(_) => assert_selftest_passes(Device::Cuda(0)),
+        Err(why) => eprintln!("skipped: cuda:0 is not usable here: {why}"),
+    }
+}
+
+/// A small network that uses every layer kind: conv (grouped, strided), batch norm, ReLU,
+/// LRN, overlapping max pool, average pool, dropout, a residual add, concat and linear.
+struct Mixed {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    fc: Linear,
+}
+
+impl Mixed {
+    fn new() -> Mixed {
+        let p = Conv2dParams::default().padding(1);
+        Mixed {
+            conv1: Conv2d::new("conv1", 3, 8, 3, p, false, Init::KaimingNormalFanOut, 1),
+            bn1: BatchNorm2d::new("bn1", 8),
+            conv2: Conv2d::new("conv2", 8, 8, 3, p.groups(2), false, Init::Default, 2),
+            fc: Linear::new("fc", 16 * 3 * 4, 5, true, 3),
+        }
+    }
+}
+
+impl Module for Mixed {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let h = self.conv1.forward(g, x)?;
+        let h = self.bn1.forward(g, &h)?;
+        let h = g.relu(&h)?;
+        let h = g.lrn(
+            &h,
+            LrnParams {
+                alpha: 0.5,
+                ..LrnParams::alexnet()
+            },
+        )?;
+        let h = g.max_pool2d(&h, Pool2dParams::new(3, 2))?;
+        let r = self.conv2.forward(g, &h)?;
+        let h2 = g.add(&r, &h)?;
+        let h = g.concat(&[&h, &h2])?;
+        let h = g.avg_pool2d(&h, Pool2dParams::new(2, 2).padding(1))?;
+        let h = g.dropout(&h, 0.25, 42)?;
+        let h = g.flatten(&h)?;
+        self.fc.forward(g, &h)
+    }
+    fn params(&self) -> Vec<&Param> {
+        let mut v = self.conv1.params();
+        v.extend(self.bn1.params());
+        v.extend(self.conv2.params());
+        v.extend(self.fc.params());
+        v
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = self.conv1.params_mut();
+        v.extend(self.bn1.params_mut());
+        v.extend(self.conv2.params_mut());
+        v.extend(self.fc.params_mut());
+        v
+    }
+    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
+        self.bn1.buffers_mut()
+    }
+}
+
+/// Two SGD steps of `Mixed` on `device`; returns the losses and every parameter and buffer.
+fn two_steps(device: Device) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let mut model = Mixed::new();
+    model.to_device(device).unwrap();
+    let mut opt = Sgd::new(0.05, 0.9, 1e-3);
+    let x = Tensor::randn([3, 3, 11, 13], 0.0, 1.0, DType::F32, 5)
+        .to_device(device)
+        .unwrap();
+    let y = Tensor::from_vec([3], vec![1i64, 4, 0])
+        .unwrap()
+        .to_device(device)
+        .unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..2 {
+        let mut g = Graph::new();
+        let logits = model.forward(&mut g, &Var::constant(x.clone())).unwrap();
+        let loss = g.cross_entropy(&logits, &y).unwrap();
+        losses.push(loss.value().item().unwrap());
+        g.backward(&loss)
+            .unwrap()
+            .accumulate_into(model.params_mut())
+            .unwrap();
+        opt.step(model.params_mut()).unwrap();
+    }
+    let mut state: Vec<Vec<f64>> = model
+        .params()
+        .iter()
+        .map(|p| p.value.to_f64_vec().unwrap())
+        .collect();
+    state.extend(model.buffers_mut().iter().map(|b| b.to_f64_vec().unwrap()));
+    (losses, state)
+}
+
+#[test]
+fn two_training_steps_on_emu_match_the_cpu() {
+    let (cpu_losses, cpu_state) = two_steps(Device::Cpu);
+    let (emu_losses, emu_state) = two_steps(Device::Emu);
+    for (a, b) in emu_losses.iter().zip(&cpu_losses) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "loss {a} on emu, {b} on cpu"
+        );
+    }
+    assert_eq!(cpu_state.len(), emu_state.len());
+    for (i, (e, c)) in emu_state.iter().zip(&cpu_state).enumerate() {
+        let err = rel_l2(e, c);
+        assert!(err < 1e-4, "tensor {i} differs after two steps: {err:e}");
+    }
+}
+
+#[test]
+fn a_launch_with_the_wrong_arguments_is_an_error() {
+    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let y = gpu.alloc(DType::F32, 4).unwrap();
+    let e = gpu
+        .launch(KernelCall::elementwise("relu_fwd_f32", 4).buf(&y).i32(4))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kernel relu_fwd_f32 takes [Ptr, Ptr, I64] but was given [Ptr, I32]"),
+        "{e}"
+    );
+    let e = gpu
+        .launch(KernelCall::new("no_such_kernel"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no kernel named no_such_kernel"), "{e}");
+    let e = gpu
+        .launch(
+            KernelCall::new("fill_f32")
+                .block(2048, 1, 1)
+                .buf(&y)
+                .f32(1.0)
+                .i64(4),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("block of 2048 threads"), "{e}");
+}
+
+#[test]
+fn tensors_move_between_devices_unchanged() {
+    let t = Tensor::randn([3, 5, 7], 0.0, 1.0, DType::F32, 9);
+    let e = t.to_device(Device::Emu).unwrap();
+    assert_eq!(e.device(), Device::Emu);
+    assert!(
+        e.as_slice::<f32>()
+            .unwrap_err()
+            .to_string()
+            .contains("lives on emu")
+    );
+    assert_eq!(e.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
+    let back = e.to_device(Device::Cpu).unwrap();
+    assert_eq!(back.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
+    let f64_on_emu = Tensor::zeros([2], DType::F64)
+        .to_device(Device::Emu)
+        .unwrap();
+    let e = scratchnet::ops::elementwise::relu_forward(&f64_on_emu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dtype f64 is not supported here (supported: f32 on cuda and emu)"),
+        "{e}"
+    );
+    let cpu = Tensor::zeros([2], DType::F32);
+    let e = scratchnet::ops::elementwise::add(&f64_on_emu.to_dtype(DType::F32).unwrap(), &cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("left is on emu but right is on cpu"), "{e}");
+}
