@@ -28,8 +28,7 @@ const DEFAULT_ARCHS: &[&str] = &["75", "80", "86", "89", "90"];
 const PINNED_NVCC_RELEASE: &str = "13.0";
 
 fn main() {
-    let root =
-        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernel_dir = root.join("kernels");
 
@@ -54,35 +53,24 @@ fn main() {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let p = e.path();
-                if matches!(
-                    p.extension().and_then(|s| s.to_str()),
-                    Some("cpp" | "S" | "h" | "hpp")
-                ) {
+                if matches!(p.extension().and_then(|s| s.to_str()), Some("cpp" | "S" | "h" | "hpp")) {
                     emu_support.push(p);
                 }
             }
         }
     }
     emu_support.sort();
-    for f in gpu_sources
-        .iter()
-        .chain(&emu_test_sources)
-        .chain(&emu_support)
-    {
+    for f in gpu_sources.iter().chain(&emu_test_sources).chain(&emu_support) {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        kernel_dir.join("common.cuh").display()
-    );
+    println!("cargo:rerun-if-changed={}", kernel_dir.join("common.cuh").display());
     println!("cargo:rerun-if-changed={}", kernel_dir.display());
 
     // Signatures: one parse, two generated files.
     let mut kernels = Vec::new();
     for (files, emu_only) in [(&gpu_sources, false), (&emu_test_sources, true)] {
         for f in files {
-            let src = fs::read_to_string(f)
-                .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", f.display())));
+            let src = fs::read_to_string(f).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", f.display())));
             match parse_kernels(&src) {
                 Ok(found) => kernels.extend(found.into_iter().map(|k| (k, file_name(f), emu_only))),
                 Err(e) => fail(&format!("{}: {e}", f.display())),
@@ -92,21 +80,12 @@ fn main() {
     let mut seen = std::collections::HashSet::new();
     for (k, file, _) in &kernels {
         if !seen.insert(k.name.clone()) {
-            fail(&format!(
-                "kernel {} is defined twice (again in {file})",
-                k.name
-            ));
+            fail(&format!("kernel {} is defined twice (again in {file})", k.name));
         }
     }
     write_if_changed(&out.join("emu_registry.cpp"), &emu_registry(&kernels));
 
-    build_emulator(
-        &kernel_dir,
-        &gpu_sources,
-        &emu_test_sources,
-        &emu_support,
-        &out,
-    );
+    build_emulator(&kernel_dir, &gpu_sources, &emu_test_sources, &emu_support, &out);
 
     let archs = build_fatbin(&root, &kernel_dir, &gpu_sources, &out);
     write_if_changed(&out.join("kernel_table.rs"), &rust_table(&kernels, &archs));
@@ -118,18 +97,13 @@ fn fail(msg: &str) -> ! {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn cu_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .map(|it| {
-            it.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().and_then(|s| s.to_str()) == Some("cu"))
-                .collect()
+            it.flatten().map(|e| e.path()).filter(|p| p.extension().and_then(|s| s.to_str()) == Some("cu")).collect()
         })
         .unwrap_or_default();
     v.sort();
@@ -138,8 +112,7 @@ fn cu_files(dir: &Path) -> Vec<PathBuf> {
 
 fn write_if_changed(path: &Path, content: &str) {
     if fs::read_to_string(path).ok().as_deref() != Some(content) {
-        fs::write(path, content)
-            .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", path.display())));
+        fs::write(path, content).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", path.display())));
     }
 }
 
@@ -266,9 +239,7 @@ fn parse_kernels(src: &str) -> Result<Vec<Kernel>, String> {
             (word, next) = ident_at(b, i);
         }
         if word != "void" {
-            return Err(format!(
-                "a __global__ function must return void (found '{word}')"
-            ));
+            return Err(format!("a __global__ function must return void (found '{word}')"));
         }
         i = skip_ws(b, next);
         let (mut name, mut after_name) = ident_at(b, i);
@@ -283,16 +254,13 @@ fn parse_kernels(src: &str) -> Result<Vec<Kernel>, String> {
             return Err("cannot read the name of a __global__ function".into());
         }
         if !before.contains("extern \"C\"") {
-            return Err(format!(
-                "kernel {name} must be declared extern \"C\" so the host can find it by name"
-            ));
+            return Err(format!("kernel {name} must be declared extern \"C\" so the host can find it by name"));
         }
         let open = skip_ws(b, after_name);
         if b.get(open) != Some(&b'(') {
             return Err(format!("kernel {name}: expected '(' after the name"));
         }
-        let close = matching_paren(b, open)
-            .ok_or_else(|| format!("kernel {name}: unbalanced parameters"))?;
+        let close = matching_paren(b, open).ok_or_else(|| format!("kernel {name}: unbalanced parameters"))?;
         let body = skip_ws(b, close);
         if b.get(body) == Some(&b';') {
             continue; // a declaration; the definition is read where it stands
@@ -313,16 +281,12 @@ fn parse_kernels(src: &str) -> Result<Vec<Kernel>, String> {
 
 fn parse_param(kernel: &str, p: &str) -> Result<Param, String> {
     if p.contains('[') || p.contains('<') || p.contains('&') || p.contains('=') {
-        return Err(format!(
-            "kernel {kernel}: parameter '{p}' is not a plain scalar or pointer"
-        ));
+        return Err(format!("kernel {kernel}: parameter '{p}' is not a plain scalar or pointer"));
     }
     // The name is the last identifier; the type is what precedes it.
     let cleaned = p.replace("__restrict__", " ").replace('*', " * ");
     let mut words: Vec<&str> = cleaned.split_whitespace().collect();
-    let name = words
-        .pop()
-        .ok_or_else(|| format!("kernel {kernel}: empty parameter"))?;
+    let name = words.pop().ok_or_else(|| format!("kernel {kernel}: empty parameter"))?;
     if name == "*" || words.is_empty() {
         return Err(format!("kernel {kernel}: parameter '{p}' needs a name"));
     }
@@ -359,12 +323,8 @@ fn emu_registry(kernels: &[(Kernel, String, bool)]) -> String {
     for (k, _, _) in kernels {
         let types: Vec<&str> = k.params.iter().map(|p| p.ctype.as_str()).collect();
         let _ = writeln!(s, "extern \"C\" void {}({});", k.name, types.join(", "));
-        let unpack: Vec<String> = k
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("*({}*)args[{i}]", p.ctype))
-            .collect();
+        let unpack: Vec<String> =
+            k.params.iter().enumerate().map(|(i, p)| format!("*({}*)args[{i}]", p.ctype)).collect();
         let _ = writeln!(
             s,
             "static void scratchnet_wrap_{}(void** args) {{ {}({}); }}\n",
@@ -382,16 +342,11 @@ fn emu_registry(kernels: &[(Kernel, String, bool)]) -> String {
 }
 
 fn rust_table(kernels: &[(Kernel, String, bool)], archs: &[String]) -> String {
-    let mut s =
-        String::from("// Generated by build.rs from the kernel signatures. Do not edit.\n\n");
+    let mut s = String::from("// Generated by build.rs from the kernel signatures. Do not edit.\n\n");
     s.push_str("/// Every kernel, in the order of the emulator's wrapper table.\n");
     s.push_str("pub const KERNELS: &[KernelInfo] = &[\n");
     for (k, file, emu_only) in kernels {
-        let kinds: Vec<String> = k
-            .params
-            .iter()
-            .map(|p| format!("ArgKind::{}", p.kind.rust_name()))
-            .collect();
+        let kinds: Vec<String> = k.params.iter().map(|p| format!("ArgKind::{}", p.kind.rust_name())).collect();
         let _ = writeln!(
             s,
             "    KernelInfo {{ name: {:?}, file: {:?}, emu_only: {emu_only}, params: &[{}] }},",
@@ -413,13 +368,7 @@ fn rust_table(kernels: &[(Kernel, String, bool)], archs: &[String]) -> String {
 // ---------------------------------------------------------------------------------------
 // The emulator library
 
-fn build_emulator(
-    kernel_dir: &Path,
-    gpu: &[PathBuf],
-    tests: &[PathBuf],
-    support: &[PathBuf],
-    out: &Path,
-) {
+fn build_emulator(kernel_dir: &Path, gpu: &[PathBuf], tests: &[PathBuf], support: &[PathBuf], out: &Path) {
     let asan = env::var("SCRATCHNET_EMU_ASAN").is_ok_and(|v| v == "1");
     let mut b = cc::Build::new();
     b.cpp(true)
@@ -461,9 +410,7 @@ fn build_fatbin(root: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Path)
     let required = env::var("SCRATCHNET_REQUIRE_NVCC").is_ok_and(|v| v == "1");
     let give_up = |msg: &str| -> Vec<String> {
         if required {
-            fail(&format!(
-                "{msg}\n(SCRATCHNET_REQUIRE_NVCC=1 makes this an error)"
-            ));
+            fail(&format!("{msg}\n(SCRATCHNET_REQUIRE_NVCC=1 makes this an error)"));
         }
         for line in msg.lines() {
             println!("cargo:warning={line}");
@@ -493,22 +440,17 @@ fn build_fatbin(root: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Path)
     }
 
     let archs: Vec<String> = match env::var("SCRATCHNET_CUDA_ARCHS") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|a| a.trim().trim_start_matches("sm_").to_string())
-            .filter(|a| !a.is_empty())
-            .collect(),
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|a| a.trim().trim_start_matches("sm_").to_string()).filter(|a| !a.is_empty()).collect()
+        }
         _ => DEFAULT_ARCHS.iter().map(|s| s.to_string()).collect(),
     };
     if let Some(bad) = archs.iter().find(|a| a.parse::<u32>().is_err()) {
-        fail(&format!(
-            "SCRATCHNET_CUDA_ARCHS: '{bad}' is not an architecture number like 90"
-        ));
+        fail(&format!("SCRATCHNET_CUDA_ARCHS: '{bad}' is not an architecture number like 90"));
     }
 
     // One translation unit that includes every kernel file: one fatbin, one module to load.
-    let mut umbrella =
-        String::from("// Generated by build.rs: every kernel file in one translation unit.\n");
+    let mut umbrella = String::from("// Generated by build.rs: every kernel file in one translation unit.\n");
     for s in sources {
         let _ = writeln!(umbrella, "#include \"{}\"", s.display());
     }
@@ -524,18 +466,12 @@ fn build_fatbin(root: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Path)
         .arg("0")
         .arg("-I")
         .arg(kernel_dir);
-    let newest = archs
-        .iter()
-        .max_by_key(|a| a.parse::<u32>().unwrap_or(0))
-        .cloned()
-        .unwrap_or_default();
+    let newest = archs.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).cloned().unwrap_or_default();
     for a in &archs {
         if *a == newest {
-            cmd.arg("-gencode")
-                .arg(format!("arch=compute_{a},code=[sm_{a},compute_{a}]"));
+            cmd.arg("-gencode").arg(format!("arch=compute_{a},code=[sm_{a},compute_{a}]"));
         } else {
-            cmd.arg("-gencode")
-                .arg(format!("arch=compute_{a},code=sm_{a}"));
+            cmd.arg("-gencode").arg(format!("arch=compute_{a},code=sm_{a}"));
         }
     }
     let verbose = env::var("SCRATCHNET_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
@@ -564,8 +500,7 @@ fn build_fatbin(root: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Path)
 
 fn write_if_changed_bytes(path: &Path, content: &[u8]) {
     if fs::read(path).ok().as_deref() != Some(content) {
-        fs::write(path, content)
-            .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", path.display())));
+        fs::write(path, content).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", path.display())));
     }
 }
 
@@ -577,9 +512,7 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
         return exists(p);
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(p) =
-            env::var_os(var).and_then(|h| exists(PathBuf::from(h).join("bin").join("nvcc")))
-        {
+        if let Some(p) = env::var_os(var).and_then(|h| exists(PathBuf::from(h).join("bin").join("nvcc"))) {
             return Some(p);
         }
     }
@@ -590,11 +523,5 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
             }
         }
     }
-    exists(
-        root.join(".cuda")
-            .join("nvidia")
-            .join("cu13")
-            .join("bin")
-            .join("nvcc"),
-    )
+    exists(root.join(".cuda").join("nvidia").join("cu13").join("bin").join("nvcc"))
 }

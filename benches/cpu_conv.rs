@@ -15,12 +15,8 @@ fn bench_layer(c: &mut Criterion, name: &str, x: [usize; 4], w: [usize; 4], p: C
     let mut group = c.benchmark_group(format!("conv2d/{name}"));
     group.throughput(Throughput::Elements(2 * g.macs()));
     group.sample_size(20);
-    group.bench_function("forward", |b| {
-        b.iter(|| conv2d::forward(&xt, &wt, None, p).expect("forward"))
-    });
-    group.bench_function("backward_data", |b| {
-        b.iter(|| conv2d::backward_data(&dy, &wt, xt.shape(), p).expect("data"))
-    });
+    group.bench_function("forward", |b| b.iter(|| conv2d::forward(&xt, &wt, None, p).expect("forward")));
+    group.bench_function("backward_data", |b| b.iter(|| conv2d::backward_data(&dy, &wt, xt.shape(), p).expect("data")));
     group.bench_function("backward_filter", |b| {
         b.iter(|| conv2d::backward_filter(&dy, &xt, wt.shape(), p).expect("filter"))
     });
@@ -29,20 +25,8 @@ fn bench_layer(c: &mut Criterion, name: &str, x: [usize; 4], w: [usize; 4], p: C
 
 fn resnet20_layers(c: &mut Criterion) {
     let p = Conv2dParams::default().padding(1);
-    bench_layer(
-        c,
-        "resnet20_layer1_16x32x32",
-        [32, 16, 32, 32],
-        [16, 16, 3, 3],
-        p,
-    );
-    bench_layer(
-        c,
-        "resnet20_layer3_64x8x8",
-        [32, 64, 8, 8],
-        [64, 64, 3, 3],
-        p,
-    );
+    bench_layer(c, "resnet20_layer1_16x32x32", [32, 16, 32, 32], [16, 16, 3, 3], p);
+    bench_layer(c, "resnet20_layer3_64x8x8", [32, 64, 8, 8], [64, 64, 3, 3], p);
 }
 
 criterion_group!(benches, resnet20_layers);

@@ -4,8 +4,9 @@
 //   eval:     the same with the running statistics
 //
 // The per-channel reductions run one block per channel: the block's 256 threads stride over
-// the channel's N planes of HW values, and block_sum (common.cuh) combines their partial
-// sums in a fixed order. The variance takes a second pass over (x − μ)², which stays accurate
+// the channel's N planes of HW values, each summing its share in double (a share is 12,500
+// values for ResNet-50's first layer at batch 256, too many for a float to add without
+// losing digits), and block_sum (common.cuh) combines their 256 partial sums in a fixed order. The variance takes a second pass over (x − μ)², which stays accurate
 // when the mean is large compared with the spread (E[x²] − μ² would cancel). The
 // element-wise kernels use one thread per element, grid-stride.
 #include "common.cuh"
@@ -22,18 +23,18 @@ bn_stats_f32(float* __restrict__ mean, float* __restrict__ var, const float* __r
     __shared__ float mu_shared;
     const int c = blockIdx.x;
     const long long M = (long long)N * HW;
-    float acc = 0.f;
+    double acc = 0.0;
     for (long long i = threadIdx.x; i < M; i += blockDim.x) acc += x[bn_index(i, c, C, HW)];
-    const float sum = block_sum(acc, scratch);
+    const float sum = block_sum((float)acc, scratch);
     if (threadIdx.x == 0) mu_shared = sum / (float)M;
     __syncthreads();
     const float mu = mu_shared;
-    acc = 0.f;
+    acc = 0.0;
     for (long long i = threadIdx.x; i < M; i += blockDim.x) {
         const float d = x[bn_index(i, c, C, HW)] - mu;
-        acc += d * d;
+        acc += (double)d * d;
     }
-    const float sq = block_sum(acc, scratch);
+    const float sq = block_sum((float)acc, scratch);
     if (threadIdx.x == 0) {
         mean[c] = mu;
         var[c] = sq / (float)M;
@@ -62,14 +63,14 @@ bn_bwd_reduce_f32(float* __restrict__ dgamma, float* __restrict__ dbeta, const f
     const int c = blockIdx.x;
     const long long M = (long long)N * HW;
     const float mu = mean[c], invstd = 1.f / sqrtf(var[c] + eps);
-    float sum_dy = 0.f, sum_dy_xhat = 0.f;
+    double sum_dy = 0.0, sum_dy_xhat = 0.0;
     for (long long i = threadIdx.x; i < M; i += blockDim.x) {
         const long long at = bn_index(i, c, C, HW);
         sum_dy += dy[at];
-        sum_dy_xhat += dy[at] * (x[at] - mu) * invstd;
+        sum_dy_xhat += (double)dy[at] * ((x[at] - mu) * invstd);
     }
-    const float total_dy = block_sum(sum_dy, scratch);
-    const float total_dy_xhat = block_sum(sum_dy_xhat, scratch);
+    const float total_dy = block_sum((float)sum_dy, scratch);
+    const float total_dy_xhat = block_sum((float)sum_dy_xhat, scratch);
     if (threadIdx.x == 0) {
         dbeta[c] = total_dy;
         dgamma[c] = total_dy_xhat;

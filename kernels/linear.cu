@@ -12,8 +12,8 @@ extern "C" __global__ void bias_add_rows_f32(float* __restrict__ y, const float*
 // each column is summed in row order, deterministically.
 extern "C" __global__ void sum_rows_f32(float* __restrict__ out, const float* __restrict__ x, long long rows, int cols) {
     for (long long c = global_thread_index(); c < cols; c += grid_stride()) {
-        float acc = 0.f;
+        double acc = 0.0;  // a serial sum over the batch
         for (long long r = 0; r < rows; ++r) acc += x[r * cols + c];
-        out[c] = acc;
+        out[c] = (float)acc;
     }
 }

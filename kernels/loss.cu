@@ -30,9 +30,9 @@ softmax_xent_fwd_f32(float* __restrict__ row_loss, float* __restrict__ probs, co
 extern "C" __global__ void __launch_bounds__(SCRATCHNET_BLOCK)
 mean_f32(float* __restrict__ out, const float* __restrict__ x, long long n) {
     __shared__ float scratch[SCRATCHNET_BLOCK / 32];
-    float acc = 0.f;
+    double acc = 0.0;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
-    const float total = block_sum(acc, scratch);
+    const float total = block_sum((float)acc, scratch);
     if (threadIdx.x == 0) out[0] = total / (float)n;
 }
 

@@ -109,9 +109,9 @@ extern "C" __global__ void __launch_bounds__(SCRATCHNET_BLOCK)
 global_avg_pool_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long long HW) {
     __shared__ float scratch[SCRATCHNET_BLOCK / 32];
     const float* plane = x + blockIdx.x * HW;
-    float acc = 0.f;
+    double acc = 0.0;
     for (long long i = threadIdx.x; i < HW; i += blockDim.x) acc += plane[i];
-    const float total = block_sum(acc, scratch);
+    const float total = block_sum((float)acc, scratch);
     if (threadIdx.x == 0) y[blockIdx.x] = total / (float)HW;
 }
 

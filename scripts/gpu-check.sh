@@ -35,6 +35,8 @@ run_step() {
 }
 
 run_step devices 60 "$bin" devices
+# Wait for each kernel in the checks, so a kernel that faults is named in the error.
+export SCRATCHNET_CUDA_SYNC=1
 run_step selftest 120 "$bin" selftest --device cuda
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
@@ -45,6 +47,7 @@ else
     names+=("sanitizers"); results+=("SKIPPED (compute-sanitizer not found)"); times+=("-")
 fi
 
+unset SCRATCHNET_CUDA_SYNC
 # A short training run on the GPU: ResNet-20 on the synthetic data, 3 epochs of 94 steps.
 # The loss must fall: the last epoch's training loss below 60% of the first epoch's.
 if run_step train 240 "$bin" train --device cuda --epochs 3 --batch-size 64; then

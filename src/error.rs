@@ -12,19 +12,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// Input shapes do not fit the op.
     #[error("{op}: expected {expected}, got {actual}")]
-    Shape {
-        op: &'static str,
-        expected: String,
-        actual: String,
-    },
+    Shape { op: &'static str, expected: String, actual: String },
 
     /// The op does not run on this element type.
     #[error("{op}: dtype {actual} is not supported here (supported: {supported})")]
-    DType {
-        op: &'static str,
-        actual: DType,
-        supported: &'static str,
-    },
+    DType { op: &'static str, actual: DType, supported: &'static str },
 
     /// Inputs of one op disagree on dtype or device.
     #[error("{op}: inputs disagree: {detail}")]
@@ -49,11 +41,7 @@ pub enum Error {
 
 impl Error {
     pub fn shape(op: &'static str, expected: impl Into<String>, actual: impl Into<String>) -> Self {
-        Error::Shape {
-            op,
-            expected: expected.into(),
-            actual: actual.into(),
-        }
+        Error::Shape { op, expected: expected.into(), actual: actual.into() }
     }
 
     /// A shape error whose "actual" part is a tensor shape.
@@ -62,16 +50,10 @@ impl Error {
     }
 
     pub fn argument(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Argument {
-            op,
-            msg: msg.into(),
-        }
+        Error::Argument { op, msg: msg.into() }
     }
 
     pub fn file(path: impl AsRef<std::path::Path>, msg: impl std::fmt::Display) -> Self {
-        Error::File {
-            path: path.as_ref().display().to_string(),
-            msg: msg.to_string(),
-        }
+        Error::File { path: path.as_ref().display().to_string(), msg: msg.to_string() }
     }
 }

@@ -104,10 +104,7 @@ fn run_devices() -> scratchnet::Result<()> {
     match cuda::probe() {
         Err(why) => println!("cuda     not usable: {why}"),
         Ok(info) => {
-            println!(
-                "driver   CUDA {}.{}",
-                info.driver_version.0, info.driver_version.1
-            );
+            println!("driver   CUDA {}.{}", info.driver_version.0, info.driver_version.1);
             if info.gpus.is_empty() {
                 println!("cuda     not usable: the driver sees no GPU");
             }
@@ -127,15 +124,9 @@ fn run_devices() -> scratchnet::Result<()> {
         }
     }
     if kernels::CUDA_ARCHS.is_empty() {
-        println!(
-            "kernels  not compiled for the GPU: nvcc was not found at build time (scripts/setup-cuda.sh)"
-        );
+        println!("kernels  not compiled for the GPU: nvcc was not found at build time (scripts/setup-cuda.sh)");
     } else {
-        let newest = kernels::CUDA_ARCHS
-            .iter()
-            .max_by_key(|a| a.parse::<u32>().unwrap_or(0))
-            .copied()
-            .unwrap_or("");
+        let newest = kernels::CUDA_ARCHS.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).copied().unwrap_or("");
         println!(
             "kernels  {gpu_kernels} kernels, SASS for sm_{}, PTX for compute_{newest} ({:.1} MB fatbin)",
             kernels::CUDA_ARCHS.join(", sm_"),
@@ -148,10 +139,7 @@ fn run_devices() -> scratchnet::Result<()> {
 fn run_selftest(a: SelftestArgs) -> scratchnet::Result<ExitCode> {
     let device = a.device.parse::<Device>()?;
     println!("selftest on {device}: each op against the CPU reference in f64 (relative L2 error)");
-    println!(
-        "{:<38} {:<58} {:>10} {:>8}  result",
-        "op", "case", "error", "limit"
-    );
+    println!("{:<38} {:<58} {:>10} {:>8}  result", "op", "case", "error", "limit");
     let checks = scratchnet::selftest::run(device, |c| {
         println!(
             "{:<38} {:<58} {:>10.2e} {:>8.0e}  {}",
@@ -163,16 +151,8 @@ fn run_selftest(a: SelftestArgs) -> scratchnet::Result<ExitCode> {
         );
     })?;
     let failed = checks.iter().filter(|c| !c.passed()).count();
-    println!(
-        "{} checks on {device}: {} passed, {failed} failed",
-        checks.len(),
-        checks.len() - failed
-    );
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    println!("{} checks on {device}: {} passed, {failed} failed", checks.len(), checks.len() - failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run_train(a: TrainArgs) -> scratchnet::Result<()> {
@@ -194,27 +174,13 @@ fn run_train(a: TrainArgs) -> scratchnet::Result<()> {
     let live = std::io::stderr().is_terminal();
     let mut last_test_accuracy = None;
     train(&options, |p| match p {
-        Progress::Start {
-            model,
-            params,
-            train_images,
-            test_images,
-            total_steps,
-        } => {
+        Progress::Start { model, params, train_images, test_images, total_steps } => {
             println!(
                 "training {model} ({params} parameters) on {} with {train_images} training and {test_images} held-out images, {total_steps} steps of {}",
                 options.device, options.batch_size
             );
         }
-        Progress::Step {
-            step,
-            total_steps,
-            epoch,
-            loss,
-            accuracy,
-            lr,
-            images_per_sec,
-        } => {
+        Progress::Step { step, total_steps, epoch, loss, accuracy, lr, images_per_sec } => {
             let line = format!(
                 "epoch {epoch} step {step}/{total_steps}  loss {loss:.4}  acc {:.1}%  lr {lr:.4}  {images_per_sec:.0} img/s",
                 accuracy * 100.0

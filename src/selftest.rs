@@ -47,27 +47,15 @@ pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
     }
     let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
-    let r = if den > 0.0 {
-        (num / den).sqrt()
-    } else {
-        num.sqrt()
-    };
-    if a.iter().any(|v| !v.is_finite()) {
-        f64::NAN
-    } else {
-        r
-    }
+    let r = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+    if a.iter().any(|v| !v.is_finite()) { f64::NAN } else { r }
 }
 
 /// Runs every check on `device`, calling `report` after each. The returned list holds them
 /// all; the selftest failed if any did not pass.
 pub fn run(device: Device, mut report: impl FnMut(&Check)) -> Result<Vec<Check>> {
     poison_new_buffers(true);
-    let mut t = Tester {
-        device,
-        checks: Vec::new(),
-        seed: 1,
-    };
+    let mut t = Tester { device, checks: Vec::new(), seed: 1 };
     let result = (|| -> Result<()> {
         t.conv2d()?;
         t.gemm()?;
@@ -119,25 +107,10 @@ impl Tester {
         t.to_dtype(DType::F32)?.to_device(self.device)
     }
 
-    fn record(
-        &mut self,
-        op: &str,
-        case: &str,
-        got: &Tensor,
-        want: &Tensor,
-        tol: f64,
-    ) -> Result<()> {
-        let rel_err = if got.shape() != want.shape() {
-            f64::INFINITY
-        } else {
-            rel_l2(&got.to_f64_vec()?, &want.to_f64_vec()?)
-        };
-        self.checks.push(Check {
-            op: op.to_string(),
-            case: case.to_string(),
-            rel_err,
-            tol,
-        });
+    fn record(&mut self, op: &str, case: &str, got: &Tensor, want: &Tensor, tol: f64) -> Result<()> {
+        let rel_err =
+            if got.shape() != want.shape() { f64::INFINITY } else { rel_l2(&got.to_f64_vec()?, &want.to_f64_vec()?) };
+        self.checks.push(Check { op: op.to_string(), case: case.to_string(), rel_err, tol });
         Ok(())
     }
 
@@ -145,18 +118,8 @@ impl Tester {
         let p = Conv2dParams::default;
         let cases = [
             ([2, 3, 7, 5], [5, 3, 3, 3], p().padding(1), true),
-            (
-                [1, 5, 11, 13],
-                [7, 5, 3, 3],
-                p().stride(2).padding(1),
-                false,
-            ),
-            (
-                [2, 6, 9, 9],
-                [4, 3, 3, 3],
-                p().padding(2).dilation(2).groups(2),
-                true,
-            ),
+            ([1, 5, 11, 13], [7, 5, 3, 3], p().stride(2).padding(1), false),
+            ([2, 6, 9, 9], [4, 3, 3, 3], p().padding(2).dilation(2).groups(2), true),
             ([3, 7, 5, 3], [11, 7, 1, 1], p(), true),
             ([1, 3, 31, 31], [5, 3, 11, 11], p().stride(4), true),
         ];
@@ -165,12 +128,8 @@ impl Tester {
             let (x, w, b) = (self.input(&xs), self.input(&ws), self.input(&ws[..1]));
             let g = ConvGeometry::new(x.shape(), w.shape(), params)?;
             let dy = self.input(&g.out_shape());
-            let (xd, wd, bd, dyd) = (
-                self.on_device(&x)?,
-                self.on_device(&w)?,
-                self.on_device(&b)?,
-                self.on_device(&dy)?,
-            );
+            let (xd, wd, bd, dyd) =
+                (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?, self.on_device(&dy)?);
             let bias = with_bias.then_some(&b);
             let bias_d = with_bias.then_some(&bd);
             let want = conv2d::forward(&x, &w, bias, params)?;
@@ -181,13 +140,7 @@ impl Tester {
             self.record("conv2d backward (data)", &case, &got, &want, TOL_PLAIN)?;
             let want = conv2d::backward_filter(&dy, &x, w.shape(), params)?;
             let got = conv2d::backward_filter(&dyd, &xd, w.shape(), params)?;
-            self.record(
-                "conv2d backward (filter)",
-                &case,
-                &got,
-                &want,
-                TOL_REORDERED,
-            )?;
+            self.record("conv2d backward (filter)", &case, &got, &want, TOL_REORDERED)?;
             let want = conv2d::backward_bias(&dy)?;
             let got = conv2d::backward_bias(&dyd)?;
             self.record("conv2d backward (bias)", &case, &got, &want, TOL_REORDERED)?;
@@ -214,50 +167,16 @@ impl Tester {
     fn linear(&mut self) -> Result<()> {
         let (n, i, o) = (5, 17, 13);
         let case = format!("x [{n}, {i}] w [{o}, {i}]");
-        let (x, w, b, dy) = (
-            self.input(&[n, i]),
-            self.input(&[o, i]),
-            self.input(&[o]),
-            self.input(&[n, o]),
-        );
-        let (xd, wd, bd, dyd) = (
-            self.on_device(&x)?,
-            self.on_device(&w)?,
-            self.on_device(&b)?,
-            self.on_device(&dy)?,
-        );
+        let (x, w, b, dy) = (self.input(&[n, i]), self.input(&[o, i]), self.input(&[o]), self.input(&[n, o]));
+        let (xd, wd, bd, dyd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?, self.on_device(&dy)?);
         let got = linear::forward(&xd, &wd, Some(&bd))?;
-        self.record(
-            "linear forward",
-            &case,
-            &got,
-            &linear::forward(&x, &w, Some(&b))?,
-            TOL_PLAIN,
-        )?;
+        self.record("linear forward", &case, &got, &linear::forward(&x, &w, Some(&b))?, TOL_PLAIN)?;
         let got = linear::backward_data(&dyd, &wd)?;
-        self.record(
-            "linear backward (data)",
-            &case,
-            &got,
-            &linear::backward_data(&dy, &w)?,
-            TOL_PLAIN,
-        )?;
+        self.record("linear backward (data)", &case, &got, &linear::backward_data(&dy, &w)?, TOL_PLAIN)?;
         let got = linear::backward_weight(&dyd, &xd)?;
-        self.record(
-            "linear backward (weight)",
-            &case,
-            &got,
-            &linear::backward_weight(&dy, &x)?,
-            TOL_PLAIN,
-        )?;
+        self.record("linear backward (weight)", &case, &got, &linear::backward_weight(&dy, &x)?, TOL_PLAIN)?;
         let got = linear::backward_bias(&dyd)?;
-        self.record(
-            "linear backward (bias)",
-            &case,
-            &got,
-            &linear::backward_bias(&dy)?,
-            TOL_PLAIN,
-        )
+        self.record("linear backward (bias)", &case, &got, &linear::backward_bias(&dy)?, TOL_PLAIN)
     }
 
     fn pooling(&mut self) -> Result<()> {
@@ -265,62 +184,25 @@ impl Tester {
         let xs = [2, 3, 13, 11];
         let mut order: Vec<usize> = (0..xs.iter().product()).collect();
         crate::rng::Rng::new(self.seed).shuffle(&mut order);
-        let x = Tensor::from_cpu(
-            Shape::from(xs),
-            order
-                .iter()
-                .map(|&v| v as f64 * 0.01 - 4.0)
-                .collect::<Vec<f64>>(),
-        );
+        let x = Tensor::from_cpu(Shape::from(xs), order.iter().map(|&v| v as f64 * 0.01 - 4.0).collect::<Vec<f64>>());
         let xd = self.on_device(&x)?;
-        for p in [
-            Pool2dParams::new(3, 2),
-            Pool2dParams::new(3, 1).padding(1),
-            Pool2dParams::new(2, 2),
-        ] {
-            let case = format!(
-                "x {xs:?} kernel {:?} stride {:?} pad {:?}",
-                p.kernel, p.stride, p.padding
-            );
+        for p in [Pool2dParams::new(3, 2), Pool2dParams::new(3, 1).padding(1), Pool2dParams::new(2, 2)] {
+            let case = format!("x {xs:?} kernel {:?} stride {:?} pad {:?}", p.kernel, p.stride, p.padding);
             let y = pool::max_pool2d_forward(&x, p)?;
-            self.record(
-                "max_pool2d forward",
-                &case,
-                &pool::max_pool2d_forward(&xd, p)?,
-                &y,
-                TOL_PLAIN,
-            )?;
+            self.record("max_pool2d forward", &case, &pool::max_pool2d_forward(&xd, p)?, &y, TOL_PLAIN)?;
             let dy = self.input(y.dims());
             let dyd = self.on_device(&dy)?;
             let want = pool::max_pool2d_backward(&dy, &x, p)?;
-            self.record(
-                "max_pool2d backward",
-                &case,
-                &pool::max_pool2d_backward(&dyd, &xd, p)?,
-                &want,
-                TOL_PLAIN,
-            )?;
+            self.record("max_pool2d backward", &case, &pool::max_pool2d_backward(&dyd, &xd, p)?, &want, TOL_PLAIN)?;
             let want = pool::avg_pool2d_forward(&x, p)?;
-            self.record(
-                "avg_pool2d forward",
-                &case,
-                &pool::avg_pool2d_forward(&xd, p)?,
-                &want,
-                TOL_PLAIN,
-            )?;
+            self.record("avg_pool2d forward", &case, &pool::avg_pool2d_forward(&xd, p)?, &want, TOL_PLAIN)?;
             let want = pool::avg_pool2d_backward(&dy, x.shape(), p)?;
             let got = pool::avg_pool2d_backward(&dyd, x.shape(), p)?;
             self.record("avg_pool2d backward", &case, &got, &want, TOL_PLAIN)?;
         }
         let case = format!("x {xs:?}");
         let want = pool::global_avg_pool_forward(&x)?;
-        self.record(
-            "global_avg_pool forward",
-            &case,
-            &pool::global_avg_pool_forward(&xd)?,
-            &want,
-            TOL_REORDERED,
-        )?;
+        self.record("global_avg_pool forward", &case, &pool::global_avg_pool_forward(&xd)?, &want, TOL_REORDERED)?;
         let dy = self.input(&[2, 3, 1, 1]);
         let want = pool::global_avg_pool_backward(&dy, x.shape())?;
         let got = pool::global_avg_pool_backward(&self.on_device(&dy)?, x.shape())?;
@@ -331,25 +213,14 @@ impl Tester {
         let xs = [2, 7, 5, 3];
         let (x, dy) = (self.input(&xs), self.input(&xs));
         let (xd, dyd) = (self.on_device(&x)?, self.on_device(&dy)?);
-        let strong = LrnParams {
-            size: 4,
-            alpha: 0.8,
-            beta: 0.75,
-            k: 2.0,
-        };
+        let strong = LrnParams { size: 4, alpha: 0.8, beta: 0.75, k: 2.0 };
         for p in [LrnParams::alexnet(), strong] {
             let case = format!("x {xs:?} size {} alpha {}", p.size, p.alpha);
             let y = lrn::forward(&x, p)?;
             let yd = lrn::forward(&xd, p)?;
             self.record("lrn forward", &case, &yd, &y, TOL_PLAIN)?;
             let want = lrn::backward(&dy, &x, &y, p)?;
-            self.record(
-                "lrn backward",
-                &case,
-                &lrn::backward(&dyd, &xd, &yd, p)?,
-                &want,
-                TOL_PLAIN,
-            )?;
+            self.record("lrn backward", &case, &lrn::backward(&dyd, &xd, &yd, p)?, &want, TOL_PLAIN)?;
         }
         Ok(())
     }
@@ -357,64 +228,19 @@ impl Tester {
     fn batch_norm(&mut self) -> Result<()> {
         let xs = [3, 5, 7, 3];
         let case = format!("x {xs:?}");
-        let (x, gamma, beta, dy) = (
-            self.input(&xs),
-            self.input(&[5]),
-            self.input(&[5]),
-            self.input(&xs),
-        );
-        let (xd, gd, bd, dyd) = (
-            self.on_device(&x)?,
-            self.on_device(&gamma)?,
-            self.on_device(&beta)?,
-            self.on_device(&dy)?,
-        );
+        let (x, gamma, beta, dy) = (self.input(&xs), self.input(&[5]), self.input(&[5]), self.input(&xs));
+        let (xd, gd, bd, dyd) =
+            (self.on_device(&x)?, self.on_device(&gamma)?, self.on_device(&beta)?, self.on_device(&dy)?);
         let want = batchnorm::forward_train(&x, &gamma, &beta, 1e-5)?;
         let got = batchnorm::forward_train(&xd, &gd, &bd, 1e-5)?;
-        self.record(
-            "batch_norm forward (train)",
-            &case,
-            &got.y,
-            &want.y,
-            TOL_REORDERED,
-        )?;
-        self.record(
-            "batch_norm batch mean",
-            &case,
-            &got.mean,
-            &want.mean,
-            TOL_REORDERED,
-        )?;
-        self.record(
-            "batch_norm batch variance",
-            &case,
-            &got.var,
-            &want.var,
-            TOL_REORDERED,
-        )?;
+        self.record("batch_norm forward (train)", &case, &got.y, &want.y, TOL_REORDERED)?;
+        self.record("batch_norm batch mean", &case, &got.mean, &want.mean, TOL_REORDERED)?;
+        self.record("batch_norm batch variance", &case, &got.var, &want.var, TOL_REORDERED)?;
         let want_g = batchnorm::backward_train(&dy, &x, &gamma, &want.mean, &want.var, 1e-5)?;
         let got_g = batchnorm::backward_train(&dyd, &xd, &gd, &got.mean, &got.var, 1e-5)?;
-        self.record(
-            "batch_norm backward (train, data)",
-            &case,
-            &got_g.dx,
-            &want_g.dx,
-            TOL_REORDERED,
-        )?;
-        self.record(
-            "batch_norm backward (weight)",
-            &case,
-            &got_g.dgamma,
-            &want_g.dgamma,
-            TOL_REORDERED,
-        )?;
-        self.record(
-            "batch_norm backward (bias)",
-            &case,
-            &got_g.dbeta,
-            &want_g.dbeta,
-            TOL_REORDERED,
-        )?;
+        self.record("batch_norm backward (train, data)", &case, &got_g.dx, &want_g.dx, TOL_REORDERED)?;
+        self.record("batch_norm backward (weight)", &case, &got_g.dgamma, &want_g.dgamma, TOL_REORDERED)?;
+        self.record("batch_norm backward (bias)", &case, &got_g.dbeta, &want_g.dbeta, TOL_REORDERED)?;
 
         let rv = Tensor::uniform([5], 0.5, 2.0, DType::F64, 99);
         let (rm, rvd) = (self.input(&[5]), self.on_device(&rv)?);
@@ -424,20 +250,11 @@ impl Tester {
         self.record("batch_norm forward (eval)", &case, &got, &want, TOL_PLAIN)?;
         let want = batchnorm::backward_eval(&dy, &x, &gamma, &rm, &rv, 1e-5)?;
         let got = batchnorm::backward_eval(&dyd, &xd, &gd, &rmd, &rvd, 1e-5)?;
-        self.record(
-            "batch_norm backward (eval, data)",
-            &case,
-            &got.dx,
-            &want.dx,
-            TOL_PLAIN,
-        )?;
+        self.record("batch_norm backward (eval, data)", &case, &got.dx, &want.dx, TOL_PLAIN)?;
 
         let (mut rm_want, mut rv_want) = (rm.clone(), rv.clone());
         let (mut rm_got, mut rv_got) = (rmd.clone(), rvd.clone());
-        let (bm, bv) = (
-            self.input(&[5]),
-            Tensor::uniform([5], 0.1, 1.0, DType::F64, 98),
-        );
+        let (bm, bv) = (self.input(&[5]), Tensor::uniform([5], 0.1, 1.0, DType::F64, 98));
         batchnorm::update_running_stats(&mut rm_want, &mut rv_want, &bm, &bv, 63, 0.1)?;
         batchnorm::update_running_stats(
             &mut rm_got,
@@ -447,20 +264,8 @@ impl Tester {
             63,
             0.1,
         )?;
-        self.record(
-            "batch_norm running mean",
-            &case,
-            &rm_got,
-            &rm_want,
-            TOL_PLAIN,
-        )?;
-        self.record(
-            "batch_norm running variance",
-            &case,
-            &rv_got,
-            &rv_want,
-            TOL_PLAIN,
-        )
+        self.record("batch_norm running mean", &case, &rm_got, &rm_want, TOL_PLAIN)?;
+        self.record("batch_norm running variance", &case, &rv_got, &rv_want, TOL_PLAIN)
     }
 
     fn elementwise(&mut self) -> Result<()> {
@@ -472,47 +277,20 @@ impl Tester {
         let yd = elementwise::relu_forward(&ad)?;
         self.record("relu forward", &case, &yd, &y, TOL_PLAIN)?;
         let want = elementwise::relu_backward(&b, &y)?;
-        self.record(
-            "relu backward",
-            &case,
-            &elementwise::relu_backward(&bd, &yd)?,
-            &want,
-            TOL_PLAIN,
-        )?;
-        self.record(
-            "add",
-            &case,
-            &elementwise::add(&ad, &bd)?,
-            &elementwise::add(&a, &b)?,
-            TOL_PLAIN,
-        )?;
-        self.record(
-            "mul",
-            &case,
-            &elementwise::mul(&ad, &bd)?,
-            &elementwise::mul(&a, &b)?,
-            TOL_PLAIN,
-        )?;
+        self.record("relu backward", &case, &elementwise::relu_backward(&bd, &yd)?, &want, TOL_PLAIN)?;
+        self.record("add", &case, &elementwise::add(&ad, &bd)?, &elementwise::add(&a, &b)?, TOL_PLAIN)?;
+        self.record("mul", &case, &elementwise::mul(&ad, &bd)?, &elementwise::mul(&a, &b)?, TOL_PLAIN)?;
         let (mut acc, mut accd) = (a.clone(), ad.clone());
         elementwise::add_assign(&mut acc, &b)?;
         elementwise::add_assign(&mut accd, &bd)?;
-        self.record(
-            "add_assign (gradient accumulation)",
-            &case,
-            &accd,
-            &acc,
-            TOL_PLAIN,
-        )
+        self.record("add_assign (gradient accumulation)", &case, &accd, &acc, TOL_PLAIN)
     }
 
     fn concat(&mut self) -> Result<()> {
         let parts = [[2, 1, 5, 3], [2, 4, 5, 3], [2, 3, 5, 3]];
         let case = "three inputs of 1, 4 and 3 channels, [2, C, 5, 3]";
         let xs: Vec<Tensor> = parts.iter().map(|s| self.input(s)).collect();
-        let xds: Vec<Tensor> = xs
-            .iter()
-            .map(|x| self.on_device(x))
-            .collect::<Result<_>>()?;
+        let xds: Vec<Tensor> = xs.iter().map(|x| self.on_device(x)).collect::<Result<_>>()?;
         let want = concat::forward(&xs.iter().collect::<Vec<_>>())?;
         let got = concat::forward(&xds.iter().collect::<Vec<_>>())?;
         self.record("concat forward", case, &got, &want, TOL_PLAIN)?;
@@ -533,77 +311,35 @@ impl Tester {
         let (yd, maskd) = dropout::forward(&self.on_device(&x)?, 0.3, 12345)?;
         // The mask must match exactly (once rounded to f32): both sides draw the same
         // counter-based numbers.
-        self.record(
-            "dropout mask",
-            &case,
-            &maskd,
-            &mask.to_dtype(DType::F32)?,
-            0.0,
-        )?;
+        self.record("dropout mask", &case, &maskd, &mask.to_dtype(DType::F32)?, 0.0)?;
         self.record("dropout forward", &case, &yd, &y, TOL_PLAIN)?;
         let dy = self.input(&s);
         let want = dropout::backward(&dy, &mask)?;
-        self.record(
-            "dropout backward",
-            &case,
-            &dropout::backward(&self.on_device(&dy)?, &maskd)?,
-            &want,
-            TOL_PLAIN,
-        )
+        self.record("dropout backward", &case, &dropout::backward(&self.on_device(&dy)?, &maskd)?, &want, TOL_PLAIN)
     }
 
     fn cross_entropy(&mut self) -> Result<()> {
         let (n, k) = (7, 13);
         let case = format!("logits [{n}, {k}]");
         let z = self.input(&[n, k]);
-        let labels = Tensor::from_cpu(
-            [n],
-            (0..n as i64)
-                .map(|i| (i * 5 + 3) % k as i64)
-                .collect::<Vec<i64>>(),
-        );
+        let labels = Tensor::from_cpu([n], (0..n as i64).map(|i| (i * 5 + 3) % k as i64).collect::<Vec<i64>>());
         let (loss_want, probs_want) = loss::forward(&z, &labels)?;
-        let (loss_got, probs_got) =
-            loss::forward(&self.on_device(&z)?, &labels.to_device(self.device)?)?;
-        self.record(
-            "cross_entropy forward (loss)",
-            &case,
-            &loss_got,
-            &loss_want,
-            TOL_PLAIN,
-        )?;
-        self.record(
-            "cross_entropy forward (probabilities)",
-            &case,
-            &probs_got,
-            &probs_want,
-            TOL_PLAIN,
-        )?;
+        let (loss_got, probs_got) = loss::forward(&self.on_device(&z)?, &labels.to_device(self.device)?)?;
+        self.record("cross_entropy forward (loss)", &case, &loss_got, &loss_want, TOL_PLAIN)?;
+        self.record("cross_entropy forward (probabilities)", &case, &probs_got, &probs_want, TOL_PLAIN)?;
         let dloss = Tensor::scalar(0.7f64);
         let want = loss::backward(&probs_want, &labels, &dloss)?;
-        let got = loss::backward(
-            &probs_got,
-            &labels.to_device(self.device)?,
-            &self.on_device(&dloss)?,
-        )?;
+        let got = loss::backward(&probs_got, &labels.to_device(self.device)?, &self.on_device(&dloss)?)?;
         self.record("cross_entropy backward", &case, &got, &want, TOL_PLAIN)
     }
 
     fn sgd(&mut self) -> Result<()> {
         let s = [1000];
         let case = "1000 parameters, lr 0.1, momentum 0.9, weight decay 5e-4, two steps";
-        let h = sgd::SgdParams {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        };
+        let h = sgd::SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4 };
         let (mut p, g) = (self.input(&s), self.input(&s));
         let mut v = Tensor::zeros(s, DType::F64);
-        let (mut pd, gd, mut vd) = (
-            self.on_device(&p)?,
-            self.on_device(&g)?,
-            self.on_device(&v)?,
-        );
+        let (mut pd, gd, mut vd) = (self.on_device(&p)?, self.on_device(&g)?, self.on_device(&v)?);
         for _ in 0..2 {
             sgd::step(&mut p, &g, &mut v, h)?;
             sgd::step(&mut pd, &gd, &mut vd, h)?;
@@ -621,20 +357,9 @@ impl Tester {
         let report = gradcheck(
             &[x, w, fc],
             |g, v| {
-                let h = g.conv2d(
-                    &v[0],
-                    &v[1],
-                    None,
-                    Conv2dParams::default().padding(1).stride(2),
-                )?;
+                let h = g.conv2d(&v[0], &v[1], None, Conv2dParams::default().padding(1).stride(2))?;
                 let h = g.relu(&h)?;
-                let h = g.lrn(
-                    &h,
-                    LrnParams {
-                        alpha: 0.5,
-                        ..LrnParams::alexnet()
-                    },
-                )?;
+                let h = g.lrn(&h, LrnParams { alpha: 0.5, ..LrnParams::alexnet() })?;
                 let h = g.max_pool2d(&h, Pool2dParams::new(2, 1))?;
                 let h = g.global_avg_pool(&h)?;
                 let h = g.flatten(&h)?;
@@ -647,10 +372,7 @@ impl Tester {
         // tolerance 1e-6 + 1e-5·|numeric|: at most 1 passes.
         self.checks.push(Check {
             op: "gradient vs finite differences".into(),
-            case: format!(
-                "conv → relu → lrn → max pool → linear → loss, {} partials",
-                report.checked
-            ),
+            case: format!("conv → relu → lrn → max pool → linear → loss, {} partials", report.checked),
             rel_err: report.worst_ratio,
             tol: 1.0,
         });
@@ -661,16 +383,8 @@ impl Tester {
 fn describe(p: &Conv2dParams) -> String {
     format!(
         "s{} p{} d{} g{}",
-        if p.stride.0 == p.stride.1 {
-            p.stride.0.to_string()
-        } else {
-            format!("{:?}", p.stride)
-        },
-        if p.padding.0 == p.padding.1 {
-            p.padding.0.to_string()
-        } else {
-            format!("{:?}", p.padding)
-        },
+        if p.stride.0 == p.stride.1 { p.stride.0.to_string() } else { format!("{:?}", p.stride) },
+        if p.padding.0 == p.padding.1 { p.padding.0.to_string() } else { format!("{:?}", p.padding) },
         p.dilation.0,
         p.groups
     )
@@ -686,14 +400,6 @@ mod tests {
         assert!((rel_l2(&[3.0, 4.0], &[0.0, 5.0]) - (9.0f64 + 1.0).sqrt() / 5.0).abs() < 1e-15);
         assert!(rel_l2(&[f64::NAN], &[1.0]).is_nan());
         assert_eq!(rel_l2(&[1.0], &[1.0, 2.0]), f64::INFINITY);
-        assert!(
-            !Check {
-                op: String::new(),
-                case: String::new(),
-                rel_err: f64::NAN,
-                tol: 1.0
-            }
-            .passed()
-        );
+        assert!(!Check { op: String::new(), case: String::new(), rel_err: f64::NAN, tol: 1.0 }.passed());
     }
 }

@@ -61,22 +61,8 @@ impl Default for TrainOptions {
 /// What the loop reports as it goes.
 #[derive(Clone, Debug)]
 pub enum Progress {
-    Start {
-        model: String,
-        params: usize,
-        train_images: usize,
-        test_images: usize,
-        total_steps: usize,
-    },
-    Step {
-        step: usize,
-        total_steps: usize,
-        epoch: usize,
-        loss: f64,
-        accuracy: f64,
-        lr: f64,
-        images_per_sec: f64,
-    },
+    Start { model: String, params: usize, train_images: usize, test_images: usize, total_steps: usize },
+    Step { step: usize, total_steps: usize, epoch: usize, loss: f64, accuracy: f64, lr: f64, images_per_sec: f64 },
     Epoch(EpochReport),
 }
 
@@ -111,11 +97,7 @@ fn check(o: &TrainOptions) -> Result<()> {
     if o.steps == Some(0) {
         return bad("--steps must be at least 1".into());
     }
-    for (name, v) in [
-        ("--lr", o.lr),
-        ("--momentum", o.momentum),
-        ("--weight-decay", o.weight_decay),
-    ] {
+    for (name, v) in [("--lr", o.lr), ("--momentum", o.momentum), ("--weight-decay", o.weight_decay)] {
         if !v.is_finite() || v < 0.0 {
             return bad(format!("{name} must be a non-negative number, got {v}"));
         }
@@ -125,19 +107,12 @@ fn check(o: &TrainOptions) -> Result<()> {
 
 fn load(o: &TrainOptions) -> Split {
     match o.data {
-        DataSource::Synthetic => {
-            synthetic::generate(o.synthetic_size.0, o.synthetic_size.1, o.seed)
-        }
+        DataSource::Synthetic => synthetic::generate(o.synthetic_size.0, o.synthetic_size.1, o.seed),
     }
 }
 
 /// Loss and accuracy of `model` on `data`, in eval mode.
-pub fn evaluate(
-    model: &mut dyn Module,
-    data: &Dataset,
-    batch_size: usize,
-    device: Device,
-) -> Result<(f64, f64)> {
+pub fn evaluate(model: &mut dyn Module, data: &Dataset, batch_size: usize, device: Device) -> Result<(f64, f64)> {
     let mut loss_sum = 0.0;
     let mut correct = 0;
     let indices: Vec<usize> = (0..data.len()).collect();
@@ -148,11 +123,7 @@ pub fn evaluate(
         let logits = model.forward(&mut g, &Var::constant(x))?;
         loss_sum += g.cross_entropy(&logits, &y)?.value().item()? * chunk.len() as f64;
         let labels = y.to_vec::<i64>()?;
-        correct += argmax_rows(logits.value())?
-            .iter()
-            .zip(&labels)
-            .filter(|(p, l)| **p as i64 == **l)
-            .count();
+        correct += argmax_rows(logits.value())?.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     }
     let n = data.len().max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
@@ -167,13 +138,7 @@ pub fn train(
     models::check_name(&o.model)?;
     let split = load(o);
     let classes = o.num_classes.unwrap_or(split.train.num_classes);
-    if let Some(&bad) = split
-        .train
-        .labels
-        .iter()
-        .chain(&split.test.labels)
-        .find(|&&l| l < 0 || l as usize >= classes)
-    {
+    if let Some(&bad) = split.train.labels.iter().chain(&split.test.labels).find(|&&l| l < 0 || l as usize >= classes) {
         return Err(Error::argument(
             "train",
             format!("the data has label {bad}, outside the model's {classes} classes"),
@@ -188,9 +153,10 @@ pub fn train(
     }
     let total_steps = match o.steps {
         Some(steps) => steps,
-        None => o.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
-            Error::argument("train", format!("--epochs {} is too many", o.epochs))
-        })?,
+        None => o
+            .epochs
+            .checked_mul(steps_per_epoch)
+            .ok_or_else(|| Error::argument("train", format!("--epochs {} is too many", o.epochs)))?,
     };
     let warmup = (steps_per_epoch.min(total_steps / 10)).max(1);
     on_progress(&Progress::Start {
@@ -234,11 +200,7 @@ pub fn train(
             g.backward(&loss)?.accumulate_into(model.params_mut())?;
             opt.step(model.params_mut())?;
 
-            correct += predictions
-                .iter()
-                .zip(&labels)
-                .filter(|(p, l)| **p as i64 == **l)
-                .count();
+            correct += predictions.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
             loss_sum += loss_value * chunk.len() as f64;
             seen += chunk.len();
             step += 1;
@@ -290,21 +252,11 @@ mod tests {
 
     #[test]
     fn bad_options_are_errors() {
-        let o = TrainOptions {
-            batch_size: 0,
-            ..Default::default()
-        };
+        let o = TrainOptions { batch_size: 0, ..Default::default() };
         assert!(error_of(&o).contains("--batch-size"));
-        let o = TrainOptions {
-            lr: f64::NAN,
-            ..Default::default()
-        };
+        let o = TrainOptions { lr: f64::NAN, ..Default::default() };
         assert!(error_of(&o).contains("--lr"));
-        let o = TrainOptions {
-            num_classes: Some(5),
-            synthetic_size: (20, 10),
-            ..Default::default()
-        };
+        let o = TrainOptions { num_classes: Some(5), synthetic_size: (20, 10), ..Default::default() };
         let e = error_of(&o);
         assert!(e.contains("outside the model's 5 classes"), "{e}");
     }

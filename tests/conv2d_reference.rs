@@ -22,10 +22,7 @@ fn source(g: &ConvGeometry, oy: usize, ox: usize, ky: usize, kx: usize) -> (isiz
 }
 
 /// Calls `f(n, o, oy, ox, c, ky, kx)` for every multiply-add of the convolution.
-fn for_each_tap(
-    g: &ConvGeometry,
-    mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize),
-) {
+fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize)) {
     let (og, cg) = (g.o / g.params.groups, g.c / g.params.groups);
     for n in 0..g.n {
         for o in 0..g.o {
@@ -100,12 +97,8 @@ fn compare(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams, dtype: DTy
     let b = Tensor::uniform([w_shape[0]], -1.0, 1.0, dtype, 3);
     let g = ConvGeometry::new(x.shape(), w.shape(), p).unwrap();
     let dy = Tensor::uniform(g.out_shape(), -1.0, 1.0, dtype, 4);
-    let (xs, ws, bs, dys) = (
-        x.to_f64_vec().unwrap(),
-        w.to_f64_vec().unwrap(),
-        b.to_f64_vec().unwrap(),
-        dy.to_f64_vec().unwrap(),
-    );
+    let (xs, ws, bs, dys) =
+        (x.to_f64_vec().unwrap(), w.to_f64_vec().unwrap(), b.to_f64_vec().unwrap(), dy.to_f64_vec().unwrap());
     let case = format!("x {x_shape:?} w {w_shape:?} {p:?} {dtype}");
 
     let y = conv2d::forward(&x, &w, Some(&b), p).unwrap();
@@ -127,10 +120,7 @@ fn compare(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams, dtype: DTy
             .flat_map(|n| (0..g.oh * g.ow).map(move |p| (n, p)))
             .map(|(n, p)| dys[(n * g.o + o) * g.oh * g.ow + p])
             .sum();
-        assert!(
-            (got - want).abs() <= tol * want.abs().max(1.0),
-            "bias gradient {case}"
-        );
+        assert!((got - want).abs() <= tol * want.abs().max(1.0), "bias gradient {case}");
     }
 }
 
@@ -147,16 +137,7 @@ fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
         ([2, 6, 9, 9], [4, 3, 5, 5], p().padding(2).groups(2)),
         ([1, 4, 6, 6], [4, 1, 3, 3], p().padding(1).groups(4)),
         // dilation, asymmetric everything
-        (
-            [2, 2, 10, 9],
-            [3, 2, 3, 2],
-            Conv2dParams {
-                stride: (2, 1),
-                padding: (2, 0),
-                dilation: (2, 3),
-                groups: 1,
-            },
-        ),
+        ([2, 2, 10, 9], [3, 2, 3, 2], Conv2dParams { stride: (2, 1), padding: (2, 0), dilation: (2, 3), groups: 1 }),
         // pointwise (the im2col-free path) and a strided 1×1 (the path with im2col)
         ([3, 8, 5, 7], [5, 8, 1, 1], p()),
         ([2, 8, 5, 7], [5, 8, 1, 1], p().stride(2)),
@@ -182,11 +163,5 @@ fn im2col_gemm_matches_direct_in_f32() {
 #[test]
 fn a_resnet_sized_layer_matches_direct() {
     // Large enough to cross the GEMM's cache blocks (K = 32·9 = 288 > KC).
-    compare(
-        [2, 32, 16, 16],
-        [32, 32, 3, 3],
-        Conv2dParams::default().padding(1),
-        DType::F32,
-        1e-5,
-    );
+    compare([2, 32, 16, 16], [32, 32, 3, 3], Conv2dParams::default().padding(1), DType::F32, 1e-5);
 }

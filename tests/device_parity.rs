@@ -15,8 +15,7 @@ use scratchnet::selftest::{self, rel_l2};
 use scratchnet::{DType, Device, Graph, Param, Result, Tensor, Var};
 
 fn assert_selftest_passes(device: Device) {
-    let checks =
-        selftest::run(device, |_| {}).unwrap_or_else(|e| panic!("selftest on {device}: {e}"));
+    let checks = selftest::run(device, |_| {}).unwrap_or_else(|e| panic!("selftest on {device}: {e}"));
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| !c.passed())
@@ -65,13 +64,7 @@ impl Module for Mixed {
         let h = self.conv1.forward(g, x)?;
         let h = self.bn1.forward(g, &h)?;
         let h = g.relu(&h)?;
-        let h = g.lrn(
-            &h,
-            LrnParams {
-                alpha: 0.5,
-                ..LrnParams::alexnet()
-            },
-        )?;
+        let h = g.lrn(&h, LrnParams { alpha: 0.5, ..LrnParams::alexnet() })?;
         let h = g.max_pool2d(&h, Pool2dParams::new(3, 2))?;
         let r = self.conv2.forward(g, &h)?;
         let h2 = g.add(&r, &h)?;
@@ -105,30 +98,18 @@ fn two_steps(device: Device) -> (Vec<f64>, Vec<Vec<f64>>) {
     let mut model = Mixed::new();
     model.to_device(device).unwrap();
     let mut opt = Sgd::new(0.05, 0.9, 1e-3);
-    let x = Tensor::randn([3, 3, 11, 13], 0.0, 1.0, DType::F32, 5)
-        .to_device(device)
-        .unwrap();
-    let y = Tensor::from_vec([3], vec![1i64, 4, 0])
-        .unwrap()
-        .to_device(device)
-        .unwrap();
+    let x = Tensor::randn([3, 3, 11, 13], 0.0, 1.0, DType::F32, 5).to_device(device).unwrap();
+    let y = Tensor::from_vec([3], vec![1i64, 4, 0]).unwrap().to_device(device).unwrap();
     let mut losses = Vec::new();
     for _ in 0..2 {
         let mut g = Graph::new();
         let logits = model.forward(&mut g, &Var::constant(x.clone())).unwrap();
         let loss = g.cross_entropy(&logits, &y).unwrap();
         losses.push(loss.value().item().unwrap());
-        g.backward(&loss)
-            .unwrap()
-            .accumulate_into(model.params_mut())
-            .unwrap();
+        g.backward(&loss).unwrap().accumulate_into(model.params_mut()).unwrap();
         opt.step(model.params_mut()).unwrap();
     }
-    let mut state: Vec<Vec<f64>> = model
-        .params()
-        .iter()
-        .map(|p| p.value.to_f64_vec().unwrap())
-        .collect();
+    let mut state: Vec<Vec<f64>> = model.params().iter().map(|p| p.value.to_f64_vec().unwrap()).collect();
     state.extend(model.buffers_mut().iter().map(|b| b.to_f64_vec().unwrap()));
     (losses, state)
 }
@@ -138,10 +119,7 @@ fn two_training_steps_on_emu_match_the_cpu() {
     let (cpu_losses, cpu_state) = two_steps(Device::Cpu);
     let (emu_losses, emu_state) = two_steps(Device::Emu);
     for (a, b) in emu_losses.iter().zip(&cpu_losses) {
-        assert!(
-            (a - b).abs() <= 1e-5 * b.abs(),
-            "loss {a} on emu, {b} on cpu"
-        );
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "loss {a} on emu, {b} on cpu");
     }
     assert_eq!(cpu_state.len(), emu_state.len());
     for (i, (e, c)) in emu_state.iter().zip(&cpu_state).enumerate() {
@@ -154,29 +132,11 @@ fn two_training_steps_on_emu_match_the_cpu() {
 fn a_launch_with_the_wrong_arguments_is_an_error() {
     let gpu = Device::Emu.gpu().unwrap().unwrap();
     let y = gpu.alloc(DType::F32, 4).unwrap();
-    let e = gpu
-        .launch(KernelCall::elementwise("relu_fwd_f32", 4).buf(&y).i32(4))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("kernel relu_fwd_f32 takes [Ptr, Ptr, I64] but was given [Ptr, I32]"),
-        "{e}"
-    );
-    let e = gpu
-        .launch(KernelCall::new("no_such_kernel"))
-        .unwrap_err()
-        .to_string();
+    let e = gpu.launch(KernelCall::elementwise("relu_fwd_f32", 4).buf(&y).i32(4)).unwrap_err().to_string();
+    assert!(e.contains("kernel relu_fwd_f32 takes [Ptr, Ptr, I64] but was given [Ptr, I32]"), "{e}");
+    let e = gpu.launch(KernelCall::new("no_such_kernel")).unwrap_err().to_string();
     assert!(e.contains("no kernel named no_such_kernel"), "{e}");
-    let e = gpu
-        .launch(
-            KernelCall::new("fill_f32")
-                .block(2048, 1, 1)
-                .buf(&y)
-                .f32(1.0)
-                .i64(4),
-        )
-        .unwrap_err()
-        .to_string();
+    let e = gpu.launch(KernelCall::new("fill_f32").block(2048, 1, 1).buf(&y).f32(1.0).i64(4)).unwrap_err().to_string();
     assert!(e.contains("block of 2048 threads"), "{e}");
 }
 
@@ -185,28 +145,14 @@ fn tensors_move_between_devices_unchanged() {
     let t = Tensor::randn([3, 5, 7], 0.0, 1.0, DType::F32, 9);
     let e = t.to_device(Device::Emu).unwrap();
     assert_eq!(e.device(), Device::Emu);
-    assert!(
-        e.as_slice::<f32>()
-            .unwrap_err()
-            .to_string()
-            .contains("lives on emu")
-    );
+    assert!(e.as_slice::<f32>().unwrap_err().to_string().contains("lives on emu"));
     assert_eq!(e.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
     let back = e.to_device(Device::Cpu).unwrap();
     assert_eq!(back.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
-    let f64_on_emu = Tensor::zeros([2], DType::F64)
-        .to_device(Device::Emu)
-        .unwrap();
-    let e = scratchnet::ops::elementwise::relu_forward(&f64_on_emu)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("dtype f64 is not supported here (supported: f32 on cuda and emu)"),
-        "{e}"
-    );
+    let f64_on_emu = Tensor::zeros([2], DType::F64).to_device(Device::Emu).unwrap();
+    let e = scratchnet::ops::elementwise::relu_forward(&f64_on_emu).unwrap_err().to_string();
+    assert!(e.contains("dtype f64 is not supported here (supported: f32 on cuda and emu)"), "{e}");
     let cpu = Tensor::zeros([2], DType::F32);
-    let e = scratchnet::ops::elementwise::add(&f64_on_emu.to_dtype(DType::F32).unwrap(), &cpu)
-        .unwrap_err()
-        .to_string();
+    let e = scratchnet::ops::elementwise::add(&f64_on_emu.to_dtype(DType::F32).unwrap(), &cpu).unwrap_err().to_string();
     assert!(e.contains("left is on emu but right is on cpu"), "{e}");
 }

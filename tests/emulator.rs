@@ -11,15 +11,11 @@ use scratchnet::device::gpu::{GpuBuffer, KernelCall};
 use scratchnet::{DType, Device};
 
 fn emu() -> Arc<GpuDevice> {
-    Device::Emu
-        .gpu()
-        .expect("emu opens")
-        .expect("emu is a GPU-like device")
+    Device::Emu.gpu().expect("emu opens").expect("emu is a GPU-like device")
 }
 
 fn upload_f32(gpu: &Arc<GpuDevice>, v: &[f32]) -> GpuBuffer {
-    gpu.upload(DType::F32, v.len(), bytemuck::cast_slice(v))
-        .expect("upload")
+    gpu.upload(DType::F32, v.len(), bytemuck::cast_slice(v)).expect("upload")
 }
 
 /// A zeroed buffer of `n` elements of a 2-, 4- or 8-byte type (the dtype only sets the size).
@@ -35,16 +31,11 @@ fn zeros(gpu: &Arc<GpuDevice>, bytes_per: usize, n: usize) -> GpuBuffer {
 fn download<T: bytemuck::Pod>(gpu: &Arc<GpuDevice>, b: &GpuBuffer) -> Vec<T> {
     let mut bytes = vec![0u8; b.bytes()];
     gpu.download(b, &mut bytes).expect("download");
-    bytes
-        .chunks_exact(std::mem::size_of::<T>())
-        .map(bytemuck::pod_read_unaligned)
-        .collect()
+    bytes.chunks_exact(std::mem::size_of::<T>()).map(bytemuck::pod_read_unaligned).collect()
 }
 
 fn values(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 37) % 101) as f32 * 0.25 - 10.0)
-        .collect()
+    (0..n).map(|i| ((i * 37) % 101) as f32 * 0.25 - 10.0).collect()
 }
 
 #[test]
@@ -53,29 +44,15 @@ fn shared_memory_tree_reductions_with_barriers() {
     let x = values(1000);
     let xb = upload_f32(&gpu, &x);
     let out = zeros(&gpu, 4, 1);
-    gpu.launch(
-        KernelCall::new("emu_test_block_sum_f32")
-            .grid(3, 1, 1)
-            .block(256, 1, 1)
-            .buf(&out)
-            .buf(&xb)
-            .i64(1000),
-    )
-    .unwrap();
+    gpu.launch(KernelCall::new("emu_test_block_sum_f32").grid(3, 1, 1).block(256, 1, 1).buf(&out).buf(&xb).i64(1000))
+        .unwrap();
     let want: f32 = x.iter().sum();
     assert!((download::<f32>(&gpu, &out)[0] - want).abs() < 1e-2);
 
     // A 3-D block of 8×4×2 threads, numbered x-fastest as on the GPU.
     let out = zeros(&gpu, 4, 4);
-    gpu.launch(
-        KernelCall::new("emu_test_block_sum_2d")
-            .grid(4, 1, 1)
-            .block(8, 4, 2)
-            .buf(&out)
-            .buf(&xb)
-            .i64(1000),
-    )
-    .unwrap();
+    gpu.launch(KernelCall::new("emu_test_block_sum_2d").grid(4, 1, 1).block(8, 4, 2).buf(&out).buf(&xb).i64(1000))
+        .unwrap();
     let got = download::<f32>(&gpu, &out);
     for (b, g) in got.iter().enumerate() {
         let want: f32 = x[b * 64..(b + 1) * 64].iter().sum();
@@ -91,13 +68,7 @@ fn warp_shuffles_sum_a_warp() {
     let xb = upload_f32(&gpu, &x);
     let (down, xor) = (zeros(&gpu, 4, 4), zeros(&gpu, 4, 128));
     gpu.launch(
-        KernelCall::new("emu_test_warp_sums")
-            .grid(2, 1, 1)
-            .block(64, 1, 1)
-            .buf(&down)
-            .buf(&xor)
-            .buf(&xb)
-            .i32(n as i32),
+        KernelCall::new("emu_test_warp_sums").grid(2, 1, 1).block(64, 1, 1).buf(&down).buf(&xor).buf(&xb).i32(n as i32),
     )
     .unwrap();
     let (down, xor) = (download::<f32>(&gpu, &down), download::<f32>(&gpu, &xor));
@@ -105,10 +76,7 @@ fn warp_shuffles_sum_a_warp() {
         let want: f32 = x.iter().skip(w * 32).take(32).sum();
         assert!((down[w] - want).abs() < 1e-3, "warp {w}");
         for lane in 0..32 {
-            assert!(
-                (xor[w * 32 + lane] - want).abs() < 1e-3,
-                "xor warp {w} lane {lane}"
-            );
+            assert!((xor[w * 32 + lane] - want).abs() < 1e-3, "xor warp {w} lane {lane}");
         }
     }
 }
@@ -117,9 +85,7 @@ fn warp_shuffles_sum_a_warp() {
 fn votes_and_partial_warps() {
     let gpu = emu();
     let pred: Vec<i32> = (0..64).map(|i| (i % 3 == 0) as i32).collect();
-    let pb = gpu
-        .upload(DType::F32, 64, bytemuck::cast_slice(&pred))
-        .unwrap();
+    let pb = gpu.upload(DType::F32, 64, bytemuck::cast_slice(&pred)).unwrap();
     let bufs: Vec<GpuBuffer> = (0..4).map(|_| zeros(&gpu, 4, 64)).collect();
     gpu.launch(
         KernelCall::new("emu_test_votes")
@@ -135,10 +101,7 @@ fn votes_and_partial_warps() {
     let any = download::<i32>(&gpu, &bufs[1]);
     let all = download::<i32>(&gpu, &bufs[2]);
     for w in 0..2 {
-        let want: u32 = (0..32)
-            .filter(|l| pred[w * 32 + l] != 0)
-            .map(|l| 1u32 << l)
-            .sum();
+        let want: u32 = (0..32).filter(|l| pred[w * 32 + l] != 0).map(|l| 1u32 << l).sum();
         assert_eq!(ballot[w * 32], want, "warp {w}");
         assert_eq!(any[w * 32], 1);
         assert_eq!(all[w * 32], 0);
@@ -147,12 +110,7 @@ fn votes_and_partial_warps() {
     // 40 threads: a full warp and a warp of 8 lanes.
     let x = values(80);
     let xb = upload_f32(&gpu, &x);
-    let (sum, ballot, active, poison) = (
-        zeros(&gpu, 4, 2),
-        zeros(&gpu, 4, 80),
-        zeros(&gpu, 4, 80),
-        zeros(&gpu, 4, 80),
-    );
+    let (sum, ballot, active, poison) = (zeros(&gpu, 4, 2), zeros(&gpu, 4, 80), zeros(&gpu, 4, 80), zeros(&gpu, 4, 80));
     gpu.launch(
         KernelCall::new("emu_test_partial_warp")
             .grid(2, 1, 1)
@@ -173,10 +131,7 @@ fn votes_and_partial_warps() {
     assert_eq!(active[0], 0xffff_ffff);
     assert_eq!(active[35], 0x0000_00ff);
     let poison = download::<f32>(&gpu, &poison);
-    assert!(
-        poison[36].is_nan(),
-        "a shuffle from a lane that does not exist reads NaN"
-    );
+    assert!(poison[36].is_nan(), "a shuffle from a lane that does not exist reads NaN");
     assert_eq!(poison[1], x[5]);
 }
 
@@ -190,12 +145,8 @@ fn atomics_from_many_blocks() {
     let dsum = zeros(&gpu, 8, 1);
     let icount = zeros(&gpu, 4, 1);
     let ucount = zeros(&gpu, 8, 1);
-    let imax = gpu
-        .upload(DType::F32, 1, bytemuck::bytes_of(&i32::MIN))
-        .unwrap();
-    let imin = gpu
-        .upload(DType::F32, 1, bytemuck::bytes_of(&i32::MAX))
-        .unwrap();
+    let imax = gpu.upload(DType::F32, 1, bytemuck::bytes_of(&i32::MIN)).unwrap();
+    let imin = gpu.upload(DType::F32, 1, bytemuck::bytes_of(&i32::MAX)).unwrap();
     let cas = zeros(&gpu, 4, 1);
     let sub = zeros(&gpu, 4, 1);
     gpu.launch(
@@ -252,14 +203,7 @@ fn returned_threads_count_as_arrived_at_barriers() {
     let gpu = emu();
     let out = zeros(&gpu, 4, 8);
     let active = 100;
-    gpu.launch(
-        KernelCall::new("emu_test_early_return")
-            .grid(2, 1, 1)
-            .block(256, 1, 1)
-            .buf(&out)
-            .i32(active),
-    )
-    .unwrap();
+    gpu.launch(KernelCall::new("emu_test_early_return").grid(2, 1, 1).block(256, 1, 1).buf(&out).i32(active)).unwrap();
     let out = download::<i32>(&gpu, &out);
     let want_sum = active * (active + 1) / 2;
     let want_count = (0..active).filter(|t| t % 3 == 0).count() as i32;
@@ -272,18 +216,10 @@ fn a_divergent_barrier_is_an_error_not_a_hang() {
     let gpu = emu();
     let out = zeros(&gpu, 4, 8 * 32);
     let e = gpu
-        .launch(
-            KernelCall::new("emu_test_divergent_barrier")
-                .grid(8, 1, 1)
-                .block(32, 1, 1)
-                .buf(&out),
-        )
+        .launch(KernelCall::new("emu_test_divergent_barrier").grid(8, 1, 1).block(32, 1, 1).buf(&out))
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("__syncthreads() reached by 31 of 32 live threads of block (3,0,0)"),
-        "{e}"
-    );
+    assert!(e.contains("__syncthreads() reached by 31 of 32 live threads of block (3,0,0)"), "{e}");
     // The emulator still works afterwards.
     shared_memory_tree_reductions_with_barriers();
 }
@@ -294,20 +230,9 @@ fn half_conversions_round_like_the_half_crate() {
     let x: Vec<f32> = vec![0.1, -2.5, 65504.0, 70000.0, 1e-7, f32::NAN, 2.71, -0.0];
     let n = x.len();
     let xb = upload_f32(&gpu, &x);
-    let (h, b, back, hsum) = (
-        zeros(&gpu, 2, n),
-        zeros(&gpu, 2, n),
-        zeros(&gpu, 4, n),
-        zeros(&gpu, 2, n),
-    );
+    let (h, b, back, hsum) = (zeros(&gpu, 2, n), zeros(&gpu, 2, n), zeros(&gpu, 4, n), zeros(&gpu, 2, n));
     gpu.launch(
-        KernelCall::elementwise("emu_test_half", n)
-            .buf(&h)
-            .buf(&b)
-            .buf(&back)
-            .buf(&hsum)
-            .buf(&xb)
-            .i64(n as i64),
+        KernelCall::elementwise("emu_test_half", n).buf(&h).buf(&b).buf(&back).buf(&hsum).buf(&xb).i64(n as i64),
     )
     .unwrap();
     let h = download::<u16>(&gpu, &h);
@@ -329,38 +254,24 @@ fn half_conversions_round_like_the_half_crate() {
 #[test]
 fn address_sanitizer_catches_an_out_of_bounds_read() {
     if !cfg!(scratchnet_emu_asan) {
-        eprintln!(
-            "skipped: the emulator was built without AddressSanitizer (SCRATCHNET_EMU_ASAN=1)"
-        );
+        eprintln!("skipped: the emulator was built without AddressSanitizer (SCRATCHNET_EMU_ASAN=1)");
         return;
     }
     if std::env::var_os("SCRATCHNET_ASAN_CHILD").is_some() {
         let gpu = emu();
         let x = upload_f32(&gpu, &values(16));
         let out = zeros(&gpu, 4, 1);
-        let _ = gpu.launch(
-            KernelCall::new("emu_test_read_past_end")
-                .buf(&out)
-                .buf(&x)
-                .i64(16),
-        );
+        let _ = gpu.launch(KernelCall::new("emu_test_read_past_end").buf(&out).buf(&x).i64(16));
         return;
     }
     let exe = std::env::current_exe().expect("the test binary knows its path");
     let child = Command::new(exe)
-        .args([
-            "address_sanitizer_catches_an_out_of_bounds_read",
-            "--exact",
-            "--nocapture",
-        ])
+        .args(["address_sanitizer_catches_an_out_of_bounds_read", "--exact", "--nocapture"])
         .env("SCRATCHNET_ASAN_CHILD", "1")
         .output()
         .expect("the child runs");
     let stderr = String::from_utf8_lossy(&child.stderr);
-    assert!(
-        !child.status.success(),
-        "the child should have been stopped by ASan"
-    );
+    assert!(!child.status.success(), "the child should have been stopped by ASan");
     assert!(stderr.contains("heap-buffer-overflow"), "{stderr}");
     assert!(stderr.contains("emu_test_read_past_end"), "{stderr}");
 }

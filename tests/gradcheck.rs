@@ -8,13 +8,8 @@ use scratchnet::{DType, Graph, Result, Tensor, Var};
 
 /// Uniform values in ±[0.1, 1.1): kept away from zero so ReLU's kink is never straddled.
 fn input(shape: &[usize], seed: u64) -> Tensor {
-    let u = Tensor::uniform(shape, -1.0, 1.0, DType::F64, seed)
-        .to_f64_vec()
-        .unwrap();
-    let v = u
-        .into_iter()
-        .map(|x| x.signum() * (0.1 + x.abs()))
-        .collect();
+    let u = Tensor::uniform(shape, -1.0, 1.0, DType::F64, seed).to_f64_vec().unwrap();
+    let v = u.into_iter().map(|x| x.signum() * (0.1 + x.abs())).collect();
     Tensor::from_vec(shape, v).unwrap()
 }
 
@@ -22,12 +17,7 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&mut Graph, &[Var]) -> Result
     check_with(name, inputs, GradcheckOptions::default(), f)
 }
 
-fn check_with(
-    name: &str,
-    inputs: &[Tensor],
-    opts: GradcheckOptions,
-    f: impl Fn(&mut Graph, &[Var]) -> Result<Var>,
-) {
+fn check_with(name: &str, inputs: &[Tensor], opts: GradcheckOptions, f: impl Fn(&mut Graph, &[Var]) -> Result<Var>) {
     let report = gradcheck(inputs, f, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert!(report.checked > 0);
     assert!(
@@ -51,75 +41,36 @@ fn conv_case(name: &str, x: [usize; 4], w: [usize; 4], p: Conv2dParams, bias: bo
 
 #[test]
 fn conv2d_plain_with_bias() {
-    conv_case(
-        "conv plain",
-        [2, 3, 5, 4],
-        [4, 3, 3, 3],
-        Conv2dParams::default(),
-        true,
-    );
+    conv_case("conv plain", [2, 3, 5, 4], [4, 3, 3, 3], Conv2dParams::default(), true);
 }
 
 #[test]
 fn conv2d_strided_padded() {
-    conv_case(
-        "conv stride 2 pad 1",
-        [2, 2, 7, 6],
-        [3, 2, 3, 3],
-        Conv2dParams::default().stride(2).padding(1),
-        false,
-    );
+    conv_case("conv stride 2 pad 1", [2, 2, 7, 6], [3, 2, 3, 3], Conv2dParams::default().stride(2).padding(1), false);
 }
 
 #[test]
 fn conv2d_dilated_rectangular() {
-    let p = Conv2dParams {
-        stride: (1, 2),
-        padding: (2, 1),
-        dilation: (2, 1),
-        groups: 1,
-    };
+    let p = Conv2dParams { stride: (1, 2), padding: (2, 1), dilation: (2, 1), groups: 1 };
     conv_case("conv dilated", [1, 2, 6, 7], [3, 2, 3, 2], p, true);
 }
 
 #[test]
 fn conv2d_grouped() {
-    conv_case(
-        "conv groups 2",
-        [2, 4, 5, 5],
-        [6, 2, 3, 3],
-        Conv2dParams::default().groups(2).padding(1),
-        true,
-    );
-    conv_case(
-        "conv depthwise",
-        [1, 3, 4, 4],
-        [3, 1, 2, 2],
-        Conv2dParams::default().groups(3),
-        false,
-    );
+    conv_case("conv groups 2", [2, 4, 5, 5], [6, 2, 3, 3], Conv2dParams::default().groups(2).padding(1), true);
+    conv_case("conv depthwise", [1, 3, 4, 4], [3, 1, 2, 2], Conv2dParams::default().groups(3), false);
 }
 
 #[test]
 fn conv2d_pointwise() {
-    conv_case(
-        "conv 1x1",
-        [2, 3, 3, 4],
-        [5, 3, 1, 1],
-        Conv2dParams::default(),
-        true,
-    );
+    conv_case("conv 1x1", [2, 3, 3, 4], [5, 3, 1, 1], Conv2dParams::default(), true);
 }
 
 #[test]
 fn linear_with_and_without_bias() {
     let inputs = [input(&[3, 5], 1), input(&[4, 5], 2), input(&[4], 3)];
-    check("linear", &inputs, |g, v| {
-        g.linear(&v[0], &v[1], Some(&v[2]))
-    });
-    check("linear no bias", &inputs[..2], |g, v| {
-        g.linear(&v[0], &v[1], None)
-    });
+    check("linear", &inputs, |g, v| g.linear(&v[0], &v[1], Some(&v[2])));
+    check("linear no bias", &inputs[..2], |g, v| g.linear(&v[0], &v[1], None));
 }
 
 #[test]
@@ -128,17 +79,9 @@ fn max_pool_overlapping_and_padded() {
     let n = 2 * 2 * 7 * 7;
     let mut order: Vec<usize> = (0..n).collect();
     scratchnet::rng::Rng::new(9).shuffle(&mut order);
-    let x = Tensor::from_vec(
-        [2, 2, 7, 7],
-        order.iter().map(|&k| k as f64 * 0.01).collect(),
-    )
-    .unwrap();
-    check("max pool 3/2", std::slice::from_ref(&x), |g, v| {
-        g.max_pool2d(&v[0], Pool2dParams::new(3, 2))
-    });
-    check("max pool 3/1 pad 1", &[x], |g, v| {
-        g.max_pool2d(&v[0], Pool2dParams::new(3, 1).padding(1))
-    });
+    let x = Tensor::from_vec([2, 2, 7, 7], order.iter().map(|&k| k as f64 * 0.01).collect()).unwrap();
+    check("max pool 3/2", std::slice::from_ref(&x), |g, v| g.max_pool2d(&v[0], Pool2dParams::new(3, 2)));
+    check("max pool 3/1 pad 1", &[x], |g, v| g.max_pool2d(&v[0], Pool2dParams::new(3, 1).padding(1)));
 }
 
 #[test]
@@ -147,9 +90,7 @@ fn avg_pools() {
     check("avg pool 3/2 pad 1", std::slice::from_ref(&x), |g, v| {
         g.avg_pool2d(&v[0], Pool2dParams::new(3, 2).padding(1))
     });
-    check("avg pool 2/2", std::slice::from_ref(&x), |g, v| {
-        g.avg_pool2d(&v[0], Pool2dParams::new(2, 2))
-    });
+    check("avg pool 2/2", std::slice::from_ref(&x), |g, v| g.avg_pool2d(&v[0], Pool2dParams::new(2, 2)));
     check("global avg pool", &[x], |g, v| g.global_avg_pool(&v[0]));
 }
 
@@ -158,30 +99,17 @@ fn lrn_odd_and_even_sizes() {
     // A large alpha makes the cross-channel term matter; with AlexNet's 1e-4 a wrong
     // cross term would hide below the tolerance.
     for size in [5, 4, 1] {
-        let p = LrnParams {
-            size,
-            alpha: 0.8,
-            beta: 0.75,
-            k: 2.0,
-        };
-        check(
-            &format!("lrn size {size}"),
-            &[input(&[2, 7, 3, 2], 5)],
-            move |g, v| g.lrn(&v[0], p),
-        );
+        let p = LrnParams { size, alpha: 0.8, beta: 0.75, k: 2.0 };
+        check(&format!("lrn size {size}"), &[input(&[2, 7, 3, 2], 5)], move |g, v| g.lrn(&v[0], p));
     }
     let x = input(&[1, 6, 2, 2], 6);
-    check("lrn alexnet", &[x], |g, v| {
-        g.lrn(&v[0], LrnParams::alexnet())
-    });
+    check("lrn alexnet", &[x], |g, v| g.lrn(&v[0], LrnParams::alexnet()));
 }
 
 #[test]
 fn batch_norm_training_mode() {
     let inputs = [input(&[3, 4, 3, 2], 7), input(&[4], 8), input(&[4], 9)];
-    check("batch norm train", &inputs, |g, v| {
-        Ok(g.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0)
-    });
+    check("batch norm train", &inputs, |g, v| Ok(g.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0));
 }
 
 #[test]
@@ -189,13 +117,8 @@ fn batch_norm_eval_mode() {
     let inputs = [input(&[2, 3, 2, 2], 10), input(&[3], 11), input(&[3], 12)];
     let rm = input(&[3], 13);
     let rv = Tensor::from_vec([3], vec![0.5f64, 1.5, 2.0]).unwrap();
-    let opts = GradcheckOptions {
-        training: false,
-        ..Default::default()
-    };
-    check_with("batch norm eval", &inputs, opts, |g, v| {
-        g.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5)
-    });
+    let opts = GradcheckOptions { training: false, ..Default::default() };
+    check_with("batch norm eval", &inputs, opts, |g, v| g.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5));
 }
 
 #[test]
@@ -213,11 +136,7 @@ fn relu_add_and_reuse() {
 
 #[test]
 fn concat_three_inputs() {
-    let inputs = [
-        input(&[2, 1, 3, 2], 16),
-        input(&[2, 3, 3, 2], 17),
-        input(&[2, 2, 3, 2], 18),
-    ];
+    let inputs = [input(&[2, 1, 3, 2], 16), input(&[2, 3, 3, 2], 17), input(&[2, 2, 3, 2], 18)];
     check("concat", &inputs, |g, v| g.concat(&[&v[0], &v[1], &v[2]]));
     // A feature map reused by a later concat, as in a dense block.
     check("dense reuse", &inputs[..1], |g, v| {
@@ -230,21 +149,15 @@ fn concat_three_inputs() {
 #[test]
 fn dropout_reshape_flatten() {
     let x = input(&[2, 3, 2, 2], 19);
-    check("dropout", std::slice::from_ref(&x), |g, v| {
-        g.dropout(&v[0], 0.4, 77)
-    });
-    check("reshape", std::slice::from_ref(&x), |g, v| {
-        g.reshape(&v[0], [4, 6])
-    });
+    check("dropout", std::slice::from_ref(&x), |g, v| g.dropout(&v[0], 0.4, 77));
+    check("reshape", std::slice::from_ref(&x), |g, v| g.reshape(&v[0], [4, 6]));
     check("flatten", &[x], |g, v| g.flatten(&v[0]));
 }
 
 #[test]
 fn cross_entropy() {
     let labels = Tensor::from_vec([4], vec![2i64, 0, 4, 2]).unwrap();
-    check("cross entropy", &[input(&[4, 5], 20)], |g, v| {
-        g.cross_entropy(&v[0], &labels)
-    });
+    check("cross entropy", &[input(&[4, 5], 20)], |g, v| g.cross_entropy(&v[0], &labels));
 }
 
 #[test]
@@ -263,21 +176,11 @@ fn two_layer_conv_net_end_to_end() {
     ];
     let labels = Tensor::from_vec([2], vec![1i64, 2]).unwrap();
     check("two-layer net", &inputs, |g, v| {
-        let h = g.conv2d(
-            &v[0],
-            &v[1],
-            Some(&v[2]),
-            Conv2dParams::default().padding(1),
-        )?;
+        let h = g.conv2d(&v[0], &v[1], Some(&v[2]), Conv2dParams::default().padding(1))?;
         let h = g.batch_norm_train(&h, &v[3], &v[4], 1e-5)?.0;
         let h = g.relu(&h)?;
         let h = g.max_pool2d(&h, Pool2dParams::new(3, 2))?;
-        let h = g.conv2d(
-            &h,
-            &v[5],
-            None,
-            Conv2dParams::default().padding(1).stride(2).groups(2),
-        )?;
+        let h = g.conv2d(&h, &v[5], None, Conv2dParams::default().padding(1).stride(2).groups(2))?;
         let h = g.relu(&h)?;
         let h = g.global_avg_pool(&h)?;
         let h = g.flatten(&h)?;

@@ -60,10 +60,7 @@ fn step(model: &mut TinyNet, opt: &mut Sgd, x: &Tensor, y: &Tensor) -> f64 {
     let logits = model.forward(&mut g, &Var::constant(x.clone())).unwrap();
     let loss = g.cross_entropy(&logits, y).unwrap();
     let value = loss.value().item().unwrap();
-    g.backward(&loss)
-        .unwrap()
-        .accumulate_into(model.params_mut())
-        .unwrap();
+    g.backward(&loss).unwrap().accumulate_into(model.params_mut()).unwrap();
     opt.step(model.params_mut()).unwrap();
     value
 }
@@ -79,21 +76,10 @@ fn a_tiny_conv_net_fits_a_fixed_batch() {
     for _ in 0..60 {
         last = step(&mut model, &mut opt, &x, &y);
     }
-    assert!(
-        first > 1.5,
-        "an untrained net should be near ln 10 = 2.3, got {first}"
-    );
+    assert!(first > 1.5, "an untrained net should be near ln 10 = 2.3, got {first}");
     assert!(last < 0.25 * first, "loss went from {first} to {last}");
     // The running statistics moved away from their initial (0, 1).
-    assert!(
-        model
-            .bn1
-            .running_mean
-            .to_f64_vec()
-            .unwrap()
-            .iter()
-            .any(|v| v.abs() > 1e-3)
-    );
+    assert!(model.bn1.running_mean.to_f64_vec().unwrap().iter().any(|v| v.abs() > 1e-3));
     assert_eq!(model.bn1.num_batches_tracked, 61);
 }
 
@@ -104,9 +90,7 @@ fn training_is_reproducible_from_the_seed() {
         let (x, y) = data.batch(&(0..16).collect::<Vec<_>>(), None).unwrap();
         let mut model = TinyNet::new();
         let mut opt = Sgd::new(0.05, 0.9, 1e-4);
-        (0..3)
-            .map(|_| step(&mut model, &mut opt, &x, &y))
-            .collect::<Vec<f64>>()
+        (0..3).map(|_| step(&mut model, &mut opt, &x, &y)).collect::<Vec<f64>>()
     };
     assert_eq!(run(), run(), "two runs from one seed must agree to the bit");
 }
@@ -133,13 +117,6 @@ fn the_training_loop_lowers_the_loss_of_resnet20() {
     assert_eq!(reports.len(), 4);
     assert_eq!(model.num_params(), 272_474);
     let (first, last) = (reports[0].train_loss, reports[3].train_loss);
-    assert!(
-        last < 0.9 * first,
-        "training loss went from {first} to {last}"
-    );
-    assert!(
-        reports
-            .iter()
-            .all(|r| r.test_loss.is_finite() && (0.0..=1.0).contains(&r.test_accuracy))
-    );
+    assert!(last < 0.9 * first, "training loss went from {first} to {last}");
+    assert!(reports.iter().all(|r| r.test_loss.is_finite() && (0.0..=1.0).contains(&r.test_accuracy)));
 }

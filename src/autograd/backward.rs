@@ -84,9 +84,7 @@ impl Saved {
             Saved::Input | Saved::Param(_) => Vec::new(),
             Saved::Conv2d { x, w, p } => {
                 let dx = when(need(0), || ops::conv2d::backward_data(dy, &w, x.shape(), p))?;
-                let dw = when(need(1), || {
-                    ops::conv2d::backward_filter(dy, &x, w.shape(), p)
-                })?;
+                let dw = when(need(1), || ops::conv2d::backward_filter(dy, &x, w.shape(), p))?;
                 let db = when(need(2), || ops::conv2d::backward_bias(dy))?;
                 vec![dx, dw, db]
             }
@@ -104,14 +102,7 @@ impl Saved {
                 vec![Some(ops::pool::global_avg_pool_backward(dy, &x_shape)?)]
             }
             Saved::Lrn { x, y, p } => vec![Some(ops::lrn::backward(dy, &x, &y, p)?)],
-            Saved::BatchNorm {
-                x,
-                gamma,
-                mean,
-                var,
-                eps,
-                batch_stats,
-            } => {
+            Saved::BatchNorm { x, gamma, mean, var, eps, batch_stats } => {
                 let g = if batch_stats {
                     ops::batchnorm::backward_train(dy, &x, &gamma, &mean, &var, eps)?
                 } else {
@@ -123,10 +114,7 @@ impl Saved {
             // The gradient of a sum is passed unchanged to both terms (the tensor is shared,
             // not copied; accumulating into it later copies on write).
             Saved::Add => vec![Some(dy.clone()), Some(dy.clone())],
-            Saved::Concat { channels } => ops::concat::backward(dy, &channels)?
-                .into_iter()
-                .map(Some)
-                .collect(),
+            Saved::Concat { channels } => ops::concat::backward(dy, &channels)?.into_iter().map(Some).collect(),
             Saved::Dropout { mask } => vec![Some(ops::dropout::backward(dy, &mask)?)],
             Saved::Reshape { from } => vec![Some(dy.reshape(from)?)],
             Saved::CrossEntropy { probs, labels } => {

@@ -45,12 +45,7 @@ pub struct GradcheckOptions {
 
 impl Default for GradcheckOptions {
     fn default() -> Self {
-        GradcheckOptions {
-            step: 1e-6,
-            atol: 1e-6,
-            rtol: 1e-5,
-            training: true,
-        }
+        GradcheckOptions { step: 1e-6, atol: 1e-6, rtol: 1e-5, training: true }
     }
 }
 
@@ -63,15 +58,9 @@ pub fn gradcheck(
     opts: GradcheckOptions,
 ) -> Result<GradcheckReport> {
     if let Some(t) = inputs.iter().find(|t| t.dtype() != DType::F64) {
-        return Err(Error::argument(
-            "gradcheck",
-            format!("inputs must be f64, got {}", t.dtype()),
-        ));
+        return Err(Error::argument("gradcheck", format!("inputs must be f64, got {}", t.dtype())));
     }
-    let mode = Mode {
-        recording: true,
-        training: opts.training,
-    };
+    let mode = Mode { recording: true, training: opts.training };
     // The analytic gradients, seeded with a random projection r.
     let mut g = Graph::with_mode(mode);
     let leaves: Vec<Var> = inputs.iter().map(|t| g.leaf(t.clone())).collect();
@@ -81,29 +70,18 @@ pub fn gradcheck(
     let analytic: Vec<Vec<f64>> = leaves
         .iter()
         .zip(inputs)
-        .map(|(l, t)| {
-            grads
-                .of(l)
-                .map_or_else(|| Ok(vec![0.0; t.numel()]), Tensor::to_f64_vec)
-        })
+        .map(|(l, t)| grads.of(l).map_or_else(|| Ok(vec![0.0; t.numel()]), Tensor::to_f64_vec))
         .collect::<Result<_>>()?;
 
     // ⟨r, f(inputs)⟩ without recording.
     let projected = |inputs: &[Tensor]| -> Result<f64> {
-        let mut g = Graph::with_mode(Mode {
-            recording: false,
-            training: opts.training,
-        });
+        let mut g = Graph::with_mode(Mode { recording: false, training: opts.training });
         let vars: Vec<Var> = inputs.iter().map(|t| Var::constant(t.clone())).collect();
         let out = f(&mut g, &vars)?;
         dot(out.value(), &r)
     };
 
-    let mut report = GradcheckReport {
-        worst_ratio: 0.0,
-        worst: (0, 0, 0.0, 0.0),
-        checked: 0,
-    };
+    let mut report = GradcheckReport { worst_ratio: 0.0, worst: (0, 0, 0.0, 0.0), checked: 0 };
     let mut work: Vec<Tensor> = inputs.to_vec();
     for (i, input) in inputs.iter().enumerate() {
         let base = input.to_vec::<f64>()?;

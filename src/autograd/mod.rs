@@ -99,28 +99,17 @@ impl Default for Graph {
 impl Graph {
     /// A training graph: it records, and layers use batch statistics and dropout.
     pub fn new() -> Graph {
-        Graph::with_mode(Mode {
-            recording: true,
-            training: true,
-        })
+        Graph::with_mode(Mode { recording: true, training: true })
     }
 
     /// An inference graph: it records nothing; layers use running statistics, no dropout.
     pub fn eval() -> Graph {
-        Graph::with_mode(Mode {
-            recording: false,
-            training: false,
-        })
+        Graph::with_mode(Mode { recording: false, training: false })
     }
 
     pub fn with_mode(mode: Mode) -> Graph {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Graph {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            mode,
-            nodes: Vec::new(),
-            param_nodes: HashMap::new(),
-        }
+        Graph { id: NEXT.fetch_add(1, Ordering::Relaxed), mode, nodes: Vec::new(), param_nodes: HashMap::new() }
     }
 
     pub fn is_training(&self) -> bool {
@@ -160,13 +149,7 @@ impl Graph {
             return Var::constant(p.value.clone());
         }
         if let Some(&index) = self.param_nodes.get(&p.id()) {
-            return Var {
-                value: p.value.clone(),
-                node: Some(NodeId {
-                    graph: self.id,
-                    index,
-                }),
-            };
+            return Var { value: p.value.clone(), node: Some(NodeId { graph: self.id, index }) };
         }
         let var = self.push(p.value.clone(), Saved::Param(p.id()), Vec::new());
         self.param_nodes.insert(p.id(), self.nodes.len() - 1);
@@ -175,37 +158,21 @@ impl Graph {
 
     fn push(&mut self, value: Tensor, saved: Saved, inputs: Vec<Option<usize>>) -> Var {
         self.nodes.push(Node { saved, inputs });
-        Var {
-            value,
-            node: Some(NodeId {
-                graph: self.id,
-                index: self.nodes.len() - 1,
-            }),
-        }
+        Var { value, node: Some(NodeId { graph: self.id, index: self.nodes.len() - 1 }) }
     }
 
     fn index_of(&self, v: &Var) -> Result<Option<usize>> {
         match v.node {
             None => Ok(None),
             Some(n) if n.graph == self.id => Ok(Some(n.index)),
-            Some(_) => Err(Error::Autograd(
-                "a Var from another graph was used in this one".into(),
-            )),
+            Some(_) => Err(Error::Autograd("a Var from another graph was used in this one".into())),
         }
     }
 
     /// Wraps an op's output: records a tape entry if recording and any input needs a gradient.
     /// `saved` runs only when an entry is made.
-    fn record(
-        &mut self,
-        value: Tensor,
-        inputs: &[&Var],
-        saved: impl FnOnce() -> Saved,
-    ) -> Result<Var> {
-        let ids = inputs
-            .iter()
-            .map(|v| self.index_of(v))
-            .collect::<Result<Vec<_>>>()?;
+    fn record(&mut self, value: Tensor, inputs: &[&Var], saved: impl FnOnce() -> Saved) -> Result<Var> {
+        let ids = inputs.iter().map(|v| self.index_of(v)).collect::<Result<Vec<_>>>()?;
         if !self.mode.recording || ids.iter().all(Option::is_none) {
             return Ok(Var::constant(value));
         }
@@ -216,66 +183,41 @@ impl Graph {
         let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p)?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        self.record(y, &inputs, || Saved::Conv2d {
-            x: x.value.clone(),
-            w: w.value.clone(),
-            p,
-        })
+        self.record(y, &inputs, || Saved::Conv2d { x: x.value.clone(), w: w.value.clone(), p })
     }
 
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value))?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        self.record(y, &inputs, || Saved::Linear {
-            x: x.value.clone(),
-            w: w.value.clone(),
-        })
+        self.record(y, &inputs, || Saved::Linear { x: x.value.clone(), w: w.value.clone() })
     }
 
     pub fn max_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
         let y = ops::pool::max_pool2d_forward(&x.value, p)?;
-        self.record(y, &[x], || Saved::MaxPool2d {
-            x: x.value.clone(),
-            p,
-        })
+        self.record(y, &[x], || Saved::MaxPool2d { x: x.value.clone(), p })
     }
 
     pub fn avg_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
         let y = ops::pool::avg_pool2d_forward(&x.value, p)?;
-        self.record(y, &[x], || Saved::AvgPool2d {
-            x_shape: x.shape().clone(),
-            p,
-        })
+        self.record(y, &[x], || Saved::AvgPool2d { x_shape: x.shape().clone(), p })
     }
 
     /// `[N, C, H, W] → [N, C, 1, 1]`.
     pub fn global_avg_pool(&mut self, x: &Var) -> Result<Var> {
         let y = ops::pool::global_avg_pool_forward(&x.value)?;
-        self.record(y, &[x], || Saved::GlobalAvgPool {
-            x_shape: x.shape().clone(),
-        })
+        self.record(y, &[x], || Saved::GlobalAvgPool { x_shape: x.shape().clone() })
     }
 
     pub fn lrn(&mut self, x: &Var, p: LrnParams) -> Result<Var> {
         let y = ops::lrn::forward(&x.value, p)?;
         let y_saved = y.clone();
-        self.record(y, &[x], || Saved::Lrn {
-            x: x.value.clone(),
-            y: y_saved,
-            p,
-        })
+        self.record(y, &[x], || Saved::Lrn { x: x.value.clone(), y: y_saved, p })
     }
 
     /// Training-mode batch norm. Returns the output and the batch mean and biased variance,
     /// from which the layer updates its running statistics.
-    pub fn batch_norm_train(
-        &mut self,
-        x: &Var,
-        gamma: &Var,
-        beta: &Var,
-        eps: f64,
-    ) -> Result<(Var, Tensor, Tensor)> {
+    pub fn batch_norm_train(&mut self, x: &Var, gamma: &Var, beta: &Var, eps: f64) -> Result<(Var, Tensor, Tensor)> {
         let out = ops::batchnorm::forward_train(&x.value, &gamma.value, &beta.value, eps)?;
         let (mean, var) = (out.mean.clone(), out.var.clone());
         let y = self.record(out.y, &[x, gamma, beta], || Saved::BatchNorm {
@@ -299,14 +241,7 @@ impl Graph {
         running_var: &Tensor,
         eps: f64,
     ) -> Result<Var> {
-        let y = ops::batchnorm::forward_eval(
-            &x.value,
-            &gamma.value,
-            &beta.value,
-            running_mean,
-            running_var,
-            eps,
-        )?;
+        let y = ops::batchnorm::forward_eval(&x.value, &gamma.value, &beta.value, running_mean, running_var, eps)?;
         self.record(y, &[x, gamma, beta], || Saved::BatchNorm {
             x: x.value.clone(),
             gamma: gamma.value.clone(),
@@ -332,9 +267,7 @@ impl Graph {
     pub fn concat(&mut self, xs: &[&Var]) -> Result<Var> {
         let values: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();
         let y = ops::concat::forward(&values)?;
-        self.record(y, xs, || Saved::Concat {
-            channels: xs.iter().map(|v| v.dims()[1]).collect(),
-        })
+        self.record(y, xs, || Saved::Concat { channels: xs.iter().map(|v| v.dims()[1]).collect() })
     }
 
     /// Inverted dropout with probability `p`, mask drawn from `seed`. In an eval graph it
@@ -350,16 +283,16 @@ impl Graph {
 
     pub fn reshape(&mut self, x: &Var, shape: impl Into<Shape>) -> Result<Var> {
         let y = x.value.reshape(shape)?;
-        self.record(y, &[x], || Saved::Reshape {
-            from: x.shape().clone(),
-        })
+        self.record(y, &[x], || Saved::Reshape { from: x.shape().clone() })
     }
 
     /// `[N, …] → [N, product of the rest]`, in C, H, W order as `torch.flatten(x, 1)`.
     pub fn flatten(&mut self, x: &Var) -> Result<Var> {
-        let n = x.dims().first().copied().ok_or_else(|| {
-            Error::shape_of("flatten", "a tensor of rank at least 1", "input", x.shape())
-        })?;
+        let n = x
+            .dims()
+            .first()
+            .copied()
+            .ok_or_else(|| Error::shape_of("flatten", "a tensor of rank at least 1", "input", x.shape()))?;
         let rest: usize = x.dims()[1..].iter().product();
         self.reshape(x, [n, rest])
     }
@@ -367,10 +300,7 @@ impl Graph {
     /// Mean softmax cross-entropy of `logits` `[N, K]` against i64 `labels` `[N]`.
     pub fn cross_entropy(&mut self, logits: &Var, labels: &Tensor) -> Result<Var> {
         let (loss, probs) = ops::loss::forward(&logits.value, labels)?;
-        self.record(loss, &[logits], || Saved::CrossEntropy {
-            probs,
-            labels: labels.clone(),
-        })
+        self.record(loss, &[logits], || Saved::CrossEntropy { probs, labels: labels.clone() })
     }
 
     /// Gradients of the scalar `loss` with respect to every leaf and parameter it depends on.
@@ -381,17 +311,14 @@ impl Graph {
                 loss.shape()
             )));
         }
-        let seed = Tensor::full(loss.shape().clone(), 1.0, loss.value.dtype())
-            .to_device(loss.value.device())?;
+        let seed = Tensor::full(loss.shape().clone(), 1.0, loss.value.dtype()).to_device(loss.value.device())?;
         self.backward_with_grad(loss, seed)
     }
 
     /// Vector-Jacobian product: the gradients of `⟨grad, out⟩`.
     pub fn backward_with_grad(mut self, out: &Var, grad: Tensor) -> Result<Gradients> {
         let root = self.index_of(out)?.ok_or_else(|| {
-            Error::Autograd(
-                "the output does not depend on any parameter or leaf that needs a gradient".into(),
-            )
+            Error::Autograd("the output does not depend on any parameter or leaf that needs a gradient".into())
         })?;
         if grad.shape() != out.shape() {
             return Err(Error::Autograd(format!(
@@ -403,11 +330,7 @@ impl Graph {
         let mut grads: Vec<Option<Tensor>> = vec![None; root + 1];
         grads[root] = Some(grad);
         self.nodes.truncate(root + 1);
-        let mut result = Gradients {
-            graph: self.id,
-            leaves: HashMap::new(),
-            params: HashMap::new(),
-        };
+        let mut result = Gradients { graph: self.id, leaves: HashMap::new(), params: HashMap::new() };
         // Popping frees each entry's saved tensors as soon as its gradient is pushed back.
         while let Some(node) = self.nodes.pop() {
             let index = self.nodes.len();
@@ -450,9 +373,7 @@ pub struct Gradients {
 impl Gradients {
     /// The gradient of a leaf made by [`Graph::leaf`]; `None` if the output did not depend on it.
     pub fn of(&self, v: &Var) -> Option<&Tensor> {
-        v.node
-            .filter(|n| n.graph == self.graph)
-            .and_then(|n| self.leaves.get(&n.index))
+        v.node.filter(|n| n.graph == self.graph).and_then(|n| self.leaves.get(&n.index))
     }
 
     pub fn of_param(&self, p: &Param) -> Option<&Tensor> {
@@ -461,10 +382,7 @@ impl Gradients {
 
     /// Adds each parameter's gradient to its `grad` field (so several backward passes can
     /// accumulate before one optimizer step).
-    pub fn accumulate_into<'a>(
-        mut self,
-        params: impl IntoIterator<Item = &'a mut Param>,
-    ) -> Result<()> {
+    pub fn accumulate_into<'a>(mut self, params: impl IntoIterator<Item = &'a mut Param>) -> Result<()> {
         for p in params {
             if let Some(g) = self.params.remove(&p.id()) {
                 match &mut p.grad {

@@ -32,12 +32,7 @@ pub struct Param {
 impl Param {
     /// A parameter with a full dotted name, as in a PyTorch `state_dict` (`layer1.0.conv1.weight`).
     pub fn new(name: impl Into<String>, value: Tensor) -> Param {
-        Param {
-            name: name.into(),
-            value,
-            grad: None,
-            id: ParamId::fresh(),
-        }
+        Param { name: name.into(), value, grad: None, id: ParamId::fresh() }
     }
 
     pub fn name(&self) -> &str {

@@ -43,10 +43,9 @@ impl std::str::FromStr for DataSource {
     fn from_str(s: &str) -> Result<DataSource> {
         match s {
             "synthetic" => Ok(DataSource::Synthetic),
-            other => Err(Error::argument(
-                "data",
-                format!("unknown data source '{other}' (this build reads: synthetic)"),
-            )),
+            other => {
+                Err(Error::argument("data", format!("unknown data source '{other}' (this build reads: synthetic)")))
+            }
         }
     }
 }
@@ -66,21 +65,14 @@ impl Dataset {
 
     /// The images and labels at `indices` as tensors `[B, C, H, W]` and `[B]`. With a
     /// generator, each image is randomly cropped (4-pixel padding) and flipped.
-    pub fn batch(
-        &self,
-        indices: &[usize],
-        mut augment: Option<&mut Rng>,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn batch(&self, indices: &[usize], mut augment: Option<&mut Rng>) -> Result<(Tensor, Tensor)> {
         let [c, h, w] = self.image_shape;
         let len = self.image_len();
         let mut images = Vec::with_capacity(indices.len() * len);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
             if i >= self.len() {
-                return Err(Error::argument(
-                    "data",
-                    format!("index {i} outside a data set of {}", self.len()),
-                ));
+                return Err(Error::argument("data", format!("index {i} outside a data set of {}", self.len())));
             }
             let img = &self.images[i * len..][..len];
             match augment.as_deref_mut() {
@@ -93,22 +85,13 @@ impl Dataset {
             }
             labels.push(self.labels[i]);
         }
-        Ok((
-            Tensor::from_vec([indices.len(), c, h, w], images)?,
-            Tensor::from_vec([indices.len()], labels)?,
-        ))
+        Ok((Tensor::from_vec([indices.len(), c, h, w], images)?, Tensor::from_vec([indices.len()], labels)?))
     }
 }
 
 /// The image shifted by `(dy, dx)` with black shifted in (a crop of the padded image),
 /// mirrored left–right if `flip`.
-fn crop_and_flip(
-    img: &[f32],
-    [c, h, w]: [usize; 3],
-    black: &[f32],
-    (dy, dx): (isize, isize),
-    flip: bool,
-) -> Vec<f32> {
+fn crop_and_flip(img: &[f32], [c, h, w]: [usize; 3], black: &[f32], (dy, dx): (isize, isize), flip: bool) -> Vec<f32> {
     let mut out = vec![0.0; c * h * w];
     for ch in 0..c {
         out[ch * h * w..][..h * w].fill(black.get(ch).copied().unwrap_or(0.0));

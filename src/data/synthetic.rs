@@ -28,10 +28,7 @@ pub const SIZE: usize = 32;
 /// `train` training images and `test` held-out images drawn from `seed`. The held-out
 /// images come from a different stream, so the two never share an image.
 pub fn generate(train: usize, test: usize, seed: u64) -> Split {
-    Split {
-        train: draw(train, seed),
-        test: draw(test, seed ^ 0x7E57_0000_0000_0001),
-    }
+    Split { train: draw(train, seed), test: draw(test, seed ^ 0x7E57_0000_0000_0001) }
 }
 
 fn draw(n: usize, seed: u64) -> Dataset {
@@ -50,13 +47,7 @@ fn draw(n: usize, seed: u64) -> Dataset {
         images.extend(img);
         labels.push(label);
     }
-    Dataset {
-        images,
-        labels,
-        image_shape: [3, SIZE, SIZE],
-        num_classes: NUM_CLASSES,
-        black: vec![normalise(0.0); 3],
-    }
+    Dataset { images, labels, image_shape: [3, SIZE, SIZE], num_classes: NUM_CLASSES, black: vec![normalise(0.0); 3] }
 }
 
 /// Is the point `(dx, dy)`, relative to the shape's centre, inside a shape of kind `label`
@@ -73,10 +64,7 @@ fn inside(label: usize, dx: f32, dy: f32, r: f32) -> bool {
         2 => dy >= -r && dy <= r && ax <= (dy + r) / 2.0,
         3 => (ax <= bar && ay <= r) || (ay <= bar && ax <= r),
         4 => {
-            let (u, v) = (
-                (dx + dy).abs() / std::f32::consts::SQRT_2,
-                (dx - dy).abs() / std::f32::consts::SQRT_2,
-            );
+            let (u, v) = ((dx + dy).abs() / std::f32::consts::SQRT_2, (dx - dy).abs() / std::f32::consts::SQRT_2);
             (u <= bar && v <= r) || (v <= bar && u <= r)
         }
         5 => dist <= r && dist >= 0.55 * r,
@@ -101,18 +89,14 @@ fn draw_image(label: usize, rng: &mut Rng) -> Vec<f32> {
     let background: [f32; 3] = std::array::from_fn(|_| 0.6 * rng.uniform() as f32);
     // A foreground brighter on average than the background, by a varying margin.
     let lift = 0.15 + 0.3 * rng.uniform() as f32;
-    let foreground: [f32; 3] = std::array::from_fn(|c| {
-        (background[c] + lift + 0.4 * (rng.uniform() as f32 - 0.5)).clamp(0.0, 1.0)
-    });
+    let foreground: [f32; 3] =
+        std::array::from_fn(|c| (background[c] + lift + 0.4 * (rng.uniform() as f32 - 0.5)).clamp(0.0, 1.0));
     // Clutter: a few small rectangles in random colours, drawn under the shape.
     let clutter: Vec<([usize; 4], [f32; 3])> = (0..3)
         .map(|_| {
             let (w, h) = (1 + rng.below(4), 1 + rng.below(4));
             let (x0, y0) = (rng.below(SIZE - w + 1), rng.below(SIZE - h + 1));
-            (
-                [x0, y0, x0 + w, y0 + h],
-                std::array::from_fn(|_| rng.uniform() as f32),
-            )
+            ([x0, y0, x0 + w, y0 + h], std::array::from_fn(|_| rng.uniform() as f32))
         })
         .collect();
     let mut img = vec![0.0f32; 3 * SIZE * SIZE];
@@ -120,9 +104,7 @@ fn draw_image(label: usize, rng: &mut Rng) -> Vec<f32> {
         for x in 0..SIZE {
             // Pixel centres at half-integers.
             let on = inside(label, x as f32 + 0.5 - cx, y as f32 + 0.5 - cy, r);
-            let speck = clutter
-                .iter()
-                .find(|(b, _)| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
+            let speck = clutter.iter().find(|(b, _)| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
             for c in 0..3 {
                 let base = match (on, speck) {
                     (true, _) => foreground[c],
@@ -161,11 +143,7 @@ mod tests {
             for y in -12..=12 {
                 for x in -12..=12 {
                     let (dx, dy) = (x as f32 + 0.5, y as f32);
-                    assert_eq!(
-                        inside(label, dx, dy, 10.0),
-                        inside(label, -dx, dy, 10.0),
-                        "label {label} at {dx},{dy}"
-                    );
+                    assert_eq!(inside(label, dx, dy, 10.0), inside(label, -dx, dy, 10.0), "label {label} at {dx},{dy}");
                     area += inside(label, dx, dy, 10.0) as usize;
                 }
             }

@@ -64,19 +64,13 @@ fn probe_uncached() -> std::result::Result<CudaInfo, String> {
     // SAFETY: only tries to open the library.
     let present = quietly(|| unsafe { sys::is_culib_present() }).unwrap_or(false);
     if !present {
-        return Err(
-            "no NVIDIA driver: libcuda.so could not be loaded (is the NVIDIA driver installed?)"
-                .into(),
-        );
+        return Err("no NVIDIA driver: libcuda.so could not be loaded (is the NVIDIA driver installed?)".into());
     }
     quietly(|| -> std::result::Result<CudaInfo, String> {
-        result::init()
-            .map_err(|e| driver_error("the CUDA driver failed to initialise (cuInit)", e))?;
+        result::init().map_err(|e| driver_error("the CUDA driver failed to initialise (cuInit)", e))?;
         let mut version = 0;
         // SAFETY: writes one int.
-        unsafe { sys::cuDriverGetVersion(&mut version) }
-            .result()
-            .map_err(|e| driver_error("cuDriverGetVersion", e))?;
+        unsafe { sys::cuDriverGetVersion(&mut version) }.result().map_err(|e| driver_error("cuDriverGetVersion", e))?;
         let count = result::device::get_count().map_err(|e| driver_error("cuDeviceGetCount", e))?;
         let mut gpus = Vec::new();
         for ordinal in 0..count.max(0) {
@@ -105,35 +99,24 @@ fn probe_uncached() -> std::result::Result<CudaInfo, String> {
                 memory_bytes: mem,
             });
         }
-        Ok(CudaInfo {
-            driver_version: (version / 1000, (version % 1000) / 10),
-            gpus,
-        })
+        Ok(CudaInfo { driver_version: (version / 1000, (version % 1000) / 10), gpus })
     })
-    .unwrap_or_else(|| {
-        Err("the CUDA driver library lacks a function scratchnet needs (driver too old?)".into())
-    })
+    .unwrap_or_else(|| Err("the CUDA driver library lacks a function scratchnet needs (driver too old?)".into()))
 }
 
 /// Whether the embedded kernels can run on a GPU of this compute capability: SASS for its
 /// exact architecture, or PTX of an older one that the driver compiles on load.
 pub fn kernels_run_on(cc: (i32, i32)) -> std::result::Result<(), String> {
     if FATBIN.is_empty() {
-        return Err(
-            "the GPU kernels were not compiled: nvcc was not found when scratchnet was built \
+        return Err("the GPU kernels were not compiled: nvcc was not found when scratchnet was built \
                     (run scripts/setup-cuda.sh, then cargo build again)"
-                .into(),
-        );
+            .into());
     }
-    let arch = (cc.0 * 10 + cc.1).to_string();
-    let newest = CUDA_ARCHS
-        .iter()
-        .filter_map(|a| a.parse::<i32>().ok())
-        .max()
-        .unwrap_or(0);
-    if CUDA_ARCHS.contains(&arch.as_str()) || cc.0 * 10 + cc.1 >= newest {
+    let runs = CUDA_ARCHS.iter().filter_map(|a| a.parse::<i32>().ok()).any(|a| sass_or_ptx_runs(a, newest_arch(), cc));
+    if runs {
         Ok(())
     } else {
+        let arch = cc.0 * 10 + cc.1;
         Err(format!(
             "the kernels were compiled for sm_{} but this GPU is sm_{arch} (set SCRATCHNET_CUDA_ARCHS={arch} and rebuild)",
             CUDA_ARCHS.join(", sm_")
@@ -141,23 +124,36 @@ pub fn kernels_run_on(cc: (i32, i32)) -> std::result::Result<(), String> {
     }
 }
 
+fn newest_arch() -> i32 {
+    CUDA_ARCHS.iter().filter_map(|a| a.parse::<i32>().ok()).max().unwrap_or(0)
+}
+
+/// Whether code compiled for architecture `arch` (e.g. 86) runs on a GPU of compute
+/// capability `cc`: machine code (SASS) for sm_XY runs on sm_XZ with Z ≥ Y; the PTX kept for
+/// the newest architecture is compiled by the driver for any GPU at least that new.
+fn sass_or_ptx_runs(arch: i32, newest: i32, cc: (i32, i32)) -> bool {
+    let (major, minor) = (arch / 10, arch % 10);
+    (cc.0 == major && cc.1 >= minor) || (arch == newest && cc.0 * 10 + cc.1 >= newest)
+}
+
+/// The oldest driver that loads what nvcc 13.0 produces.
+const MIN_DRIVER: (i32, i32) = (13, 0);
+
 /// Why `cuda:N` is not usable, or `Ok` if it is.
 pub fn check(ordinal: usize) -> std::result::Result<GpuInfo, String> {
     let info = probe()?;
+    if info.driver_version < MIN_DRIVER {
+        return Err(format!(
+            "the NVIDIA driver supports CUDA {}.{}, and the kernels need {}.{} (driver 580 or newer)",
+            info.driver_version.0, info.driver_version.1, MIN_DRIVER.0, MIN_DRIVER.1
+        ));
+    }
     if info.gpus.is_empty() {
         return Err("the NVIDIA driver is installed but sees no GPU".into());
     }
-    let gpu = info
-        .gpus
-        .iter()
-        .find(|g| g.ordinal == ordinal)
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "there is no cuda:{ordinal}; this machine has cuda:0 to cuda:{}",
-                info.gpus.len() - 1
-            )
-        })?;
+    let gpu = info.gpus.iter().find(|g| g.ordinal == ordinal).cloned().ok_or_else(|| {
+        format!("there is no cuda:{ordinal}; this machine has cuda:0 to cuda:{}", info.gpus.len() - 1)
+    })?;
     kernels_run_on(gpu.compute_capability)?;
     Ok(gpu)
 }
@@ -165,19 +161,13 @@ pub fn check(ordinal: usize) -> std::result::Result<GpuInfo, String> {
 /// The device `cuda:ordinal`, opened on first use.
 pub fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
     static OPEN: OnceLock<Mutex<HashMap<usize, Arc<GpuDevice>>>> = OnceLock::new();
-    let mut open = OPEN
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut open = OPEN.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(|p| p.into_inner());
     if let Some(d) = open.get(&ordinal) {
         return Ok(Arc::clone(d));
     }
-    let gpu =
-        check(ordinal).map_err(|e| Error::Device(format!("cuda:{ordinal} is not usable: {e}")))?;
+    let gpu = check(ordinal).map_err(|e| Error::Device(format!("cuda:{ordinal} is not usable: {e}")))?;
     let backend = quietly(|| CudaBackend::open(gpu)).unwrap_or_else(|| {
-        Err(Error::Device(format!(
-            "cuda:{ordinal}: the driver panicked while opening the device"
-        )))
+        Err(Error::Device(format!("cuda:{ordinal}: the driver panicked while opening the device")))
     })?;
     let d = GpuDevice::new(Box::new(backend));
     open.insert(ordinal, Arc::clone(&d));
@@ -186,10 +176,14 @@ pub fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
 
 struct CudaBackend {
     info: GpuInfo,
+    /// The fatbin, aligned; kept for the module's life (the driver may load kernels lazily).
+    _image: Vec<u64>,
     ctx: sys::CUcontext,
     stream: sys::CUstream,
     module: sys::CUmodule,
     functions: Mutex<HashMap<usize, sys::CUfunction>>,
+    /// `SCRATCHNET_CUDA_SYNC=1`: wait for every kernel, so a failing one is named.
+    sync_each_launch: bool,
 }
 
 // SAFETY: driver handles (context, stream, module, function) may be used from any thread;
@@ -201,16 +195,14 @@ unsafe impl Sync for CudaBackend {}
 impl CudaBackend {
     fn open(info: GpuInfo) -> Result<CudaBackend> {
         let name = format!("cuda:{}", info.ordinal);
-        let err =
-            |what: &str, e: result::DriverError| Error::Device(format!("{name}: {what}: {e:?}"));
+        let err = |what: &str, e: result::DriverError| Error::Device(format!("{name}: {what}: {e:?}"));
         let dev = result::device::get(info.ordinal as i32).map_err(|e| err("cuDeviceGet", e))?;
         // SAFETY: `dev` came from device::get; the primary context lives for the process.
-        let ctx = unsafe { result::primary_ctx::retain(dev) }
-            .map_err(|e| err("retaining the primary context", e))?;
+        let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(|e| err("retaining the primary context", e))?;
         // SAFETY: a context just retained.
         unsafe { result::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
-        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
-            .map_err(|e| err("creating a stream", e))?;
+        let stream =
+            result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| err("creating a stream", e))?;
         // The driver wants the image 8-byte aligned; include_bytes! promises only 1.
         let mut image = vec![0u64; FATBIN.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut image)[..FATBIN.len()].copy_from_slice(FATBIN);
@@ -226,10 +218,12 @@ impl CudaBackend {
         })?;
         Ok(CudaBackend {
             info,
+            _image: image,
             ctx,
             stream,
             module,
             functions: Mutex::new(HashMap::new()),
+            sync_each_launch: std::env::var("SCRATCHNET_CUDA_SYNC").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -251,8 +245,7 @@ impl CudaBackend {
         if let Some(&f) = cache.get(&index) {
             return Ok(f);
         }
-        let cname = CString::new(kernel.name)
-            .map_err(|_| Error::Device(format!("bad kernel name {}", kernel.name)))?;
+        let cname = CString::new(kernel.name).map_err(|_| Error::Device(format!("bad kernel name {}", kernel.name)))?;
         // SAFETY: the module is loaded for the life of the process.
         let f = unsafe { result::module::get_function(self.module, cname) }
             .map_err(|e| self.err(&format!("finding kernel {}", kernel.name), e))?;
@@ -269,8 +262,7 @@ impl Backend for CudaBackend {
     unsafe fn malloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: plain allocation in the current context.
-        unsafe { result::malloc_sync(bytes) }
-            .map_err(|e| self.err(&format!("allocating {bytes} bytes"), e))
+        unsafe { result::malloc_sync(bytes) }.map_err(|e| self.err(&format!("allocating {bytes} bytes"), e))
     }
 
     unsafe fn free(&self, ptr: u64, _bytes: usize) {
@@ -289,8 +281,7 @@ impl Backend for CudaBackend {
         // Stream-ordered, so it lands before any later kernel; a pageable source is copied
         // to a staging buffer before the call returns, so `src` may be freed afterwards.
         // SAFETY: `dst` holds src.len() bytes (caller's contract).
-        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
-            .map_err(|e| self.err("copying to the device", e))
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }.map_err(|e| self.err("copying to the device", e))
     }
 
     unsafe fn download(&self, dst: &mut [u8], src: u64) -> Result<()> {
@@ -298,8 +289,7 @@ impl Backend for CudaBackend {
         // SAFETY: `src` holds dst.len() bytes (caller's contract); the synchronize makes
         // the copy complete before `dst` is read.
         unsafe {
-            result::memcpy_dtoh_async(dst, src, self.stream)
-                .map_err(|e| self.err("copying from the device", e))?;
+            result::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| self.err("copying from the device", e))?;
             result::stream::synchronize(self.stream)
                 .map_err(|e| self.err("waiting for the device (an earlier kernel failed?)", e))
         }
@@ -315,23 +305,23 @@ impl Backend for CudaBackend {
     unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: `dst` holds `bytes` bytes (caller's contract).
-        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream) }
-            .map_err(|e| self.err("memset", e))
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream) }.map_err(|e| self.err("memset", e))
     }
 
-    unsafe fn launch(
-        &self,
-        index: usize,
-        kernel: &KernelInfo,
-        d: LaunchDims,
-        args: &mut [*mut c_void],
-    ) -> Result<()> {
+    unsafe fn launch(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
         self.bind()?;
         let f = self.function(index, kernel)?;
         // SAFETY: the arguments match the signature and point at live device memory (the
         // caller's contract); launch dimensions were checked by GpuDevice::launch.
         unsafe { result::launch_kernel(f, d.grid, d.block, d.shared_bytes, self.stream, args) }
-            .map_err(|e| self.err(&format!("launching {} with {:?}", kernel.name, d), e))
+            .map_err(|e| self.err(&format!("launching {} with {:?}", kernel.name, d), e))?;
+        if self.sync_each_launch {
+            // A fault surfaces at the next synchronisation; doing it here names the kernel.
+            // SAFETY: our stream.
+            unsafe { result::stream::synchronize(self.stream) }
+                .map_err(|e| self.err(&format!("kernel {} failed", kernel.name), e))?;
+        }
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -339,5 +329,23 @@ impl Backend for CudaBackend {
         // SAFETY: our stream.
         unsafe { result::stream::synchronize(self.stream) }
             .map_err(|e| self.err("waiting for the device (a kernel failed?)", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_code_runs_on_newer_minor_versions_and_ptx_on_newer_gpus() {
+        // SASS for sm_80 runs on sm_86 and sm_87, not on sm_75 or sm_90.
+        assert!(sass_or_ptx_runs(80, 90, (8, 6)));
+        assert!(sass_or_ptx_runs(80, 90, (8, 7)));
+        assert!(!sass_or_ptx_runs(80, 90, (7, 5)));
+        assert!(!sass_or_ptx_runs(80, 90, (9, 0)));
+        // The PTX of the newest architecture is compiled for anything at least as new.
+        assert!(sass_or_ptx_runs(90, 90, (10, 0)));
+        assert!(sass_or_ptx_runs(90, 90, (12, 0)));
+        assert!(!sass_or_ptx_runs(86, 90, (10, 0)));
     }
 }

@@ -46,11 +46,7 @@ pub struct EmuBackend {
 /// The emulated device (one per process).
 pub fn device() -> Arc<GpuDevice> {
     static DEVICE: OnceLock<Arc<GpuDevice>> = OnceLock::new();
-    Arc::clone(DEVICE.get_or_init(|| {
-        GpuDevice::new(Box::new(EmuBackend {
-            launching: Mutex::new(()),
-        }))
-    }))
+    Arc::clone(DEVICE.get_or_init(|| GpuDevice::new(Box::new(EmuBackend { launching: Mutex::new(()) }))))
 }
 
 /// Number of kernels the emulator can run (the GPU kernels and its own test kernels).
@@ -59,8 +55,7 @@ pub fn kernel_count() -> usize {
 }
 
 fn layout(bytes: usize) -> Result<Layout> {
-    Layout::from_size_align(bytes.max(1), ALIGN)
-        .map_err(|e| Error::Device(format!("emu: {bytes} bytes: {e}")))
+    Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| Error::Device(format!("emu: {bytes} bytes: {e}")))
 }
 
 impl Backend for EmuBackend {
@@ -73,9 +68,7 @@ impl Backend for EmuBackend {
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { alloc(l) };
         if p.is_null() {
-            return Err(Error::Device(format!(
-                "emu: out of memory allocating {bytes} bytes"
-            )));
+            return Err(Error::Device(format!("emu: out of memory allocating {bytes} bytes")));
         }
         Ok(p as u64)
     }
@@ -100,8 +93,9 @@ impl Backend for EmuBackend {
     }
 
     unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        // SAFETY: the caller guarantees both hold `bytes` bytes; `copy` allows overlap.
-        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        // SAFETY: the caller guarantees both hold `bytes` bytes, in distinct buffers (as
+        // cuMemcpyDtoD requires; overlapping copies are undefined on the GPU).
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
         Ok(())
     }
 
@@ -111,26 +105,14 @@ impl Backend for EmuBackend {
         Ok(())
     }
 
-    unsafe fn launch(
-        &self,
-        index: usize,
-        kernel: &KernelInfo,
-        d: LaunchDims,
-        args: &mut [*mut c_void],
-    ) -> Result<()> {
+    unsafe fn launch(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
         let _one_at_a_time = self.launching.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: build.rs generates one wrapper per entry of KERNELS, in the same order,
         // followed by a null entry; `index` came from KERNELS.
-        let wrapper = unsafe {
-            *std::ptr::addr_of!(scratchnet_emu_kernel_fns)
-                .cast::<Option<KernelWrapper>>()
-                .add(index)
-        };
+        let wrapper =
+            unsafe { *std::ptr::addr_of!(scratchnet_emu_kernel_fns).cast::<Option<KernelWrapper>>().add(index) };
         if wrapper.is_none() {
-            return Err(Error::Device(format!(
-                "emu: kernel {} has no launch wrapper",
-                kernel.name
-            )));
+            return Err(Error::Device(format!("emu: kernel {} has no launch wrapper", kernel.name)));
         }
         let mut err = [0 as c_char; 512];
         // SAFETY: the arguments match the kernel's signature (the caller's contract) and

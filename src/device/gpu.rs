@@ -98,21 +98,14 @@ fn size_class(bytes: usize) -> usize {
     const SMALL: usize = 512;
     const LARGE: usize = 1 << 20;
     let b = bytes.max(1);
-    if b <= LARGE {
-        b.div_ceil(SMALL) * SMALL
-    } else {
-        b.div_ceil(LARGE) * LARGE
-    }
+    if b <= LARGE { b.div_ceil(SMALL) * SMALL } else { b.div_ceil(LARGE) * LARGE }
 }
 
 impl GpuDevice {
     pub fn new(backend: Box<dyn Backend>) -> Arc<GpuDevice> {
         Arc::new(GpuDevice {
             backend,
-            alloc: Mutex::new(Allocator {
-                free: HashMap::new(),
-                stats: MemoryStats::default(),
-            }),
+            alloc: Mutex::new(Allocator { free: HashMap::new(), stats: MemoryStats::default() }),
         })
     }
 
@@ -134,19 +127,12 @@ impl GpuDevice {
     /// every byte is 0xFF (a NaN in every float type), so an element a kernel forgets to
     /// write fails the comparison with the reference.
     pub fn alloc(self: &Arc<Self>, dtype: DType, len: usize) -> Result<GpuBuffer> {
-        let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
-            Error::Device(format!(
-                "{}: {len} elements of {dtype} overflow",
-                self.device()
-            ))
-        })?;
+        let bytes = len
+            .checked_mul(dtype.size_in_bytes())
+            .ok_or_else(|| Error::Device(format!("{}: {len} elements of {dtype} overflow", self.device())))?;
         // Without caching (the emulator under AddressSanitizer) the size is exact, so that
         // one element past the end is already outside the allocation.
-        let class = if self.backend.caching() {
-            size_class(bytes)
-        } else {
-            bytes.max(1)
-        };
+        let class = if self.backend.caching() { size_class(bytes) } else { bytes.max(1) };
         let cached = if self.backend.caching() {
             let mut a = self.lock();
             let hit = a.free.get_mut(&class).and_then(Vec::pop);
@@ -180,13 +166,7 @@ impl GpuDevice {
             a.stats.in_use += class;
             a.stats.peak = a.stats.peak.max(a.stats.in_use);
         }
-        let buf = GpuBuffer {
-            ptr,
-            len,
-            dtype,
-            capacity: class,
-            device: Arc::clone(self),
-        };
+        let buf = GpuBuffer { ptr, len, dtype, capacity: class, device: Arc::clone(self) };
         if super::poisoning() && bytes > 0 {
             // SAFETY: the buffer holds `class >= bytes` bytes.
             unsafe { self.backend.memset(ptr, 0xFF, bytes)? };
@@ -208,11 +188,7 @@ impl GpuDevice {
     pub fn upload(self: &Arc<Self>, dtype: DType, len: usize, bytes: &[u8]) -> Result<GpuBuffer> {
         let buf = self.alloc(dtype, len)?;
         if bytes.len() != buf.bytes() {
-            return Err(Error::Device(format!(
-                "upload of {} bytes into a buffer of {}",
-                bytes.len(),
-                buf.bytes()
-            )));
+            return Err(Error::Device(format!("upload of {} bytes into a buffer of {}", bytes.len(), buf.bytes())));
         }
         if !bytes.is_empty() {
             // SAFETY: the buffer holds exactly `bytes.len()` bytes.
@@ -224,11 +200,7 @@ impl GpuDevice {
     /// Copies a buffer back to the host (waiting for the kernels that write it).
     pub fn download(&self, buf: &GpuBuffer, dst: &mut [u8]) -> Result<()> {
         if dst.len() != buf.bytes() {
-            return Err(Error::Device(format!(
-                "download of a buffer of {} bytes into {}",
-                buf.bytes(),
-                dst.len()
-            )));
+            return Err(Error::Device(format!("download of a buffer of {} bytes into {}", buf.bytes(), dst.len())));
         }
         if dst.is_empty() {
             return self.backend.synchronize();
@@ -245,35 +217,6 @@ impl GpuDevice {
             unsafe { self.backend.copy(buf.ptr, src.ptr, buf.bytes())? };
         }
         Ok(buf)
-    }
-
-    /// Copies `len` elements from `src[src_offset..]` to `dst[dst_offset..]` (element units).
-    pub fn copy_range(
-        &self,
-        dst: &GpuBuffer,
-        dst_offset: usize,
-        src: &GpuBuffer,
-        src_offset: usize,
-        len: usize,
-    ) -> Result<()> {
-        if dst.dtype != src.dtype || dst_offset + len > dst.len || src_offset + len > src.len {
-            return Err(Error::Device(format!(
-                "copy of {len} elements from offset {src_offset} of {} to offset {dst_offset} of {}",
-                src.len, dst.len
-            )));
-        }
-        let size = dst.dtype.size_in_bytes();
-        if len == 0 {
-            return Ok(());
-        }
-        // SAFETY: the ranges were checked against both buffers' lengths.
-        unsafe {
-            self.backend.copy(
-                dst.ptr + (dst_offset * size) as u64,
-                src.ptr + (src_offset * size) as u64,
-                len * size,
-            )
-        }
     }
 
     pub fn synchronize(&self) -> Result<()> {
@@ -321,11 +264,25 @@ impl GpuDevice {
         if d.grid.0 == 0 || d.grid.1 == 0 || d.grid.2 == 0 {
             return Ok(());
         }
+        // The limits every GPU since compute capability 3.0 has, checked here so that the
+        // emulator (which would accept more) fails the same way a GPU would.
         let threads = d.block.0 as u64 * d.block.1 as u64 * d.block.2 as u64;
-        if threads == 0 || threads > 1024 {
+        if threads == 0 || threads > 1024 || d.block.2 > 64 {
             return Err(Error::Device(format!(
-                "kernel {}: a block of {threads} threads (1 to 1024 allowed)",
-                call.name
+                "kernel {}: a block of {threads} threads {:?} (1 to 1024 allowed, at most 64 in z)",
+                call.name, d.block
+            )));
+        }
+        if d.grid.1 > 65535 || d.grid.2 > 65535 || d.grid.0 > i32::MAX as u32 {
+            return Err(Error::Device(format!(
+                "kernel {}: grid {:?} exceeds the GPU's limits (2^31−1 in x, 65535 in y and z)",
+                call.name, d.grid
+            )));
+        }
+        if d.shared_bytes > MAX_DYNAMIC_SHARED {
+            return Err(Error::Device(format!(
+                "kernel {}: {} bytes of dynamic shared memory (at most {MAX_DYNAMIC_SHARED} without opting in)",
+                call.name, d.shared_bytes
             )));
         }
         let mut args = call.args;
@@ -374,13 +331,7 @@ impl GpuBuffer {
 
 impl std::fmt::Debug for GpuBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "GpuBuffer({} × {} on {})",
-            self.len,
-            self.dtype,
-            self.device.device()
-        )
+        write!(f, "GpuBuffer({} × {} on {})", self.len, self.dtype, self.device.device())
     }
 }
 
@@ -437,6 +388,9 @@ pub struct KernelCall {
     args: Vec<Arg>,
 }
 
+/// Dynamic shared memory a kernel may use without `cudaFuncSetAttribute` on any GPU.
+const MAX_DYNAMIC_SHARED: u32 = 48 * 1024;
+
 /// Threads per block for one-thread-per-element kernels (SCRATCHNET_BLOCK in common.cuh).
 pub const BLOCK: u32 = 256;
 
@@ -446,15 +400,7 @@ const MAX_GRID_STRIDE_BLOCKS: usize = 1 << 16;
 
 impl KernelCall {
     pub fn new(name: &'static str) -> KernelCall {
-        KernelCall {
-            name,
-            dims: LaunchDims {
-                grid: (1, 1, 1),
-                block: (1, 1, 1),
-                shared_bytes: 0,
-            },
-            args: Vec::new(),
-        }
+        KernelCall { name, dims: LaunchDims { grid: (1, 1, 1), block: (1, 1, 1), shared_bytes: 0 }, args: Vec::new() }
     }
 
     /// One thread per element with `BLOCK`-thread blocks; kernels launched this way use a
@@ -533,12 +479,7 @@ impl KernelCall {
 
 /// A size as a kernel's `int` argument, or an error naming the op.
 pub fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        Error::argument(
-            op,
-            format!("{what} = {v} exceeds the GPU kernels' 32-bit index"),
-        )
-    })
+    i32::try_from(v).map_err(|_| Error::argument(op, format!("{what} = {v} exceeds the GPU kernels' 32-bit index")))
 }
 
 /// A count as a kernel's `long long` argument.

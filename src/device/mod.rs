@@ -36,13 +36,10 @@ pub enum Device {
 }
 
 impl Device {
-    /// What `--device auto` means on this machine: `cuda:0` if it is usable, else `cpu`.
+    /// What `--device auto` means on this machine: `cuda:0` if it opens (the driver, the
+    /// GPU and the kernels all work together), else `cpu`.
     pub fn best_available() -> Device {
-        if cuda::check(0).is_ok() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }
+        if cuda::check(0).is_ok() && cuda::device(0).is_ok() { Device::Cuda(0) } else { Device::Cpu }
     }
 
     /// The GPU-like device behind `cuda:N` or `emu`, opened on first use; `None` for the CPU.
@@ -90,8 +87,7 @@ impl FromStr for Device {
             },
         };
         if let Device::Cuda(n) = device {
-            cuda::check(n)
-                .map_err(|why| Error::Device(format!("cuda:{n} is not usable: {why}")))?;
+            cuda::check(n).map_err(|why| Error::Device(format!("cuda:{n} is not usable: {why}")))?;
         }
         Ok(device)
     }
@@ -167,10 +163,7 @@ mod tests {
         // Whether cuda works depends on the machine; it must never panic.
         match "cuda:0".parse::<Device>() {
             Ok(d) => assert_eq!(d, Device::Cuda(0)),
-            Err(e) => assert!(
-                e.to_string().starts_with("device: cuda:0 is not usable: "),
-                "{e}"
-            ),
+            Err(e) => assert!(e.to_string().starts_with("device: cuda:0 is not usable: "), "{e}"),
         }
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
     }

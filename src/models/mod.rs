@@ -25,15 +25,10 @@ pub fn build(name: &str, num_classes: usize, seed: u64) -> Result<Box<dyn Module
             format!("the number of classes must be between 1 and {MAX_CLASSES}, got {num_classes}"),
         ));
     }
-    if let Some(depth) = name
-        .strip_prefix("resnet")
-        .and_then(|d| d.parse::<usize>().ok())
+    if let Some(depth) = name.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok())
         && let Some(blocks) = ResNetCifar::blocks_for_depth(depth)
     {
         return Ok(Box::new(ResNetCifar::new(blocks, num_classes, seed)));
     }
-    Err(Error::argument(
-        "model",
-        format!("unknown model '{name}' (known: {})", MODEL_NAMES.join(", ")),
-    ))
+    Err(Error::argument("model", format!("unknown model '{name}' (known: {})", MODEL_NAMES.join(", "))))
 }

@@ -24,16 +24,7 @@ use crate::tensor::Tensor;
 
 fn conv3x3(name: &str, cin: usize, cout: usize, stride: usize, rng: &mut Rng) -> Conv2d {
     let p = Conv2dParams::default().stride(stride).padding(1);
-    Conv2d::new(
-        name,
-        cin,
-        cout,
-        3,
-        p,
-        false,
-        Init::KaimingNormalFanOut,
-        rng.next_u64(),
-    )
+    Conv2d::new(name, cin, cout, 3, p, false, Init::KaimingNormalFanOut, rng.next_u64())
 }
 
 pub struct BasicBlock {
@@ -143,23 +134,12 @@ impl ResNetCifar {
         for (stage, cout) in [16, 32, 64].into_iter().enumerate() {
             for i in 0..blocks_per_stage {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(
-                    &format!("layer{}.{i}", stage + 1),
-                    cin,
-                    cout,
-                    stride,
-                    &mut rng,
-                ));
+                blocks.push(BasicBlock::new(&format!("layer{}.{i}", stage + 1), cin, cout, stride, &mut rng));
                 cin = cout;
             }
         }
         let fc = Linear::new("fc", 64, num_classes, true, rng.next_u64());
-        ResNetCifar {
-            conv1,
-            bn1: BatchNorm2d::new("bn1", 16),
-            blocks,
-            fc,
-        }
+        ResNetCifar { conv1, bn1: BatchNorm2d::new("bn1", 16), blocks, fc }
     }
 }
 
@@ -219,10 +199,7 @@ mod tests {
         assert!(names.contains(&"layer2.0.downsample.0.weight"));
         assert!(names.contains(&"layer3.2.bn2.bias"));
         assert_eq!(names.last(), Some(&"fc.bias"));
-        assert!(
-            !names.contains(&"layer1.0.downsample.0.weight"),
-            "stage 1 keeps identity shortcuts"
-        );
+        assert!(!names.contains(&"layer1.0.downsample.0.weight"), "stage 1 keeps identity shortcuts");
     }
 
     #[test]
@@ -232,13 +209,7 @@ mod tests {
         let x = Var::constant(Tensor::randn([2, 3, 32, 32], 0.0, 1.0, DType::F32, 3));
         let y = m.forward(&mut g, &x).unwrap();
         assert_eq!(y.dims(), &[2, 7]);
-        assert!(
-            y.value()
-                .to_f64_vec()
-                .unwrap()
-                .iter()
-                .all(|v| v.is_finite())
-        );
+        assert!(y.value().to_f64_vec().unwrap().iter().all(|v| v.is_finite()));
         assert!(g.is_empty(), "an eval graph records nothing");
     }
 }

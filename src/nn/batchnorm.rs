@@ -21,10 +21,7 @@ pub struct BatchNorm2d {
 impl BatchNorm2d {
     pub fn new(name: &str, channels: usize) -> BatchNorm2d {
         BatchNorm2d {
-            weight: Param::new(
-                join(name, "weight"),
-                Tensor::full([channels], 1.0, DType::F32),
-            ),
+            weight: Param::new(join(name, "weight"), Tensor::full([channels], 1.0, DType::F32)),
             bias: Param::new(join(name, "bias"), Tensor::zeros([channels], DType::F32)),
             running_mean: Tensor::zeros([channels], DType::F32),
             running_var: Tensor::full([channels], 1.0, DType::F32),
@@ -49,25 +46,11 @@ impl Module for BatchNorm2d {
         if g.is_training() {
             let (y, mean, var) = g.batch_norm_train(x, &gamma, &beta, self.eps)?;
             let count = x.dims()[0] * x.dims()[2..].iter().product::<usize>();
-            update_running_stats(
-                &mut self.running_mean,
-                &mut self.running_var,
-                &mean,
-                &var,
-                count,
-                self.momentum,
-            )?;
+            update_running_stats(&mut self.running_mean, &mut self.running_var, &mean, &var, count, self.momentum)?;
             self.num_batches_tracked += 1;
             Ok(y)
         } else {
-            g.batch_norm_eval(
-                x,
-                &gamma,
-                &beta,
-                &self.running_mean,
-                &self.running_var,
-                self.eps,
-            )
+            g.batch_norm_eval(x, &gamma, &beta, &self.running_mean, &self.running_var, self.eps)
         }
     }
 

@@ -23,29 +23,18 @@ impl Conv2d {
         init: Init,
         seed: u64,
     ) -> Conv2d {
-        let shape = [
-            out_channels,
-            in_channels / params.groups.max(1),
-            kernel,
-            kernel,
-        ];
+        let shape = [out_channels, in_channels / params.groups.max(1), kernel, kernel];
         let weight = Param::new(join(name, "weight"), init::weight(shape, init, seed));
         let fan_in = shape[1] * kernel * kernel;
         let bias = bias.then(|| {
             let b = match init {
                 // torchvision zeroes the biases it initialises itself.
-                Init::KaimingNormalFanOut => {
-                    crate::Tensor::zeros([out_channels], crate::DType::F32)
-                }
+                Init::KaimingNormalFanOut => crate::Tensor::zeros([out_channels], crate::DType::F32),
                 Init::Default => init::bias(out_channels, fan_in, seed ^ 0xB1A5),
             };
             Param::new(join(name, "bias"), b)
         });
-        Conv2d {
-            weight,
-            bias,
-            params,
-        }
+        Conv2d { weight, bias, params }
     }
 }
 
@@ -57,14 +46,10 @@ impl Module for Conv2d {
     }
 
     fn params(&self) -> Vec<&Param> {
-        std::iter::once(&self.weight)
-            .chain(self.bias.as_ref())
-            .collect()
+        std::iter::once(&self.weight).chain(self.bias.as_ref()).collect()
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        std::iter::once(&mut self.weight)
-            .chain(self.bias.as_mut())
-            .collect()
+        std::iter::once(&mut self.weight).chain(self.bias.as_mut()).collect()
     }
 }

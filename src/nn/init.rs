@@ -60,9 +60,7 @@ mod tests {
 
     #[test]
     fn kaiming_has_the_right_spread() {
-        let w = weight([64, 32, 3, 3], Init::KaimingNormalFanOut, 1)
-            .to_f64_vec()
-            .unwrap();
+        let w = weight([64, 32, 3, 3], Init::KaimingNormalFanOut, 1).to_f64_vec().unwrap();
         let var = w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64;
         let want = 2.0 / (64.0 * 9.0);
         assert!((var / want - 1.0).abs() < 0.05, "var {var} want {want}");

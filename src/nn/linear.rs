@@ -10,23 +10,9 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(
-        name: &str,
-        in_features: usize,
-        out_features: usize,
-        bias: bool,
-        seed: u64,
-    ) -> Linear {
-        let weight = Param::new(
-            join(name, "weight"),
-            init::weight([out_features, in_features], Init::Default, seed),
-        );
-        let bias = bias.then(|| {
-            Param::new(
-                join(name, "bias"),
-                init::bias(out_features, in_features, seed ^ 0xB1A5),
-            )
-        });
+    pub fn new(name: &str, in_features: usize, out_features: usize, bias: bool, seed: u64) -> Linear {
+        let weight = Param::new(join(name, "weight"), init::weight([out_features, in_features], Init::Default, seed));
+        let bias = bias.then(|| Param::new(join(name, "bias"), init::bias(out_features, in_features, seed ^ 0xB1A5)));
         Linear { weight, bias }
     }
 }
@@ -39,14 +25,10 @@ impl Module for Linear {
     }
 
     fn params(&self) -> Vec<&Param> {
-        std::iter::once(&self.weight)
-            .chain(self.bias.as_ref())
-            .collect()
+        std::iter::once(&self.weight).chain(self.bias.as_ref()).collect()
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        std::iter::once(&mut self.weight)
-            .chain(self.bias.as_mut())
-            .collect()
+        std::iter::once(&mut self.weight).chain(self.bias.as_mut()).collect()
     }
 }

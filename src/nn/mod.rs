@@ -55,9 +55,5 @@ pub trait Module {
 
 /// The dotted name of a child: `join("layer1.0", "conv1")` is `layer1.0.conv1`.
 pub fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
 }

@@ -14,14 +14,7 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Sgd {
-        Sgd {
-            hyper: SgdParams {
-                lr,
-                momentum,
-                weight_decay,
-            },
-            velocity: HashMap::new(),
-        }
+        Sgd { hyper: SgdParams { lr, momentum, weight_decay }, velocity: HashMap::new() }
     }
 
     /// Updates every parameter that has a gradient, then clears the gradients.
@@ -30,11 +23,9 @@ impl Sgd {
             let Some(grad) = p.grad.take() else { continue };
             let v = match self.velocity.entry(p.id()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(Tensor::zeros_on(
-                    p.value.shape().clone(),
-                    p.value.dtype(),
-                    p.value.device(),
-                )?),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(Tensor::zeros_on(p.value.shape().clone(), p.value.dtype(), p.value.device())?)
+                }
             };
             step(&mut p.value, &grad, v, self.hyper)?;
         }

@@ -57,53 +57,33 @@ fn check(x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<(usize, usize, u
 
 /// Appends `(N, C, HW)` in the order the kernels of kernels/batchnorm.cu take them.
 fn shape_args(call: KernelCall, n: usize, c: usize, hw: usize) -> Result<KernelCall> {
-    Ok(call
-        .i32(to_i32(OP, "batch", n)?)
-        .i32(to_i32(OP, "channels", c)?)
-        .i64(to_i64(hw)))
+    Ok(call.i32(to_i32(OP, "batch", n)?).i32(to_i32(OP, "channels", c)?).i64(to_i64(hw)))
 }
 
 fn check_eps(eps: f64) -> Result<()> {
     if eps.is_finite() && eps > 0.0 {
         Ok(())
     } else {
-        Err(Error::argument(
-            OP,
-            format!("eps must be positive, got {eps}"),
-        ))
+        Err(Error::argument(OP, format!("eps must be positive, got {eps}")))
     }
 }
 
 /// Iterates over the `N` planes of channel `ch` (each `hw` long) in an NCHW buffer.
 fn planes<T>(data: &[T], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[T]> {
-    data.chunks_exact(c * hw)
-        .map(move |img| &img[ch * hw..][..hw])
+    data.chunks_exact(c * hw).map(move |img| &img[ch * hw..][..hw])
 }
 
-pub fn forward_train(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<BatchNormTrainOutput> {
+pub fn forward_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormTrainOutput> {
     check_eps(eps)?;
     let (n, c, hw) = check(x, &[("weight", gamma), ("bias", beta)])?;
     let m = n * hw;
     if m == 0 {
-        return Err(Error::shape_of(
-            OP,
-            "at least one value per channel",
-            "input",
-            x.shape(),
-        ));
+        return Err(Error::shape_of(OP, "at least one value per channel", "input", x.shape()));
     }
     if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
         let mean = gpu.alloc(x.dtype(), c)?;
         let var = gpu.alloc(x.dtype(), c)?;
-        let stats = KernelCall::block_per_item("bn_stats_f32", c)?
-            .buf(&mean)
-            .buf(&var)
-            .buf(x.gpu_buffer()?);
+        let stats = KernelCall::block_per_item("bn_stats_f32", c)?.buf(&mean).buf(&var).buf(x.gpu_buffer()?);
         gpu.launch(shape_args(stats, n, c, hw)?)?;
         let y = gpu.alloc(x.dtype(), x.numel())?;
         let normalize = KernelCall::elementwise("bn_fwd_f32", x.numel())
@@ -128,25 +108,13 @@ pub fn forward_train(
             .map(|ch| {
                 let sum: f64 = planes(xs, c, hw, ch).flatten().map(|v| v.to_f64()).sum();
                 let mean = sum / m as f64;
-                let sq: f64 = planes(xs, c, hw, ch)
-                    .flatten()
-                    .map(|v| (v.to_f64() - mean).powi(2))
-                    .sum();
+                let sq: f64 = planes(xs, c, hw, ch).flatten().map(|v| (v.to_f64() - mean).powi(2)).sum();
                 (mean, sq / m as f64)
             })
             .collect();
         let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
         let var: Vec<f64> = stats.iter().map(|s| s.1).collect();
-        let y = normalize::<T>(
-            xs,
-            host::<T>(gamma)?,
-            host::<T>(beta)?,
-            &mean,
-            &var,
-            eps,
-            c,
-            hw,
-        );
+        let y = normalize::<T>(xs, host::<T>(gamma)?, host::<T>(beta)?, &mean, &var, eps, c, hw);
         Ok(BatchNormTrainOutput {
             y: Tensor::from_cpu(x.shape().clone(), y),
             mean: Tensor::from_cpu([c], mean.into_iter().map(T::from_f64).collect::<Vec<T>>()),
@@ -164,15 +132,8 @@ pub fn forward_eval(
     eps: f64,
 ) -> Result<Tensor> {
     check_eps(eps)?;
-    let (n, c, hw) = check(
-        x,
-        &[
-            ("weight", gamma),
-            ("bias", beta),
-            ("running_mean", running_mean),
-            ("running_var", running_var),
-        ],
-    )?;
+    let (n, c, hw) =
+        check(x, &[("weight", gamma), ("bias", beta), ("running_mean", running_mean), ("running_var", running_var)])?;
     if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
         let y = gpu.alloc(x.dtype(), x.numel())?;
         let normalize = KernelCall::elementwise("bn_fwd_f32", x.numel())
@@ -187,21 +148,9 @@ pub fn forward_eval(
         return Ok(Tensor::from_gpu(x.shape().clone(), y));
     }
     with_float_type!(x.dtype(), OP, |T| {
-        let mean: Vec<f64> = host::<T>(running_mean)?
-            .iter()
-            .map(|v| v.to_f64())
-            .collect();
+        let mean: Vec<f64> = host::<T>(running_mean)?.iter().map(|v| v.to_f64()).collect();
         let var: Vec<f64> = host::<T>(running_var)?.iter().map(|v| v.to_f64()).collect();
-        let y = normalize::<T>(
-            host::<T>(x)?,
-            host::<T>(gamma)?,
-            host::<T>(beta)?,
-            &mean,
-            &var,
-            eps,
-            c,
-            hw,
-        );
+        let y = normalize::<T>(host::<T>(x)?, host::<T>(gamma)?, host::<T>(beta)?, &mean, &var, eps, c, hw);
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }
@@ -222,20 +171,14 @@ fn normalize<T: Float>(
     let coef: Vec<(T, T)> = (0..c)
         .map(|ch| {
             let a = gamma[ch].to_f64() / (var[ch] + eps).sqrt();
-            (
-                T::from_f64(a),
-                T::from_f64(beta[ch].to_f64() - mean[ch] * a),
-            )
+            (T::from_f64(a), T::from_f64(beta[ch].to_f64() - mean[ch] * a))
         })
         .collect();
     let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(plane, (y, x))| {
-            let (a, b) = coef[plane % c];
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
-        });
+    y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
+        let (a, b) = coef[plane % c];
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
+    });
     y
 }
 
@@ -288,12 +231,7 @@ fn backward(
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let dgamma = gpu.alloc(dtype, c)?;
         let dbeta = gpu.alloc(dtype, c)?;
-        let (xb, dyb, meanb, varb) = (
-            x.gpu_buffer()?,
-            dy.gpu_buffer()?,
-            mean.gpu_buffer()?,
-            var.gpu_buffer()?,
-        );
+        let (xb, dyb, meanb, varb) = (x.gpu_buffer()?, dy.gpu_buffer()?, mean.gpu_buffer()?, var.gpu_buffer()?);
         let reduce = KernelCall::block_per_item("bn_bwd_reduce_f32", c)?
             .buf(&dgamma)
             .buf(&dbeta)
@@ -343,10 +281,8 @@ fn backward(
             })
             .collect();
         let mut dx = vec![T::ZERO; xs.len()];
-        dx.par_chunks_mut(hw)
-            .zip(xs.par_chunks(hw).zip(dys.par_chunks(hw)))
-            .enumerate()
-            .for_each(|(plane, (dxp, (xp, dp)))| {
+        dx.par_chunks_mut(hw).zip(xs.par_chunks(hw).zip(dys.par_chunks(hw))).enumerate().for_each(
+            |(plane, (dxp, (xp, dp)))| {
                 let ch = plane % c;
                 let (invstd, sum_dy, sum_dy_xhat) = sums[ch];
                 let mu = ms[ch].to_f64();
@@ -360,7 +296,8 @@ fn backward(
                     };
                     *o = T::from_f64(v);
                 }
-            });
+            },
+        );
         let dgamma: Vec<T> = sums.iter().map(|s| T::from_f64(s.2)).collect();
         let dbeta: Vec<T> = sums.iter().map(|s| T::from_f64(s.1)).collect();
         Ok(BatchNormGrads {
@@ -383,17 +320,10 @@ pub fn update_running_stats(
 ) -> Result<()> {
     const OP: &str = "batch_norm running statistics";
     if count < 2 {
-        return Err(Error::argument(
-            OP,
-            format!("expected more than 1 value per channel when training, got {count}"),
-        ));
+        return Err(Error::argument(OP, format!("expected more than 1 value per channel when training, got {count}")));
     }
     let c = batch_mean.numel();
-    for (name, t) in [
-        ("running_mean", &*running_mean),
-        ("running_var", &*running_var),
-        ("batch_var", batch_var),
-    ] {
+    for (name, t) in [("running_mean", &*running_mean), ("running_var", &*running_var), ("batch_var", batch_var)] {
         expect_shape(OP, name, t, &[c])?;
     }
     let (dtype, device) = common_dtype(
@@ -421,10 +351,7 @@ pub fn update_running_stats(
         );
     }
     with_float_type!(dtype, OP, |T| {
-        let (bm, bv) = (
-            host::<T>(batch_mean)?.to_vec(),
-            host::<T>(batch_var)?.to_vec(),
-        );
+        let (bm, bv) = (host::<T>(batch_mean)?.to_vec(), host::<T>(batch_var)?.to_vec());
         for (r, b) in running_mean.as_mut_slice::<T>()?.iter_mut().zip(&bm) {
             *r = T::from_f64((1.0 - momentum) * r.to_f64() + momentum * b.to_f64());
         }
@@ -449,10 +376,7 @@ mod tests {
         assert_eq!(out.mean.to_vec::<f64>().unwrap(), vec![3.0]);
         assert_eq!(out.var.to_vec::<f64>().unwrap(), vec![3.5]);
         let s = (3.5f64 + 1e-5).sqrt();
-        let want: Vec<f64> = [1.0, 2.0, 3.0, 6.0]
-            .iter()
-            .map(|v| 2.0 * (v - 3.0) / s + 0.5)
-            .collect();
+        let want: Vec<f64> = [1.0, 2.0, 3.0, 6.0].iter().map(|v| 2.0 * (v - 3.0) / s + 0.5).collect();
         for (a, b) in out.y.to_vec::<f64>().unwrap().iter().zip(&want) {
             assert!((a - b).abs() < 1e-12);
         }
@@ -467,11 +391,7 @@ mod tests {
     #[test]
     fn variance_survives_a_large_mean() {
         // E[x²] − μ² in f32 would lose every digit here; the two-pass variance keeps them.
-        let x = Tensor::from_vec(
-            [4, 1, 1, 1],
-            vec![1e4f32 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0],
-        )
-        .unwrap();
+        let x = Tensor::from_vec([4, 1, 1, 1], vec![1e4f32 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0]).unwrap();
         let one = Tensor::full([1], 1.0, crate::DType::F32);
         let zero = Tensor::zeros([1], crate::DType::F32);
         let out = forward_train(&x, &one, &zero, 1e-5).unwrap();
@@ -484,9 +404,6 @@ mod tests {
         let mut rv = Tensor::zeros([2], crate::DType::F32);
         let b = Tensor::zeros([2], crate::DType::F32);
         let e = update_running_stats(&mut rm, &mut rv, &b, &b, 1, 0.1).unwrap_err();
-        assert!(
-            e.to_string().contains("more than 1 value per channel"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("more than 1 value per channel"), "{e}");
     }
 }

@@ -17,22 +17,11 @@ const OP: &str = "concat";
 
 /// Concatenates `inputs` along dimension 1.
 pub fn forward(inputs: &[&Tensor]) -> Result<Tensor> {
-    let first = inputs
-        .first()
-        .ok_or_else(|| Error::argument(OP, "needs at least one input"))?;
+    let first = inputs.first().ok_or_else(|| Error::argument(OP, "needs at least one input"))?;
     if first.rank() < 2 {
-        return Err(Error::shape_of(
-            OP,
-            "inputs of rank at least 2",
-            "input 0",
-            first.shape(),
-        ));
+        return Err(Error::shape_of(OP, "inputs of rank at least 2", "input 0", first.shape()));
     }
-    let named: Vec<(String, &Tensor)> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (format!("input {i}"), *t))
-        .collect();
+    let named: Vec<(String, &Tensor)> = inputs.iter().enumerate().map(|(i, t)| (format!("input {i}"), *t)).collect();
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     let (dtype, device) = common_dtype(OP, &refs)?;
     let (n, rest) = (first.dims()[0], &first.dims()[2..]);
@@ -40,10 +29,7 @@ pub fn forward(inputs: &[&Tensor]) -> Result<Tensor> {
         if t.rank() != first.rank() || t.dims()[0] != n || &t.dims()[2..] != rest {
             return Err(Error::shape(
                 OP,
-                format!(
-                    "inputs that differ only in dimension 1, like input 0 of shape {}",
-                    first.shape()
-                ),
+                format!("inputs that differ only in dimension 1, like input 0 of shape {}", first.shape()),
                 format!("input {i} of shape {}", t.shape()),
             ));
         }
@@ -74,16 +60,14 @@ pub fn forward(inputs: &[&Tensor]) -> Result<Tensor> {
     with_float_type!(dtype, OP, |T| {
         let srcs: Vec<&[T]> = inputs.iter().map(|t| host::<T>(t)).collect::<Result<_>>()?;
         let mut y = vec![T::ZERO; n * total * inner];
-        y.par_chunks_mut((total * inner).max(1))
-            .enumerate()
-            .for_each(|(img, out)| {
-                let mut at = 0;
-                for (src, &ci) in srcs.iter().zip(&channels) {
-                    let len = ci * inner;
-                    out[at..at + len].copy_from_slice(&src[img * len..][..len]);
-                    at += len;
-                }
-            });
+        y.par_chunks_mut((total * inner).max(1)).enumerate().for_each(|(img, out)| {
+            let mut at = 0;
+            for (src, &ci) in srcs.iter().zip(&channels) {
+                let len = ci * inner;
+                out[at..at + len].copy_from_slice(&src[img * len..][..len]);
+                at += len;
+            }
+        });
         Ok(Tensor::from_cpu(out_dims, y))
     })
 }
@@ -131,12 +115,9 @@ pub fn backward(dy: &Tensor, channels: &[usize]) -> Result<Vec<Tensor>> {
             let len = ci * inner;
             let mut piece = vec![T::ZERO; n * len];
             if len > 0 {
-                piece
-                    .par_chunks_mut(len)
-                    .enumerate()
-                    .for_each(|(img, out)| {
-                        out.copy_from_slice(&src[img * total * inner + start..][..len]);
-                    });
+                piece.par_chunks_mut(len).enumerate().for_each(|(img, out)| {
+                    out.copy_from_slice(&src[img * total * inner + start..][..len]);
+                });
             }
             let mut dims = dy.dims().to_vec();
             dims[1] = ci;
@@ -154,28 +135,13 @@ mod tests {
     #[test]
     fn concat_and_split_by_hand() {
         let a = Tensor::from_vec([2, 1, 2], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
-        let b = Tensor::from_vec(
-            [2, 2, 2],
-            vec![5.0f32, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0],
-        )
-        .unwrap();
+        let b = Tensor::from_vec([2, 2, 2], vec![5.0f32, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]).unwrap();
         let y = forward(&[&a, &b]).unwrap();
         assert_eq!(y.dims(), &[2, 3, 2]);
-        assert_eq!(
-            y.to_vec::<f32>().unwrap(),
-            vec![
-                1.0, 2.0, 5.0, 6.0, 7.0, 8.0, 3.0, 4.0, 9.0, 10.0, 11.0, 12.0
-            ]
-        );
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 5.0, 6.0, 7.0, 8.0, 3.0, 4.0, 9.0, 10.0, 11.0, 12.0]);
         let parts = backward(&y, &[1, 2]).unwrap();
-        assert_eq!(
-            parts[0].to_vec::<f32>().unwrap(),
-            a.to_vec::<f32>().unwrap()
-        );
-        assert_eq!(
-            parts[1].to_vec::<f32>().unwrap(),
-            b.to_vec::<f32>().unwrap()
-        );
+        assert_eq!(parts[0].to_vec::<f32>().unwrap(), a.to_vec::<f32>().unwrap());
+        assert_eq!(parts[1].to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
     }
 
     #[test]

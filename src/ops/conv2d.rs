@@ -58,12 +58,7 @@ pub struct Conv2dParams {
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Conv2dParams {
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-            groups: 1,
-        }
+        Conv2dParams { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
     }
 }
 
@@ -114,12 +109,9 @@ impl ConvGeometry {
         if p.groups == 0 {
             return Err(bad("groups"));
         }
-        let (n, c, h, wd) = x
-            .dims4()
-            .ok_or_else(|| Error::shape_of(OP, "a 4-D input (N, C, H, W)", "input", x))?;
-        let (o, ci, kh, kw) = w.dims4().ok_or_else(|| {
-            Error::shape_of(OP, "a 4-D weight (O, C/groups, KH, KW)", "weight", w)
-        })?;
+        let (n, c, h, wd) = x.dims4().ok_or_else(|| Error::shape_of(OP, "a 4-D input (N, C, H, W)", "input", x))?;
+        let (o, ci, kh, kw) =
+            w.dims4().ok_or_else(|| Error::shape_of(OP, "a 4-D weight (O, C/groups, KH, KW)", "weight", w))?;
         let g = p.groups;
         if c % g != 0 || o % g != 0 {
             return Err(Error::shape(
@@ -131,10 +123,7 @@ impl ConvGeometry {
         if ci != c / g || kh == 0 || kw == 0 || o == 0 {
             return Err(Error::shape(
                 OP,
-                format!(
-                    "weight of shape [O, {}, KH, KW] for input {x} with groups={g}",
-                    c / g
-                ),
+                format!("weight of shape [O, {}, KH, KW] for input {x} with groups={g}", c / g),
                 format!("weight of shape {w}"),
             ));
         }
@@ -163,18 +152,7 @@ impl ConvGeometry {
                 ));
             }
         };
-        Ok(ConvGeometry {
-            n,
-            c,
-            h,
-            w: wd,
-            o,
-            kh,
-            kw,
-            oh,
-            ow,
-            params: p,
-        })
+        Ok(ConvGeometry { n, c, h, w: wd, o, kh, kw, oh, ow, params: p })
     }
 
     pub fn groups(&self) -> usize {
@@ -261,12 +239,7 @@ pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams) 
 }
 
 /// The gradient with respect to the weights, from the output gradient and the input.
-pub fn backward_filter(
-    dy: &Tensor,
-    x: &Tensor,
-    w_shape: &Shape,
-    p: Conv2dParams,
-) -> Result<Tensor> {
+pub fn backward_filter(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: Conv2dParams) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w_shape, p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
@@ -311,10 +284,7 @@ pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
                 let mut s = 0.0f64;
                 for img in 0..n {
                     let start = (img * o + oc) * pixels;
-                    s += dys[start..start + pixels]
-                        .iter()
-                        .map(|v| v.to_f64())
-                        .sum::<f64>();
+                    s += dys[start..start + pixels].iter().map(|v| v.to_f64()).sum::<f64>();
                 }
                 T::from_f64(s)
             })
@@ -356,29 +326,27 @@ fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry)
     let mut y = vec![T::ZERO; g.n * g.o * pix];
     // With fewer images than threads, let the GEMM itself share the work.
     let split_gemm = g.n < rayon::current_num_threads();
-    y.par_chunks_mut(g.o * pix)
-        .zip(x.par_chunks(in_len))
-        .for_each_init(
-            || Vec::new(),
-            |col, (y_img, x_img)| {
-                let cols = im2col_or_image(x_img, g, col);
-                for grp in 0..g.groups() {
-                    let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
-                    let col_g = MatRef::row_major(&cols[grp * k * pix..][..k * pix], k, pix);
-                    let y_g = MatMut::row_major(&mut y_img[grp * og * pix..][..og * pix], og, pix);
-                    if split_gemm {
-                        gemm_parallel(w_g, col_g, y_g, false);
-                    } else {
-                        gemm(w_g, col_g, y_g, false);
-                    }
+    y.par_chunks_mut(g.o * pix).zip(x.par_chunks(in_len)).for_each_init(
+        || Vec::new(),
+        |col, (y_img, x_img)| {
+            let cols = im2col_or_image(x_img, g, col);
+            for grp in 0..g.groups() {
+                let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
+                let col_g = MatRef::row_major(&cols[grp * k * pix..][..k * pix], k, pix);
+                let y_g = MatMut::row_major(&mut y_img[grp * og * pix..][..og * pix], og, pix);
+                if split_gemm {
+                    gemm_parallel(w_g, col_g, y_g, false);
+                } else {
+                    gemm(w_g, col_g, y_g, false);
                 }
-                if let Some(b) = bias {
-                    for (plane, &bo) in y_img.chunks_exact_mut(pix).zip(b) {
-                        plane.iter_mut().for_each(|v| *v += bo);
-                    }
+            }
+            if let Some(b) = bias {
+                for (plane, &bo) in y_img.chunks_exact_mut(pix).zip(b) {
+                    plane.iter_mut().for_each(|v| *v += bo);
                 }
-            },
-        );
+            }
+        },
+    );
     y
 }
 
@@ -387,21 +355,19 @@ fn backward_data_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     let in_len = g.c * g.h * g.w;
     let mut dx = vec![T::ZERO; g.n * in_len];
     let split_gemm = g.n < rayon::current_num_threads();
-    dx.par_chunks_mut(in_len)
-        .zip(dy.par_chunks(g.o * pix))
-        .for_each_init(
-            || Vec::new(),
-            |dcol, (dx_img, dy_img)| {
-                if g.is_pointwise() {
-                    // For a pointwise conv the GEMM's output *is* the input gradient.
-                    dcol_gemms(w, dy_img, dx_img, g, split_gemm);
-                } else {
-                    dcol.resize(g.c * g.kh * g.kw * pix, T::ZERO);
-                    dcol_gemms(w, dy_img, dcol, g, split_gemm);
-                    col2im(dcol, g, dx_img);
-                }
-            },
-        );
+    dx.par_chunks_mut(in_len).zip(dy.par_chunks(g.o * pix)).for_each_init(
+        || Vec::new(),
+        |dcol, (dx_img, dy_img)| {
+            if g.is_pointwise() {
+                // For a pointwise conv the GEMM's output *is* the input gradient.
+                dcol_gemms(w, dy_img, dx_img, g, split_gemm);
+            } else {
+                dcol.resize(g.c * g.kh * g.kw * pix, T::ZERO);
+                dcol_gemms(w, dy_img, dcol, g, split_gemm);
+                col2im(dcol, g, dx_img);
+            }
+        },
+    );
     dx
 }
 
@@ -473,21 +439,12 @@ fn im2col_or_image<'a, T: Float>(x_img: &'a [T], g: &ConvGeometry, buf: &'a mut 
 /// The output positions `o` in `0..out_len` whose input index `o·stride + offset` falls
 /// inside `0..in_len`. Every other position reads padding. Computing this range once per
 /// row replaces a bounds test per element.
-fn valid_outputs(
-    out_len: usize,
-    in_len: usize,
-    stride: usize,
-    offset: isize,
-) -> std::ops::Range<usize> {
+fn valid_outputs(out_len: usize, in_len: usize, stride: usize, offset: isize) -> std::ops::Range<usize> {
     // First o with o·stride + offset >= 0.
     let lo = if offset >= 0 { 0 } else { (-offset) as usize }.div_ceil(stride);
     // First o with o·stride + offset >= in_len.
     let limit = in_len as isize - offset;
-    let hi = if limit <= 0 {
-        0
-    } else {
-        (limit as usize).div_ceil(stride)
-    };
+    let hi = if limit <= 0 { 0 } else { (limit as usize).div_ceil(stride) };
     lo.min(out_len)..hi.min(out_len).max(lo.min(out_len))
 }
 
@@ -580,12 +537,8 @@ mod tests {
                                 i >= 0 && i < in_len as isize
                             })
                             .collect();
-                        let got: Vec<usize> =
-                            valid_outputs(out_len, in_len, stride, offset).collect();
-                        assert_eq!(
-                            got, want,
-                            "out {out_len} in {in_len} s {stride} off {offset}"
-                        );
+                        let got: Vec<usize> = valid_outputs(out_len, in_len, stride, offset).collect();
+                        assert_eq!(got, want, "out {out_len} in {in_len} s {stride} off {offset}");
                     }
                 }
             }

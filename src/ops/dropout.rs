@@ -22,10 +22,7 @@ pub fn check_probability(p: f64) -> Result<()> {
     if (0.0..=1.0).contains(&p) {
         Ok(())
     } else {
-        Err(Error::argument(
-            OP,
-            format!("probability must be in [0, 1], got {p}"),
-        ))
+        Err(Error::argument(OP, format!("probability must be in [0, 1], got {p}")))
     }
 }
 
@@ -48,29 +45,17 @@ pub fn forward(x: &Tensor, p: f64, seed: u64) -> Result<(Tensor, Tensor)> {
                 .f32(p as f32)
                 .f32(scale as f32),
         )?;
-        return Ok((
-            Tensor::from_gpu(x.shape().clone(), y),
-            Tensor::from_gpu(x.shape().clone(), mask),
-        ));
+        return Ok((Tensor::from_gpu(x.shape().clone(), y), Tensor::from_gpu(x.shape().clone(), mask)));
     }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let keep_scale = T::from_f64(scale);
         let threshold = p as f32;
         let mask: Vec<T> = (0..xs.len())
-            .map(|i| {
-                if counter_uniform_f32(seed, i as u64) < threshold {
-                    T::ZERO
-                } else {
-                    keep_scale
-                }
-            })
+            .map(|i| if counter_uniform_f32(seed, i as u64) < threshold { T::ZERO } else { keep_scale })
             .collect();
         let y: Vec<T> = xs.iter().zip(&mask).map(|(&x, &m)| x * m).collect();
-        Ok((
-            Tensor::from_cpu(x.shape().clone(), y),
-            Tensor::from_cpu(x.shape().clone(), mask),
-        ))
+        Ok((Tensor::from_cpu(x.shape().clone(), y), Tensor::from_cpu(x.shape().clone(), mask)))
     })
 }
 
@@ -95,27 +80,15 @@ mod tests {
         // The same seed gives the same mask; another seed another one.
         let (_, mask2) = forward(&x, 0.3, 11).unwrap();
         let (_, mask3) = forward(&x, 0.3, 12).unwrap();
-        assert_eq!(
-            mask.to_vec::<f32>().unwrap(),
-            mask2.to_vec::<f32>().unwrap()
-        );
-        assert_ne!(
-            mask.to_vec::<f32>().unwrap(),
-            mask3.to_vec::<f32>().unwrap()
-        );
+        assert_eq!(mask.to_vec::<f32>().unwrap(), mask2.to_vec::<f32>().unwrap());
+        assert_ne!(mask.to_vec::<f32>().unwrap(), mask3.to_vec::<f32>().unwrap());
     }
 
     #[test]
     fn extremes() {
         let x = Tensor::full([100], 2.0, crate::DType::F64);
-        assert_eq!(
-            forward(&x, 0.0, 1).unwrap().0.to_vec::<f64>().unwrap(),
-            vec![2.0; 100]
-        );
-        assert_eq!(
-            forward(&x, 1.0, 1).unwrap().0.to_vec::<f64>().unwrap(),
-            vec![0.0; 100]
-        );
+        assert_eq!(forward(&x, 0.0, 1).unwrap().0.to_vec::<f64>().unwrap(), vec![2.0; 100]);
+        assert_eq!(forward(&x, 1.0, 1).unwrap().0.to_vec::<f64>().unwrap(), vec![0.0; 100]);
         assert!(forward(&x, 1.5, 1).is_err());
         assert!(forward(&x, f64::NAN, 1).is_err());
     }

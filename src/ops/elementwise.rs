@@ -34,24 +34,16 @@ fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 /// `f` applied to each pair of elements of two equally long slices, in parallel chunks.
 fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let mut y = vec![T::ZERO; a.len()];
-    y.par_chunks_mut(PAR_CHUNK)
-        .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
-        .for_each(|(y, (a, b))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = f(a, b);
-            }
-        });
+    y.par_chunks_mut(PAR_CHUNK).zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK))).for_each(|(y, (a, b))| {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            *y = f(a, b);
+        }
+    });
     y
 }
 
 /// A binary op on two tensors of one shape, dtype and device.
-fn binary<F: BinaryFn>(
-    op: &'static str,
-    a: &Tensor,
-    b: &Tensor,
-    names: [&str; 2],
-    f: F,
-) -> Result<Tensor> {
+fn binary<F: BinaryFn>(op: &'static str, a: &Tensor, b: &Tensor, names: [&str; 2], f: F) -> Result<Tensor> {
     same_shape(op, a, b)?;
     let (dtype, device) = common_dtype(op, &[(names[0], a), (names[1], b)])?;
     if let Some(gpu) = gpu_f32(op, dtype, device)? {
@@ -99,11 +91,7 @@ struct ReluGrad;
 impl BinaryFn for ReluGrad {
     const KERNEL: &'static str = "relu_bwd_f32";
     fn apply<T: Float>(&self, dy: T, y: T) -> T {
-        if y > T::ZERO || y.is_nan() {
-            dy
-        } else {
-            T::ZERO
-        }
+        if y > T::ZERO || y.is_nan() { dy } else { T::ZERO }
     }
 }
 
@@ -112,21 +100,12 @@ pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
     if let Some(gpu) = gpu_f32("relu", x.dtype(), x.device())? {
         let y = gpu.alloc(x.dtype(), x.numel())?;
         gpu.launch(
-            KernelCall::elementwise("relu_fwd_f32", x.numel())
-                .buf(&y)
-                .buf(x.gpu_buffer()?)
-                .i64(to_i64(x.numel())),
+            KernelCall::elementwise("relu_fwd_f32", x.numel()).buf(&y).buf(x.gpu_buffer()?).i64(to_i64(x.numel())),
         )?;
         return Ok(Tensor::from_gpu(x.shape().clone(), y));
     }
     with_float_type!(x.dtype(), "relu", |T| {
-        let y = map(host::<T>(x)?, |x: T| {
-            if x > T::ZERO || x.is_nan() {
-                x
-            } else {
-                T::ZERO
-            }
-        });
+        let y = map(host::<T>(x)?, |x: T| if x > T::ZERO || x.is_nan() { x } else { T::ZERO });
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }
@@ -134,13 +113,7 @@ pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
 /// `dy` where the output was positive (or NaN), else 0. Reading the output instead of the
 /// input lets the input be freed; the two agree because `y > 0` exactly where `x > 0`.
 pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-    binary(
-        "relu backward",
-        dy,
-        y,
-        ["output gradient", "output"],
-        ReluGrad,
-    )
+    binary("relu backward", dy, y, ["output gradient", "output"], ReluGrad)
 }
 
 /// `a + b` for two tensors of one shape.
@@ -161,12 +134,7 @@ pub fn add_assign(acc: &mut Tensor, x: &Tensor) -> Result<()> {
         let n = x.numel();
         let xb = x.gpu_buffer()?;
         let accb = acc.gpu_buffer_mut()?;
-        return gpu.launch(
-            KernelCall::elementwise("add_assign_f32", n)
-                .buf(accb)
-                .buf(xb)
-                .i64(to_i64(n)),
-        );
+        return gpu.launch(KernelCall::elementwise("add_assign_f32", n).buf(accb).buf(xb).i64(to_i64(n)));
     }
     with_float_type!(dtype, "add_assign", |T| {
         let xs = host::<T>(x)?;
@@ -198,27 +166,14 @@ mod tests {
         let y = relu_forward(&x).unwrap();
         assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.0, 0.0, 2.0, 0.0]);
         let dy = Tensor::from_vec([4], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
-        assert_eq!(
-            relu_backward(&dy, &y).unwrap().to_vec::<f32>().unwrap(),
-            vec![0.0, 0.0, 3.0, 0.0]
-        );
-        assert_eq!(
-            add(&x, &dy).unwrap().to_vec::<f32>().unwrap(),
-            vec![0.0, 2.0, 5.0, 0.5]
-        );
-        assert_eq!(
-            mul(&x, &dy).unwrap().to_vec::<f32>().unwrap(),
-            vec![-1.0, 0.0, 6.0, -14.0]
-        );
+        assert_eq!(relu_backward(&dy, &y).unwrap().to_vec::<f32>().unwrap(), vec![0.0, 0.0, 3.0, 0.0]);
+        assert_eq!(add(&x, &dy).unwrap().to_vec::<f32>().unwrap(), vec![0.0, 2.0, 5.0, 0.5]);
+        assert_eq!(mul(&x, &dy).unwrap().to_vec::<f32>().unwrap(), vec![-1.0, 0.0, 6.0, -14.0]);
         assert_eq!(dot(&x, &dy).unwrap(), -9.0);
         let mut acc = x.clone();
         add_assign(&mut acc, &dy).unwrap();
         assert_eq!(acc.to_vec::<f32>().unwrap(), vec![0.0, 2.0, 5.0, 0.5]);
-        assert_eq!(
-            x.to_vec::<f32>().unwrap()[0],
-            -1.0,
-            "the clone's source is untouched"
-        );
+        assert_eq!(x.to_vec::<f32>().unwrap()[0], -1.0, "the clone's source is untouched");
     }
 
     #[test]
@@ -237,18 +192,8 @@ mod tests {
             add(&a, &b).unwrap_err().to_string(),
             "add: expected two tensors of one shape, [2, 3], got [2, 3] and [3, 2]"
         );
-        assert!(
-            add(&a, &c)
-                .unwrap_err()
-                .to_string()
-                .contains("left is f32 but right is f64")
-        );
+        assert!(add(&a, &c).unwrap_err().to_string().contains("left is f32 but right is f64"));
         let labels = Tensor::from_vec([1], vec![1i64]).unwrap();
-        assert!(
-            relu_forward(&labels)
-                .unwrap_err()
-                .to_string()
-                .contains("dtype i64")
-        );
+        assert!(relu_forward(&labels).unwrap_err().to_string().contains("dtype i64"));
     }
 }

@@ -51,32 +51,16 @@ pub struct MatRef<'a, T> {
 impl<'a, T: Copy> MatRef<'a, T> {
     /// A view with explicit strides. Panics if the view reaches past the end of `data`:
     /// callers are ops that have already checked their shapes, so this is a bug check.
-    pub fn new(
-        data: &'a [T],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Self {
+    pub fn new(data: &'a [T], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
         if rows > 0 && cols > 0 {
             // Checked: a wrapped product could pass the test and let `at` read out of bounds.
             let last = (rows - 1)
                 .checked_mul(row_stride)
                 .zip((cols - 1).checked_mul(col_stride))
                 .and_then(|(r, c)| r.checked_add(c));
-            assert!(
-                last.is_some_and(|last| last < data.len()),
-                "MatRef {rows}x{cols} exceeds {} elements",
-                data.len()
-            );
+            assert!(last.is_some_and(|last| last < data.len()), "MatRef {rows}x{cols} exceeds {} elements", data.len());
         }
-        MatRef {
-            data,
-            rows,
-            cols,
-            row_stride,
-            col_stride,
-        }
+        MatRef { data, rows, cols, row_stride, col_stride }
     }
 
     /// A contiguous row-major `rows × cols` matrix.
@@ -121,11 +105,7 @@ impl<'a, T: Copy> MatRef<'a, T> {
     fn at(&self, i: usize, j: usize) -> T {
         debug_assert!(i < self.rows && j < self.cols);
         // SAFETY: `new` checked that the largest index of the view is in bounds.
-        unsafe {
-            *self
-                .data
-                .get_unchecked(i * self.row_stride + j * self.col_stride)
-        }
+        unsafe { *self.data.get_unchecked(i * self.row_stride + j * self.col_stride) }
     }
 
     /// The sub-matrix of rows `r0..r0 + nr`.
@@ -134,11 +114,7 @@ impl<'a, T: Copy> MatRef<'a, T> {
         if nr == 0 {
             return MatRef { rows: 0, ..self };
         }
-        MatRef {
-            data: &self.data[r0 * self.row_stride..],
-            rows: nr,
-            ..self
-        }
+        MatRef { data: &self.data[r0 * self.row_stride..], rows: nr, ..self }
     }
 
     /// The sub-matrix of columns `c0..c0 + nc`.
@@ -147,11 +123,7 @@ impl<'a, T: Copy> MatRef<'a, T> {
         if nc == 0 {
             return MatRef { cols: 0, ..self };
         }
-        MatRef {
-            data: &self.data[c0 * self.col_stride..],
-            cols: nc,
-            ..self
-        }
+        MatRef { data: &self.data[c0 * self.col_stride..], cols: nc, ..self }
     }
 }
 
@@ -177,13 +149,7 @@ impl<'a, T: Copy> MatMut<'a, T> {
             "MatMut {rows}x{cols} exceeds {} elements",
             data.len()
         );
-        MatMut {
-            ptr: data.as_mut_ptr(),
-            rows,
-            cols,
-            row_stride: cols,
-            _borrow: PhantomData,
-        }
+        MatMut { ptr: data.as_mut_ptr(), rows, cols, row_stride: cols, _borrow: PhantomData }
     }
 
     /// The same view with the element type renamed (for a `T` known to be `U`).
@@ -192,11 +158,7 @@ impl<'a, T: Copy> MatMut<'a, T> {
         T: bytemuck::Pod,
     {
         assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<U>());
-        assert_eq!(
-            self.ptr.align_offset(std::mem::align_of::<U>()),
-            0,
-            "misaligned cast"
-        );
+        assert_eq!(self.ptr.align_offset(std::mem::align_of::<U>()), 0, "misaligned cast");
         MatMut {
             ptr: self.ptr.cast::<U>(),
             rows: self.rows,
@@ -211,11 +173,7 @@ impl<'a, T: Copy> MatMut<'a, T> {
         assert!(c <= self.cols);
         let left = MatMut { cols: c, ..self };
         // SAFETY: c <= cols, so the offset stays inside the first row of the view.
-        let right = MatMut {
-            ptr: unsafe { self.ptr.add(c) },
-            cols: self.cols - c,
-            ..self
-        };
+        let right = MatMut { ptr: unsafe { self.ptr.add(c) }, cols: self.cols - c, ..self };
         (left, right)
     }
 
@@ -223,18 +181,10 @@ impl<'a, T: Copy> MatMut<'a, T> {
     fn split_at_row(self, r: usize) -> (MatMut<'a, T>, MatMut<'a, T>) {
         assert!(r <= self.rows);
         let top = MatMut { rows: r, ..self };
-        let offset = if r == self.rows {
-            0
-        } else {
-            r * self.row_stride
-        };
+        let offset = if r == self.rows { 0 } else { r * self.row_stride };
         // SAFETY: for r < rows, row r starts inside the view; for r == rows the bottom view
         // is empty and never dereferenced.
-        let bottom = MatMut {
-            ptr: unsafe { self.ptr.add(offset) },
-            rows: self.rows - r,
-            ..self
-        };
+        let bottom = MatMut { ptr: unsafe { self.ptr.add(offset) }, rows: self.rows - r, ..self };
         (top, bottom)
     }
 
@@ -287,9 +237,7 @@ fn gemm_f32_with(isa: Isa, a: MatRef<f32>, b: MatRef<f32>, c: MatMut<f32>, accum
     match isa {
         Isa::Avx512 => gemm_blocked::<f32, 8, 32>(a, b, c, accumulate, x86::kernel_avx512_8x32),
         Isa::Avx2Fma => gemm_blocked::<f32, 6, 16>(a, b, c, accumulate, x86::kernel_avx2_6x16),
-        Isa::Portable => {
-            gemm_blocked::<f32, 4, 16>(a, b, c, accumulate, micro_kernel::<f32, 4, 16>)
-        }
+        Isa::Portable => gemm_blocked::<f32, 4, 16>(a, b, c, accumulate, micro_kernel::<f32, 4, 16>),
     }
 }
 
@@ -309,13 +257,7 @@ pub fn gemm_parallel<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumul
     split_and_run(a, b, c, accumulate, pieces);
 }
 
-fn split_and_run<T: Float>(
-    a: MatRef<T>,
-    b: MatRef<T>,
-    c: MatMut<T>,
-    accumulate: bool,
-    pieces: usize,
-) {
+fn split_and_run<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool, pieces: usize) {
     if pieces <= 1 {
         gemm(a, b, c, accumulate);
         return;
@@ -377,8 +319,7 @@ impl Isa {
         if std::arch::is_x86_feature_detected!("avx512f") {
             v.push(Isa::Avx512);
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             v.push(Isa::Avx2Fma);
         }
         v.push(Isa::Portable);
@@ -393,9 +334,7 @@ impl Isa {
                 Isa::Portable
             } else if std::arch::is_x86_feature_detected!("avx512f") {
                 Isa::Avx512
-            } else if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 Isa::Avx2Fma
             } else {
                 Isa::Portable
@@ -413,16 +352,8 @@ impl Isa {
 /// `a` holds at least `kc·MR` values, `b` at least `kc·NR`; `c` points at an `mr×nr` block
 /// (mr ≤ MR, nr ≤ NR) of writable memory with row stride `ldc` that nothing else accesses;
 /// the CPU supports the instructions the kernel was compiled for.
-pub(super) type MicroKernel<T> = unsafe fn(
-    kc: usize,
-    a: &[T],
-    b: &[T],
-    c: *mut T,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    accumulate: bool,
-);
+pub(super) type MicroKernel<T> =
+    unsafe fn(kc: usize, a: &[T], b: &[T], c: *mut T, ldc: usize, mr: usize, nr: usize, accumulate: bool);
 
 /// Writes (or adds) the `mr×nr` corner of a row-major `tile` with `NR` values per row to C.
 ///
@@ -503,9 +434,7 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize>(
                         // SAFETY: the panels hold kc steps; the mr×nr block at c_tile lies
                         // inside C, which this call borrows exclusively; the kernel was
                         // chosen for what this CPU supports.
-                        unsafe {
-                            kernel(kc, a_panel, b_panel, c_tile, c.row_stride, mr, nr, add_to_c)
-                        };
+                        unsafe { kernel(kc, a_panel, b_panel, c_tile, c.row_stride, mr, nr, add_to_c) };
                     }
                 }
             }
@@ -535,10 +464,7 @@ unsafe fn micro_kernel<T: Float, const MR: usize, const NR: usize>(
     accumulate: bool,
 ) {
     let mut tile = [[T::ZERO; NR]; MR];
-    for (a_col, b_row) in a[..kc * MR]
-        .chunks_exact(MR)
-        .zip(b[..kc * NR].chunks_exact(NR))
-    {
+    for (a_col, b_row) in a[..kc * MR].chunks_exact(MR).zip(b[..kc * NR].chunks_exact(NR)) {
         for (row, &ai) in tile.iter_mut().zip(a_col) {
             for (t, &bj) in row.iter_mut().zip(b_row) {
                 *t += ai * bj;
@@ -552,27 +478,12 @@ unsafe fn micro_kernel<T: Float, const MR: usize, const NR: usize>(
 /// Packs `A[i0..i0+mc, p0..p0+kc]` as row panels of `MR`: panel `q`, step `p`, row `r` goes
 /// to `out[q*MR*kc + p*MR + r]`. Rows past `mc` are zero so the micro-kernel needs no edge case.
 #[inline(always)]
-fn pack_a<T: Float, const MR: usize>(
-    a: &MatRef<T>,
-    i0: usize,
-    mc: usize,
-    p0: usize,
-    kc: usize,
-    out: &mut [T],
-) {
-    for (q, panel) in out
-        .chunks_exact_mut(MR * kc)
-        .take(mc.div_ceil(MR))
-        .enumerate()
-    {
+fn pack_a<T: Float, const MR: usize>(a: &MatRef<T>, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [T]) {
+    for (q, panel) in out.chunks_exact_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
         let rows = MR.min(mc - q * MR);
         for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
             for (r, v) in slot.iter_mut().enumerate() {
-                *v = if r < rows {
-                    a.at(i0 + q * MR + r, p0 + p)
-                } else {
-                    T::ZERO
-                };
+                *v = if r < rows { a.at(i0 + q * MR + r, p0 + p) } else { T::ZERO };
             }
         }
     }
@@ -581,19 +492,8 @@ fn pack_a<T: Float, const MR: usize>(
 /// Packs `B[p0..p0+kc, j0..j0+nc]` as column panels of `NR`: panel `q`, step `p`, column `c`
 /// goes to `out[q*NR*kc + p*NR + c]`, zero past `nc`.
 #[inline(always)]
-fn pack_b<T: Float, const NR: usize>(
-    b: &MatRef<T>,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    nc: usize,
-    out: &mut [T],
-) {
-    for (q, panel) in out
-        .chunks_exact_mut(NR * kc)
-        .take(nc.div_ceil(NR))
-        .enumerate()
-    {
+fn pack_b<T: Float, const NR: usize>(b: &MatRef<T>, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [T]) {
+    for (q, panel) in out.chunks_exact_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
         let cols = NR.min(nc - q * NR);
         for (p, slot) in panel.chunks_exact_mut(NR).enumerate() {
             if cols == NR && b.col_stride == 1 {
@@ -602,11 +502,7 @@ fn pack_b<T: Float, const NR: usize>(
                 slot.copy_from_slice(&b.data[start..start + NR]);
             } else {
                 for (cc, v) in slot.iter_mut().enumerate() {
-                    *v = if cc < cols {
-                        b.at(p0 + p, j0 + q * NR + cc)
-                    } else {
-                        T::ZERO
-                    };
+                    *v = if cc < cols { b.at(p0 + p, j0 + q * NR + cc) } else { T::ZERO };
                 }
             }
         }
@@ -635,19 +531,10 @@ impl GemmKernel {
 
 /// `op(a) · op(b)` for 2-D tensors, where `op` transposes when asked: the matrix product as
 /// an op on tensors, on any device. The transposes are strided views; nothing is copied.
-pub fn matmul(
-    a: &Tensor,
-    transpose_a: bool,
-    b: &Tensor,
-    transpose_b: bool,
-    kernel: GemmKernel,
-) -> Result<Tensor> {
+pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kernel: GemmKernel) -> Result<Tensor> {
     const OP: &str = "matmul";
     let dims = |t: &Tensor, name: &str, transposed: bool| -> Result<(usize, usize)> {
-        let (r, c) = t
-            .shape()
-            .dims2()
-            .ok_or_else(|| Error::shape_of(OP, format!("a 2-D {name}"), name, t.shape()))?;
+        let (r, c) = t.shape().dims2().ok_or_else(|| Error::shape_of(OP, format!("a 2-D {name}"), name, t.shape()))?;
         Ok(if transposed { (c, r) } else { (r, c) })
     };
     let (m, k) = dims(a, "left operand", transpose_a)?;
@@ -727,13 +614,7 @@ mod tests {
     #[test]
     fn matches_naive_on_odd_sizes_and_transposes() {
         // Sizes chosen to cross every block edge: m past MC, k past KC, n past NR panels.
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (7, 13, 5),
-            (97, 33, 257),
-            (130, 70, 300),
-            (3, 2049, 2),
-        ] {
+        for &(m, n, k) in &[(1, 1, 1), (7, 13, 5), (97, 33, 257), (130, 70, 300), (3, 2049, 2)] {
             let a_data = random(m * k, 1);
             let b_data = random(k * n, 2);
             let a = MatRef::row_major(&a_data, m, k);
@@ -790,39 +671,23 @@ mod tests {
             let b: Vec<f32> = random(k * n, 8).iter().map(|&v| v as f32).collect();
             let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
             let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-            let want = naive(
-                &MatRef::row_major(&a64, m, k),
-                &MatRef::row_major(&b64, k, n),
-            );
+            let want = naive(&MatRef::row_major(&a64, m, k), &MatRef::row_major(&b64, k, n));
             let mut results = Vec::new();
             for isa in Isa::all_supported() {
                 for accumulate in [false, true] {
                     let mut c = vec![if accumulate { 0.5f32 } else { f32::NAN }; m * n];
                     let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
                     gemm_f32_with(isa, am, bm, MatMut::row_major(&mut c, m, n), accumulate);
-                    let got: Vec<f64> = c
-                        .iter()
-                        .map(|&v| v as f64 - if accumulate { 0.5 } else { 0.0 })
-                        .collect();
-                    assert!(
-                        rel_err(&got, &want) < 1e-5,
-                        "{isa:?} {m}x{n}x{k} accumulate={accumulate}"
-                    );
+                    let got: Vec<f64> = c.iter().map(|&v| v as f64 - if accumulate { 0.5 } else { 0.0 }).collect();
+                    assert!(rel_err(&got, &want) < 1e-5, "{isa:?} {m}x{n}x{k} accumulate={accumulate}");
                     if !accumulate {
                         results.push((isa, c));
                     }
                 }
             }
-            let vector: Vec<_> = results
-                .iter()
-                .filter(|(isa, _)| *isa != Isa::Portable)
-                .collect();
+            let vector: Vec<_> = results.iter().filter(|(isa, _)| *isa != Isa::Portable).collect();
             for pair in vector.windows(2) {
-                assert_eq!(
-                    pair[0].1, pair[1].1,
-                    "{:?} and {:?} differ",
-                    pair[0].0, pair[1].0
-                );
+                assert_eq!(pair[0].1, pair[1].1, "{:?} and {:?} differ", pair[0].0, pair[1].0);
             }
         }
     }
@@ -831,12 +696,7 @@ mod tests {
     fn empty_shared_dimension_gives_zeros() {
         let a: Vec<f32> = vec![];
         let mut c = vec![5f32; 6];
-        gemm(
-            MatRef::row_major(&a, 2, 0),
-            MatRef::row_major(&a, 0, 3),
-            MatMut::row_major(&mut c, 2, 3),
-            false,
-        );
+        gemm(MatRef::row_major(&a, 2, 0), MatRef::row_major(&a, 0, 3), MatMut::row_major(&mut c, 2, 3), false);
         assert_eq!(c, vec![0.0; 6]);
     }
 }

@@ -24,14 +24,10 @@ use crate::tensor::{Element, Tensor};
 const OP: &str = "linear";
 
 fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
-    let (n, i) = x
-        .shape()
-        .dims2()
-        .ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
-    let (o, wi) = w
-        .shape()
-        .dims2()
-        .ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
+    let (n, i) =
+        x.shape().dims2().ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
+    let (o, wi) =
+        w.shape().dims2().ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
     if wi != i {
         return Err(Error::shape(
             OP,
@@ -75,10 +71,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// `dx = dy · W`.
 pub fn backward_data(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (o, _) = w
-        .shape()
-        .dims2()
-        .ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
+    let (o, _) = w.shape().dims2().ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
     let n = dy.dims().first().copied().unwrap_or(0);
     expect_shape(OP, "output gradient", dy, &[n, o])?;
     matmul(dy, false, w, false, GemmKernel::default())
@@ -86,10 +79,8 @@ pub fn backward_data(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// `dW = dyᵀ · x`.
 pub fn backward_weight(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let (n, _) = x
-        .shape()
-        .dims2()
-        .ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
+    let (n, _) =
+        x.shape().dims2().ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
     let o = dy.dims().get(1).copied().unwrap_or(0);
     expect_shape(OP, "output gradient", dy, &[n, o])?;
     matmul(dy, true, x, false, GemmKernel::default())
@@ -97,9 +88,10 @@ pub fn backward_weight(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
 
 /// `db = Σ_n dy[n, :]` (summed in f64 on the CPU).
 pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
-    let (n, o) = dy.shape().dims2().ok_or_else(|| {
-        Error::shape_of(OP, "a 2-D output gradient", "output gradient", dy.shape())
-    })?;
+    let (n, o) = dy
+        .shape()
+        .dims2()
+        .ok_or_else(|| Error::shape_of(OP, "a 2-D output gradient", "output gradient", dy.shape()))?;
     if let Some(gpu) = gpu_f32(OP, dy.dtype(), dy.device())? {
         let db = gpu.alloc(dy.dtype(), o)?;
         gpu.launch(
@@ -113,10 +105,8 @@ pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
     }
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;
-        let db: Vec<T> = (0..o)
-            .into_par_iter()
-            .map(|j| T::from_f64((0..n).map(|r| dys[r * o + j].to_f64()).sum()))
-            .collect();
+        let db: Vec<T> =
+            (0..o).into_par_iter().map(|j| T::from_f64((0..n).map(|r| dys[r * o + j].to_f64()).sum())).collect();
         Ok(Tensor::from_cpu([o], db))
     })
 }
@@ -135,18 +125,9 @@ mod tests {
         assert_eq!(y.dims(), &[1, 3]);
         assert_eq!(y.to_vec::<f32>().unwrap(), vec![1.5, 2.0, 2.0]);
         let dy = Tensor::from_vec([1, 3], vec![1.0f32, 1.0, 1.0]).unwrap();
-        assert_eq!(
-            backward_data(&dy, &w).unwrap().to_vec::<f32>().unwrap(),
-            vec![2.0, 2.0]
-        );
-        assert_eq!(
-            backward_weight(&dy, &x).unwrap().to_vec::<f32>().unwrap(),
-            vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
-        );
-        assert_eq!(
-            backward_bias(&dy).unwrap().to_vec::<f32>().unwrap(),
-            vec![1.0, 1.0, 1.0]
-        );
+        assert_eq!(backward_data(&dy, &w).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 2.0]);
+        assert_eq!(backward_weight(&dy, &x).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+        assert_eq!(backward_bias(&dy).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 1.0, 1.0]);
     }
 
     #[test]
@@ -159,11 +140,6 @@ mod tests {
         );
         let w = Tensor::zeros([3, 5], crate::DType::F32);
         let b = Tensor::zeros([4], crate::DType::F32);
-        assert!(
-            forward(&x, &w, Some(&b))
-                .unwrap_err()
-                .to_string()
-                .contains("bias of shape [3]")
-        );
+        assert!(forward(&x, &w, Some(&b)).unwrap_err().to_string().contains("bias of shape [3]"));
     }
 }

@@ -26,20 +26,11 @@ fn check_shapes(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
         .dims2()
         .ok_or_else(|| Error::shape_of(OP, "2-D logits (N, classes)", "logits", logits.shape()))?;
     if labels.dtype() != DType::I64 {
-        return Err(Error::DType {
-            op: OP,
-            actual: labels.dtype(),
-            supported: "i64 labels",
-        });
+        return Err(Error::DType { op: OP, actual: labels.dtype(), supported: "i64 labels" });
     }
     super::expect_shape(OP, "labels", labels, &[n])?;
     if n == 0 || k == 0 {
-        return Err(Error::shape_of(
-            OP,
-            "at least one example and one class",
-            "logits",
-            logits.shape(),
-        ));
+        return Err(Error::shape_of(OP, "at least one example and one class", "logits", logits.shape()));
     }
     Ok((n, k))
 }
@@ -54,10 +45,7 @@ fn check_labels(labels: &Tensor, k: usize) -> Result<Vec<usize>> {
         .enumerate()
         .map(|(i, l)| {
             usize::try_from(l).ok().filter(|&l| l < k).ok_or_else(|| {
-                Error::argument(
-                    OP,
-                    format!("label {l} at position {i} is outside the {k} classes 0..{k}"),
-                )
+                Error::argument(OP, format!("label {l} at position {i} is outside the {k} classes 0..{k}"))
             })
         })
         .collect()
@@ -82,27 +70,16 @@ pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
         )?;
         let loss = gpu.alloc(logits.dtype(), 1)?;
         gpu.launch(
-            KernelCall::new("mean_f32")
-                .block(crate::device::gpu::BLOCK, 1, 1)
-                .buf(&loss)
-                .buf(&row_loss)
-                .i64(to_i64(n)),
+            KernelCall::new("mean_f32").block(crate::device::gpu::BLOCK, 1, 1).buf(&loss).buf(&row_loss).i64(to_i64(n)),
         )?;
-        return Ok((
-            Tensor::from_gpu(crate::tensor::Shape::scalar(), loss),
-            Tensor::from_gpu([n, k], probs),
-        ));
+        return Ok((Tensor::from_gpu(crate::tensor::Shape::scalar(), loss), Tensor::from_gpu([n, k], probs)));
     }
     let labels = label_values;
     with_float_type!(logits.dtype(), OP, |T| {
         let z = host::<T>(logits)?;
         let mut probs = vec![T::ZERO; n * k];
         let mut total = 0.0f64;
-        for ((row, p), &label) in z
-            .chunks_exact(k)
-            .zip(probs.chunks_exact_mut(k))
-            .zip(&labels)
-        {
+        for ((row, p), &label) in z.chunks_exact(k).zip(probs.chunks_exact_mut(k)).zip(&labels) {
             let m = row.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b)).to_f64();
             let sum: f64 = row.iter().map(|&v| (v.to_f64() - m).exp()).sum();
             let log_sum = sum.ln();
@@ -111,10 +88,7 @@ pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
             }
             total -= row[label].to_f64() - m - log_sum;
         }
-        Ok((
-            Tensor::scalar(T::from_f64(total / n as f64)),
-            Tensor::from_cpu([n, k], probs),
-        ))
+        Ok((Tensor::scalar(T::from_f64(total / n as f64)), Tensor::from_cpu([n, k], probs)))
     })
 }
 
@@ -122,12 +96,7 @@ pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
 pub fn backward(probs: &Tensor, labels: &Tensor, dloss: &Tensor) -> Result<Tensor> {
     let (n, k) = check_shapes(probs, labels)?;
     if dloss.numel() != 1 {
-        return Err(Error::shape_of(
-            OP,
-            "a one-element loss gradient",
-            "loss gradient",
-            dloss.shape(),
-        ));
+        return Err(Error::shape_of(OP, "a one-element loss gradient", "loss gradient", dloss.shape()));
     }
     let (dtype, device) = common_dtype(OP, &[("probabilities", probs), ("loss gradient", dloss)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
@@ -159,17 +128,9 @@ pub fn backward(probs: &Tensor, labels: &Tensor, dloss: &Tensor) -> Result<Tenso
 /// The index of the largest logit of each row (the predicted class): the first maximum,
 /// or the first NaN if the row has one (as `torch.argmax`).
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
-    let (_, k) = logits
-        .shape()
-        .dims2()
-        .filter(|&(_, k)| k > 0)
-        .ok_or_else(|| {
-            Error::shape_of(
-                "argmax",
-                "2-D logits (N, classes) with a class",
-                "logits",
-                logits.shape(),
-            )
+    let (_, k) =
+        logits.shape().dims2().filter(|&(_, k)| k > 0).ok_or_else(|| {
+            Error::shape_of("argmax", "2-D logits (N, classes) with a class", "logits", logits.shape())
         })?;
     let v = logits.to_f64_vec()?;
     Ok(v.chunks_exact(k)
@@ -199,17 +160,8 @@ mod tests {
         let y = Tensor::from_vec([2], vec![0i64, 3]).unwrap();
         let (loss, probs) = forward(&z, &y).unwrap();
         assert!((loss.item().unwrap() - 4f64.ln()).abs() < 1e-15);
-        assert!(
-            probs
-                .to_vec::<f64>()
-                .unwrap()
-                .iter()
-                .all(|&p| (p - 0.25).abs() < 1e-15)
-        );
-        let dz = backward(&probs, &y, &Tensor::scalar(1.0f64))
-            .unwrap()
-            .to_vec::<f64>()
-            .unwrap();
+        assert!(probs.to_vec::<f64>().unwrap().iter().all(|&p| (p - 0.25).abs() < 1e-15));
+        let dz = backward(&probs, &y, &Tensor::scalar(1.0f64)).unwrap().to_vec::<f64>().unwrap();
         assert!((dz[0] - (0.25 - 1.0) / 2.0).abs() < 1e-15);
         assert!((dz[1] - 0.25 / 2.0).abs() < 1e-15);
         assert!((dz[7] - (0.25 - 1.0) / 2.0).abs() < 1e-15);
@@ -227,27 +179,15 @@ mod tests {
     fn bad_labels_are_errors() {
         let z = Tensor::zeros([2, 3], DType::F32);
         let e = forward(&z, &Tensor::from_vec([2], vec![0i64, 3]).unwrap()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "cross_entropy: label 3 at position 1 is outside the 3 classes 0..3"
-        );
+        assert_eq!(e.to_string(), "cross_entropy: label 3 at position 1 is outside the 3 classes 0..3");
         assert!(forward(&z, &Tensor::from_vec([2], vec![-1i64, 0]).unwrap()).is_err());
         assert!(forward(&z, &Tensor::from_vec([3], vec![0i64, 0, 0]).unwrap()).is_err());
-        assert!(
-            forward(&z, &Tensor::zeros([2], DType::F32))
-                .unwrap_err()
-                .to_string()
-                .contains("i64")
-        );
+        assert!(forward(&z, &Tensor::zeros([2], DType::F32)).unwrap_err().to_string().contains("i64"));
     }
 
     #[test]
     fn argmax_picks_the_first_largest() {
-        let z = Tensor::from_vec(
-            [3, 3],
-            vec![0.0f32, 2.0, 2.0, -1.0, -3.0, -2.0, 5.0, f32::NAN, 9.0],
-        )
-        .unwrap();
+        let z = Tensor::from_vec([3, 3], vec![0.0f32, 2.0, 2.0, -1.0, -3.0, -2.0, 5.0, f32::NAN, 9.0]).unwrap();
         assert_eq!(argmax_rows(&z).unwrap(), vec![1, 0, 1]);
         assert!(argmax_rows(&Tensor::zeros([2, 0], DType::F32)).is_err());
     }

@@ -44,12 +44,7 @@ pub struct LrnParams {
 impl LrnParams {
     /// Size 5, α = 1e-4 (divided by size), β = 0.75, k = 2: Caffe's AlexNet.
     pub fn alexnet() -> Self {
-        LrnParams {
-            size: 5,
-            alpha: 1e-4,
-            beta: 0.75,
-            k: 2.0,
-        }
+        LrnParams { size: 5, alpha: 1e-4, beta: 0.75, k: 2.0 }
     }
 
     fn check(&self) -> Result<()> {
@@ -59,10 +54,7 @@ impl LrnParams {
         if self.k <= 0.0 || self.alpha < 0.0 {
             return Err(Error::argument(
                 OP,
-                format!(
-                    "k must be positive and alpha non-negative, got k={} alpha={}",
-                    self.k, self.alpha
-                ),
+                format!("k must be positive and alpha non-negative, got k={} alpha={}", self.k, self.alpha),
             ));
         }
         Ok(())
@@ -115,9 +107,7 @@ pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
     let hw = h * w;
     if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
         let y = gpu.alloc(x.dtype(), x.numel())?;
-        let call = KernelCall::elementwise("lrn_fwd_f32", x.numel())
-            .buf(&y)
-            .buf(x.gpu_buffer()?);
+        let call = KernelCall::elementwise("lrn_fwd_f32", x.numel()).buf(&y).buf(x.gpu_buffer()?);
         gpu.launch(p.append_args(call, n, c, hw)?)?;
         return Ok(Tensor::from_gpu(x.shape().clone(), y));
     }
@@ -125,14 +115,12 @@ pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
         let xs = host::<T>(x)?;
         let neg_beta = T::from_f64(-p.beta);
         let mut y = vec![T::ZERO; xs.len()];
-        y.par_chunks_mut(c * hw)
-            .zip(xs.par_chunks(c * hw))
-            .for_each(|(y_img, x_img)| {
-                let s = scale(x_img, c, hw, &p);
-                for ((y, &x), &s) in y_img.iter_mut().zip(x_img).zip(&s) {
-                    *y = x * s.powf(neg_beta);
-                }
-            });
+        y.par_chunks_mut(c * hw).zip(xs.par_chunks(c * hw)).for_each(|(y_img, x_img)| {
+            let s = scale(x_img, c, hw, &p);
+            for ((y, &x), &s) in y_img.iter_mut().zip(x_img).zip(&s) {
+                *y = x * s.powf(neg_beta);
+            }
+        });
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }
@@ -144,8 +132,7 @@ pub fn backward(dy: &Tensor, x: &Tensor, y: &Tensor, p: LrnParams) -> Result<Ten
     super::expect_nonempty_image(OP, "input", x.shape())?;
     expect_shape(OP, "output gradient", dy, x.dims())?;
     expect_shape(OP, "output", y, x.dims())?;
-    let (dtype, device) =
-        common_dtype(OP, &[("output gradient", dy), ("input", x), ("output", y)])?;
+    let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("output", y)])?;
     let hw = h * w;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let dx = gpu.alloc(dtype, x.numel())?;
@@ -163,19 +150,11 @@ pub fn backward(dy: &Tensor, x: &Tensor, y: &Tensor, p: LrnParams) -> Result<Ten
         let coef = T::from_f64(2.0 * p.alpha * p.beta / p.size as f64);
         let mut dx = vec![T::ZERO; xs.len()];
         dx.par_chunks_mut(c * hw)
-            .zip(
-                xs.par_chunks(c * hw)
-                    .zip(dys.par_chunks(c * hw).zip(ys.par_chunks(c * hw))),
-            )
+            .zip(xs.par_chunks(c * hw).zip(dys.par_chunks(c * hw).zip(ys.par_chunks(c * hw))))
             .for_each(|(dx_img, (x_img, (dy_img, y_img)))| {
                 let s = scale(x_img, c, hw, &p);
                 // ratio[j] = dy[j]·y[j]/s[j], the term each channel j sends to its window.
-                let ratio: Vec<T> = dy_img
-                    .iter()
-                    .zip(y_img)
-                    .zip(&s)
-                    .map(|((&d, &y), &s)| d * y / s)
-                    .collect();
+                let ratio: Vec<T> = dy_img.iter().zip(y_img).zip(&s).map(|((&d, &y), &s)| d * y / s).collect();
                 for i in 0..c {
                     let out = &mut dx_img[i * hw..][..hw];
                     out.fill(T::ZERO);
@@ -201,10 +180,7 @@ mod tests {
 
     #[test]
     fn windows_follow_pytorch() {
-        let p = LrnParams {
-            size: 4,
-            ..LrnParams::alexnet()
-        };
+        let p = LrnParams { size: 4, ..LrnParams::alexnet() };
         // size 4: c − 2 … c + 1
         assert_eq!(p.window(0, 10), 0..2);
         assert_eq!(p.window(5, 10), 3..7);
@@ -213,10 +189,7 @@ mod tests {
         assert_eq!(p.windows_containing(5, 10), 4..8);
         for i in 0..10 {
             for j in 0..10 {
-                assert_eq!(
-                    p.window(j, 10).contains(&i),
-                    p.windows_containing(i, 10).contains(&j)
-                );
+                assert_eq!(p.window(j, 10).contains(&i), p.windows_containing(i, 10).contains(&j));
             }
         }
     }
@@ -225,12 +198,7 @@ mod tests {
     fn forward_by_hand() {
         // Two channels, one pixel, size 3 (window of c is c−1..c+1), α = 3, β = 1, k = 1:
         // s = 1 + (3/3)(x0² + x1²) = 1 + 1 + 4 = 6 for both channels.
-        let p = LrnParams {
-            size: 3,
-            alpha: 3.0,
-            beta: 1.0,
-            k: 1.0,
-        };
+        let p = LrnParams { size: 3, alpha: 3.0, beta: 1.0, k: 1.0 };
         let x = Tensor::from_vec([1, 2, 1, 1], vec![1.0f64, 2.0]).unwrap();
         let y = forward(&x, p).unwrap().to_vec::<f64>().unwrap();
         assert!((y[0] - 1.0 / 6.0).abs() < 1e-15 && (y[1] - 2.0 / 6.0).abs() < 1e-15);

@@ -40,41 +40,26 @@ macro_rules! with_float_type {
                 type $T = f64;
                 $body
             }
-            other => Err($crate::error::Error::DType {
-                op: $op,
-                actual: other,
-                supported: "f32, f64",
-            }),
+            other => Err($crate::error::Error::DType { op: $op, actual: other, supported: "f32, f64" }),
         }
     };
 }
 pub(crate) use with_float_type;
 
 /// Checks that all inputs share one dtype and one device; returns them.
-pub(crate) fn common_dtype(
-    op: &'static str,
-    inputs: &[(&str, &Tensor)],
-) -> Result<(DType, Device)> {
+pub(crate) fn common_dtype(op: &'static str, inputs: &[(&str, &Tensor)]) -> Result<(DType, Device)> {
     let (first_name, first) = inputs[0];
     for (name, t) in &inputs[1..] {
         if t.dtype() != first.dtype() {
             return Err(Error::Mismatch {
                 op,
-                detail: format!(
-                    "{first_name} is {} but {name} is {}",
-                    first.dtype(),
-                    t.dtype()
-                ),
+                detail: format!("{first_name} is {} but {name} is {}", first.dtype(), t.dtype()),
             });
         }
         if t.device() != first.device() {
             return Err(Error::Mismatch {
                 op,
-                detail: format!(
-                    "{first_name} is on {} but {name} is on {}",
-                    first.device(),
-                    t.device()
-                ),
+                detail: format!("{first_name} is on {} but {name} is on {}", first.device(), t.device()),
             });
         }
     }
@@ -83,20 +68,12 @@ pub(crate) fn common_dtype(
 
 /// The GPU device to run on if `device` is `cuda` or `emu` (where the kernels are f32), or
 /// `None` for the CPU reference.
-pub(crate) fn gpu_f32(
-    op: &'static str,
-    dtype: DType,
-    device: Device,
-) -> Result<Option<Arc<GpuDevice>>> {
+pub(crate) fn gpu_f32(op: &'static str, dtype: DType, device: Device) -> Result<Option<Arc<GpuDevice>>> {
     let Some(gpu) = device.gpu()? else {
         return Ok(None);
     };
     if dtype != DType::F32 {
-        return Err(Error::DType {
-            op,
-            actual: dtype,
-            supported: "f32 on cuda and emu",
-        });
+        return Err(Error::DType { op, actual: dtype, supported: "f32 on cuda and emu" });
     }
     Ok(Some(gpu))
 }
@@ -115,24 +92,14 @@ pub(crate) fn expect_shape(op: &'static str, what: &str, t: &Tensor, want: &[usi
 }
 
 /// Checks that a tensor is 4-D (NCHW) and returns its dimensions.
-pub(crate) fn expect_nchw(
-    op: &'static str,
-    what: &str,
-    t: &Tensor,
-) -> Result<(usize, usize, usize, usize)> {
-    t.shape()
-        .dims4()
-        .ok_or_else(|| Error::shape_of(op, format!("a 4-D {what} (N, C, H, W)"), what, t.shape()))
+pub(crate) fn expect_nchw(op: &'static str, what: &str, t: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    t.shape().dims4().ok_or_else(|| Error::shape_of(op, format!("a 4-D {what} (N, C, H, W)"), what, t.shape()))
 }
 
 /// Checks that an NCHW shape has at least one channel, row and column (a batch of zero
 /// images is fine). The ops split their work by planes and images, which an empty plane
 /// would turn into chunks of length zero.
-pub(crate) fn expect_nonempty_image(
-    op: &'static str,
-    what: &str,
-    s: &crate::tensor::Shape,
-) -> Result<()> {
+pub(crate) fn expect_nonempty_image(op: &'static str, what: &str, s: &crate::tensor::Shape) -> Result<()> {
     match s.dims4() {
         Some((_, c, h, w)) if c > 0 && h > 0 && w > 0 => Ok(()),
         _ => Err(Error::shape_of(

@@ -31,11 +31,7 @@ pub struct Pool2dParams {
 impl Pool2dParams {
     /// A square window with a square stride and no padding.
     pub fn new(kernel: usize, stride: usize) -> Self {
-        Pool2dParams {
-            kernel: (kernel, kernel),
-            stride: (stride, stride),
-            padding: (0, 0),
-        }
+        Pool2dParams { kernel: (kernel, kernel), stride: (stride, stride), padding: (0, 0) }
     }
 
     pub fn padding(mut self, p: usize) -> Self {
@@ -58,21 +54,13 @@ struct PoolGeometry {
 
 impl PoolGeometry {
     fn new(op: &'static str, x: &Shape, p: Pool2dParams) -> Result<Self> {
-        let (n, c, h, w) = x
-            .dims4()
-            .ok_or_else(|| Error::shape_of(op, "a 4-D input (N, C, H, W)", "input", x))?;
+        let (n, c, h, w) = x.dims4().ok_or_else(|| Error::shape_of(op, "a 4-D input (N, C, H, W)", "input", x))?;
         let (kh, kw) = p.kernel;
         if kh == 0 || kw == 0 || p.stride.0 == 0 || p.stride.1 == 0 {
-            return Err(Error::argument(
-                op,
-                format!("kernel and stride must be at least 1, got {p:?}"),
-            ));
+            return Err(Error::argument(op, format!("kernel and stride must be at least 1, got {p:?}")));
         }
         if p.padding.0 > kh / 2 || p.padding.1 > kw / 2 {
-            return Err(Error::argument(
-                op,
-                format!("padding must be at most half the kernel, got {p:?}"),
-            ));
+            return Err(Error::argument(op, format!("padding must be at most half the kernel, got {p:?}")));
         }
         super::expect_nonempty_image(op, "input", x)?;
         // Padding is at most half the kernel (checked above), so these sums cannot overflow.
@@ -85,15 +73,7 @@ impl PoolGeometry {
         }
         let oh = (h + 2 * p.padding.0 - kh) / p.stride.0 + 1;
         let ow = (w + 2 * p.padding.1 - kw) / p.stride.1 + 1;
-        Ok(PoolGeometry {
-            n,
-            c,
-            h,
-            w,
-            oh,
-            ow,
-            p,
-        })
+        Ok(PoolGeometry { n, c, h, w, oh, ow, p })
     }
 
     fn out_shape(&self) -> Shape {
@@ -142,23 +122,11 @@ impl PoolGeometry {
     }
 
     fn rows(&self, oy: usize) -> std::ops::Range<usize> {
-        Self::window(
-            oy,
-            self.p.stride.0,
-            self.p.padding.0,
-            self.p.kernel.0,
-            self.h,
-        )
+        Self::window(oy, self.p.stride.0, self.p.padding.0, self.p.kernel.0, self.h)
     }
 
     fn cols(&self, ox: usize) -> std::ops::Range<usize> {
-        Self::window(
-            ox,
-            self.p.stride.1,
-            self.p.padding.1,
-            self.p.kernel.1,
-            self.w,
-        )
+        Self::window(ox, self.p.stride.1, self.p.padding.1, self.p.kernel.1, self.w)
     }
 
     /// Index (within the plane) of the first maximum of window `(oy, ox)`. NaN wins, so it
@@ -195,15 +163,13 @@ pub fn max_pool2d_forward(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let mut y = vec![T::ZERO; g.n * g.c * g.oh * g.ow];
-        y.par_chunks_mut(g.oh * g.ow)
-            .zip(xs.par_chunks(g.h * g.w))
-            .for_each(|(out, plane)| {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        out[oy * g.ow + ox] = plane[g.argmax(plane, oy, ox)];
-                    }
+        y.par_chunks_mut(g.oh * g.ow).zip(xs.par_chunks(g.h * g.w)).for_each(|(out, plane)| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    out[oy * g.ow + ox] = plane[g.argmax(plane, oy, ox)];
                 }
-            });
+            }
+        });
         Ok(Tensor::from_cpu(g.out_shape(), y))
     })
 }
@@ -217,27 +183,21 @@ pub fn max_pool2d_backward(dy: &Tensor, x: &Tensor, p: Pool2dParams) -> Result<T
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let n = x.numel();
         let dx = gpu.alloc(dtype, n)?;
-        g.launch(
-            &gpu,
-            "max_pool2d_bwd_f32",
-            n,
-            &[&dx, dy.gpu_buffer()?, x.gpu_buffer()?],
-            OP,
-        )?;
+        g.launch(&gpu, "max_pool2d_bwd_f32", n, &[&dx, dy.gpu_buffer()?, x.gpu_buffer()?], OP)?;
         return Ok(Tensor::from_gpu(x.shape().clone(), dx));
     }
     with_float_type!(x.dtype(), OP, |T| {
         let (xs, dys) = (host::<T>(x)?, host::<T>(dy)?);
         let mut dx = vec![T::ZERO; xs.len()];
-        dx.par_chunks_mut(g.h * g.w)
-            .zip(xs.par_chunks(g.h * g.w).zip(dys.par_chunks(g.oh * g.ow)))
-            .for_each(|(dplane, (plane, dout))| {
+        dx.par_chunks_mut(g.h * g.w).zip(xs.par_chunks(g.h * g.w).zip(dys.par_chunks(g.oh * g.ow))).for_each(
+            |(dplane, (plane, dout))| {
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
                         dplane[g.argmax(plane, oy, ox)] += dout[oy * g.ow + ox];
                     }
                 }
-            });
+            },
+        );
         Ok(Tensor::from_cpu(x.shape().clone(), dx))
     })
 }
@@ -255,21 +215,19 @@ pub fn avg_pool2d_forward(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
         let xs = host::<T>(x)?;
         let inv_area = T::ONE / T::from_usize(p.kernel.0 * p.kernel.1);
         let mut y = vec![T::ZERO; g.n * g.c * g.oh * g.ow];
-        y.par_chunks_mut(g.oh * g.ow)
-            .zip(xs.par_chunks(g.h * g.w))
-            .for_each(|(out, plane)| {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let mut s = T::ZERO;
-                        for iy in g.rows(oy) {
-                            for ix in g.cols(ox) {
-                                s += plane[iy * g.w + ix];
-                            }
+        y.par_chunks_mut(g.oh * g.ow).zip(xs.par_chunks(g.h * g.w)).for_each(|(out, plane)| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut s = T::ZERO;
+                    for iy in g.rows(oy) {
+                        for ix in g.cols(ox) {
+                            s += plane[iy * g.w + ix];
                         }
-                        out[oy * g.ow + ox] = s * inv_area;
                     }
+                    out[oy * g.ow + ox] = s * inv_area;
                 }
-            });
+            }
+        });
         Ok(Tensor::from_cpu(g.out_shape(), y))
     })
 }
@@ -289,20 +247,18 @@ pub fn avg_pool2d_backward(dy: &Tensor, x_shape: &Shape, p: Pool2dParams) -> Res
         let dys = host::<T>(dy)?;
         let inv_area = T::ONE / T::from_usize(p.kernel.0 * p.kernel.1);
         let mut dx = vec![T::ZERO; x_shape.numel()];
-        dx.par_chunks_mut(g.h * g.w)
-            .zip(dys.par_chunks(g.oh * g.ow))
-            .for_each(|(dplane, dout)| {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let share = dout[oy * g.ow + ox] * inv_area;
-                        for iy in g.rows(oy) {
-                            for ix in g.cols(ox) {
-                                dplane[iy * g.w + ix] += share;
-                            }
+        dx.par_chunks_mut(g.h * g.w).zip(dys.par_chunks(g.oh * g.ow)).for_each(|(dplane, dout)| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let share = dout[oy * g.ow + ox] * inv_area;
+                    for iy in g.rows(oy) {
+                        for ix in g.cols(ox) {
+                            dplane[iy * g.w + ix] += share;
                         }
                     }
                 }
-            });
+            }
+        });
         Ok(Tensor::from_cpu(x_shape.clone(), dx))
     })
 }
@@ -326,9 +282,7 @@ pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
         let xs = host::<T>(x)?;
         let y: Vec<T> = xs
             .par_chunks(h * w)
-            .map(|plane| {
-                T::from_f64(plane.iter().map(|v| v.to_f64()).sum::<f64>() / (h * w) as f64)
-            })
+            .map(|plane| T::from_f64(plane.iter().map(|v| v.to_f64()).sum::<f64>() / (h * w) as f64))
             .collect();
         Ok(Tensor::from_cpu([n, c, 1, 1], y))
     })
@@ -336,9 +290,8 @@ pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
 
 pub fn global_avg_pool_backward(dy: &Tensor, x_shape: &Shape) -> Result<Tensor> {
     const OP: &str = "global_avg_pool backward";
-    let (n, c, h, w) = x_shape
-        .dims4()
-        .ok_or_else(|| Error::shape_of(OP, "a 4-D input (N, C, H, W)", "input", x_shape))?;
+    let (n, c, h, w) =
+        x_shape.dims4().ok_or_else(|| Error::shape_of(OP, "a 4-D input (N, C, H, W)", "input", x_shape))?;
     super::expect_nonempty_image(OP, "input", x_shape)?;
     expect_shape(OP, "output gradient", dy, &[n, c, 1, 1])?;
     if let Some(gpu) = gpu_f32(OP, dy.dtype(), dy.device())? {
@@ -356,9 +309,7 @@ pub fn global_avg_pool_backward(dy: &Tensor, x_shape: &Shape) -> Result<Tensor> 
         let dys = host::<T>(dy)?;
         let inv = T::ONE / T::from_usize(h * w);
         let mut dx = vec![T::ZERO; n * c * h * w];
-        dx.par_chunks_mut(h * w)
-            .zip(dys.par_iter())
-            .for_each(|(plane, &d)| plane.fill(d * inv));
+        dx.par_chunks_mut(h * w).zip(dys.par_iter()).for_each(|(plane, &d)| plane.fill(d * inv));
         Ok(Tensor::from_cpu(x_shape.clone(), dx))
     })
 }
@@ -374,10 +325,7 @@ mod tests {
     #[test]
     fn max_pool_overlapping_windows_by_hand() {
         // 3×3 kernel, stride 2 on a 5×5 plane → 2×2, windows overlap on row/column 2.
-        let x = t(
-            [1, 1, 5, 5],
-            (0..25).map(|v| ((v * 7) % 25) as f32).collect(),
-        );
+        let x = t([1, 1, 5, 5], (0..25).map(|v| ((v * 7) % 25) as f32).collect());
         // plane:  0  7 14 21  3 / 10 17 24  6 13 / 20  2  9 16 23 / 5 12 19 1 8 / 15 22 4 11 18
         let y = max_pool2d_forward(&x, Pool2dParams::new(3, 2)).unwrap();
         assert_eq!(y.to_vec::<f32>().unwrap(), vec![24.0, 24.0, 22.0, 23.0]);
@@ -406,12 +354,7 @@ mod tests {
         for v in y.to_vec::<f32>().unwrap() {
             assert!((v - 4.0 / 9.0).abs() < 1e-7);
         }
-        let dx = avg_pool2d_backward(
-            &Tensor::full([1, 1, 2, 2], 9.0, crate::DType::F32),
-            x.shape(),
-            p,
-        )
-        .unwrap();
+        let dx = avg_pool2d_backward(&Tensor::full([1, 1, 2, 2], 9.0, crate::DType::F32), x.shape(), p).unwrap();
         assert_eq!(dx.to_vec::<f32>().unwrap(), vec![4.0; 4]);
     }
 
@@ -427,11 +370,7 @@ mod tests {
     fn bad_pool_arguments_are_errors() {
         let x = Tensor::zeros([1, 1, 4, 4], crate::DType::F32);
         let e = max_pool2d_forward(&x, Pool2dParams::new(3, 1).padding(2)).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("padding must be at most half the kernel"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("padding must be at most half the kernel"), "{e}");
         let e = max_pool2d_forward(&x, Pool2dParams::new(5, 1)).unwrap_err();
         assert!(e.to_string().contains("an input at least 5x5"), "{e}");
         let e = avg_pool2d_forward(&x, Pool2dParams::new(2, 0)).unwrap_err();

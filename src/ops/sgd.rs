@@ -38,14 +38,7 @@ pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdPara
             ));
         }
     }
-    let (dtype, device) = common_dtype(
-        OP,
-        &[
-            ("parameter", param),
-            ("gradient", grad),
-            ("velocity", velocity),
-        ],
-    )?;
+    let (dtype, device) = common_dtype(OP, &[("parameter", param), ("gradient", grad), ("velocity", velocity)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let n = param.numel();
         let g = grad.gpu_buffer()?;
@@ -64,23 +57,17 @@ pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdPara
     }
     with_float_type!(dtype, OP, |T| {
         let g = host::<T>(grad)?;
-        let (lr, mom, wd) = (
-            T::from_f64(h.lr),
-            T::from_f64(h.momentum),
-            T::from_f64(h.weight_decay),
-        );
+        let (lr, mom, wd) = (T::from_f64(h.lr), T::from_f64(h.momentum), T::from_f64(h.weight_decay));
         let v = velocity.as_mut_slice::<T>()?;
         let p = param.as_mut_slice::<T>()?;
         const CHUNK: usize = 1 << 14;
-        p.par_chunks_mut(CHUNK)
-            .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(p, (v, g))| {
-                for ((p, v), &g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
-                    let d = g + wd * *p;
-                    *v = mom * *v + d;
-                    *p -= lr * *v;
-                }
-            });
+        p.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(p, (v, g))| {
+            for ((p, v), &g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
+                let d = g + wd * *p;
+                *v = mom * *v + d;
+                *p -= lr * *v;
+            }
+        });
         Ok(())
     })
 }
@@ -91,11 +78,7 @@ mod tests {
 
     #[test]
     fn two_steps_by_hand() {
-        let h = SgdParams {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.01,
-        };
+        let h = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 0.01 };
         let mut p = Tensor::from_vec([1], vec![1.0f64]).unwrap();
         let mut v = Tensor::zeros([1], crate::DType::F64);
         let g = Tensor::from_vec([1], vec![0.5f64]).unwrap();
@@ -114,16 +97,7 @@ mod tests {
         let mut p = Tensor::zeros([3], crate::DType::F32);
         let mut v = Tensor::zeros([3], crate::DType::F32);
         let g = Tensor::zeros([4], crate::DType::F32);
-        let h = SgdParams {
-            lr: 0.1,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        };
-        assert!(
-            step(&mut p, &g, &mut v, h)
-                .unwrap_err()
-                .to_string()
-                .contains("gradient of the parameter's shape [3]")
-        );
+        let h = SgdParams { lr: 0.1, momentum: 0.0, weight_decay: 0.0 };
+        assert!(step(&mut p, &g, &mut v, h).unwrap_err().to_string().contains("gradient of the parameter's shape [3]"));
     }
 }

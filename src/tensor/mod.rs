@@ -34,19 +34,13 @@ impl Tensor {
                 format!("{} values", data.len()),
             ));
         }
-        Ok(Tensor::from_storage(
-            shape,
-            Storage::Cpu(T::into_storage(data)),
-        ))
+        Ok(Tensor::from_storage(shape, Storage::Cpu(T::into_storage(data))))
     }
 
     /// Wraps storage whose length is already known to fit the shape (ops use this).
     pub(crate) fn from_storage(shape: Shape, storage: Storage) -> Tensor {
         debug_assert_eq!(shape.numel(), storage.len(), "storage length for {shape}");
-        Tensor {
-            shape,
-            storage: Arc::new(storage),
-        }
+        Tensor { shape, storage: Arc::new(storage) }
     }
 
     /// A tensor over a device buffer computed by an op whose output shape is known.
@@ -147,10 +141,7 @@ impl Tensor {
     }
 
     fn not_on_host(&self) -> Error {
-        Error::Device(format!(
-            "the tensor lives on {}; copy it to the cpu first (Tensor::to_device)",
-            self.device()
-        ))
+        Error::Device(format!("the tensor lives on {}; copy it to the cpu first (Tensor::to_device)", self.device()))
     }
 
     /// The storage, unshared: copied first (on its device) if another tensor shares it.
@@ -158,8 +149,7 @@ impl Tensor {
         if Arc::get_mut(&mut self.storage).is_none() {
             self.storage = Arc::new(self.storage.try_clone()?);
         }
-        Arc::get_mut(&mut self.storage)
-            .ok_or_else(|| Error::Device("tensor storage is shared".into()))
+        Arc::get_mut(&mut self.storage).ok_or_else(|| Error::Device("tensor storage is shared".into()))
     }
 
     /// Mutable access to the elements; copies first when the storage is shared.
@@ -181,9 +171,7 @@ impl Tensor {
     pub fn gpu_buffer(&self) -> Result<&GpuBuffer> {
         match &*self.storage {
             Storage::Gpu(b) => Ok(b),
-            Storage::Cpu(_) => Err(Error::Device(
-                "the tensor lives on the cpu, not on a GPU device".into(),
-            )),
+            Storage::Cpu(_) => Err(Error::Device("the tensor lives on the cpu, not on a GPU device".into())),
         }
     }
 
@@ -191,9 +179,7 @@ impl Tensor {
     pub fn gpu_buffer_mut(&mut self) -> Result<&mut GpuBuffer> {
         match self.storage_mut()? {
             Storage::Gpu(b) => Ok(b),
-            Storage::Cpu(_) => Err(Error::Device(
-                "the tensor lives on the cpu, not on a GPU device".into(),
-            )),
+            Storage::Cpu(_) => Err(Error::Device("the tensor lives on the cpu, not on a GPU device".into())),
         }
     }
 
@@ -229,23 +215,13 @@ impl Tensor {
             None => Ok(Tensor::zeros(shape, dtype)),
             Some(gpu) => {
                 let n = shape.numel();
-                Ok(Tensor::from_storage(
-                    shape,
-                    Storage::Gpu(gpu.zeros(dtype, n)?),
-                ))
+                Ok(Tensor::from_storage(shape, Storage::Gpu(gpu.zeros(dtype, n)?)))
             }
         }
     }
 
     fn wrong_dtype<T: Element>(&self) -> Error {
-        Error::Mismatch {
-            op: "tensor",
-            detail: format!(
-                "wanted {} elements, tensor holds {}",
-                T::DTYPE,
-                self.dtype()
-            ),
-        }
+        Error::Mismatch { op: "tensor", detail: format!("wanted {} elements, tensor holds {}", T::DTYPE, self.dtype()) }
     }
 
     /// A copy of the elements in a host vector (downloaded from the device if need be).
@@ -254,9 +230,7 @@ impl Tensor {
             Storage::Cpu(_) => self.as_slice::<T>().map(<[T]>::to_vec),
             Storage::Gpu(_) => {
                 let host = self.to_host()?;
-                T::slice(&host)
-                    .map(<[T]>::to_vec)
-                    .ok_or_else(|| self.wrong_dtype::<T>())
+                T::slice(&host).map(<[T]>::to_vec).ok_or_else(|| self.wrong_dtype::<T>())
             }
         }
     }
@@ -281,12 +255,7 @@ impl Tensor {
     /// The value of a one-element tensor (a loss, say).
     pub fn item(&self) -> Result<f64> {
         if self.numel() != 1 {
-            return Err(Error::shape_of(
-                "item",
-                "one element",
-                "tensor",
-                &self.shape,
-            ));
+            return Err(Error::shape_of("item", "one element", "tensor", &self.shape));
         }
         Ok(self.to_f64_vec()?[0])
     }
@@ -301,10 +270,7 @@ impl Tensor {
                 format!("{shape} ({} elements)", shape.numel()),
             ));
         }
-        Ok(Tensor {
-            shape,
-            storage: Arc::clone(&self.storage),
-        })
+        Ok(Tensor { shape, storage: Arc::clone(&self.storage) })
     }
 
     /// A copy converted to another element type (rounding to nearest for the half types).
@@ -313,13 +279,9 @@ impl Tensor {
             return Ok(self.clone());
         }
         if !self.dtype().is_float() || !dtype.is_float() {
-            return Err(Error::argument(
-                "to_dtype",
-                format!("cannot convert {} to {dtype}", self.dtype()),
-            ));
+            return Err(Error::argument("to_dtype", format!("cannot convert {} to {dtype}", self.dtype())));
         }
-        let converted =
-            Tensor::from_f64_values(self.shape.clone(), dtype, self.to_f64_vec()?.into_iter());
+        let converted = Tensor::from_f64_values(self.shape.clone(), dtype, self.to_f64_vec()?.into_iter());
         converted.to_device(self.device())
     }
 
@@ -336,10 +298,7 @@ mod tests {
     #[test]
     fn from_vec_checks_the_length() {
         let err = Tensor::from_vec([2, 3], vec![1.0f32; 5]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "tensor: expected 6 values for shape [2, 3], got 5 values"
-        );
+        assert_eq!(err.to_string(), "tensor: expected 6 values for shape [2, 3], got 5 values");
     }
 
     #[test]

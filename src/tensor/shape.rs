@@ -21,10 +21,7 @@ impl Shape {
     /// Number of elements: the product of the dimensions (1 for a scalar). A product too
     /// large for `usize` saturates at `usize::MAX`, so it can never match a real buffer.
     pub fn numel(&self) -> usize {
-        self.0
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .unwrap_or(usize::MAX)
+        self.0.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX)
     }
 
     pub fn rank(&self) -> usize {
