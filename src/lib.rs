@@ -12,14 +12,17 @@
 //! - [`data`] and [`train`]: data sets and the training loop that the CLI drives.
 
 pub mod autograd;
+pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod report;
 pub mod rng;
 pub mod selftest;
+pub mod summary;
 pub mod tensor;
 pub mod train;
 

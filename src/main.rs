@@ -1,13 +1,33 @@
 //! The `scratchnet` command line.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use scratchnet::data::DataSource;
 use scratchnet::device::Device;
-use scratchnet::train::{Progress, TrainOptions, train};
+use scratchnet::models;
+use scratchnet::report::MetricsLog;
+use scratchnet::train::{Progress, Schedule, TrainOptions, train};
+use scratchnet::{Error, Graph, Result, Tensor, Var};
+
+/// `println!`, but a closed stdout (`scratchnet summary | head`) ends the output quietly
+/// instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that cannot panic either.
+macro_rules! err {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +44,10 @@ struct Cli {
 enum Command {
     /// Train a model (defaults: ResNet-20 on the built-in synthetic shapes).
     Train(TrainArgs),
+    /// Eval-mode logits of a trained model for a batch of images in a .npy file.
+    Infer(InferArgs),
+    /// The layers of a model: output shapes, parameters, multiply-adds.
+    Summary(SummaryArgs),
     /// What is usable on this machine, and why not.
     Devices,
     /// Every op and its gradient on a device against the CPU reference.
@@ -31,21 +55,14 @@ enum Command {
 }
 
 #[derive(Args)]
-struct SelftestArgs {
-    /// Device to test: cpu, emu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-}
-
-#[derive(Args)]
 struct TrainArgs {
-    /// Model name: resnet20, resnet32, resnet44, resnet56, resnet110.
+    /// alexnet, resnet18/34/50/101/152, resnet20/32/44/56/110, densenet121/169/201/161, densenet_bc100.
     #[arg(long, default_value = "resnet20")]
     model: String,
-    /// Data source: synthetic.
+    /// synthetic, cifar10:DIR, npy:X.npy,Y.npy or folder:DIR.
     #[arg(long, default_value = "synthetic")]
     data: String,
-    /// Device: auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
+    /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Passes over the training split.
@@ -56,57 +73,283 @@ struct TrainArgs {
     steps: Option<usize>,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Peak learning rate (linear warm-up, then cosine decay to zero).
+    /// Peak learning rate.
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     lr: f64,
+    /// cosine, constant, or step:EPOCHS:GAMMA (e.g. step:30:0.1).
+    #[arg(long, default_value = "cosine")]
+    lr_schedule: String,
+    /// Linear warm-up length in epochs (at most a tenth of the run).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    warmup_epochs: f64,
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f64,
     #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     weight_decay: f64,
-    /// Turn off random crops and flips.
+    /// Dropout probability of every dropout layer (0 turns dropout off; default: the model's).
+    #[arg(long, allow_negative_numbers = true)]
+    dropout: Option<f64>,
+    /// Turn off random crops, flips and lighting noise.
     #[arg(long)]
     no_augment: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Classifier outputs (default: the data set's number of classes).
+    /// Classifier outputs (default: 10 for the CIFAR nets and the built-in data, else 1000).
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Start from these weights (safetensors, torchvision names).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Save the weights here at the end (safetensors, written atomically).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Write one CSV row per step and per evaluation here, and the curves to the same name .svg.
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InferArgs {
+    #[arg(long)]
+    model: String,
+    /// Trained weights (safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// float32 images N×C×H×W, normalised as the model was trained.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the float32 logits N×K.
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Classifier outputs (default: 10 for the CIFAR nets, else 1000); must match the weights.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct SummaryArgs {
+    #[arg(long)]
+    model: String,
+    /// H or HxW (default: the size the model was designed for).
+    #[arg(long)]
+    input_size: Option<String>,
     #[arg(long)]
     num_classes: Option<usize>,
 }
 
+#[derive(Args)]
+struct SelftestArgs {
+    /// Device to test: cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            // clap's message, on one line like every other error.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments").trim_end();
+            err!("{first} (see scratchnet --help)");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Train(args) => run_train(args).map(|()| ExitCode::SUCCESS),
+        Command::Infer(args) => run_infer(args).map(|()| ExitCode::SUCCESS),
+        Command::Summary(args) => run_summary(args).map(|()| ExitCode::SUCCESS),
         Command::Devices => run_devices().map(|()| ExitCode::SUCCESS),
         Command::Selftest(args) => run_selftest(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            err!("error: {e}");
             ExitCode::from(2)
         }
     }
 }
 
-fn run_devices() -> scratchnet::Result<()> {
+fn run_train(a: TrainArgs) -> Result<()> {
+    let options = TrainOptions {
+        model: a.model,
+        data: a.data.parse::<DataSource>()?,
+        device: a.device.parse::<Device>()?,
+        epochs: a.epochs,
+        steps: a.steps,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        schedule: a.lr_schedule.parse::<Schedule>()?,
+        warmup_epochs: a.warmup_epochs,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        dropout: a.dropout,
+        augment: !a.no_augment,
+        seed: a.seed,
+        num_classes: a.num_classes,
+        init: a.init,
+        save: a.save.clone(),
+        ..TrainOptions::default()
+    };
+    let mut log = a.log.as_deref().map(MetricsLog::create).transpose()?;
+    let live = std::io::stderr().is_terminal();
+    let bar = ProgressBar::hidden();
+    let mut last_test_accuracy = None;
+    let mut log_error: Option<Error> = None;
+    train(&options, |p| match p {
+        Progress::Start { model, params, train_images, test_images, total_steps, .. } => {
+            out!(
+                "training {model} ({params} parameters) on {} with {train_images} training and {test_images} held-out images, {total_steps} steps of {}",
+                options.device,
+                options.batch_size
+            );
+            if live {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(*total_steps as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("epoch {prefix} [{bar:28}] {pos}/{len} {msg} ({eta} left)")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+            }
+        }
+        Progress::Step(r) => {
+            let line = format!(
+                "loss {:.4}  acc {:.1}%  lr {:.4}  {:.0} img/s",
+                r.loss,
+                r.accuracy * 100.0,
+                r.lr,
+                r.images_per_sec
+            );
+            if live {
+                bar.set_prefix(r.epoch.to_string());
+                bar.set_position(r.step as u64);
+                bar.set_message(line);
+            } else if r.step % 25 == 0 || r.step == r.total_steps {
+                err!("epoch {} step {}/{}  {line}", r.epoch, r.step, r.total_steps);
+            }
+            if let Some(l) = &mut log
+                && let Err(e) = l.step(r)
+            {
+                log_error.get_or_insert(e);
+            }
+        }
+        Progress::Epoch(r) => {
+            bar.suspend(|| {
+                out!(
+                    "epoch {}: train loss {:.4} acc {:.1}% | held-out loss {:.4} acc {:.1}% | {:.0} img/s",
+                    r.epoch,
+                    r.train_loss,
+                    r.train_accuracy * 100.0,
+                    r.test_loss,
+                    r.test_accuracy * 100.0,
+                    r.images_per_sec
+                )
+            });
+            last_test_accuracy = Some(r.test_accuracy);
+            if let Some(l) = &mut log
+                && let Err(e) = l.epoch(r)
+            {
+                log_error.get_or_insert(e);
+            }
+        }
+    })?;
+    bar.finish_and_clear();
+    if let Some(e) = log_error {
+        return Err(e);
+    }
+    if let Some(acc) = last_test_accuracy {
+        out!("final held-out accuracy: {:.1}%", acc * 100.0);
+    }
+    if let Some(path) = &a.save {
+        out!("weights saved to {}", path.display());
+    }
+    if let Some(l) = log {
+        let svg = l.finish()?;
+        out!("log written to {} and {}", a.log.unwrap_or_default().display(), svg.display());
+    }
+    Ok(())
+}
+
+fn run_infer(a: InferArgs) -> Result<()> {
+    let device = a.device.parse::<Device>()?;
+    if a.batch_size == 0 {
+        return Err(Error::argument("infer", "--batch-size must be at least 1"));
+    }
+    let classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
+    let mut model = models::build(&a.model, classes, 0)?;
+    model.to_device(device)?;
+    scratchnet::checkpoint::load(model.as_mut(), &a.weights)?;
+    let x = scratchnet::data::npy::read(&a.input)?;
+    if !x.dtype().is_float() {
+        return Err(Error::file(&a.input, format!("expected float32 images, got {}", x.dtype())));
+    }
+    model.check_input(x.shape()).map_err(|e| Error::file(&a.input, e))?;
+    let (n, c, h, w) = x.shape().dims4().ok_or_else(|| Error::file(&a.input, "expected N×C×H×W images"))?;
+    let values = x.to_vec::<f32>()?;
+    let per = c * h * w;
+    let mut logits = Vec::with_capacity(n * classes);
+    for start in (0..n).step_by(a.batch_size) {
+        let end = (start + a.batch_size).min(n);
+        let batch =
+            Tensor::from_vec([end - start, c, h, w], values[start * per..end * per].to_vec())?.to_device(device)?;
+        let mut g = Graph::eval();
+        let y = model.forward(&mut g, &Var::constant(batch))?;
+        logits.extend(y.value().to_vec::<f32>()?);
+    }
+    let out = Tensor::from_vec([n, classes], logits)?;
+    scratchnet::data::npy::write_f32(&a.output, &out)?;
+    out!("wrote {n}×{classes} logits to {}", a.output.display());
+    Ok(())
+}
+
+fn run_summary(a: SummaryArgs) -> Result<()> {
+    let classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
+    let mut model = models::build(&a.model, classes, 0)?;
+    let [c, mut h, mut w] = model.input_size();
+    if let Some(size) = &a.input_size {
+        let bad = || Error::argument("summary", format!("--input-size '{size}' is not H or HxW (e.g. 224 or 224x160)"));
+        let (hs, ws) = size.split_once(['x', 'X']).unwrap_or((size, size));
+        h = hs.trim().parse().map_err(|_| bad())?;
+        w = ws.trim().parse().map_err(|_| bad())?;
+    }
+    let summary = scratchnet::summary::summarize(model.as_mut(), [c, h, w])?;
+    let _ = write!(std::io::stdout(), "{summary}");
+    Ok(())
+}
+
+fn run_devices() -> Result<()> {
     use scratchnet::device::{cuda, emu, kernels};
-    println!(
+    out!(
         "cpu      usable: {} threads, f32 GEMM micro-kernel {}",
         rayon::current_num_threads(),
         scratchnet::ops::gemm::cpu_kernel_name()
     );
     let gpu_kernels = kernels::KERNELS.iter().filter(|k| !k.emu_only).count();
-    println!(
+    out!(
         "emu      usable: {gpu_kernels} kernels of kernels/*.cu compiled as C++ (+{} emulator self-tests), run on the CPU",
         emu::kernel_count() - gpu_kernels
     );
     match cuda::probe() {
-        Err(why) => println!("cuda     not usable: {why}"),
+        Err(why) => out!("cuda     not usable: {why}"),
         Ok(info) => {
-            println!("driver   CUDA {}.{}", info.driver_version.0, info.driver_version.1);
+            out!("driver   CUDA {}.{}", info.driver_version.0, info.driver_version.1);
             if info.gpus.is_empty() {
-                println!("cuda     not usable: the driver sees no GPU");
+                out!("cuda     not usable: the driver sees no GPU");
             }
             for g in &info.gpus {
                 let (major, minor) = g.compute_capability;
@@ -114,7 +357,7 @@ fn run_devices() -> scratchnet::Result<()> {
                     Ok(_) => "usable".to_string(),
                     Err(why) => format!("not usable: {why}"),
                 };
-                println!(
+                out!(
                     "cuda:{}   {state}: {}, compute capability {major}.{minor}, {:.1} GiB",
                     g.ordinal,
                     g.name,
@@ -124,10 +367,10 @@ fn run_devices() -> scratchnet::Result<()> {
         }
     }
     if kernels::CUDA_ARCHS.is_empty() {
-        println!("kernels  not compiled for the GPU: nvcc was not found at build time (scripts/setup-cuda.sh)");
+        out!("kernels  not compiled for the GPU: nvcc was not found at build time (scripts/setup-cuda.sh)");
     } else {
         let newest = kernels::CUDA_ARCHS.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).copied().unwrap_or("");
-        println!(
+        out!(
             "kernels  {gpu_kernels} kernels, SASS for sm_{}, PTX for compute_{newest} ({:.1} MB fatbin)",
             kernels::CUDA_ARCHS.join(", sm_"),
             kernels::FATBIN.len() as f64 / 1e6
@@ -136,12 +379,12 @@ fn run_devices() -> scratchnet::Result<()> {
     Ok(())
 }
 
-fn run_selftest(a: SelftestArgs) -> scratchnet::Result<ExitCode> {
+fn run_selftest(a: SelftestArgs) -> Result<ExitCode> {
     let device = a.device.parse::<Device>()?;
-    println!("selftest on {device}: each op against the CPU reference in f64 (relative L2 error)");
-    println!("{:<38} {:<58} {:>10} {:>8}  result", "op", "case", "error", "limit");
+    out!("selftest on {device}: each op against the CPU reference in f64 (relative L2 error)");
+    out!("{:<38} {:<58} {:>10} {:>8}  result", "op", "case", "error", "limit");
     let checks = scratchnet::selftest::run(device, |c| {
-        println!(
+        out!(
             "{:<38} {:<58} {:>10.2e} {:>8.0e}  {}",
             c.op,
             c.case,
@@ -151,65 +394,6 @@ fn run_selftest(a: SelftestArgs) -> scratchnet::Result<ExitCode> {
         );
     })?;
     let failed = checks.iter().filter(|c| !c.passed()).count();
-    println!("{} checks on {device}: {} passed, {failed} failed", checks.len(), checks.len() - failed);
+    out!("{} checks on {device}: {} passed, {failed} failed", checks.len(), checks.len() - failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-fn run_train(a: TrainArgs) -> scratchnet::Result<()> {
-    let options = TrainOptions {
-        model: a.model,
-        data: a.data.parse::<DataSource>()?,
-        device: a.device.parse::<Device>()?,
-        epochs: a.epochs,
-        steps: a.steps,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
-        augment: !a.no_augment,
-        seed: a.seed,
-        num_classes: a.num_classes,
-        ..TrainOptions::default()
-    };
-    let live = std::io::stderr().is_terminal();
-    let mut last_test_accuracy = None;
-    train(&options, |p| match p {
-        Progress::Start { model, params, train_images, test_images, total_steps } => {
-            println!(
-                "training {model} ({params} parameters) on {} with {train_images} training and {test_images} held-out images, {total_steps} steps of {}",
-                options.device, options.batch_size
-            );
-        }
-        Progress::Step { step, total_steps, epoch, loss, accuracy, lr, images_per_sec } => {
-            let line = format!(
-                "epoch {epoch} step {step}/{total_steps}  loss {loss:.4}  acc {:.1}%  lr {lr:.4}  {images_per_sec:.0} img/s",
-                accuracy * 100.0
-            );
-            if live {
-                eprint!("\r{line}   ");
-                let _ = std::io::stderr().flush();
-            } else if step % 25 == 0 || step == total_steps {
-                eprintln!("{line}");
-            }
-        }
-        Progress::Epoch(r) => {
-            if live {
-                eprintln!();
-            }
-            println!(
-                "epoch {}: train loss {:.4} acc {:.1}% | held-out loss {:.4} acc {:.1}% | {:.0} img/s",
-                r.epoch,
-                r.train_loss,
-                r.train_accuracy * 100.0,
-                r.test_loss,
-                r.test_accuracy * 100.0,
-                r.images_per_sec
-            );
-            last_test_accuracy = Some(r.test_accuracy);
-        }
-    })?;
-    if let Some(acc) = last_test_accuracy {
-        println!("final held-out accuracy: {:.1}%", acc * 100.0);
-    }
-    Ok(())
 }

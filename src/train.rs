@@ -2,22 +2,92 @@
 //!
 //! Each step: draw a batch (shuffled each epoch, augmented unless told not to), run the
 //! model forward on a fresh training graph, take the mean cross-entropy, walk the tape
-//! backward, and let SGD update the parameters. The learning rate rises linearly to its peak
-//! over at most one epoch (a gradual warm-up as in Goyal et al., 2017, which keeps the first
-//! steps of a freshly initialised network from diverging), then follows a cosine to zero
-//! (Loshchilov & Hutter, 2017: no step points to tune).
-//! After each epoch the model is evaluated on the held-out split in eval mode.
+//! backward, and let SGD update the parameters. After each epoch the model is evaluated on
+//! the held-out split in eval mode (running statistics, no dropout).
+//!
+//! Learning-rate schedules ([`Schedule`]): a linear warm-up (Goyal et al., 2017: it keeps the
+//! first steps of a freshly initialised network from diverging at a large rate), then a cosine
+//! to zero (Loshchilov & Hutter, 2017), steps of ×γ every few epochs (the schedule of the
+//! AlexNet and ResNet papers), or a constant rate.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::autograd::{Graph, Var};
-use crate::data::{DataSource, Dataset, Split, synthetic};
+use crate::checkpoint;
+use crate::data::{self, DataSource, Dataset};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::models;
-use crate::nn::{Module, Sgd};
+use crate::models::{self, Model};
+use crate::nn::Sgd;
 use crate::ops::loss::argmax_rows;
 use crate::rng::Rng;
+
+/// How the learning rate moves after the warm-up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// Half a cosine from the peak down to zero at the last step.
+    Cosine,
+    /// Multiplied by `gamma` every `every_epochs` epochs.
+    Step {
+        every_epochs: f64,
+        gamma: f64,
+    },
+    Constant,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = Error;
+    /// `cosine`, `constant`, or `step:EPOCHS:GAMMA` (e.g. `step:30:0.1`, the ResNet paper's).
+    fn from_str(s: &str) -> Result<Schedule> {
+        let bad = || {
+            Error::argument(
+                "--lr-schedule",
+                format!("'{s}' is not cosine, constant or step:EPOCHS:GAMMA (e.g. step:30:0.1)"),
+            )
+        };
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "constant" => Ok(Schedule::Constant),
+            _ => {
+                let mut parts = s.strip_prefix("step:").ok_or_else(bad)?.split(':');
+                let every: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let gamma: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                if parts.next().is_some() || every <= 0.0 || !(gamma > 0.0 && gamma.is_finite()) {
+                    return Err(bad());
+                }
+                Ok(Schedule::Step { every_epochs: every, gamma })
+            }
+        }
+    }
+}
+
+/// The learning rate at `step` of `total`: a linear warm-up over `warmup` steps, then
+/// `schedule` (whose epochs are `steps_per_epoch` steps long).
+pub fn learning_rate(
+    peak: f64,
+    schedule: Schedule,
+    step: usize,
+    total: usize,
+    warmup: usize,
+    steps_per_epoch: usize,
+) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    match schedule {
+        Schedule::Constant => peak,
+        Schedule::Cosine => {
+            let span = total.saturating_sub(warmup).max(1) as f64;
+            let t = (step - warmup) as f64 / span;
+            0.5 * peak * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+        Schedule::Step { every_epochs, gamma } => {
+            let epoch = step as f64 / steps_per_epoch.max(1) as f64;
+            peak * gamma.powi((epoch / every_epochs).floor() as i32)
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -29,11 +99,20 @@ pub struct TrainOptions {
     pub steps: Option<usize>,
     pub batch_size: usize,
     pub lr: f64,
+    pub schedule: Schedule,
+    /// Length of the linear warm-up, in epochs (capped at a tenth of the run).
+    pub warmup_epochs: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// Dropout probability for every dropout layer (the model's own default if `None`).
+    pub dropout: Option<f64>,
     pub augment: bool,
     pub seed: u64,
     pub num_classes: Option<usize>,
+    /// Weights to start from.
+    pub init: Option<PathBuf>,
+    /// Where to save the weights at the end.
+    pub save: Option<PathBuf>,
     /// Size of the synthetic training and held-out splits.
     pub synthetic_size: (usize, usize),
 }
@@ -48,11 +127,16 @@ impl Default for TrainOptions {
             steps: None,
             batch_size: 64,
             lr: 0.1,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 1.0,
             momentum: 0.9,
             weight_decay: 5e-4,
+            dropout: None,
             augment: true,
             seed: 0,
             num_classes: None,
+            init: None,
+            save: None,
             synthetic_size: (6000, 1000),
         }
     }
@@ -61,29 +145,42 @@ impl Default for TrainOptions {
 /// What the loop reports as it goes.
 #[derive(Clone, Debug)]
 pub enum Progress {
-    Start { model: String, params: usize, train_images: usize, test_images: usize, total_steps: usize },
-    Step { step: usize, total_steps: usize, epoch: usize, loss: f64, accuracy: f64, lr: f64, images_per_sec: f64 },
+    Start {
+        model: String,
+        params: usize,
+        train_images: usize,
+        test_images: usize,
+        total_steps: usize,
+        steps_per_epoch: usize,
+    },
+    Step(StepReport),
     Epoch(EpochReport),
+}
+
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    /// The loss of this step's batch.
+    pub loss: f64,
+    /// Training accuracy over the epoch so far.
+    pub accuracy: f64,
+    pub lr: f64,
+    /// Over the epoch so far.
+    pub images_per_sec: f64,
 }
 
 #[derive(Clone, Debug)]
 pub struct EpochReport {
     pub epoch: usize,
+    /// The step count at the end of the epoch.
+    pub step: usize,
     pub train_loss: f64,
     pub train_accuracy: f64,
     pub test_loss: f64,
     pub test_accuracy: f64,
     pub images_per_sec: f64,
-}
-
-/// Learning rate at `step` of `total`: linear warm-up over `warmup` steps, then a cosine to 0.
-pub fn learning_rate(peak: f64, step: usize, total: usize, warmup: usize) -> f64 {
-    if step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
-    }
-    let span = total.saturating_sub(warmup).max(1) as f64;
-    let t = (step - warmup) as f64 / span;
-    0.5 * peak * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
 fn check(o: &TrainOptions) -> Result<()> {
@@ -97,60 +194,83 @@ fn check(o: &TrainOptions) -> Result<()> {
     if o.steps == Some(0) {
         return bad("--steps must be at least 1".into());
     }
-    for (name, v) in [("--lr", o.lr), ("--momentum", o.momentum), ("--weight-decay", o.weight_decay)] {
+    for (name, v) in [
+        ("--lr", o.lr),
+        ("--momentum", o.momentum),
+        ("--weight-decay", o.weight_decay),
+        ("--warmup-epochs", o.warmup_epochs),
+    ] {
         if !v.is_finite() || v < 0.0 {
             return bad(format!("{name} must be a non-negative number, got {v}"));
         }
     }
+    if let Some(p) = o.dropout
+        && !(0.0..1.0).contains(&p)
+    {
+        return bad(format!("--dropout must be in [0, 1), got {p}"));
+    }
     Ok(())
 }
 
-fn load(o: &TrainOptions) -> Split {
-    match o.data {
-        DataSource::Synthetic => synthetic::generate(o.synthetic_size.0, o.synthetic_size.1, o.seed),
-    }
-}
-
-/// Loss and accuracy of `model` on `data`, in eval mode.
-pub fn evaluate(model: &mut dyn Module, data: &Dataset, batch_size: usize, device: Device) -> Result<(f64, f64)> {
+/// Loss and accuracy of `model` on `data`, in eval mode, in batches of `batch_size`.
+pub fn evaluate(model: &mut dyn Model, data: &dyn Dataset, batch_size: usize, device: Device) -> Result<(f64, f64)> {
     let mut loss_sum = 0.0;
     let mut correct = 0;
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
-        let (x, y) = data.batch(chunk, None)?;
+        let (x, y) = data::batch(data, chunk, None)?;
+        let labels = y.to_vec::<i64>()?;
         let (x, y) = (x.to_device(device)?, y.to_device(device)?);
         let mut g = Graph::eval();
         let logits = model.forward(&mut g, &Var::constant(x))?;
         loss_sum += g.cross_entropy(&logits, &y)?.value().item()? * chunk.len() as f64;
-        let labels = y.to_vec::<i64>()?;
         correct += argmax_rows(logits.value())?.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     }
     let n = data.len().max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
 }
 
+/// The number of classes a run trains with: `--num-classes`, else 10 for the CIFAR nets and
+/// the built-in data sets, else 1000.
+pub fn num_classes(o: &TrainOptions) -> usize {
+    o.num_classes.unwrap_or(match o.data {
+        DataSource::Synthetic | DataSource::Cifar10(_) => 10,
+        _ => models::default_num_classes(&o.model),
+    })
+}
+
 /// Trains a model as the options say and returns it with the report of each epoch.
-pub fn train(
-    o: &TrainOptions,
-    mut on_progress: impl FnMut(&Progress),
-) -> Result<(Box<dyn Module + Send>, Vec<EpochReport>)> {
+pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result<(Box<dyn Model>, Vec<EpochReport>)> {
     check(o)?;
     models::check_name(&o.model)?;
-    let split = load(o);
-    let classes = o.num_classes.unwrap_or(split.train.num_classes);
-    if let Some(&bad) = split.train.labels.iter().chain(&split.test.labels).find(|&&l| l < 0 || l as usize >= classes) {
-        return Err(Error::argument(
-            "train",
-            format!("the data has label {bad}, outside the model's {classes} classes"),
-        ));
-    }
+    let classes = num_classes(o);
     let mut model = models::build(&o.model, classes, o.seed)?;
-    model.to_device(o.device)?;
-    let mut opt = Sgd::new(o.lr, o.momentum, o.weight_decay);
-    let steps_per_epoch = split.train.len().div_ceil(o.batch_size);
-    if steps_per_epoch == 0 {
+    if let Some(p) = o.dropout {
+        model.set_dropout(p);
+    }
+    let crop = if o.model == "alexnet" { 227 } else { 224 };
+    let split = data::load(&o.data, crop, o.synthetic_size, o.seed)?;
+    if split.train.is_empty() {
         return Err(Error::argument("train", "the training split is empty"));
     }
+    if split.train.num_classes() > classes {
+        return Err(Error::argument(
+            "train",
+            format!(
+                "the data has labels up to {}, outside the model's {classes} classes (set --num-classes)",
+                split.train.num_classes() - 1
+            ),
+        ));
+    }
+    let [c, h, w] = split.train.image_shape();
+    model.check_input(&[o.batch_size, c, h, w].into())?;
+    model.to_device(o.device)?;
+    if let Some(path) = &o.init {
+        checkpoint::load(model.as_mut(), path)?;
+    }
+
+    let mut opt = Sgd::new(o.lr, o.momentum, o.weight_decay);
+    let steps_per_epoch = split.train.len().div_ceil(o.batch_size);
     let total_steps = match o.steps {
         Some(steps) => steps,
         None => o
@@ -158,13 +278,14 @@ pub fn train(
             .checked_mul(steps_per_epoch)
             .ok_or_else(|| Error::argument("train", format!("--epochs {} is too many", o.epochs)))?,
     };
-    let warmup = (steps_per_epoch.min(total_steps / 10)).max(1);
+    let warmup = ((o.warmup_epochs * steps_per_epoch as f64) as usize).min(total_steps / 10);
     on_progress(&Progress::Start {
         model: o.model.clone(),
         params: model.num_params(),
         train_images: split.train.len(),
         test_images: split.test.len(),
         total_steps,
+        steps_per_epoch,
     });
 
     let mut rng = Rng::new(o.seed ^ 0xDA7A);
@@ -181,9 +302,10 @@ pub fn train(
             if step >= total_steps {
                 break;
             }
-            let lr = learning_rate(o.lr, step, total_steps, warmup);
+            let lr = learning_rate(o.lr, o.schedule, step, total_steps, warmup, steps_per_epoch);
             opt.hyper.lr = lr;
-            let (x, y) = split.train.batch(chunk, o.augment.then_some(&mut rng))?;
+            let augment_seed = o.augment.then(|| rng.next_u64());
+            let (x, y) = data::batch(split.train.as_ref(), chunk, augment_seed)?;
             let labels = y.as_slice::<i64>()?.to_vec();
             let (x, y) = (x.to_device(o.device)?, y.to_device(o.device)?);
             let mut g = Graph::new();
@@ -204,7 +326,7 @@ pub fn train(
             loss_sum += loss_value * chunk.len() as f64;
             seen += chunk.len();
             step += 1;
-            on_progress(&Progress::Step {
+            on_progress(&Progress::Step(StepReport {
                 step,
                 total_steps,
                 epoch,
@@ -212,12 +334,17 @@ pub fn train(
                 accuracy: correct as f64 / seen as f64,
                 lr,
                 images_per_sec: seen as f64 / started.elapsed().as_secs_f64(),
-            });
+            }));
         }
         let images_per_sec = seen as f64 / started.elapsed().as_secs_f64();
-        let (test_loss, test_accuracy) = evaluate(model.as_mut(), &split.test, 256, o.device)?;
+        let (test_loss, test_accuracy) = if split.test.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            evaluate(model.as_mut(), split.test.as_ref(), o.batch_size.max(64), o.device)?
+        };
         let report = EpochReport {
             epoch,
+            step,
             train_loss: loss_sum / seen.max(1) as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
             test_loss,
@@ -227,6 +354,9 @@ pub fn train(
         on_progress(&Progress::Epoch(report.clone()));
         reports.push(report);
     }
+    if let Some(path) = &o.save {
+        checkpoint::save(model.as_ref(), path)?;
+    }
     Ok((model, reports))
 }
 
@@ -235,12 +365,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        assert!((learning_rate(0.1, 0, 100, 10) - 0.01).abs() < 1e-12);
-        assert!((learning_rate(0.1, 9, 100, 10) - 0.1).abs() < 1e-12);
-        assert!((learning_rate(0.1, 10, 100, 10) - 0.1).abs() < 1e-12);
-        assert!((learning_rate(0.1, 55, 100, 10) - 0.05).abs() < 1e-12);
-        assert!(learning_rate(0.1, 99, 100, 10) < 1e-3);
+    fn schedules_warm_up_then_follow_their_shape() {
+        let cos = |s| learning_rate(0.1, Schedule::Cosine, s, 100, 10, 10);
+        assert!((cos(0) - 0.01).abs() < 1e-12);
+        assert!((cos(9) - 0.1).abs() < 1e-12);
+        assert!((cos(10) - 0.1).abs() < 1e-12);
+        assert!((cos(55) - 0.05).abs() < 1e-12);
+        assert!(cos(99) < 1e-3);
+        let step = Schedule::Step { every_epochs: 3.0, gamma: 0.1 };
+        assert!((learning_rate(0.1, step, 29, 100, 0, 10) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(0.1, step, 30, 100, 0, 10) - 0.01).abs() < 1e-12);
+        assert!((learning_rate(0.1, step, 65, 100, 0, 10) - 0.001).abs() < 1e-12);
+        assert_eq!(learning_rate(0.1, Schedule::Constant, 70, 100, 5, 10), 0.1);
+        assert_eq!("step:30:0.1".parse::<Schedule>().unwrap(), Schedule::Step { every_epochs: 30.0, gamma: 0.1 });
+        assert!("step:30".parse::<Schedule>().is_err());
+        assert!("linear".parse::<Schedule>().is_err());
     }
 
     fn error_of(o: &TrainOptions) -> String {
@@ -252,12 +391,12 @@ mod tests {
 
     #[test]
     fn bad_options_are_errors() {
-        let o = TrainOptions { batch_size: 0, ..Default::default() };
-        assert!(error_of(&o).contains("--batch-size"));
-        let o = TrainOptions { lr: f64::NAN, ..Default::default() };
-        assert!(error_of(&o).contains("--lr"));
-        let o = TrainOptions { num_classes: Some(5), synthetic_size: (20, 10), ..Default::default() };
-        let e = error_of(&o);
+        assert!(error_of(&TrainOptions { batch_size: 0, ..Default::default() }).contains("--batch-size"));
+        assert!(error_of(&TrainOptions { lr: f64::NAN, ..Default::default() }).contains("--lr"));
+        assert!(error_of(&TrainOptions { dropout: Some(1.0), ..Default::default() }).contains("--dropout"));
+        let e = error_of(&TrainOptions { num_classes: Some(5), synthetic_size: (20, 10), ..Default::default() });
         assert!(e.contains("outside the model's 5 classes"), "{e}");
+        let e = error_of(&TrainOptions { model: "alexnet".into(), synthetic_size: (20, 10), ..Default::default() });
+        assert!(e.contains("3×227×227 for alexnet"), "{e}");
     }
 }

@@ -1,42 +1,295 @@
-//! The command line as a user meets it: exit codes, one-line errors, and a short run.
+//! The command line as a user meets it: short training runs on tiny data, inference,
+//! summaries, checkpoints that round-trip, and bad input that gets a one-line error, exit
+//! code 2 and no half-written file.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use scratchnet::data::npy;
+use scratchnet::rng::Rng;
 
 fn scratchnet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scratchnet")).args(args).output().expect("the binary runs")
 }
 
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(args: &[&str]) -> String {
+    let out = scratchnet(args);
+    assert!(out.status.success(), "{args:?} failed:\n{}{}", stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
 fn assert_bad_input(args: &[&str], needle: &str) {
     let out = scratchnet(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(stderr.contains(needle), "{args:?}: wanted '{needle}' in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: wanted '{needle}' in: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: the error should be one line: {err}");
+}
+
+/// A fresh directory for one test.
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("scratchnet-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// A tiny learnable data set as .npy files: class k has a bright k-th quarter of the image.
+fn write_tiny_npy(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let (c, h, w) = (3, 12, 12);
+    let mut rng = Rng::new(4);
+    let mut x = Vec::with_capacity(n * c * h * w);
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let label = (i % 4) as i64;
+        for _ in 0..c {
+            for row in 0..h {
+                for col in 0..w {
+                    let quarter = (row / 6) * 2 + col / 6;
+                    let bright = if quarter as i64 == label { 1.5 } else { 0.0 };
+                    x.push(bright + 0.2 * rng.normal() as f32);
+                }
+            }
+        }
+        y.push(label);
+    }
+    let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
+    std::fs::write(&xp, npy::encode_f32(&[n, c, h, w], &x)).unwrap();
+    std::fs::write(&yp, npy::encode_i64(&[n], &y)).unwrap();
+    (xp, yp)
+}
+
+fn read_logits(path: &Path) -> Vec<f32> {
+    npy::read(path).unwrap().to_vec::<f32>().unwrap()
 }
 
 #[test]
-fn bad_input_exits_2_with_a_one_line_error() {
+fn bad_flags_exit_2_with_a_one_line_error() {
     assert_bad_input(&["train", "--model", "resnet19"], "unknown model 'resnet19'");
     assert_bad_input(&["train", "--data", "imagenet"], "unknown data source 'imagenet'");
     assert_bad_input(&["train", "--device", "tpu"], "unknown device 'tpu'");
     assert_bad_input(&["train", "--batch-size", "0"], "--batch-size must be at least 1");
     assert_bad_input(&["train", "--lr", "-1"], "--lr must be a non-negative number");
+    assert_bad_input(&["train", "--dropout", "1.5"], "--dropout must be in [0, 1)");
+    assert_bad_input(&["train", "--lr-schedule", "linear"], "is not cosine, constant or step");
     assert_bad_input(&["train", "--num-classes", "3"], "outside the model's 3 classes");
-    assert_bad_input(&["train", "--no-such-flag"], "unexpected argument");
-    assert_bad_input(&["frobnicate"], "unrecognized subcommand");
     assert_bad_input(&["train", "--epochs", "18446744073709551615"], "is too many");
     assert_bad_input(&["train", "--num-classes", "100000000000"], "number of classes must be between 1 and 100000");
-    let out = scratchnet(&["train", "--model", "resnet19"]);
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    assert_bad_input(&["train", "--model", "alexnet"], "3×227×227 for alexnet");
+    assert_bad_input(&["summary", "--model", "resnet50", "--input-size", "big"], "is not H or HxW");
+    assert_bad_input(&["train", "--no-such-flag"], "unexpected argument");
+    assert_bad_input(&["frobnicate"], "unrecognized subcommand");
 }
 
 #[test]
-fn a_short_training_run_reports_its_progress_and_accuracy() {
-    let out = scratchnet(&["train", "--steps", "2", "--batch-size", "8", "--device", "cpu"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("training resnet20 (272474 parameters) on cpu"), "{stdout}");
-    assert!(stdout.contains("epoch 1: train loss"), "{stdout}");
-    let last = stdout.lines().last().unwrap_or_default();
-    assert!(last.starts_with("final held-out accuracy: "), "{stdout}");
+fn missing_and_malformed_files_are_named() {
+    let dir = workdir("files");
+    let out = dir.join("out.npy");
+    let (x, y) = write_tiny_npy(&dir, 8);
+    let bogus = dir.join("bogus.bin");
+    std::fs::write(&bogus, b"this is not what it claims to be").unwrap();
+    let missing = dir.join("missing.npy");
+
+    assert_bad_input(&["train", "--data", &format!("npy:{},{}", p(&missing), p(&y))], "missing.npy: cannot read");
+    assert_bad_input(&["train", "--data", &format!("npy:{},{}", p(&bogus), p(&y))], "bogus.bin: not a .npy file");
+    assert_bad_input(&["train", "--data", &format!("npy:{},{}", p(&y), p(&y))], "expected float images N×C×H×W");
+    assert_bad_input(&["train", "--data", &format!("npy:{},{}", p(&x), p(&x))], "expected 8 integer labels");
+    assert_bad_input(&["train", "--data", &format!("cifar10:{}", p(&dir))], "no CIFAR-10 files here");
+    assert_bad_input(&["train", "--data", &format!("folder:{}", p(&dir))], "an image folder needs train/CLASS/*.jpg");
+    assert_bad_input(
+        &["infer", "--model", "resnet20", "--weights", p(&bogus), "--input", p(&x), "--output", p(&out)],
+        "not a safetensors file",
+    );
+    assert_bad_input(
+        &["infer", "--model", "resnet20", "--weights", p(&missing), "--input", p(&x), "--output", p(&out)],
+        "cannot read",
+    );
+    // Labels outside the model's classes.
+    std::fs::write(&y, npy::encode_i64(&[8], &[0, 1, 2, 3, 0, 1, 2, 12])).unwrap();
+    assert_bad_input(
+        &["train", "--data", &format!("npy:{},{}", p(&x), p(&y)), "--steps", "1"],
+        "labels up to 12, outside the model's 10 classes",
+    );
+    // An unreadable image in a folder data set.
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(dir.join("imgs").join(split).join("a")).unwrap();
+    }
+    std::fs::write(dir.join("imgs/train/a/broken.jpg"), b"\xff\xd8 not really").unwrap();
+    assert_bad_input(
+        &[
+            "train",
+            "--model",
+            "resnet18",
+            "--data",
+            &format!("folder:{}", p(&dir.join("imgs"))),
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+        ],
+        "broken.jpg: cannot decode the image",
+    );
+    assert!(!out.exists(), "no output may be left behind by a failed command");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn train_save_infer_and_resume() {
+    let dir = workdir("train");
+    let (x, y) = write_tiny_npy(&dir, 40);
+    let data = format!("npy:{},{}", p(&x), p(&y));
+    let (w1, log) = (dir.join("w1.safetensors"), dir.join("metrics.csv"));
+    let common = [
+        "train",
+        "--model",
+        "resnet20",
+        "--data",
+        &data,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "12",
+        "--num-classes",
+        "4",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--steps", "12", "--lr", "0.05", "--save", p(&w1), "--log", p(&log)]);
+    let first = assert_ok(&args);
+    // 272,474 for 10 classes, less 6 × 65 for the 6 classes fewer.
+    assert!(
+        first.contains("training resnet20 (272084 parameters) on cpu with 36 training and 4 held-out images"),
+        "{first}"
+    );
+    assert!(first.contains("weights saved to"), "{first}");
+    let csv = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(csv.lines().filter(|l| l.contains(",train,")).count(), 12);
+    assert!(csv.lines().any(|l| l.contains(",held-out,")));
+    assert!(std::fs::read_to_string(log.with_extension("svg")).unwrap().contains("<polyline"));
+
+    // Inference twice from the same weights gives the same logits, on cpu and on emu.
+    let (y1, y2, y3) = (dir.join("y1.npy"), dir.join("y2.npy"), dir.join("y3.npy"));
+    for (out, device) in [(&y1, "cpu"), (&y2, "cpu"), (&y3, "emu")] {
+        let msg = assert_ok(&[
+            "infer",
+            "--model",
+            "resnet20",
+            "--num-classes",
+            "4",
+            "--weights",
+            p(&w1),
+            "--input",
+            p(&x),
+            "--output",
+            p(out),
+            "--device",
+            device,
+        ]);
+        assert!(msg.contains("wrote 40×4 logits"), "{msg}");
+    }
+    let (l1, l2, l3) = (read_logits(&y1), read_logits(&y2), read_logits(&y3));
+    assert_eq!(l1.len(), 160);
+    assert_eq!(l1, l2, "the same weights must give the same logits");
+    let diff: f32 = l1.iter().zip(&l3).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-3, "cpu and emu logits differ by {diff}");
+
+    // Save → load → save again gives the same file contents.
+    let w2 = dir.join("w2.safetensors");
+    let mut resume = common.to_vec();
+    resume.extend(["--steps", "12", "--lr", "0.05", "--init", p(&w1), "--save", p(&w2)]);
+    let second = assert_ok(&resume);
+    let loss = |text: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with("epoch 1: train loss")).unwrap_or_default();
+        line.split_whitespace().nth(4).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    assert!(
+        loss(&second) < loss(&first),
+        "resuming continues from the saved weights: {} then {}",
+        loss(&first),
+        loss(&second)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn weights_that_do_not_fit_the_model_are_refused() {
+    let dir = workdir("weights");
+    let (x, y) = write_tiny_npy(&dir, 8);
+    let w = dir.join("w.safetensors");
+    let data = format!("npy:{},{}", p(&x), p(&y));
+    assert_ok(&["train", "--data", &data, "--num-classes", "4", "--steps", "1", "--batch-size", "4", "--save", p(&w)]);
+    let out = dir.join("logits.npy");
+    let infer = |model: &str, classes: &str| {
+        vec![
+            "infer".to_string(),
+            "--model".into(),
+            model.into(),
+            "--num-classes".into(),
+            classes.into(),
+            "--weights".into(),
+            p(&w).into(),
+            "--input".into(),
+            p(&x).into(),
+            "--output".into(),
+            p(&out).into(),
+        ]
+    };
+    let run = |args: Vec<String>| args;
+    let args = run(infer("resnet20", "10"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_bad_input(&args, "fc.weight has shape [4, 64] in the file but resnet20 needs [10, 64]");
+    let args = run(infer("resnet32", "4"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_bad_input(&args, "has no tensor layer1.3.conv1.weight");
+    let args = run(infer("densenet_bc100", "4"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_bad_input(&args, "has no tensor features.conv0.weight");
+    // An input of the wrong size for the model: one channel where it needs three.
+    std::fs::write(&x, npy::encode_f32(&[2, 1, 12, 12], &[0.5; 288])).unwrap();
+    let args = run(infer("resnet20", "4"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_bad_input(&args, "expected a batch [N, C, H, W] of images of 3 channels");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn summary_totals_match_the_published_counts() {
+    let out = assert_ok(&["summary", "--model", "resnet50"]);
+    assert!(out.starts_with("resnet50 on a 3×224×224 image"), "{out}");
+    assert!(out.contains("total: 25,557,032 parameters, 4,089,184,256 multiply-adds per image"), "{out}");
+    // A bottleneck block at 256 channels: 1×1 (256→64), 3×3 (64→64), 1×1 (64→256).
+    let params = |name: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default();
+        // The columns are name, type, output shape (with spaces), params, multiply-adds.
+        line.split_whitespace().rev().nth(1).map(|v| v.replace(',', "")).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let bottleneck = params("layer1.1.conv1") + params("layer1.1.conv2") + params("layer1.1.conv3");
+    let two_3x3_at_256 = 2 * 256 * 256 * 9;
+    assert_eq!(bottleneck, 69_632);
+    assert!((16..18).contains(&(two_3x3_at_256 / bottleneck)), "about 17× fewer weights");
+    let out = assert_ok(&["summary", "--model", "densenet_bc100", "--input-size", "40x48"]);
+    assert!(out.starts_with("densenet_bc100 on a 3×40×48 image"), "{out}");
+    assert!(out.contains("total: 769,162 parameters"), "{out}");
+    assert!(out.contains("features.denseblock3.denselayer16.conv2"), "{out}");
+}
+
+#[test]
+fn the_default_run_reports_progress_and_accuracy() {
+    let out = assert_ok(&["train", "--steps", "2", "--batch-size", "8", "--device", "cpu"]);
+    assert!(out.contains("training resnet20 (272474 parameters) on cpu"), "{out}");
+    assert!(out.contains("epoch 1: train loss"), "{out}");
+    assert!(out.lines().last().unwrap_or_default().starts_with("final held-out accuracy: "), "{out}");
 }

@@ -39,19 +39,11 @@ impl Module for TinyNet {
         let h = g.flatten(&h)?;
         self.fc.forward(g, &h)
     }
-    fn params(&self) -> Vec<&scratchnet::Param> {
-        let mut v = self.conv1.params();
-        v.extend(self.bn1.params());
-        v.extend(self.conv2.params());
-        v.extend(self.fc.params());
-        v
+    fn children(&self) -> Vec<&dyn Module> {
+        vec![&self.conv1, &self.bn1, &self.conv2, &self.fc]
     }
-    fn params_mut(&mut self) -> Vec<&mut scratchnet::Param> {
-        let mut v = self.conv1.params_mut();
-        v.extend(self.bn1.params_mut());
-        v.extend(self.conv2.params_mut());
-        v.extend(self.fc.params_mut());
-        v
+    fn children_mut(&mut self) -> Vec<&mut dyn Module> {
+        vec![&mut self.conv1, &mut self.bn1, &mut self.conv2, &mut self.fc]
     }
 }
 
@@ -67,8 +59,8 @@ fn step(model: &mut TinyNet, opt: &mut Sgd, x: &Tensor, y: &Tensor) -> f64 {
 
 #[test]
 fn a_tiny_conv_net_fits_a_fixed_batch() {
-    let data = synthetic::generate(20, 0, 5).train;
-    let (x, y) = data.batch(&(0..20).collect::<Vec<_>>(), None).unwrap();
+    let (data, _) = synthetic::generate(20, 0, 5);
+    let (x, y) = scratchnet::data::batch(&data, &(0..20).collect::<Vec<_>>(), None).unwrap();
     let mut model = TinyNet::new();
     let mut opt = Sgd::new(0.05, 0.9, 0.0);
     let first = step(&mut model, &mut opt, &x, &y);
@@ -80,14 +72,14 @@ fn a_tiny_conv_net_fits_a_fixed_batch() {
     assert!(last < 0.25 * first, "loss went from {first} to {last}");
     // The running statistics moved away from their initial (0, 1).
     assert!(model.bn1.running_mean.to_f64_vec().unwrap().iter().any(|v| v.abs() > 1e-3));
-    assert_eq!(model.bn1.num_batches_tracked, 61);
+    assert_eq!(model.bn1.batches_tracked(), 61);
 }
 
 #[test]
 fn training_is_reproducible_from_the_seed() {
     let run = || {
-        let data = synthetic::generate(16, 0, 6).train;
-        let (x, y) = data.batch(&(0..16).collect::<Vec<_>>(), None).unwrap();
+        let (data, _) = synthetic::generate(16, 0, 6);
+        let (x, y) = scratchnet::data::batch(&data, &(0..16).collect::<Vec<_>>(), None).unwrap();
         let mut model = TinyNet::new();
         let mut opt = Sgd::new(0.05, 0.9, 1e-4);
         (0..3).map(|_| step(&mut model, &mut opt, &x, &y)).collect::<Vec<f64>>()

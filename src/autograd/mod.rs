@@ -88,6 +88,22 @@ pub struct Graph {
     mode: Mode,
     nodes: Vec<Node>,
     param_nodes: HashMap<ParamId, usize>,
+    /// When set, layers describe themselves here as they run (`scratchnet summary`).
+    trace: Option<Vec<LayerRecord>>,
+}
+
+/// One layer, as it ran: what `scratchnet summary` prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// The layer's dotted name (`layer1.0.conv1`).
+    pub name: String,
+    /// Its kind (`Conv2d`, `BatchNorm2d`, ...).
+    pub kind: &'static str,
+    pub output: Shape,
+    /// Trainable values it owns.
+    pub params: usize,
+    /// Multiply-adds of its forward pass (convolutions and linear layers; 0 for the rest).
+    pub macs: u64,
 }
 
 impl Default for Graph {
@@ -109,7 +125,30 @@ impl Graph {
 
     pub fn with_mode(mode: Mode) -> Graph {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Graph { id: NEXT.fetch_add(1, Ordering::Relaxed), mode, nodes: Vec::new(), param_nodes: HashMap::new() }
+        Graph {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            mode,
+            nodes: Vec::new(),
+            param_nodes: HashMap::new(),
+            trace: None,
+        }
+    }
+
+    /// Starts collecting a [`LayerRecord`] for every layer that runs.
+    pub fn start_trace(&mut self) {
+        self.trace = Some(Vec::new());
+    }
+
+    /// The layers recorded since [`Graph::start_trace`].
+    pub fn take_trace(&mut self) -> Vec<LayerRecord> {
+        self.trace.take().unwrap_or_default()
+    }
+
+    /// Called by layers after they run; does nothing unless tracing.
+    pub fn record_layer(&mut self, name: &str, kind: &'static str, output: &Var, params: usize, macs: u64) {
+        if let Some(t) = &mut self.trace {
+            t.push(LayerRecord { name: name.to_string(), kind, output: output.shape().clone(), params, macs });
+        }
     }
 
     pub fn is_training(&self) -> bool {

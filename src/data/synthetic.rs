@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::{Dataset, Split};
+use super::{Augment, InMemory};
 use crate::rng::Rng;
 
 pub const NUM_CLASSES: usize = 10;
@@ -27,11 +27,11 @@ pub const SIZE: usize = 32;
 
 /// `train` training images and `test` held-out images drawn from `seed`. The held-out
 /// images come from a different stream, so the two never share an image.
-pub fn generate(train: usize, test: usize, seed: u64) -> Split {
-    Split { train: draw(train, seed), test: draw(test, seed ^ 0x7E57_0000_0000_0001) }
+pub fn generate(train: usize, test: usize, seed: u64) -> (InMemory, InMemory) {
+    (draw(train, seed), draw(test, seed ^ 0x7E57_0000_0000_0001))
 }
 
-fn draw(n: usize, seed: u64) -> Dataset {
+fn draw(n: usize, seed: u64) -> InMemory {
     let per = 3 * SIZE * SIZE;
     let drawn: Vec<(Vec<f32>, i64)> = (0..n)
         .into_par_iter()
@@ -47,7 +47,13 @@ fn draw(n: usize, seed: u64) -> Dataset {
         images.extend(img);
         labels.push(label);
     }
-    Dataset { images, labels, image_shape: [3, SIZE, SIZE], num_classes: NUM_CLASSES, black: vec![normalise(0.0); 3] }
+    InMemory {
+        images,
+        labels,
+        image_shape: [3, SIZE, SIZE],
+        num_classes: NUM_CLASSES,
+        augment: Augment::PadCropFlip { fill: vec![normalise(0.0); 3] },
+    }
 }
 
 /// Is the point `(dx, dy)`, relative to the shape's centre, inside a shape of kind `label`
@@ -125,15 +131,15 @@ mod tests {
 
     #[test]
     fn same_seed_same_images_and_balanced_labels() {
-        let a = generate(40, 10, 3);
-        let b = generate(40, 10, 3);
-        assert_eq!(a.train.images, b.train.images);
-        assert_ne!(a.train.images, generate(40, 10, 4).train.images);
-        assert_ne!(a.train.images[..3072], a.test.images[..3072]);
+        let (train, test) = generate(40, 10, 3);
+        let (again, _) = generate(40, 10, 3);
+        assert_eq!(train.images, again.images);
+        assert_ne!(train.images, generate(40, 10, 4).0.images);
+        assert_ne!(train.images[..3072], test.images[..3072]);
         for class in 0..10 {
-            assert_eq!(a.train.labels.iter().filter(|&&l| l == class).count(), 4);
+            assert_eq!(train.labels.iter().filter(|&&l| l == class).count(), 4);
         }
-        assert!(a.train.images.iter().all(|v| (-2.0..=2.0).contains(v)));
+        assert!(train.images.iter().all(|v| (-2.0..=2.0).contains(v)));
     }
 
     #[test]

@@ -1,34 +1,130 @@
 //! The networks, built from [`crate::nn`] layers, with torchvision's parameter names.
+//!
+//! | name | network | input | parameters (1000 classes; CIFAR nets 10) |
+//! |---|---|---|---|
+//! | `alexnet` | the 2012 paper / Caffe version, LRN, grouped conv2/4/5 | 3×227×227 | 60,965,224 |
+//! | `resnet18`, `resnet34` | torchvision, basic blocks | 3×224×224 | 11,689,512 / 21,797,672 |
+//! | `resnet50`, `resnet101`, `resnet152` | torchvision v1.5, bottlenecks | 3×224×224 | 25,557,032 / 44,549,160 / 60,192,808 |
+//! | `resnet20` … `resnet110` | He et al. CIFAR nets | 3×32×32 | 272,474 (resnet20) |
+//! | `densenet121/169/201/161` | torchvision | 3×224×224 | 7,978,856 / 14,149,480 / 20,013,928 / 28,681,000 |
+//! | `densenet_bc100` | DenseNet-BC, depth 100, growth 12 | 3×32×32 | 769,162 |
 
+mod alexnet;
+mod densenet;
+mod resnet;
 mod resnet_cifar;
 
+pub use alexnet::AlexNet;
+pub use densenet::{DenseNet, DenseNetConfig};
+pub use resnet::ResNet;
 pub use resnet_cifar::ResNetCifar;
 
 use crate::error::{Error, Result};
 use crate::nn::Module;
+use crate::tensor::Shape;
 
-/// The names `build` accepts.
-pub const MODEL_NAMES: &[&str] = &["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"];
-
-/// Checks a model name without building the model (so a typo fails before data loads).
-pub fn check_name(name: &str) -> Result<()> {
-    build(name, 1, 0).map(|_| ())
+/// A whole network: a module that knows what input it takes.
+pub trait Model: Module + Send {
+    fn name(&self) -> &str;
+    /// `[C, H, W]` of the images it was designed for.
+    fn input_size(&self) -> [usize; 3];
+    fn num_classes(&self) -> usize;
+    /// Checks a batch's shape `[N, C, H, W]` before a forward pass, with an error that names
+    /// the size the model expects.
+    fn check_input(&self, shape: &Shape) -> Result<()>;
 }
 
+/// The names [`build`] accepts.
+pub const MODEL_NAMES: &[&str] = &[
+    "alexnet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "densenet161",
+    "densenet_bc100",
+];
+
+/// The classes a model has when not told otherwise: 10 for the CIFAR nets, 1000 for the
+/// ImageNet ones.
+pub fn default_num_classes(name: &str) -> usize {
+    if is_cifar(name) { 10 } else { 1000 }
+}
+
+/// True for the networks designed for 32×32 images.
+pub fn is_cifar(name: &str) -> bool {
+    name == "densenet_bc100"
+        || name
+            .strip_prefix("resnet")
+            .and_then(|d| d.parse::<usize>().ok())
+            .is_some_and(|d| ResNetCifar::blocks_for_depth(d).is_some())
+}
+
+/// The most classes a model may have: a typo must not ask for a classifier that cannot be
+/// allocated.
+const MAX_CLASSES: usize = 100_000;
+
 /// A model by name, with `num_classes` outputs, its initial weights drawn from `seed`.
-pub fn build(name: &str, num_classes: usize, seed: u64) -> Result<Box<dyn Module + Send>> {
-    // The upper bound keeps a typo from asking for a classifier that cannot be allocated.
-    const MAX_CLASSES: usize = 100_000;
+pub fn build(name: &str, num_classes: usize, seed: u64) -> Result<Box<dyn Model>> {
     if num_classes == 0 || num_classes > MAX_CLASSES {
         return Err(Error::argument(
             "model",
             format!("the number of classes must be between 1 and {MAX_CLASSES}, got {num_classes}"),
         ));
     }
-    if let Some(depth) = name.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok())
-        && let Some(blocks) = ResNetCifar::blocks_for_depth(depth)
-    {
-        return Ok(Box::new(ResNetCifar::new(blocks, num_classes, seed)));
+    if name == "alexnet" {
+        return Ok(Box::new(AlexNet::new(num_classes, seed)));
+    }
+    if let Some(depth) = name.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok()) {
+        if let Some(blocks) = ResNetCifar::blocks_for_depth(depth) {
+            return Ok(Box::new(ResNetCifar::new(blocks, num_classes, seed)));
+        }
+        if let Some((layers, bottleneck)) = ResNet::config(depth) {
+            return Ok(Box::new(ResNet::new(name, layers, bottleneck, num_classes, seed)));
+        }
+    }
+    if let Some(cfg) = DenseNetConfig::by_name(name) {
+        return Ok(Box::new(DenseNet::new(name, cfg, num_classes, seed)));
     }
     Err(Error::argument("model", format!("unknown model '{name}' (known: {})", MODEL_NAMES.join(", "))))
+}
+
+/// Checks a model name without building the model (so a typo fails before data loads).
+pub fn check_name(name: &str) -> Result<()> {
+    if MODEL_NAMES.contains(&name) {
+        Ok(())
+    } else {
+        Err(Error::argument("model", format!("unknown model '{name}' (known: {})", MODEL_NAMES.join(", "))))
+    }
+}
+
+/// The image sizes a model accepts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Size {
+    Exactly(usize, usize),
+    AtLeast(usize),
+}
+
+pub(crate) fn check_image(model: &str, shape: &Shape, channels: usize, size: Size) -> Result<()> {
+    let want = match size {
+        Size::Exactly(h, w) => format!("images of {channels}×{h}×{w}"),
+        Size::AtLeast(m) => format!("images of {channels} channels, at least {m}×{m}"),
+    };
+    let bad = || Error::shape("input", format!("a batch [N, C, H, W] of {want} for {model}"), format!("shape {shape}"));
+    let (_, c, h, w) = shape.dims4().ok_or_else(bad)?;
+    let fits = c == channels
+        && match size {
+            Size::Exactly(eh, ew) => h == eh && w == ew,
+            Size::AtLeast(m) => h >= m && w >= m,
+        };
+    if fits { Ok(()) } else { Err(bad()) }
 }

@@ -3,120 +3,29 @@
 //! A 3×3 stem convolution to 16 channels (no max pool: the images are only 32×32), then three
 //! stages of `n` basic blocks at 16, 32 and 64 channels, the second and third starting with a
 //! stride-2 block, then global average pooling and one fully connected layer. Depth is
-//! `6n + 2`. Where a block changes the shape, its shortcut is a 1×1 stride-2 convolution with
-//! batch norm, named `layerN.0.downsample.0/.1` as in torchvision. That is the paper's
-//! option B; for CIFAR the paper itself used option A (identity shortcuts padded with zero
-//! channels, no parameters: 269,722 for ResNet-20 instead of 272,474). Option B keeps one
-//! kind of shortcut across all our ResNets and loads torchvision-style weights unchanged.
+//! `6n + 2`. The basic block is the one of the ImageNet ResNets ([`super::resnet`]).
 //!
-//! ```text
-//! basic block:  x ─ conv3×3 ─ BN ─ ReLU ─ conv3×3 ─ BN ─(+)─ ReLU
-//!               └────────────── shortcut ───────────────┘
-//! ```
+//! Where a block changes the shape, its shortcut is a 1×1 stride-2 convolution with batch
+//! norm, named `layerN.0.downsample.0/.1` as in torchvision. That is the paper's option B; for
+//! CIFAR the paper itself used option A (identity shortcuts padded with zero channels, no
+//! parameters: 269,722 for ResNet-20 instead of 272,474). Option B keeps one kind of shortcut
+//! across all our ResNets and loads torchvision-style weights unchanged.
 
-use crate::autograd::{Graph, Param, Var};
+use super::Model;
+use super::resnet::{BasicBlock, conv};
+use crate::autograd::{Graph, Var};
 use crate::error::Result;
-use crate::nn::init::Init;
-use crate::nn::{BatchNorm2d, Conv2d, Linear, Module, join};
-use crate::ops::conv2d::Conv2dParams;
+use crate::nn::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, Module};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
-
-fn conv3x3(name: &str, cin: usize, cout: usize, stride: usize, rng: &mut Rng) -> Conv2d {
-    let p = Conv2dParams::default().stride(stride).padding(1);
-    Conv2d::new(name, cin, cout, 3, p, false, Init::KaimingNormalFanOut, rng.next_u64())
-}
-
-pub struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
-}
-
-impl BasicBlock {
-    fn new(name: &str, cin: usize, cout: usize, stride: usize, rng: &mut Rng) -> BasicBlock {
-        let downsample = (stride != 1 || cin != cout).then(|| {
-            let p = Conv2dParams::default().stride(stride);
-            let conv = Conv2d::new(
-                &join(name, "downsample.0"),
-                cin,
-                cout,
-                1,
-                p,
-                false,
-                Init::KaimingNormalFanOut,
-                rng.next_u64(),
-            );
-            (conv, BatchNorm2d::new(&join(name, "downsample.1"), cout))
-        });
-        BasicBlock {
-            conv1: conv3x3(&join(name, "conv1"), cin, cout, stride, rng),
-            bn1: BatchNorm2d::new(&join(name, "bn1"), cout),
-            conv2: conv3x3(&join(name, "conv2"), cout, cout, 1, rng),
-            bn2: BatchNorm2d::new(&join(name, "bn2"), cout),
-            downsample,
-        }
-    }
-}
-
-impl Module for BasicBlock {
-    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward(g, &h)?;
-        let h = g.relu(&h)?;
-        let h = self.conv2.forward(g, &h)?;
-        let h = self.bn2.forward(g, &h)?;
-        let shortcut = match &mut self.downsample {
-            Some((conv, bn)) => {
-                let s = conv.forward(g, x)?;
-                bn.forward(g, &s)?
-            }
-            None => x.clone(),
-        };
-        let sum = g.add(&h, &shortcut)?;
-        g.relu(&sum)
-    }
-
-    fn params(&self) -> Vec<&Param> {
-        let mut v = self.conv1.params();
-        v.extend(self.bn1.params());
-        v.extend(self.conv2.params());
-        v.extend(self.bn2.params());
-        if let Some((c, b)) = &self.downsample {
-            v.extend(c.params());
-            v.extend(b.params());
-        }
-        v
-    }
-
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut v = self.conv1.params_mut();
-        v.extend(self.bn1.params_mut());
-        v.extend(self.conv2.params_mut());
-        v.extend(self.bn2.params_mut());
-        if let Some((c, b)) = &mut self.downsample {
-            v.extend(c.params_mut());
-            v.extend(b.params_mut());
-        }
-        v
-    }
-
-    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut v = self.bn1.buffers_mut();
-        v.extend(self.bn2.buffers_mut());
-        if let Some((_, b)) = &mut self.downsample {
-            v.extend(b.buffers_mut());
-        }
-        v
-    }
-}
+use crate::tensor::Shape;
 
 pub struct ResNetCifar {
+    name: String,
+    num_classes: usize,
     conv1: Conv2d,
     bn1: BatchNorm2d,
     blocks: Vec<BasicBlock>,
+    avgpool: GlobalAvgPool,
     fc: Linear,
 }
 
@@ -128,7 +37,7 @@ impl ResNetCifar {
 
     pub fn new(blocks_per_stage: usize, num_classes: usize, seed: u64) -> ResNetCifar {
         let mut rng = Rng::new(seed);
-        let conv1 = conv3x3("conv1", 3, 16, 1, &mut rng);
+        let conv1 = conv("conv1", 3, 16, 3, 1, &mut rng);
         let mut blocks = Vec::new();
         let mut cin = 16;
         for (stage, cout) in [16, 32, 64].into_iter().enumerate() {
@@ -139,7 +48,15 @@ impl ResNetCifar {
             }
         }
         let fc = Linear::new("fc", 64, num_classes, true, rng.next_u64());
-        ResNetCifar { conv1, bn1: BatchNorm2d::new("bn1", 16), blocks, fc }
+        ResNetCifar {
+            name: format!("resnet{}", 6 * blocks_per_stage + 2),
+            num_classes,
+            conv1,
+            bn1: BatchNorm2d::new("bn1", 16),
+            blocks,
+            avgpool: GlobalAvgPool::new("avgpool"),
+            fc,
+        }
     }
 }
 
@@ -151,44 +68,42 @@ impl Module for ResNetCifar {
         for block in &mut self.blocks {
             h = block.forward(g, &h)?;
         }
-        let h = g.global_avg_pool(&h)?;
-        let h = g.flatten(&h)?;
+        let h = self.avgpool.forward(g, &h)?;
         self.fc.forward(g, &h)
     }
-
-    fn params(&self) -> Vec<&Param> {
-        let mut v = self.conv1.params();
-        v.extend(self.bn1.params());
-        for b in &self.blocks {
-            v.extend(b.params());
-        }
-        v.extend(self.fc.params());
+    fn children(&self) -> Vec<&dyn Module> {
+        let mut v: Vec<&dyn Module> = vec![&self.conv1, &self.bn1];
+        v.extend(self.blocks.iter().map(|b| b as &dyn Module));
+        v.extend([&self.avgpool as &dyn Module, &self.fc]);
         v
     }
-
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut v = self.conv1.params_mut();
-        v.extend(self.bn1.params_mut());
-        for b in &mut self.blocks {
-            v.extend(b.params_mut());
-        }
-        v.extend(self.fc.params_mut());
+    fn children_mut(&mut self) -> Vec<&mut dyn Module> {
+        let mut v: Vec<&mut dyn Module> = vec![&mut self.conv1, &mut self.bn1];
+        v.extend(self.blocks.iter_mut().map(|b| b as &mut dyn Module));
+        v.extend([&mut self.avgpool as &mut dyn Module, &mut self.fc]);
         v
     }
+}
 
-    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut v = self.bn1.buffers_mut();
-        for b in &mut self.blocks {
-            v.extend(b.buffers_mut());
-        }
-        v
+impl Model for ResNetCifar {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn input_size(&self) -> [usize; 3] {
+        [3, 32, 32]
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn check_input(&self, shape: &Shape) -> Result<()> {
+        super::check_image(&self.name, shape, 3, super::Size::AtLeast(1))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
+    use crate::{DType, Tensor};
 
     #[test]
     fn resnet20_has_272474_parameters_with_projection_shortcuts() {

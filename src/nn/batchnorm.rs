@@ -11,8 +11,8 @@ pub struct BatchNorm2d {
     pub bias: Param,
     pub running_mean: Tensor,
     pub running_var: Tensor,
-    /// Training steps taken, as PyTorch's `num_batches_tracked`.
-    pub num_batches_tracked: u64,
+    /// Training steps taken: PyTorch's `num_batches_tracked`, an i64 scalar kept on the host.
+    pub num_batches_tracked: Tensor,
     pub eps: f64,
     pub momentum: f64,
     name: String,
@@ -25,7 +25,7 @@ impl BatchNorm2d {
             bias: Param::new(join(name, "bias"), Tensor::zeros([channels], DType::F32)),
             running_mean: Tensor::zeros([channels], DType::F32),
             running_var: Tensor::full([channels], 1.0, DType::F32),
-            num_batches_tracked: 0,
+            num_batches_tracked: Tensor::scalar(0i64),
             eps: 1e-5,
             momentum: 0.1,
             name: name.to_string(),
@@ -35,6 +35,11 @@ impl BatchNorm2d {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Steps taken in training mode.
+    pub fn batches_tracked(&self) -> i64 {
+        self.num_batches_tracked.as_slice::<i64>().ok().and_then(|s| s.first().copied()).unwrap_or(0)
+    }
 }
 
 impl Module for BatchNorm2d {
@@ -43,15 +48,18 @@ impl Module for BatchNorm2d {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let gamma = g.param(&self.weight);
         let beta = g.param(&self.bias);
-        if g.is_training() {
+        let y = if g.is_training() {
             let (y, mean, var) = g.batch_norm_train(x, &gamma, &beta, self.eps)?;
             let count = x.dims()[0] * x.dims()[2..].iter().product::<usize>();
             update_running_stats(&mut self.running_mean, &mut self.running_var, &mean, &var, count, self.momentum)?;
-            self.num_batches_tracked += 1;
-            Ok(y)
+            let steps = self.batches_tracked() + 1;
+            self.num_batches_tracked = Tensor::scalar(steps);
+            y
         } else {
-            g.batch_norm_eval(x, &gamma, &beta, &self.running_mean, &self.running_var, self.eps)
-        }
+            g.batch_norm_eval(x, &gamma, &beta, &self.running_mean, &self.running_var, self.eps)?
+        };
+        g.record_layer(&self.name, "BatchNorm2d", &y, self.num_params(), 0);
+        Ok(y)
     }
 
     fn params(&self) -> Vec<&Param> {
@@ -62,7 +70,19 @@ impl Module for BatchNorm2d {
         vec![&mut self.weight, &mut self.bias]
     }
 
-    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
-        vec![&mut self.running_mean, &mut self.running_var]
+    fn buffers(&self) -> Vec<(String, &Tensor)> {
+        vec![
+            (join(&self.name, "running_mean"), &self.running_mean),
+            (join(&self.name, "running_var"), &self.running_var),
+            (join(&self.name, "num_batches_tracked"), &self.num_batches_tracked),
+        ]
+    }
+
+    fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        vec![
+            (join(&self.name, "running_mean"), &mut self.running_mean),
+            (join(&self.name, "running_var"), &mut self.running_var),
+            (join(&self.name, "num_batches_tracked"), &mut self.num_batches_tracked),
+        ]
     }
 }

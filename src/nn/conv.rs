@@ -2,10 +2,11 @@ use super::init::{self, Init};
 use super::{Module, join};
 use crate::autograd::{Graph, Param, Var};
 use crate::error::Result;
-use crate::ops::conv2d::Conv2dParams;
+use crate::ops::conv2d::{Conv2dParams, ConvGeometry};
 
 /// `nn.Conv2d`: weight `[out, in/groups, k, k]`, optional bias `[out]`.
 pub struct Conv2d {
+    pub name: String,
     pub weight: Param,
     pub bias: Option<Param>,
     pub params: Conv2dParams,
@@ -28,13 +29,13 @@ impl Conv2d {
         let fan_in = shape[1] * kernel * kernel;
         let bias = bias.then(|| {
             let b = match init {
-                // torchvision zeroes the biases it initialises itself.
-                Init::KaimingNormalFanOut => crate::Tensor::zeros([out_channels], crate::DType::F32),
                 Init::Default => init::bias(out_channels, fan_in, seed ^ 0xB1A5),
+                // torchvision zeroes the biases it initialises itself.
+                _ => crate::Tensor::zeros([out_channels], crate::DType::F32),
             };
             Param::new(join(name, "bias"), b)
         });
-        Conv2d { weight, bias, params }
+        Conv2d { name: name.to_string(), weight, bias, params }
     }
 }
 
@@ -42,7 +43,10 @@ impl Module for Conv2d {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let w = g.param(&self.weight);
         let b = self.bias.as_ref().map(|b| g.param(b));
-        g.conv2d(x, &w, b.as_ref(), self.params)
+        let y = g.conv2d(x, &w, b.as_ref(), self.params)?;
+        let macs = ConvGeometry::new(x.shape(), self.weight.value.shape(), self.params)?.macs();
+        g.record_layer(&self.name, "Conv2d", &y, self.num_params(), macs);
+        Ok(y)
     }
 
     fn params(&self) -> Vec<&Param> {

@@ -4,8 +4,11 @@
 //!   `kaiming_uniform_(a=√5)`, which works out to `U(−1/√fan_in, 1/√fan_in)` for the weight
 //!   (and the same bound for the bias).
 //! - [`Init::KaimingNormalFanOut`]: `kaiming_normal_(mode='fan_out', nonlinearity='relu')`,
-//!   `N(0, 2/fan_out)`, which torchvision's ResNet and DenseNet apply to every convolution
-//!   (He et al., 2015: it keeps the variance of the gradients constant through ReLU layers).
+//!   `N(0, 2/fan_out)`, which torchvision's ResNet applies to every convolution (He et al.,
+//!   2015: it keeps the variance of the gradients constant through ReLU layers).
+//! - [`Init::KaimingNormalFanIn`]: `kaiming_normal_` with its defaults (`mode='fan_in'`, gain
+//!   √2), `N(0, 2/fan_in)`, which torchvision's DenseNet applies (it keeps the variance of
+//!   the activations constant instead).
 //!
 //! `fan_in` is `in_channels/groups · kh · kw` and `fan_out` is `out_channels · kh · kw`, as
 //! `torch.nn.init._calculate_fan_in_and_fan_out` computes them.
@@ -16,6 +19,7 @@ use crate::tensor::{DType, Shape, Tensor};
 pub enum Init {
     Default,
     KaimingNormalFanOut,
+    KaimingNormalFanIn,
 }
 
 /// Fan-in and fan-out of a weight of shape `[out, in, k…]`.
@@ -36,6 +40,10 @@ pub fn weight(shape: impl Into<Shape>, init: Init, seed: u64) -> Tensor {
         }
         Init::KaimingNormalFanOut => {
             let std = (2.0 / fan_out.max(1) as f64).sqrt();
+            Tensor::randn(shape, 0.0, std, DType::F32, seed)
+        }
+        Init::KaimingNormalFanIn => {
+            let std = (2.0 / fan_in.max(1) as f64).sqrt();
             Tensor::randn(shape, 0.0, std, DType::F32, seed)
         }
     }

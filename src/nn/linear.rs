@@ -5,6 +5,7 @@ use crate::error::Result;
 
 /// `nn.Linear`: weight `[out, in]`, bias `[out]`, both `U(−1/√in, 1/√in)` as PyTorch.
 pub struct Linear {
+    pub name: String,
     pub weight: Param,
     pub bias: Option<Param>,
 }
@@ -13,7 +14,7 @@ impl Linear {
     pub fn new(name: &str, in_features: usize, out_features: usize, bias: bool, seed: u64) -> Linear {
         let weight = Param::new(join(name, "weight"), init::weight([out_features, in_features], Init::Default, seed));
         let bias = bias.then(|| Param::new(join(name, "bias"), init::bias(out_features, in_features, seed ^ 0xB1A5)));
-        Linear { weight, bias }
+        Linear { name: name.to_string(), weight, bias }
     }
 }
 
@@ -21,7 +22,10 @@ impl Module for Linear {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let w = g.param(&self.weight);
         let b = self.bias.as_ref().map(|b| g.param(b));
-        g.linear(x, &w, b.as_ref())
+        let y = g.linear(x, &w, b.as_ref())?;
+        let macs = (x.dims().first().copied().unwrap_or(0) * self.weight.numel()) as u64;
+        g.record_layer(&self.name, "Linear", &y, self.num_params(), macs);
+        Ok(y)
     }
 
     fn params(&self) -> Vec<&Param> {

@@ -1,18 +1,26 @@
-//! Layers with parameters, built on the autograd tape.
+//! Layers, built on the autograd tape.
 //!
-//! A layer owns its [`Param`]s (and, for batch norm, its running statistics) and implements
-//! [`Module`]: `forward` reads the parameters into a [`Graph`] and records the ops; `params`
-//! lists them, with their full dotted names, for the optimizer and for checkpoints. Layers
-//! without parameters (ReLU, pooling) are plain calls on the graph.
+//! A layer implements [`Module`]: `forward` reads its parameters into a [`Graph`] and records
+//! the ops. Layers with parameters ([`Conv2d`], [`Linear`], [`BatchNorm2d`]) own them as
+//! [`Param`]s with their full dotted names (`layer1.0.conv1.weight`, as in a torchvision
+//! `state_dict`); the layers without ([`MaxPool2d`], [`AvgPool2d`], [`GlobalAvgPool`],
+//! [`LocalResponseNorm`], [`Dropout`]) are modules too, so they have names in a summary.
+//! A network is a tree of modules: a composite lists its children, and the parameters and
+//! buffers of the whole tree are gathered from the leaves.
+//!
+//! Train or eval is a property of the graph a forward pass runs in: [`Graph::new`] trains
+//! (batch statistics, dropout on), [`Graph::eval`] evaluates (running statistics, dropout off).
 
 mod batchnorm;
 mod conv;
 pub mod init;
+mod layers;
 mod linear;
 mod optim;
 
 pub use batchnorm::BatchNorm2d;
 pub use conv::Conv2d;
+pub use layers::{AvgPool2d, Dropout, GlobalAvgPool, LocalResponseNorm, MaxPool2d};
 pub use linear::Linear;
 pub use optim::Sgd;
 
@@ -24,25 +32,51 @@ use crate::tensor::Tensor;
 pub trait Module {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var>;
 
-    /// Every parameter, in a fixed order.
-    fn params(&self) -> Vec<&Param>;
-
-    fn params_mut(&mut self) -> Vec<&mut Param>;
-
-    /// State that is not trained but is saved and moved with the model (batch norm's
-    /// running statistics).
-    fn buffers_mut(&mut self) -> Vec<&mut Tensor> {
+    /// The direct sub-modules, in a fixed order (empty for a leaf layer).
+    fn children(&self) -> Vec<&dyn Module> {
         Vec::new()
     }
 
-    /// Moves every parameter and buffer to `device`.
+    fn children_mut(&mut self) -> Vec<&mut dyn Module> {
+        Vec::new()
+    }
+
+    /// Every parameter of the tree, in a fixed order. Leaf layers with parameters override
+    /// this; composites get it from their children.
+    fn params(&self) -> Vec<&Param> {
+        self.children().into_iter().flat_map(|c| c.params()).collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.children_mut().into_iter().flat_map(|c| c.params_mut()).collect()
+    }
+
+    /// State that is saved and moved with the model but not trained (batch norm's running
+    /// statistics and step counter), with its state_dict name.
+    fn buffers(&self) -> Vec<(String, &Tensor)> {
+        self.children().into_iter().flat_map(|c| c.buffers()).collect()
+    }
+
+    fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        self.children_mut().into_iter().flat_map(|c| c.buffers_mut()).collect()
+    }
+
+    /// Sets the probability of every dropout layer; returns how many there are.
+    fn set_dropout(&mut self, p: f64) -> usize {
+        self.children_mut().into_iter().map(|c| c.set_dropout(p)).sum()
+    }
+
+    /// Moves every parameter and floating-point buffer to `device` (integer counters stay
+    /// on the host, where they are updated).
     fn to_device(&mut self, device: Device) -> Result<()> {
         for p in self.params_mut() {
             p.value = p.value.to_device(device)?;
             p.grad = None;
         }
-        for b in self.buffers_mut() {
-            *b = b.to_device(device)?;
+        for (_, b) in self.buffers_mut() {
+            if b.dtype().is_float() {
+                *b = b.to_device(device)?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,108 @@
+//! CIFAR-10 in its binary form (`cifar-10-binary.tar.gz`): `data_batch_1.bin` …
+//! `data_batch_5.bin` (50,000 training images) and `test_batch.bin` (10,000). Each record is
+//! one label byte (0–9) followed by 3072 bytes: the 32×32 red plane, then green, then blue,
+//! row by row. Pixels are scaled to [0, 1] and normalised per channel with the usual CIFAR-10
+//! mean and standard deviation.
+
+use std::path::{Path, PathBuf};
+
+use super::{Augment, InMemory};
+use crate::error::{Error, Result};
+
+const RECORD: usize = 1 + 3 * 32 * 32;
+pub const MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+pub const STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+
+/// The directory that holds the files: `dir` itself, or the `cifar-10-batches-bin` folder
+/// the archive unpacks into.
+fn find_dir(dir: &Path) -> Result<PathBuf> {
+    for candidate in [dir.to_path_buf(), dir.join("cifar-10-batches-bin")] {
+        if candidate.join("test_batch.bin").is_file() {
+            return Ok(candidate);
+        }
+    }
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "no such directory"));
+    }
+    Err(Error::file(
+        dir,
+        "no CIFAR-10 files here (expected data_batch_1.bin … data_batch_5.bin and test_batch.bin, from cifar-10-binary.tar.gz)",
+    ))
+}
+
+fn read_records(path: &Path, images: &mut Vec<f32>, labels: &mut Vec<i64>) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        return Err(Error::file(
+            path,
+            format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records", bytes.len()),
+        ));
+    }
+    for (r, record) in bytes.chunks_exact(RECORD).enumerate() {
+        let label = record[0];
+        if label > 9 {
+            return Err(Error::file(path, format!("record {r} has label {label}; CIFAR-10 labels are 0 to 9")));
+        }
+        labels.push(label as i64);
+        for (c, plane) in record[1..].chunks_exact(32 * 32).enumerate() {
+            images.extend(plane.iter().map(|&p| (p as f32 / 255.0 - MEAN[c]) / STD[c]));
+        }
+    }
+    Ok(())
+}
+
+/// The training and test sets.
+pub fn load(dir: &Path) -> Result<(InMemory, InMemory)> {
+    let dir = find_dir(dir)?;
+    let fill: Vec<f32> = (0..3).map(|c| -MEAN[c] / STD[c]).collect();
+    let empty = || InMemory {
+        images: Vec::new(),
+        labels: Vec::new(),
+        image_shape: [3, 32, 32],
+        num_classes: 10,
+        augment: Augment::PadCropFlip { fill: fill.clone() },
+    };
+    let (mut train, mut test) = (empty(), empty());
+    for i in 1..=5 {
+        let path = dir.join(format!("data_batch_{i}.bin"));
+        if !path.is_file() {
+            return Err(Error::file(&path, "missing (CIFAR-10 has data_batch_1.bin … data_batch_5.bin)"));
+        }
+        read_records(&path, &mut train.images, &mut train.labels)?;
+    }
+    read_records(&dir.join("test_batch.bin"), &mut test.images, &mut test.labels)?;
+    Ok((train, test))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_decode_to_normalised_planes() {
+        let dir = std::env::temp_dir().join(format!("scratchnet-cifar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut record = vec![7u8];
+        record.extend(std::iter::repeat_n(255u8, 1024)); // red: all 1.0
+        record.extend(std::iter::repeat_n(0u8, 1024)); // green: all 0.0
+        record.extend((0..1024).map(|i| (i % 256) as u8)); // blue ramp
+        for i in 1..=5 {
+            std::fs::write(dir.join(format!("data_batch_{i}.bin")), &record).unwrap();
+        }
+        std::fs::write(dir.join("test_batch.bin"), [record.clone(), record.clone()].concat()).unwrap();
+        let (train, test) = load(&dir).unwrap();
+        assert_eq!(train.labels, vec![7; 5]);
+        assert_eq!(test.labels.len(), 2);
+        assert!((train.images[0] - (1.0 - MEAN[0]) / STD[0]).abs() < 1e-6);
+        assert!((train.images[1024] - (0.0 - MEAN[1]) / STD[1]).abs() < 1e-6);
+        assert!((train.images[2048 + 3] - (3.0 / 255.0 - MEAN[2]) / STD[2]).abs() < 1e-6);
+
+        std::fs::write(dir.join("test_batch.bin"), &record[..100]).unwrap();
+        let e = load(&dir).unwrap_err().to_string();
+        assert!(e.contains("test_batch.bin: 100 bytes is not a whole number of 3073-byte"), "{e}");
+        std::fs::remove_file(dir.join("data_batch_3.bin")).unwrap();
+        assert!(load(&dir).unwrap_err().to_string().contains("data_batch_3.bin: missing"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(load(&dir).unwrap_err().to_string().contains("no such directory"));
+    }
+}

@@ -1,0 +1,118 @@
+//! The layers without parameters, as modules: pooling, local response normalisation,
+//! dropout. Each is a thin wrapper over the graph op that gives it a name for summaries.
+
+use super::Module;
+use crate::autograd::{Graph, Var};
+use crate::error::Result;
+use crate::ops::lrn::LrnParams;
+use crate::ops::pool::Pool2dParams;
+use crate::rng::Rng;
+
+/// `nn.MaxPool2d`.
+pub struct MaxPool2d {
+    pub name: String,
+    pub params: Pool2dParams,
+}
+
+impl MaxPool2d {
+    pub fn new(name: &str, kernel: usize, stride: usize, padding: usize) -> MaxPool2d {
+        MaxPool2d { name: name.into(), params: Pool2dParams::new(kernel, stride).padding(padding) }
+    }
+}
+
+impl Module for MaxPool2d {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let y = g.max_pool2d(x, self.params)?;
+        g.record_layer(&self.name, "MaxPool2d", &y, 0, 0);
+        Ok(y)
+    }
+}
+
+/// `nn.AvgPool2d` (with `count_include_pad=True`).
+pub struct AvgPool2d {
+    pub name: String,
+    pub params: Pool2dParams,
+}
+
+impl AvgPool2d {
+    pub fn new(name: &str, kernel: usize, stride: usize, padding: usize) -> AvgPool2d {
+        AvgPool2d { name: name.into(), params: Pool2dParams::new(kernel, stride).padding(padding) }
+    }
+}
+
+impl Module for AvgPool2d {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let y = g.avg_pool2d(x, self.params)?;
+        g.record_layer(&self.name, "AvgPool2d", &y, 0, 0);
+        Ok(y)
+    }
+}
+
+/// `nn.AdaptiveAvgPool2d((1, 1))` followed by `torch.flatten(x, 1)`: `[N, C, H, W] → [N, C]`.
+pub struct GlobalAvgPool {
+    pub name: String,
+}
+
+impl GlobalAvgPool {
+    pub fn new(name: &str) -> GlobalAvgPool {
+        GlobalAvgPool { name: name.into() }
+    }
+}
+
+impl Module for GlobalAvgPool {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let pooled = g.global_avg_pool(x)?;
+        let y = g.flatten(&pooled)?;
+        g.record_layer(&self.name, "GlobalAvgPool", &y, 0, 0);
+        Ok(y)
+    }
+}
+
+/// `nn.LocalResponseNorm`.
+pub struct LocalResponseNorm {
+    pub name: String,
+    pub params: LrnParams,
+}
+
+impl LocalResponseNorm {
+    pub fn new(name: &str, params: LrnParams) -> LocalResponseNorm {
+        LocalResponseNorm { name: name.into(), params }
+    }
+}
+
+impl Module for LocalResponseNorm {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let y = g.lrn(x, self.params)?;
+        g.record_layer(&self.name, "LocalResponseNorm", &y, 0, 0);
+        Ok(y)
+    }
+}
+
+/// `nn.Dropout`: inverted dropout in training graphs, the identity in eval graphs. Each
+/// training forward draws a fresh mask seed from the layer's own generator, so a run is
+/// reproducible from the model's seed.
+pub struct Dropout {
+    pub name: String,
+    pub p: f64,
+    rng: Rng,
+}
+
+impl Dropout {
+    pub fn new(name: &str, p: f64, seed: u64) -> Dropout {
+        Dropout { name: name.into(), p, rng: Rng::new(seed) }
+    }
+}
+
+impl Module for Dropout {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        let seed = if g.is_training() { self.rng.next_u64() } else { 0 };
+        let y = g.dropout(x, self.p, seed)?;
+        g.record_layer(&self.name, "Dropout", &y, 0, 0);
+        Ok(y)
+    }
+
+    fn set_dropout(&mut self, p: f64) -> usize {
+        self.p = p;
+        1
+    }
+}

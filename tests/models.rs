@@ -1,0 +1,136 @@
+//! Every model: its parameter count against the published figure, torchvision's names, and a
+//! forward pass at a small input on the CPU.
+
+use scratchnet::models::{self, MODEL_NAMES};
+use scratchnet::{DType, Graph, Tensor, Var};
+
+/// Trainable parameters with 1000 classes (10 for the CIFAR nets), as torchvision's models
+/// report them (`sum(p.numel() for p in model.parameters())`) and as the papers list them.
+const PUBLISHED: &[(&str, usize)] = &[
+    ("alexnet", 60_965_224),
+    ("resnet18", 11_689_512),
+    ("resnet34", 21_797_672),
+    ("resnet50", 25_557_032),
+    ("resnet101", 44_549_160),
+    ("resnet152", 60_192_808),
+    ("resnet20", 272_474),
+    ("densenet121", 7_978_856),
+    ("densenet169", 14_149_480),
+    ("densenet201", 20_013_928),
+    ("densenet161", 28_681_000),
+    ("densenet_bc100", 769_162),
+];
+
+#[test]
+fn parameter_counts_match_the_published_figures() {
+    for &(name, want) in PUBLISHED {
+        let m = models::build(name, models::default_num_classes(name), 0).unwrap();
+        assert_eq!(m.num_params(), want, "{name}");
+    }
+}
+
+#[test]
+fn the_cifar_resnets_grow_by_six_layers_per_step() {
+    // resnet(6n+2): each extra block per stage adds two 3×3 convolutions and two batch norms
+    // at each of 16, 32 and 64 channels.
+    let per_block = |c: usize| 2 * (c * c * 9) + 2 * (2 * c);
+    let extra: usize = [16, 32, 64].iter().map(|&c| per_block(c)).sum();
+    let mut previous = models::build("resnet20", 10, 0).unwrap().num_params();
+    for name in ["resnet32", "resnet44", "resnet56"] {
+        let n = models::build(name, 10, 0).unwrap().num_params();
+        assert_eq!(n - previous, 2 * extra, "{name}");
+        previous = n;
+    }
+}
+
+#[test]
+fn names_follow_torchvision() {
+    let names = |model: &str| -> Vec<String> {
+        let m = models::build(model, 1000, 0).unwrap();
+        let mut v: Vec<String> = m.params().iter().map(|p| p.name().to_string()).collect();
+        v.extend(m.buffers().into_iter().map(|(n, _)| n));
+        v
+    };
+    let alexnet = names("alexnet");
+    for n in ["conv1.weight", "conv2.bias", "conv5.weight", "fc6.weight", "fc8.bias"] {
+        assert!(alexnet.contains(&n.to_string()), "alexnet lacks {n}");
+    }
+    let r50 = names("resnet50");
+    for n in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.num_batches_tracked",
+        "layer4.2.conv3.weight",
+        "layer4.2.bn3.bias",
+        "fc.weight",
+    ] {
+        assert!(r50.contains(&n.to_string()), "resnet50 lacks {n}");
+    }
+    let d121 = names("densenet121");
+    for n in [
+        "features.conv0.weight",
+        "features.norm0.running_mean",
+        "features.denseblock1.denselayer1.norm1.weight",
+        "features.denseblock4.denselayer16.conv2.weight",
+        "features.transition3.conv.weight",
+        "features.norm5.bias",
+        "classifier.weight",
+    ] {
+        assert!(d121.contains(&n.to_string()), "densenet121 lacks {n}");
+    }
+    // The state_dict: 121 batch norms (norm0, two per dense layer × 58, three transitions,
+    // norm5) of 5 tensors each, 120 convolutions, and the classifier's weight and bias.
+    assert_eq!(d121.len(), 121 * 5 + 120 + 2);
+}
+
+#[test]
+fn every_model_runs_forward_on_a_small_input() {
+    for &name in MODEL_NAMES {
+        let mut m = models::build(name, 7, 1).unwrap();
+        let [c, h, w] = if name == "alexnet" {
+            m.input_size()
+        } else if models::is_cifar(name) {
+            [3, 16, 16]
+        } else {
+            [3, 64, 64]
+        };
+        let x = Tensor::randn([1, c, h, w], 0.0, 1.0, DType::F32, 2);
+        m.check_input(x.shape()).unwrap();
+        let mut g = Graph::eval();
+        let y = m.forward(&mut g, &Var::constant(x)).unwrap();
+        assert_eq!(y.dims(), &[1, 7], "{name}");
+        assert!(y.value().to_f64_vec().unwrap().iter().all(|v| v.is_finite()), "{name}");
+    }
+}
+
+#[test]
+fn inputs_of_the_wrong_size_are_refused() {
+    let m = models::build("alexnet", 10, 0).unwrap();
+    let e = m.check_input(&[2, 3, 224, 224].into()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "input: expected a batch [N, C, H, W] of images of 3×227×227 for alexnet, got shape [2, 3, 224, 224]"
+    );
+    assert!(m.check_input(&[2, 1, 227, 227].into()).is_err());
+    assert!(m.check_input(&[3, 227, 227].into()).is_err());
+    // DenseNet-121's three transitions need a 29×29 image; 28×28 is refused before it runs.
+    let mut d = models::build("densenet121", 10, 0).unwrap();
+    assert!(d.check_input(&[1, 3, 28, 28].into()).is_err());
+    d.check_input(&[1, 3, 29, 29].into()).unwrap();
+    let mut g = Graph::eval();
+    let y = d.forward(&mut g, &Var::constant(Tensor::zeros([1, 3, 29, 29], DType::F32))).unwrap();
+    assert_eq!(y.dims(), &[1, 10]);
+    let e = models::build("resnet19", 10, 0).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("unknown model 'resnet19'"), "{e}");
+}
+
+#[test]
+fn dropout_can_be_set_and_turned_off() {
+    let mut alexnet = models::build("alexnet", 10, 0).unwrap();
+    assert_eq!(alexnet.set_dropout(0.0), 2);
+    let mut densenet = models::build("densenet_bc100", 10, 0).unwrap();
+    assert_eq!(densenet.set_dropout(0.2), 48);
+    let mut resnet = models::build("resnet20", 10, 0).unwrap();
+    assert_eq!(resnet.set_dropout(0.5), 0);
+}
