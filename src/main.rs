@@ -178,7 +178,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            err!("error: {e}");
+            // One line, whatever a file name or a library's message holds.
+            let text: String = e.to_string().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            err!("error: {text}");
             ExitCode::from(2)
         }
     }
@@ -249,14 +251,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
             }
         }
         Progress::Epoch(r) => {
+            let held_out = if r.test_loss.is_nan() {
+                "no held-out images".to_string()
+            } else {
+                format!("held-out loss {:.4} acc {:.1}%", r.test_loss, r.test_accuracy * 100.0)
+            };
             bar.suspend(|| {
                 out!(
-                    "epoch {}: train loss {:.4} acc {:.1}% | held-out loss {:.4} acc {:.1}% | {:.0} img/s",
+                    "epoch {}: train loss {:.4} acc {:.1}% | {held_out} | {:.0} img/s",
                     r.epoch,
                     r.train_loss,
                     r.train_accuracy * 100.0,
-                    r.test_loss,
-                    r.test_accuracy * 100.0,
                     r.images_per_sec
                 )
             });
@@ -272,7 +277,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(e) = log_error {
         return Err(e);
     }
-    if let Some(acc) = last_test_accuracy {
+    if let Some(acc) = last_test_accuracy.filter(|a| !a.is_nan()) {
         out!("final held-out accuracy: {:.1}%", acc * 100.0);
     }
     if let Some(path) = &a.save {

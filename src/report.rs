@@ -19,10 +19,12 @@ struct Point {
     value: f64,
 }
 
-/// Appends rows to the CSV as training runs (flushed each epoch), and remembers the points
-/// for the SVG drawn at the end.
+/// Appends rows to a temporary file beside the CSV as training runs (flushed each epoch, so
+/// it can be watched), and remembers the points for the SVG. [`MetricsLog::finish`] renames
+/// the temporary file into place; a run that fails leaves the old CSV, if any, untouched.
 pub struct MetricsLog {
     path: PathBuf,
+    tmp: PathBuf,
     file: std::io::BufWriter<std::fs::File>,
     train_loss: Vec<Point>,
     train_accuracy: Vec<Point>,
@@ -32,9 +34,15 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     pub fn create(path: &Path) -> Result<MetricsLog> {
-        let file = std::fs::File::create(path).map_err(|e| Error::file(path, format!("cannot create: {e}")))?;
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+            return Err(Error::file(path, "the log is a CSV file; its curves go to the same name with .svg"));
+        }
+        let name = path.file_name().ok_or_else(|| Error::file(path, "not a file name"))?;
+        let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::file(path, format!("cannot create: {e}")))?;
         let mut log = MetricsLog {
             path: path.to_path_buf(),
+            tmp,
             file: std::io::BufWriter::new(file),
             train_loss: Vec::new(),
             train_accuracy: Vec::new(),
@@ -67,9 +75,11 @@ impl MetricsLog {
         self.file.flush().map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))
     }
 
-    /// Writes the curves to the SVG file beside the CSV (same name, `.svg`); returns its path.
+    /// Moves the CSV into place and writes the curves to the SVG file beside it (same name,
+    /// `.svg`); returns the SVG's path.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.file.flush().map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))?;
         let svg_path = self.path.with_extension("svg");
         let svg = render(&[
             Chart {
@@ -86,6 +96,13 @@ impl MetricsLog {
         ]);
         crate::checkpoint::write_atomically(&svg_path, svg.as_bytes())?;
         Ok(svg_path)
+    }
+}
+
+impl Drop for MetricsLog {
+    /// A log that was not finished (the run failed) leaves nothing behind.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 

@@ -17,11 +17,21 @@ pub struct Summary {
     pub macs: u64,
 }
 
+/// The largest image side `summary` accepts: the activations of one image run forward on
+/// the CPU, and a typo like 224000 must not ask for terabytes.
+const MAX_SIDE: usize = 4096;
+
 /// Runs one image of size `input` (`[C, H, W]`) through `model` and collects its layers.
 pub fn summarize(model: &mut dyn Model, input: [usize; 3]) -> Result<Summary> {
     let [c, h, w] = input;
+    model.check_input(&[1, c, h, w].into())?;
+    if h > MAX_SIDE || w > MAX_SIDE {
+        return Err(crate::Error::argument(
+            "summary",
+            format!("an input of {h}×{w} is larger than {MAX_SIDE}×{MAX_SIDE}"),
+        ));
+    }
     let x = Tensor::zeros([1, c, h, w], DType::F32);
-    model.check_input(x.shape())?;
     let mut g = Graph::eval();
     g.start_trace();
     model.forward(&mut g, &Var::constant(x))?;

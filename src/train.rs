@@ -26,7 +26,7 @@ use crate::rng::Rng;
 /// How the learning rate moves after the warm-up.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Schedule {
-    /// Half a cosine from the peak down to zero at the last step.
+    /// Half a cosine from the peak towards zero, which it would reach one step after the last.
     Cosine,
     /// Multiplied by `gamma` every `every_epochs` epochs.
     Step {
@@ -53,7 +53,8 @@ impl std::str::FromStr for Schedule {
                 let mut parts = s.strip_prefix("step:").ok_or_else(bad)?.split(':');
                 let every: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
                 let gamma: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-                if parts.next().is_some() || every <= 0.0 || !(gamma > 0.0 && gamma.is_finite()) {
+                if parts.next().is_some() || !(every > 0.0 && every.is_finite()) || !(gamma > 0.0 && gamma.is_finite())
+                {
                     return Err(bad());
                 }
                 Ok(Schedule::Step { every_epochs: every, gamma })
@@ -245,8 +246,18 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
     models::check_name(&o.model)?;
     let classes = num_classes(o);
     let mut model = models::build(&o.model, classes, o.seed)?;
-    if let Some(p) = o.dropout {
-        model.set_dropout(p);
+    if let Some(p) = o.dropout
+        && model.set_dropout(p) == 0
+        && p > 0.0
+    {
+        return Err(Error::argument("train", format!("{} has no dropout layers for --dropout {p} to set", o.model)));
+    }
+    if let Some(path) = &o.save {
+        // Find out now, not after hours of training, that the weights cannot be written.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(Error::file(path, "cannot be written: its directory does not exist"));
+        }
     }
     let crop = if o.model == "alexnet" { 227 } else { 224 };
     let split = data::load(&o.data, crop, o.synthetic_size, o.seed)?;
@@ -270,7 +281,10 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
     }
 
     let mut opt = Sgd::new(o.lr, o.momentum, o.weight_decay);
-    let steps_per_epoch = split.train.len().div_ceil(o.batch_size);
+    // A last batch of a single image is dropped: batch norm cannot train on one value per
+    // channel (PyTorch refuses too), and ResNets end in 1×1 maps on small images.
+    let drop_single = o.batch_size > 1 && split.train.len() % o.batch_size == 1;
+    let steps_per_epoch = split.train.len().div_ceil(o.batch_size) - usize::from(drop_single);
     let total_steps = match o.steps {
         Some(steps) => steps,
         None => o
@@ -299,7 +313,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let started = Instant::now();
         for chunk in order.chunks(o.batch_size) {
-            if step >= total_steps {
+            if step >= total_steps || (drop_single && chunk.len() == 1) {
                 break;
             }
             let lr = learning_rate(o.lr, o.schedule, step, total_steps, warmup, steps_per_epoch);
@@ -340,7 +354,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         let (test_loss, test_accuracy) = if split.test.is_empty() {
             (f64::NAN, f64::NAN)
         } else {
-            evaluate(model.as_mut(), split.test.as_ref(), o.batch_size.max(64), o.device)?
+            evaluate(model.as_mut(), split.test.as_ref(), o.batch_size, o.device)?
         };
         let report = EpochReport {
             epoch,

@@ -85,6 +85,12 @@ fn bad_flags_exit_2_with_a_one_line_error() {
     assert_bad_input(&["train", "--lr", "-1"], "--lr must be a non-negative number");
     assert_bad_input(&["train", "--dropout", "1.5"], "--dropout must be in [0, 1)");
     assert_bad_input(&["train", "--lr-schedule", "linear"], "is not cosine, constant or step");
+    assert_bad_input(&["train", "--lr-schedule", "step:NaN:0.1"], "is not cosine, constant or step");
+    assert_bad_input(&["train", "--dropout", "0.3"], "resnet20 has no dropout layers");
+    assert_bad_input(&["train", "--model", "resnet020"], "unknown model 'resnet020'");
+    assert_bad_input(&["train", "--log", "curves.svg"], "the log is a CSV file");
+    assert_bad_input(&["train", "--save", "/no/such/dir/w.safetensors"], "its directory does not exist");
+    assert_bad_input(&["summary", "--model", "resnet18", "--input-size", "100000"], "larger than 4096×4096");
     assert_bad_input(&["train", "--num-classes", "3"], "outside the model's 3 classes");
     assert_bad_input(&["train", "--epochs", "18446744073709551615"], "is too many");
     assert_bad_input(&["train", "--num-classes", "100000000000"], "number of classes must be between 1 and 100000");
@@ -143,6 +149,17 @@ fn missing_and_malformed_files_are_named() {
         "broken.jpg: cannot decode the image",
     );
     assert!(!out.exists(), "no output may be left behind by a failed command");
+    // A failed run leaves no log behind either, and an existing one untouched.
+    let log = dir.join("metrics.csv");
+    std::fs::write(&log, "an older run's log\n").unwrap();
+    assert_bad_input(&["train", "--data", &format!("npy:{},{}", p(&missing), p(&y)), "--log", p(&log)], "cannot read");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "an older run's log\n");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

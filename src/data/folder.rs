@@ -2,13 +2,15 @@
 //! `DIR/val/CLASS/*.jpg` (JPEG or PNG). Classes are the sub-directory names in sorted order.
 //! Images are decoded when a batch needs them, so the set may be larger than memory.
 //!
-//! Training images get the AlexNet augmentation (Krizhevsky et al., section 4.1): the shorter
-//! side resized to 256, a random `crop`×`crop` patch (224, or 227 for AlexNet), a horizontal
-//! flip with probability ½, and "PCA lighting": adding to every pixel a random combination of
-//! the principal components of ImageNet's RGB colours, `Σ_i α_i λ_i v_i` with
-//! `α_i ~ N(0, 0.1²)`, which makes the network insensitive to the intensity and colour of the
-//! illumination. Held-out images are resized the same way and cropped at the centre. All are
-//! normalised with the ImageNet mean and standard deviation.
+//! Training images get the AlexNet augmentation (Krizhevsky et al., section 4.1), in the form
+//! fb.resnet.torch and torchvision use it: the shorter side resized to 256 keeping the aspect
+//! ratio (the paper first cropped the central 256×256 square), a random `crop`×`crop` patch
+//! anywhere in it (224, or 227 for AlexNet), a horizontal flip with probability ½, and "PCA
+//! lighting": adding to every pixel a random combination of the principal components of
+//! ImageNet's RGB colours, `Σ_i α_i λ_i v_i` with `α_i ~ N(0, 0.1²)`, which makes the network
+//! insensitive to the intensity and colour of the illumination. Held-out images are resized the
+//! same way and cropped at the centre. All are normalised with the ImageNet mean and standard
+//! deviation.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,7 @@ const EIGVAL: [f32; 3] = [0.2175, 0.0188, 0.0045];
 const EIGVEC: [[f32; 3]; 3] = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]];
 const LIGHTING_STD: f64 = 0.1;
 const RESIZE: u32 = 256;
+const MAX_ASPECT: u32 = 16;
 
 pub struct ImageFolder {
     files: Vec<(PathBuf, i64)>,
@@ -46,7 +49,8 @@ fn list(split_dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, i64)>> {
     for (label, class) in classes.iter().enumerate() {
         let dir = split_dir.join(class);
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut found: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| is_image(p)).collect();
+        let mut found: Vec<PathBuf> =
+            entries.flatten().map(|e| e.path()).filter(|p| p.is_file() && is_image(p)).collect();
         found.sort();
         files.extend(found.into_iter().map(|p| (p, label as i64)));
     }
@@ -116,7 +120,15 @@ impl Dataset for ImageFolder {
         if w == 0 || h == 0 {
             return Err(Error::file(path, "the image is empty"));
         }
-        // The shorter side to 256, keeping the aspect ratio (torchvision's Resize(256)).
+        // Resizing the shorter side to 256 would blow a 1×50,000 strip up to gigabytes.
+        if w.max(h) > MAX_ASPECT * w.min(h) {
+            return Err(Error::file(
+                path,
+                format!("a {w}×{h} image is too elongated (aspect ratio above {MAX_ASPECT})"),
+            ));
+        }
+        // The shorter side to 256, keeping the aspect ratio (as torchvision's Resize(256), which
+        // truncates the longer side where this rounds it).
         let scale = RESIZE as f64 / w.min(h) as f64;
         let (nw, nh) =
             (((w as f64 * scale).round() as u32).max(RESIZE), ((h as f64 * scale).round() as u32).max(RESIZE));

@@ -2,7 +2,7 @@
 //!
 //! | `--data` | what | normalisation | augmentation (unless `--no-augment`) |
 //! |---|---|---|---|
-//! | `synthetic` | shapes drawn from the seed ([`synthetic`]) | to mean ½, spread ¼ | 4-pixel padded random crop, flip |
+//! | `synthetic` | shapes drawn from the seed ([`synthetic`]) | `(v − ½) / ¼`, centred on 0 | 4-pixel padded random crop, flip |
 //! | `cifar10:DIR` | the CIFAR-10 binary files ([`cifar`]) | CIFAR-10 mean and std per channel | 4-pixel padded random crop, flip |
 //! | `npy:X.npy,Y.npy` | arrays from numpy ([`npy`]); the last tenth is held out | none: used as given | 4-pixel padded random crop, flip |
 //! | `folder:DIR` | `DIR/train/CLASS/*.jpg`, `DIR/val/CLASS/*.jpg` ([`folder`]) | ImageNet mean and std | resize to 256, random 224 crop (227 for AlexNet), flip, PCA lighting |
@@ -102,20 +102,12 @@ impl InMemory {
         self.image_shape.iter().product()
     }
 
-    /// The images `range` as a data set of their own (for a held-out split).
-    pub fn slice(&self, range: std::ops::Range<usize>) -> InMemory {
+    /// Moves the images from `at` on into a data set of their own (for a held-out split).
+    pub fn split_off(&mut self, at: usize) -> InMemory {
         let len = self.image_len();
         InMemory {
-            images: self.images[range.start * len..range.end * len].to_vec(),
-            labels: self.labels[range].to_vec(),
-            ..self.clone_meta()
-        }
-    }
-
-    fn clone_meta(&self) -> InMemory {
-        InMemory {
-            images: Vec::new(),
-            labels: Vec::new(),
+            images: self.images.split_off(at * len),
+            labels: self.labels.split_off(at),
             image_shape: self.image_shape,
             num_classes: self.num_classes,
             augment: self.augment.clone(),
@@ -210,11 +202,11 @@ pub fn load(source: &DataSource, crop: usize, synthetic_size: (usize, usize), se
             Ok(Split { train: Box::new(train), test: Box::new(test) })
         }
         DataSource::Npy(x, y) => {
-            let all = from_npy(x, y)?;
-            // The last tenth (at least one image) is held out.
-            let n = all.len();
+            let mut train = from_npy(x, y)?;
+            // The last tenth is held out (at least one image, when there are two or more).
+            let n = train.len();
             let held = if n >= 2 { (n / 10).max(1) } else { 0 };
-            let (train, test) = (all.slice(0..n - held), all.slice(n - held..n));
+            let test = train.split_off(n - held);
             Ok(Split { train: Box::new(train), test: Box::new(test) })
         }
         DataSource::Folder(dir) => {

@@ -68,8 +68,9 @@ fn parse(bytes: &[u8]) -> std::result::Result<Tensor, String> {
         Descr::F4 | Descr::I4 => 4,
         Descr::F8 | Descr::I8 => 8,
     };
-    if data.len() != count * size {
-        return Err(format!("shape {shape:?} needs {} bytes of data, the file has {}", count * size, data.len()));
+    let needed = count.checked_mul(size).ok_or("the shape is too large")?;
+    if data.len() != needed {
+        return Err(format!("shape {shape:?} needs {needed} bytes of data, the file has {}", data.len()));
     }
     let t = match descr {
         Descr::F4 => Tensor::from_vec(

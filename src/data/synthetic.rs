@@ -14,7 +14,7 @@
 //! Position, size, the colours of shape and background, a few specks of clutter and the pixel
 //! noise are random, so a network has to learn the shapes themselves; every kind is symmetric under a left–right
 //! flip, so the flip augmentation keeps labels true. Pixels are drawn in [0, 1] and then
-//! normalised to mean ½ and spread ¼ (`(v − 0.5) / 0.25`). Image `i` depends only on
+//! shifted and scaled as `(v − 0.5) / 0.25`, into [−2, 2] around 0. Image `i` depends only on
 //! `(seed, i)`, so any subset can be regenerated exactly.
 
 use rayon::prelude::*;
@@ -81,7 +81,7 @@ fn inside(label: usize, dx: f32, dy: f32, r: f32) -> bool {
     }
 }
 
-/// Pixels in [0, 1] to mean ½, spread ¼.
+/// Pixels in [0, 1] to [−2, 2]: `(v − ½) / ¼`.
 fn normalise(v: f32) -> f32 {
     (v - 0.5) / 0.25
 }

@@ -75,6 +75,7 @@ const MAX_CLASSES: usize = 100_000;
 
 /// A model by name, with `num_classes` outputs, its initial weights drawn from `seed`.
 pub fn build(name: &str, num_classes: usize, seed: u64) -> Result<Box<dyn Model>> {
+    check_name(name)?;
     if num_classes == 0 || num_classes > MAX_CLASSES {
         return Err(Error::argument(
             "model",

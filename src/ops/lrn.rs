@@ -11,8 +11,8 @@
 //! This is PyTorch's `nn.LocalResponseNorm` and Caffe's LRN layer: α is divided by `size`.
 //! The AlexNet paper writes the sum without that division, with α = 1e-4; the Caffe model
 //! of AlexNet (and our `LrnParams::alexnet`) uses α = 1e-4 in the divided form, a
-//! normalisation five times weaker than the paper's formula read literally. Both use size 5,
-//! β = 0.75, k = 2.
+//! normalisation five times weaker than the paper's formula read literally. Size 5 and
+//! β = 0.75 everywhere; k = 2 is the paper's (Caffe's reference model leaves it at 1).
 //!
 //! The gradient: `y[j]` depends on `x[i]` directly when `i = j` and through `s[j]` whenever
 //! `i ∈ W(j)`, which is when `j ∈ [i − ⌊(size−1)/2⌋, i + ⌊size/2⌋]`. Differentiating,
@@ -42,7 +42,8 @@ pub struct LrnParams {
 }
 
 impl LrnParams {
-    /// Size 5, α = 1e-4 (divided by size), β = 0.75, k = 2: Caffe's AlexNet.
+    /// AlexNet's: size 5, α = 1e-4 (divided by size, the convention of PyTorch and Caffe),
+    /// β = 0.75, k = 2 (the paper's value; Caffe's reference model leaves k at its default, 1).
     pub fn alexnet() -> Self {
         LrnParams { size: 5, alpha: 1e-4, beta: 0.75, k: 2.0 }
     }
