@@ -143,3 +143,208 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
     const float total = block_sum((float)acc, scratch);
     if (threadIdx.x == 0) db[o] = total;
 }
+
+// ---------------------------------------------------------------------------------------
+// Implicit GEMM: the same three products as the CPU reference's im2col + GEMM, computed by
+// the 64×64 tile engine of tile_gemm.cuh without ever writing the im2col matrix to memory:
+// the B operand computes, for each element it fetches, which input pixel (or output gradient)
+// it stands for. One launch covers all groups (grid z).
+
+#include "tile_gemm.cuh"
+
+// The sizes every convolution kernel takes, unpacked once per block.
+struct ConvSizes {
+    int N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups;
+    __device__ int cg() const { return C / groups; }
+    __device__ int og() const { return O / groups; }
+    __device__ int taps() const { return KH * KW; }
+};
+
+// Forward, A: the weights of one group, row-major [O/G × K] with K = C/G·KH·KW.
+struct FwdWeights {
+    const float* w;
+    int K;
+    __device__ float load(int m, int k) const { return w[(long long)m * K + k]; }
+};
+
+// Forward, B: column n = (image, oy, ox), row k = (c, ky, kx) → x[image, g·C/G + c, iy, ix].
+struct FwdIm2col {
+    const float* x;  // channel g·C/G of image 0
+    ConvSizes s;
+    long long cols;
+    int img = 0, oy = 0, ox = 0;
+    bool valid = false;
+    __device__ void set_column(long long n) {
+        valid = n < cols;
+        if (!valid) return;
+        ox = (int)(n % s.OW);
+        oy = (int)((n / s.OW) % s.OH);
+        img = (int)(n / ((long long)s.OW * s.OH));
+    }
+    __device__ float load(int k) const {
+        if (!valid) return 0.f;
+        const int c = k / s.taps(), r = k % s.taps();
+        const int iy = oy * s.sh - s.ph + (r / s.KW) * s.dh;
+        const int ix = ox * s.sw - s.pw + (r % s.KW) * s.dw;
+        if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) return 0.f;
+        return x[(((long long)img * s.C + c) * s.H + iy) * s.W + ix];
+    }
+};
+
+// Forward, C: output channel g·O/G + m of pixel n, plus the bias.
+struct FwdStore {
+    float* y;
+    const float* bias;
+    int O, first_o;
+    long long pix;
+    __device__ void store(int m, long long n, float v) const {
+        const int o = first_o + m;
+        const long long img = n / pix, p = n % pix;
+        y[(img * O + o) * pix + p] = bias ? v + bias[o] : v;
+    }
+};
+
+// y = conv(x, w) + bias as a GEMM per group: [O/G × K] · [K × N·OH·OW]. Grid: x over tiles of
+// output pixels (all images), y over tiles of output channels, z over groups; 256 threads.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+conv2d_fwd_implicit_gemm_f32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+                             const float* __restrict__ bias, int N, int C, int H, int W, int O, int KH, int KW, int OH,
+                             int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups) {
+    const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
+    const int g = blockIdx.z, K = s.cg() * s.taps();
+    const FwdWeights A{w + (long long)g * s.og() * K, K};
+    FwdIm2col B{x + (long long)g * s.cg() * H * W, s, (long long)N * OH * OW};
+    const FwdStore out{y, bias, O, g * s.og(), (long long)OH * OW};
+    tile_gemm_64x64(A, B, out, s.og(), B.cols, 0, K);
+}
+
+// Data gradient, A: the weights seen as [C/G × O/G·KH·KW]: A(c, (o, ky, kx)) = w[o, c, ky, kx].
+struct DgradWeights {
+    const float* w;  // output channel g·O/G
+    int cg, taps;
+    __device__ float load(int m, int k) const {
+        const int o = k / taps, r = k % taps;
+        return w[((long long)o * cg + m) * taps + r];
+    }
+};
+
+// Data gradient, B: column n = (image, iy, ix), row k = (o, ky, kx) → the output gradient at
+// the output pixel whose tap (ky, kx) read (iy, ix), or 0 if no output pixel did.
+struct DgradGather {
+    const float* dy;  // channel g·O/G of image 0
+    ConvSizes s;
+    long long cols;
+    int img = 0, iy = 0, ix = 0;
+    bool valid = false;
+    __device__ void set_column(long long n) {
+        valid = n < cols;
+        if (!valid) return;
+        ix = (int)(n % s.W);
+        iy = (int)((n / s.W) % s.H);
+        img = (int)(n / ((long long)s.W * s.H));
+    }
+    __device__ float load(int k) const {
+        if (!valid) return 0.f;
+        const int o = k / s.taps(), r = k % s.taps();
+        const int ty = iy + s.ph - (r / s.KW) * s.dh, tx = ix + s.pw - (r % s.KW) * s.dw;
+        if (ty < 0 || tx < 0 || ty % s.sh != 0 || tx % s.sw != 0) return 0.f;
+        const int oy = ty / s.sh, ox = tx / s.sw;
+        if (oy >= s.OH || ox >= s.OW) return 0.f;
+        return dy[(((long long)img * s.O + o) * s.OH + oy) * s.OW + ox];
+    }
+};
+
+struct DgradStore {
+    float* dx;
+    int C, first_c;
+    long long hw;
+    __device__ void store(int m, long long n, float v) const {
+        const long long img = n / hw, p = n % hw;
+        dx[(img * C + first_c + m) * hw + p] = v;
+    }
+};
+
+// dx as a GEMM per group: [C/G × O/G·KH·KW] · [O/G·KH·KW × N·H·W]. Every element of dx is one
+// output of the product, written once: no atomics.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+conv2d_bwd_data_implicit_gemm_f32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+                                  int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
+                                  int ph, int pw, int dh, int dw, int groups) {
+    const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
+    const int g = blockIdx.z;
+    const DgradWeights A{w + (long long)g * s.og() * s.cg() * s.taps(), s.cg(), s.taps()};
+    DgradGather B{dy + (long long)g * s.og() * OH * OW, s, (long long)N * H * W};
+    const DgradStore out{dx, C, g * s.cg(), (long long)H * W};
+    tile_gemm_64x64(A, B, out, s.cg(), B.cols, 0, s.og() * s.taps());
+}
+
+// Filter gradient, A: the output gradient as [O/G × N·OH·OW]: A(o, (image, p)) = dy[image, o, p].
+struct WgradDy {
+    const float* dy;  // channel g·O/G of image 0
+    int O;
+    int pix;
+    __device__ float load(int m, int k) const {
+        const int img = k / pix, p = k % pix;
+        return dy[((long long)img * O + m) * pix + p];
+    }
+};
+
+// Filter gradient, B: the im2col of x transposed, [N·OH·OW × C/G·KH·KW]: column n = (c, ky, kx)
+// is fixed per thread, row k = (image, oy, ox).
+struct WgradIm2colT {
+    const float* x;  // channel g·C/G of image 0
+    ConvSizes s;
+    int c = 0, ky = 0, kx = 0;
+    bool valid = false;
+    __device__ void set_column(long long n) {
+        valid = n < (long long)s.cg() * s.taps();
+        if (!valid) return;
+        c = (int)(n / s.taps());
+        ky = (int)(n % s.taps()) / s.KW;
+        kx = (int)(n % s.taps()) % s.KW;
+    }
+    __device__ float load(int k) const {
+        if (!valid) return 0.f;
+        const int pix = s.OH * s.OW;
+        const int img = k / pix, p = k % pix;
+        const int iy = (p / s.OW) * s.sh - s.ph + ky * s.dh, ix = (p % s.OW) * s.sw - s.pw + kx * s.dw;
+        if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) return 0.f;
+        return x[(((long long)img * s.C + c) * s.H + iy) * s.W + ix];
+    }
+};
+
+struct WgradStore {
+    float* out;  // this group's (and split's) [O/G × C/G·KH·KW] block
+    int cols;
+    __device__ void store(int m, long long n, float v) const { out[(long long)m * cols + n] = v; }
+};
+
+// dW as a GEMM per group, [O/G × N·OH·OW] · [N·OH·OW × C/G·KH·KW], its long shared dimension
+// split into `splits` slices of `k_chunk` (a multiple of 8) so that layers with few weights
+// and large images still occupy the whole GPU. Grid z = splits × groups. With one split the
+// result goes straight to dw; otherwise slice s writes its partial sums to workspace block
+// s·groups + g, and conv2d_bwd_filter_reduce_f32 adds the slices in order: deterministic,
+// unlike atomically accumulating the slices.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+conv2d_bwd_filter_implicit_gemm_f32(float* __restrict__ out, const float* __restrict__ dy, const float* __restrict__ x,
+                                    int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
+                                    int ph, int pw, int dh, int dw, int groups, int k_chunk) {
+    const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
+    const int g = blockIdx.z % groups, split = blockIdx.z / groups;
+    const int cols = s.cg() * s.taps(), K = N * OH * OW;
+    const WgradDy A{dy + (long long)g * s.og() * OH * OW, O, OH * OW};
+    WgradIm2colT B{x + (long long)g * s.cg() * H * W, s};
+    const WgradStore store{out + (long long)blockIdx.z * s.og() * cols, cols};
+    const int k_begin = split * k_chunk, k_end = min(K, k_begin + k_chunk);
+    tile_gemm_64x64(A, B, store, s.og(), cols, k_begin, k_end);
+}
+
+// dw[i] = Σ_s workspace[s·count + i], in the order s = 0, 1, … (one thread per weight).
+extern "C" __global__ void conv2d_bwd_filter_reduce_f32(float* __restrict__ dweight, const float* __restrict__ workspace,
+                                                        long long count, int splits) {
+    for (long long i = global_thread_index(); i < count; i += grid_stride()) {
+        float acc = 0.f;
+        for (int s = 0; s < splits; ++s) acc += workspace[s * count + i];
+        dweight[i] = acc;
+    }
+}

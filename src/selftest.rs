@@ -10,7 +10,7 @@
 use crate::autograd::gradcheck::{GradcheckOptions, gradcheck};
 use crate::device::{Device, poison_new_buffers};
 use crate::error::Result;
-use crate::ops::conv2d::{self, Conv2dParams, ConvGeometry};
+use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{GemmKernel, matmul};
 use crate::ops::lrn::{self, LrnParams};
 use crate::ops::pool::{self, Pool2dParams};
@@ -122,6 +122,9 @@ impl Tester {
             ([2, 6, 9, 9], [4, 3, 3, 3], p().padding(2).dilation(2).groups(2), true),
             ([3, 7, 5, 3], [11, 7, 1, 1], p(), true),
             ([1, 3, 31, 31], [5, 3, 11, 11], p().stride(4), true),
+            // Large enough that the tiled kernels cross several 64-wide tiles in every
+            // dimension and take many steps along K (and the filter gradient is split).
+            ([2, 16, 12, 12], [70, 16, 3, 3], p().padding(1), false),
         ];
         for (xs, ws, params, with_bias) in cases {
             let case = format!("x {:?} w {:?} {}", xs, ws, describe(&params));
@@ -132,15 +135,23 @@ impl Tester {
                 (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?, self.on_device(&dy)?);
             let bias = with_bias.then_some(&b);
             let bias_d = with_bias.then_some(&bd);
-            let want = conv2d::forward(&x, &w, bias, params)?;
-            let got = conv2d::forward(&xd, &wd, bias_d, params)?;
-            self.record("conv2d forward", &case, &got, &want, TOL_PLAIN)?;
-            let want = conv2d::backward_data(&dy, &w, x.shape(), params)?;
-            let got = conv2d::backward_data(&dyd, &wd, x.shape(), params)?;
-            self.record("conv2d backward (data)", &case, &got, &want, TOL_PLAIN)?;
-            let want = conv2d::backward_filter(&dy, &x, w.shape(), params)?;
-            let got = conv2d::backward_filter(&dyd, &xd, w.shape(), params)?;
-            self.record("conv2d backward (filter)", &case, &got, &want, TOL_REORDERED)?;
+            let want_y = conv2d::forward(&x, &w, bias, params)?;
+            let want_dx = conv2d::backward_data(&dy, &w, x.shape(), params)?;
+            let want_dw = conv2d::backward_filter(&dy, &x, w.shape(), params)?;
+            // Every kernel variant (on the CPU there is one).
+            let algos: &[(ConvAlgo, &str)] = if self.device.is_cpu() {
+                &[(ConvAlgo::Auto, "")]
+            } else {
+                &[(ConvAlgo::Direct, " direct"), (ConvAlgo::ImplicitGemm, " implicit-gemm")]
+            };
+            for &(algo, label) in algos {
+                let got = conv2d::forward_with(&xd, &wd, bias_d, params, algo)?;
+                self.record(&format!("conv2d forward{label}"), &case, &got, &want_y, TOL_PLAIN)?;
+                let got = conv2d::backward_data_with(&dyd, &wd, x.shape(), params, algo)?;
+                self.record(&format!("conv2d backward data{label}"), &case, &got, &want_dx, TOL_PLAIN)?;
+                let got = conv2d::backward_filter_with(&dyd, &xd, w.shape(), params, algo)?;
+                self.record(&format!("conv2d backward filter{label}"), &case, &got, &want_dw, TOL_REORDERED)?;
+            }
             let want = conv2d::backward_bias(&dy)?;
             let got = conv2d::backward_bias(&dyd)?;
             self.record("conv2d backward (bias)", &case, &got, &want, TOL_REORDERED)?;
@@ -149,13 +160,16 @@ impl Tester {
     }
 
     fn gemm(&mut self) -> Result<()> {
-        let (m, n, k) = (37, 19, 23);
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let shapes = [(37, 19, 23), (130, 70, 41)];
+        for ((m, n, k), (ta, tb)) in shapes
+            .into_iter()
+            .flat_map(|s| [(false, false), (true, false), (false, true), (true, true)].map(|t| (s, t)))
+        {
             let a = self.input(&if ta { [k, m] } else { [m, k] });
             let b = self.input(&if tb { [n, k] } else { [k, n] });
             let want = matmul(&a, ta, &b, tb, GemmKernel::Tiled)?;
             let (ad, bd) = (self.on_device(&a)?, self.on_device(&b)?);
-            for kernel in [GemmKernel::Naive, GemmKernel::Tiled] {
+            for kernel in GemmKernel::ALL {
                 let got = matmul(&ad, ta, &bd, tb, kernel)?;
                 let case = format!("{m}×{k}·{k}×{n} transposed ({ta}, {tb}) {kernel:?}");
                 self.record("matmul", &case, &got, &want, TOL_PLAIN)?;

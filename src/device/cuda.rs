@@ -259,6 +259,10 @@ impl Backend for CudaBackend {
         Device::Cuda(self.info.ordinal)
     }
 
+    fn name(&self) -> String {
+        self.info.name.clone()
+    }
+
     unsafe fn malloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: plain allocation in the current context.

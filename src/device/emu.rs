@@ -63,6 +63,10 @@ impl Backend for EmuBackend {
         Device::Emu
     }
 
+    fn name(&self) -> String {
+        "emulator".into()
+    }
+
     unsafe fn malloc(&self, bytes: usize) -> Result<u64> {
         let l = layout(bytes)?;
         // SAFETY: the layout has a non-zero size.

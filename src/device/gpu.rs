@@ -28,6 +28,9 @@ pub struct LaunchDims {
 pub trait Backend: Send + Sync {
     fn device(&self) -> Device;
 
+    /// What the device is, e.g. "NVIDIA H100 80GB HBM3" (autotuning choices are kept per name).
+    fn name(&self) -> String;
+
     /// # Safety
     /// The returned memory is uninitialised.
     unsafe fn malloc(&self, bytes: usize) -> Result<u64>;
@@ -111,6 +114,10 @@ impl GpuDevice {
 
     pub fn device(&self) -> Device {
         self.backend.device()
+    }
+
+    pub fn name(&self) -> String {
+        self.backend.name()
     }
 
     pub fn memory_stats(&self) -> MemoryStats {

@@ -516,15 +516,28 @@ pub enum GemmKernel {
     /// One thread per element of C, straight from global memory.
     Naive,
     /// 16×16 tiles staged in shared memory.
-    #[default]
     Tiled,
+    /// 64×64 tiles, 4×4 outputs per thread, double-buffered (kernels/tile_gemm.cuh).
+    #[default]
+    Blocked64,
 }
 
 impl GemmKernel {
+    pub const ALL: [GemmKernel; 3] = [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Blocked64];
+
     fn name(self) -> &'static str {
         match self {
             GemmKernel::Naive => "gemm_naive_f32",
             GemmKernel::Tiled => "gemm_tiled_f32",
+            GemmKernel::Blocked64 => "gemm_64x64_f32",
+        }
+    }
+
+    /// Threads per block side and outputs per block side.
+    fn tiling(self) -> (u32, usize) {
+        match self {
+            GemmKernel::Naive | GemmKernel::Tiled => (16, 16),
+            GemmKernel::Blocked64 => (0, 64),
         }
     }
 }
@@ -556,13 +569,13 @@ pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kern
     let (dtype, device) = common_dtype(OP, &[("left operand", a), ("right operand", b)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let c = gpu.alloc(dtype, m * n)?;
-        // A 16×16 block per 16×16 tile of C: x along the columns, y along the rows.
-        let blocks = |len: usize| u32::try_from(len.div_ceil(16)).unwrap_or(u32::MAX);
+        // One block per tile of C: x along the columns, y along the rows.
+        let (side, tile) = kernel.tiling();
+        let blocks = |len: usize| u32::try_from(len.div_ceil(tile)).unwrap_or(u32::MAX);
+        let call = KernelCall::new(kernel.name()).grid(blocks(n), blocks(m), 1);
+        let call = if side == 0 { call.block(256, 1, 1) } else { call.block(side, side, 1) };
         gpu.launch(
-            KernelCall::new(kernel.name())
-                .grid(blocks(n), blocks(m), 1)
-                .block(16, 16, 1)
-                .buf(&c)
+            call.buf(&c)
                 .buf(a.gpu_buffer()?)
                 .buf(b.gpu_buffer()?)
                 .i32(to_i32(OP, "rows", m)?)

@@ -9,6 +9,7 @@
 //! launches the kernels of `kernels/<op>.cu` (f32 only) through the shared launch path of
 //! [`crate::device::gpu`]; the launch code sits in the op's file, under the CPU reference.
 
+pub mod autotune;
 pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;

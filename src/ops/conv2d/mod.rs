@@ -39,6 +39,10 @@
 
 use rayon::prelude::*;
 
+mod gpu;
+
+pub use gpu::{ConvAlgo, conv_algo, set_conv_algo};
+
 use super::gemm::{MatMut, MatRef, gemm, gemm_parallel};
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
@@ -193,6 +197,11 @@ impl ConvGeometry {
 
 /// The forward pass: `y = conv(x, w) + b`, shape `[N, O, OH, OW]`.
 pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    forward_with(x, w, b, p, conv_algo())
+}
+
+/// [`forward`] with the GPU kernel variant given (the CPU has one).
+pub fn forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, algo: ConvAlgo) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -201,14 +210,8 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> R
     }
     let (dtype, device) = common_dtype(OP, &inputs)?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
-        let y = gpu.alloc(dtype, g.out_shape().numel())?;
         let bias = b.map(Tensor::gpu_buffer).transpose()?;
-        let call = KernelCall::elementwise("conv2d_fwd_direct_f32", g.out_shape().numel())
-            .buf(&y)
-            .buf(x.gpu_buffer()?)
-            .buf(w.gpu_buffer()?)
-            .buf_or_null(bias);
-        gpu.launch(shape_args(call, &g)?)?;
+        let y = gpu::forward(&gpu, algo, x.gpu_buffer()?, w.gpu_buffer()?, bias, &g)?;
         return Ok(Tensor::from_gpu(g.out_shape(), y));
     }
     with_float_type!(dtype, OP, |T| {
@@ -220,16 +223,16 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> R
 
 /// The gradient with respect to the input, from the output gradient `dy` and the weights.
 pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams) -> Result<Tensor> {
+    backward_data_with(dy, w, x_shape, p, conv_algo())
+}
+
+/// [`backward_data`] with the GPU kernel variant given.
+pub fn backward_data_with(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams, algo: ConvAlgo) -> Result<Tensor> {
     let g = ConvGeometry::new(x_shape, w.shape(), p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
-        let dx = gpu.alloc(dtype, g.in_shape().numel())?;
-        let call = KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel())
-            .buf(&dx)
-            .buf(dy.gpu_buffer()?)
-            .buf(w.gpu_buffer()?);
-        gpu.launch(shape_args(call, &g)?)?;
+        let dx = gpu::backward_data(&gpu, algo, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
         return Ok(Tensor::from_gpu(g.in_shape(), dx));
     }
     with_float_type!(dtype, OP, |T| {
@@ -240,17 +243,22 @@ pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams) 
 
 /// The gradient with respect to the weights, from the output gradient and the input.
 pub fn backward_filter(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: Conv2dParams) -> Result<Tensor> {
+    backward_filter_with(dy, x, w_shape, p, conv_algo())
+}
+
+/// [`backward_filter`] with the GPU kernel variant given.
+pub fn backward_filter_with(
+    dy: &Tensor,
+    x: &Tensor,
+    w_shape: &Shape,
+    p: Conv2dParams,
+    algo: ConvAlgo,
+) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w_shape, p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
-        let n = g.weight_shape().numel();
-        let dw = gpu.alloc(dtype, n)?;
-        let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", n)
-            .buf(&dw)
-            .buf(dy.gpu_buffer()?)
-            .buf(x.gpu_buffer()?);
-        gpu.launch(shape_args(call, &g)?)?;
+        let dw = gpu::backward_filter(&gpu, algo, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
         return Ok(Tensor::from_gpu(g.weight_shape(), dw));
     }
     with_float_type!(dtype, OP, |T| {
@@ -291,33 +299,6 @@ pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
             .collect();
         Ok(Tensor::from_cpu([o], db))
     })
-}
-
-/// Appends the shape arguments every conv2d kernel takes, in their order in kernels/conv2d.cu.
-fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
-    let p = &g.params;
-    let mut call = call;
-    for (what, v) in [
-        ("batch", g.n),
-        ("input channels", g.c),
-        ("height", g.h),
-        ("width", g.w),
-        ("output channels", g.o),
-        ("kernel height", g.kh),
-        ("kernel width", g.kw),
-        ("output height", g.oh),
-        ("output width", g.ow),
-        ("stride", p.stride.0),
-        ("stride", p.stride.1),
-        ("padding", p.padding.0),
-        ("padding", p.padding.1),
-        ("dilation", p.dilation.0),
-        ("dilation", p.dilation.1),
-        ("groups", p.groups),
-    ] {
-        call = call.i32(to_i32(OP, what, v)?);
-    }
-    Ok(call)
 }
 
 fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {

@@ -1,0 +1,109 @@
+// The engine under the fast convolution and matrix-product kernels: one block computes a
+// 64×64 tile of C = A·B, where A is M×K and B is K×N and neither needs to exist in memory.
+// Each kernel passes "operand" objects that say how to fetch A(m, k) and B(k, n) from its
+// tensors, and an "epilogue" that says where C(m, n) goes:
+//
+//   convolution, forward:  A = weights [O/G × C/G·KH·KW], B = the im2col of x (computed on the
+//                          fly: "implicit GEMM"), C = y with pixels as columns
+//   data gradient:         A = weights transposed, B = dy gathered through the taps, C = dx
+//   filter gradient:       A = dy, B = the im2col of x transposed, C = dW
+//   matrix product:        A and B strided views, C row-major
+//
+// How the block works (256 threads, 64×64 tile of C, steps of 8 along K):
+//
+//   - Register blocking: thread (ty, tx) of a 16×16 grid owns the 4×4 outputs at rows
+//     4ty..4ty+3 and columns 4tx..4tx+3, held in 16 registers. Per step of K it reads 4 values
+//     of A and 4 of B from shared memory and does 16 fused multiply-adds: 8 shared loads for 16
+//     FMAs, where one output per thread would need 2 loads per FMA.
+//   - Shared-memory tiling: each step, the block stages an 8×64 slice of A and of B in shared
+//     memory (2 values of each per thread), so every value fetched from global memory is used
+//     64 times.
+//   - Double buffering: the slices live in two buffers. While the threads multiply from one,
+//     the global loads for the next step are already in flight into registers, and are
+//     written to the other buffer afterwards; one barrier per step suffices, because a buffer
+//     is only overwritten one step after everybody has finished reading it.
+//   - 16-byte shared loads: the 4 values of A (and of B) a thread needs are contiguous and
+//     16-byte aligned, so they come in one 128-bit load (float4).
+//   - Bank conflicts: A is stored transposed (k-major) with 4 floats of padding per row, so
+//     the 32 stores of a warp land in 32 different banks.
+//
+// The operands handle the edges: a load outside the matrix returns 0, and the epilogue skips
+// outputs outside C, so M, N and K need not be multiples of the tile.
+#pragma once
+#include "common.cuh"
+
+#define TILE_M 64
+#define TILE_N 64
+#define TILE_K 8
+#define TILE_THREADS 256
+
+// The 64×64 tile of C at block (blockIdx.y, blockIdx.x), summed over k in [k_begin, k_end).
+// `A` provides `float load(int m, int k)`; `B` provides `void set_column(long long n)` (called
+// once: each thread always loads from the same column) and `float load(int k)`; `out`
+// provides `void store(int m, long long n, float v)`.
+template <class AOperand, class BOperand, class Epilogue>
+__device__ __forceinline__ void tile_gemm_64x64(const AOperand& A, BOperand& B, const Epilogue& out, int M, long long N,
+                                                int k_begin, int k_end) {
+    __shared__ __align__(16) float a_tile[2][TILE_K][TILE_M + 4];
+    __shared__ __align__(16) float b_tile[2][TILE_K][TILE_N];
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int m0 = blockIdx.y * TILE_M;
+    const long long n0 = (long long)blockIdx.x * TILE_N;
+
+    // The elements this thread fetches at every step: A(m0 + a_m + 32i, k0 + a_k) and
+    // B(k0 + b_k + 4i, n0 + b_n), for i = 0, 1. Consecutive threads fetch consecutive k of A
+    // (contiguous in a row-major weight tensor) and consecutive columns of B (neighbouring
+    // pixels), so the global loads coalesce.
+    const int a_k = tid % 8, a_m = tid / 8;
+    const int b_n = tid % 64, b_k = tid / 64;
+    B.set_column(n0 + b_n);
+    float a_next[2], b_next[2];
+
+    auto fetch = [&](int k0) {
+        for (int i = 0; i < 2; ++i) {
+            const int m = m0 + a_m + 32 * i, ka = k0 + a_k, kb = k0 + b_k + 4 * i;
+            a_next[i] = (m < M && ka < k_end) ? A.load(m, ka) : 0.f;
+            b_next[i] = (kb < k_end) ? B.load(kb) : 0.f;
+        }
+    };
+    auto stage = [&](int buf) {
+        for (int i = 0; i < 2; ++i) {
+            a_tile[buf][a_k][a_m + 32 * i] = a_next[i];
+            b_tile[buf][b_k + 4 * i][b_n] = b_next[i];
+        }
+    };
+
+    float acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+
+    fetch(k_begin);
+    stage(0);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        const bool more = k0 + TILE_K < k_end;
+        if (more) fetch(k0 + TILE_K);  // in flight while this step computes
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            const float4 a = *reinterpret_cast<const float4*>(&a_tile[buf][kk][ty * 4]);
+            const float4 b = *reinterpret_cast<const float4*>(&b_tile[buf][kk][tx * 4]);
+            const float av[4] = {a.x, a.y, a.z, a.w};
+            const float bv[4] = {b.x, b.y, b.z, b.w};
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        if (more) stage(buf ^ 1);
+        __syncthreads();
+        buf ^= 1;
+    }
+
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+        for (int j = 0; j < 4; ++j) {
+            const long long n = n0 + tx * 4 + j;
+            if (n < N) out.store(m, n, acc[i][j]);
+        }
+    }
+}
