@@ -191,30 +191,36 @@ struct FwdIm2col {
     }
 };
 
-// Forward, C: output channel g·O/G + m of pixel n, plus the bias.
+// Forward, C: output channel g·O/G + m of pixel n, plus the bias, then the ReLU if the layer
+// fuses one (bias_act.cu explains the fusion): the activation is applied before the value
+// ever reaches memory.
 struct FwdStore {
     float* y;
     const float* bias;
     int O, first_o;
     long long pix;
+    int relu;
     __device__ void store(int m, long long n, float v) const {
         const int o = first_o + m;
         const long long img = n / pix, p = n % pix;
-        y[(img * O + o) * pix + p] = bias ? v + bias[o] : v;
+        if (bias) v += bias[o];
+        if (relu && !(v > 0.f || v != v)) v = 0.f;
+        y[(img * O + o) * pix + p] = v;
     }
 };
 
-// y = conv(x, w) + bias as a GEMM per group: [O/G × K] · [K × N·OH·OW]. Grid: x over tiles of
-// output pixels (all images), y over tiles of output channels, z over groups; 256 threads.
+// y = conv(x, w) + bias (then ReLU when `relu` is set) as a GEMM per group:
+// [O/G × K] · [K × N·OH·OW]. Grid: x over tiles of output pixels (all images), y over tiles
+// of output channels, z over groups; 256 threads.
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
 conv2d_fwd_implicit_gemm_f32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                              const float* __restrict__ bias, int N, int C, int H, int W, int O, int KH, int KW, int OH,
-                             int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups) {
+                             int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int relu) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
     const int g = blockIdx.z, K = s.cg() * s.taps();
     const FwdWeights A{w + (long long)g * s.og() * K, K};
     FwdIm2col B{x + (long long)g * s.cg() * H * W, s, (long long)N * OH * OW};
-    const FwdStore out{y, bias, O, g * s.og(), (long long)OH * OW};
+    const FwdStore out{y, bias, O, g * s.og(), (long long)OH * OW, relu};
     tile_gemm_64x64(A, B, out, s.og(), B.cols, 0, K);
 }
 

@@ -54,6 +54,27 @@ enum Command {
     Selftest(SelftestArgs),
 }
 
+/// How the GPU kernels are chosen (train, infer, bench, profile).
+#[derive(Args)]
+struct KernelArgs {
+    /// Convolution kernels on cuda/emu: auto (time each shape once and keep the fastest),
+    /// direct or implicit-gemm.
+    #[arg(long, default_value = "auto")]
+    conv_algo: String,
+    /// Run BN+ReLU, BN+add+ReLU and bias+ReLU as separate ops instead of fused kernels.
+    #[arg(long)]
+    no_fuse: bool,
+}
+
+impl KernelArgs {
+    /// Puts the choices in force for the rest of the process.
+    fn apply(&self) -> Result<()> {
+        scratchnet::ops::conv2d::set_conv_algo(self.conv_algo.parse()?);
+        scratchnet::autograd::set_fusion_default(!self.no_fuse);
+        Ok(())
+    }
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// alexnet, resnet18/34/50/101/152, resnet20/32/44/56/110, densenet121/169/201/161, densenet_bc100.
@@ -106,6 +127,8 @@ struct TrainArgs {
     /// Write one CSV row per step and per evaluation here, and the curves to the same name .svg.
     #[arg(long)]
     log: Option<PathBuf>,
+    #[command(flatten)]
+    kernels: KernelArgs,
 }
 
 #[derive(Args)]
@@ -128,6 +151,8 @@ struct InferArgs {
     num_classes: Option<usize>,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    #[command(flatten)]
+    kernels: KernelArgs,
 }
 
 #[derive(Args)]
@@ -187,6 +212,7 @@ fn main() -> ExitCode {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
+    a.kernels.apply()?;
     let options = TrainOptions {
         model: a.model,
         data: a.data.parse::<DataSource>()?,
@@ -291,6 +317,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_infer(a: InferArgs) -> Result<()> {
+    a.kernels.apply()?;
     let device = a.device.parse::<Device>()?;
     if a.batch_size == 0 {
         return Err(Error::argument("infer", "--batch-size must be at least 1"));

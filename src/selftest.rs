@@ -14,7 +14,7 @@ use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{GemmKernel, matmul};
 use crate::ops::lrn::{self, LrnParams};
 use crate::ops::pool::{self, Pool2dParams};
-use crate::ops::{batchnorm, concat, dropout, elementwise, linear, loss, sgd};
+use crate::ops::{batchnorm, bias_act, concat, dropout, elementwise, linear, loss, sgd};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// Tolerance for results computed with the same order of operations as the reference, or
@@ -63,6 +63,7 @@ pub fn run(device: Device, mut report: impl FnMut(&Check)) -> Result<Vec<Check>>
         t.pooling()?;
         t.lrn()?;
         t.batch_norm()?;
+        t.fused()?;
         t.elementwise()?;
         t.concat()?;
         t.dropout()?;
@@ -280,6 +281,116 @@ impl Tester {
         )?;
         self.record("batch_norm running mean", &case, &rm_got, &rm_want, TOL_PLAIN)?;
         self.record("batch_norm running variance", &case, &rv_got, &rv_want, TOL_PLAIN)
+    }
+
+    /// The fused kernels against the plain ops composed on the CPU: BN + add + ReLU and
+    /// BN + ReLU (training and eval, both directions), bias + ReLU after a convolution and a
+    /// fully connected layer, and the ReLU backward that also sums the bias gradient.
+    fn fused(&mut self) -> Result<()> {
+        let eps = 1e-5;
+        // [8, 3, 32, 32]: channels long enough to be cut into several slices, planes of a
+        // multiple of 4 (the vector path); [5, 6, 7, 7]: planes of 49 (the scalar path).
+        for (xs, residual) in [([8, 3, 32, 32], true), ([5, 6, 7, 7], true), ([3, 5, 4, 6], false)] {
+            let c = xs[1];
+            let label = if residual { "bn+add+relu" } else { "bn+relu" };
+            let case = format!("x {xs:?}");
+            let (x, gamma, beta, r, dy) =
+                (self.input(&xs), self.input(&[c]), self.input(&[c]), self.input(&xs), self.input(&xs));
+            let (xd, gd, bd, rd, dyd) = (
+                self.on_device(&x)?,
+                self.on_device(&gamma)?,
+                self.on_device(&beta)?,
+                self.on_device(&r)?,
+                self.on_device(&dy)?,
+            );
+            // The reference: batch norm, then add, then ReLU, each the plain op.
+            let plain = batchnorm::forward_train(&x, &gamma, &beta, eps)?;
+            let sum = if residual { elementwise::add(&plain.y, &r)? } else { plain.y.clone() };
+            let want_y = elementwise::relu_forward(&sum)?;
+            let dz = elementwise::relu_backward(&dy, &want_y)?;
+            let want_g = batchnorm::backward_train(&dz, &x, &gamma, &plain.mean, &plain.var, eps)?;
+
+            let epilogue = batchnorm::Epilogue { residual: residual.then_some(&rd), relu: true };
+            let got = batchnorm::forward_train_fused(&xd, &gd, &bd, epilogue, eps)?;
+            self.record(&format!("{label} forward (train)"), &case, &got.y, &want_y, TOL_REORDERED)?;
+            self.record(&format!("{label} batch mean"), &case, &got.mean, &plain.mean, TOL_REORDERED)?;
+            self.record(&format!("{label} batch variance"), &case, &got.var, &plain.var, TOL_REORDERED)?;
+            let got_g =
+                batchnorm::backward_fused(&dyd, &xd, Some(&got.y), &gd, &got.mean, &got.var, eps, true, residual)?;
+            self.record(&format!("{label} backward (train, data)"), &case, &got_g.dx, &want_g.dx, TOL_REORDERED)?;
+            self.record(&format!("{label} backward (weight)"), &case, &got_g.dgamma, &want_g.dgamma, TOL_REORDERED)?;
+            self.record(&format!("{label} backward (bias)"), &case, &got_g.dbeta, &want_g.dbeta, TOL_REORDERED)?;
+            if residual {
+                let got_dr = got_g.dresidual.unwrap_or_else(|| Tensor::zeros([0], DType::F32));
+                self.record(&format!("{label} backward (residual)"), &case, &got_dr, &dz, TOL_PLAIN)?;
+            }
+
+            // Eval mode, with fixed statistics.
+            let (rm, rv) = (self.input(&[c]), Tensor::uniform([c], 0.5, 2.0, DType::F64, 97));
+            let (rmd, rvd) = (self.on_device(&rm)?, self.on_device(&rv)?);
+            let plain = batchnorm::forward_eval(&x, &gamma, &beta, &rm, &rv, eps)?;
+            let sum = if residual { elementwise::add(&plain, &r)? } else { plain };
+            let want_y = elementwise::relu_forward(&sum)?;
+            let got_y = batchnorm::forward_eval_fused(&xd, &gd, &bd, &rmd, &rvd, epilogue, eps)?;
+            self.record(&format!("{label} forward (eval)"), &case, &got_y, &want_y, TOL_PLAIN)?;
+            let dz = elementwise::relu_backward(&dy, &want_y)?;
+            let want_g = batchnorm::backward_eval(&dz, &x, &gamma, &rm, &rv, eps)?;
+            let got_g = batchnorm::backward_fused(&dyd, &xd, Some(&got_y), &gd, &rmd, &rvd, eps, false, residual)?;
+            self.record(&format!("{label} backward (eval, data)"), &case, &got_g.dx, &want_g.dx, TOL_PLAIN)?;
+        }
+
+        // One-pass statistics on values far from zero: the mean is 1000 times the spread.
+        let xs = [4, 2, 8, 8];
+        let x = elementwise::add(&self.input(&xs), &Tensor::full(xs, 1000.0, DType::F64))?;
+        let (gamma, beta) = (Tensor::full([2], 1.0, DType::F64), Tensor::zeros([2], DType::F64));
+        let want = batchnorm::forward_train(&x, &gamma, &beta, eps)?;
+        let got = batchnorm::forward_train_fused(
+            &self.on_device(&x)?,
+            &self.on_device(&gamma)?,
+            &self.on_device(&beta)?,
+            batchnorm::Epilogue { residual: None, relu: true },
+            eps,
+        )?;
+        let case = "x [4, 2, 8, 8] around 1000";
+        self.record("bn+relu batch variance", case, &got.var, &want.var, TOL_REORDERED)?;
+
+        // Bias + ReLU after a convolution (both GPU variants) and a fully connected layer.
+        let p = Conv2dParams::default().padding(1).stride(2);
+        let (x, w, b) = (self.input(&[2, 16, 12, 12]), self.input(&[20, 16, 3, 3]), self.input(&[20]));
+        let want = elementwise::relu_forward(&conv2d::forward(&x, &w, Some(&b), p)?)?;
+        let (xd, wd, bd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?);
+        let case = format!("x [2, 16, 12, 12] w [20, 16, 3, 3] {}", describe(&p));
+        let algos: &[(ConvAlgo, &str)] = if self.device.is_cpu() {
+            &[(ConvAlgo::Auto, "")]
+        } else {
+            &[(ConvAlgo::Direct, " direct"), (ConvAlgo::ImplicitGemm, " implicit-gemm")]
+        };
+        for &(algo, name) in algos {
+            let got = conv2d::forward_relu_with(&xd, &wd, Some(&bd), p, algo)?;
+            self.record(&format!("conv2d+bias+relu forward{name}"), &case, &got, &want, TOL_PLAIN)?;
+        }
+        let dy = self.input(want.dims());
+        let (dz, db) = bias_act::relu_backward_with_bias(&self.on_device(&dy)?, &self.on_device(&want)?, true)?;
+        let want_dz = elementwise::relu_backward(&dy, &want)?;
+        self.record("relu backward + bias gradient (dz)", &case, &dz, &want_dz, TOL_PLAIN)?;
+        let db = db.unwrap_or_else(|| Tensor::zeros([0], DType::F32));
+        self.record(
+            "relu backward + bias gradient (db)",
+            &case,
+            &db,
+            &conv2d::backward_bias(&want_dz)?,
+            TOL_REORDERED,
+        )?;
+
+        let (x, w, b) = (self.input(&[9, 37]), self.input(&[21, 37]), self.input(&[21]));
+        let want = elementwise::relu_forward(&linear::forward(&x, &w, Some(&b))?)?;
+        let got = linear::forward_relu(&self.on_device(&x)?, &self.on_device(&w)?, Some(&self.on_device(&b)?))?;
+        self.record("linear+bias+relu forward", "x [9, 37] w [21, 37]", &got, &want, TOL_PLAIN)?;
+        let dy = self.input(&[9, 21]);
+        let (_, db) = bias_act::relu_backward_with_bias(&self.on_device(&dy)?, &self.on_device(&want)?, true)?;
+        let want_db = linear::backward_bias(&elementwise::relu_backward(&dy, &want)?)?;
+        let db = db.unwrap_or_else(|| Tensor::zeros([0], DType::F32));
+        self.record("relu backward + bias gradient (db)", "[9, 21]", &db, &want_db, TOL_REORDERED)
     }
 
     fn elementwise(&mut self) -> Result<()> {

@@ -122,6 +122,30 @@ fn batch_norm_eval_mode() {
 }
 
 #[test]
+fn fused_batch_norm_add_relu_training_and_eval() {
+    let inputs = [input(&[3, 4, 3, 2], 30), input(&[4], 31), input(&[4], 32), input(&[3, 4, 3, 2], 33)];
+    check("bn+add+relu train", &inputs, |g, v| {
+        Ok(g.batch_norm_train_fused(&v[0], &v[1], &v[2], Some(&v[3]), true, 1e-5)?.0)
+    });
+    check("bn+relu train", &inputs[..3], |g, v| Ok(g.batch_norm_train_fused(&v[0], &v[1], &v[2], None, true, 1e-5)?.0));
+    let (rm, rv) = (input(&[4], 34), Tensor::from_vec([4], vec![0.5f64, 1.5, 2.0, 0.8]).unwrap());
+    let opts = GradcheckOptions { training: false, ..Default::default() };
+    check_with("bn+add+relu eval", &inputs, opts, |g, v| {
+        g.batch_norm_eval_fused(&v[0], &v[1], &v[2], &rm, &rv, Some(&v[3]), true, 1e-5)
+    });
+}
+
+#[test]
+fn fused_bias_relu_after_conv_and_linear() {
+    let p = Conv2dParams::default().padding(1);
+    let inputs = [input(&[2, 3, 5, 4], 40), input(&[4, 3, 3, 3], 41), input(&[4], 42)];
+    check("conv+bias+relu", &inputs, |g, v| g.conv2d_relu(&v[0], &v[1], v.get(2), p));
+    check("conv+relu no bias", &inputs[..2], |g, v| g.conv2d_relu(&v[0], &v[1], None, p));
+    let inputs = [input(&[3, 5], 43), input(&[4, 5], 44), input(&[4], 45)];
+    check("linear+bias+relu", &inputs, |g, v| g.linear_relu(&v[0], &v[1], v.get(2)));
+}
+
+#[test]
 fn relu_add_and_reuse() {
     let inputs = [input(&[2, 3, 4], 14), input(&[2, 3, 4], 15)];
     check("relu", &inputs[..1], |g, v| g.relu(&v[0]));

@@ -134,3 +134,38 @@ fn dropout_can_be_set_and_turned_off() {
     let mut resnet = models::build("resnet20", 10, 0).unwrap();
     assert_eq!(resnet.set_dropout(0.5), 0);
 }
+
+/// One training step with the fused kernels (BN+ReLU, BN+add+ReLU, bias+ReLU) and one with
+/// every op on its own: the same loss and the same gradient for every parameter.
+#[test]
+fn fused_and_unfused_layers_train_alike() {
+    for (name, size) in [("resnet20", 16), ("resnet50", 32), ("densenet121", 32), ("alexnet", 227)] {
+        let run = |fuse: bool| {
+            let mut m = models::build(name, 5, 3).unwrap();
+            m.set_dropout(0.0);
+            let x = Tensor::randn([2, 3, size, size], 0.0, 1.0, DType::F32, 4);
+            let labels = Tensor::from_vec([2], vec![1i64, 3]).unwrap();
+            let mut g = Graph::new();
+            g.set_fusion(fuse);
+            let logits = m.forward(&mut g, &Var::constant(x)).unwrap();
+            let loss = g.cross_entropy(&logits, &labels).unwrap();
+            let loss_value = loss.value().item().unwrap();
+            let grads = g.backward(&loss).unwrap();
+            let flat: Vec<f64> = m
+                .params()
+                .iter()
+                .flat_map(|p| grads.of_param(p).map(|t| t.to_f64_vec().unwrap()).unwrap_or_default())
+                .collect();
+            (loss_value, flat)
+        };
+        let (fused_loss, fused) = run(true);
+        let (plain_loss, plain) = run(false);
+        assert!(
+            (fused_loss - plain_loss).abs() < 1e-5 * plain_loss.abs().max(1.0),
+            "{name}: {fused_loss} vs {plain_loss}"
+        );
+        assert_eq!(fused.len(), plain.len(), "{name}: every parameter gets a gradient both ways");
+        let err = scratchnet::selftest::rel_l2(&fused, &plain);
+        assert!(err < 1e-4, "{name}: gradients differ by {err:.2e}");
+    }
+}

@@ -22,6 +22,19 @@ pub(super) enum Saved {
         w: Tensor,
         p: Conv2dParams,
     },
+    /// `relu(conv(x, w) + b)`; inputs x, w, and b if present. `y` is the output (the mask).
+    Conv2dRelu {
+        x: Tensor,
+        w: Tensor,
+        p: Conv2dParams,
+        y: Tensor,
+    },
+    /// `relu(x·Wᵀ + b)`; inputs x, w, and b if present.
+    LinearRelu {
+        x: Tensor,
+        w: Tensor,
+        y: Tensor,
+    },
     /// Inputs: x, w, and b if present.
     Linear {
         x: Tensor,
@@ -52,6 +65,17 @@ pub(super) enum Saved {
         var: Tensor,
         eps: f64,
         batch_stats: bool,
+    },
+    /// `act(BN(x) + r)`; inputs x, γ, β, and the residual r if one was added. `y` is the
+    /// output when the ReLU was applied (its mask).
+    BatchNormAct {
+        x: Tensor,
+        gamma: Tensor,
+        mean: Tensor,
+        var: Tensor,
+        eps: f64,
+        batch_stats: bool,
+        y: Option<Tensor>,
     },
     Relu {
         y: Tensor,
@@ -87,6 +111,25 @@ impl Saved {
                 let dw = when(need(1), || ops::conv2d::backward_filter(dy, &x, w.shape(), p))?;
                 let db = when(need(2), || ops::conv2d::backward_bias(dy))?;
                 vec![dx, dw, db]
+            }
+            Saved::Conv2dRelu { x, w, p, y } => {
+                let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &y, need(2))?;
+                drop(y);
+                let dx = when(need(0), || ops::conv2d::backward_data(&dz, &w, x.shape(), p))?;
+                let dw = when(need(1), || ops::conv2d::backward_filter(&dz, &x, w.shape(), p))?;
+                vec![dx, dw, db]
+            }
+            Saved::LinearRelu { x, w, y } => {
+                let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &y, need(2))?;
+                drop(y);
+                let dx = when(need(0), || ops::linear::backward_data(&dz, &w))?;
+                let dw = when(need(1), || ops::linear::backward_weight(&dz, &x))?;
+                vec![dx, dw, db]
+            }
+            Saved::BatchNormAct { x, gamma, mean, var, eps, batch_stats, y } => {
+                let g =
+                    ops::batchnorm::backward_fused(dy, &x, y.as_ref(), &gamma, &mean, &var, eps, batch_stats, need(3))?;
+                vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta), g.dresidual]
             }
             Saved::Linear { x, w } => {
                 let dx = when(need(0), || ops::linear::backward_data(dy, &w))?;

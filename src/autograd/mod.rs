@@ -29,6 +29,23 @@ use crate::ops::{self, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams}
 use crate::tensor::{Shape, Tensor};
 use backward::Saved;
 
+/// 0: not set (read `SCRATCHNET_FUSE`), 1: off, 2: on.
+static FUSION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether new graphs fuse: as [`set_fusion_default`] said, else off when `SCRATCHNET_FUSE=0`,
+/// else on.
+pub fn fusion_default() -> bool {
+    match FUSION.load(Ordering::Relaxed) {
+        0 => std::env::var("SCRATCHNET_FUSE").map_or(true, |v| v != "0"),
+        v => v == 2,
+    }
+}
+
+/// Sets whether graphs made from now on fuse (`--no-fuse` turns it off for a whole run).
+pub fn set_fusion_default(on: bool) {
+    FUSION.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
 /// A value in a computation: a tensor, and the tape entry that made it (if it needs a gradient).
 #[derive(Clone, Debug)]
 pub struct Var {
@@ -90,6 +107,8 @@ pub struct Graph {
     param_nodes: HashMap<ParamId, usize>,
     /// When set, layers describe themselves here as they run (`scratchnet summary`).
     trace: Option<Vec<LayerRecord>>,
+    /// Whether layers use the fused kernels (BN+ReLU, BN+add+ReLU, bias+ReLU).
+    fuse: bool,
 }
 
 /// One layer, as it ran: what `scratchnet summary` prints.
@@ -131,7 +150,18 @@ impl Graph {
             nodes: Vec::new(),
             param_nodes: HashMap::new(),
             trace: None,
+            fuse: fusion_default(),
         }
+    }
+
+    /// Whether layers should run their fused forms (the default), or each op on its own, as
+    /// written in the paper (`--no-fuse`, and the comparisons in the tests and benchmarks).
+    pub fn fuses(&self) -> bool {
+        self.fuse
+    }
+
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fuse = on;
     }
 
     /// Starts collecting a [`LayerRecord`] for every layer that runs.
@@ -225,6 +255,25 @@ impl Graph {
         self.record(y, &inputs, || Saved::Conv2d { x: x.value.clone(), w: w.value.clone(), p })
     }
 
+    /// `relu(conv(x, w) + b)`, fused: one pass over the output, and only the output kept
+    /// for the ReLU's backward.
+    pub fn conv2d_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
+        let y = ops::conv2d::forward_relu(&x.value, &w.value, b.map(|b| &b.value), p)?;
+        let y_saved = y.clone();
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        self.record(y, &inputs, || Saved::Conv2dRelu { x: x.value.clone(), w: w.value.clone(), p, y: y_saved })
+    }
+
+    /// `relu(x·Wᵀ + b)`, fused.
+    pub fn linear_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let y = ops::linear::forward_relu(&x.value, &w.value, b.map(|b| &b.value))?;
+        let y_saved = y.clone();
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        self.record(y, &inputs, || Saved::LinearRelu { x: x.value.clone(), w: w.value.clone(), y: y_saved })
+    }
+
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value))?;
         let mut inputs = vec![x, w];
@@ -288,6 +337,73 @@ impl Graph {
             var: running_var.clone(),
             eps,
             batch_stats: false,
+        })
+    }
+
+    /// Training-mode `act(BN(x) + residual)` in the fused kernels: `residual` is added
+    /// after the normalisation when given, and a ReLU follows when `relu` is set. Returns the
+    /// batch statistics as [`Graph::batch_norm_train`].
+    pub fn batch_norm_train_fused(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        residual: Option<&Var>,
+        relu: bool,
+        eps: f64,
+    ) -> Result<(Var, Tensor, Tensor)> {
+        let epilogue = ops::batchnorm::Epilogue { residual: residual.map(|r| &r.value), relu };
+        let out = ops::batchnorm::forward_train_fused(&x.value, &gamma.value, &beta.value, epilogue, eps)?;
+        let (mean, var) = (out.mean.clone(), out.var.clone());
+        let y_saved = relu.then(|| out.y.clone());
+        let mut inputs = vec![x, gamma, beta];
+        inputs.extend(residual);
+        let y = self.record(out.y, &inputs, || Saved::BatchNormAct {
+            x: x.value.clone(),
+            gamma: gamma.value.clone(),
+            mean: out.mean,
+            var: out.var,
+            eps,
+            batch_stats: true,
+            y: y_saved,
+        })?;
+        Ok((y, mean, var))
+    }
+
+    /// Eval-mode `act(BN(x) + residual)` with fixed statistics, fused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_eval_fused(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        residual: Option<&Var>,
+        relu: bool,
+        eps: f64,
+    ) -> Result<Var> {
+        let epilogue = ops::batchnorm::Epilogue { residual: residual.map(|r| &r.value), relu };
+        let y = ops::batchnorm::forward_eval_fused(
+            &x.value,
+            &gamma.value,
+            &beta.value,
+            running_mean,
+            running_var,
+            epilogue,
+            eps,
+        )?;
+        let y_saved = relu.then(|| y.clone());
+        let mut inputs = vec![x, gamma, beta];
+        inputs.extend(residual);
+        self.record(y, &inputs, || Saved::BatchNormAct {
+            x: x.value.clone(),
+            gamma: gamma.value.clone(),
+            mean: running_mean.clone(),
+            var: running_var.clone(),
+            eps,
+            batch_stats: false,
+            y: y_saved,
         })
     }
 

@@ -84,27 +84,20 @@ impl AlexNet {
 
 impl Module for AlexNet {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let h = self.conv1.forward(g, x)?;
-        let h = g.relu(&h)?;
+        let h = self.conv1.forward_relu(g, x)?;
         let h = self.norm1.forward(g, &h)?;
         let h = self.pool1.forward(g, &h)?;
-        let h = self.conv2.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.conv2.forward_relu(g, &h)?;
         let h = self.norm2.forward(g, &h)?;
         let h = self.pool2.forward(g, &h)?;
-        let h = self.conv3.forward(g, &h)?;
-        let h = g.relu(&h)?;
-        let h = self.conv4.forward(g, &h)?;
-        let h = g.relu(&h)?;
-        let h = self.conv5.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.conv3.forward_relu(g, &h)?;
+        let h = self.conv4.forward_relu(g, &h)?;
+        let h = self.conv5.forward_relu(g, &h)?;
         let h = self.pool5.forward(g, &h)?;
         let h = g.flatten(&h)?;
-        let h = self.fc6.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.fc6.forward_relu(g, &h)?;
         let h = self.drop6.forward(g, &h)?;
-        let h = self.fc7.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.fc7.forward_relu(g, &h)?;
         let h = self.drop7.forward(g, &h)?;
         self.fc8.forward(g, &h)
     }

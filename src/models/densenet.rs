@@ -105,11 +105,9 @@ impl DenseLayer {
     fn forward_features(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
         let refs: Vec<&Var> = features.iter().collect();
         let x = if refs.len() == 1 { refs[0].clone() } else { g.concat(&refs)? };
-        let h = self.norm1.forward(g, &x)?;
-        let h = g.relu(&h)?;
+        let h = self.norm1.forward_relu(g, &x)?;
         let h = self.conv1.forward(g, &h)?;
-        let h = self.norm2.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.norm2.forward_relu(g, &h)?;
         let h = self.conv2.forward(g, &h)?;
         if self.dropout.p > 0.0 { self.dropout.forward(g, &h) } else { Ok(h) }
     }
@@ -157,8 +155,7 @@ struct Transition {
 
 impl Module for Transition {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let h = self.norm.forward(g, x)?;
-        let h = g.relu(&h)?;
+        let h = self.norm.forward_relu(g, x)?;
         let h = self.conv.forward(g, &h)?;
         self.pool.forward(g, &h)
     }
@@ -182,8 +179,7 @@ impl Module for Stem {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let mut h = self.conv0.forward(g, x)?;
         if let Some(norm) = &mut self.norm0 {
-            h = norm.forward(g, &h)?;
-            h = g.relu(&h)?;
+            h = norm.forward_relu(g, &h)?;
         }
         if let Some(pool) = &mut self.pool0 {
             h = pool.forward(g, &h)?;
@@ -290,8 +286,7 @@ impl Module for DenseNet {
         for part in &mut self.body {
             h = part.forward(g, &h)?;
         }
-        let h = self.norm5.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.norm5.forward_relu(g, &h)?;
         let h = self.pool.forward(g, &h)?;
         self.classifier.forward(g, &h)
     }

@@ -62,14 +62,15 @@ impl Module for Downsample {
     }
 }
 
-/// Adds the shortcut (projected if the block has a downsample) and applies the final ReLU.
-fn finish(g: &mut Graph, x: &Var, h: &Var, downsample: &mut Option<Downsample>) -> Result<Var> {
+/// The block's last batch norm, the shortcut (projected if the block has a downsample) added
+/// to it, and the final ReLU: `relu(bn(h) + shortcut(x))`, one fused kernel when the graph
+/// fuses. (The shortcut is computed first, so that the fused kernel can read it.)
+fn finish(g: &mut Graph, x: &Var, h: &Var, bn: &mut BatchNorm2d, downsample: &mut Option<Downsample>) -> Result<Var> {
     let shortcut = match downsample {
         Some(d) => d.forward(g, x)?,
         None => x.clone(),
     };
-    let sum = g.add(h, &shortcut)?;
-    g.relu(&sum)
+    bn.forward_add_relu(g, h, &shortcut)
 }
 
 pub struct BasicBlock {
@@ -98,11 +99,9 @@ impl BasicBlock {
 impl Module for BasicBlock {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.bn1.forward_relu(g, &h)?;
         let h = self.conv2.forward(g, &h)?;
-        let h = self.bn2.forward(g, &h)?;
-        finish(g, x, &h, &mut self.downsample)
+        finish(g, x, &h, &mut self.bn2, &mut self.downsample)
     }
     fn children(&self) -> Vec<&dyn Module> {
         let mut v: Vec<&dyn Module> = vec![&self.conv1, &self.bn1, &self.conv2, &self.bn2];
@@ -147,14 +146,11 @@ impl Bottleneck {
 impl Module for Bottleneck {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.bn1.forward_relu(g, &h)?;
         let h = self.conv2.forward(g, &h)?;
-        let h = self.bn2.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.bn2.forward_relu(g, &h)?;
         let h = self.conv3.forward(g, &h)?;
-        let h = self.bn3.forward(g, &h)?;
-        finish(g, x, &h, &mut self.downsample)
+        finish(g, x, &h, &mut self.bn3, &mut self.downsample)
     }
     fn children(&self) -> Vec<&dyn Module> {
         let mut v: Vec<&dyn Module> = vec![&self.conv1, &self.bn1, &self.conv2, &self.bn2, &self.conv3, &self.bn3];
@@ -238,8 +234,7 @@ impl ResNet {
 impl Module for ResNet {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward(g, &h)?;
-        let h = g.relu(&h)?;
+        let h = self.bn1.forward_relu(g, &h)?;
         let mut h = self.maxpool.forward(g, &h)?;
         for block in &mut self.blocks {
             h = block.forward(g, &h)?;

@@ -63,8 +63,7 @@ impl ResNetCifar {
 impl Module for ResNetCifar {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward(g, &h)?;
-        let mut h = g.relu(&h)?;
+        let mut h = self.bn1.forward_relu(g, &h)?;
         for block in &mut self.blocks {
             h = block.forward(g, &h)?;
         }

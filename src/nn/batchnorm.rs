@@ -42,24 +42,56 @@ impl BatchNorm2d {
     }
 }
 
-impl Module for BatchNorm2d {
-    /// In a training graph: normalise with the batch statistics and move the running
-    /// statistics towards them. In an eval graph: normalise with the running statistics.
-    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+impl BatchNorm2d {
+    /// `relu(BN(x))`: fused into one kernel when the graph fuses.
+    pub fn forward_relu(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        self.forward_act(g, x, None, true)
+    }
+
+    /// `relu(BN(x) + residual)`, the end of a residual block: fused when the graph fuses.
+    pub fn forward_add_relu(&mut self, g: &mut Graph, x: &Var, residual: &Var) -> Result<Var> {
+        self.forward_act(g, x, Some(residual), true)
+    }
+
+    /// `act(BN(x) + residual)`. In a training graph the batch statistics normalise and the
+    /// running statistics move towards them; in an eval graph the running statistics
+    /// normalise. When the graph does not fuse, the same is computed op by op.
+    fn forward_act(&mut self, g: &mut Graph, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
         let gamma = g.param(&self.weight);
         let beta = g.param(&self.bias);
+        let fused = g.fuses() && (residual.is_some() || relu);
         let y = if g.is_training() {
-            let (y, mean, var) = g.batch_norm_train(x, &gamma, &beta, self.eps)?;
+            let (y, mean, var) = if fused {
+                g.batch_norm_train_fused(x, &gamma, &beta, residual, relu, self.eps)?
+            } else {
+                g.batch_norm_train(x, &gamma, &beta, self.eps)?
+            };
             let count = x.dims()[0] * x.dims()[2..].iter().product::<usize>();
             update_running_stats(&mut self.running_mean, &mut self.running_var, &mean, &var, count, self.momentum)?;
             let steps = self.batches_tracked() + 1;
             self.num_batches_tracked = Tensor::scalar(steps);
             y
+        } else if fused {
+            let (rm, rv) = (&self.running_mean, &self.running_var);
+            g.batch_norm_eval_fused(x, &gamma, &beta, rm, rv, residual, relu, self.eps)?
         } else {
             g.batch_norm_eval(x, &gamma, &beta, &self.running_mean, &self.running_var, self.eps)?
         };
         g.record_layer(&self.name, "BatchNorm2d", &y, self.num_params(), 0);
-        Ok(y)
+        if fused {
+            return Ok(y);
+        }
+        let y = match residual {
+            Some(r) => g.add(&y, r)?,
+            None => y,
+        };
+        if relu { g.relu(&y) } else { Ok(y) }
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        self.forward_act(g, x, None, false)
     }
 
     fn params(&self) -> Vec<&Param> {

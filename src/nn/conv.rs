@@ -39,14 +39,31 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+impl Conv2d {
+    /// `relu(conv(x) + b)`: the bias and ReLU fused into the convolution's output when the
+    /// graph fuses.
+    pub fn forward_relu(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        self.forward_act(g, x, true)
+    }
+
+    fn forward_act(&mut self, g: &mut Graph, x: &Var, relu: bool) -> Result<Var> {
         let w = g.param(&self.weight);
         let b = self.bias.as_ref().map(|b| g.param(b));
-        let y = g.conv2d(x, &w, b.as_ref(), self.params)?;
+        let fused = relu && g.fuses();
+        let y = if fused {
+            g.conv2d_relu(x, &w, b.as_ref(), self.params)?
+        } else {
+            g.conv2d(x, &w, b.as_ref(), self.params)?
+        };
         let macs = ConvGeometry::new(x.shape(), self.weight.value.shape(), self.params)?.macs();
         g.record_layer(&self.name, "Conv2d", &y, self.num_params(), macs);
-        Ok(y)
+        if relu && !fused { g.relu(&y) } else { Ok(y) }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        self.forward_act(g, x, false)
     }
 
     fn params(&self) -> Vec<&Param> {

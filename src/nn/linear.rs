@@ -18,14 +18,26 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+impl Linear {
+    /// `relu(x·Wᵀ + b)`: the bias and ReLU in one pass when the graph fuses.
+    pub fn forward_relu(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        self.forward_act(g, x, true)
+    }
+
+    fn forward_act(&mut self, g: &mut Graph, x: &Var, relu: bool) -> Result<Var> {
         let w = g.param(&self.weight);
         let b = self.bias.as_ref().map(|b| g.param(b));
-        let y = g.linear(x, &w, b.as_ref())?;
+        let fused = relu && g.fuses();
+        let y = if fused { g.linear_relu(x, &w, b.as_ref())? } else { g.linear(x, &w, b.as_ref())? };
         let macs = (x.dims().first().copied().unwrap_or(0) * self.weight.numel()) as u64;
         g.record_layer(&self.name, "Linear", &y, self.num_params(), macs);
-        Ok(y)
+        if relu && !fused { g.relu(&y) } else { Ok(y) }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        self.forward_act(g, x, false)
     }
 
     fn params(&self) -> Vec<&Param> {

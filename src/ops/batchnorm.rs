@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Float, Tensor};
+use crate::tensor::{DType, Element, Float, Tensor};
 
 const OP: &str = "batch_norm";
 
@@ -101,6 +101,13 @@ pub fn forward_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Res
             var: Tensor::from_gpu([c], var),
         });
     }
+    forward_train_cpu(x, gamma, beta, eps, Epilogue::NONE)
+}
+
+/// The CPU training forward, with an epilogue (none for the plain op).
+fn forward_train_cpu(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, e: Epilogue) -> Result<BatchNormTrainOutput> {
+    let (n, c, hw) = check(x, &[])?;
+    let m = n * hw;
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let stats: Vec<(f64, f64)> = (0..c)
@@ -114,7 +121,7 @@ pub fn forward_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Res
             .collect();
         let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
         let var: Vec<f64> = stats.iter().map(|s| s.1).collect();
-        let y = normalize::<T>(xs, host::<T>(gamma)?, host::<T>(beta)?, &mean, &var, eps, c, hw);
+        let y = normalize::<T>(xs, host::<T>(gamma)?, host::<T>(beta)?, &mean, &var, eps, c, hw, e)?;
         Ok(BatchNormTrainOutput {
             y: Tensor::from_cpu(x.shape().clone(), y),
             mean: Tensor::from_cpu([c], mean.into_iter().map(T::from_f64).collect::<Vec<T>>()),
@@ -150,13 +157,37 @@ pub fn forward_eval(
     with_float_type!(x.dtype(), OP, |T| {
         let mean: Vec<f64> = host::<T>(running_mean)?.iter().map(|v| v.to_f64()).collect();
         let var: Vec<f64> = host::<T>(running_var)?.iter().map(|v| v.to_f64()).collect();
-        let y = normalize::<T>(host::<T>(x)?, host::<T>(gamma)?, host::<T>(beta)?, &mean, &var, eps, c, hw);
+        let y = normalize::<T>(
+            host::<T>(x)?,
+            host::<T>(gamma)?,
+            host::<T>(beta)?,
+            &mean,
+            &var,
+            eps,
+            c,
+            hw,
+            Epilogue::NONE,
+        )?;
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }
 
-/// `y = γ·(x − μ)/√(σ² + ε) + β`, folded into one multiply-add per element:
-/// `y = x·a + b` with `a = γ/√(σ² + ε)` and `b = β − μ·a`.
+/// What a fused batch norm applies after normalising: `y = act(BN(x) + residual)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added after the normalisation (a ResNet block's shortcut).
+    pub residual: Option<&'a Tensor>,
+    /// ReLU after the addition.
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Plain batch norm.
+    pub const NONE: Epilogue<'static> = Epilogue { residual: None, relu: false };
+}
+
+/// `y = act(γ·(x − μ)/√(σ² + ε) + β + r)`, the normalisation folded into one multiply-add
+/// per element: `x·a + b` with `a = γ/√(σ² + ε)` and `b = β − μ·a`.
 #[allow(clippy::too_many_arguments)]
 fn normalize<T: Float>(
     x: &[T],
@@ -167,19 +198,26 @@ fn normalize<T: Float>(
     eps: f64,
     c: usize,
     hw: usize,
-) -> Vec<T> {
+    epilogue: Epilogue,
+) -> Result<Vec<T>> {
     let coef: Vec<(T, T)> = (0..c)
         .map(|ch| {
             let a = gamma[ch].to_f64() / (var[ch] + eps).sqrt();
             (T::from_f64(a), T::from_f64(beta[ch].to_f64() - mean[ch] * a))
         })
         .collect();
+    let residual = epilogue.residual.map(host::<T>).transpose()?;
+    let relu = epilogue.relu;
     let mut y = vec![T::ZERO; x.len()];
     y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
         let (a, b) = coef[plane % c];
-        y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
+        let r = residual.map(|r| &r[plane * hw..][..hw]);
+        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+            let t = x * a + b + r.map_or(T::ZERO, |r| r[i]);
+            *y = if !relu || t > T::ZERO || t.is_nan() { t } else { T::ZERO };
+        }
     });
-    y
+    Ok(y)
 }
 
 /// The gradients `(dx, dγ, dβ)`.
@@ -188,6 +226,8 @@ pub struct BatchNormGrads {
     pub dx: Tensor,
     pub dgamma: Tensor,
     pub dbeta: Tensor,
+    /// The residual's gradient, from [`backward_fused`] when the forward pass added one.
+    pub dresidual: Option<Tensor>,
 }
 
 /// Training-mode backward, from the batch statistics the forward pass returned.
@@ -227,7 +267,6 @@ fn backward(
     let (n, c, hw) = check(x, &[("weight", gamma), ("mean", mean), ("var", var)])?;
     expect_shape(OP, "output gradient", dy, x.dims())?;
     let (dtype, device) = common_dtype(OP, &[("input", x), ("output gradient", dy)])?;
-    let m = (n * hw) as f64;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let dgamma = gpu.alloc(dtype, c)?;
         let dbeta = gpu.alloc(dtype, c)?;
@@ -257,54 +296,249 @@ fn backward(
             dx: Tensor::from_gpu(x.shape().clone(), dx),
             dgamma: Tensor::from_gpu([c], dgamma),
             dbeta: Tensor::from_gpu([c], dbeta),
+            dresidual: None,
         });
     }
-    with_float_type!(x.dtype(), OP, |T| {
-        let (xs, dys) = (host::<T>(x)?, host::<T>(dy)?);
-        let (gs, ms, vs) = (host::<T>(gamma)?, host::<T>(mean)?, host::<T>(var)?);
-        // Per channel: invstd, Σdy, Σdy·x̂.
-        let sums: Vec<(f64, f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let mu = ms[ch].to_f64();
-                let invstd = 1.0 / (vs[ch].to_f64() + eps).sqrt();
-                let mut sum_dy = 0.0;
-                let mut sum_dy_xhat = 0.0;
-                for (xp, dp) in planes(xs, c, hw, ch).zip(planes(dys, c, hw, ch)) {
-                    for (&xv, &dv) in xp.iter().zip(dp) {
-                        let d = dv.to_f64();
-                        sum_dy += d;
-                        sum_dy_xhat += d * (xv.to_f64() - mu) * invstd;
-                    }
+    with_float_type!(x.dtype(), OP, |T| backward_cpu::<T>(host(dy)?, x, gamma, mean, var, eps, batch_stats))
+}
+
+/// The CPU backward from the gradient `dz` reaching the normalisation.
+fn backward_cpu<T: Float>(
+    dys: &[T],
+    x: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    batch_stats: bool,
+) -> Result<BatchNormGrads> {
+    let (n, c, hw) = check(x, &[])?;
+    let m = (n * hw) as f64;
+    let xs = host::<T>(x)?;
+    let (gs, ms, vs) = (host::<T>(gamma)?, host::<T>(mean)?, host::<T>(var)?);
+    // Per channel: invstd, Σdy, Σdy·x̂.
+    let sums: Vec<(f64, f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mu = ms[ch].to_f64();
+            let invstd = 1.0 / (vs[ch].to_f64() + eps).sqrt();
+            let mut sum_dy = 0.0;
+            let mut sum_dy_xhat = 0.0;
+            for (xp, dp) in planes(xs, c, hw, ch).zip(planes(dys, c, hw, ch)) {
+                for (&xv, &dv) in xp.iter().zip(dp) {
+                    let d = dv.to_f64();
+                    sum_dy += d;
+                    sum_dy_xhat += d * (xv.to_f64() - mu) * invstd;
                 }
-                (invstd, sum_dy, sum_dy_xhat)
-            })
-            .collect();
-        let mut dx = vec![T::ZERO; xs.len()];
-        dx.par_chunks_mut(hw).zip(xs.par_chunks(hw).zip(dys.par_chunks(hw))).enumerate().for_each(
-            |(plane, (dxp, (xp, dp)))| {
-                let ch = plane % c;
-                let (invstd, sum_dy, sum_dy_xhat) = sums[ch];
-                let mu = ms[ch].to_f64();
-                let scale = gs[ch].to_f64() * invstd;
-                for ((o, &xv), &dv) in dxp.iter_mut().zip(xp).zip(dp) {
-                    let v = if batch_stats {
-                        let xhat = (xv.to_f64() - mu) * invstd;
-                        scale * (dv.to_f64() - sum_dy / m - xhat * sum_dy_xhat / m)
-                    } else {
-                        scale * dv.to_f64()
-                    };
-                    *o = T::from_f64(v);
-                }
-            },
-        );
-        let dgamma: Vec<T> = sums.iter().map(|s| T::from_f64(s.2)).collect();
-        let dbeta: Vec<T> = sums.iter().map(|s| T::from_f64(s.1)).collect();
-        Ok(BatchNormGrads {
-            dx: Tensor::from_cpu(x.shape().clone(), dx),
-            dgamma: Tensor::from_cpu([c], dgamma),
-            dbeta: Tensor::from_cpu([c], dbeta),
+            }
+            (invstd, sum_dy, sum_dy_xhat)
         })
+        .collect();
+    let mut dx = vec![T::ZERO; xs.len()];
+    dx.par_chunks_mut(hw).zip(xs.par_chunks(hw).zip(dys.par_chunks(hw))).enumerate().for_each(
+        |(plane, (dxp, (xp, dp)))| {
+            let ch = plane % c;
+            let (invstd, sum_dy, sum_dy_xhat) = sums[ch];
+            let mu = ms[ch].to_f64();
+            let scale = gs[ch].to_f64() * invstd;
+            for ((o, &xv), &dv) in dxp.iter_mut().zip(xp).zip(dp) {
+                let v = if batch_stats {
+                    let xhat = (xv.to_f64() - mu) * invstd;
+                    scale * (dv.to_f64() - sum_dy / m - xhat * sum_dy_xhat / m)
+                } else {
+                    scale * dv.to_f64()
+                };
+                *o = T::from_f64(v);
+            }
+        },
+    );
+    let dgamma: Vec<T> = sums.iter().map(|s| T::from_f64(s.2)).collect();
+    let dbeta: Vec<T> = sums.iter().map(|s| T::from_f64(s.1)).collect();
+    Ok(BatchNormGrads {
+        dx: Tensor::from_cpu(x.shape().clone(), dx),
+        dgamma: Tensor::from_cpu([c], dgamma),
+        dbeta: Tensor::from_cpu([c], dbeta),
+        dresidual: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The fused forms: y = act(BN(x) + residual), kernels in kernels/batchnorm_fused.cu
+// ---------------------------------------------------------------------------------------
+
+/// Checks a fused epilogue's residual against the input.
+fn check_epilogue(x: &Tensor, e: Epilogue) -> Result<()> {
+    if let Some(r) = e.residual {
+        expect_shape(OP, "residual", r, x.dims())?;
+        common_dtype(OP, &[("input", x), ("residual", r)])?;
+    }
+    Ok(())
+}
+
+/// The fused forward's last kernel: `y = act(x·a + b + r)` with the statistics given.
+#[allow(clippy::too_many_arguments)]
+fn fused_normalize_gpu(
+    gpu: &std::sync::Arc<crate::device::GpuDevice>,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &crate::device::GpuBuffer,
+    var: &crate::device::GpuBuffer,
+    eps: f64,
+    e: Epilogue,
+) -> Result<Tensor> {
+    let (n, c, hw) = check(x, &[])?;
+    let y = gpu.alloc(x.dtype(), x.numel())?;
+    let residual = e.residual.map(Tensor::gpu_buffer).transpose()?;
+    let call = KernelCall::elementwise("bn_act_fwd_f32", x.numel().div_ceil(if hw % 4 == 0 { 4 } else { 1 }))
+        .buf(&y)
+        .buf(x.gpu_buffer()?)
+        .buf_or_null(residual)
+        .buf(mean)
+        .buf(var)
+        .buf(gamma.gpu_buffer()?)
+        .buf(beta.gpu_buffer()?)
+        .f32(eps as f32)
+        .i32(e.relu as i32);
+    gpu.launch(shape_args(call, n, c, hw)?)?;
+    Ok(Tensor::from_gpu(x.shape().clone(), y))
+}
+
+/// Training-mode `y = act(BN(x) + residual)` in one pass for the statistics and one for the
+/// output. Also returns the batch statistics, as [`forward_train`].
+pub fn forward_train_fused(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    epilogue: Epilogue,
+    eps: f64,
+) -> Result<BatchNormTrainOutput> {
+    check_eps(eps)?;
+    let (n, c, hw) = check(x, &[("weight", gamma), ("bias", beta)])?;
+    check_epilogue(x, epilogue)?;
+    if n * hw == 0 {
+        return Err(Error::shape_of(OP, "at least one value per channel", "input", x.shape()));
+    }
+    let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? else {
+        return forward_train_cpu(x, gamma, beta, eps, epilogue);
+    };
+    let (slices, chunk) = super::bias_act::channel_slices(n, c, hw);
+    let partial = gpu.alloc(DType::F64, 2 * slices * c)?;
+    let stats = super::bias_act::slice_call(OP, "bn_stats_partial_f32", slices, c)?.buf(&partial).buf(x.gpu_buffer()?);
+    gpu.launch(shape_args(stats, n, c, hw)?.i64(to_i64(chunk)))?;
+    let mean = gpu.alloc(x.dtype(), c)?;
+    let var = gpu.alloc(x.dtype(), c)?;
+    let finalize =
+        KernelCall::elementwise("bn_stats_finalize_f32", c).buf(&mean).buf(&var).buf(&partial).buf(x.gpu_buffer()?);
+    gpu.launch(shape_args(finalize, n, c, hw)?.i32(to_i32(OP, "slices", slices)?))?;
+    let y = fused_normalize_gpu(&gpu, x, gamma, beta, &mean, &var, eps, epilogue)?;
+    Ok(BatchNormTrainOutput { y, mean: Tensor::from_gpu([c], mean), var: Tensor::from_gpu([c], var) })
+}
+
+/// Eval-mode `y = act(BN(x) + residual)` with the running statistics.
+pub fn forward_eval_fused(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    epilogue: Epilogue,
+    eps: f64,
+) -> Result<Tensor> {
+    check_eps(eps)?;
+    let (_, c, hw) =
+        check(x, &[("weight", gamma), ("bias", beta), ("running_mean", running_mean), ("running_var", running_var)])?;
+    check_epilogue(x, epilogue)?;
+    if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
+        return fused_normalize_gpu(
+            &gpu,
+            x,
+            gamma,
+            beta,
+            running_mean.gpu_buffer()?,
+            running_var.gpu_buffer()?,
+            eps,
+            epilogue,
+        );
+    }
+    with_float_type!(x.dtype(), OP, |T| {
+        let (mean, var) = (running_mean.to_f64_vec()?, running_var.to_f64_vec()?);
+        let y = normalize::<T>(host(x)?, host(gamma)?, host(beta)?, &mean, &var, eps, c, hw, epilogue)?;
+        Ok(Tensor::from_cpu(x.shape().clone(), y))
+    })
+}
+
+/// The backward of `y = act(BN(x) + residual)`. `y` is the forward's output when it applied
+/// a ReLU (its mask), else `None`; `batch_stats` says whether `mean` and `var` are the
+/// batch's (training) or fixed (eval). With `want_residual`, `dresidual` is the gradient
+/// reaching the addition.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_fused(
+    dy: &Tensor,
+    x: &Tensor,
+    y: Option<&Tensor>,
+    gamma: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    batch_stats: bool,
+    want_residual: bool,
+) -> Result<BatchNormGrads> {
+    check_eps(eps)?;
+    let (n, c, hw) = check(x, &[("weight", gamma), ("mean", mean), ("var", var)])?;
+    expect_shape(OP, "output gradient", dy, x.dims())?;
+    let mut inputs = vec![("input", x), ("output gradient", dy)];
+    if let Some(y) = y {
+        expect_shape(OP, "output", y, x.dims())?;
+        inputs.push(("output", y));
+    }
+    let (dtype, device) = common_dtype(OP, &inputs)?;
+    let Some(gpu) = gpu_f32(OP, dtype, device)? else {
+        let dz = match y {
+            Some(y) => super::elementwise::relu_backward(dy, y)?,
+            None => dy.clone(),
+        };
+        let grads =
+            with_float_type!(dtype, OP, |T| backward_cpu::<T>(host(&dz)?, x, gamma, mean, var, eps, batch_stats))?;
+        return Ok(BatchNormGrads { dresidual: want_residual.then_some(dz), ..grads });
+    };
+    let (slices, chunk) = super::bias_act::channel_slices(n, c, hw);
+    let partial = gpu.alloc(DType::F64, 2 * slices * c)?;
+    let (xb, dyb, meanb, varb) = (x.gpu_buffer()?, dy.gpu_buffer()?, mean.gpu_buffer()?, var.gpu_buffer()?);
+    let yb = y.map(Tensor::gpu_buffer).transpose()?;
+    let reduce = super::bias_act::slice_call(OP, "bn_act_bwd_partial_f32", slices, c)?
+        .buf(&partial)
+        .buf(dyb)
+        .buf_or_null(yb)
+        .buf(xb)
+        .buf(meanb)
+        .buf(varb)
+        .f32(eps as f32);
+    gpu.launch(shape_args(reduce, n, c, hw)?.i64(to_i64(chunk)))?;
+    let dgamma = gpu.alloc(dtype, c)?;
+    let dbeta = gpu.alloc(dtype, c)?;
+    super::bias_act::finalize_partials(&gpu, OP, &dbeta, Some(&dgamma), &partial, c, slices, 2)?;
+    let dx = gpu.alloc(dtype, x.numel())?;
+    let dresidual = if want_residual { Some(gpu.alloc(dtype, x.numel())?) } else { None };
+    let data = KernelCall::elementwise("bn_act_bwd_data_f32", x.numel().div_ceil(if hw % 4 == 0 { 4 } else { 1 }))
+        .buf(&dx)
+        .buf_or_null(dresidual.as_ref())
+        .buf(dyb)
+        .buf_or_null(yb)
+        .buf(xb)
+        .buf(meanb)
+        .buf(varb)
+        .buf(gamma.gpu_buffer()?)
+        .buf(&dgamma)
+        .buf(&dbeta)
+        .f32(eps as f32)
+        .i32(batch_stats as i32);
+    gpu.launch(shape_args(data, n, c, hw)?)?;
+    Ok(BatchNormGrads {
+        dx: Tensor::from_gpu(x.shape().clone(), dx),
+        dgamma: Tensor::from_gpu([c], dgamma),
+        dbeta: Tensor::from_gpu([c], dbeta),
+        dresidual: dresidual.map(|d| Tensor::from_gpu(x.shape().clone(), d)),
     })
 }
 

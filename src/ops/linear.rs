@@ -69,6 +69,21 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
+/// `relu(x · Wᵀ + b)`: the bias and the ReLU in one pass over the product (see
+/// [`super::bias_act`], which also has the backward).
+pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (_, _, o) = dims(x, w)?;
+    let mut inputs = vec![("input", x), ("weight", w)];
+    if let Some(b) = b {
+        expect_shape(OP, "bias", b, &[o])?;
+        inputs.push(("bias", b));
+    }
+    common_dtype(OP, &inputs)?;
+    let mut y = matmul(x, false, w, true, GemmKernel::default())?;
+    super::bias_act::bias_act_in_place(&mut y, b, true)?;
+    Ok(y)
+}
+
 /// `dx = dy · W`.
 pub fn backward_data(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (o, _) = w.shape().dims2().ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;

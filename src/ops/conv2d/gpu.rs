@@ -146,23 +146,41 @@ fn tiles(name: &'static str, cols: usize, rows: usize, z: usize) -> Result<Kerne
         .block(256, 1, 1))
 }
 
+/// `conv(x, w) + bias`, then ReLU when `relu` is set: fused into the implicit GEMM's
+/// epilogue, or a separate in-place pass after the direct kernel.
 pub(super) fn forward(
     gpu: &Arc<GpuDevice>,
     algo: ConvAlgo,
     x: &GpuBuffer,
     w: &GpuBuffer,
     bias: Option<&GpuBuffer>,
+    relu: bool,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
-    let y = gpu.alloc(DType::F32, g.out_shape().numel())?;
-    run(gpu, algo, "forward", g, |kernel| {
-        let call = match kernel {
-            Kernel::Direct => KernelCall::elementwise("conv2d_fwd_direct_f32", g.out_shape().numel()),
-            Kernel::ImplicitGemm => {
-                tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), g.o_per_group(), g.groups())?
+    let count = g.out_shape().numel();
+    let y = gpu.alloc(DType::F32, count)?;
+    let problem = if relu { "forward+relu" } else { "forward" };
+    run(gpu, algo, problem, g, |kernel| match kernel {
+        Kernel::Direct => {
+            let call = KernelCall::elementwise("conv2d_fwd_direct_f32", count);
+            gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?)?;
+            if !relu {
+                return Ok(());
             }
-        };
-        gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?)
+            gpu.launch(
+                KernelCall::elementwise("bias_act_f32", count)
+                    .buf(&y)
+                    .buf_or_null(None)
+                    .i32(1)
+                    .i32(to_i32(OP, "batch", g.n)?)
+                    .i32(to_i32(OP, "channels", g.o)?)
+                    .i64(to_i64(g.out_pixels())),
+            )
+        }
+        Kernel::ImplicitGemm => {
+            let call = tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), g.o_per_group(), g.groups())?;
+            gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?.i32(relu as i32))
+        }
     })?;
     Ok(y)
 }

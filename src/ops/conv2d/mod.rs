@@ -202,6 +202,34 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> R
 
 /// [`forward`] with the GPU kernel variant given (the CPU has one).
 pub fn forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, algo: ConvAlgo) -> Result<Tensor> {
+    forward_act(x, w, b, p, false, algo)
+}
+
+/// `relu(conv(x, w) + b)` in one pass over the output (see [`super::bias_act`]); its
+/// backward is [`super::bias_act::relu_backward_with_bias`] then the two gradients below.
+pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    forward_act(x, w, b, p, true, conv_algo())
+}
+
+/// [`forward_relu`] with the GPU kernel variant given.
+pub fn forward_relu_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: Conv2dParams,
+    algo: ConvAlgo,
+) -> Result<Tensor> {
+    forward_act(x, w, b, p, true, algo)
+}
+
+fn forward_act(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: Conv2dParams,
+    relu: bool,
+    algo: ConvAlgo,
+) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -211,14 +239,18 @@ pub fn forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams,
     let (dtype, device) = common_dtype(OP, &inputs)?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let bias = b.map(Tensor::gpu_buffer).transpose()?;
-        let y = gpu::forward(&gpu, algo, x.gpu_buffer()?, w.gpu_buffer()?, bias, &g)?;
+        let y = gpu::forward(&gpu, algo, x.gpu_buffer()?, w.gpu_buffer()?, bias, relu, &g)?;
         return Ok(Tensor::from_gpu(g.out_shape(), y));
     }
-    with_float_type!(dtype, OP, |T| {
+    let mut y = with_float_type!(dtype, OP, |T| {
         let bias = b.map(host::<T>).transpose()?;
         let y = forward_cpu::<T>(host(x)?, host(w)?, bias, &g);
         Ok(Tensor::from_cpu(g.out_shape(), y))
-    })
+    })?;
+    if relu {
+        super::bias_act::bias_act_in_place(&mut y, None, true)?;
+    }
+    Ok(y)
 }
 
 /// The gradient with respect to the input, from the output gradient `dy` and the weights.
