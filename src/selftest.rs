@@ -459,8 +459,8 @@ impl Tester {
     }
 
     fn sgd(&mut self) -> Result<()> {
-        let s = [1000];
-        let case = "1000 parameters, lr 0.1, momentum 0.9, weight decay 5e-4, two steps";
+        let s = [1003];
+        let case = "1003 parameters (groups of 4 and a tail), lr 0.1, momentum 0.9, weight decay 5e-4, two steps";
         let h = sgd::SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4 };
         let (mut p, g) = (self.input(&s), self.input(&s));
         let mut v = Tensor::zeros(s, DType::F64);

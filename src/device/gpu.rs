@@ -417,6 +417,12 @@ impl KernelCall {
         KernelCall::new(name).grid(blocks, 1, 1).block(BLOCK, 1, 1)
     }
 
+    /// Enough `BLOCK`-thread blocks for one thread per group of 4 of `n` elements (the
+    /// kernels that use 16-byte accesses), capped like [`KernelCall::elementwise`].
+    pub fn vec4(name: &'static str, n: usize) -> KernelCall {
+        KernelCall::elementwise(name, n.div_ceil(4))
+    }
+
     /// One `BLOCK`-thread block per item (a channel, a row, a plane).
     pub fn block_per_item(name: &'static str, items: usize) -> Result<KernelCall> {
         let blocks = u32::try_from(items)

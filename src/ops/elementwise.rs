@@ -49,7 +49,7 @@ fn binary<F: BinaryFn>(op: &'static str, a: &Tensor, b: &Tensor, names: [&str; 2
     if let Some(gpu) = gpu_f32(op, dtype, device)? {
         let y = gpu.alloc(dtype, a.numel())?;
         gpu.launch(
-            KernelCall::elementwise(F::KERNEL, a.numel())
+            KernelCall::vec4(F::KERNEL, a.numel())
                 .buf(&y)
                 .buf(a.gpu_buffer()?)
                 .buf(b.gpu_buffer()?)
@@ -99,9 +99,7 @@ impl BinaryFn for ReluGrad {
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
     if let Some(gpu) = gpu_f32("relu", x.dtype(), x.device())? {
         let y = gpu.alloc(x.dtype(), x.numel())?;
-        gpu.launch(
-            KernelCall::elementwise("relu_fwd_f32", x.numel()).buf(&y).buf(x.gpu_buffer()?).i64(to_i64(x.numel())),
-        )?;
+        gpu.launch(KernelCall::vec4("relu_fwd_f32", x.numel()).buf(&y).buf(x.gpu_buffer()?).i64(to_i64(x.numel())))?;
         return Ok(Tensor::from_gpu(x.shape().clone(), y));
     }
     with_float_type!(x.dtype(), "relu", |T| {
@@ -134,7 +132,7 @@ pub fn add_assign(acc: &mut Tensor, x: &Tensor) -> Result<()> {
         let n = x.numel();
         let xb = x.gpu_buffer()?;
         let accb = acc.gpu_buffer_mut()?;
-        return gpu.launch(KernelCall::elementwise("add_assign_f32", n).buf(accb).buf(xb).i64(to_i64(n)));
+        return gpu.launch(KernelCall::vec4("add_assign_f32", n).buf(accb).buf(xb).i64(to_i64(n)));
     }
     with_float_type!(dtype, "add_assign", |T| {
         let xs = host::<T>(x)?;

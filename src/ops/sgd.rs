@@ -45,7 +45,7 @@ pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdPara
         let v = velocity.gpu_buffer_mut()?;
         let p = param.gpu_buffer_mut()?;
         return gpu.launch(
-            KernelCall::elementwise("sgd_step_f32", n)
+            KernelCall::vec4("sgd_step_f32", n)
                 .buf(p)
                 .buf(v)
                 .buf(g)
