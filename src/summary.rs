@@ -35,7 +35,8 @@ pub fn summarize(model: &mut dyn Model, input: [usize; 3]) -> Result<Summary> {
     let mut g = Graph::eval();
     g.start_trace();
     model.forward(&mut g, &Var::constant(x))?;
-    let layers = g.take_trace();
+    // Concatenations are recorded for `bench`, but they are not modules of the network.
+    let layers: Vec<LayerRecord> = g.take_trace().into_iter().filter(|l| l.op.is_module()).collect();
     Ok(Summary {
         model: model.name().to_string(),
         input,

@@ -275,3 +275,19 @@ fn address_sanitizer_catches_an_out_of_bounds_read() {
     assert!(stderr.contains("heap-buffer-overflow"), "{stderr}");
     assert!(stderr.contains("emu_test_read_past_end"), "{stderr}");
 }
+
+/// Events time the device's queue: on the emulator, whose launches finish before they return,
+/// the time between two events is the host time between recording them.
+#[test]
+fn events_measure_the_time_between_them() {
+    let gpu = emu();
+    let start = gpu.record_event().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let middle = gpu.record_event().unwrap();
+    let end = gpu.record_event().unwrap();
+    let slept = start.elapsed_ms(&middle).unwrap();
+    assert!((30.0..3000.0).contains(&slept), "{slept} ms");
+    let nothing = middle.elapsed_ms(&end).unwrap();
+    assert!((0.0..slept).contains(&nothing), "{nothing} ms");
+    assert!(start.elapsed_ms(&end).unwrap() >= slept);
+}

@@ -111,18 +111,85 @@ pub struct Graph {
     fuse: bool,
 }
 
-/// One layer, as it ran: what `scratchnet summary` prints.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One layer, as it ran: what `scratchnet summary` prints, and what `scratchnet bench`
+/// turns into the problems it times (the layer shapes of a real network).
+#[derive(Clone, Debug, PartialEq)]
 pub struct LayerRecord {
     /// The layer's dotted name (`layer1.0.conv1`).
     pub name: String,
     /// Its kind (`Conv2d`, `BatchNorm2d`, ...).
     pub kind: &'static str,
+    pub input: Shape,
     pub output: Shape,
     /// Trainable values it owns.
     pub params: usize,
     /// Multiply-adds of its forward pass (convolutions and linear layers; 0 for the rest).
     pub macs: u64,
+    /// What it computes, with the parameters of the op.
+    pub op: LayerOp,
+}
+
+/// The op a layer runs, as [`LayerRecord`] keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LayerOp {
+    /// With the fused bias and ReLU when `relu`.
+    Conv2d {
+        weight: Shape,
+        params: Conv2dParams,
+        bias: bool,
+        relu: bool,
+    },
+    Linear {
+        weight: Shape,
+        bias: bool,
+        relu: bool,
+    },
+    /// With the fused residual addition and ReLU where the network has them.
+    BatchNorm {
+        residual: bool,
+        relu: bool,
+    },
+    MaxPool2d(Pool2dParams),
+    AvgPool2d(Pool2dParams),
+    GlobalAvgPool,
+    Lrn(LrnParams),
+    Dropout(f64),
+    /// DenseNet's concatenation of the feature maps before a layer (not a layer itself).
+    Concat {
+        channels: Vec<usize>,
+    },
+}
+
+impl LayerOp {
+    /// The module kind, as PyTorch names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LayerOp::Conv2d { .. } => "Conv2d",
+            LayerOp::Linear { .. } => "Linear",
+            LayerOp::BatchNorm { .. } => "BatchNorm2d",
+            LayerOp::MaxPool2d(_) => "MaxPool2d",
+            LayerOp::AvgPool2d(_) => "AvgPool2d",
+            LayerOp::GlobalAvgPool => "GlobalAvgPool",
+            LayerOp::Lrn(_) => "LocalResponseNorm",
+            LayerOp::Dropout(_) => "Dropout",
+            LayerOp::Concat { .. } => "Concat",
+        }
+    }
+
+    /// Whether it is a module of the network (a summary row); concatenations are not.
+    pub fn is_module(&self) -> bool {
+        !matches!(self, LayerOp::Concat { .. })
+    }
+
+    /// Multiply-adds of the forward pass for this output shape.
+    pub fn macs(&self, output: &Shape) -> u64 {
+        let per_output = match self {
+            LayerOp::Conv2d { weight, .. } => weight.dims()[1..].iter().product::<usize>(),
+            LayerOp::Linear { weight, .. } => weight.dims().get(1).copied().unwrap_or(0),
+            _ => 0,
+        };
+        (output.numel() * per_output) as u64
+    }
 }
 
 impl Default for Graph {
@@ -175,10 +242,23 @@ impl Graph {
     }
 
     /// Called by layers after they run; does nothing unless tracing.
-    pub fn record_layer(&mut self, name: &str, kind: &'static str, output: &Var, params: usize, macs: u64) {
+    pub fn record_layer(&mut self, name: &str, input: &Var, output: &Var, params: usize, op: LayerOp) {
         if let Some(t) = &mut self.trace {
-            t.push(LayerRecord { name: name.to_string(), kind, output: output.shape().clone(), params, macs });
+            t.push(LayerRecord {
+                name: name.to_string(),
+                kind: op.kind(),
+                input: input.shape().clone(),
+                output: output.shape().clone(),
+                params,
+                macs: op.macs(output.shape()),
+                op,
+            });
         }
+    }
+
+    /// Whether layers are being recorded (so they can skip building a record otherwise).
+    pub fn is_tracing(&self) -> bool {
+        self.trace.is_some()
     }
 
     pub fn is_training(&self) -> bool {

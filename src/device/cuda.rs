@@ -184,6 +184,8 @@ struct CudaBackend {
     functions: Mutex<HashMap<usize, sys::CUfunction>>,
     /// `SCRATCHNET_CUDA_SYNC=1`: wait for every kernel, so a failing one is named.
     sync_each_launch: bool,
+    /// Events no longer in use (as u64 handles), kept for the next record_event.
+    free_events: Mutex<Vec<u64>>,
 }
 
 // SAFETY: driver handles (context, stream, module, function) may be used from any thread;
@@ -224,6 +226,7 @@ impl CudaBackend {
             module,
             functions: Mutex::new(HashMap::new()),
             sync_each_launch: std::env::var("SCRATCHNET_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            free_events: Mutex::new(Vec::new()),
         })
     }
 
@@ -333,6 +336,35 @@ impl Backend for CudaBackend {
         // SAFETY: our stream.
         unsafe { result::stream::synchronize(self.stream) }
             .map_err(|e| self.err("waiting for the device (a kernel failed?)", e))
+    }
+
+    fn record_event(&self) -> Result<u64> {
+        self.bind()?;
+        let reused = self.free_events.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let event = match reused {
+            Some(e) => e as sys::CUevent,
+            None => result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+                .map_err(|e| self.err("creating an event", e))?,
+        };
+        // SAFETY: a live event and our stream.
+        unsafe { result::event::record(event, self.stream) }.map_err(|e| self.err("recording an event", e))?;
+        Ok(event as u64)
+    }
+
+    fn elapsed_ms(&self, start: u64, end: u64) -> Result<f64> {
+        self.bind()?;
+        // SAFETY: both are live events recorded on our stream (record_event's handles).
+        unsafe {
+            result::event::synchronize(end as sys::CUevent).map_err(|e| self.err("waiting for an event", e))?;
+            result::event::elapsed(start as sys::CUevent, end as sys::CUevent)
+                .map(f64::from)
+                .map_err(|e| self.err("reading the time between two events", e))
+        }
+    }
+
+    fn release_event(&self, event: u64) {
+        // Events are kept for reuse: a profiled step records two per op.
+        self.free_events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
     }
 }
 

@@ -8,6 +8,7 @@
 use std::alloc::{Layout, alloc, dealloc};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use super::Device;
 use super::gpu::{Backend, GpuDevice, LaunchDims};
@@ -108,6 +109,18 @@ impl Backend for EmuBackend {
         unsafe { std::ptr::write_bytes(dst as *mut u8, byte, bytes) };
         Ok(())
     }
+
+    fn record_event(&self) -> Result<u64> {
+        // Launches finish before they return, so "the device reached this point" is now.
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        Ok(EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+    }
+
+    fn elapsed_ms(&self, start: u64, end: u64) -> Result<f64> {
+        Ok((end as f64 - start as f64) / 1e6)
+    }
+
+    fn release_event(&self, _event: u64) {}
 
     unsafe fn launch(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
         let _one_at_a_time = self.launching.lock().unwrap_or_else(|p| p.into_inner());

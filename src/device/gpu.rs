@@ -61,6 +61,14 @@ pub trait Backend: Send + Sync {
         args: &mut [*mut c_void],
     ) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// Marks the current point of the device's queue of work; returns a handle for
+    /// [`Backend::elapsed_ms`]. (CUDA: an event recorded on the stream; emulator, whose
+    /// launches finish before they return: the host clock.)
+    fn record_event(&self) -> Result<u64>;
+    /// Milliseconds between two recorded events, waiting for the second to be reached.
+    fn elapsed_ms(&self, start: u64, end: u64) -> Result<f64>;
+    /// Gives back an event's resources.
+    fn release_event(&self, event: u64);
     /// Whether freed memory may be kept for reuse. The emulator built with AddressSanitizer
     /// says no, so that an out-of-bounds access always falls outside an allocation.
     fn caching(&self) -> bool {
@@ -230,6 +238,12 @@ impl GpuDevice {
         self.backend.synchronize()
     }
 
+    /// Marks this point in the device's queue of work, for timing what runs between two marks
+    /// without waiting for the device in between.
+    pub fn record_event(self: &Arc<Self>) -> Result<GpuEvent> {
+        Ok(GpuEvent { handle: self.backend.record_event()?, device: Arc::clone(self) })
+    }
+
     /// Returns every cached block to the device.
     pub fn release_cache(&self) {
         let mut a = self.lock();
@@ -303,6 +317,25 @@ impl GpuDevice {
 impl Drop for GpuDevice {
     fn drop(&mut self) {
         self.release_cache();
+    }
+}
+
+/// A recorded point in a device's queue of work (see [`GpuDevice::record_event`]).
+pub struct GpuEvent {
+    handle: u64,
+    device: Arc<GpuDevice>,
+}
+
+impl GpuEvent {
+    /// Milliseconds from `self` to `later`, once the device has reached `later`.
+    pub fn elapsed_ms(&self, later: &GpuEvent) -> Result<f64> {
+        self.device.backend.elapsed_ms(self.handle, later.handle)
+    }
+}
+
+impl Drop for GpuEvent {
+    fn drop(&mut self) {
+        self.device.backend.release_event(self.handle);
     }
 }
 

@@ -29,7 +29,7 @@
 //! from `kaiming_normal_` (fan-in) as there.
 
 use super::Model;
-use crate::autograd::{Graph, Var};
+use crate::autograd::{Graph, LayerOp, Var};
 use crate::error::Result;
 use crate::nn::init::Init;
 use crate::nn::{AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Linear, MaxPool2d, Module, join};
@@ -86,6 +86,7 @@ struct DenseLayer {
     norm2: BatchNorm2d,
     conv2: Conv2d,
     dropout: Dropout,
+    name: String,
 }
 
 impl DenseLayer {
@@ -98,13 +99,23 @@ impl DenseLayer {
             conv2: conv(&join(name, "conv2"), width, growth, 3, Conv2dParams::default().padding(1), rng),
             // torchvision's drop_rate defaults to 0; --dropout sets it.
             dropout: Dropout::new(&join(name, "dropout"), 0.0, rng.next_u64()),
+            name: name.to_string(),
         }
     }
 
     /// The new `growth` channels, from all the feature maps before it.
     fn forward_features(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
         let refs: Vec<&Var> = features.iter().collect();
-        let x = if refs.len() == 1 { refs[0].clone() } else { g.concat(&refs)? };
+        let x = if refs.len() == 1 {
+            refs[0].clone()
+        } else {
+            let x = g.concat(&refs)?;
+            if g.is_tracing() {
+                let channels = features.iter().map(|f| f.dims()[1]).collect();
+                g.record_layer(&join(&self.name, "concat"), &features[0], &x, 0, LayerOp::Concat { channels });
+            }
+            x
+        };
         let h = self.norm1.forward_relu(g, &x)?;
         let h = self.conv1.forward(g, &h)?;
         let h = self.norm2.forward_relu(g, &h)?;

@@ -1,5 +1,5 @@
 use super::{Module, join};
-use crate::autograd::{Graph, Param, Var};
+use crate::autograd::{Graph, LayerOp, Param, Var};
 use crate::error::Result;
 use crate::ops::batchnorm::update_running_stats;
 use crate::tensor::{DType, Tensor};
@@ -77,7 +77,7 @@ impl BatchNorm2d {
         } else {
             g.batch_norm_eval(x, &gamma, &beta, &self.running_mean, &self.running_var, self.eps)?
         };
-        g.record_layer(&self.name, "BatchNorm2d", &y, self.num_params(), 0);
+        g.record_layer(&self.name, x, &y, self.num_params(), LayerOp::BatchNorm { residual: residual.is_some(), relu });
         if fused {
             return Ok(y);
         }

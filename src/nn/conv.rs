@@ -1,8 +1,8 @@
 use super::init::{self, Init};
 use super::{Module, join};
-use crate::autograd::{Graph, Param, Var};
+use crate::autograd::{Graph, LayerOp, Param, Var};
 use crate::error::Result;
-use crate::ops::conv2d::{Conv2dParams, ConvGeometry};
+use crate::ops::conv2d::Conv2dParams;
 
 /// `nn.Conv2d`: weight `[out, in/groups, k, k]`, optional bias `[out]`.
 pub struct Conv2d {
@@ -55,8 +55,13 @@ impl Conv2d {
         } else {
             g.conv2d(x, &w, b.as_ref(), self.params)?
         };
-        let macs = ConvGeometry::new(x.shape(), self.weight.value.shape(), self.params)?.macs();
-        g.record_layer(&self.name, "Conv2d", &y, self.num_params(), macs);
+        let op = LayerOp::Conv2d {
+            weight: self.weight.value.shape().clone(),
+            params: self.params,
+            bias: self.bias.is_some(),
+            relu,
+        };
+        g.record_layer(&self.name, x, &y, self.num_params(), op);
         if relu && !fused { g.relu(&y) } else { Ok(y) }
     }
 }

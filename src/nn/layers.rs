@@ -2,7 +2,7 @@
 //! dropout. Each is a thin wrapper over the graph op that gives it a name for summaries.
 
 use super::Module;
-use crate::autograd::{Graph, Var};
+use crate::autograd::{Graph, LayerOp, Var};
 use crate::error::Result;
 use crate::ops::lrn::LrnParams;
 use crate::ops::pool::Pool2dParams;
@@ -23,7 +23,7 @@ impl MaxPool2d {
 impl Module for MaxPool2d {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let y = g.max_pool2d(x, self.params)?;
-        g.record_layer(&self.name, "MaxPool2d", &y, 0, 0);
+        g.record_layer(&self.name, x, &y, 0, LayerOp::MaxPool2d(self.params));
         Ok(y)
     }
 }
@@ -43,7 +43,7 @@ impl AvgPool2d {
 impl Module for AvgPool2d {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let y = g.avg_pool2d(x, self.params)?;
-        g.record_layer(&self.name, "AvgPool2d", &y, 0, 0);
+        g.record_layer(&self.name, x, &y, 0, LayerOp::AvgPool2d(self.params));
         Ok(y)
     }
 }
@@ -63,7 +63,7 @@ impl Module for GlobalAvgPool {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let pooled = g.global_avg_pool(x)?;
         let y = g.flatten(&pooled)?;
-        g.record_layer(&self.name, "GlobalAvgPool", &y, 0, 0);
+        g.record_layer(&self.name, x, &y, 0, LayerOp::GlobalAvgPool);
         Ok(y)
     }
 }
@@ -83,7 +83,7 @@ impl LocalResponseNorm {
 impl Module for LocalResponseNorm {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let y = g.lrn(x, self.params)?;
-        g.record_layer(&self.name, "LocalResponseNorm", &y, 0, 0);
+        g.record_layer(&self.name, x, &y, 0, LayerOp::Lrn(self.params));
         Ok(y)
     }
 }
@@ -107,7 +107,7 @@ impl Module for Dropout {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let seed = if g.is_training() { self.rng.next_u64() } else { 0 };
         let y = g.dropout(x, self.p, seed)?;
-        g.record_layer(&self.name, "Dropout", &y, 0, 0);
+        g.record_layer(&self.name, x, &y, 0, LayerOp::Dropout(self.p));
         Ok(y)
     }
 

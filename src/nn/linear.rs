@@ -1,6 +1,6 @@
 use super::init::{self, Init};
 use super::{Module, join};
-use crate::autograd::{Graph, Param, Var};
+use crate::autograd::{Graph, LayerOp, Param, Var};
 use crate::error::Result;
 
 /// `nn.Linear`: weight `[out, in]`, bias `[out]`, both `U(−1/√in, 1/√in)` as PyTorch.
@@ -29,8 +29,8 @@ impl Linear {
         let b = self.bias.as_ref().map(|b| g.param(b));
         let fused = relu && g.fuses();
         let y = if fused { g.linear_relu(x, &w, b.as_ref())? } else { g.linear(x, &w, b.as_ref())? };
-        let macs = (x.dims().first().copied().unwrap_or(0) * self.weight.numel()) as u64;
-        g.record_layer(&self.name, "Linear", &y, self.num_params(), macs);
+        let op = LayerOp::Linear { weight: self.weight.value.shape().clone(), bias: self.bias.is_some(), relu };
+        g.record_layer(&self.name, x, &y, self.num_params(), op);
         if relu && !fused { g.relu(&y) } else { Ok(y) }
     }
 }
