@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU, run with a binary built elsewhere (no Rust toolchain is
-# needed here): the device report, every kernel against the CPU reference, the same under
-# compute-sanitizer's memcheck and racecheck, and a short training run on the GPU whose loss
-# must fall. The summary table comes last. Budget: under 5 minutes on one H100.
+# needed here): the device report, every kernel against the CPU reference (and again under
+# compute-sanitizer's memcheck), then `scratchnet bench` at batch 64 beside PyTorch/cuDNN on the
+# same GPU (scripts/torch_baseline.py), and the comparison table last. Budget: 5 minutes on
+# one H100. --full adds racecheck and a short training run whose loss must fall.
 #
-# Usage: scripts/gpu-check.sh [path/to/scratchnet]    (default: target/release/scratchnet)
-# Environment: OUT=dir to keep the logs (default: a temporary directory).
+# Usage: scripts/gpu-check.sh [--full] [path/to/scratchnet]    (default: target/release/scratchnet)
+# Environment: OUT=dir to keep the logs, bench.json, torch.json and roofline.svg
+#              (default: a temporary directory); BENCH_ARGS to pass more flags to the bench.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+full=0
+if [ "${1:-}" = "--full" ]; then
+    full=1
+    shift
+fi
 bin=${1:-target/release/scratchnet}
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
@@ -41,22 +48,42 @@ run_step selftest 120 "$bin" selftest --device cuda
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
     # --error-exitcode makes a reported error fail the step even if the selftest passes.
-    run_step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --device cuda
-    run_step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 3 "$bin" selftest --device cuda
+    run_step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --device cuda
+    if [ $full -eq 1 ]; then
+        run_step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 3 "$bin" selftest --device cuda
+    fi
 else
     names+=("sanitizers"); results+=("SKIPPED (compute-sanitizer not found)"); times+=("-")
 fi
-
 unset SCRATCHNET_CUDA_SYNC
-# A short training run on the GPU: ResNet-20 on the synthetic data, 3 epochs of 94 steps.
-# The loss must fall: the last epoch's training loss below 60% of the first epoch's.
-if run_step train 240 "$bin" train --device cuda --epochs 3 --batch-size 64; then
-    first=$(grep -m1 '^epoch 1: train loss' "$out/train.log" | awk '{print $5}')
-    last=$(grep '^epoch 3: train loss' "$out/train.log" | awk '{print $5}')
-    if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 0 && b < 0.6 * a) }'; then
-        results[${#results[@]}-1]="PASS (loss $first -> $last)"
+
+if [ $full -eq 1 ]; then
+    # A short training run on the GPU: ResNet-20 on the synthetic data, 3 epochs of 94 steps.
+    # The loss must fall: the last epoch's training loss below 60% of the first epoch's.
+    if run_step train 240 "$bin" train --device cuda --epochs 3 --batch-size 64; then
+        first=$(grep -m1 '^epoch 1: train loss' "$out/train.log" | awk '{print $5}')
+        last=$(grep '^epoch 3: train loss' "$out/train.log" | awk '{print $5}')
+        if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 0 && b < 0.6 * a) }'; then
+            results[${#results[@]}-1]="PASS (loss $first -> $last)"
+        else
+            results[${#results[@]}-1]="FAIL (loss $first -> $last did not fall enough)"
+        fi
+    fi
+fi
+
+# The benchmarks: every op at the layer shapes of AlexNet, ResNet-18/50 and DenseNet-121 at
+# batch 64, the memory-bound ops on 256 MB tensors, SGEMM, and a training step of each
+# network; then the same problems in PyTorch, and the two side by side.
+export SCRATCHNET_AUTOTUNE_CACHE="$out/autotune.tsv"
+# shellcheck disable=SC2086
+run_step bench 170 "$bin" bench --device cuda --json "$out/bench.json" --plot "$out/roofline.svg" ${BENCH_ARGS:-}
+compared=0
+if [ -s "$out/bench.json" ]; then
+    if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch, torchvision' 2>/dev/null; then
+        run_step torch 150 python3 scripts/torch_baseline.py "$out/bench.json" --out "$out/torch.json" &&
+            run_step compare 30 "$bin" bench --compare "$out/bench.json" "$out/torch.json" && compared=1
     else
-        results[${#results[@]}-1]="FAIL (loss $first -> $last did not fall enough)"
+        names+=("torch"); results+=("SKIPPED (python3 with torch and torchvision not found)"); times+=("-")
     fi
 fi
 
@@ -68,4 +95,9 @@ for i in "${!names[@]}"; do
     printf '%-12s %-8s %s\n' "${names[$i]}" "${times[$i]}" "${results[$i]}"
     case "${results[$i]}" in PASS*|SKIPPED*) ;; *) failed=1 ;; esac
 done
+if [ $compared -eq 1 ]; then
+    echo
+    echo "== scratchnet against PyTorch on this GPU (ratio: scratchnet throughput / PyTorch's)"
+    cat "$out/compare.log"
+fi
 exit $failed

@@ -12,6 +12,7 @@
 //! - [`data`] and [`train`]: data sets and the training loop that the CLI drives.
 
 pub mod autograd;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

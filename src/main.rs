@@ -52,6 +52,9 @@ enum Command {
     Devices,
     /// Every op and its gradient on a device against the CPU reference.
     Selftest(SelftestArgs),
+    /// Time each op at the networks' layer shapes against the device's roofline; or compare
+    /// two bench files (--compare).
+    Bench(BenchArgs),
 }
 
 /// How the GPU kernels are chosen (train, infer, bench, profile).
@@ -173,6 +176,48 @@ struct SelftestArgs {
     device: String,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Comma-separated: alexnet, resnet18, resnet50, densenet121, memory, gemm; or all.
+    #[arg(long, default_value = "all")]
+    suite: String,
+    /// Images per batch of the network suites (default: 64 on cuda, 2 on cpu, 1 on emu).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Megabytes per tensor of the memory suite and the copy ceiling (default: 256 on cuda, 64 on cpu, 1 on emu).
+    #[arg(long)]
+    size_mb: Option<usize>,
+    /// Side of the square SGEMM ceiling (default: 4096 on cuda, 1024 on cpu, 64 on emu).
+    #[arg(long)]
+    gemm_size: Option<usize>,
+    /// Only problems whose label contains this text (e.g. "conv fwd", "bn").
+    #[arg(long)]
+    filter: Option<String>,
+    /// default (what the engine runs) or all (every kernel variant as well).
+    #[arg(long, default_value = "default")]
+    variants: String,
+    /// Timed runs per problem, at least (default: 10 on cuda, 3 on cpu, 1 on emu).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Leave out the whole training step of each network.
+    #[arg(long)]
+    no_train_step: bool,
+    /// Write every row, with each problem's spec, as JSON here (for scripts/torch_baseline.py).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw every problem on the measured roofline, as SVG, here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Instead of timing, compare two bench files: scratchnet's JSON and a baseline's.
+    #[arg(long, num_args = 2, value_names = ["OURS", "BASELINE"])]
+    compare: Option<Vec<PathBuf>>,
+    #[command(flatten)]
+    kernels: KernelArgs,
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -199,6 +244,7 @@ fn main() -> ExitCode {
         Command::Summary(args) => run_summary(args).map(|()| ExitCode::SUCCESS),
         Command::Devices => run_devices().map(|()| ExitCode::SUCCESS),
         Command::Selftest(args) => run_selftest(args),
+        Command::Bench(args) => run_bench(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -361,6 +407,75 @@ fn run_summary(a: SummaryArgs) -> Result<()> {
     }
     let summary = scratchnet::summary::summarize(model.as_mut(), [c, h, w])?;
     let _ = write!(std::io::stdout(), "{summary}");
+    Ok(())
+}
+
+/// Fails now, not after minutes of timing, if `path` cannot be written.
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::file(path, "cannot be written: its directory does not exist"));
+    }
+    if path.is_dir() {
+        return Err(Error::file(path, "is a directory"));
+    }
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    use scratchnet::bench::{self, BenchOptions, Report, Suite};
+    if let Some(files) = &a.compare {
+        let comparison = bench::compare::compare(&files[0], &files[1])?;
+        let _ = write!(std::io::stdout(), "{comparison}");
+        return Ok(());
+    }
+    a.kernels.apply()?;
+    for path in a.json.iter().chain(&a.plot) {
+        check_writable(path)?;
+    }
+    let mut opts = BenchOptions::new(a.device.parse::<Device>()?);
+    opts.suites = Suite::parse_list(&a.suite)?;
+    opts.batch = a.batch;
+    opts.size_mb = a.size_mb;
+    opts.gemm_size = a.gemm_size;
+    opts.filter = a.filter;
+    opts.repeats = a.repeats;
+    opts.train_steps = !a.no_train_step;
+    opts.all_variants = match a.variants.as_str() {
+        "default" => false,
+        "all" => true,
+        other => return Err(Error::argument("bench", format!("--variants must be default or all, got '{other}'"))),
+    };
+    if opts.device == Device::Emu {
+        err!("note: the emulator runs kernels on the CPU; its timings say nothing about a GPU");
+    }
+    let report = bench::run(
+        &opts,
+        |c| {
+            out!(
+                "ceilings on {}: copy {:.1} GB/s ({} MiB), SGEMM {:.1} GFLOP/s ({n}³)",
+                opts.device,
+                c.copy_gbs,
+                c.copy_bytes >> 20,
+                c.gemm_gflops,
+                n = c.gemm_size
+            );
+            out!("{}", Report::header());
+        },
+        |row, c| out!("{}", bench::line(row, c)),
+    )?;
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report.to_json())
+            .map_err(|e| Error::argument("bench", format!("cannot write JSON: {e}")))?;
+        scratchnet::checkpoint::write_atomically(path, text.as_bytes())?;
+        out!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        let title = format!("scratchnet on {} ({}), batch {}", report.device_name, report.device, report.batch);
+        let svg = bench::roofline::render(&report.rows, &report.ceilings, &title);
+        scratchnet::checkpoint::write_atomically(path, svg.as_bytes())?;
+        out!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -311,3 +311,87 @@ fn the_default_run_reports_progress_and_accuracy() {
     assert!(out.contains("epoch 1: train loss"), "{out}");
     assert!(out.lines().last().unwrap_or_default().starts_with("final held-out accuracy: "), "{out}");
 }
+
+#[test]
+fn bench_times_problems_writes_json_and_compares_two_runs() {
+    let dir = workdir("bench");
+    let (json, svg) = (dir.join("bench.json"), dir.join("roofline.svg"));
+    let text = assert_ok(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--suite",
+        "memory",
+        "--size-mb",
+        "1",
+        "--gemm-size",
+        "48",
+        "--repeats",
+        "1",
+        "--filter",
+        "MiB",
+        "--json",
+        p(&json),
+        "--plot",
+        p(&svg),
+    ]);
+    assert!(text.starts_with("ceilings on cpu: copy "), "{text}");
+    // The flat problems of the memory suite: copy, ReLU both ways, add, add_assign, SGD.
+    assert!(text.contains("relu fwd 1 MiB") && text.contains("relu bwd 1 MiB"), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{text}");
+    for row in rows {
+        assert!(row["median_ms"].as_f64().unwrap() > 0.0);
+        assert!(row["gbs"].as_f64().unwrap() > 0.0);
+        assert!(row["spec"]["op"].is_string() && row["key"].is_string());
+    }
+    let relu = rows.iter().find(|r| r["spec"]["op"] == "relu" && r["spec"]["pass"] == "forward").unwrap();
+    // About 1 MiB (whole [N, 64, 28, 28] images), read once and written once.
+    let numel = relu["spec"]["numel"].as_u64().unwrap();
+    assert!((200_000..=262_144).contains(&numel), "{numel}");
+    assert_eq!(relu["bytes"].as_f64(), Some(8.0 * numel as f64));
+    assert!(doc["ceilings"]["copy_gbs"].as_f64().unwrap() > 0.0);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<circle"));
+
+    // A run compared with itself is at parity, row by row and on average.
+    let table = assert_ok(&["bench", "--compare", p(&json), p(&json)]);
+    assert!(table.contains("geometric means:") && table.contains("1.00"), "{table}");
+    assert!(!table.contains("0.99") && !table.contains("1.01"), "{table}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_on_the_emulator_times_kernels_with_device_events() {
+    let text = assert_ok(&[
+        "bench",
+        "--device",
+        "emu",
+        "--suite",
+        "gemm",
+        "--size-mb",
+        "1",
+        "--gemm-size",
+        "32",
+        "--filter",
+        "sgemm",
+        "--repeats",
+        "1",
+    ]);
+    assert!(text.contains("sgemm 32x32x32"), "{text}");
+}
+
+#[test]
+fn bench_refuses_bad_options_before_timing_anything() {
+    let dir = workdir("bench-bad");
+    let missing = dir.join("no/such/dir/out.json");
+    assert_bad_input(&["bench", "--device", "cpu", "--suite", "resnet51"], "unknown suite 'resnet51'");
+    assert_bad_input(&["bench", "--device", "cpu", "--variants", "some"], "--variants must be default or all");
+    assert_bad_input(&["bench", "--device", "cpu", "--batch", "0"], "--batch must be between 1 and 4096");
+    assert_bad_input(&["bench", "--device", "cpu", "--json", p(&missing)], "its directory does not exist");
+    assert_bad_input(&["bench", "--compare", p(&missing), p(&missing)], "cannot be read");
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, "{\"rows\": 3}").unwrap();
+    assert_bad_input(&["bench", "--compare", p(&junk), p(&junk)], "no \"rows\" list");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -132,6 +132,12 @@ impl GpuDevice {
         self.lock().stats
     }
 
+    /// Starts a new peak from what is in use now (to measure one step's peak).
+    pub fn reset_peak(&self) {
+        let mut a = self.lock();
+        a.stats.peak = a.stats.in_use;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Allocator> {
         // A panic while holding the lock cannot leave the free lists inconsistent (each
         // update is a single push or pop), so a poisoned lock is still usable.
