@@ -55,6 +55,33 @@ enum Command {
     /// Time each op at the networks' layer shapes against the device's roofline; or compare
     /// two bench files (--compare).
     Bench(BenchArgs),
+    /// Where a training step spends its time and memory, layer by layer.
+    Profile(ProfileArgs),
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    #[arg(long, default_value = "resnet20")]
+    model: String,
+    /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// H or HxW (default: the size the model was designed for).
+    #[arg(long)]
+    input_size: Option<String>,
+    /// Classifier outputs (default: 10 for the CIFAR nets, else 1000).
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Profiled steps, after 2 warm-up steps; each figure is the median.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Write the last profiled step as a Chrome trace (open it in Perfetto) here.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    #[command(flatten)]
+    kernels: KernelArgs,
 }
 
 /// How the GPU kernels are chosen (train, infer, bench, profile).
@@ -245,6 +272,7 @@ fn main() -> ExitCode {
         Command::Devices => run_devices().map(|()| ExitCode::SUCCESS),
         Command::Selftest(args) => run_selftest(args),
         Command::Bench(args) => run_bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Profile(args) => run_profile(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -395,16 +423,44 @@ fn run_infer(a: InferArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--input-size H` or `HxW` over the model's own `[C, H, W]`.
+fn parse_input_size(command: &'static str, size: Option<&str>, [c, h, w]: [usize; 3]) -> Result<[usize; 3]> {
+    let Some(size) = size else { return Ok([c, h, w]) };
+    let bad = || Error::argument(command, format!("--input-size '{size}' is not H or HxW (e.g. 224 or 224x160)"));
+    let (hs, ws) = size.split_once(['x', 'X']).unwrap_or((size, size));
+    Ok([c, hs.trim().parse().map_err(|_| bad())?, ws.trim().parse().map_err(|_| bad())?])
+}
+
+fn run_profile(a: ProfileArgs) -> Result<()> {
+    a.kernels.apply()?;
+    if let Some(path) = &a.trace {
+        check_writable(path)?;
+    }
+    models::check_name(&a.model)?;
+    let num_classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
+    let own = models::build(&a.model, num_classes, 0)?.input_size();
+    let options = scratchnet::profile::ProfileOptions {
+        model: a.model,
+        device: a.device.parse::<Device>()?,
+        batch: a.batch_size,
+        input: Some(parse_input_size("profile", a.input_size.as_deref(), own)?),
+        num_classes,
+        steps: a.steps,
+        warmup: 2,
+    };
+    let report = scratchnet::profile::profile(&options)?;
+    let _ = write!(std::io::stdout(), "{report}");
+    if let Some(path) = &a.trace {
+        report.write_trace(path)?;
+        out!("wrote {} (open it in https://ui.perfetto.dev or chrome://tracing)", path.display());
+    }
+    Ok(())
+}
+
 fn run_summary(a: SummaryArgs) -> Result<()> {
     let classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
     let mut model = models::build(&a.model, classes, 0)?;
-    let [c, mut h, mut w] = model.input_size();
-    if let Some(size) = &a.input_size {
-        let bad = || Error::argument("summary", format!("--input-size '{size}' is not H or HxW (e.g. 224 or 224x160)"));
-        let (hs, ws) = size.split_once(['x', 'X']).unwrap_or((size, size));
-        h = hs.trim().parse().map_err(|_| bad())?;
-        w = ws.trim().parse().map_err(|_| bad())?;
-    }
+    let [c, h, w] = parse_input_size("summary", a.input_size.as_deref(), model.input_size())?;
     let summary = scratchnet::summary::summarize(model.as_mut(), [c, h, w])?;
     let _ = write!(std::io::stdout(), "{summary}");
     Ok(())

@@ -395,3 +395,54 @@ fn bench_refuses_bad_options_before_timing_anything() {
     assert_bad_input(&["bench", "--compare", p(&junk), p(&junk)], "no \"rows\" list");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn profile_times_every_layer_both_ways_and_writes_a_trace() {
+    let dir = workdir("profile");
+    let trace = dir.join("step.json");
+    let text = assert_ok(&[
+        "profile",
+        "--device",
+        "emu",
+        "--model",
+        "resnet20",
+        "--batch-size",
+        "2",
+        "--input-size",
+        "8",
+        "--steps",
+        "1",
+        "--trace",
+        p(&trace),
+    ]);
+    assert!(text.starts_with("resnet20 on emu, batch 2 of 3×8×8: step "), "{text}");
+    assert!(text.contains("Conv2d backward") && text.contains("BatchNorm2d forward"), "{text}");
+    assert!(text.contains("step peak"), "the emulator's allocator tracks the peak: {text}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    let spans: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    // ResNet-20 with its two projection shortcuts: 21 convolutions, 21 batch norms, the pool
+    // and the classifier, each forward and backward; then the loss both ways and the optimizer.
+    assert_eq!(spans.len(), 2 * 44 + 3);
+    let forward: Vec<_> = spans.iter().filter(|e| e["cat"] == "forward").collect();
+    for pair in forward.windows(2) {
+        let end = pair[0]["ts"].as_f64().unwrap() + pair[0]["dur"].as_f64().unwrap();
+        assert!(pair[1]["ts"].as_f64().unwrap() + 1e-3 >= end, "forward spans follow each other: {pair:?}");
+    }
+    // The first convolution keeps its input, the 2×3×8×8 images, for its filter gradient.
+    let conv1 = forward.iter().find(|e| e["name"] == "conv1").unwrap();
+    assert_eq!(conv1["args"]["kept_mib"].as_f64().unwrap() * (1 << 20) as f64, (2 * 3 * 8 * 8 * 4) as f64);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn profile_refuses_bad_options() {
+    let dir = workdir("profile-bad");
+    let missing = dir.join("no/dir/t.json");
+    assert_bad_input(&["profile", "--device", "cpu", "--steps", "0"], "--steps must be between 1 and 1000");
+    assert_bad_input(&["profile", "--device", "cpu", "--batch-size", "1"], "--batch-size must be between 2 and 4096");
+    assert_bad_input(&["profile", "--device", "cpu", "--model", "resnet21"], "resnet21");
+    assert_bad_input(&["profile", "--device", "cpu", "--trace", p(&missing)], "its directory does not exist");
+    assert_bad_input(&["profile", "--device", "cpu", "--input-size", "big"], "--input-size 'big' is not H or HxW");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -94,6 +94,33 @@ pub(super) enum Saved {
         probs: Tensor,
         labels: Tensor,
     },
+    /// `conv(relu(BN(concat(features))), w)`, recomputed in backward (see
+    /// `Graph::dense_bottleneck`); inputs: the features, γ, β, w.
+    DenseBottleneck {
+        features: Vec<Tensor>,
+        gamma: Tensor,
+        beta: Tensor,
+        w: Tensor,
+        eps: f64,
+    },
+}
+
+/// The front of DenseNet's bottleneck in training mode: the concatenation `x`,
+/// `relu(BN(x))` and the batch statistics. Run once forward and once more in backward; both
+/// runs give the same values, as every kernel involved reduces in a fixed order.
+pub(super) fn bottleneck_front(
+    features: &[Tensor],
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let x = match features {
+        [one] => one.clone(),
+        _ => ops::concat::forward(&features.iter().collect::<Vec<_>>())?,
+    };
+    let epilogue = ops::batchnorm::Epilogue { residual: None, relu: true };
+    let out = ops::batchnorm::forward_train_fused(&x, gamma, beta, epilogue, eps)?;
+    Ok((x, out.y, out.mean, out.var))
 }
 
 /// `Some(f())` if the input wants a gradient.
@@ -102,6 +129,31 @@ fn when<T>(need: bool, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
 }
 
 impl Saved {
+    /// The tensors kept for the backward pass (with the parameters among them, which the
+    /// caller tells apart by their storage).
+    pub(super) fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Saved::Input | Saved::Param(_) | Saved::AvgPool2d { .. } | Saved::GlobalAvgPool { .. } => vec![],
+            Saved::Add | Saved::Concat { .. } | Saved::Reshape { .. } => vec![],
+            Saved::Conv2d { x, w, .. } | Saved::Linear { x, w } => vec![x, w],
+            Saved::Conv2dRelu { x, w, y, .. } | Saved::LinearRelu { x, w, y } => vec![x, w, y],
+            Saved::MaxPool2d { x, .. } => vec![x],
+            Saved::Lrn { x, y, .. } => vec![x, y],
+            Saved::BatchNorm { x, gamma, mean, var, .. } => vec![x, gamma, mean, var],
+            Saved::BatchNormAct { x, gamma, mean, var, y, .. } => {
+                let mut v = vec![x, gamma, mean, var];
+                v.extend(y);
+                v
+            }
+            Saved::Relu { y } => vec![y],
+            Saved::Dropout { mask } => vec![mask],
+            Saved::CrossEntropy { probs, labels } => vec![probs, labels],
+            Saved::DenseBottleneck { features, gamma, beta, w, .. } => {
+                features.iter().chain([gamma, beta, w]).collect()
+            }
+        }
+    }
+
     pub(super) fn backward(self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let need = |i: usize| needs.get(i).copied().unwrap_or(false);
         Ok(match self {
@@ -162,6 +214,24 @@ impl Saved {
             Saved::Reshape { from } => vec![Some(dy.reshape(from)?)],
             Saved::CrossEntropy { probs, labels } => {
                 vec![Some(ops::loss::backward(&probs, &labels, dy)?)]
+            }
+            Saved::DenseBottleneck { features, gamma, beta, w, eps } => {
+                // Recompute what the forward pass dropped, then run the three backwards.
+                let (x, h, mean, var) = bottleneck_front(&features, &gamma, &beta, eps)?;
+                let p = Conv2dParams::default();
+                let dh = ops::conv2d::backward_data(dy, &w, h.shape(), p)?;
+                let dw = when(need(features.len() + 2), || ops::conv2d::backward_filter(dy, &h, w.shape(), p))?;
+                let channels: Vec<usize> = features.iter().map(|f| f.dims()[1]).collect();
+                drop(features);
+                let g = ops::batchnorm::backward_fused(&dh, &x, Some(&h), &gamma, &mean, &var, eps, true, false)?;
+                drop((h, x));
+                let mut grads: Vec<Option<Tensor>> = if channels.len() == 1 {
+                    vec![Some(g.dx)]
+                } else {
+                    ops::concat::backward(&g.dx, &channels)?.into_iter().map(Some).collect()
+                };
+                grads.extend([Some(g.dgamma), Some(g.dbeta), dw]);
+                grads
             }
         })
     }

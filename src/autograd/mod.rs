@@ -18,6 +18,7 @@
 mod backward;
 pub mod gradcheck;
 mod param;
+pub mod profile;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +110,8 @@ pub struct Graph {
     trace: Option<Vec<LayerRecord>>,
     /// Whether layers use the fused kernels (BN+ReLU, BN+add+ReLU, bias+ReLU).
     fuse: bool,
+    /// When set, each layer's end is marked in the device's queue (`scratchnet profile`).
+    profile: Option<Box<profile::Recorder>>,
 }
 
 /// One layer, as it ran: what `scratchnet summary` prints, and what `scratchnet bench`
@@ -218,6 +221,7 @@ impl Graph {
             param_nodes: HashMap::new(),
             trace: None,
             fuse: fusion_default(),
+            profile: None,
         }
     }
 
@@ -241,8 +245,30 @@ impl Graph {
         self.trace.take().unwrap_or_default()
     }
 
+    /// Profiles this graph: every layer's forward and backward time and the memory it keeps
+    /// for backward, read from [`Gradients::take_profile`] after [`Graph::backward`]. Turns
+    /// tracing on.
+    pub fn start_profile(&mut self, device: crate::device::Device) -> Result<()> {
+        self.start_trace();
+        self.profile = Some(Box::new(profile::Recorder::new(device)?));
+        Ok(())
+    }
+
+    /// Called by layers before they run: opens the layer's NVTX range when profiling.
+    pub fn begin_layer(&mut self, name: &str) {
+        if self.profile.is_some() {
+            profile::nvtx::push(name);
+        }
+    }
+
     /// Called by layers after they run; does nothing unless tracing.
     pub fn record_layer(&mut self, name: &str, input: &Var, output: &Var, params: usize, op: LayerOp) {
+        if let Some(p) = &mut self.profile {
+            profile::nvtx::pop();
+            if let Some(stamp) = p.mark() {
+                p.forward.push((self.nodes.len(), stamp));
+            }
+        }
         if let Some(t) = &mut self.trace {
             t.push(LayerRecord {
                 name: name.to_string(),
@@ -296,6 +322,9 @@ impl Graph {
     pub fn param(&mut self, p: &Param) -> Var {
         if !self.mode.recording {
             return Var::constant(p.value.clone());
+        }
+        if let Some(prof) = &mut self.profile {
+            prof.params.insert(p.value.storage_id());
         }
         if let Some(&index) = self.param_nodes.get(&p.id()) {
             return Var { value: p.value.clone(), node: Some(NodeId { graph: self.id, index }) };
@@ -499,6 +528,38 @@ impl Graph {
     }
 
     /// Concatenation along dimension 1 (channels).
+    /// DenseNet's bottleneck, `conv1×1(relu(BN(concat(features))))` in training mode,
+    /// checkpointed (the memory-efficient DenseNet of Pleiss et al., 2017): the concatenation
+    /// and the normalised activations are dropped as soon as the convolution has read them,
+    /// and computed again in the backward pass. The node keeps only the features (which the
+    /// other layers keep anyway) and the parameters, so a dense block's activation memory grows
+    /// linearly with its depth instead of quadratically. Returns the output and the batch
+    /// statistics (for the running statistics, which are updated once, by the caller).
+    pub fn dense_bottleneck(
+        &mut self,
+        features: &[&Var],
+        gamma: &Var,
+        beta: &Var,
+        w: &Var,
+        eps: f64,
+    ) -> Result<(Var, Tensor, Tensor)> {
+        let values: Vec<Tensor> = features.iter().map(|v| v.value.clone()).collect();
+        let (x, h, mean, var) = backward::bottleneck_front(&values, &gamma.value, &beta.value, eps)?;
+        drop(x);
+        let y = ops::conv2d::forward(&h, &w.value, None, Conv2dParams::default())?;
+        drop(h);
+        let mut inputs: Vec<&Var> = features.to_vec();
+        inputs.extend([gamma, beta, w]);
+        let y = self.record(y, &inputs, || Saved::DenseBottleneck {
+            features: values,
+            gamma: gamma.value.clone(),
+            beta: beta.value.clone(),
+            w: w.value.clone(),
+            eps,
+        })?;
+        Ok((y, mean, var))
+    }
+
     pub fn concat(&mut self, xs: &[&Var]) -> Result<Var> {
         let values: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();
         let y = ops::concat::forward(&values)?;
@@ -565,10 +626,19 @@ impl Graph {
         let mut grads: Vec<Option<Tensor>> = vec![None; root + 1];
         grads[root] = Some(grad);
         self.nodes.truncate(root + 1);
-        let mut result = Gradients { graph: self.id, leaves: HashMap::new(), params: HashMap::new() };
+        let mut result = Gradients { graph: self.id, leaves: HashMap::new(), params: HashMap::new(), profile: None };
+        let mut profiling = match self.profile.take() {
+            Some(recorder) => {
+                Some(BackwardProfile::start(*recorder, &self.nodes, self.trace.take().unwrap_or_default()))
+            }
+            None => None,
+        };
         // Popping frees each entry's saved tensors as soon as its gradient is pushed back.
         while let Some(node) = self.nodes.pop() {
             let index = self.nodes.len();
+            if let Some(p) = &mut profiling {
+                p.reached(index);
+            }
             let Some(g) = grads[index].take() else {
                 continue;
             };
@@ -593,8 +663,105 @@ impl Graph {
                 }
             }
         }
+        if let Some(p) = profiling {
+            result.profile = Some(p.finish()?);
+        }
         Ok(result)
     }
+}
+
+/// The backward half of a profiled step: marks each time the walk back along the tape
+/// leaves one layer's nodes for the previous layer's.
+struct BackwardProfile {
+    recorder: profile::Recorder,
+    layers: Vec<LayerRecord>,
+    kept: Vec<usize>,
+    start: Option<profile::Stamp>,
+    /// The layer whose nodes are being walked (`layers.len()` for the loss).
+    current: Option<usize>,
+    marks: Vec<(usize, profile::Stamp)>,
+}
+
+impl BackwardProfile {
+    fn start(mut recorder: profile::Recorder, nodes: &[Node], layers: Vec<LayerRecord>) -> BackwardProfile {
+        let mut kept = vec![0usize; layers.len() + 1];
+        let mut seen = std::collections::HashSet::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let owner = owner_of(&recorder.forward, i);
+            for t in node.saved.tensors() {
+                let id = t.storage_id();
+                if !recorder.params.contains(&id) && seen.insert(id) {
+                    kept[owner] += t.storage().len() * t.dtype().size_in_bytes();
+                }
+            }
+        }
+        let start = recorder.mark();
+        BackwardProfile { recorder, layers, kept, start, current: None, marks: Vec::new() }
+    }
+
+    fn reached(&mut self, node: usize) {
+        let owner = owner_of(&self.recorder.forward, node);
+        if self.current != Some(owner) {
+            if let Some(done) = self.current
+                && let Some(stamp) = self.recorder.mark()
+            {
+                self.marks.push((done, stamp));
+            }
+            self.current = Some(owner);
+        }
+    }
+
+    fn finish(mut self) -> Result<profile::StepProfile> {
+        if let Some(done) = self.current
+            && let Some(stamp) = self.recorder.mark()
+        {
+            self.marks.push((done, stamp));
+        }
+        if let Some(e) = self.recorder.error.take() {
+            return Err(e);
+        }
+        let r = &self.recorder;
+        let n = self.layers.len();
+        let (mut forward_ms, mut forward_start_ms) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut previous = &r.start;
+        for (_, stamp) in &r.forward {
+            forward_ms.push(stamp.ms_since(previous)?);
+            forward_start_ms.push(previous.ms_since(&r.start)?);
+            previous = stamp;
+        }
+        let backward_start = self.start.as_ref().unwrap_or(previous);
+        let loss_forward_ms = backward_start.ms_since(previous)?;
+        let (mut backward_ms, mut backward_start_ms) = (vec![0.0; n + 1], vec![0.0; n + 1]);
+        let mut previous = backward_start;
+        for (owner, stamp) in &self.marks {
+            backward_ms[*owner] += stamp.ms_since(previous)?;
+            backward_start_ms[*owner] = previous.ms_since(&r.start)?;
+            previous = stamp;
+        }
+        let (loss_backward_ms, loss_backward_start_ms, loss_kept_bytes) =
+            (backward_ms[n], backward_start_ms[n], self.kept[n]);
+        backward_ms.truncate(n);
+        backward_start_ms.truncate(n);
+        self.kept.truncate(n);
+        Ok(profile::StepProfile {
+            layers: self.layers,
+            forward_ms,
+            backward_ms,
+            kept_bytes: self.kept,
+            loss_forward_ms,
+            loss_backward_ms,
+            loss_kept_bytes,
+            forward_start_ms,
+            backward_start_ms,
+            loss_backward_start_ms,
+        })
+    }
+}
+
+/// The layer a tape node belongs to: the first whose mark came after the node was pushed
+/// (`marks.len()`, the loss, for nodes after the last layer).
+fn owner_of(marks: &[(usize, profile::Stamp)], node: usize) -> usize {
+    marks.partition_point(|(len, _)| *len <= node)
 }
 
 /// The result of a backward pass.
@@ -603,9 +770,15 @@ pub struct Gradients {
     graph: u64,
     leaves: HashMap<usize, Tensor>,
     params: HashMap<ParamId, Tensor>,
+    profile: Option<profile::StepProfile>,
 }
 
 impl Gradients {
+    /// The step's profile, when the graph was profiled ([`Graph::start_profile`]).
+    pub fn take_profile(&mut self) -> Option<profile::StepProfile> {
+        self.profile.take()
+    }
+
     /// The gradient of a leaf made by [`Graph::leaf`]; `None` if the output did not depend on it.
     pub fn of(&self, v: &Var) -> Option<&Tensor> {
         v.node.filter(|n| n.graph == self.graph).and_then(|n| self.leaves.get(&n.index))

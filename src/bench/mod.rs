@@ -388,8 +388,14 @@ fn with_batch(s: &Shape, batch: usize) -> Shape {
 
 /// The problems one training step of a traced network runs, layer by layer.
 pub fn layer_problems(layers: &[LayerRecord], batch: usize) -> Vec<Problem> {
+    layers.iter().enumerate().flat_map(|(i, l)| problems_of_layer(l, batch, i == 0)).collect()
+}
+
+/// The problems of one layer in a training step at `batch` images: forward first. The
+/// network's `first` layer computes no input gradient (frameworks skip it).
+pub fn problems_of_layer(l: &LayerRecord, batch: usize, first: bool) -> Vec<Problem> {
     let mut out = Vec::new();
-    for (i, l) in layers.iter().enumerate() {
+    {
         let x = with_batch(&l.input, batch);
         let y = with_batch(&l.output, batch);
         let fwd_bwd = |make: &dyn Fn(Pass) -> Problem| [make(Pass::Forward), make(Pass::Backward)];
@@ -404,8 +410,7 @@ pub fn layer_problems(layers: &[LayerRecord], batch: usize) -> Vec<Problem> {
                     pass,
                 };
                 out.push(conv(Pass::Forward));
-                // The network's input needs no gradient: frameworks skip the first layer's.
-                if i > 0 {
+                if !first {
                     out.push(conv(Pass::BackwardData));
                 }
                 out.push(conv(Pass::BackwardFilter));

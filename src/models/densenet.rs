@@ -109,10 +109,12 @@ impl DenseLayer {
         let x = if refs.len() == 1 {
             refs[0].clone()
         } else {
+            let name = join(&self.name, "concat");
+            g.begin_layer(&name);
             let x = g.concat(&refs)?;
             if g.is_tracing() {
                 let channels = features.iter().map(|f| f.dims()[1]).collect();
-                g.record_layer(&join(&self.name, "concat"), &features[0], &x, 0, LayerOp::Concat { channels });
+                g.record_layer(&name, &features[0], &x, 0, LayerOp::Concat { channels });
             }
             x
         };

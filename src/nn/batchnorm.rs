@@ -57,6 +57,7 @@ impl BatchNorm2d {
     /// running statistics move towards them; in an eval graph the running statistics
     /// normalise. When the graph does not fuse, the same is computed op by op.
     fn forward_act(&mut self, g: &mut Graph, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
+        g.begin_layer(&self.name);
         let gamma = g.param(&self.weight);
         let beta = g.param(&self.bias);
         let fused = g.fuses() && (residual.is_some() || relu);
@@ -77,15 +78,17 @@ impl BatchNorm2d {
         } else {
             g.batch_norm_eval(x, &gamma, &beta, &self.running_mean, &self.running_var, self.eps)?
         };
-        g.record_layer(&self.name, x, &y, self.num_params(), LayerOp::BatchNorm { residual: residual.is_some(), relu });
-        if fused {
-            return Ok(y);
-        }
-        let y = match residual {
-            Some(r) => g.add(&y, r)?,
-            None => y,
+        let y = if fused {
+            y
+        } else {
+            let y = match residual {
+                Some(r) => g.add(&y, r)?,
+                None => y,
+            };
+            if relu { g.relu(&y)? } else { y }
         };
-        if relu { g.relu(&y) } else { Ok(y) }
+        g.record_layer(&self.name, x, &y, self.num_params(), LayerOp::BatchNorm { residual: residual.is_some(), relu });
+        Ok(y)
     }
 }
 

@@ -47,6 +47,7 @@ impl Conv2d {
     }
 
     fn forward_act(&mut self, g: &mut Graph, x: &Var, relu: bool) -> Result<Var> {
+        g.begin_layer(&self.name);
         let w = g.param(&self.weight);
         let b = self.bias.as_ref().map(|b| g.param(b));
         let fused = relu && g.fuses();
@@ -55,6 +56,7 @@ impl Conv2d {
         } else {
             g.conv2d(x, &w, b.as_ref(), self.params)?
         };
+        let y = if relu && !fused { g.relu(&y)? } else { y };
         let op = LayerOp::Conv2d {
             weight: self.weight.value.shape().clone(),
             params: self.params,
@@ -62,7 +64,7 @@ impl Conv2d {
             relu,
         };
         g.record_layer(&self.name, x, &y, self.num_params(), op);
-        if relu && !fused { g.relu(&y) } else { Ok(y) }
+        Ok(y)
     }
 }
 

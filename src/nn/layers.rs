@@ -22,6 +22,7 @@ impl MaxPool2d {
 
 impl Module for MaxPool2d {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        g.begin_layer(&self.name);
         let y = g.max_pool2d(x, self.params)?;
         g.record_layer(&self.name, x, &y, 0, LayerOp::MaxPool2d(self.params));
         Ok(y)
@@ -42,6 +43,7 @@ impl AvgPool2d {
 
 impl Module for AvgPool2d {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        g.begin_layer(&self.name);
         let y = g.avg_pool2d(x, self.params)?;
         g.record_layer(&self.name, x, &y, 0, LayerOp::AvgPool2d(self.params));
         Ok(y)
@@ -61,6 +63,7 @@ impl GlobalAvgPool {
 
 impl Module for GlobalAvgPool {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        g.begin_layer(&self.name);
         let pooled = g.global_avg_pool(x)?;
         let y = g.flatten(&pooled)?;
         g.record_layer(&self.name, x, &y, 0, LayerOp::GlobalAvgPool);
@@ -82,6 +85,7 @@ impl LocalResponseNorm {
 
 impl Module for LocalResponseNorm {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+        g.begin_layer(&self.name);
         let y = g.lrn(x, self.params)?;
         g.record_layer(&self.name, x, &y, 0, LayerOp::Lrn(self.params));
         Ok(y)
@@ -106,6 +110,7 @@ impl Dropout {
 impl Module for Dropout {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         let seed = if g.is_training() { self.rng.next_u64() } else { 0 };
+        g.begin_layer(&self.name);
         let y = g.dropout(x, self.p, seed)?;
         g.record_layer(&self.name, x, &y, 0, LayerOp::Dropout(self.p));
         Ok(y)

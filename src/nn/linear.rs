@@ -25,13 +25,15 @@ impl Linear {
     }
 
     fn forward_act(&mut self, g: &mut Graph, x: &Var, relu: bool) -> Result<Var> {
+        g.begin_layer(&self.name);
         let w = g.param(&self.weight);
         let b = self.bias.as_ref().map(|b| g.param(b));
         let fused = relu && g.fuses();
         let y = if fused { g.linear_relu(x, &w, b.as_ref())? } else { g.linear(x, &w, b.as_ref())? };
+        let y = if relu && !fused { g.relu(&y)? } else { y };
         let op = LayerOp::Linear { weight: self.weight.value.shape().clone(), bias: self.bias.is_some(), relu };
         g.record_layer(&self.name, x, &y, self.num_params(), op);
-        if relu && !fused { g.relu(&y) } else { Ok(y) }
+        Ok(y)
     }
 }
 

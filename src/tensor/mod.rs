@@ -289,6 +289,11 @@ impl Tensor {
     pub fn shares_storage_with(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
+
+    /// An identity of the storage, equal for tensors that share it (views, clones).
+    pub fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.storage) as usize
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,167 @@
+//! What a profiled training step records, layer by layer (`scratchnet profile`).
+//!
+//! Layers already tell the graph when they finish ([`super::Graph::record_layer`]). A
+//! profiled graph puts a timestamp in the device's queue at each of those points: on a GPU an
+//! event, which the device fills in when it reaches it, so the host never waits; on the CPU,
+//! whose ops finish before they return, the host clock. The time of layer k is the time from
+//! the mark of layer k − 1 to its own. Nodes of the tape between two marks belong to the
+//! layer that ends at the second, so the backward pass, which walks the tape in reverse, can
+//! put a mark each time it crosses from one layer's nodes into the previous one's.
+//!
+//! The memory a layer keeps alive for backward is the storage of the tensors its nodes save,
+//! counted once (the same activation is often saved by two layers: as one's output mask and
+//! the next one's input) and without the parameters, attributed to the first layer that
+//! saves it.
+//!
+//! Layers also open and close NVTX ranges named after them, so Nsight Systems and Nsight
+//! Compute show the layer structure, when an NVTX library can be loaded (see [`nvtx`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::device::{Device, GpuDevice, GpuEvent};
+use crate::error::Result;
+
+use super::LayerRecord;
+
+/// A point in the device's queue of work.
+pub enum Stamp {
+    Device(GpuEvent),
+    Host(Instant),
+}
+
+impl Stamp {
+    pub fn now(gpu: Option<&Arc<GpuDevice>>) -> Result<Stamp> {
+        Ok(match gpu {
+            Some(gpu) => Stamp::Device(gpu.record_event()?),
+            None => Stamp::Host(Instant::now()),
+        })
+    }
+
+    /// Milliseconds from `earlier` to `self` (waiting for the device to reach `self`).
+    pub fn ms_since(&self, earlier: &Stamp) -> Result<f64> {
+        Ok(match (earlier, self) {
+            (Stamp::Device(a), Stamp::Device(b)) => a.elapsed_ms(b)?,
+            (Stamp::Host(a), Stamp::Host(b)) => b.duration_since(*a).as_secs_f64() * 1e3,
+            _ => 0.0,
+        })
+    }
+}
+
+/// Collects the marks of one profiled graph.
+pub(super) struct Recorder {
+    pub gpu: Option<Arc<GpuDevice>>,
+    pub start: Stamp,
+    /// For each recorded layer, in order: the tape length when it finished, and the mark.
+    pub forward: Vec<(usize, Stamp)>,
+    /// Storage of the parameters the graph has seen (not activations).
+    pub params: HashSet<usize>,
+    /// The first failure to place a mark; reported when the profile is read.
+    pub error: Option<crate::Error>,
+}
+
+impl Recorder {
+    pub fn new(device: Device) -> Result<Recorder> {
+        let gpu = device.gpu()?;
+        let start = Stamp::now(gpu.as_ref())?;
+        Ok(Recorder { gpu, start, forward: Vec::new(), params: HashSet::new(), error: None })
+    }
+
+    pub fn mark(&mut self) -> Option<Stamp> {
+        match Stamp::now(self.gpu.as_ref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.error.get_or_insert(e);
+                None
+            }
+        }
+    }
+}
+
+/// One profiled step's forward and backward, per layer.
+#[derive(Debug)]
+pub struct StepProfile {
+    /// The layers in forward order.
+    pub layers: Vec<LayerRecord>,
+    /// Milliseconds of each layer's forward pass.
+    pub forward_ms: Vec<f64>,
+    /// Milliseconds of each layer's backward pass.
+    pub backward_ms: Vec<f64>,
+    /// Bytes each layer keeps alive for the backward pass.
+    pub kept_bytes: Vec<usize>,
+    /// The loss (and anything after the last layer): forward, backward, kept bytes.
+    pub loss_forward_ms: f64,
+    pub loss_backward_ms: f64,
+    pub loss_kept_bytes: usize,
+    /// Start of each layer's forward and backward, in ms from the step's start (for traces).
+    pub forward_start_ms: Vec<f64>,
+    pub backward_start_ms: Vec<f64>,
+    pub loss_backward_start_ms: f64,
+}
+
+impl StepProfile {
+    pub fn forward_total_ms(&self) -> f64 {
+        self.forward_ms.iter().sum::<f64>() + self.loss_forward_ms
+    }
+
+    pub fn backward_total_ms(&self) -> f64 {
+        self.backward_ms.iter().sum::<f64>() + self.loss_backward_ms
+    }
+}
+
+/// NVTX ranges through the NVTX library's C entry points, loaded at run time: CUDA 13's
+/// `libnvtx3interop.so.1`, or `libnvToolsExt.so.1` of earlier toolkits, or the file named by
+/// `$SCRATCHNET_NVTX_LIBRARY`. A profiler that is not attached makes them cost next to nothing;
+/// without the library they are not emitted at all.
+pub mod nvtx {
+    use std::ffi::{CString, c_char, c_int};
+    use std::sync::OnceLock;
+
+    struct Library {
+        push: unsafe extern "C" fn(*const c_char) -> c_int,
+        pop: unsafe extern "C" fn() -> c_int,
+        _lib: libloading::Library,
+    }
+
+    fn library() -> Option<&'static Library> {
+        static LIB: OnceLock<Option<Library>> = OnceLock::new();
+        LIB.get_or_init(|| {
+            let mut names: Vec<String> = std::env::var("SCRATCHNET_NVTX_LIBRARY").into_iter().collect();
+            names.extend(
+                ["libnvtx3interop.so.1", "libnvtx3interop.so", "libnvToolsExt.so.1", "libnvToolsExt.so"]
+                    .map(String::from),
+            );
+            names.into_iter().find_map(|name| {
+                // SAFETY: loading a library runs its initialisers; the NVTX libraries have none
+                // beyond their own setup. The symbols have the C signatures of nvToolsExt.h.
+                unsafe {
+                    let lib = libloading::Library::new(&name).ok()?;
+                    let push = *lib.get::<unsafe extern "C" fn(*const c_char) -> c_int>(b"nvtxRangePushA\0").ok()?;
+                    let pop = *lib.get::<unsafe extern "C" fn() -> c_int>(b"nvtxRangePop\0").ok()?;
+                    Some(Library { push, pop, _lib: lib })
+                }
+            })
+        })
+        .as_ref()
+    }
+
+    /// Whether ranges are emitted.
+    pub fn available() -> bool {
+        library().is_some()
+    }
+
+    pub fn push(name: &str) {
+        if let (Some(lib), Ok(name)) = (library(), CString::new(name)) {
+            // SAFETY: a NUL-terminated string that outlives the call.
+            unsafe { (lib.push)(name.as_ptr()) };
+        }
+    }
+
+    pub fn pop() {
+        if let Some(lib) = library() {
+            // SAFETY: pops the range pushed by the matching `push`.
+            unsafe { (lib.pop)() };
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! `scratchnet profile`: where one training step of a model spends its time and its memory,
+//! layer by layer.
+//!
+//! A few warm-up steps run first (the autotuner picks its kernels, the allocator fills its
+//! cache); then each profiled step runs on a profiled graph ([`Graph::start_profile`]), which
+//! marks the end of every layer's forward and backward in the device's queue. Per layer and
+//! direction the median over the profiled steps is reported with its share of the step, the
+//! GFLOP/s and GB/s it reached (work counted as `scratchnet bench` counts it), what bounds it
+//! on this device's measured roofline, and the memory it keeps alive for backward; then the
+//! same grouped by op, the step's totals and its peak device memory. `--trace` writes the last
+//! profiled step as a Chrome trace (Perfetto, chrome://tracing).
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::autograd::profile::{Stamp, StepProfile, nvtx};
+use crate::autograd::{Graph, LayerRecord, Var};
+use crate::bench::{self, BenchOptions, Ceilings, Problem};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::models;
+use crate::nn::Sgd;
+use crate::tensor::{Shape, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct ProfileOptions {
+    pub model: String,
+    pub device: Device,
+    pub batch: usize,
+    /// `[C, H, W]`; the model's own size when `None`.
+    pub input: Option<[usize; 3]>,
+    pub num_classes: usize,
+    /// Profiled steps (the median of each figure is reported).
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+/// One layer in one direction.
+#[derive(Clone, Debug)]
+pub struct LayerRow {
+    pub name: String,
+    pub kind: &'static str,
+    pub backward: bool,
+    pub ms: f64,
+    pub flops: f64,
+    pub bytes: f64,
+    /// Memory kept alive for backward (on the forward row).
+    pub kept_bytes: usize,
+}
+
+pub struct ProfileReport {
+    pub model: String,
+    pub device: Device,
+    pub batch: usize,
+    pub input: [usize; 3],
+    pub rows: Vec<LayerRow>,
+    pub loss_ms: f64,
+    pub loss_kept_bytes: usize,
+    pub optimizer_ms: f64,
+    pub step_ms: f64,
+    /// Peak device memory during a profiled step (GPU devices).
+    pub peak_bytes: Option<usize>,
+    pub ceilings: Ceilings,
+    /// The last profiled step, for the trace.
+    pub last: StepProfile,
+    pub last_optimizer: (f64, f64),
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Runs the warm-up and profiled steps.
+pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
+    models::check_name(&o.model)?;
+    if o.steps == 0 || o.steps > 1000 {
+        return Err(Error::argument("profile", format!("--steps must be between 1 and 1000, got {}", o.steps)));
+    }
+    if o.batch < 2 || o.batch > 4096 {
+        return Err(Error::argument(
+            "profile",
+            format!(
+                "--batch-size must be between 2 and 4096 (batch norm trains on more than one image), got {}",
+                o.batch
+            ),
+        ));
+    }
+    let mut model = models::build(&o.model, o.num_classes, 0)?;
+    let input = o.input.unwrap_or(model.input_size());
+    let [c, h, w] = input;
+    model.check_input(&[o.batch, c, h, w].into())?;
+    model.to_device(o.device)?;
+    let x = bench::problems::pattern(Shape::new([o.batch, c, h, w]), 1, o.device)?;
+    let labels: Vec<i64> = (0..o.batch).map(|i| (i % o.num_classes) as i64).collect();
+    let y = Tensor::from_vec([o.batch], labels)?.to_device(o.device)?;
+    let mut opt = Sgd::new(1e-4, 0.9, 5e-4);
+    let gpu = o.device.gpu()?;
+
+    let mut steps: Vec<(StepProfile, f64, f64, f64)> = Vec::new();
+    let mut peak = 0usize;
+    for i in 0..o.warmup + o.steps {
+        let profiled = i >= o.warmup;
+        if let (true, Some(gpu)) = (profiled, &gpu) {
+            gpu.synchronize()?;
+            gpu.reset_peak();
+        }
+        let mut g = Graph::new();
+        if profiled {
+            g.start_profile(o.device)?;
+        }
+        let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
+        let loss = g.cross_entropy(&logits, &y)?;
+        let mut grads = g.backward(&loss)?;
+        let step_profile = grads.take_profile();
+        let before_opt = Stamp::now(gpu.as_ref())?;
+        if profiled {
+            nvtx::push("optimizer");
+        }
+        grads.accumulate_into(model.params_mut())?;
+        opt.step(model.params_mut())?;
+        let after_opt = Stamp::now(gpu.as_ref())?;
+        if profiled {
+            nvtx::pop();
+        }
+        if let Some(gpu) = &gpu {
+            gpu.synchronize()?;
+            peak = peak.max(gpu.memory_stats().peak);
+        }
+        if let Some(p) = step_profile {
+            let opt_ms = after_opt.ms_since(&before_opt)?;
+            let start_ms = p.forward_total_ms() + p.backward_total_ms();
+            steps.push((p, opt_ms, start_ms, start_ms + opt_ms));
+        }
+    }
+    let Some((last, last_opt_ms, last_opt_start, _)) = steps.pop() else {
+        return Err(Error::argument("profile", "no step was profiled"));
+    };
+    // The medians over every profiled step, the last one included.
+    let all: Vec<&StepProfile> = steps.iter().map(|s| &s.0).chain(std::iter::once(&last)).collect();
+    let opt_times: Vec<f64> = steps.iter().map(|s| s.1).chain(std::iter::once(last_opt_ms)).collect();
+    let mut rows = Vec::new();
+    for (k, layer) in last.layers.iter().enumerate() {
+        let problems = bench::problems_of_layer(layer, o.batch, k == 0);
+        let (fwd, bwd): (Vec<&Problem>, Vec<&Problem>) =
+            problems.iter().partition(|p| p.spec()["pass"].as_str() == Some("forward"));
+        let work = |ps: &[&Problem]| (ps.iter().map(|p| p.flops()).sum(), ps.iter().map(|p| p.bytes()).sum());
+        for (backward, ps) in [(false, fwd), (true, bwd)] {
+            let times = all.iter().filter_map(|s| if backward { s.backward_ms.get(k) } else { s.forward_ms.get(k) });
+            let (flops, bytes) = work(&ps);
+            rows.push(LayerRow {
+                name: layer.name.clone(),
+                kind: layer.kind,
+                backward,
+                ms: median(times.copied().collect()),
+                flops,
+                bytes,
+                kept_bytes: if backward { 0 } else { last.kept_bytes[k] },
+            });
+        }
+    }
+    let loss_ms = median(all.iter().map(|s| s.loss_forward_ms + s.loss_backward_ms).collect());
+    let optimizer_ms = median(opt_times.clone());
+    let step_ms =
+        median(all.iter().zip(&opt_times).map(|(s, opt)| s.forward_total_ms() + s.backward_total_ms() + opt).collect());
+    let mut bench_opts = BenchOptions::new(o.device);
+    bench_opts.repeats = Some(3);
+    let ceilings = bench::measure_ceilings(&bench_opts)?;
+    Ok(ProfileReport {
+        model: o.model.clone(),
+        device: o.device,
+        batch: o.batch,
+        input,
+        rows,
+        loss_ms,
+        loss_kept_bytes: last.loss_kept_bytes,
+        optimizer_ms,
+        step_ms,
+        peak_bytes: gpu.is_some().then_some(peak),
+        ceilings,
+        last,
+        last_optimizer: (last_opt_start, last_opt_ms),
+    })
+}
+
+impl ProfileReport {
+    /// Milliseconds per op kind and direction, largest first.
+    pub fn by_op(&self) -> Vec<(String, usize, f64)> {
+        let mut groups: Vec<(String, usize, f64)> = Vec::new();
+        for r in &self.rows {
+            let key = format!("{} {}", r.kind, if r.backward { "backward" } else { "forward" });
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => {
+                    g.1 += 1;
+                    g.2 += r.ms;
+                }
+                None => groups.push((key, 1, r.ms)),
+            }
+        }
+        groups.sort_by(|a, b| b.2.total_cmp(&a.2));
+        groups
+    }
+
+    pub fn kept_total(&self) -> usize {
+        self.rows.iter().map(|r| r.kept_bytes).sum::<usize>() + self.loss_kept_bytes
+    }
+
+    /// The last profiled step as a Chrome trace: one complete event per layer and direction.
+    pub fn chrome_trace(&self) -> Value {
+        let p = &self.last;
+        let mut events = vec![
+            json!({"ph": "M", "pid": 1, "name": "process_name",
+                   "args": {"name": format!("scratchnet {} on {}, batch {}", self.model, self.device, self.batch)}}),
+            json!({"ph": "M", "pid": 1, "tid": 1, "name": "thread_name", "args": {"name": "device queue"}}),
+        ];
+        let us = |ms: f64| (ms * 1e3 * 1000.0).round() / 1000.0;
+        let mut push = |name: &str, cat: &str, start: f64, dur: f64, args: Value| {
+            events.push(json!({"name": name, "cat": cat, "ph": "X", "pid": 1, "tid": 1,
+                               "ts": us(start), "dur": us(dur), "args": args}));
+        };
+        for (k, l) in p.layers.iter().enumerate() {
+            let args = json!({"op": l.kind, "input": l.input.to_string(), "output": l.output.to_string(),
+                              "kept_mib": p.kept_bytes[k] as f64 / MIB});
+            push(&l.name, "forward", p.forward_start_ms[k], p.forward_ms[k], args.clone());
+            push(&format!("{} (backward)", l.name), "backward", p.backward_start_ms[k], p.backward_ms[k], args);
+        }
+        let loss_start = p.forward_ms.iter().sum::<f64>();
+        push("loss", "forward", loss_start, p.loss_forward_ms, json!({}));
+        push("loss (backward)", "backward", p.loss_backward_start_ms, p.loss_backward_ms, json!({}));
+        let (opt_start, opt_ms) = self.last_optimizer;
+        push("optimizer", "optimizer", opt_start, opt_ms, json!({}));
+        json!({"traceEvents": events, "displayTimeUnit": "ms"})
+    }
+
+    pub fn write_trace(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string(&self.chrome_trace())
+            .map_err(|e| Error::argument("profile", format!("cannot write the trace: {e}")))?;
+        crate::checkpoint::write_atomically(path, text.as_bytes())
+    }
+}
+
+impl std::fmt::Display for ProfileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [c, h, w] = self.input;
+        writeln!(
+            f,
+            "{} on {}, batch {} of {c}×{h}×{w}: step {:.3} ms ({:.1} images/s); ceilings: copy {:.1} GB/s, SGEMM {:.1} GFLOP/s",
+            self.model,
+            self.device,
+            self.batch,
+            self.step_ms,
+            self.batch as f64 / (self.step_ms / 1e3),
+            self.ceilings.copy_gbs,
+            self.ceilings.gemm_gflops
+        )?;
+        let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+        writeln!(
+            f,
+            "{:<width$}  {:<18} {:<4} {:>9} {:>6} {:>9} {:>8} {:>6}  {:<7} {:>9}",
+            "layer", "op", "pass", "ms", "share", "GFLOP/s", "GB/s", "roof", "bound", "kept MiB"
+        )?;
+        let share = |ms: f64| 100.0 * ms / self.step_ms;
+        for r in &self.rows {
+            let (fraction, bound) = self.ceilings.roofline(r.flops, r.bytes, r.ms / 1e3);
+            let rate = |work: f64| if r.ms > 0.0 { work / (r.ms * 1e6) } else { 0.0 };
+            let kept = if r.backward { String::new() } else { format!("{:.1}", r.kept_bytes as f64 / MIB) };
+            writeln!(
+                f,
+                "{:<width$}  {:<18} {:<4} {:>9.3} {:>5.1}% {:>9.1} {:>8.1} {:>5.0}%  {:<7} {:>9}",
+                r.name,
+                r.kind,
+                if r.backward { "bwd" } else { "fwd" },
+                r.ms,
+                share(r.ms),
+                rate(r.flops),
+                rate(r.bytes),
+                100.0 * fraction,
+                bound,
+                kept
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<width$}  {:<18} {:<4} {:>9.3} {:>5.1}%",
+            "loss",
+            "CrossEntropy",
+            "both",
+            self.loss_ms,
+            share(self.loss_ms)
+        )?;
+        writeln!(
+            f,
+            "{:<width$}  {:<18} {:<4} {:>9.3} {:>5.1}%",
+            "optimizer",
+            "SGD",
+            "",
+            self.optimizer_ms,
+            share(self.optimizer_ms)
+        )?;
+        writeln!(f, "by op:")?;
+        for (op, n, ms) in self.by_op() {
+            writeln!(f, "  {op:<30} {n:>4} layers {ms:>10.3} ms {:>5.1}%", share(ms))?;
+        }
+        write!(f, "memory kept for backward: {:.1} MiB", self.kept_total() as f64 / MIB)?;
+        match self.peak_bytes {
+            Some(peak) => writeln!(
+                f,
+                "; step peak {:.1} MiB of device memory (parameters, gradients and optimizer state included)",
+                peak as f64 / MIB
+            ),
+            None => writeln!(f, " (the CPU's peak is not tracked)"),
+        }?;
+        if !nvtx::available() {
+            writeln!(f, "(NVTX ranges off: no libnvtx3interop.so.1 or libnvToolsExt.so.1 found)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The layers a profiled step recorded (for tests).
+pub fn layers(report: &ProfileReport) -> &[LayerRecord] {
+    &report.last.layers
+}
