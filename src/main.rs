@@ -80,6 +80,9 @@ struct ProfileArgs {
     /// Write the last profiled step as a Chrome trace (open it in Perfetto) here.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// DenseNets: recompute each bottleneck's front in backward instead of keeping it.
+    #[arg(long)]
+    memory_efficient: bool,
     #[command(flatten)]
     kernels: KernelArgs,
 }
@@ -157,6 +160,10 @@ struct TrainArgs {
     /// Write one CSV row per step and per evaluation here, and the curves to the same name .svg.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// DenseNets: recompute each bottleneck's concatenation and batch norm in backward
+    /// instead of keeping them (activation memory linear in depth).
+    #[arg(long)]
+    memory_efficient: bool,
     #[command(flatten)]
     kernels: KernelArgs,
 }
@@ -305,6 +312,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         num_classes: a.num_classes,
         init: a.init,
         save: a.save.clone(),
+        memory_efficient: a.memory_efficient,
         ..TrainOptions::default()
     };
     let mut log = a.log.as_deref().map(MetricsLog::create).transpose()?;
@@ -447,6 +455,7 @@ fn run_profile(a: ProfileArgs) -> Result<()> {
         num_classes,
         steps: a.steps,
         warmup: 2,
+        memory_efficient: a.memory_efficient,
     };
     let report = scratchnet::profile::profile(&options)?;
     let _ = write!(std::io::stdout(), "{report}");

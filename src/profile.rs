@@ -34,6 +34,8 @@ pub struct ProfileOptions {
     /// Profiled steps (the median of each figure is reported).
     pub steps: usize,
     pub warmup: usize,
+    /// DenseNet's memory-efficient mode.
+    pub memory_efficient: bool,
 }
 
 /// One layer in one direction.
@@ -90,6 +92,7 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
         ));
     }
     let mut model = models::build(&o.model, o.num_classes, 0)?;
+    crate::train::set_memory_efficient(model.as_mut(), o.memory_efficient)?;
     let input = o.input.unwrap_or(model.input_size());
     let [c, h, w] = input;
     model.check_input(&[o.batch, c, h, w].into())?;

@@ -116,6 +116,8 @@ pub struct TrainOptions {
     pub save: Option<PathBuf>,
     /// Size of the synthetic training and held-out splits.
     pub synthetic_size: (usize, usize),
+    /// Recompute instead of keep where the model can (DenseNet's bottlenecks).
+    pub memory_efficient: bool,
 }
 
 impl Default for TrainOptions {
@@ -139,6 +141,7 @@ impl Default for TrainOptions {
             init: None,
             save: None,
             synthetic_size: (6000, 1000),
+            memory_efficient: false,
         }
     }
 }
@@ -241,6 +244,17 @@ pub fn num_classes(o: &TrainOptions) -> usize {
 }
 
 /// Trains a model as the options say and returns it with the report of each epoch.
+/// Turns a model's memory-efficient mode on when asked; an error for models without one.
+pub fn set_memory_efficient(model: &mut dyn Model, on: bool) -> Result<()> {
+    if on && model.set_memory_efficient(true) == 0 {
+        return Err(Error::argument(
+            "--memory-efficient",
+            format!("{} has no memory-efficient mode (the DenseNets have one)", model.name()),
+        ));
+    }
+    Ok(())
+}
+
 pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result<(Box<dyn Model>, Vec<EpochReport>)> {
     check(o)?;
     models::check_name(&o.model)?;
@@ -252,6 +266,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
     {
         return Err(Error::argument("train", format!("{} has no dropout layers for --dropout {p} to set", o.model)));
     }
+    set_memory_efficient(model.as_mut(), o.memory_efficient)?;
     if let Some(path) = &o.save {
         // Find out now, not after hours of training, that the weights cannot be written.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));

@@ -444,5 +444,7 @@ fn profile_refuses_bad_options() {
     assert_bad_input(&["profile", "--device", "cpu", "--model", "resnet21"], "resnet21");
     assert_bad_input(&["profile", "--device", "cpu", "--trace", p(&missing)], "its directory does not exist");
     assert_bad_input(&["profile", "--device", "cpu", "--input-size", "big"], "--input-size 'big' is not H or HxW");
+    assert_bad_input(&["profile", "--device", "cpu", "--memory-efficient"], "resnet20 has no memory-efficient mode");
+    assert_bad_input(&["train", "--model", "alexnet", "--memory-efficient"], "alexnet has no memory-efficient mode");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,7 +2,7 @@
 //! forward pass at a small input on the CPU.
 
 use scratchnet::models::{self, MODEL_NAMES};
-use scratchnet::{DType, Graph, Tensor, Var};
+use scratchnet::{DType, Device, Graph, Tensor, Var};
 
 /// Trainable parameters with 1000 classes (10 for the CIFAR nets), as torchvision's models
 /// report them (`sum(p.numel() for p in model.parameters())`) and as the papers list them.
@@ -167,5 +167,52 @@ fn fused_and_unfused_layers_train_alike() {
         assert_eq!(fused.len(), plain.len(), "{name}: every parameter gets a gradient both ways");
         let err = scratchnet::selftest::rel_l2(&fused, &plain);
         assert!(err < 1e-4, "{name}: gradients differ by {err:.2e}");
+    }
+}
+
+/// DenseNet's memory-efficient mode recomputes the bottleneck's concatenation and batch norm
+/// in backward instead of keeping them: the same loss, the same gradients, the same running
+/// statistics (updated once per step, not again by the recomputation), and less memory kept
+/// for the backward pass.
+#[test]
+fn memory_efficient_densenet_trains_alike_and_keeps_less() {
+    for (name, size, device) in [("densenet121", 32, Device::Cpu), ("densenet_bc100", 8, Device::Emu)] {
+        let run = |memory_efficient: bool| {
+            let mut m = models::build(name, 5, 3).unwrap();
+            assert!(m.set_memory_efficient(memory_efficient) > 0);
+            m.to_device(device).unwrap();
+            let x = Tensor::randn([2, 3, size, size], 0.0, 1.0, DType::F32, 4).to_device(device).unwrap();
+            let labels = Tensor::from_vec([2], vec![1i64, 3]).unwrap().to_device(device).unwrap();
+            let mut g = Graph::new();
+            g.start_profile(device).unwrap();
+            let logits = m.forward(&mut g, &Var::constant(x.clone())).unwrap();
+            let loss = g.cross_entropy(&logits, &labels).unwrap();
+            let loss_value = loss.value().item().unwrap();
+            let mut grads = g.backward(&loss).unwrap();
+            let profile = grads.take_profile().unwrap();
+            let kept = profile.kept_bytes.iter().sum::<usize>();
+            let flat: Vec<f64> = m
+                .params()
+                .iter()
+                .flat_map(|p| grads.of_param(p).map(|t| t.to_f64_vec().unwrap()).unwrap_or_default())
+                .collect();
+            // The running statistics, through an eval forward that uses them.
+            let mut eval = Graph::eval();
+            let eval_logits = m.forward(&mut eval, &Var::constant(x)).unwrap().value().to_f64_vec().unwrap();
+            (loss_value, flat, eval_logits, kept)
+        };
+        let (plain_loss, plain, plain_eval, plain_kept) = run(false);
+        let (lean_loss, lean, lean_eval, lean_kept) = run(true);
+        assert!(
+            (lean_loss - plain_loss).abs() < 1e-6 * plain_loss.abs().max(1.0),
+            "{name}: {lean_loss} vs {plain_loss}"
+        );
+        assert_eq!(lean.len(), plain.len());
+        let err = scratchnet::selftest::rel_l2(&lean, &plain);
+        assert!(err < 1e-5, "{name}: gradients differ by {err:.2e}");
+        let err = scratchnet::selftest::rel_l2(&lean_eval, &plain_eval);
+        assert!(err < 1e-6, "{name}: running statistics differ ({err:.2e})");
+        eprintln!("{name}: kept for backward {plain_kept} bytes, memory-efficient {lean_kept}");
+        assert!(lean_kept * 2 < plain_kept, "{name}: {lean_kept} bytes kept is not under half of {plain_kept}");
     }
 }

@@ -490,7 +490,12 @@ pub fn suite_problems(suite: Suite, opts: &BenchOptions) -> Result<Vec<(Problem,
         let (layers, input, num_classes) = trace(model)?;
         let mut problems = dedupe(layer_problems(&layers, batch));
         if opts.train_steps {
-            problems.push((Problem::TrainStep(TrainStep { model: model.into(), batch, input, num_classes }), 1));
+            let step =
+                |memory_efficient| TrainStep { model: model.into(), batch, input, num_classes, memory_efficient };
+            problems.push((Problem::TrainStep(step(false)), 1));
+            if model.starts_with("densenet") {
+                problems.push((Problem::TrainStep(step(true)), 1));
+            }
         }
         Ok(problems)
     };

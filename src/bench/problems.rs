@@ -61,6 +61,8 @@ pub struct TrainStep {
     pub batch: usize,
     pub input: [usize; 3],
     pub num_classes: usize,
+    /// DenseNet's memory-efficient mode (torchvision's `memory_efficient=True`).
+    pub memory_efficient: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -223,6 +225,7 @@ impl Problem {
             Problem::Sgd { numel } => json!({"op": "sgd", "numel": numel, "momentum": 0.9, "weight_decay": 5e-4}),
             Problem::TrainStep(t) => json!({
                 "op": "train_step", "model": t.model, "batch": t.batch, "input": t.input, "num_classes": t.num_classes,
+                "memory_efficient": t.memory_efficient,
             }),
         }
     }
@@ -281,7 +284,14 @@ impl Problem {
             Problem::AddAssign { numel } => format!("add_assign {}", mib(*numel)),
             Problem::Copy { numel } => format!("copy {}", mib(*numel)),
             Problem::Sgd { numel } => format!("sgd {}", mib(*numel)),
-            Problem::TrainStep(t) => format!("train step {} b{}", t.model, t.batch),
+            Problem::TrainStep(t) => {
+                format!(
+                    "train step {} b{}{}",
+                    t.model,
+                    t.batch,
+                    if t.memory_efficient { " memory-efficient" } else { "" }
+                )
+            }
         }
     }
 
@@ -649,6 +659,7 @@ pub fn pattern(shape: Shape, seed: u64, device: Device) -> Result<Tensor> {
 /// One training step of a model on a fixed batch: forward, cross-entropy, backward, SGD.
 fn train_step(step: &TrainStep, device: Device) -> Result<Box<dyn FnMut() -> Result<()>>> {
     let mut model = models::build(&step.model, step.num_classes, 0)?;
+    crate::train::set_memory_efficient(model.as_mut(), step.memory_efficient)?;
     let [c, h, w] = step.input;
     model.check_input(&[step.batch, c, h, w].into())?;
     model.to_device(device)?;

@@ -87,6 +87,8 @@ struct DenseLayer {
     conv2: Conv2d,
     dropout: Dropout,
     name: String,
+    /// Recompute the bottleneck's front in backward instead of keeping it (Pleiss et al.).
+    memory_efficient: bool,
 }
 
 impl DenseLayer {
@@ -100,12 +102,35 @@ impl DenseLayer {
             // torchvision's drop_rate defaults to 0; --dropout sets it.
             dropout: Dropout::new(&join(name, "dropout"), 0.0, rng.next_u64()),
             name: name.to_string(),
+            memory_efficient: false,
         }
     }
 
     /// The new `growth` channels, from all the feature maps before it.
     fn forward_features(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
         let refs: Vec<&Var> = features.iter().collect();
+        if self.memory_efficient && g.is_training() && g.is_recording() {
+            let name = join(&self.name, "bottleneck");
+            g.begin_layer(&name);
+            let gamma = g.param(&self.norm1.weight);
+            let beta = g.param(&self.norm1.bias);
+            let w = g.param(&self.conv1.weight);
+            let (h, mean, var) = g.dense_bottleneck(&refs, &gamma, &beta, &w, self.norm1.eps)?;
+            let channels: usize = features.iter().map(|f| f.dims()[1]).sum();
+            let mut x_shape = features[0].dims().to_vec();
+            x_shape[1] = channels;
+            self.norm1.track(&x_shape.into(), &mean, &var)?;
+            let op = LayerOp::Conv2d {
+                weight: self.conv1.weight.value.shape().clone(),
+                params: self.conv1.params,
+                bias: false,
+                relu: false,
+            };
+            g.record_layer(&name, &features[0], &h, self.norm1.num_params() + self.conv1.num_params(), op);
+            let h = self.norm2.forward_relu(g, &h)?;
+            let h = self.conv2.forward(g, &h)?;
+            return if self.dropout.p > 0.0 { self.dropout.forward(g, &h) } else { Ok(h) };
+        }
         let x = if refs.len() == 1 {
             refs[0].clone()
         } else {
@@ -129,6 +154,10 @@ impl DenseLayer {
 impl Module for DenseLayer {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         self.forward_features(g, std::slice::from_ref(x))
+    }
+    fn set_memory_efficient(&mut self, on: bool) -> usize {
+        self.memory_efficient = on;
+        1
     }
     fn children(&self) -> Vec<&dyn Module> {
         vec![&self.norm1, &self.conv1, &self.norm2, &self.conv2, &self.dropout]

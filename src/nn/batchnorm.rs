@@ -43,6 +43,16 @@ impl BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    /// Moves the running statistics towards the batch statistics of a training step on an
+    /// input of shape `x`, and counts the step.
+    pub fn track(&mut self, x: &crate::tensor::Shape, mean: &Tensor, var: &Tensor) -> Result<()> {
+        let count = x.dims()[0] * x.dims()[2..].iter().product::<usize>();
+        update_running_stats(&mut self.running_mean, &mut self.running_var, mean, var, count, self.momentum)?;
+        let steps = self.batches_tracked() + 1;
+        self.num_batches_tracked = Tensor::scalar(steps);
+        Ok(())
+    }
+
     /// `relu(BN(x))`: fused into one kernel when the graph fuses.
     pub fn forward_relu(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
         self.forward_act(g, x, None, true)
@@ -67,10 +77,7 @@ impl BatchNorm2d {
             } else {
                 g.batch_norm_train(x, &gamma, &beta, self.eps)?
             };
-            let count = x.dims()[0] * x.dims()[2..].iter().product::<usize>();
-            update_running_stats(&mut self.running_mean, &mut self.running_var, &mean, &var, count, self.momentum)?;
-            let steps = self.batches_tracked() + 1;
-            self.num_batches_tracked = Tensor::scalar(steps);
+            self.track(x.shape(), &mean, &var)?;
             y
         } else if fused {
             let (rm, rv) = (&self.running_mean, &self.running_var);

@@ -66,6 +66,12 @@ pub trait Module {
         self.children_mut().into_iter().map(|c| c.set_dropout(p)).sum()
     }
 
+    /// Turns memory-efficient training (recomputing instead of keeping some activations) on
+    /// or off in every layer that has it; returns how many do (DenseNet's dense layers).
+    fn set_memory_efficient(&mut self, on: bool) -> usize {
+        self.children_mut().into_iter().map(|c| c.set_memory_efficient(on)).sum()
+    }
+
     /// Moves every parameter and floating-point buffer to `device` (integer counters stay
     /// on the host, where they are updated).
     fn to_device(&mut self, device: Device) -> Result<()> {
