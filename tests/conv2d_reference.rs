@@ -138,6 +138,8 @@ fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
         ([1, 4, 6, 6], [4, 1, 3, 3], p().padding(1).groups(4)),
         // dilation, asymmetric everything
         ([2, 2, 10, 9], [3, 2, 3, 2], Conv2dParams { stride: (2, 1), padding: (2, 0), dilation: (2, 3), groups: 1 }),
+        // stride 1 with dilation and grouped channels (data gradient as a flipped convolution)
+        ([2, 4, 9, 8], [6, 2, 3, 2], Conv2dParams { stride: (1, 1), padding: (2, 1), dilation: (2, 2), groups: 2 }),
         // pointwise (the im2col-free path) and a strided 1×1 (the path with im2col)
         ([3, 8, 5, 7], [5, 8, 1, 1], p()),
         ([2, 8, 5, 7], [5, 8, 1, 1], p().stride(2)),

@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
+use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, sum_f64, sum2_f64, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Element, Float, Tensor};
@@ -113,9 +113,9 @@ fn forward_train_cpu(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, e: Epi
         let stats: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let sum: f64 = planes(xs, c, hw, ch).flatten().map(|v| v.to_f64()).sum();
+                let sum: f64 = planes(xs, c, hw, ch).map(|p| sum_f64(p, |v| v)).sum();
                 let mean = sum / m as f64;
-                let sq: f64 = planes(xs, c, hw, ch).flatten().map(|v| (v.to_f64() - mean).powi(2)).sum();
+                let sq: f64 = planes(xs, c, hw, ch).map(|p| sum_f64(p, |v| (v - mean) * (v - mean))).sum();
                 (mean, sq / m as f64)
             })
             .collect();
@@ -325,11 +325,9 @@ fn backward_cpu<T: Float>(
             let mut sum_dy = 0.0;
             let mut sum_dy_xhat = 0.0;
             for (xp, dp) in planes(xs, c, hw, ch).zip(planes(dys, c, hw, ch)) {
-                for (&xv, &dv) in xp.iter().zip(dp) {
-                    let d = dv.to_f64();
-                    sum_dy += d;
-                    sum_dy_xhat += d * (xv.to_f64() - mu) * invstd;
-                }
+                let (s, sx) = sum2_f64(dp, xp, |d, x| (d, d * (x - mu) * invstd));
+                sum_dy += s;
+                sum_dy_xhat += sx;
             }
             (invstd, sum_dy, sum_dy_xhat)
         })

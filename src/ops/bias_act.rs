@@ -153,8 +153,7 @@ pub fn relu_backward_with_bias(dy: &Tensor, y: &Tensor, want_bias: bool) -> Resu
             let sums: Vec<T> = (0..c)
                 .into_par_iter()
                 .map(|ch| {
-                    let s: f64 =
-                        (0..n).map(|img| dz[(img * c + ch) * hw..][..hw].iter().map(|v| v.to_f64()).sum::<f64>()).sum();
+                    let s: f64 = (0..n).map(|img| super::sum_f64(&dz[(img * c + ch) * hw..][..hw], |v| v)).sum();
                     T::from_f64(s)
                 })
                 .collect();

@@ -117,3 +117,64 @@ pub(crate) fn expect_nonempty_image(op: &'static str, what: &str, s: &crate::ten
 pub(crate) fn host<T: Float>(t: &Tensor) -> Result<&[T]> {
     t.as_slice::<T>()
 }
+
+/// Lanes of the host reductions below.
+const LANES: usize = 8;
+
+/// `Σ f(x)` in f64, with [`LANES`] independent partial sums. One accumulator makes every
+/// addition wait for the one before it (four cycles or so each); eight let the compiler keep
+/// them in one vector register and add eight values at a time. The order of the additions
+/// depends on the length alone, so the result is as reproducible as a plain loop's.
+pub(crate) fn sum_f64<T: Float>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v.to_f64());
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().map(|&v| f(v.to_f64())).sum::<f64>()
+}
+
+/// `(Σ f(a, b).0, Σ f(a, b).1)` over two slices of one length, in f64, as [`sum_f64`].
+pub(crate) fn sum2_f64<T: Float>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> (f64, f64)) -> (f64, f64) {
+    let (mut s0, mut s1) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        for i in 0..LANES {
+            let (u, v) = f(xa[i].to_f64(), xb[i].to_f64());
+            s0[i] += u;
+            s1[i] += v;
+        }
+    }
+    let (mut t0, mut t1) = (s0.iter().sum::<f64>(), s1.iter().sum::<f64>());
+    for (&x, &y) in ta.iter().zip(tb) {
+        let (u, v) = f(x.to_f64(), y.to_f64());
+        t0 += u;
+        t1 += v;
+    }
+    (t0, t1)
+}
+
+#[cfg(test)]
+mod reduction_tests {
+    use super::*;
+
+    #[test]
+    fn lane_sums_match_plain_sums() {
+        for len in [0, 1, 7, 8, 9, 100, 1001] {
+            let xs: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let plain: f64 = xs.iter().map(|&v| v as f64 * 2.0).sum();
+            assert!((sum_f64(&xs, |v| v * 2.0) - plain).abs() < 1e-12, "{len}");
+            let ys: Vec<f32> = xs.iter().map(|v| v * 3.0 + 1.0).collect();
+            let (a, b) = sum2_f64(&xs, &ys, |x, y| (x * y, y));
+            let want_a: f64 = xs.iter().zip(&ys).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let want_b: f64 = ys.iter().map(|&y| y as f64).sum();
+            // Different orders of addition: equal to rounding, about 1e-16 of the magnitudes.
+            let tol = 1e-13 * (1.0 + len as f64 * 4.0);
+            assert!((a - want_a).abs() < tol && (b - want_b).abs() < tol, "{len}: {a} {want_a} {b} {want_b}");
+        }
+    }
+}

@@ -280,10 +280,8 @@ pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
     }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
-        let y: Vec<T> = xs
-            .par_chunks(h * w)
-            .map(|plane| T::from_f64(plane.iter().map(|v| v.to_f64()).sum::<f64>() / (h * w) as f64))
-            .collect();
+        let y: Vec<T> =
+            xs.par_chunks(h * w).map(|plane| T::from_f64(super::sum_f64(plane, |v| v) / (h * w) as f64)).collect();
         Ok(Tensor::from_cpu([n, c, 1, 1], y))
     })
 }
