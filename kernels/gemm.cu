@@ -95,3 +95,12 @@ gemm_64x64_f32(float* __restrict__ C, const float* __restrict__ A, const float* 
     const RowMajorC out{C, N, accumulate};
     tile_gemm_64x64(a, b, out, M, N, 0, K);
 }
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+gemm_128x128_f32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N, int K,
+                 long long a_rs, long long a_cs, long long b_rs, long long b_cs, int accumulate) {
+    const StridedA a{A, a_rs, a_cs};
+    StridedB b{B, b_rs, b_cs, N};
+    const RowMajorC out{C, N, accumulate};
+    tile_gemm_128x128(a, b, out, M, N, 0, K);
+}

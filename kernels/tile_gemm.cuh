@@ -107,3 +107,84 @@ __device__ __forceinline__ void tile_gemm_64x64(const AOperand& A, BOperand& B, 
         }
     }
 }
+
+// The same engine with a 128×128 tile and 8×8 outputs per thread, for large products (the
+// fully connected layers, square matrices). Per step of K a thread now reads 4 float4 from
+// shared memory (two of A, two of B) for 64 FMAs: 16 FMAs per shared load instead of 4, which
+// is what lets a GEMM approach the FMA rate rather than the shared-memory bandwidth. The cost
+// is 64 accumulators per thread (about 128 registers, so at most two blocks per SM) and tiles
+// that waste more work on the edges of small matrices, so the autotuner chooses between the
+// two sizes per shape.
+//
+// Thread (ty, tx) of the 16×16 grid owns rows 4ty..4ty+3 and 64+4ty..64+4ty+3, and the same
+// pattern of columns: two float4 per operand per k, each read by a quarter-warp from 16
+// consecutive float4 (no bank conflicts), rather than one strip of 8 that would make the
+// lanes of a warp collide.
+#define TILE2_M 128
+#define TILE2_N 128
+
+template <class AOperand, class BOperand, class Epilogue>
+__device__ __forceinline__ void tile_gemm_128x128(const AOperand& A, BOperand& B, const Epilogue& out, int M,
+                                                  long long N, int k_begin, int k_end) {
+    __shared__ __align__(16) float a_tile[2][TILE_K][TILE2_M + 4];
+    __shared__ __align__(16) float b_tile[2][TILE_K][TILE2_N];
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int m0 = blockIdx.y * TILE2_M;
+    const long long n0 = (long long)blockIdx.x * TILE2_N;
+
+    // Fetched per step: A(m0 + a_m + 32i, k0 + a_k) and B(k0 + b_k + 2i, n0 + b_n), i = 0..3.
+    const int a_k = tid % 8, a_m = tid / 8;
+    const int b_n = tid % 128, b_k = tid / 128;
+    B.set_column(n0 + b_n);
+    float a_next[4], b_next[4];
+
+    auto fetch = [&](int k0) {
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + a_m + 32 * i, ka = k0 + a_k, kb = k0 + b_k + 2 * i;
+            a_next[i] = (m < M && ka < k_end) ? A.load(m, ka) : 0.f;
+            b_next[i] = (kb < k_end) ? B.load(kb) : 0.f;
+        }
+    };
+    auto stage = [&](int buf) {
+        for (int i = 0; i < 4; ++i) {
+            a_tile[buf][a_k][a_m + 32 * i] = a_next[i];
+            b_tile[buf][b_k + 2 * i][b_n] = b_next[i];
+        }
+    };
+
+    float acc[8][8];
+    for (int i = 0; i < 8; ++i)
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+    fetch(k_begin);
+    stage(0);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        const bool more = k0 + TILE_K < k_end;
+        if (more) fetch(k0 + TILE_K);  // in flight while this step computes
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            const float4 a0 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][ty * 4]);
+            const float4 a1 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][64 + ty * 4]);
+            const float4 b0 = *reinterpret_cast<const float4*>(&b_tile[buf][kk][tx * 4]);
+            const float4 b1 = *reinterpret_cast<const float4*>(&b_tile[buf][kk][64 + tx * 4]);
+            const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+            for (int i = 0; i < 8; ++i)
+                for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        if (more) stage(buf ^ 1);
+        __syncthreads();
+        buf ^= 1;
+    }
+
+    for (int i = 0; i < 8; ++i) {
+        const int m = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+        if (m >= M) continue;
+        for (int j = 0; j < 8; ++j) {
+            const long long n = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
+            if (n < N) out.store(m, n, acc[i][j]);
+        }
+    }
+}

@@ -161,7 +161,8 @@ impl Tester {
     }
 
     fn gemm(&mut self) -> Result<()> {
-        let shapes = [(37, 19, 23), (130, 70, 41)];
+        // Partial tiles of every size: 130 and 131 rows span two 128-row tiles, 257 columns three.
+        let shapes = [(37, 19, 23), (130, 70, 41), (131, 257, 19)];
         for ((m, n, k), (ta, tb)) in shapes
             .into_iter()
             .flat_map(|s| [(false, false), (true, false), (false, true), (true, true)].map(|t| (s, t)))

@@ -171,6 +171,8 @@ impl Variant {
             Variant::Gemm(GemmKernel::Naive) => "gemm-naive",
             Variant::Gemm(GemmKernel::Tiled) => "gemm-tiled16",
             Variant::Gemm(GemmKernel::Blocked64) => "gemm-64x64",
+            Variant::Gemm(GemmKernel::Blocked128) => "gemm-128x128",
+            Variant::Gemm(GemmKernel::Auto) => "gemm-auto",
             Variant::Unfused => "unfused",
         }
     }
@@ -396,7 +398,10 @@ impl Problem {
                     v.extend([Variant::Conv(ConvAlgo::Direct), Variant::Conv(ConvAlgo::ImplicitGemm)]);
                 }
                 Problem::Linear { .. } | Problem::Matmul { .. } => {
-                    v.extend([Variant::Gemm(GemmKernel::Naive), Variant::Gemm(GemmKernel::Tiled)]);
+                    v.extend(
+                        [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Blocked64, GemmKernel::Blocked128]
+                            .map(Variant::Gemm),
+                    );
                 }
                 Problem::BatchNorm { residual, relu, .. } if *residual || *relu => v.push(Variant::Unfused),
                 _ => {}

@@ -518,26 +518,36 @@ pub enum GemmKernel {
     /// 16×16 tiles staged in shared memory.
     Tiled,
     /// 64×64 tiles, 4×4 outputs per thread, double-buffered (kernels/tile_gemm.cuh).
-    #[default]
     Blocked64,
+    /// 128×128 tiles, 8×8 outputs per thread: fewer shared-memory loads per FMA, for large
+    /// products.
+    Blocked128,
+    /// The faster of the two blocked kernels for this shape, timed on first use (see
+    /// `ops::autotune`); on the emulator, the 128×128 one.
+    #[default]
+    Auto,
 }
 
 impl GemmKernel {
-    pub const ALL: [GemmKernel; 3] = [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Blocked64];
+    /// Every kernel (not `Auto`, which picks one of them).
+    pub const ALL: [GemmKernel; 4] =
+        [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Blocked64, GemmKernel::Blocked128];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             GemmKernel::Naive => "gemm_naive_f32",
             GemmKernel::Tiled => "gemm_tiled_f32",
             GemmKernel::Blocked64 => "gemm_64x64_f32",
+            GemmKernel::Blocked128 | GemmKernel::Auto => "gemm_128x128_f32",
         }
     }
 
-    /// Threads per block side and outputs per block side.
+    /// Threads per block side (0: a flat block of 256) and outputs per block side.
     fn tiling(self) -> (u32, usize) {
         match self {
             GemmKernel::Naive | GemmKernel::Tiled => (16, 16),
             GemmKernel::Blocked64 => (0, 64),
+            GemmKernel::Blocked128 | GemmKernel::Auto => (0, 128),
         }
     }
 }
@@ -569,24 +579,36 @@ pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kern
     let (dtype, device) = common_dtype(OP, &[("left operand", a), ("right operand", b)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let c = gpu.alloc(dtype, m * n)?;
-        // One block per tile of C: x along the columns, y along the rows.
-        let (side, tile) = kernel.tiling();
-        let blocks = |len: usize| u32::try_from(len.div_ceil(tile)).unwrap_or(u32::MAX);
-        let call = KernelCall::new(kernel.name()).grid(blocks(n), blocks(m), 1);
-        let call = if side == 0 { call.block(256, 1, 1) } else { call.block(side, side, 1) };
-        gpu.launch(
-            call.buf(&c)
-                .buf(a.gpu_buffer()?)
-                .buf(b.gpu_buffer()?)
-                .i32(to_i32(OP, "rows", m)?)
-                .i32(to_i32(OP, "columns", n)?)
-                .i32(to_i32(OP, "inner dimension", k)?)
-                .i64(to_i64(a_rs))
-                .i64(to_i64(a_cs))
-                .i64(to_i64(b_rs))
-                .i64(to_i64(b_cs))
-                .i32(0),
-        )?;
+        let (mi, ni, ki) = (to_i32(OP, "rows", m)?, to_i32(OP, "columns", n)?, to_i32(OP, "inner dimension", k)?);
+        let launch = |kernel: GemmKernel| -> Result<()> {
+            // One block per tile of C: x along the columns, y along the rows.
+            let (side, tile) = kernel.tiling();
+            let blocks = |len: usize| u32::try_from(len.div_ceil(tile)).unwrap_or(u32::MAX);
+            let call = KernelCall::new(kernel.name()).grid(blocks(n), blocks(m), 1);
+            let call = if side == 0 { call.block(256, 1, 1) } else { call.block(side, side, 1) };
+            gpu.launch(
+                call.buf(&c)
+                    .buf(a.gpu_buffer()?)
+                    .buf(b.gpu_buffer()?)
+                    .i32(mi)
+                    .i32(ni)
+                    .i32(ki)
+                    .i64(to_i64(a_rs))
+                    .i64(to_i64(a_cs))
+                    .i64(to_i64(b_rs))
+                    .i64(to_i64(b_cs))
+                    .i32(0),
+            )
+        };
+        let kernel = match kernel {
+            GemmKernel::Auto => {
+                let problem = format!("matmul {m}x{n}x{k} a{a_rs},{a_cs} b{b_rs},{b_cs}");
+                let candidates = [GemmKernel::Blocked64, GemmKernel::Blocked128];
+                super::autotune::pick(&gpu, &problem, &candidates, GemmKernel::name, launch)?
+            }
+            k => k,
+        };
+        launch(kernel)?;
         return Ok(Tensor::from_gpu([m, n], c));
     }
     with_float_type!(dtype, OP, |T| {
