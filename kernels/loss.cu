@@ -1,7 +1,10 @@
 // Softmax cross-entropy, averaged over the batch. CPU reference: src/ops/loss.rs.
 //   p[n, k] = exp(z[n, k] − m_n) / Σ_j exp(z[n, j] − m_n),  m_n = max_j z[n, j]
 //   loss    = −(1/N) Σ_n log p[n, label_n],   dz = (p − onehot(label)) / N · dloss
-// Labels are int64 (torch.long), already checked on the host to lie in [0, K).
+// Labels are int64 (torch.long). Labels that come from the host are checked there; labels
+// already on the device are not read back (that would wait for the device at every step and
+// rule out capturing the step as a graph), so a label outside [0, K) gives a NaN loss instead
+// of an out-of-bounds read.
 #include "common.cuh"
 
 // One block per row n: the block finds the row maximum, then Σ exp(z − m) (both block
@@ -23,7 +26,10 @@ softmax_xent_fwd_f32(float* __restrict__ row_loss, float* __restrict__ probs, co
     __syncthreads();
     const float log_sum = log_sum_shared;
     for (int k = threadIdx.x; k < K; k += blockDim.x) probs[(long long)n * K + k] = expf(z[k] - m - log_sum);
-    if (threadIdx.x == 0) row_loss[n] = -(z[labels[n]] - m - log_sum);
+    if (threadIdx.x == 0) {
+        const long long label = labels[n];
+        row_loss[n] = (label >= 0 && label < K) ? -(z[label] - m - log_sum) : NAN;
+    }
 }
 
 // out[0] = mean of x[0..n): one block, fixed-order reduction.

@@ -10,7 +10,7 @@ __device__ __forceinline__ void sgd_one(float& p, float& v, float g, float lr, f
     p -= lr * v;
 }
 
-extern "C" __global__ void sgd_step_f32(float* __restrict__ param, float* __restrict__ velocity,
+__device__ __forceinline__ void sgd_all(float* __restrict__ param, float* __restrict__ velocity,
                                         const float* __restrict__ grad, long long n, float lr, float momentum,
                                         float weight_decay) {
     const long long groups = n / 4;
@@ -26,4 +26,19 @@ extern "C" __global__ void sgd_step_f32(float* __restrict__ param, float* __rest
     }
     for (long long j = 4 * groups + global_thread_index(); j < n; j += grid_stride())
         sgd_one(param[j], velocity[j], grad[j], lr, momentum, weight_decay);
+}
+
+extern "C" __global__ void sgd_step_f32(float* __restrict__ param, float* __restrict__ velocity,
+                                        const float* __restrict__ grad, long long n, float lr, float momentum,
+                                        float weight_decay) {
+    sgd_all(param, velocity, grad, n, lr, momentum, weight_decay);
+}
+
+// The same, with the learning rate read from device memory: a training step captured as a
+// CUDA graph keeps its kernels' arguments, so a schedule that changes the rate each step
+// writes it here between replays instead.
+extern "C" __global__ void sgd_step_lr_f32(float* __restrict__ param, float* __restrict__ velocity,
+                                           const float* __restrict__ grad, long long n, const float* __restrict__ lr,
+                                           float momentum, float weight_decay) {
+    sgd_all(param, velocity, grad, n, *lr, momentum, weight_decay);
 }

@@ -77,6 +77,11 @@ fi
 export SCRATCHNET_AUTOTUNE_CACHE="$out/autotune.tsv"
 # shellcheck disable=SC2086
 run_step bench 170 "$bin" bench --device cuda --json "$out/bench.json" --plot "$out/roofline.svg" ${BENCH_ARGS:-}
+# What capturing the training step as a CUDA graph saves at small batches (ResNet-50).
+for b in 1 4 8; do
+    run_step "graph-b$b" 45 "$bin" bench --device cuda --suite resnet50 --batch "$b" --filter "train step" \
+        --variants all --json "$out/graph-b$b.json"
+done
 compared=0
 if [ -s "$out/bench.json" ]; then
     if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch, torchvision' 2>/dev/null; then

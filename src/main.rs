@@ -164,6 +164,9 @@ struct TrainArgs {
     /// instead of keeping them (activation memory linear in depth).
     #[arg(long)]
     memory_efficient: bool,
+    /// Capture the training step once as a CUDA graph and replay it (cuda, or emu to try it).
+    #[arg(long)]
+    cuda_graph: bool,
     #[command(flatten)]
     kernels: KernelArgs,
 }
@@ -313,6 +316,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         init: a.init,
         save: a.save.clone(),
         memory_efficient: a.memory_efficient,
+        cuda_graph: a.cuda_graph,
         ..TrainOptions::default()
     };
     let mut log = a.log.as_deref().map(MetricsLog::create).transpose()?;

@@ -22,6 +22,7 @@ use crate::models::{self, Model};
 use crate::nn::Sgd;
 use crate::ops::loss::argmax_rows;
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 
 /// How the learning rate moves after the warm-up.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -118,6 +119,8 @@ pub struct TrainOptions {
     pub synthetic_size: (usize, usize),
     /// Recompute instead of keep where the model can (DenseNet's bottlenecks).
     pub memory_efficient: bool,
+    /// Capture the training step once as a CUDA graph and replay it (cuda and emu).
+    pub cuda_graph: bool,
 }
 
 impl Default for TrainOptions {
@@ -142,6 +145,7 @@ impl Default for TrainOptions {
             save: None,
             synthetic_size: (6000, 1000),
             memory_efficient: false,
+            cuda_graph: false,
         }
     }
 }
@@ -244,6 +248,82 @@ pub fn num_classes(o: &TrainOptions) -> usize {
 }
 
 /// Trains a model as the options say and returns it with the report of each epoch.
+/// Steps run as usual before the step is captured (`--cuda-graph`).
+const GRAPH_WARMUP_STEPS: usize = 2;
+
+/// Whether a model's training step can be captured as a graph on `device`.
+pub fn check_graph_capturable(model: &dyn Model, device: Device) -> Result<()> {
+    if device.is_cpu() {
+        return Err(Error::argument("--cuda-graph", "needs a GPU device (cuda, or emu to try it on the CPU)"));
+    }
+    if model.active_dropout() > 0 {
+        return Err(Error::argument(
+            "--cuda-graph",
+            format!(
+                "{} has dropout, whose masks are drawn from seeds the host passes to each launch and a graph would \
+                 replay unchanged (use --dropout 0)",
+                model.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A training step captured as a CUDA graph (`--cuda-graph`): forward, loss, backward and the
+/// SGD update, replayed with one launch. The batch goes into the same input buffers before
+/// each replay; the loss and logits are read from the tensors the captured step produced,
+/// which every replay overwrites. The learning rate lives in device memory (see
+/// [`Sgd::keep_lr_on`]), so the schedule still applies.
+pub struct GraphStep {
+    graph: crate::device::CapturedGraph,
+    x: Tensor,
+    y: Tensor,
+    loss: Tensor,
+    logits: Tensor,
+}
+
+impl GraphStep {
+    /// Captures one step on the batch `x`, `y` (already on the device), which become the
+    /// graph's input buffers. Nothing runs until [`GraphStep::run`].
+    pub fn capture(model: &mut dyn Model, opt: &mut Sgd, x: Tensor, y: Tensor) -> Result<GraphStep> {
+        let gpu = x.device().gpu()?.ok_or_else(|| Error::argument("--cuda-graph", "needs a GPU device"))?;
+        let (graph, (loss, logits)) = gpu.capture(|| {
+            let mut g = Graph::new();
+            let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
+            let loss = g.cross_entropy(&logits, &y)?;
+            let (loss_value, logits_value) = (loss.value().clone(), logits.value().clone());
+            g.backward(&loss)?.accumulate_into(model.params_mut())?;
+            opt.step(model.params_mut())?;
+            Ok((loss_value, logits_value))
+        })?;
+        Ok(GraphStep { graph, x, y, loss, logits })
+    }
+
+    /// Replays the step on whatever the input buffers hold.
+    pub fn replay(&self) -> Result<()> {
+        self.graph.replay()
+    }
+
+    /// Writes a batch (host tensors of the captured shapes) into the inputs and replays.
+    pub fn run(&self, x: &Tensor, y: &Tensor) -> Result<()> {
+        for (dst, src) in [(&self.x, x), (&self.y, y)] {
+            if dst.shape() != src.shape() || dst.dtype() != src.dtype() {
+                return Err(Error::argument(
+                    "--cuda-graph",
+                    format!("a batch of shape {} after capturing {}", src.shape(), dst.shape()),
+                ));
+            }
+            let gpu = dst.device().gpu()?.ok_or_else(|| Error::argument("--cuda-graph", "needs a GPU device"))?;
+            let host = src.to_device(Device::Cpu)?;
+            let crate::device::Storage::Cpu(bytes) = host.storage() else {
+                return Err(Error::argument("--cuda-graph", "the batch did not reach the host"));
+            };
+            gpu.write(dst.gpu_buffer()?, bytes.as_bytes())?;
+        }
+        self.graph.replay()
+    }
+}
+
 /// Turns a model's memory-efficient mode on when asked; an error for models without one.
 pub fn set_memory_efficient(model: &mut dyn Model, on: bool) -> Result<()> {
     if on && model.set_memory_efficient(true) == 0 {
@@ -267,6 +347,9 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         return Err(Error::argument("train", format!("{} has no dropout layers for --dropout {p} to set", o.model)));
     }
     set_memory_efficient(model.as_mut(), o.memory_efficient)?;
+    if o.cuda_graph {
+        check_graph_capturable(model.as_ref(), o.device)?;
+    }
     if let Some(path) = &o.save {
         // Find out now, not after hours of training, that the weights cannot be written.
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -296,6 +379,10 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
     }
 
     let mut opt = Sgd::new(o.lr, o.momentum, o.weight_decay);
+    if o.cuda_graph {
+        opt.keep_lr_on(o.device)?;
+    }
+    let mut captured: Option<GraphStep> = None;
     // A last batch of a single image is dropped: batch norm cannot train on one value per
     // channel (PyTorch refuses too), and ResNets end in 1×1 maps on small images.
     let drop_single = o.batch_size > 1 && split.train.len() % o.batch_size == 1;
@@ -332,24 +419,42 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
                 break;
             }
             let lr = learning_rate(o.lr, o.schedule, step, total_steps, warmup, steps_per_epoch);
-            opt.hyper.lr = lr;
+            opt.set_lr(lr)?;
             let augment_seed = o.augment.then(|| rng.next_u64());
-            let (x, y) = data::batch(split.train.as_ref(), chunk, augment_seed)?;
-            let labels = y.as_slice::<i64>()?.to_vec();
-            let (x, y) = (x.to_device(o.device)?, y.to_device(o.device)?);
-            let mut g = Graph::new();
-            let logits = model.forward(&mut g, &Var::constant(x))?;
-            let loss = g.cross_entropy(&logits, &y)?;
-            let loss_value = loss.value().item()?;
+            let (x_host, y_host) = data::batch(split.train.as_ref(), chunk, augment_seed)?;
+            let labels = y_host.as_slice::<i64>()?.to_vec();
+            // With --cuda-graph: two steps run as usual (the autotuner times its kernels, the
+            // allocator fills its cache), the third is captured, and every full batch after
+            // that is a replay. A shorter last batch has other shapes and runs as usual.
+            let graph_step = o.cuda_graph && step >= GRAPH_WARMUP_STEPS && chunk.len() == o.batch_size;
+            if graph_step && captured.is_none() {
+                let (x, y) = (x_host.to_device(o.device)?, y_host.to_device(o.device)?);
+                captured = Some(GraphStep::capture(model.as_mut(), &mut opt, x, y)?);
+            }
+            let (loss_value, predictions) = match &captured {
+                Some(graph) if graph_step => {
+                    graph.run(&x_host, &y_host)?;
+                    model.count_replayed_step();
+                    (graph.loss.item()?, argmax_rows(&graph.logits)?)
+                }
+                _ => {
+                    let (x, y) = (x_host.to_device(o.device)?, y_host.to_device(o.device)?);
+                    let mut g = Graph::new();
+                    let logits = model.forward(&mut g, &Var::constant(x))?;
+                    let loss = g.cross_entropy(&logits, &y)?;
+                    let loss_value = loss.value().item()?;
+                    let predictions = argmax_rows(logits.value())?;
+                    g.backward(&loss)?.accumulate_into(model.params_mut())?;
+                    opt.step(model.params_mut())?;
+                    (loss_value, predictions)
+                }
+            };
             if !loss_value.is_finite() {
                 return Err(Error::argument(
                     "train",
                     format!("the loss became {loss_value} at step {step}; try a smaller --lr"),
                 ));
             }
-            let predictions = argmax_rows(logits.value())?;
-            g.backward(&loss)?.accumulate_into(model.params_mut())?;
-            opt.step(model.params_mut())?;
 
             correct += predictions.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
             loss_sum += loss_value * chunk.len() as f64;

@@ -112,3 +112,51 @@ fn the_training_loop_lowers_the_loss_of_resnet20() {
     assert!(last < 0.9 * first, "training loss went from {first} to {last}");
     assert!(reports.iter().all(|r| r.test_loss.is_finite() && (0.0..=1.0).contains(&r.test_accuracy)));
 }
+
+/// `--cuda-graph` on the emulator: two ordinary steps, one captured, the rest replays. Every
+/// step's loss and the final weights and running statistics equal those of ordinary steps to
+/// the bit (the same kernels, in the same order, on the same data), while the learning rate
+/// follows its schedule through device memory.
+#[test]
+fn a_captured_training_step_replays_to_the_same_weights() {
+    use scratchnet::data::{DataSource, npy};
+    use scratchnet::train::{Progress, TrainOptions, train};
+    let dir = std::env::temp_dir().join(format!("scratchnet-graph-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (n, side) = (30, 8);
+    let x: Vec<f32> = (0..n * 3 * side * side).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % 4).collect();
+    let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
+    std::fs::write(&xp, npy::encode_f32(&[n, 3, side, side], &x)).unwrap();
+    std::fs::write(&yp, npy::encode_i64(&[n], &y)).unwrap();
+    let run = |cuda_graph: bool| {
+        let o = TrainOptions {
+            data: DataSource::Npy(xp.clone(), yp.clone()),
+            device: scratchnet::Device::Emu,
+            // 27 training images: steps of 4, and a last one of 3 that runs as usual.
+            epochs: 2,
+            batch_size: 4,
+            lr: 0.05,
+            augment: false,
+            num_classes: Some(4),
+            cuda_graph,
+            ..TrainOptions::default()
+        };
+        let mut losses = Vec::new();
+        let (model, _) = train(&o, |p| {
+            if let Progress::Step(s) = p {
+                losses.push((s.loss, s.lr));
+            }
+        })
+        .unwrap();
+        let weights: Vec<Vec<f32>> = model.params().iter().map(|p| p.value.to_vec::<f32>().unwrap()).collect();
+        (losses, weights)
+    };
+    let (plain_losses, plain_weights) = run(false);
+    let (graph_losses, graph_weights) = run(true);
+    assert_eq!(plain_losses.len(), 14);
+    assert_eq!(graph_losses, plain_losses, "every step's loss (and learning rate)");
+    assert!(plain_losses.windows(2).any(|w| w[0].1 != w[1].1), "the schedule changes the rate");
+    assert!(graph_weights == plain_weights, "the weights after training");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -607,7 +607,7 @@ impl Graph {
                 loss.shape()
             )));
         }
-        let seed = Tensor::full(loss.shape().clone(), 1.0, loss.value.dtype()).to_device(loss.value.device())?;
+        let seed = ops::elementwise::full(loss.shape().clone(), 1.0, loss.value.dtype(), loss.value.device())?;
         self.backward_with_grad(loss, seed)
     }
 

@@ -159,6 +159,8 @@ pub enum Variant {
     Gemm(GemmKernel),
     /// Batch norm, residual addition and ReLU as separate ops.
     Unfused,
+    /// A training step captured once as a CUDA graph and replayed.
+    CudaGraph,
 }
 
 impl Variant {
@@ -174,6 +176,7 @@ impl Variant {
             Variant::Gemm(GemmKernel::Blocked128) => "gemm-128x128",
             Variant::Gemm(GemmKernel::Auto) => "gemm-auto",
             Variant::Unfused => "unfused",
+            Variant::CudaGraph => "cuda-graph",
         }
     }
 }
@@ -404,6 +407,8 @@ impl Problem {
                     );
                 }
                 Problem::BatchNorm { residual, relu, .. } if *residual || *relu => v.push(Variant::Unfused),
+                // Models with dropout cannot be captured (their masks' seeds come from the host).
+                Problem::TrainStep(t) if t.model != "alexnet" => v.push(Variant::CudaGraph),
                 _ => {}
             }
         }
@@ -631,7 +636,7 @@ impl Problem {
                 let h = SgdParams { lr: 1e-6, momentum: 0.9, weight_decay: 5e-4 };
                 Box::new(move || crate::ops::sgd::step(&mut p, &g, &mut v, h))
             }
-            Problem::TrainStep(step) => train_step(&step, device)?,
+            Problem::TrainStep(step) => train_step(&step, device, variant == Variant::CudaGraph)?,
         })
     }
 }
@@ -662,7 +667,7 @@ pub fn pattern(shape: Shape, seed: u64, device: Device) -> Result<Tensor> {
 }
 
 /// One training step of a model on a fixed batch: forward, cross-entropy, backward, SGD.
-fn train_step(step: &TrainStep, device: Device) -> Result<Box<dyn FnMut() -> Result<()>>> {
+fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn FnMut() -> Result<()>>> {
     let mut model = models::build(&step.model, step.num_classes, 0)?;
     crate::train::set_memory_efficient(model.as_mut(), step.memory_efficient)?;
     let [c, h, w] = step.input;
@@ -673,6 +678,20 @@ fn train_step(step: &TrainStep, device: Device) -> Result<Box<dyn FnMut() -> Res
     let y = Tensor::from_vec([step.batch], labels)?.to_device(device)?;
     // A learning rate small enough that repeated steps on one batch stay finite.
     let mut opt = Sgd::new(1e-4, 0.9, 5e-4);
+    if graph {
+        crate::train::check_graph_capturable(model.as_ref(), device)?;
+        opt.keep_lr_on(device)?;
+        // Two ordinary steps first: the autotuner's timings and the allocator's cache.
+        for _ in 0..2 {
+            let mut g = Graph::new();
+            let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
+            let loss = g.cross_entropy(&logits, &y)?;
+            g.backward(&loss)?.accumulate_into(model.params_mut())?;
+            opt.step(model.params_mut())?;
+        }
+        let captured = crate::train::GraphStep::capture(model.as_mut(), &mut opt, x, y)?;
+        return Ok(Box::new(move || captured.replay()));
+    }
     Ok(Box::new(move || {
         let mut g = Graph::new();
         let logits = model.forward(&mut g, &Var::constant(x.clone()))?;

@@ -186,6 +186,8 @@ struct CudaBackend {
     sync_each_launch: bool,
     /// Events no longer in use (as u64 handles), kept for the next record_event.
     free_events: Mutex<Vec<u64>>,
+    /// Whether the stream is being captured into a graph (no per-launch waits then).
+    capturing: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: driver handles (context, stream, module, function) may be used from any thread;
@@ -227,6 +229,7 @@ impl CudaBackend {
             functions: Mutex::new(HashMap::new()),
             sync_each_launch: std::env::var("SCRATCHNET_CUDA_SYNC").is_ok_and(|v| v == "1"),
             free_events: Mutex::new(Vec::new()),
+            capturing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -322,7 +325,7 @@ impl Backend for CudaBackend {
         // caller's contract); launch dimensions were checked by GpuDevice::launch.
         unsafe { result::launch_kernel(f, d.grid, d.block, d.shared_bytes, self.stream, args) }
             .map_err(|e| self.err(&format!("launching {} with {:?}", kernel.name, d), e))?;
-        if self.sync_each_launch {
+        if self.sync_each_launch && !self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
             // A fault surfaces at the next synchronisation; doing it here names the kernel.
             // SAFETY: our stream.
             unsafe { result::stream::synchronize(self.stream) }
@@ -365,6 +368,46 @@ impl Backend for CudaBackend {
     fn release_event(&self, event: u64) {
         // Events are kept for reuse: a profiled step records two per op.
         self.free_events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        self.bind()?;
+        // Relaxed: the caching allocator may still call cuMemAlloc for a size it has not seen,
+        // which the stricter modes forbid during a capture.
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: our stream.
+        unsafe { result::stream::begin_capture(self.stream, mode) }
+            .map_err(|e| self.err("starting to capture a graph", e))?;
+        self.capturing.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<u64> {
+        self.bind()?;
+        self.capturing.store(false, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: our stream, in capture mode since begin_capture.
+        let graph = unsafe { result::stream::end_capture(self.stream) }
+            .map_err(|e| self.err("ending the capture (did the step wait for the device?)", e))?;
+        // SAFETY: a graph just captured; the executable graph does not need it afterwards.
+        let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) };
+        // SAFETY: as above.
+        let _ = unsafe { result::graph::destroy(graph) };
+        let exec = exec.map_err(|e| self.err("instantiating the captured graph", e))?;
+        Ok(exec as u64)
+    }
+
+    fn replay(&self, graph: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: an executable graph from end_capture, not yet released.
+        unsafe { result::graph::launch(graph as sys::CUgraphExec, self.stream) }
+            .map_err(|e| self.err("launching the graph", e))
+    }
+
+    fn release_graph(&self, graph: u64) {
+        if self.bind().is_ok() {
+            // SAFETY: from end_capture, released once (CapturedGraph's drop).
+            let _ = unsafe { result::graph::exec_destroy(graph as sys::CUgraphExec) };
+        }
     }
 }
 

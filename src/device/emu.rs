@@ -6,13 +6,15 @@
 //! true barrier and results are the same from run to run.
 
 use std::alloc::{Layout, alloc, dealloc};
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use super::Device;
 use super::gpu::{Backend, GpuDevice, LaunchDims};
-use super::kernels::{KERNELS, KernelInfo};
+use super::kernels::{ArgKind, KERNELS, KernelInfo};
 use crate::error::{Error, Result};
 
 type KernelWrapper = unsafe extern "C" fn(args: *mut *mut c_void);
@@ -42,12 +44,52 @@ const ALIGN: usize = 256;
 pub struct EmuBackend {
     /// One launch at a time.
     launching: Mutex<()>,
+    /// The work recorded since `begin_capture`, when capturing.
+    capture: Mutex<Option<Vec<Recorded>>>,
+    /// Captured graphs by handle.
+    graphs: Mutex<HashMap<u64, Arc<Vec<Recorded>>>>,
+    next_graph: AtomicU64,
+}
+
+/// One piece of recorded work: what a CUDA graph node holds.
+enum Recorded {
+    /// Each argument's value in an 8-byte slot (every kernel argument fits one).
+    Launch {
+        index: usize,
+        kernel: KernelInfo,
+        dims: LaunchDims,
+        args: Vec<u64>,
+    },
+    Copy {
+        dst: u64,
+        src: u64,
+        bytes: usize,
+    },
+    Memset {
+        dst: u64,
+        byte: u8,
+        bytes: usize,
+    },
+}
+
+fn arg_bytes(kind: ArgKind) -> usize {
+    match kind {
+        ArgKind::I32 | ArgKind::U32 | ArgKind::F32 => 4,
+        ArgKind::Ptr | ArgKind::I64 | ArgKind::U64 | ArgKind::F64 => 8,
+    }
 }
 
 /// The emulated device (one per process).
 pub fn device() -> Arc<GpuDevice> {
     static DEVICE: OnceLock<Arc<GpuDevice>> = OnceLock::new();
-    Arc::clone(DEVICE.get_or_init(|| GpuDevice::new(Box::new(EmuBackend { launching: Mutex::new(()) }))))
+    Arc::clone(DEVICE.get_or_init(|| {
+        GpuDevice::new(Box::new(EmuBackend {
+            launching: Mutex::new(()),
+            capture: Mutex::new(None),
+            graphs: Mutex::new(HashMap::new()),
+            next_graph: AtomicU64::new(1),
+        }))
+    }))
 }
 
 /// Number of kernels the emulator can run (the GPU kernels and its own test kernels).
@@ -86,18 +128,24 @@ impl Backend for EmuBackend {
     }
 
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.refuse_while_capturing("a copy from the host")?;
         // SAFETY: the caller guarantees `dst` holds src.len() bytes.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
         Ok(())
     }
 
     unsafe fn download(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.refuse_while_capturing("a copy to the host")?;
         // SAFETY: the caller guarantees `src` holds dst.len() bytes; launches are synchronous.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
     unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if let Some(ops) = self.capture.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            ops.push(Recorded::Copy { dst, src, bytes });
+            return Ok(());
+        }
         // SAFETY: the caller guarantees both hold `bytes` bytes, in distinct buffers (as
         // cuMemcpyDtoD requires; overlapping copies are undefined on the GPU).
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
@@ -105,12 +153,17 @@ impl Backend for EmuBackend {
     }
 
     unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
+        if let Some(ops) = self.capture.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            ops.push(Recorded::Memset { dst, byte, bytes });
+            return Ok(());
+        }
         // SAFETY: the caller guarantees `dst` holds `bytes` bytes.
         unsafe { std::ptr::write_bytes(dst as *mut u8, byte, bytes) };
         Ok(())
     }
 
     fn record_event(&self) -> Result<u64> {
+        self.refuse_while_capturing("an event")?;
         // Launches finish before they return, so "the device reached this point" is now.
         static EPOCH: OnceLock<Instant> = OnceLock::new();
         Ok(EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64)
@@ -123,6 +176,95 @@ impl Backend for EmuBackend {
     fn release_event(&self, _event: u64) {}
 
     unsafe fn launch(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
+        if let Some(ops) = self.capture.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            // Keep the argument values, as cuStreamBeginCapture's kernel nodes do.
+            let values = args
+                .iter()
+                .zip(kernel.params.iter())
+                .map(|(&p, &kind)| {
+                    let mut slot = 0u64;
+                    // SAFETY: `p` points at a value of this kind (the caller's contract), at
+                    // most 8 bytes, copied into the low bytes of the slot (little-endian).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(p as *const u8, (&mut slot as *mut u64).cast(), arg_bytes(kind))
+                    };
+                    slot
+                })
+                .collect();
+            ops.push(Recorded::Launch { index, kernel: *kernel, dims: d, args: values });
+            return Ok(());
+        }
+        // SAFETY: as the caller's.
+        unsafe { self.run(index, kernel, d, args) }
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.refuse_while_capturing("waiting for the device")
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        let mut c = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_some() {
+            return Err(Error::Device("emu: already capturing a graph".into()));
+        }
+        *c = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<u64> {
+        let ops = self.capture.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let ops = ops.ok_or_else(|| Error::Device("emu: no graph is being captured".into()))?;
+        let handle = self.next_graph.fetch_add(1, Ordering::Relaxed);
+        self.graphs.lock().unwrap_or_else(|p| p.into_inner()).insert(handle, Arc::new(ops));
+        Ok(handle)
+    }
+
+    fn replay(&self, graph: u64) -> Result<()> {
+        let ops = self.graphs.lock().unwrap_or_else(|p| p.into_inner()).get(&graph).cloned();
+        let ops = ops.ok_or_else(|| Error::Device(format!("emu: no graph {graph}")))?;
+        for op in ops.iter() {
+            match op {
+                Recorded::Launch { index, kernel, dims, args } => {
+                    let mut values = args.clone();
+                    let mut ptrs: Vec<*mut c_void> = values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
+                    // SAFETY: recorded from a checked launch; the graph's buffers are reserved
+                    // for it (GpuDevice::capture), so they are still allocated.
+                    unsafe { self.run(*index, kernel, *dims, &mut ptrs)? };
+                }
+                // SAFETY (both): as recorded from a checked copy or memset, on reserved memory.
+                Recorded::Copy { dst, src, bytes } => unsafe {
+                    std::ptr::copy_nonoverlapping(*src as *const u8, *dst as *mut u8, *bytes)
+                },
+                Recorded::Memset { dst, byte, bytes } => unsafe {
+                    std::ptr::write_bytes(*dst as *mut u8, *byte, *bytes)
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn release_graph(&self, graph: u64) {
+        self.graphs.lock().unwrap_or_else(|p| p.into_inner()).remove(&graph);
+    }
+
+    fn caching(&self) -> bool {
+        !cfg!(scratchnet_emu_asan)
+    }
+}
+
+impl EmuBackend {
+    /// CUDA refuses host copies and waits while a stream is being captured (they would not
+    /// be in the graph, or would break it); so does the emulator, so that a step that does
+    /// one fails in the tests rather than on a GPU.
+    fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        if self.capture.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(Error::Device(format!("emu: {what} while capturing a CUDA graph (not allowed)")));
+        }
+        Ok(())
+    }
+
+    /// Runs one kernel now.
+    unsafe fn run(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
         let _one_at_a_time = self.launching.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: build.rs generates one wrapper per entry of KERNELS, in the same order,
         // followed by a null entry; `index` came from KERNELS.
@@ -155,13 +297,5 @@ impl Backend for EmuBackend {
             return Err(Error::Device(format!("emu: kernel {}: {msg}", kernel.name)));
         }
         Ok(())
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn caching(&self) -> bool {
-        !cfg!(scratchnet_emu_asan)
     }
 }

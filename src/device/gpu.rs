@@ -69,6 +69,14 @@ pub trait Backend: Send + Sync {
     fn elapsed_ms(&self, start: u64, end: u64) -> Result<f64>;
     /// Gives back an event's resources.
     fn release_event(&self, event: u64);
+    /// From now on, work is recorded into a graph instead of run (CUDA stream capture). Host
+    /// copies and waits are not allowed until [`Backend::end_capture`].
+    fn begin_capture(&self) -> Result<()>;
+    /// Ends the recording; returns the graph, ready to replay.
+    fn end_capture(&self) -> Result<u64>;
+    /// Runs a recorded graph: the same kernels with the same arguments, in order.
+    fn replay(&self, graph: u64) -> Result<()>;
+    fn release_graph(&self, graph: u64);
     /// Whether freed memory may be kept for reuse. The emulator built with AddressSanitizer
     /// says no, so that an out-of-bounds access always falls outside an allocation.
     fn caching(&self) -> bool {
@@ -93,6 +101,21 @@ struct Allocator {
     /// Free blocks by size class.
     free: HashMap<usize, Vec<u64>>,
     stats: MemoryStats,
+    /// The graph being captured, if any: its blocks come from and go to its own pool.
+    capturing: Option<u64>,
+    /// The blocks of each live graph (see [`GpuDevice::capture`]).
+    pools: HashMap<u64, GraphPool>,
+}
+
+/// Memory a captured graph reads and writes each time it is replayed. Every block allocated
+/// while it was captured belongs to it until it is dropped: when the buffer that held one is
+/// freed, the block is parked here rather than returned to the shared cache, where another
+/// buffer could take it and have it overwritten by the next replay.
+#[derive(Default)]
+struct GraphPool {
+    reserved: std::collections::HashSet<u64>,
+    /// Reserved blocks no buffer holds, by size class (reused only by the same capture).
+    parked: HashMap<usize, Vec<u64>>,
 }
 
 /// A GPU (or its emulation): a backend plus the caching allocator in front of it.
@@ -116,7 +139,12 @@ impl GpuDevice {
     pub fn new(backend: Box<dyn Backend>) -> Arc<GpuDevice> {
         Arc::new(GpuDevice {
             backend,
-            alloc: Mutex::new(Allocator { free: HashMap::new(), stats: MemoryStats::default() }),
+            alloc: Mutex::new(Allocator {
+                free: HashMap::new(),
+                stats: MemoryStats::default(),
+                capturing: None,
+                pools: HashMap::new(),
+            }),
         })
     }
 
@@ -154,15 +182,18 @@ impl GpuDevice {
         // Without caching (the emulator under AddressSanitizer) the size is exact, so that
         // one element past the end is already outside the allocation.
         let class = if self.backend.caching() { size_class(bytes) } else { bytes.max(1) };
-        let cached = if self.backend.caching() {
+        let cached = {
             let mut a = self.lock();
-            let hit = a.free.get_mut(&class).and_then(Vec::pop);
+            // While capturing, the graph's own parked blocks first: reusing them follows the
+            // graph's order of work, as reuse from the cache follows the stream's.
+            let capturing = a.capturing;
+            let own = capturing.and_then(|g| a.pools.get_mut(&g)).and_then(|p| p.parked.get_mut(&class)?.pop());
+            let hit =
+                own.or_else(|| if self.backend.caching() { a.free.get_mut(&class).and_then(Vec::pop) } else { None });
             if hit.is_some() {
                 a.stats.cached -= class;
             }
             hit
-        } else {
-            None
         };
         let ptr = match cached {
             Some(p) => p,
@@ -186,6 +217,9 @@ impl GpuDevice {
             let mut a = self.lock();
             a.stats.in_use += class;
             a.stats.peak = a.stats.peak.max(a.stats.in_use);
+            if let Some(g) = a.capturing {
+                a.pools.entry(g).or_default().reserved.insert(ptr);
+            }
         }
         let buf = GpuBuffer { ptr, len, dtype, capacity: class, device: Arc::clone(self) };
         if super::poisoning() && bytes > 0 {
@@ -250,6 +284,47 @@ impl GpuDevice {
         Ok(GpuEvent { handle: self.backend.record_event()?, device: Arc::clone(self) })
     }
 
+    /// Records the work `f` queues into a graph instead of running it (CUDA stream capture;
+    /// the emulator records the launches), for [`CapturedGraph::replay`] to run again and again
+    /// with the launch cost of one call. Inside `f`, nothing may wait for the device or copy
+    /// between host and device; every buffer allocated inside belongs to the graph (see
+    /// [`GraphPool`]), so values computed by `f` (a loss, the gradients) can be read after each
+    /// replay from the tensors `f` returned. `f` runs no kernel: the work happens at replay.
+    pub fn capture<T>(self: &Arc<Self>, f: impl FnOnce() -> Result<T>) -> Result<(CapturedGraph, T)> {
+        static NEXT_POOL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let pool = NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut a = self.lock();
+            if a.capturing.is_some() {
+                return Err(Error::Device(format!("{}: a graph is already being captured", self.device())));
+            }
+            a.capturing = Some(pool);
+            a.pools.insert(pool, GraphPool::default());
+        }
+        let begun = self.backend.begin_capture();
+        let result = begun.and_then(|()| f());
+        let ended = self.backend.end_capture();
+        self.lock().capturing = None;
+        // Dropped on an error, giving back the graph and its memory.
+        let mut graph = CapturedGraph { handle: ended.as_ref().ok().copied(), pool, device: Arc::clone(self) };
+        let value = result?;
+        graph.handle = Some(ended?);
+        Ok((graph, value))
+    }
+
+    /// Copies host bytes into an existing buffer (a captured graph's input, between replays).
+    pub fn write(&self, buf: &GpuBuffer, bytes: &[u8]) -> Result<()> {
+        if bytes.len() != buf.bytes() {
+            return Err(Error::Device(format!("write of {} bytes into a buffer of {}", bytes.len(), buf.bytes())));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the buffer holds exactly `bytes.len()` bytes; device memory is not subject
+        // to Rust's aliasing rules, and kernels reading it are ordered on the same queue.
+        unsafe { self.backend.upload(buf.ptr, bytes) }
+    }
+
     /// Returns every cached block to the device.
     pub fn release_cache(&self) {
         let mut a = self.lock();
@@ -265,6 +340,11 @@ impl GpuDevice {
     fn release(&self, ptr: u64, class: usize) {
         let mut a = self.lock();
         a.stats.in_use -= class;
+        if let Some(pool) = a.pools.values_mut().find(|p| p.reserved.contains(&ptr)) {
+            pool.parked.entry(class).or_default().push(ptr);
+            a.stats.cached += class;
+            return;
+        }
         if self.backend.caching() {
             a.free.entry(class).or_default().push(ptr);
             a.stats.cached += class;
@@ -323,6 +403,48 @@ impl GpuDevice {
 impl Drop for GpuDevice {
     fn drop(&mut self) {
         self.release_cache();
+    }
+}
+
+/// A graph of recorded work (see [`GpuDevice::capture`]).
+pub struct CapturedGraph {
+    handle: Option<u64>,
+    pool: u64,
+    device: Arc<GpuDevice>,
+}
+
+impl CapturedGraph {
+    /// Queues the whole recorded work once more.
+    pub fn replay(&self) -> Result<()> {
+        match self.handle {
+            Some(h) => self.device.backend.replay(h),
+            None => Err(Error::Device("the graph's capture failed".into())),
+        }
+    }
+}
+
+impl Drop for CapturedGraph {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle {
+            // Work already queued may still use the graph's memory.
+            let _ = self.device.backend.synchronize();
+            self.device.backend.release_graph(h);
+        }
+        let mut a = self.device.lock();
+        if let Some(pool) = a.pools.remove(&self.pool) {
+            let caching = self.device.backend.caching();
+            for (class, ptrs) in pool.parked {
+                for p in ptrs {
+                    if caching {
+                        a.free.entry(class).or_default().push(p);
+                    } else {
+                        a.stats.cached -= class;
+                        // SAFETY: a parked block belongs to no buffer.
+                        unsafe { self.device.backend.free(p, class) };
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 pub use cpu::CpuStorage;
-pub use gpu::{GpuBuffer, GpuDevice, GpuEvent};
+pub use gpu::{CapturedGraph, GpuBuffer, GpuDevice, GpuEvent};
 
 /// Where a tensor lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

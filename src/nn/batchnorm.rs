@@ -104,6 +104,10 @@ impl Module for BatchNorm2d {
         self.forward_act(g, x, None, false)
     }
 
+    fn count_replayed_step(&mut self) {
+        self.num_batches_tracked = Tensor::scalar(self.batches_tracked() + 1);
+    }
+
     fn params(&self) -> Vec<&Param> {
         vec![&self.weight, &self.bias]
     }

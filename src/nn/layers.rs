@@ -116,6 +116,10 @@ impl Module for Dropout {
         Ok(y)
     }
 
+    fn active_dropout(&self) -> usize {
+        usize::from(self.p > 0.0)
+    }
+
     fn set_dropout(&mut self, p: f64) -> usize {
         self.p = p;
         1

@@ -66,6 +66,19 @@ pub trait Module {
         self.children_mut().into_iter().map(|c| c.set_dropout(p)).sum()
     }
 
+    /// Dropout layers whose probability is above zero.
+    fn active_dropout(&self) -> usize {
+        self.children().into_iter().map(|c| c.active_dropout()).sum()
+    }
+
+    /// Counts a training step that ran as a replay of a captured graph, which does not run
+    /// the host-side bookkeeping of the layers (batch norm's `num_batches_tracked`).
+    fn count_replayed_step(&mut self) {
+        for c in self.children_mut() {
+            c.count_replayed_step();
+        }
+    }
+
     /// Turns memory-efficient training (recomputing instead of keeping some activations) on
     /// or off in every layer that has it; returns how many do (DenseNet's dense layers).
     fn set_memory_efficient(&mut self, on: bool) -> usize {

@@ -95,6 +95,24 @@ impl BinaryFn for ReluGrad {
     }
 }
 
+/// A tensor of one value, made where it will live: on a GPU by a fill kernel, so that it can
+/// be part of a captured graph (a copy from the host could not).
+pub fn full(
+    shape: impl Into<crate::tensor::Shape>,
+    value: f64,
+    dtype: crate::tensor::DType,
+    device: crate::device::Device,
+) -> Result<Tensor> {
+    let shape = shape.into();
+    if let Some(gpu) = gpu_f32("full", dtype, device)? {
+        let n = shape.numel();
+        let y = gpu.alloc(dtype, n)?;
+        gpu.launch(KernelCall::vec4("fill_f32", n).buf(&y).f32(value as f32).i64(to_i64(n)))?;
+        return Ok(Tensor::from_gpu(shape, y));
+    }
+    Tensor::full(shape, value, dtype).to_device(device)
+}
+
 /// `max(x, 0)`. NaN passes through, as in `torch.relu`.
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
     if let Some(gpu) = gpu_f32("relu", x.dtype(), x.device())? {

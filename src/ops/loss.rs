@@ -35,9 +35,9 @@ fn check_shapes(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
     Ok((n, k))
 }
 
-/// Every label as a class index, or an error naming the first one outside `0..k`. Labels on
-/// a device are copied to the host for this (N integers), since the forward kernel indexes
-/// the logits with them.
+/// Every label as a class index, or an error naming the first one outside `0..k`. (Labels
+/// already on a GPU are not checked here: the forward kernel gives a NaN loss for a label out
+/// of range, rather than the host waiting for the device to read them back.)
 fn check_labels(labels: &Tensor, k: usize) -> Result<Vec<usize>> {
     labels
         .to_vec::<i64>()?
@@ -54,8 +54,10 @@ fn check_labels(labels: &Tensor, k: usize) -> Result<Vec<usize>> {
 /// The mean loss (a scalar tensor) and the softmax probabilities `[N, K]`.
 pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, k) = check_shapes(logits, labels)?;
-    let label_values = check_labels(labels, k)?;
     if let Some(gpu) = gpu_f32(OP, logits.dtype(), logits.device())? {
+        if labels.device().is_cpu() {
+            check_labels(labels, k)?;
+        }
         let labels = labels.to_device(logits.device())?;
         let row_loss = gpu.alloc(logits.dtype(), n)?;
         let probs = gpu.alloc(logits.dtype(), n * k)?;
@@ -74,7 +76,7 @@ pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
         )?;
         return Ok((Tensor::from_gpu(crate::tensor::Shape::scalar(), loss), Tensor::from_gpu([n, k], probs)));
     }
-    let labels = label_values;
+    let labels = check_labels(labels, k)?;
     with_float_type!(logits.dtype(), OP, |T| {
         let z = host::<T>(logits)?;
         let mut probs = vec![T::ZERO; n * k];

@@ -29,6 +29,26 @@ pub struct SgdParams {
 
 /// One update of `param` (and its `velocity`) from `grad`, in place.
 pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdParams) -> Result<()> {
+    step_lr(param, grad, velocity, h, None)
+}
+
+/// [`step`] with the learning rate read from a one-element f32 tensor on the parameter's GPU
+/// instead of `h.lr` (what a training step captured as a CUDA graph needs: the value can
+/// change between replays). On the CPU the tensor's value is read on the host.
+pub fn step_with_device_lr(
+    param: &mut Tensor,
+    grad: &Tensor,
+    velocity: &mut Tensor,
+    h: SgdParams,
+    lr: &Tensor,
+) -> Result<()> {
+    if lr.numel() != 1 {
+        return Err(Error::shape(OP, "a one-element learning rate", lr.shape().to_string()));
+    }
+    step_lr(param, grad, velocity, h, Some(lr))
+}
+
+fn step_lr(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdParams, lr: Option<&Tensor>) -> Result<()> {
     for (name, t) in [("gradient", grad), ("velocity", &*velocity)] {
         if t.shape() != param.shape() {
             return Err(Error::shape(
@@ -44,20 +64,21 @@ pub fn step(param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, h: SgdPara
         let g = grad.gpu_buffer()?;
         let v = velocity.gpu_buffer_mut()?;
         let p = param.gpu_buffer_mut()?;
-        return gpu.launch(
-            KernelCall::vec4("sgd_step_f32", n)
-                .buf(p)
-                .buf(v)
-                .buf(g)
-                .i64(to_i64(n))
-                .f32(h.lr as f32)
-                .f32(h.momentum as f32)
-                .f32(h.weight_decay as f32),
-        );
+        let call = match lr {
+            Some(lr) => {
+                KernelCall::vec4("sgd_step_lr_f32", n).buf(p).buf(v).buf(g).i64(to_i64(n)).buf(lr.gpu_buffer()?)
+            }
+            None => KernelCall::vec4("sgd_step_f32", n).buf(p).buf(v).buf(g).i64(to_i64(n)).f32(h.lr as f32),
+        };
+        return gpu.launch(call.f32(h.momentum as f32).f32(h.weight_decay as f32));
     }
+    let host_lr = match lr {
+        Some(t) => t.item()?,
+        None => h.lr,
+    };
     with_float_type!(dtype, OP, |T| {
         let g = host::<T>(grad)?;
-        let (lr, mom, wd) = (T::from_f64(h.lr), T::from_f64(h.momentum), T::from_f64(h.weight_decay));
+        let (lr, mom, wd) = (T::from_f64(host_lr), T::from_f64(h.momentum), T::from_f64(h.weight_decay));
         let v = velocity.as_mut_slice::<T>()?;
         let p = param.as_mut_slice::<T>()?;
         const CHUNK: usize = 1 << 14;
