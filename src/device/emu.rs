@@ -44,11 +44,33 @@ const ALIGN: usize = 256;
 pub struct EmuBackend {
     /// One launch at a time.
     launching: Mutex<()>,
-    /// The work recorded since `begin_capture`, when capturing.
-    capture: Mutex<Option<Vec<Recorded>>>,
+    /// The work recorded since `begin_capture`, when capturing, and the thread capturing.
+    /// Only that thread's work is recorded (CUDA's thread-local capture mode): other threads
+    /// sharing the emulator, like the tests, run theirs as usual.
+    capture: Mutex<Option<(std::thread::ThreadId, Vec<Recorded>)>>,
     /// Captured graphs by handle.
     graphs: Mutex<HashMap<u64, Arc<Vec<Recorded>>>>,
     next_graph: AtomicU64,
+}
+
+/// The locked capture state, seen as empty by threads other than the capturing one.
+struct CaptureGuard<'a> {
+    guard: std::sync::MutexGuard<'a, Option<(std::thread::ThreadId, Vec<Recorded>)>>,
+    mine: bool,
+}
+
+impl CaptureGuard<'_> {
+    fn as_mut(&mut self) -> Option<&mut (std::thread::ThreadId, Vec<Recorded>)> {
+        if self.mine { self.guard.as_mut() } else { None }
+    }
+
+    fn take(&mut self) -> Option<(std::thread::ThreadId, Vec<Recorded>)> {
+        if self.mine { self.guard.take() } else { None }
+    }
+
+    fn is_some(&self) -> bool {
+        self.mine
+    }
 }
 
 /// One piece of recorded work: what a CUDA graph node holds.
@@ -142,7 +164,7 @@ impl Backend for EmuBackend {
     }
 
     unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        if let Some(ops) = self.capture.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(ops) = self.captured_here().as_mut().map(|(_, ops)| ops) {
             ops.push(Recorded::Copy { dst, src, bytes });
             return Ok(());
         }
@@ -153,7 +175,7 @@ impl Backend for EmuBackend {
     }
 
     unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
-        if let Some(ops) = self.capture.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(ops) = self.captured_here().as_mut().map(|(_, ops)| ops) {
             ops.push(Recorded::Memset { dst, byte, bytes });
             return Ok(());
         }
@@ -176,7 +198,7 @@ impl Backend for EmuBackend {
     fn release_event(&self, _event: u64) {}
 
     unsafe fn launch(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
-        if let Some(ops) = self.capture.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(ops) = self.captured_here().as_mut().map(|(_, ops)| ops) {
             // Keep the argument values, as cuStreamBeginCapture's kernel nodes do.
             let values = args
                 .iter()
@@ -207,13 +229,13 @@ impl Backend for EmuBackend {
         if c.is_some() {
             return Err(Error::Device("emu: already capturing a graph".into()));
         }
-        *c = Some(Vec::new());
+        *c = Some((std::thread::current().id(), Vec::new()));
         Ok(())
     }
 
     fn end_capture(&self) -> Result<u64> {
-        let ops = self.capture.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let ops = ops.ok_or_else(|| Error::Device("emu: no graph is being captured".into()))?;
+        let ops = self.captured_here().take().map(|(_, ops)| ops);
+        let ops = ops.ok_or_else(|| Error::Device("emu: this thread is capturing no graph".into()))?;
         let handle = self.next_graph.fetch_add(1, Ordering::Relaxed);
         self.graphs.lock().unwrap_or_else(|p| p.into_inner()).insert(handle, Arc::new(ops));
         Ok(handle)
@@ -253,11 +275,18 @@ impl Backend for EmuBackend {
 }
 
 impl EmuBackend {
+    /// The capture, locked, if the calling thread is the one capturing (else `None` inside).
+    fn captured_here(&self) -> CaptureGuard<'_> {
+        let guard = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = guard.as_ref().is_some_and(|(t, _)| *t == std::thread::current().id());
+        CaptureGuard { guard, mine }
+    }
+
     /// CUDA refuses host copies and waits while a stream is being captured (they would not
     /// be in the graph, or would break it); so does the emulator, so that a step that does
     /// one fails in the tests rather than on a GPU.
     fn refuse_while_capturing(&self, what: &str) -> Result<()> {
-        if self.capture.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if self.captured_here().is_some() {
             return Err(Error::Device(format!("emu: {what} while capturing a CUDA graph (not allowed)")));
         }
         Ok(())

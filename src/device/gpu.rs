@@ -101,10 +101,18 @@ struct Allocator {
     /// Free blocks by size class.
     free: HashMap<usize, Vec<u64>>,
     stats: MemoryStats,
-    /// The graph being captured, if any: its blocks come from and go to its own pool.
-    capturing: Option<u64>,
+    /// The graph being captured, if any, and the thread capturing it: that thread's blocks
+    /// come from and go to the graph's own pool.
+    capturing: Option<(u64, std::thread::ThreadId)>,
     /// The blocks of each live graph (see [`GpuDevice::capture`]).
     pools: HashMap<u64, GraphPool>,
+}
+
+impl Allocator {
+    /// The pool of the graph the calling thread is capturing, if it is capturing one.
+    fn capturing_here(&self) -> Option<u64> {
+        self.capturing.filter(|(_, t)| *t == std::thread::current().id()).map(|(pool, _)| pool)
+    }
 }
 
 /// Memory a captured graph reads and writes each time it is replayed. Every block allocated
@@ -186,7 +194,7 @@ impl GpuDevice {
             let mut a = self.lock();
             // While capturing, the graph's own parked blocks first: reusing them follows the
             // graph's order of work, as reuse from the cache follows the stream's.
-            let capturing = a.capturing;
+            let capturing = a.capturing_here();
             let own = capturing.and_then(|g| a.pools.get_mut(&g)).and_then(|p| p.parked.get_mut(&class)?.pop());
             let hit =
                 own.or_else(|| if self.backend.caching() { a.free.get_mut(&class).and_then(Vec::pop) } else { None });
@@ -217,7 +225,7 @@ impl GpuDevice {
             let mut a = self.lock();
             a.stats.in_use += class;
             a.stats.peak = a.stats.peak.max(a.stats.in_use);
-            if let Some(g) = a.capturing {
+            if let Some(g) = a.capturing_here() {
                 a.pools.entry(g).or_default().reserved.insert(ptr);
             }
         }
@@ -290,6 +298,8 @@ impl GpuDevice {
     /// between host and device; every buffer allocated inside belongs to the graph (see
     /// [`GraphPool`]), so values computed by `f` (a loss, the gradients) can be read after each
     /// replay from the tensors `f` returned. `f` runs no kernel: the work happens at replay.
+    /// What is recorded is the calling thread's work (on CUDA, the device's one stream, so no
+    /// other thread may use the device meanwhile; the emulator records only this thread's).
     pub fn capture<T>(self: &Arc<Self>, f: impl FnOnce() -> Result<T>) -> Result<(CapturedGraph, T)> {
         static NEXT_POOL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let pool = NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -298,7 +308,7 @@ impl GpuDevice {
             if a.capturing.is_some() {
                 return Err(Error::Device(format!("{}: a graph is already being captured", self.device())));
             }
-            a.capturing = Some(pool);
+            a.capturing = Some((pool, std::thread::current().id()));
             a.pools.insert(pool, GraphPool::default());
         }
         let begun = self.backend.begin_capture();
