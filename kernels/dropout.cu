@@ -3,8 +3,7 @@
 // Element i is dropped when u(seed, i) < p, where u is the counter-based SplitMix64 of
 // src/rng.rs: output number i of the stream started at `seed`, computed directly from
 // (seed, i). Every thread computes its own elements' draws, and the CPU computes the same
-// bits, so the mask is identical on every device. (The backward pass is dx = dy ⊙ mask:
-// mul_f32 in elementwise.cu.)
+// bits, so the mask is identical on every device.
 #include "common.cuh"
 
 // The SplitMix64 finaliser (mix64 in src/rng.rs).
@@ -20,12 +19,20 @@ __device__ __forceinline__ float counter_uniform(unsigned long long seed, unsign
     return (float)(z >> 40) * (1.f / 16777216.f);
 }
 
-// mask[i] = 0 if dropped else scale (= 1/(1 − p)); y[i] = x[i]·mask[i].
-extern "C" __global__ void dropout_fwd_f32(float* __restrict__ y, float* __restrict__ mask, const float* __restrict__ x,
-                                           long long n, unsigned long long seed, float p, float scale) {
-    for (long long i = global_thread_index(); i < n; i += grid_stride()) {
-        const float m = counter_uniform(seed, (unsigned long long)i) < p ? 0.f : scale;
-        mask[i] = m;
-        y[i] = x[i] * m;
-    }
+// The multiplier of element i: 0 if dropped, else scale (= 1/(1 − p)).
+__device__ __forceinline__ float dropout_keep(unsigned long long seed, long long i, float p, float scale) {
+    return counter_uniform(seed, (unsigned long long)i) < p ? 0.f : scale;
+}
+
+// y[i] = x[i]·keep(i). No mask is stored: the backward pass draws the same numbers again from
+// the seed, so neither pass reads or writes more than its input and its output.
+extern "C" __global__ void dropout_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long long n,
+                                           unsigned long long seed, float p, float scale) {
+    for (long long i = global_thread_index(); i < n; i += grid_stride()) y[i] = x[i] * dropout_keep(seed, i, p, scale);
+}
+
+// dx[i] = dy[i]·keep(i), with the forward pass's seed.
+extern "C" __global__ void dropout_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy, long long n,
+                                           unsigned long long seed, float p, float scale) {
+    for (long long i = global_thread_index(); i < n; i += grid_stride()) dx[i] = dy[i] * dropout_keep(seed, i, p, scale);
 }

@@ -433,15 +433,17 @@ impl Tester {
         let s = [4, 9, 29];
         let case = format!("{s:?} p 0.3 seed 12345");
         let x = self.input(&s);
-        let (y, mask) = dropout::forward(&x, 0.3, 12345)?;
-        let (yd, maskd) = dropout::forward(&self.on_device(&x)?, 0.3, 12345)?;
-        // The mask must match exactly (once rounded to f32): both sides draw the same
-        // counter-based numbers.
-        self.record("dropout mask", &case, &maskd, &mask.to_dtype(DType::F32)?, 0.0)?;
-        self.record("dropout forward", &case, &yd, &y, TOL_PLAIN)?;
+        // The mask must match exactly: both sides draw the same counter-based numbers. (Ones
+        // through the forward pass are the mask.)
+        let ones = Tensor::full(s, 1.0, DType::F32);
+        let mask = dropout::forward(&self.on_device(&ones)?, 0.3, 12345)?;
+        self.record("dropout mask", &case, &mask, &dropout::mask(s, 0.3, 12345)?, 0.0)?;
+        let y = dropout::forward(&x, 0.3, 12345)?;
+        self.record("dropout forward", &case, &dropout::forward(&self.on_device(&x)?, 0.3, 12345)?, &y, TOL_PLAIN)?;
+        // The backward pass draws the same mask again from the seed.
         let dy = self.input(&s);
-        let want = dropout::backward(&dy, &mask)?;
-        self.record("dropout backward", &case, &dropout::backward(&self.on_device(&dy)?, &maskd)?, &want, TOL_PLAIN)
+        let want = dropout::backward(&dy, 0.3, 12345)?;
+        self.record("dropout backward", &case, &dropout::backward(&self.on_device(&dy)?, 0.3, 12345)?, &want, TOL_PLAIN)
     }
 
     fn cross_entropy(&mut self) -> Result<()> {

@@ -84,8 +84,10 @@ pub(super) enum Saved {
     Concat {
         channels: Vec<usize>,
     },
+    /// The mask is drawn again from the seed in backward, not kept.
     Dropout {
-        mask: Tensor,
+        p: f64,
+        seed: u64,
     },
     Reshape {
         from: Shape,
@@ -146,7 +148,7 @@ impl Saved {
                 v
             }
             Saved::Relu { y } => vec![y],
-            Saved::Dropout { mask } => vec![mask],
+            Saved::Dropout { .. } => vec![],
             Saved::CrossEntropy { probs, labels } => vec![probs, labels],
             Saved::DenseBottleneck { features, gamma, beta, w, .. } => {
                 features.iter().chain([gamma, beta, w]).collect()
@@ -210,7 +212,7 @@ impl Saved {
             // not copied; accumulating into it later copies on write).
             Saved::Add => vec![Some(dy.clone()), Some(dy.clone())],
             Saved::Concat { channels } => ops::concat::backward(dy, &channels)?.into_iter().map(Some).collect(),
-            Saved::Dropout { mask } => vec![Some(ops::dropout::backward(dy, &mask)?)],
+            Saved::Dropout { p, seed } => vec![Some(ops::dropout::backward(dy, p, seed)?)],
             Saved::Reshape { from } => vec![Some(dy.reshape(from)?)],
             Saved::CrossEntropy { probs, labels } => {
                 vec![Some(ops::loss::backward(&probs, &labels, dy)?)]

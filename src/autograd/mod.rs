@@ -573,8 +573,8 @@ impl Graph {
             ops::dropout::check_probability(p)?;
             return Ok(x.clone());
         }
-        let (y, mask) = ops::dropout::forward(&x.value, p, seed)?;
-        self.record(y, &[x], || Saved::Dropout { mask })
+        let y = ops::dropout::forward(&x.value, p, seed)?;
+        self.record(y, &[x], || Saved::Dropout { p, seed })
     }
 
     pub fn reshape(&mut self, x: &Var, shape: impl Into<Shape>) -> Result<Var> {

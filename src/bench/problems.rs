@@ -576,9 +576,8 @@ impl Problem {
                         dropout::forward(&xt, p, seed).map(drop)
                     })
                 } else {
-                    let (_, mask) = dropout::forward(&xt, p, 7)?;
                     let dy = t(&x, 4)?;
-                    Box::new(move || dropout::backward(&dy, &mask).map(drop))
+                    Box::new(move || dropout::backward(&dy, p, 7).map(drop))
                 }
             }
             Problem::Concat { n, h, w, channels, pass } => {

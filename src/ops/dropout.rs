@@ -1,8 +1,10 @@
 //! Inverted dropout (Srivastava et al., 2014, in the form every framework uses).
 //!
 //! In training each element is kept with probability `1 − p` and scaled by `1/(1 − p)`, so
-//! the expected output equals the input and nothing changes at eval time. The mask is stored
-//! as a tensor of `0` and `1/(1 − p)`, and the backward pass is `dx = dy ⊙ mask`.
+//! the expected output equals the input and nothing changes at eval time. The backward pass is
+//! `dx = dy ⊙ mask`, with the mask (`0` or `1/(1 − p)` per element) drawn again from the
+//! forward pass's seed rather than stored: a layer keeps nothing for backward, and each pass
+//! moves only its input and its output (PyTorch keeps a one-byte mask per element).
 //!
 //! Element `i` is dropped when `u(seed, i) < p`, where `u` is the counter-based generator of
 //! [`crate::rng::counter_uniform_f32`]: a GPU kernel can compute any element's draw on its own
@@ -26,42 +28,53 @@ pub fn check_probability(p: f64) -> Result<()> {
     }
 }
 
-/// The output and the mask that produced it.
-pub fn forward(x: &Tensor, p: f64, seed: u64) -> Result<(Tensor, Tensor)> {
+/// The multiplier of every element: `0` where dropped, else `1/(1 − p)` (`0` everywhere for
+/// p = 1, where PyTorch returns zeros rather than dividing by zero).
+fn scale_of(p: f64) -> f64 {
+    if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 }
+}
+
+/// `y = x ⊙ mask(p, seed)`.
+pub fn forward(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    apply(x, p, seed, "dropout_fwd_f32")
+}
+
+/// `dx = dy ⊙ mask(p, seed)`, with the seed and probability of the forward pass.
+pub fn backward(dy: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    apply(dy, p, seed, "dropout_bwd_f32")
+}
+
+/// The mask itself, `[0 or 1/(1 − p)]` per element (for tests and inspection).
+pub fn mask(shape: impl Into<crate::tensor::Shape>, p: f64, seed: u64) -> Result<Tensor> {
+    apply(&Tensor::full(shape, 1.0, crate::tensor::DType::F32), p, seed, "dropout_fwd_f32")
+}
+
+fn apply(x: &Tensor, p: f64, seed: u64, kernel: &'static str) -> Result<Tensor> {
     check_probability(p)?;
-    // p = 1 drops everything (PyTorch returns zeros rather than dividing by zero).
-    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    let scale = scale_of(p);
     if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
         let n = x.numel();
         let y = gpu.alloc(x.dtype(), n)?;
-        let mask = gpu.alloc(x.dtype(), n)?;
         gpu.launch(
-            KernelCall::elementwise("dropout_fwd_f32", n)
+            KernelCall::elementwise(kernel, n)
                 .buf(&y)
-                .buf(&mask)
                 .buf(x.gpu_buffer()?)
                 .i64(to_i64(n))
                 .u64(seed)
                 .f32(p as f32)
                 .f32(scale as f32),
         )?;
-        return Ok((Tensor::from_gpu(x.shape().clone(), y), Tensor::from_gpu(x.shape().clone(), mask)));
+        return Ok(Tensor::from_gpu(x.shape().clone(), y));
     }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let keep_scale = T::from_f64(scale);
         let threshold = p as f32;
-        let mask: Vec<T> = (0..xs.len())
-            .map(|i| if counter_uniform_f32(seed, i as u64) < threshold { T::ZERO } else { keep_scale })
+        let y: Vec<T> = (xs.iter().enumerate())
+            .map(|(i, &v)| if counter_uniform_f32(seed, i as u64) < threshold { T::ZERO } else { v * keep_scale })
             .collect();
-        let y: Vec<T> = xs.iter().zip(&mask).map(|(&x, &m)| x * m).collect();
-        Ok((Tensor::from_cpu(x.shape().clone(), y), Tensor::from_cpu(x.shape().clone(), mask)))
+        Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
-}
-
-/// `dx = dy ⊙ mask`.
-pub fn backward(dy: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    super::elementwise::mul(dy, mask)
 }
 
 #[cfg(test)]
@@ -71,24 +84,25 @@ mod tests {
     #[test]
     fn keeps_about_one_minus_p_and_scales() {
         let x = Tensor::full([10_000], 1.0, crate::DType::F32);
-        let (y, mask) = forward(&x, 0.3, 11).unwrap();
+        let y = forward(&x, 0.3, 11).unwrap();
         let ys = y.to_vec::<f32>().unwrap();
         let kept = ys.iter().filter(|&&v| v != 0.0).count();
         assert!((6700..7300).contains(&kept), "kept {kept}");
         assert!(ys.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
-        assert_eq!(ys, mask.to_vec::<f32>().unwrap());
-        // The same seed gives the same mask; another seed another one.
-        let (_, mask2) = forward(&x, 0.3, 11).unwrap();
-        let (_, mask3) = forward(&x, 0.3, 12).unwrap();
-        assert_eq!(mask.to_vec::<f32>().unwrap(), mask2.to_vec::<f32>().unwrap());
-        assert_ne!(mask.to_vec::<f32>().unwrap(), mask3.to_vec::<f32>().unwrap());
+        let m = mask([10_000], 0.3, 11).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(ys, m);
+        // The backward pass draws the same mask again from the seed; another seed another one.
+        let dy = Tensor::full([10_000], 2.0, crate::DType::F32);
+        let dx = backward(&dy, 0.3, 11).unwrap().to_vec::<f32>().unwrap();
+        assert!(dx.iter().zip(&m).all(|(&g, &k)| g == 2.0 * k));
+        assert_ne!(m, mask([10_000], 0.3, 12).unwrap().to_vec::<f32>().unwrap());
     }
 
     #[test]
     fn extremes() {
         let x = Tensor::full([100], 2.0, crate::DType::F64);
-        assert_eq!(forward(&x, 0.0, 1).unwrap().0.to_vec::<f64>().unwrap(), vec![2.0; 100]);
-        assert_eq!(forward(&x, 1.0, 1).unwrap().0.to_vec::<f64>().unwrap(), vec![0.0; 100]);
+        assert_eq!(forward(&x, 0.0, 1).unwrap().to_vec::<f64>().unwrap(), vec![2.0; 100]);
+        assert_eq!(forward(&x, 1.0, 1).unwrap().to_vec::<f64>().unwrap(), vec![0.0; 100]);
         assert!(forward(&x, 1.5, 1).is_err());
         assert!(forward(&x, f64::NAN, 1).is_err());
     }
