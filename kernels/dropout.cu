@@ -36,3 +36,18 @@ extern "C" __global__ void dropout_bwd_f32(float* __restrict__ dx, const float* 
                                            unsigned long long seed, float p, float scale) {
     for (long long i = global_thread_index(); i < n; i += grid_stride()) dx[i] = dy[i] * dropout_keep(seed, i, p, scale);
 }
+
+// The same two, with the seed read from device memory: a training step captured as a CUDA
+// graph keeps its launches' arguments, so each layer's seed for the next replay is written
+// there instead (see Module::prepare_replay).
+extern "C" __global__ void dropout_fwd_seed_f32(float* __restrict__ y, const float* __restrict__ x, long long n,
+                                                const unsigned long long* __restrict__ seed, float p, float scale) {
+    const unsigned long long s = *seed;
+    for (long long i = global_thread_index(); i < n; i += grid_stride()) y[i] = x[i] * dropout_keep(s, i, p, scale);
+}
+
+extern "C" __global__ void dropout_bwd_seed_f32(float* __restrict__ dx, const float* __restrict__ dy, long long n,
+                                                const unsigned long long* __restrict__ seed, float p, float scale) {
+    const unsigned long long s = *seed;
+    for (long long i = global_thread_index(); i < n; i += grid_stride()) dx[i] = dy[i] * dropout_keep(s, i, p, scale);
+}

@@ -19,7 +19,7 @@ use crate::data::{self, DataSource, Dataset};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models::{self, Model};
-use crate::nn::Sgd;
+use crate::nn::{Module, Sgd};
 use crate::ops::loss::argmax_rows;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -251,20 +251,11 @@ pub fn num_classes(o: &TrainOptions) -> usize {
 /// Steps run as usual before the step is captured (`--cuda-graph`).
 const GRAPH_WARMUP_STEPS: usize = 2;
 
-/// Whether a model's training step can be captured as a graph on `device`.
-pub fn check_graph_capturable(model: &dyn Model, device: Device) -> Result<()> {
+/// Whether a training step can be captured as a graph on `device`: any model's can (dropout's
+/// seeds move to device memory), on a GPU or the emulator.
+pub fn check_graph_capturable(device: Device) -> Result<()> {
     if device.is_cpu() {
         return Err(Error::argument("--cuda-graph", "needs a GPU device (cuda, or emu to try it on the CPU)"));
-    }
-    if model.active_dropout() > 0 {
-        return Err(Error::argument(
-            "--cuda-graph",
-            format!(
-                "{} has dropout, whose masks are drawn from seeds the host passes to each launch and a graph would \
-                 replay unchanged (use --dropout 0)",
-                model.name()
-            ),
-        ));
     }
     Ok(())
 }
@@ -285,7 +276,9 @@ pub struct GraphStep {
 impl GraphStep {
     /// Captures one step on the batch `x`, `y` (already on the device), which become the
     /// graph's input buffers. Nothing runs until [`GraphStep::run`].
-    pub fn capture(model: &mut dyn Model, opt: &mut Sgd, x: Tensor, y: Tensor) -> Result<GraphStep> {
+    /// Layers with dropout must have had [`Module::prepare_capture`] and, before each step,
+    /// [`Module::prepare_replay`].
+    pub fn capture(model: &mut dyn Module, opt: &mut Sgd, x: Tensor, y: Tensor) -> Result<GraphStep> {
         let gpu = x.device().gpu()?.ok_or_else(|| Error::argument("--cuda-graph", "needs a GPU device"))?;
         let (graph, (loss, logits)) = gpu.capture(|| {
             let mut g = Graph::new();
@@ -297,6 +290,11 @@ impl GraphStep {
             Ok((loss_value, logits_value))
         })?;
         Ok(GraphStep { graph, x, y, loss, logits })
+    }
+
+    /// The loss of the last replay (a device tensor the graph overwrites).
+    pub fn loss(&self) -> &Tensor {
+        &self.loss
     }
 
     /// Replays the step on whatever the input buffers hold.
@@ -348,7 +346,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
     }
     set_memory_efficient(model.as_mut(), o.memory_efficient)?;
     if o.cuda_graph {
-        check_graph_capturable(model.as_ref(), o.device)?;
+        check_graph_capturable(o.device)?;
     }
     if let Some(path) = &o.save {
         // Find out now, not after hours of training, that the weights cannot be written.
@@ -428,8 +426,13 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
             // that is a replay. A shorter last batch has other shapes and runs as usual.
             let graph_step = o.cuda_graph && step >= GRAPH_WARMUP_STEPS && chunk.len() == o.batch_size;
             if graph_step && captured.is_none() {
+                model.prepare_capture(o.device)?;
+                model.prepare_replay()?;
                 let (x, y) = (x_host.to_device(o.device)?, y_host.to_device(o.device)?);
                 captured = Some(GraphStep::capture(model.as_mut(), &mut opt, x, y)?);
+            } else if captured.is_some() {
+                // Dropout layers read their seeds from device memory from now on.
+                model.prepare_replay()?;
             }
             let (loss_value, predictions) = match &captured {
                 Some(graph) if graph_step => {

@@ -160,3 +160,79 @@ fn a_captured_training_step_replays_to_the_same_weights() {
     assert!(graph_weights == plain_weights, "the weights after training");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A step with dropout captured as a graph: each replay reads the layer's next seed from
+/// device memory (written before the replay, drawn from the layer's generator as an ordinary
+/// step would draw it), so replays give exactly the losses and weights of ordinary steps.
+#[test]
+fn a_captured_step_with_dropout_draws_fresh_masks_like_ordinary_steps() {
+    use scratchnet::nn::Dropout;
+    use scratchnet::train::GraphStep;
+    struct DropNet {
+        conv: Conv2d,
+        bn: BatchNorm2d,
+        drop: Dropout,
+        fc: Linear,
+    }
+    impl Module for DropNet {
+        fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
+            let h = self.conv.forward(g, x)?;
+            let h = self.bn.forward_relu(g, &h)?;
+            let h = g.global_avg_pool(&h)?;
+            let h = g.flatten(&h)?;
+            let h = self.drop.forward(g, &h)?;
+            self.fc.forward(g, &h)
+        }
+        fn children(&self) -> Vec<&dyn Module> {
+            vec![&self.conv, &self.bn, &self.drop, &self.fc]
+        }
+        fn children_mut(&mut self) -> Vec<&mut dyn Module> {
+            vec![&mut self.conv, &mut self.bn, &mut self.drop, &mut self.fc]
+        }
+    }
+    let device = scratchnet::Device::Emu;
+    let build = || {
+        let p = Conv2dParams::default().padding(1);
+        let mut m = DropNet {
+            conv: Conv2d::new("conv", 3, 16, 3, p, false, Init::KaimingNormalFanOut, 1),
+            bn: BatchNorm2d::new("bn", 16),
+            drop: Dropout::new("drop", 0.5, 9),
+            fc: Linear::new("fc", 16, 4, true, 3),
+        };
+        m.to_device(device).unwrap();
+        m
+    };
+    let x = Tensor::randn([4, 3, 6, 6], 0.0, 1.0, scratchnet::DType::F32, 2).to_device(device).unwrap();
+    let y = Tensor::from_vec([4], vec![0i64, 1, 2, 3]).unwrap().to_device(device).unwrap();
+    let weights =
+        |m: &DropNet| -> Vec<Vec<f32>> { m.params().iter().map(|p| p.value.to_vec::<f32>().unwrap()).collect() };
+    let eager_step = |m: &mut DropNet, opt: &mut Sgd| {
+        let mut g = Graph::new();
+        let logits = m.forward(&mut g, &Var::constant(x.clone())).unwrap();
+        let loss = g.cross_entropy(&logits, &y).unwrap();
+        let value = loss.value().item().unwrap();
+        g.backward(&loss).unwrap().accumulate_into(m.params_mut()).unwrap();
+        opt.step(m.params_mut()).unwrap();
+        value
+    };
+
+    let (mut plain, mut opt) = (build(), Sgd::new(0.1, 0.9, 0.0));
+    let plain_losses: Vec<f64> = (0..5).map(|_| eager_step(&mut plain, &mut opt)).collect();
+
+    let (mut m, mut opt) = (build(), Sgd::new(0.1, 0.9, 0.0));
+    let mut losses: Vec<f64> = (0..2).map(|_| eager_step(&mut m, &mut opt)).collect();
+    opt.keep_lr_on(device).unwrap();
+    m.prepare_capture(device).unwrap();
+    m.prepare_replay().unwrap();
+    let graph = GraphStep::capture(&mut m, &mut opt, x.clone(), y.clone()).unwrap();
+    for i in 0..3 {
+        if i > 0 {
+            m.prepare_replay().unwrap();
+        }
+        graph.replay().unwrap();
+        losses.push(graph.loss().item().unwrap());
+    }
+    assert_eq!(losses, plain_losses);
+    assert!(plain_losses.windows(2).all(|w| w[0] != w[1]), "every step draws another mask: {plain_losses:?}");
+    assert!(weights(&m) == weights(&plain));
+}

@@ -87,7 +87,7 @@ pub(super) enum Saved {
     /// The mask is drawn again from the seed in backward, not kept.
     Dropout {
         p: f64,
-        seed: u64,
+        seed: ops::dropout::Seed,
     },
     Reshape {
         from: Shape,
@@ -148,6 +148,7 @@ impl Saved {
                 v
             }
             Saved::Relu { y } => vec![y],
+            Saved::Dropout { seed: ops::dropout::Seed::Device(t), .. } => vec![t],
             Saved::Dropout { .. } => vec![],
             Saved::CrossEntropy { probs, labels } => vec![probs, labels],
             Saved::DenseBottleneck { features, gamma, beta, w, .. } => {
@@ -212,7 +213,7 @@ impl Saved {
             // not copied; accumulating into it later copies on write).
             Saved::Add => vec![Some(dy.clone()), Some(dy.clone())],
             Saved::Concat { channels } => ops::concat::backward(dy, &channels)?.into_iter().map(Some).collect(),
-            Saved::Dropout { p, seed } => vec![Some(ops::dropout::backward(dy, p, seed)?)],
+            Saved::Dropout { p, seed } => vec![Some(ops::dropout::backward_seeded(dy, p, &seed)?)],
             Saved::Reshape { from } => vec![Some(dy.reshape(from)?)],
             Saved::CrossEntropy { probs, labels } => {
                 vec![Some(ops::loss::backward(&probs, &labels, dy)?)]

@@ -573,7 +573,16 @@ impl Graph {
             ops::dropout::check_probability(p)?;
             return Ok(x.clone());
         }
-        let y = ops::dropout::forward(&x.value, p, seed)?;
+        self.dropout_seeded(x, p, ops::dropout::Seed::Host(seed))
+    }
+
+    /// [`Graph::dropout`] with the seed on the host or in device memory.
+    pub fn dropout_seeded(&mut self, x: &Var, p: f64, seed: ops::dropout::Seed) -> Result<Var> {
+        if !self.mode.training {
+            ops::dropout::check_probability(p)?;
+            return Ok(x.clone());
+        }
+        let y = ops::dropout::forward_seeded(&x.value, p, &seed)?;
         self.record(y, &[x], || Saved::Dropout { p, seed })
     }
 

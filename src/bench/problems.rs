@@ -407,8 +407,7 @@ impl Problem {
                     );
                 }
                 Problem::BatchNorm { residual, relu, .. } if *residual || *relu => v.push(Variant::Unfused),
-                // Models with dropout cannot be captured (their masks' seeds come from the host).
-                Problem::TrainStep(t) if t.model != "alexnet" => v.push(Variant::CudaGraph),
+                Problem::TrainStep(_) => v.push(Variant::CudaGraph),
                 _ => {}
             }
         }
@@ -678,7 +677,7 @@ fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn F
     // A learning rate small enough that repeated steps on one batch stay finite.
     let mut opt = Sgd::new(1e-4, 0.9, 5e-4);
     if graph {
-        crate::train::check_graph_capturable(model.as_ref(), device)?;
+        crate::train::check_graph_capturable(device)?;
         opt.keep_lr_on(device)?;
         // Two ordinary steps first: the autotuner's timings and the allocator's cache.
         for _ in 0..2 {
@@ -688,8 +687,13 @@ fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn F
             g.backward(&loss)?.accumulate_into(model.params_mut())?;
             opt.step(model.params_mut())?;
         }
+        model.prepare_capture(device)?;
+        model.prepare_replay()?;
         let captured = crate::train::GraphStep::capture(model.as_mut(), &mut opt, x, y)?;
-        return Ok(Box::new(move || captured.replay()));
+        return Ok(Box::new(move || {
+            model.prepare_replay()?;
+            captured.replay()
+        }));
     }
     Ok(Box::new(move || {
         let mut g = Graph::new();

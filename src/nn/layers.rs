@@ -4,6 +4,7 @@
 use super::Module;
 use crate::autograd::{Graph, LayerOp, Var};
 use crate::error::Result;
+use crate::ops::dropout::Seed;
 use crate::ops::lrn::LrnParams;
 use crate::ops::pool::Pool2dParams;
 use crate::rng::Rng;
@@ -99,21 +100,47 @@ pub struct Dropout {
     pub name: String,
     pub p: f64,
     rng: Rng,
+    /// The seed in device memory, once the step is to be captured as a graph.
+    device_seed: Option<crate::tensor::Tensor>,
 }
 
 impl Dropout {
     pub fn new(name: &str, p: f64, seed: u64) -> Dropout {
-        Dropout { name: name.into(), p, rng: Rng::new(seed) }
+        Dropout { name: name.into(), p, rng: Rng::new(seed), device_seed: None }
     }
 }
 
 impl Module for Dropout {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let seed = if g.is_training() { self.rng.next_u64() } else { 0 };
+        let seed = match (&self.device_seed, g.is_training()) {
+            // Written by prepare_replay, which drew it from the generator.
+            (Some(t), true) => Seed::Device(t.clone()),
+            (None, true) => Seed::Host(self.rng.next_u64()),
+            (_, false) => Seed::Host(0),
+        };
         g.begin_layer(&self.name);
-        let y = g.dropout(x, self.p, seed)?;
+        let y = g.dropout_seeded(x, self.p, seed)?;
         g.record_layer(&self.name, x, &y, 0, LayerOp::Dropout(self.p));
         Ok(y)
+    }
+
+    fn prepare_capture(&mut self, device: crate::device::Device) -> Result<()> {
+        if self.device_seed.is_none() {
+            self.device_seed = Some(crate::tensor::Tensor::zeros_on([1], crate::tensor::DType::I64, device)?);
+        }
+        Ok(())
+    }
+
+    fn prepare_replay(&mut self) -> Result<()> {
+        let Some(t) = &mut self.device_seed else { return Ok(()) };
+        let seed = self.rng.next_u64();
+        match t.device().gpu()? {
+            Some(gpu) => gpu.write(t.gpu_buffer()?, bytemuck::bytes_of(&seed)),
+            None => {
+                *t = crate::tensor::Tensor::from_vec([1], vec![seed as i64])?;
+                Ok(())
+            }
+        }
     }
 
     fn active_dropout(&self) -> usize {

@@ -71,6 +71,25 @@ pub trait Module {
         self.children().into_iter().map(|c| c.active_dropout()).sum()
     }
 
+    /// Gets ready for the training step to be captured as a graph on `device`: layers whose
+    /// step takes a value from the host each time (dropout's seed) move it to device memory.
+    fn prepare_capture(&mut self, device: Device) -> Result<()> {
+        for c in self.children_mut() {
+            c.prepare_capture(device)?;
+        }
+        Ok(())
+    }
+
+    /// Before each step once [`Module::prepare_capture`] has run: writes the values the
+    /// step will read from device memory (each dropout layer's next seed, drawn from its
+    /// generator as an ordinary step would).
+    fn prepare_replay(&mut self) -> Result<()> {
+        for c in self.children_mut() {
+            c.prepare_replay()?;
+        }
+        Ok(())
+    }
+
     /// Counts a training step that ran as a replay of a captured graph, which does not run
     /// the host-side bookkeeping of the layers (batch norm's `num_batches_tracked`).
     fn count_replayed_step(&mut self) {

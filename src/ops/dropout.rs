@@ -34,38 +34,70 @@ fn scale_of(p: f64) -> f64 {
     if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 }
 }
 
+/// Where a mask's seed comes from: the host (a launch argument), or a one-element i64 tensor
+/// on the device, which a captured graph reads afresh at every replay.
+#[derive(Clone, Debug)]
+pub enum Seed {
+    Host(u64),
+    Device(Tensor),
+}
+
 /// `y = x ⊙ mask(p, seed)`.
 pub fn forward(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    apply(x, p, seed, "dropout_fwd_f32")
+    apply(x, p, &Seed::Host(seed), false)
 }
 
 /// `dx = dy ⊙ mask(p, seed)`, with the seed and probability of the forward pass.
 pub fn backward(dy: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    apply(dy, p, seed, "dropout_bwd_f32")
+    apply(dy, p, &Seed::Host(seed), true)
+}
+
+/// [`forward`] with the seed given as a [`Seed`].
+pub fn forward_seeded(x: &Tensor, p: f64, seed: &Seed) -> Result<Tensor> {
+    apply(x, p, seed, false)
+}
+
+/// [`backward`] with the seed given as a [`Seed`].
+pub fn backward_seeded(dy: &Tensor, p: f64, seed: &Seed) -> Result<Tensor> {
+    apply(dy, p, seed, true)
 }
 
 /// The mask itself, `[0 or 1/(1 − p)]` per element (for tests and inspection).
 pub fn mask(shape: impl Into<crate::tensor::Shape>, p: f64, seed: u64) -> Result<Tensor> {
-    apply(&Tensor::full(shape, 1.0, crate::tensor::DType::F32), p, seed, "dropout_fwd_f32")
+    forward(&Tensor::full(shape, 1.0, crate::tensor::DType::F32), p, seed)
 }
 
-fn apply(x: &Tensor, p: f64, seed: u64, kernel: &'static str) -> Result<Tensor> {
+fn apply(x: &Tensor, p: f64, seed: &Seed, backward: bool) -> Result<Tensor> {
     check_probability(p)?;
     let scale = scale_of(p);
     if let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? {
         let n = x.numel();
         let y = gpu.alloc(x.dtype(), n)?;
-        gpu.launch(
-            KernelCall::elementwise(kernel, n)
+        let call = match (seed, backward) {
+            (Seed::Host(s), false) => {
+                KernelCall::elementwise("dropout_fwd_f32", n).buf(&y).buf(x.gpu_buffer()?).i64(to_i64(n)).u64(*s)
+            }
+            (Seed::Host(s), true) => {
+                KernelCall::elementwise("dropout_bwd_f32", n).buf(&y).buf(x.gpu_buffer()?).i64(to_i64(n)).u64(*s)
+            }
+            (Seed::Device(t), false) => KernelCall::elementwise("dropout_fwd_seed_f32", n)
                 .buf(&y)
                 .buf(x.gpu_buffer()?)
                 .i64(to_i64(n))
-                .u64(seed)
-                .f32(p as f32)
-                .f32(scale as f32),
-        )?;
+                .buf(t.gpu_buffer()?),
+            (Seed::Device(t), true) => KernelCall::elementwise("dropout_bwd_seed_f32", n)
+                .buf(&y)
+                .buf(x.gpu_buffer()?)
+                .i64(to_i64(n))
+                .buf(t.gpu_buffer()?),
+        };
+        gpu.launch(call.f32(p as f32).f32(scale as f32))?;
         return Ok(Tensor::from_gpu(x.shape().clone(), y));
     }
+    let seed = match seed {
+        Seed::Host(s) => *s,
+        Seed::Device(t) => t.to_vec::<i64>()?.first().copied().unwrap_or(0) as u64,
+    };
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let keep_scale = T::from_f64(scale);
