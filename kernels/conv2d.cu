@@ -148,7 +148,10 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
 // Implicit GEMM: the same three products as the CPU reference's im2col + GEMM, computed by
 // the 64×64 tile engine of tile_gemm.cuh without ever writing the im2col matrix to memory:
 // the B operand computes, for each element it fetches, which input pixel (or output gradient)
-// it stands for. One launch covers all groups (grid z).
+// it stands for. One launch covers all groups (grid z), or one group alone when the groups
+// run as towers on separate streams (src/ops/conv2d/gpu.rs): the host then passes pointers
+// that start at that group's channels and launches a grid one group deep, so g = 0 here
+// stands for the group the pointers start at, and the strides (C, O) stay the layer's own.
 
 #include "tile_gemm.cuh"
 
@@ -327,30 +330,33 @@ struct WgradStore {
 
 // dW as a GEMM per group, [O/G × N·OH·OW] · [N·OH·OW × C/G·KH·KW], its long shared dimension
 // split into `splits` slices of `k_chunk` (a multiple of 8) so that layers with few weights
-// and large images still occupy the whole GPU. Grid z = splits × groups. With one split the
-// result goes straight to dw; otherwise slice s writes its partial sums to workspace block
-// s·groups + g, and conv2d_bwd_filter_reduce_f32 adds the slices in order: deterministic,
-// unlike atomically accumulating the slices.
+// and large images still occupy the whole GPU. Grid z = splits × launch_groups, where
+// launch_groups is the number of groups this launch covers (all of them, or one tower's).
+// With one split the result goes straight to dw; otherwise slice s writes its partial sums
+// to workspace block s·groups + g, and conv2d_bwd_filter_reduce_f32 adds the slices in order:
+// deterministic, unlike atomically accumulating the slices.
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
 conv2d_bwd_filter_implicit_gemm_f32(float* __restrict__ out, const float* __restrict__ dy, const float* __restrict__ x,
                                     int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
-                                    int ph, int pw, int dh, int dw, int groups, int k_chunk) {
+                                    int ph, int pw, int dh, int dw, int groups, int k_chunk, int launch_groups) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    const int g = blockIdx.z % groups, split = blockIdx.z / groups;
+    const int g = blockIdx.z % launch_groups, split = blockIdx.z / launch_groups;
     const int cols = s.cg() * s.taps(), K = N * OH * OW;
     const WgradDy A{dy + (long long)g * s.og() * OH * OW, O, OH * OW};
     WgradIm2colT B{x + (long long)g * s.cg() * H * W, s};
-    const WgradStore store{out + (long long)blockIdx.z * s.og() * cols, cols};
+    const WgradStore store{out + ((long long)split * groups + g) * s.og() * cols, cols};
     const int k_begin = split * k_chunk, k_end = min(K, k_begin + k_chunk);
     tile_gemm_64x64(A, B, store, s.og(), cols, k_begin, k_end);
 }
 
-// dw[i] = Σ_s workspace[s·count + i], in the order s = 0, 1, … (one thread per weight).
+// dw[i] = Σ_s workspace[s·stride + i] for i < count, in the order s = 0, 1, … (one thread
+// per weight). The stride is the layer's whole weight count; count is that too, or one
+// tower's share of the weights when the pointers start at its group.
 extern "C" __global__ void conv2d_bwd_filter_reduce_f32(float* __restrict__ dweight, const float* __restrict__ workspace,
-                                                        long long count, int splits) {
+                                                        long long count, long long stride, int splits) {
     for (long long i = global_thread_index(); i < count; i += grid_stride()) {
         float acc = 0.f;
-        for (int s = 0; s < splits; ++s) acc += workspace[s * count + i];
+        for (int s = 0; s < splits; ++s) acc += workspace[s * stride + i];
         dweight[i] = acc;
     }
 }

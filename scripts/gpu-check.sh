@@ -2,8 +2,9 @@
 # The checks that need an NVIDIA GPU, run with a binary built elsewhere (no Rust toolchain is
 # needed here): the device report, every kernel against the CPU reference (and again under
 # compute-sanitizer's memcheck), then `scratchnet bench` at batch 64 beside PyTorch/cuDNN on the
-# same GPU (scripts/torch_baseline.py), and the comparison table last. Budget: 5 minutes on
-# one H100. --full adds racecheck and a short training run whose loss must fall.
+# same GPU (scripts/torch_baseline.py), AlexNet's towers on two streams, and the comparison
+# table last. Budget: 6 minutes on one H100. --full adds racecheck and a short training run
+# whose loss must fall.
 #
 # Usage: scripts/gpu-check.sh [--full] [path/to/scratchnet]    (default: target/release/scratchnet)
 # Environment: OUT=dir to keep the logs, bench.json, torch.json and roofline.svg
@@ -82,6 +83,14 @@ for b in 1 4 8; do
     run_step "graph-b$b" 45 "$bin" bench --device cuda --suite resnet50 --batch "$b" --filter "train step" \
         --variants all --json "$out/graph-b$b.json"
 done
+# AlexNet's two towers on two streams (--towers): the training step with and without, and a
+# profiled step whose report says how long the towers ran side by side, with a trace that
+# shows each side stream as its own track.
+run_step towers 60 "$bin" bench --device cuda --suite alexnet --filter "train step" --variants all \
+    --json "$out/towers.json"
+run_step towers-trace 60 "$bin" profile --model alexnet --device cuda --batch-size 64 --steps 3 --towers \
+    --trace "$out/alexnet-towers-trace.json"
+grep -A 8 '^side streams' "$out/towers-trace.log"
 compared=0
 if [ -s "$out/bench.json" ]; then
     if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch, torchvision' 2>/dev/null; then

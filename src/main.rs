@@ -97,6 +97,10 @@ struct KernelArgs {
     /// Run BN+ReLU, BN+add+ReLU and bias+ReLU as separate ops instead of fused kernels.
     #[arg(long)]
     no_fuse: bool,
+    /// Run each group of a grouped convolution (AlexNet's conv2, conv4, conv5) on its own
+    /// CUDA stream, as the paper's two towers.
+    #[arg(long)]
+    towers: bool,
 }
 
 impl KernelArgs {
@@ -104,6 +108,7 @@ impl KernelArgs {
     fn apply(&self) -> Result<()> {
         scratchnet::ops::conv2d::set_conv_algo(self.conv_algo.parse()?);
         scratchnet::autograd::set_fusion_default(!self.no_fuse);
+        scratchnet::ops::conv2d::set_towers(self.towers);
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::autograd::profile::{Stamp, StepProfile, nvtx};
+use crate::autograd::profile::{Stamp, StepProfile, nvtx, stream_regions};
 use crate::autograd::{Graph, LayerRecord, Var};
 use crate::bench::{self, BenchOptions, Ceilings, Problem};
 use crate::device::Device;
@@ -235,6 +235,18 @@ impl ProfileReport {
         push("loss (backward)", "backward", p.loss_backward_start_ms, p.loss_backward_ms, json!({}));
         let (opt_start, opt_ms) = self.last_optimizer;
         push("optimizer", "optimizer", opt_start, opt_ms, json!({}));
+        // Side streams (towers) on tracks of their own, below the main queue.
+        let mut named = std::collections::BTreeSet::new();
+        for span in &p.streams {
+            let tid = 1 + span.stream;
+            if named.insert(tid) {
+                events.push(json!({"ph": "M", "pid": 1, "tid": tid, "name": "thread_name",
+                                   "args": {"name": format!("side stream {}", span.stream)}}));
+            }
+            events.push(json!({"name": format!("{} · tower {}", span.label, span.stream - 1), "cat": "tower",
+                               "ph": "X", "pid": 1, "tid": tid, "ts": us(span.start_ms), "dur": us(span.ms),
+                               "args": {"stream": span.stream}}));
+        }
         json!({"traceEvents": events, "displayTimeUnit": "ms"})
     }
 
@@ -316,6 +328,15 @@ impl std::fmt::Display for ProfileReport {
             ),
             None => writeln!(f, " (the CPU's peak is not tracked)"),
         }?;
+        let regions = stream_regions(&self.last.streams);
+        if !regions.is_empty() {
+            writeln!(f, "side streams (towers) in the last step, each stream's time and the whole's:")?;
+        }
+        for (label, busy, wall) in regions {
+            let each: Vec<String> = busy.iter().map(|ms| format!("{ms:.3}")).collect();
+            let side_by_side = (busy.iter().sum::<f64>() - wall).max(0.0);
+            writeln!(f, "  {label:<30} {} ms in {wall:.3} ms: {side_by_side:.3} ms side by side", each.join(" + "))?;
+        }
         if !nvtx::available() {
             writeln!(f, "(NVTX ranges off: no libnvtx3interop.so.1 or libnvToolsExt.so.1 found)")?;
         }

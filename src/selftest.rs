@@ -153,11 +153,46 @@ impl Tester {
                 let got = conv2d::backward_filter_with(&dyd, &xd, w.shape(), params, algo)?;
                 self.record(&format!("conv2d backward filter{label}"), &case, &got, &want_dw, TOL_REORDERED)?;
             }
+            if !self.device.is_cpu() && params.groups > 1 {
+                self.conv2d_towers(&case, (&xd, &wd, bias_d, &dyd), params, (&want_y, &want_dx, &want_dw))?;
+            }
             let want = conv2d::backward_bias(&dy)?;
             let got = conv2d::backward_bias(&dyd)?;
             self.record("conv2d backward (bias)", &case, &got, &want, TOL_REORDERED)?;
         }
         Ok(())
+    }
+
+    /// A grouped convolution run as towers (one group per side stream): against the reference,
+    /// and against the one-launch implicit GEMM, which it must equal to the bit (limit 0).
+    fn conv2d_towers(
+        &mut self,
+        case: &str,
+        (x, w, b, dy): (&Tensor, &Tensor, Option<&Tensor>, &Tensor),
+        params: Conv2dParams,
+        (want_y, want_dx, want_dw): (&Tensor, &Tensor, &Tensor),
+    ) -> Result<()> {
+        let algo = ConvAlgo::ImplicitGemm;
+        let towers_before = conv2d::towers();
+        let run = |towers: bool| -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+            conv2d::set_towers(towers);
+            let y = conv2d::forward_with(x, w, b, params, algo);
+            let grads = conv2d::backward_data_and_filter_with(dy, x, w, params, (true, true), algo);
+            conv2d::set_towers(towers_before);
+            let (dx, dw) = grads?;
+            Ok((y?, dx, dw))
+        };
+        let one = run(false)?;
+        let towers = run(true)?;
+        let missing = || crate::Error::Device("conv2d towers: a gradient was not computed".into());
+        let (dx1, dw1) = (one.1.ok_or_else(missing)?, one.2.ok_or_else(missing)?);
+        let (dxt, dwt) = (towers.1.ok_or_else(missing)?, towers.2.ok_or_else(missing)?);
+        self.record("conv2d forward towers", case, &towers.0, want_y, TOL_PLAIN)?;
+        self.record("conv2d backward data towers", case, &dxt, want_dx, TOL_PLAIN)?;
+        self.record("conv2d backward filter towers", case, &dwt, want_dw, TOL_REORDERED)?;
+        self.record("conv2d towers = one launch (fwd)", case, &towers.0, &one.0, 0.0)?;
+        self.record("conv2d towers = one launch (data)", case, &dxt, &dx1, 0.0)?;
+        self.record("conv2d towers = one launch (filter)", case, &dwt, &dw1, 0.0)
     }
 
     fn gemm(&mut self) -> Result<()> {

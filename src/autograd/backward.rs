@@ -162,16 +162,14 @@ impl Saved {
         Ok(match self {
             Saved::Input | Saved::Param(_) => Vec::new(),
             Saved::Conv2d { x, w, p } => {
-                let dx = when(need(0), || ops::conv2d::backward_data(dy, &w, x.shape(), p))?;
-                let dw = when(need(1), || ops::conv2d::backward_filter(dy, &x, w.shape(), p))?;
+                let (dx, dw) = ops::conv2d::backward_data_and_filter(dy, &x, &w, p, (need(0), need(1)))?;
                 let db = when(need(2), || ops::conv2d::backward_bias(dy))?;
                 vec![dx, dw, db]
             }
             Saved::Conv2dRelu { x, w, p, y } => {
                 let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &y, need(2))?;
                 drop(y);
-                let dx = when(need(0), || ops::conv2d::backward_data(&dz, &w, x.shape(), p))?;
-                let dw = when(need(1), || ops::conv2d::backward_filter(&dz, &x, w.shape(), p))?;
+                let (dx, dw) = ops::conv2d::backward_data_and_filter(&dz, &x, &w, p, (need(0), need(1)))?;
                 vec![dx, dw, db]
             }
             Saved::LinearRelu { x, w, y } => {

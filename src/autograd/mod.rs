@@ -258,6 +258,7 @@ impl Graph {
     pub fn begin_layer(&mut self, name: &str) {
         if self.profile.is_some() {
             profile::nvtx::push(name);
+            crate::device::streams::set_label(name);
         }
     }
 
@@ -717,6 +718,8 @@ impl BackwardProfile {
                 self.marks.push((done, stamp));
             }
             self.current = Some(owner);
+            let name = self.layers.get(owner).map_or("loss", |l| l.name.as_str());
+            crate::device::streams::set_label(&format!("{name} (backward)"));
         }
     }
 
@@ -747,6 +750,8 @@ impl BackwardProfile {
             backward_start_ms[*owner] = previous.ms_since(&r.start)?;
             previous = stamp;
         }
+        let streams = r.stream_spans()?;
+        crate::device::streams::set_label("");
         let (loss_backward_ms, loss_backward_start_ms, loss_kept_bytes) =
             (backward_ms[n], backward_start_ms[n], self.kept[n]);
         backward_ms.truncate(n);
@@ -763,6 +768,7 @@ impl BackwardProfile {
             forward_start_ms,
             backward_start_ms,
             loss_backward_start_ms,
+            streams,
         })
     }
 }

@@ -13,6 +13,10 @@
 //! the next one's input) and without the parameters, attributed to the first layer that
 //! saves it.
 //!
+//! Work that a layer queues on side streams (AlexNet's towers, [`GpuDevice::on_streams`]) is
+//! timed by events on those streams, kept as [`StreamSpanMs`] in the same time base, so a
+//! trace shows each stream as its own track and the overlap can be read off.
+//!
 //! Layers also open and close NVTX ranges named after them, so Nsight Systems and Nsight
 //! Compute show the layer structure, when an NVTX library can be loaded (see [`nvtx`]).
 
@@ -64,6 +68,9 @@ pub(super) struct Recorder {
 impl Recorder {
     pub fn new(device: Device) -> Result<Recorder> {
         let gpu = device.gpu()?;
+        if let Some(gpu) = &gpu {
+            gpu.start_stream_log();
+        }
         let start = Stamp::now(gpu.as_ref())?;
         Ok(Recorder { gpu, start, forward: Vec::new(), params: HashSet::new(), error: None })
     }
@@ -77,6 +84,58 @@ impl Recorder {
             }
         }
     }
+}
+
+/// What one side stream ran inside one fork and join, in ms from the step's start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamSpanMs {
+    /// Spans of one region (one fork and join) can overlap; spans of two cannot.
+    pub region: u64,
+    pub stream: usize,
+    /// The layer and direction that queued it: `conv2`, `conv2 (backward)`.
+    pub label: String,
+    pub start_ms: f64,
+    pub ms: f64,
+}
+
+impl Recorder {
+    /// The side streams' spans since the recorder started, in the time base of `start`.
+    pub fn stream_spans(&self) -> Result<Vec<StreamSpanMs>> {
+        let (Some(gpu), Stamp::Device(start)) = (&self.gpu, &self.start) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for span in gpu.take_stream_log() {
+            let start_ms = start.elapsed_ms(&span.start)?;
+            out.push(StreamSpanMs {
+                region: span.region,
+                stream: span.stream,
+                label: span.label,
+                start_ms,
+                ms: span.start.elapsed_ms(&span.end)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Per fork and join of a step: the label, how long each stream worked and how long the
+/// whole took from the first start to the last end. Their difference is the time the
+/// streams ran side by side.
+pub fn stream_regions(spans: &[StreamSpanMs]) -> Vec<(String, Vec<f64>, f64)> {
+    let mut regions: Vec<(u64, String, Vec<f64>, f64, f64)> = Vec::new();
+    for s in spans {
+        let end = s.start_ms + s.ms;
+        match regions.iter_mut().find(|r| r.0 == s.region) {
+            Some(r) => {
+                r.2.push(s.ms);
+                r.3 = r.3.min(s.start_ms);
+                r.4 = r.4.max(end);
+            }
+            None => regions.push((s.region, s.label.clone(), vec![s.ms], s.start_ms, end)),
+        }
+    }
+    regions.into_iter().map(|(_, label, busy, first, last)| (label, busy, last - first)).collect()
 }
 
 /// One profiled step's forward and backward, per layer.
@@ -98,6 +157,8 @@ pub struct StepProfile {
     pub forward_start_ms: Vec<f64>,
     pub backward_start_ms: Vec<f64>,
     pub loss_backward_start_ms: f64,
+    /// Work the layers queued on side streams (empty when they used none).
+    pub streams: Vec<StreamSpanMs>,
 }
 
 impl StepProfile {

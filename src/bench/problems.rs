@@ -161,6 +161,9 @@ pub enum Variant {
     Unfused,
     /// A training step captured once as a CUDA graph and replayed.
     CudaGraph,
+    /// A training step whose grouped convolutions run one group per side stream (AlexNet's
+    /// two towers, `--towers`).
+    Towers,
 }
 
 impl Variant {
@@ -177,6 +180,7 @@ impl Variant {
             Variant::Gemm(GemmKernel::Auto) => "gemm-auto",
             Variant::Unfused => "unfused",
             Variant::CudaGraph => "cuda-graph",
+            Variant::Towers => "towers",
         }
     }
 }
@@ -407,7 +411,12 @@ impl Problem {
                     );
                 }
                 Problem::BatchNorm { residual, relu, .. } if *residual || *relu => v.push(Variant::Unfused),
-                Problem::TrainStep(_) => v.push(Variant::CudaGraph),
+                Problem::TrainStep(step) => {
+                    v.push(Variant::CudaGraph);
+                    if step.model == "alexnet" {
+                        v.push(Variant::Towers);
+                    }
+                }
                 _ => {}
             }
         }
@@ -633,6 +642,17 @@ impl Problem {
                 let mut v = Tensor::zeros_on([numel], DType::F32, device)?;
                 let h = SgdParams { lr: 1e-6, momentum: 0.9, weight_decay: 5e-4 };
                 Box::new(move || crate::ops::sgd::step(&mut p, &g, &mut v, h))
+            }
+            Problem::TrainStep(step) if variant == Variant::Towers => {
+                let mut run = train_step(&step, device, false)?;
+                // The setting is the process's: on for each run of this variant only.
+                Box::new(move || {
+                    let before = crate::ops::conv2d::towers();
+                    crate::ops::conv2d::set_towers(true);
+                    let r = run();
+                    crate::ops::conv2d::set_towers(before);
+                    r
+                })
             }
             Problem::TrainStep(step) => train_step(&step, device, variant == Variant::CudaGraph)?,
         })

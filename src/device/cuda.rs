@@ -1,7 +1,8 @@
 //! The CUDA device, on the driver API through cudarc (loaded dynamically, so a build needs
 //! no CUDA installation and a machine without a driver still runs the binary).
 //!
-//! One context (the device's primary context) and one stream per GPU; the fatbin that
+//! One context (the device's primary context) and per GPU a main stream and a few side
+//! streams (see [`super::streams`]: work goes to the calling thread's current one); the fatbin that
 //! build.rs embedded is loaded once, and kernel handles are looked up once each. Every driver
 //! call is checked and its error mapped to a message that says what was being done.
 //!
@@ -19,6 +20,7 @@ use cudarc::driver::{result, sys};
 use super::Device;
 use super::gpu::{Backend, GpuDevice, LaunchDims};
 use super::kernels::{CUDA_ARCHS, FATBIN, KernelInfo};
+use super::streams::SIDE_STREAMS;
 use crate::error::{Error, Result};
 
 /// What the probe found about one GPU.
@@ -179,7 +181,13 @@ struct CudaBackend {
     /// The fatbin, aligned; kept for the module's life (the driver may load kernels lazily).
     _image: Vec<u64>,
     ctx: sys::CUcontext,
-    stream: sys::CUstream,
+    /// The main stream, then the side streams.
+    streams: [sys::CUstream; SIDE_STREAMS + 1],
+    /// Events that order the streams at a fork (one) and a join (one per side stream). An
+    /// event may be recorded again as soon as a wait on it has been queued: the wait is for
+    /// the record that came before it.
+    fork_event: sys::CUevent,
+    join_events: [sys::CUevent; SIDE_STREAMS],
     module: sys::CUmodule,
     functions: Mutex<HashMap<usize, sys::CUfunction>>,
     /// `SCRATCHNET_CUDA_SYNC=1`: wait for every kernel, so a failing one is named.
@@ -205,8 +213,19 @@ impl CudaBackend {
         let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(|e| err("retaining the primary context", e))?;
         // SAFETY: a context just retained.
         unsafe { result::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
-        let stream =
-            result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| err("creating a stream", e))?;
+        let mut streams = [std::ptr::null_mut(); SIDE_STREAMS + 1];
+        for s in &mut streams {
+            *s = result::stream::create(result::stream::StreamKind::NonBlocking)
+                .map_err(|e| err("creating a stream", e))?;
+        }
+        let ordering_event = || {
+            result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(|e| err("creating an event", e))
+        };
+        let fork_event = ordering_event()?;
+        let mut join_events = [std::ptr::null_mut(); SIDE_STREAMS];
+        for e in &mut join_events {
+            *e = ordering_event()?;
+        }
         // The driver wants the image 8-byte aligned; include_bytes! promises only 1.
         let mut image = vec![0u64; FATBIN.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut image)[..FATBIN.len()].copy_from_slice(FATBIN);
@@ -224,7 +243,9 @@ impl CudaBackend {
             info,
             _image: image,
             ctx,
-            stream,
+            streams,
+            fork_event,
+            join_events,
             module,
             functions: Mutex::new(HashMap::new()),
             sync_each_launch: std::env::var("SCRATCHNET_CUDA_SYNC").is_ok_and(|v| v == "1"),
@@ -239,6 +260,15 @@ impl CudaBackend {
 
     fn err(&self, what: &str, e: result::DriverError) -> Error {
         Error::Device(format!("{}: {what}: {e:?}", self.name()))
+    }
+
+    /// The calling thread's current stream.
+    fn stream(&self) -> sys::CUstream {
+        self.streams[super::streams::current().min(SIDE_STREAMS)]
+    }
+
+    fn main_stream(&self) -> sys::CUstream {
+        self.streams[0]
     }
 
     fn bind(&self) -> Result<()> {
@@ -280,7 +310,7 @@ impl Backend for CudaBackend {
             // Work queued on the stream may still use the block: wait for it first.
             // SAFETY: our stream; the pointer came from malloc (caller's contract).
             unsafe {
-                let _ = result::stream::synchronize(self.stream);
+                let _ = result::stream::synchronize(self.main_stream());
                 let _ = result::free_sync(ptr);
             }
         }
@@ -291,7 +321,7 @@ impl Backend for CudaBackend {
         // Stream-ordered, so it lands before any later kernel; a pageable source is copied
         // to a staging buffer before the call returns, so `src` may be freed afterwards.
         // SAFETY: `dst` holds src.len() bytes (caller's contract).
-        unsafe { result::memcpy_htod_async(dst, src, self.stream) }.map_err(|e| self.err("copying to the device", e))
+        unsafe { result::memcpy_htod_async(dst, src, self.stream()) }.map_err(|e| self.err("copying to the device", e))
     }
 
     unsafe fn download(&self, dst: &mut [u8], src: u64) -> Result<()> {
@@ -299,8 +329,8 @@ impl Backend for CudaBackend {
         // SAFETY: `src` holds dst.len() bytes (caller's contract); the synchronize makes
         // the copy complete before `dst` is read.
         unsafe {
-            result::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| self.err("copying from the device", e))?;
-            result::stream::synchronize(self.stream)
+            result::memcpy_dtoh_async(dst, src, self.stream()).map_err(|e| self.err("copying from the device", e))?;
+            result::stream::synchronize(self.stream())
                 .map_err(|e| self.err("waiting for the device (an earlier kernel failed?)", e))
         }
     }
@@ -308,14 +338,14 @@ impl Backend for CudaBackend {
     unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: both hold `bytes` bytes (caller's contract).
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream) }
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream()) }
             .map_err(|e| self.err("copying on the device", e))
     }
 
     unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: `dst` holds `bytes` bytes (caller's contract).
-        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream) }.map_err(|e| self.err("memset", e))
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream()) }.map_err(|e| self.err("memset", e))
     }
 
     unsafe fn launch(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
@@ -323,12 +353,12 @@ impl Backend for CudaBackend {
         let f = self.function(index, kernel)?;
         // SAFETY: the arguments match the signature and point at live device memory (the
         // caller's contract); launch dimensions were checked by GpuDevice::launch.
-        unsafe { result::launch_kernel(f, d.grid, d.block, d.shared_bytes, self.stream, args) }
+        unsafe { result::launch_kernel(f, d.grid, d.block, d.shared_bytes, self.stream(), args) }
             .map_err(|e| self.err(&format!("launching {} with {:?}", kernel.name, d), e))?;
         if self.sync_each_launch && !self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
             // A fault surfaces at the next synchronisation; doing it here names the kernel.
             // SAFETY: our stream.
-            unsafe { result::stream::synchronize(self.stream) }
+            unsafe { result::stream::synchronize(self.stream()) }
                 .map_err(|e| self.err(&format!("kernel {} failed", kernel.name), e))?;
         }
         Ok(())
@@ -337,7 +367,7 @@ impl Backend for CudaBackend {
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: our stream.
-        unsafe { result::stream::synchronize(self.stream) }
+        unsafe { result::stream::synchronize(self.stream()) }
             .map_err(|e| self.err("waiting for the device (a kernel failed?)", e))
     }
 
@@ -350,7 +380,7 @@ impl Backend for CudaBackend {
                 .map_err(|e| self.err("creating an event", e))?,
         };
         // SAFETY: a live event and our stream.
-        unsafe { result::event::record(event, self.stream) }.map_err(|e| self.err("recording an event", e))?;
+        unsafe { result::event::record(event, self.stream()) }.map_err(|e| self.err("recording an event", e))?;
         Ok(event as u64)
     }
 
@@ -376,7 +406,7 @@ impl Backend for CudaBackend {
         // which the stricter modes forbid during a capture.
         let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
         // SAFETY: our stream.
-        unsafe { result::stream::begin_capture(self.stream, mode) }
+        unsafe { result::stream::begin_capture(self.main_stream(), mode) }
             .map_err(|e| self.err("starting to capture a graph", e))?;
         self.capturing.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -386,7 +416,7 @@ impl Backend for CudaBackend {
         self.bind()?;
         self.capturing.store(false, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: our stream, in capture mode since begin_capture.
-        let graph = unsafe { result::stream::end_capture(self.stream) }
+        let graph = unsafe { result::stream::end_capture(self.main_stream()) }
             .map_err(|e| self.err("ending the capture (did the step wait for the device?)", e))?;
         // SAFETY: a graph just captured; the executable graph does not need it afterwards.
         let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) };
@@ -399,8 +429,40 @@ impl Backend for CudaBackend {
     fn replay(&self, graph: u64) -> Result<()> {
         self.bind()?;
         // SAFETY: an executable graph from end_capture, not yet released.
-        unsafe { result::graph::launch(graph as sys::CUgraphExec, self.stream) }
+        unsafe { result::graph::launch(graph as sys::CUgraphExec, self.main_stream()) }
             .map_err(|e| self.err("launching the graph", e))
+    }
+
+    fn fork(&self, count: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: our streams and event.
+        unsafe {
+            result::event::record(self.fork_event, self.main_stream())
+                .map_err(|e| self.err("marking the fork of the side streams", e))?;
+            for &side in &self.streams[1..=count.min(SIDE_STREAMS)] {
+                result::stream::wait_event(side, self.fork_event, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+                    .map_err(|e| self.err("making a side stream wait for the main one", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn join(&self, count: usize) -> Result<()> {
+        self.bind()?;
+        for i in 0..count.min(SIDE_STREAMS) {
+            // SAFETY: our streams and events.
+            unsafe {
+                result::event::record(self.join_events[i], self.streams[i + 1])
+                    .map_err(|e| self.err("marking the end of a side stream's work", e))?;
+                result::stream::wait_event(
+                    self.main_stream(),
+                    self.join_events[i],
+                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+                .map_err(|e| self.err("making the main stream wait for a side stream", e))?;
+            }
+        }
+        Ok(())
     }
 
     fn release_graph(&self, graph: u64) {

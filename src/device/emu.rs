@@ -269,6 +269,17 @@ impl Backend for EmuBackend {
         self.graphs.lock().unwrap_or_else(|p| p.into_inner()).remove(&graph);
     }
 
+    // Every launch has finished when it returns, so the side streams are already in order
+    // with the main one: forking and joining need no work (launches are still counted per
+    // stream, by GpuDevice).
+    fn fork(&self, _count: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn join(&self, _count: usize) -> Result<()> {
+        Ok(())
+    }
+
     fn caching(&self) -> bool {
         !cfg!(scratchnet_emu_asan)
     }

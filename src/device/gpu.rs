@@ -8,10 +8,12 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Device;
 use super::kernels::{self, ArgKind, KernelInfo};
+use super::streams::{self, SIDE_STREAMS, StreamGuard, StreamSpan};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -77,6 +79,12 @@ pub trait Backend: Send + Sync {
     /// Runs a recorded graph: the same kernels with the same arguments, in order.
     fn replay(&self, graph: u64) -> Result<()>;
     fn release_graph(&self, graph: u64);
+    /// Makes side streams 1 to `count` wait for the work queued so far on the main stream.
+    /// Every other call queues its work on the calling thread's current stream
+    /// ([`super::streams::current`]).
+    fn fork(&self, count: usize) -> Result<()>;
+    /// Makes the main stream wait for the work queued so far on side streams 1 to `count`.
+    fn join(&self, count: usize) -> Result<()>;
     /// Whether freed memory may be kept for reuse. The emulator built with AddressSanitizer
     /// says no, so that an out-of-bounds access always falls outside an allocation.
     fn caching(&self) -> bool {
@@ -106,6 +114,9 @@ struct Allocator {
     capturing: Option<(u64, std::thread::ThreadId)>,
     /// The blocks of each live graph (see [`GpuDevice::capture`]).
     pools: HashMap<u64, GraphPool>,
+    /// Blocks freed while a side stream was current, whose kernels may still read them:
+    /// held back until the join (see [`GpuDevice::on_streams`]).
+    deferred: Vec<(u64, usize)>,
 }
 
 impl Allocator {
@@ -130,6 +141,10 @@ struct GraphPool {
 pub struct GpuDevice {
     backend: Box<dyn Backend>,
     alloc: Mutex<Allocator>,
+    /// Kernels launched on each stream so far (0: the main stream).
+    launches: [AtomicU64; SIDE_STREAMS + 1],
+    /// When set, what each side stream ran in each fork and join ([`GpuDevice::on_streams`]).
+    spans: Mutex<Option<Vec<StreamSpan>>>,
 }
 
 /// The allocator's size class of a request: multiples of 512 bytes up to 1 MiB, then of
@@ -152,7 +167,10 @@ impl GpuDevice {
                 stats: MemoryStats::default(),
                 capturing: None,
                 pools: HashMap::new(),
+                deferred: Vec::new(),
             }),
+            launches: Default::default(),
+            spans: Mutex::new(None),
         })
     }
 
@@ -350,6 +368,17 @@ impl GpuDevice {
     fn release(&self, ptr: u64, class: usize) {
         let mut a = self.lock();
         a.stats.in_use -= class;
+        if streams::current() != 0 {
+            a.deferred.push((ptr, class));
+            a.stats.cached += class;
+            return;
+        }
+        self.place_free_block(a, ptr, class);
+    }
+
+    /// Puts a block no buffer holds where the next allocation can find it: its graph's pool,
+    /// the cache, or back to the device. Counted in `in_use` no more, in `cached` not yet.
+    fn place_free_block(&self, mut a: std::sync::MutexGuard<'_, Allocator>, ptr: u64, class: usize) {
         if let Some(pool) = a.pools.values_mut().find(|p| p.reserved.contains(&ptr)) {
             pool.parked.entry(class).or_default().push(ptr);
             a.stats.cached += class;
@@ -406,7 +435,87 @@ impl GpuDevice {
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_mut_ptr).collect();
         // SAFETY: the argument kinds match the signature (checked above), and the pointers
         // come from live buffers of this device (KernelCall::buf borrows them).
-        unsafe { self.backend.launch(index, info, d, &mut ptrs) }
+        unsafe { self.backend.launch(index, info, d, &mut ptrs)? };
+        self.launches[streams::current()].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Kernels launched so far on each stream: the main one first, then the side streams.
+    pub fn launches_per_stream(&self) -> Vec<u64> {
+        self.launches.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Runs `f(0)`, …, `f(count − 1)`, each with its own side stream current (stream i + 1),
+    /// so that the work they queue can run side by side on the GPU; returns their results in
+    /// order. Before: every side stream waits for what the main stream has queued (the fork);
+    /// after: the main stream waits for every side stream (the join), so what the caller
+    /// queues next sees all their results. The closures run one after another on the calling
+    /// thread: only the device runs them in parallel. Inside a capture the fork and the join
+    /// become edges of the graph, whose two branches then replay side by side.
+    pub fn on_streams<T>(self: &Arc<Self>, count: usize, mut f: impl FnMut(usize) -> Result<T>) -> Result<Vec<T>> {
+        if count == 0 || count > SIDE_STREAMS {
+            return Err(Error::Device(format!(
+                "{}: work for {count} side streams (1 to {SIDE_STREAMS} allowed)",
+                self.device()
+            )));
+        }
+        if streams::current() != 0 {
+            return Err(Error::Device(format!("{}: side streams cannot fork again", self.device())));
+        }
+        static NEXT_REGION: AtomicU64 = AtomicU64::new(1);
+        let region = NEXT_REGION.fetch_add(1, Ordering::Relaxed);
+        let logging = self.spans.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let label = if logging { streams::label() } else { String::new() };
+        self.backend.fork(count)?;
+        let mut results = Vec::with_capacity(count);
+        let mut spans = Vec::new();
+        let mut failed = None;
+        for i in 0..count {
+            let _on = StreamGuard::enter(i + 1);
+            let mut run = || -> Result<T> {
+                let start = if logging { Some(self.record_event()?) } else { None };
+                let value = f(i)?;
+                if let Some(start) = start {
+                    let end = self.record_event()?;
+                    spans.push(StreamSpan { region, stream: i + 1, label: label.clone(), start, end });
+                }
+                Ok(value)
+            };
+            match run() {
+                Ok(v) => results.push(v),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // Joined even after a failure, so that no later work races with what was queued.
+        let joined = self.backend.join(count);
+        let deferred = std::mem::take(&mut self.lock().deferred);
+        for (ptr, class) in deferred {
+            let mut a = self.lock();
+            a.stats.cached -= class;
+            self.place_free_block(a, ptr, class);
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        joined?;
+        if let Some(log) = self.spans.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            log.extend(spans);
+        }
+        Ok(results)
+    }
+
+    /// Starts keeping a [`StreamSpan`] for each side stream of each later
+    /// [`GpuDevice::on_streams`] (the profiler's view of the streams).
+    pub fn start_stream_log(&self) {
+        *self.spans.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// The spans kept since [`GpuDevice::start_stream_log`], which stops keeping them.
+    pub fn take_stream_log(&self) -> Vec<StreamSpan> {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
     }
 }
 
@@ -622,6 +731,15 @@ impl KernelCall {
     pub fn buf(mut self, b: &GpuBuffer) -> Self {
         self.args.push(Arg::Ptr(b.ptr));
         self
+    }
+
+    /// A buffer from element `first` on (a part of it, such as one group's channels).
+    pub fn buf_from(mut self, b: &GpuBuffer, first: usize) -> Result<Self> {
+        if first > b.len {
+            return Err(Error::Device(format!("kernel {}: element {first} of a buffer of {}", self.name, b.len)));
+        }
+        self.args.push(Arg::Ptr(b.ptr + (first * b.dtype.size_in_bytes()) as u64));
+        Ok(self)
     }
 
     /// An optional buffer: a null pointer when absent (the kernel tests for it).

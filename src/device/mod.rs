@@ -7,13 +7,15 @@
 //! | `emu` | the same kernel sources compiled as C++ and run on the CPU by the emulator | host memory, through the same allocator |
 //!
 //! `cuda` and `emu` share one host-side path ([`gpu`]): buffers, the allocator, argument
-//! packing and checking, launch dimensions. They differ only in their [`gpu::Backend`].
+//! packing and checking, launch dimensions, side streams ([`streams`]). They differ only in
+//! their [`gpu::Backend`].
 
 pub mod cpu;
 pub mod cuda;
 pub mod emu;
 pub mod gpu;
 pub mod kernels;
+pub mod streams;
 
 use std::fmt;
 use std::str::FromStr;

@@ -10,9 +10,20 @@
 //! `--conv-algo` (or `SCRATCHNET_CONV_ALGO`) chooses: `direct`, `implicit-gemm`, or `auto`
 //! (the default), which times both the first time each shape runs on a GPU and keeps the
 //! faster ([`crate::ops::autotune`]).
+//!
+//! **Towers** (`--towers`, or `SCRATCHNET_TOWERS=1`): AlexNet's grouped convolutions were the
+//! paper's two GPUs, each computing the group of channels it held. With towers on, each group
+//! of a grouped convolution runs on its own side stream ([`GpuDevice::on_streams`]), so the
+//! GPU can run the two halves side by side, forward and backward, where one launch would run
+//! them as one grid. A tower is the implicit-GEMM kernel launched one group deep, with
+//! pointers that start at its group's channels: the same arithmetic in the same order as the
+//! single launch, so the results are the same to the bit. (The direct kernels cover all
+//! groups in one grid-stride loop; with `--conv-algo direct` the groups run as one launch.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::device::streams::SIDE_STREAMS;
 
 use super::{ConvGeometry, OP};
 use crate::device::GpuDevice;
@@ -62,6 +73,32 @@ pub fn conv_algo() -> ConvAlgo {
         }
         i => ALGOS[(i - 1) as usize],
     }
+}
+
+/// 0: not set yet (read the environment); 1: off; 2: on.
+static TOWERS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether every later grouped convolution runs each group on its own stream.
+pub fn set_towers(on: bool) {
+    TOWERS.store(1 + on as u8, Ordering::Relaxed);
+}
+
+/// Towers as set, else `SCRATCHNET_TOWERS=1`, else off.
+pub fn towers() -> bool {
+    match TOWERS.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("SCRATCHNET_TOWERS").is_ok_and(|v| v == "1");
+            set_towers(on);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// Whether this convolution runs as towers: towers on, a grouped layer with no more groups
+/// than side streams, and the implicit-GEMM kernels.
+fn as_towers(algo: ConvAlgo, g: &ConvGeometry) -> bool {
+    towers() && algo != ConvAlgo::Direct && (2..=SIDE_STREAMS).contains(&g.groups())
 }
 
 /// A variant that actually runs (what `Auto` resolves to).
@@ -159,6 +196,21 @@ pub(super) fn forward(
 ) -> Result<GpuBuffer> {
     let count = g.out_shape().numel();
     let y = gpu.alloc(DType::F32, count)?;
+    if as_towers(algo, g) {
+        let (cg, og) = (g.c / g.groups(), g.o_per_group());
+        gpu.on_streams(g.groups(), |t| {
+            let call = tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), og, 1)?
+                .buf_from(&y, t * og * g.out_pixels())?
+                .buf_from(x, t * cg * g.h * g.w)?
+                .buf_from(w, t * og * g.k_per_group())?;
+            let call = match bias {
+                Some(b) => call.buf_from(b, t * og)?,
+                None => call.buf_or_null(None),
+            };
+            gpu.launch(shape_args(call, g)?.i32(relu as i32))
+        })?;
+        return Ok(y);
+    }
     let problem = if relu { "forward+relu" } else { "forward" };
     run(gpu, algo, problem, g, |kernel| match kernel {
         Kernel::Direct => {
@@ -235,12 +287,13 @@ pub(super) fn backward_filter(
             let call =
                 tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), g.o_per_group(), g.groups() * splits)?;
             let call = shape_args(call.buf(workspace.as_ref().unwrap_or(&dw)).buf(dy).buf(x), g)?;
-            gpu.launch(call.i32(to_i32(OP, "slice length", chunk)?))?;
+            gpu.launch(call.i32(to_i32(OP, "slice length", chunk)?).i32(to_i32(OP, "groups", g.groups())?))?;
             match &workspace {
                 Some(ws) => gpu.launch(
                     KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count)
                         .buf(&dw)
                         .buf(ws)
+                        .i64(to_i64(count))
                         .i64(to_i64(count))
                         .i32(to_i32(OP, "slices", splits)?),
                 ),
@@ -249,6 +302,62 @@ pub(super) fn backward_filter(
         }
     })?;
     Ok(dw)
+}
+
+/// Both gradients of a convolution run as towers (see the module's comment): tower t
+/// computes group t's share of dx (its input channels) and of dW (its output channels) on
+/// side stream t + 1, so each tower's data and filter gradients also follow one another
+/// without waiting for the other tower. `None` where a gradient is not wanted.
+pub(super) fn backward_towers(
+    gpu: &Arc<GpuDevice>,
+    dy: &GpuBuffer,
+    x: &GpuBuffer,
+    w: &GpuBuffer,
+    (want_dx, want_dw): (bool, bool),
+    g: &ConvGeometry,
+) -> Result<(Option<GpuBuffer>, Option<GpuBuffer>)> {
+    let (cg, og) = (g.c / g.groups(), g.o_per_group());
+    let (in_plane, out_plane) = (g.h * g.w, g.out_pixels());
+    let count = g.weight_shape().numel();
+    let group_weights = og * g.k_per_group();
+    // Allocated on the main stream before the fork, so the towers only write into them.
+    let dx = want_dx.then(|| gpu.alloc(DType::F32, g.in_shape().numel())).transpose()?;
+    let dw = want_dw.then(|| gpu.alloc(DType::F32, count)).transpose()?;
+    let (splits, chunk) = filter_splits(g);
+    let workspace = if want_dw && splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
+    gpu.on_streams(g.groups(), |t| {
+        if let Some(dx) = &dx {
+            let call = tiles("conv2d_bwd_data_implicit_gemm_f32", g.n * in_plane, cg, 1)?
+                .buf_from(dx, t * cg * in_plane)?
+                .buf_from(dy, t * og * out_plane)?
+                .buf_from(w, t * group_weights)?;
+            gpu.launch(shape_args(call, g)?)?;
+        }
+        if let Some(dw) = &dw {
+            let call = tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), og, splits)?
+                .buf_from(workspace.as_ref().unwrap_or(dw), t * group_weights)?
+                .buf_from(dy, t * og * out_plane)?
+                .buf_from(x, t * cg * in_plane)?;
+            gpu.launch(shape_args(call, g)?.i32(to_i32(OP, "slice length", chunk)?).i32(1))?;
+            if let Some(ws) = &workspace {
+                gpu.launch(
+                    KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", group_weights)
+                        .buf_from(dw, t * group_weights)?
+                        .buf_from(ws, t * group_weights)?
+                        .i64(to_i64(group_weights))
+                        .i64(to_i64(count))
+                        .i32(to_i32(OP, "slices", splits)?),
+                )?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((dx, dw))
+}
+
+/// Whether [`backward_towers`] applies to this convolution.
+pub(super) fn backward_as_towers(algo: ConvAlgo, g: &ConvGeometry) -> bool {
+    as_towers(algo, g)
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use rayon::prelude::*;
 
 mod gpu;
 
-pub use gpu::{ConvAlgo, conv_algo, set_conv_algo};
+pub use gpu::{ConvAlgo, conv_algo, set_conv_algo, set_towers, towers};
 
 use super::gemm::{MatMut, MatRef, gemm, gemm_parallel};
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
@@ -299,6 +299,46 @@ pub fn backward_filter_with(
         let dw = backward_filter_cpu::<T>(host(dy)?, host(x)?, &g);
         Ok(Tensor::from_cpu(g.weight_shape(), dw))
     })
+}
+
+/// The data and filter gradients together (each only where wanted): on a GPU with towers on
+/// ([`towers`]), the groups of a grouped convolution compute both in one fork of side
+/// streams; otherwise [`backward_data`] and [`backward_filter`] one after the other.
+pub fn backward_data_and_filter(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    wanted: (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    backward_data_and_filter_with(dy, x, w, p, wanted, conv_algo())
+}
+
+/// [`backward_data_and_filter`] with the GPU kernel variant given.
+pub fn backward_data_and_filter_with(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    (want_dx, want_dw): (bool, bool),
+    algo: ConvAlgo,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+    if (want_dx || want_dw) && gpu::backward_as_towers(algo, &g) {
+        expect_shape(OP, "output gradient", dy, &g.out_shape())?;
+        let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("weight", w)])?;
+        if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+            let (dx, dw) =
+                gpu::backward_towers(&gpu, dy.gpu_buffer()?, x.gpu_buffer()?, w.gpu_buffer()?, (want_dx, want_dw), &g)?;
+            return Ok((
+                dx.map(|b| Tensor::from_gpu(g.in_shape(), b)),
+                dw.map(|b| Tensor::from_gpu(g.weight_shape(), b)),
+            ));
+        }
+    }
+    let dx = if want_dx { Some(backward_data_with(dy, w, x.shape(), p, algo)?) } else { None };
+    let dw = if want_dw { Some(backward_filter_with(dy, x, w.shape(), p, algo)?) } else { None };
+    Ok((dx, dw))
 }
 
 /// The gradient with respect to the bias: `dy` summed over batch, height and width.
