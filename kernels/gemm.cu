@@ -104,3 +104,90 @@ gemm_128x128_f32(float* __restrict__ C, const float* __restrict__ A, const float
     const RowMajorC out{C, N, accumulate};
     tile_gemm_128x128(a, b, out, M, N, 0, K);
 }
+
+// The 128×128 engine with 16-byte global loads, for products whose operands are dense
+// matrices (the fully connected layers, square SGEMMs), where the scalar loader's one float
+// per load leaves most of each memory transaction's width unused. Each thread fetches one
+// float4 of A and one of B per step of K (the 8×128 slices are 256 float4 each), along
+// whichever dimension is contiguous in memory:
+//
+//   A with k contiguous (a_cs = 1, a row-major A):   thread t reads A(m0 + t/2, k0 + 4(t%2) … +3)
+//   A with m contiguous (a_rs = 1, a transposed A):  thread t reads A(m0 + 4(t%32) … +3, k0 + t/32)
+//   B with n contiguous (b_cs = 1, a row-major B):   thread t reads B(k0 + t/32, n0 + 4(t%32) … +3)
+//   B with k contiguous (b_rs = 1, a transposed B):  thread t reads B(k0 + 4(t%2) … +3, n0 + t/2)
+//
+// The host launches it only where every float4 is 16-byte aligned and lies wholly inside or
+// wholly outside its matrix: the contiguous dimension a multiple of 4 (so is the other
+// stride, the row length), and buffers from the allocator (256-byte aligned). A float4 along
+// m or n is stored to shared memory as one float4; one along k goes down a column of the
+// k-major slice as 4 scalar stores, which the rows' padding spreads over 32 banks. The layout
+// is a flag rather than a template parameter: the whole block takes the same branch, and one
+// instantiation keeps one set of shared buffers (four would not fit in 48 KB).
+struct Vec4Loader128 {
+    const float* a;
+    const float* b;
+    long long a_stride, b_stride;  // the stride that is not 1
+    bool a_k_contiguous, b_n_contiguous;
+    int M;
+    long long N;
+    int m, k_a, k_b, a_col, b_col;  // this thread's row of A, k offsets, columns in the slices
+    long long n;                    // its column of B (the first of 4 when n is contiguous)
+    float4 a_next, b_next;
+
+    __device__ Vec4Loader128(const float* a_, const float* b_, long long a_rs, long long a_cs, long long b_rs,
+                             long long b_cs, int M_, long long N_)
+        : a(a_), b(b_), a_k_contiguous(a_cs == 1), b_n_contiguous(b_cs == 1), M(M_), N(N_) {
+        a_stride = a_k_contiguous ? a_rs : a_cs;
+        b_stride = b_n_contiguous ? b_rs : b_cs;
+        const int tid = threadIdx.x;
+        a_col = a_k_contiguous ? tid / 2 : 4 * (tid % 32);
+        k_a = a_k_contiguous ? 4 * (tid % 2) : tid / 32;
+        b_col = b_n_contiguous ? 4 * (tid % 32) : tid / 2;
+        k_b = b_n_contiguous ? tid / 32 : 4 * (tid % 2);
+        m = blockIdx.y * TILE2_M + a_col;
+        n = (long long)blockIdx.x * TILE2_N + b_col;
+    }
+    __device__ void fetch(int k0, int k_end) {
+        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+        const int ka = k0 + k_a, kb = k0 + k_b;
+        if (m < M && ka < k_end) {
+            const float* p = a_k_contiguous ? a + m * a_stride + ka : a + m + ka * a_stride;
+            a_next = *reinterpret_cast<const float4*>(p);
+        } else {
+            a_next = zero;
+        }
+        if (n < N && kb < k_end) {
+            const float* p = b_n_contiguous ? b + kb * b_stride + n : b + kb + n * b_stride;
+            b_next = *reinterpret_cast<const float4*>(p);
+        } else {
+            b_next = zero;
+        }
+    }
+    __device__ void stage(Tile128Rows& a_rows, Tile128Rows& b_rows) const {
+        if (a_k_contiguous) {
+            a_rows[k_a + 0][a_col] = a_next.x;
+            a_rows[k_a + 1][a_col] = a_next.y;
+            a_rows[k_a + 2][a_col] = a_next.z;
+            a_rows[k_a + 3][a_col] = a_next.w;
+        } else {
+            *reinterpret_cast<float4*>(&a_rows[k_a][a_col]) = a_next;
+        }
+        if (b_n_contiguous) {
+            *reinterpret_cast<float4*>(&b_rows[k_b][b_col]) = b_next;
+        } else {
+            b_rows[k_b + 0][b_col] = b_next.x;
+            b_rows[k_b + 1][b_col] = b_next.y;
+            b_rows[k_b + 2][b_col] = b_next.z;
+            b_rows[k_b + 3][b_col] = b_next.w;
+        }
+    }
+};
+
+// C = A·B (or C += A·B) with 16-byte loads; the same arguments as gemm_128x128_f32.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+gemm_128x128_vec4_f32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N,
+                      int K, long long a_rs, long long a_cs, long long b_rs, long long b_cs, int accumulate) {
+    Vec4Loader128 loader(A, B, a_rs, a_cs, b_rs, b_cs, M, N);
+    const RowMajorC out{C, N, accumulate};
+    tile_gemm_128x128_with(loader, out, M, N, 0, K);
+}

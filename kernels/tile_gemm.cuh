@@ -123,47 +123,37 @@ __device__ __forceinline__ void tile_gemm_64x64(const AOperand& A, BOperand& B, 
 #define TILE2_M 128
 #define TILE2_N 128
 
-template <class AOperand, class BOperand, class Epilogue>
-__device__ __forceinline__ void tile_gemm_128x128(const AOperand& A, BOperand& B, const Epilogue& out, int M,
-                                                  long long N, int k_begin, int k_end) {
+// One step's slices of the 128×128 engine in shared memory: A transposed (k-major, m along a
+// row) and B as it lies (k-major, n along a row). Rows are padded by 4 floats so that stores
+// that walk down a column (A's scalar fetch, both operands' k-contiguous float4 fetches) put
+// the 32 lanes of a warp in 32 different banks; 132 floats keep every row 16-byte aligned.
+typedef float Tile128Rows[TILE_K][TILE2_M + 4];
+
+// The loop of the 128×128 engine, with what it fetches from global memory left to `loader`:
+// `fetch(k0, k_end)` issues this thread's loads for the step at k0 into registers (zero
+// outside the matrices), and `stage(a_rows, b_rows)` writes them into one buffer's slices.
+// Register blocking, double buffering and the epilogue are the same for every loader.
+template <class Loader, class Epilogue>
+__device__ __forceinline__ void tile_gemm_128x128_with(Loader& loader, const Epilogue& out, int M, long long N,
+                                                       int k_begin, int k_end) {
     __shared__ __align__(16) float a_tile[2][TILE_K][TILE2_M + 4];
-    __shared__ __align__(16) float b_tile[2][TILE_K][TILE2_N];
+    __shared__ __align__(16) float b_tile[2][TILE_K][TILE2_N + 4];
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
     const int m0 = blockIdx.y * TILE2_M;
     const long long n0 = (long long)blockIdx.x * TILE2_N;
 
-    // Fetched per step: A(m0 + a_m + 32i, k0 + a_k) and B(k0 + b_k + 2i, n0 + b_n), i = 0..3.
-    const int a_k = tid % 8, a_m = tid / 8;
-    const int b_n = tid % 128, b_k = tid / 128;
-    B.set_column(n0 + b_n);
-    float a_next[4], b_next[4];
-
-    auto fetch = [&](int k0) {
-        for (int i = 0; i < 4; ++i) {
-            const int m = m0 + a_m + 32 * i, ka = k0 + a_k, kb = k0 + b_k + 2 * i;
-            a_next[i] = (m < M && ka < k_end) ? A.load(m, ka) : 0.f;
-            b_next[i] = (kb < k_end) ? B.load(kb) : 0.f;
-        }
-    };
-    auto stage = [&](int buf) {
-        for (int i = 0; i < 4; ++i) {
-            a_tile[buf][a_k][a_m + 32 * i] = a_next[i];
-            b_tile[buf][b_k + 2 * i][b_n] = b_next[i];
-        }
-    };
-
     float acc[8][8];
     for (int i = 0; i < 8; ++i)
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
 
-    fetch(k_begin);
-    stage(0);
+    loader.fetch(k_begin, k_end);
+    loader.stage(a_tile[0], b_tile[0]);
     __syncthreads();
     int buf = 0;
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         const bool more = k0 + TILE_K < k_end;
-        if (more) fetch(k0 + TILE_K);  // in flight while this step computes
+        if (more) loader.fetch(k0 + TILE_K, k_end);  // in flight while this step computes
         for (int kk = 0; kk < TILE_K; ++kk) {
             const float4 a0 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][ty * 4]);
             const float4 a1 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][64 + ty * 4]);
@@ -174,7 +164,7 @@ __device__ __forceinline__ void tile_gemm_128x128(const AOperand& A, BOperand& B
             for (int i = 0; i < 8; ++i)
                 for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
         }
-        if (more) stage(buf ^ 1);
+        if (more) loader.stage(a_tile[buf ^ 1], b_tile[buf ^ 1]);
         __syncthreads();
         buf ^= 1;
     }
@@ -187,4 +177,44 @@ __device__ __forceinline__ void tile_gemm_128x128(const AOperand& A, BOperand& B
             if (n < N) out.store(m, n, acc[i][j]);
         }
     }
+}
+
+// The scalar loader: each thread fetches 4 values of A and 4 of B per step, one float each,
+// through the operand objects, so it serves any operand (strided views, im2col gathers).
+// Thread t fetches A(m0 + t/8 + 32i, k0 + t%8) and B(k0 + t/128 + 2i, n0 + t%128), i = 0..3.
+template <class AOperand, class BOperand>
+struct ScalarLoader128 {
+    const AOperand& A;
+    BOperand& B;
+    int M, m0, a_k, a_m, b_n, b_k;
+    float a_next[4], b_next[4];
+    __device__ ScalarLoader128(const AOperand& a, BOperand& b, int M_) : A(a), B(b), M(M_) {
+        const int tid = threadIdx.x;
+        m0 = blockIdx.y * TILE2_M;
+        a_k = tid % 8;
+        a_m = tid / 8;
+        b_n = tid % 128;
+        b_k = tid / 128;
+        B.set_column((long long)blockIdx.x * TILE2_N + b_n);
+    }
+    __device__ void fetch(int k0, int k_end) {
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + a_m + 32 * i, ka = k0 + a_k, kb = k0 + b_k + 2 * i;
+            a_next[i] = (m < M && ka < k_end) ? A.load(m, ka) : 0.f;
+            b_next[i] = (kb < k_end) ? B.load(kb) : 0.f;
+        }
+    }
+    __device__ void stage(Tile128Rows& a_rows, Tile128Rows& b_rows) const {
+        for (int i = 0; i < 4; ++i) {
+            a_rows[a_k][a_m + 32 * i] = a_next[i];
+            b_rows[b_k + 2 * i][b_n] = b_next[i];
+        }
+    }
+};
+
+template <class AOperand, class BOperand, class Epilogue>
+__device__ __forceinline__ void tile_gemm_128x128(const AOperand& A, BOperand& B, const Epilogue& out, int M,
+                                                  long long N, int k_begin, int k_end) {
+    ScalarLoader128<AOperand, BOperand> loader(A, B, M);
+    tile_gemm_128x128_with(loader, out, M, N, k_begin, k_end);
 }

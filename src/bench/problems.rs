@@ -177,6 +177,7 @@ impl Variant {
             Variant::Gemm(GemmKernel::Tiled) => "gemm-tiled16",
             Variant::Gemm(GemmKernel::Blocked64) => "gemm-64x64",
             Variant::Gemm(GemmKernel::Blocked128) => "gemm-128x128",
+            Variant::Gemm(GemmKernel::Vec128) => "gemm-128x128-vec4",
             Variant::Gemm(GemmKernel::Auto) => "gemm-auto",
             Variant::Unfused => "unfused",
             Variant::CudaGraph => "cuda-graph",
@@ -405,10 +406,8 @@ impl Problem {
                     v.extend([Variant::Conv(ConvAlgo::Direct), Variant::Conv(ConvAlgo::ImplicitGemm)]);
                 }
                 Problem::Linear { .. } | Problem::Matmul { .. } => {
-                    v.extend(
-                        [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Blocked64, GemmKernel::Blocked128]
-                            .map(Variant::Gemm),
-                    );
+                    let (m, n, k, ta, tb) = self.gemm_shape();
+                    v.extend(GemmKernel::ALL.into_iter().filter(|g| g.fits(m, n, k, ta, tb)).map(Variant::Gemm));
                 }
                 Problem::BatchNorm { residual, relu, .. } if *residual || *relu => v.push(Variant::Unfused),
                 Problem::TrainStep(step) => {
@@ -421,6 +420,19 @@ impl Problem {
             }
         }
         v
+    }
+
+    /// The matrix product a GEMM problem runs, as `matmul` sees it: `(m, n, k, transpose_a,
+    /// transpose_b)`; zeros for other problems.
+    fn gemm_shape(&self) -> (usize, usize, usize, bool, bool) {
+        match *self {
+            Problem::Matmul { m, n, k } => (m, n, k, false, false),
+            // The three products of `linear`: x·Wᵀ, dy·W and dyᵀ·x.
+            Problem::Linear { n, inputs, outputs, pass: Pass::Forward, .. } => (n, outputs, inputs, false, true),
+            Problem::Linear { n, inputs, outputs, pass: Pass::BackwardData, .. } => (n, inputs, outputs, false, false),
+            Problem::Linear { n, inputs, outputs, .. } => (outputs, inputs, n, true, false),
+            _ => (0, 0, 0, false, false),
+        }
     }
 
     /// Sets up the problem's inputs on `device` and returns one run of it.

@@ -522,16 +522,19 @@ pub enum GemmKernel {
     /// 128×128 tiles, 8×8 outputs per thread: fewer shared-memory loads per FMA, for large
     /// products.
     Blocked128,
-    /// The faster of the two blocked kernels for this shape, timed on first use (see
-    /// `ops::autotune`); on the emulator, the 128×128 one.
+    /// The 128×128 tiles with 16-byte global loads, where the layout allows them
+    /// ([`GemmKernel::fits`]): dense operands whose contiguous dimension is a multiple of 4.
+    Vec128,
+    /// The fastest of the blocked kernels that fit this shape, timed on first use (see
+    /// `ops::autotune`); on the emulator, the last that fits (the 16-byte one, else 128×128).
     #[default]
     Auto,
 }
 
 impl GemmKernel {
     /// Every kernel (not `Auto`, which picks one of them).
-    pub const ALL: [GemmKernel; 4] =
-        [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Blocked64, GemmKernel::Blocked128];
+    pub const ALL: [GemmKernel; 5] =
+        [GemmKernel::Naive, GemmKernel::Tiled, GemmKernel::Blocked64, GemmKernel::Blocked128, GemmKernel::Vec128];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -539,6 +542,24 @@ impl GemmKernel {
             GemmKernel::Tiled => "gemm_tiled_f32",
             GemmKernel::Blocked64 => "gemm_64x64_f32",
             GemmKernel::Blocked128 | GemmKernel::Auto => "gemm_128x128_f32",
+            GemmKernel::Vec128 => "gemm_128x128_vec4_f32",
+        }
+    }
+
+    /// Whether the kernel can compute `op(a) · op(b)` for an `m × k` times `k × n` product
+    /// (`op` transposing where asked). Every kernel can, but the 16-byte one, which loads four
+    /// neighbours along the dimension each operand has contiguous in memory: k for a plain
+    /// A, m for a transposed one, n for a plain B, k for a transposed one. That dimension must
+    /// be a multiple of 4, so that every float4 is aligned and lies wholly in or out of the
+    /// matrix.
+    pub fn fits(self, m: usize, n: usize, k: usize, transpose_a: bool, transpose_b: bool) -> bool {
+        match self {
+            GemmKernel::Vec128 => {
+                let a_contiguous = if transpose_a { m } else { k };
+                let b_contiguous = if transpose_b { k } else { n };
+                a_contiguous % 4 == 0 && b_contiguous % 4 == 0
+            }
+            _ => true,
         }
     }
 
@@ -547,7 +568,7 @@ impl GemmKernel {
         match self {
             GemmKernel::Naive | GemmKernel::Tiled => (16, 16),
             GemmKernel::Blocked64 => (0, 64),
-            GemmKernel::Blocked128 | GemmKernel::Auto => (0, 128),
+            GemmKernel::Blocked128 | GemmKernel::Vec128 | GemmKernel::Auto => (0, 128),
         }
     }
 }
@@ -578,6 +599,17 @@ pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kern
     let (b_rs, b_cs) = strides(b, transpose_b);
     let (dtype, device) = common_dtype(OP, &[("left operand", a), ("right operand", b)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        if !kernel.fits(m, n, k, transpose_a, transpose_b) {
+            return Err(Error::argument(
+                OP,
+                format!(
+                    "{} needs the contiguous dimension of each operand to be a multiple of 4, got {m}×{k}{} · {k}×{n}{}",
+                    kernel.name(),
+                    if transpose_a { " (transposed)" } else { "" },
+                    if transpose_b { " (transposed)" } else { "" }
+                ),
+            ));
+        }
         let c = gpu.alloc(dtype, m * n)?;
         let (mi, ni, ki) = (to_i32(OP, "rows", m)?, to_i32(OP, "columns", n)?, to_i32(OP, "inner dimension", k)?);
         let launch = |kernel: GemmKernel| -> Result<()> {
@@ -603,7 +635,10 @@ pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kern
         let kernel = match kernel {
             GemmKernel::Auto => {
                 let problem = format!("matmul {m}x{n}x{k} a{a_rs},{a_cs} b{b_rs},{b_cs}");
-                let candidates = [GemmKernel::Blocked64, GemmKernel::Blocked128];
+                let candidates: Vec<GemmKernel> = [GemmKernel::Blocked64, GemmKernel::Blocked128, GemmKernel::Vec128]
+                    .into_iter()
+                    .filter(|c| c.fits(m, n, k, transpose_a, transpose_b))
+                    .collect();
                 super::autotune::pick(&gpu, &problem, &candidates, GemmKernel::name, launch)?
             }
             k => k,
