@@ -121,6 +121,9 @@ impl Tester {
             ([2, 3, 7, 5], [5, 3, 3, 3], p().padding(1), true),
             ([1, 5, 11, 13], [7, 5, 3, 3], p().stride(2).padding(1), false),
             ([2, 6, 9, 9], [4, 3, 3, 3], p().padding(2).dilation(2).groups(2), true),
+            // Three groups, and 4·13·13 positions: the filter gradient is cut into two
+            // split-K slices (the towers' share of the workspace and of its reduction).
+            ([4, 6, 13, 13], [9, 2, 3, 3], p().padding(1).groups(3), true),
             ([3, 7, 5, 3], [11, 7, 1, 1], p(), true),
             ([1, 3, 31, 31], [5, 3, 11, 11], p().stride(4), true),
             // Large enough that the tiled kernels cross several 64-wide tiles in every

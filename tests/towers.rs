@@ -237,12 +237,12 @@ fn side_streams_hold_freed_memory_back_until_the_join() {
     let gpu = emu();
     let mut freed = gpu
         .on_streams(2, |_| {
-            assert_ne!(streams::current(), 0);
+            assert_ne!(streams::current_on(Device::Emu), 0);
             let b = gpu.alloc(DType::F32, 4000)?;
             Ok(b.ptr())
         })
         .unwrap();
-    assert_eq!(streams::current(), 0, "the main stream is current again");
+    assert_eq!(streams::current_on(Device::Emu), 0, "the main stream is current again");
     // Stream 2 could not take the block stream 1 had freed: its kernels might still read it.
     assert_ne!(freed[0], freed[1]);
     // After the join both are in the cache.
@@ -262,5 +262,46 @@ fn side_streams_hold_freed_memory_back_until_the_join() {
     let failed =
         gpu.on_streams(2, |i| if i == 1 { Err(scratchnet::Error::Device("tower 1 failed".into())) } else { Ok(i) });
     assert_eq!(failed.unwrap_err().to_string(), "device: tower 1 failed");
-    assert_eq!(streams::current(), 0);
+    assert_eq!(streams::current_on(Device::Emu), 0);
+}
+
+#[test]
+fn a_tower_that_panics_still_joins_and_the_next_fork_works() {
+    let _turn = one_at_a_time();
+    let gpu = emu();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = gpu.on_streams(2, |i| -> Result<()> {
+            let _held = gpu.alloc(DType::F32, 1000)?;
+            if i == 1 {
+                panic!("tower 1 panics");
+            }
+            Ok(())
+        });
+    }));
+    assert!(caught.is_err());
+    assert_eq!(streams::current_on(Device::Emu), 0, "the main stream is current again");
+    assert!(!streams::forked());
+    // The blocks the towers freed went back to the cache at the join.
+    let before = gpu.memory_stats();
+    let reused = gpu.alloc(DType::F32, 1000).unwrap();
+    assert_eq!(gpu.memory_stats().device_allocations, before.device_allocations, "{:?}", reused);
+    assert_eq!(gpu.on_streams(2, |i| Ok(i * 10)).unwrap(), vec![0, 10]);
+}
+
+#[test]
+fn a_profiled_graph_dropped_before_backward_stops_the_stream_log() {
+    let _turn = one_at_a_time();
+    let device = Device::Emu;
+    let gpu = emu();
+    let mut m = TowerNet::new(device);
+    let x = Tensor::randn([2, 3, 5, 5], 0.0, 1.0, DType::F32, 7).to_device(device).unwrap();
+    conv2d::set_towers(true);
+    {
+        let mut g = Graph::new();
+        g.start_profile(device).unwrap();
+        m.forward(&mut g, &Var::constant(x)).unwrap();
+    }
+    conv2d::set_towers(false);
+    gpu.on_streams(2, |_| Ok(())).unwrap();
+    assert!(gpu.take_stream_log().is_empty(), "no span is kept once the profile is gone");
 }

@@ -119,6 +119,16 @@ impl Recorder {
     }
 }
 
+impl Drop for Recorder {
+    /// Stops the device's log of side-stream spans, also when the step failed or its graph
+    /// was dropped before backward (after [`Recorder::stream_spans`] there is nothing left).
+    fn drop(&mut self) {
+        if let Some(gpu) = &self.gpu {
+            gpu.take_stream_log();
+        }
+    }
+}
+
 /// Per fork and join of a step: the label, how long each stream worked and how long the
 /// whole took from the first start to the last end. Their difference is the time the
 /// streams ran side by side.

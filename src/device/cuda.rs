@@ -264,7 +264,7 @@ impl CudaBackend {
 
     /// The calling thread's current stream.
     fn stream(&self) -> sys::CUstream {
-        self.streams[super::streams::current().min(SIDE_STREAMS)]
+        self.streams[super::streams::current_on(Device::Cuda(self.info.ordinal)).min(SIDE_STREAMS)]
     }
 
     fn main_stream(&self) -> sys::CUstream {
@@ -366,9 +366,14 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
-        // SAFETY: our stream.
-        unsafe { result::stream::synchronize(self.stream()) }
-            .map_err(|e| self.err("waiting for the device (a kernel failed?)", e))
+        // Every stream: called inside a fork, the main stream alone would not cover the side
+        // streams' work (outside one, the side streams are idle and this costs nothing).
+        for &s in &self.streams {
+            // SAFETY: our streams.
+            unsafe { result::stream::synchronize(s) }
+                .map_err(|e| self.err("waiting for the device (a kernel failed?)", e))?;
+        }
+        Ok(())
     }
 
     fn record_event(&self) -> Result<u64> {

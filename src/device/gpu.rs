@@ -115,8 +115,8 @@ struct Allocator {
     /// The blocks of each live graph (see [`GpuDevice::capture`]).
     pools: HashMap<u64, GraphPool>,
     /// Blocks freed while a side stream was current, whose kernels may still read them:
-    /// held back until the join (see [`GpuDevice::on_streams`]).
-    deferred: Vec<(u64, usize)>,
+    /// held back until the join (see [`GpuDevice::on_streams`]), with the forking thread.
+    deferred: Vec<(std::thread::ThreadId, u64, usize)>,
 }
 
 impl Allocator {
@@ -145,6 +145,8 @@ pub struct GpuDevice {
     launches: [AtomicU64; SIDE_STREAMS + 1],
     /// When set, what each side stream ran in each fork and join ([`GpuDevice::on_streams`]).
     spans: Mutex<Option<Vec<StreamSpan>>>,
+    /// Held by the thread inside [`GpuDevice::on_streams`]: one fork at a time.
+    forking: Mutex<()>,
 }
 
 /// The allocator's size class of a request: multiples of 512 bytes up to 1 MiB, then of
@@ -171,6 +173,7 @@ impl GpuDevice {
             }),
             launches: Default::default(),
             spans: Mutex::new(None),
+            forking: Mutex::new(()),
         })
     }
 
@@ -228,6 +231,8 @@ impl GpuDevice {
                 let p = unsafe { self.backend.malloc(class) };
                 let p = match p {
                     Ok(p) => p,
+                    // Freeing memory waits for the device, which would break a capture.
+                    Err(e) if self.lock().capturing.is_some() => return Err(e),
                     Err(_) => {
                         // Out of memory: give the cache back to the device and try once more.
                         self.release_cache();
@@ -368,8 +373,8 @@ impl GpuDevice {
     fn release(&self, ptr: u64, class: usize) {
         let mut a = self.lock();
         a.stats.in_use -= class;
-        if streams::current() != 0 {
-            a.deferred.push((ptr, class));
+        if streams::current_on(self.device()) != 0 {
+            a.deferred.push((std::thread::current().id(), ptr, class));
             a.stats.cached += class;
             return;
         }
@@ -436,7 +441,7 @@ impl GpuDevice {
         // SAFETY: the argument kinds match the signature (checked above), and the pointers
         // come from live buffers of this device (KernelCall::buf borrows them).
         unsafe { self.backend.launch(index, info, d, &mut ptrs)? };
-        self.launches[streams::current()].fetch_add(1, Ordering::Relaxed);
+        self.launches[streams::current_on(self.device())].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -451,7 +456,8 @@ impl GpuDevice {
     /// after: the main stream waits for every side stream (the join), so what the caller
     /// queues next sees all their results. The closures run one after another on the calling
     /// thread: only the device runs them in parallel. Inside a capture the fork and the join
-    /// become edges of the graph, whose two branches then replay side by side.
+    /// become edges of the graph, whose two branches then replay side by side. The join
+    /// happens however the closures end (an error, a panic).
     pub fn on_streams<T>(self: &Arc<Self>, count: usize, mut f: impl FnMut(usize) -> Result<T>) -> Result<Vec<T>> {
         if count == 0 || count > SIDE_STREAMS {
             return Err(Error::Device(format!(
@@ -459,52 +465,55 @@ impl GpuDevice {
                 self.device()
             )));
         }
-        if streams::current() != 0 {
+        if streams::forked() {
             return Err(Error::Device(format!("{}: side streams cannot fork again", self.device())));
         }
+        let _one_fork_at_a_time = self.forking.lock().unwrap_or_else(|p| p.into_inner());
         static NEXT_REGION: AtomicU64 = AtomicU64::new(1);
         let region = NEXT_REGION.fetch_add(1, Ordering::Relaxed);
-        let logging = self.spans.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        // Spans are timed with events, which a graph being captured cannot hold.
+        let logging =
+            self.spans.lock().unwrap_or_else(|p| p.into_inner()).is_some() && self.lock().capturing_here().is_none();
         let label = if logging { streams::label() } else { String::new() };
+        let mut join = JoinOnDrop { device: self, count, done: false };
         self.backend.fork(count)?;
         let mut results = Vec::with_capacity(count);
         let mut spans = Vec::new();
-        let mut failed = None;
         for i in 0..count {
-            let _on = StreamGuard::enter(i + 1);
-            let mut run = || -> Result<T> {
-                let start = if logging { Some(self.record_event()?) } else { None };
-                let value = f(i)?;
-                if let Some(start) = start {
-                    let end = self.record_event()?;
-                    spans.push(StreamSpan { region, stream: i + 1, label: label.clone(), start, end });
-                }
-                Ok(value)
-            };
-            match run() {
-                Ok(v) => results.push(v),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+            let _on = StreamGuard::enter(self.device(), i + 1);
+            let start = if logging { Some(self.record_event()?) } else { None };
+            results.push(f(i)?);
+            if let Some(start) = start {
+                let end = self.record_event()?;
+                spans.push(StreamSpan { region, stream: i + 1, label: label.clone(), start, end });
             }
         }
-        // Joined even after a failure, so that no later work races with what was queued.
-        let joined = self.backend.join(count);
-        let deferred = std::mem::take(&mut self.lock().deferred);
-        for (ptr, class) in deferred {
-            let mut a = self.lock();
-            a.stats.cached -= class;
-            self.place_free_block(a, ptr, class);
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        joined?;
+        join.join()?;
         if let Some(log) = self.spans.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             log.extend(spans);
         }
         Ok(results)
+    }
+
+    /// The end of [`GpuDevice::on_streams`]: the main stream waits for the side streams, then
+    /// the blocks this thread freed on them go back to the cache. If the join itself fails,
+    /// the blocks are not reused (nothing orders later work after the side streams' any more).
+    fn join_side_streams(&self, count: usize) -> Result<()> {
+        let joined = self.backend.join(count);
+        let me = std::thread::current().id();
+        let mine: Vec<(u64, usize)> = {
+            let mut a = self.lock();
+            let (mine, others) = a.deferred.drain(..).partition(|(t, _, _)| *t == me);
+            a.deferred = others;
+            mine.into_iter().map(|(_, ptr, class)| (ptr, class)).collect()
+        };
+        joined?;
+        for (ptr, class) in mine {
+            let mut a = self.lock();
+            a.stats.cached -= class;
+            self.place_free_block(a, ptr, class);
+        }
+        Ok(())
     }
 
     /// Starts keeping a [`StreamSpan`] for each side stream of each later
@@ -522,6 +531,29 @@ impl GpuDevice {
 impl Drop for GpuDevice {
     fn drop(&mut self) {
         self.release_cache();
+    }
+}
+
+/// Joins the side streams of a fork when dropped, if [`JoinOnDrop::join`] has not.
+struct JoinOnDrop<'a> {
+    device: &'a GpuDevice,
+    count: usize,
+    done: bool,
+}
+
+impl JoinOnDrop<'_> {
+    fn join(&mut self) -> Result<()> {
+        self.done = true;
+        self.device.join_side_streams(self.count)
+    }
+}
+
+impl Drop for JoinOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Waiting on a side stream that never waited for the fork is harmless.
+            let _ = self.device.join_side_streams(self.count);
+        }
     }
 }
 

@@ -12,37 +12,53 @@
 //!
 //! The emulator runs every launch before it returns, so its streams are only labels; the
 //! launches per stream are counted on every device, which is what the tests check.
+//!
+//! One thread at a time may fork a device's streams (the others wait for it), and a thread
+//! that works on a CUDA device while another thread is inside a fork of it is not ordered
+//! with the towers' work: with towers on, give each CUDA device to one thread, as the command
+//! line does.
 
 use std::cell::Cell;
 
-use super::GpuEvent;
+use super::{Device, GpuEvent};
 
 /// Side streams a device offers (streams 1 to `SIDE_STREAMS`; 0 is the main one).
 pub const SIDE_STREAMS: usize = 4;
 
 thread_local! {
-    static CURRENT: Cell<usize> = const { Cell::new(0) };
+    /// The device whose side stream is current on this thread, and which one.
+    static CURRENT: Cell<Option<(Device, usize)>> = const { Cell::new(None) };
     static LABEL: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// The stream this thread's work goes to (0: the main stream).
-pub fn current() -> usize {
-    CURRENT.with(Cell::get)
+/// The stream of `device` that this thread's work goes to (0: the main stream). Work for
+/// any other device than the one being forked goes to that device's main stream.
+pub fn current_on(device: Device) -> usize {
+    match CURRENT.with(Cell::get) {
+        Some((d, stream)) if d == device => stream,
+        _ => 0,
+    }
 }
 
-/// Makes `stream` current for as long as the guard lives; the main stream again after.
+/// Whether this thread is inside a fork of any device.
+pub fn forked() -> bool {
+    CURRENT.with(Cell::get).is_some()
+}
+
+/// Makes a side stream of `device` current for as long as the guard lives; the main stream
+/// again after.
 pub(super) struct StreamGuard;
 
 impl StreamGuard {
-    pub(super) fn enter(stream: usize) -> StreamGuard {
-        CURRENT.with(|c| c.set(stream));
+    pub(super) fn enter(device: Device, stream: usize) -> StreamGuard {
+        CURRENT.with(|c| c.set(Some((device, stream))));
         StreamGuard
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(0));
+        CURRENT.with(|c| c.set(None));
     }
 }
 

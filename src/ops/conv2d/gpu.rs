@@ -17,8 +17,10 @@
 //! GPU can run the two halves side by side, forward and backward, where one launch would run
 //! them as one grid. A tower is the implicit-GEMM kernel launched one group deep, with
 //! pointers that start at its group's channels: the same arithmetic in the same order as the
-//! single launch, so the results are the same to the bit. (The direct kernels cover all
-//! groups in one grid-stride loop; with `--conv-algo direct` the groups run as one launch.)
+//! single launch, so the results are the same to the bit. Towers replace the implicit GEMM's
+//! one launch where it is the kernel chosen (forced, or picked by the autotuner, which times
+//! the one-launch kernels); the direct kernels cover all groups in one grid-stride loop, so
+//! where they run, the groups stay one launch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -95,10 +97,10 @@ pub fn towers() -> bool {
     }
 }
 
-/// Whether this convolution runs as towers: towers on, a grouped layer with no more groups
-/// than side streams, and the implicit-GEMM kernels.
-fn as_towers(algo: ConvAlgo, g: &ConvGeometry) -> bool {
-    towers() && algo != ConvAlgo::Direct && (2..=SIDE_STREAMS).contains(&g.groups())
+/// Whether this convolution runs as towers when its kernel is the implicit GEMM: towers
+/// on, and a grouped layer with no more groups than side streams.
+fn splits_into_towers(g: &ConvGeometry) -> bool {
+    towers() && (2..=SIDE_STREAMS).contains(&g.groups())
 }
 
 /// A variant that actually runs (what `Auto` resolves to).
@@ -125,7 +127,20 @@ fn run(
     g: &ConvGeometry,
     launch: impl Fn(Kernel) -> Result<()>,
 ) -> Result<()> {
-    let kernel = match algo {
+    let kernel = choose(gpu, algo, pass, g, &launch)?;
+    launch(kernel)
+}
+
+/// The variant `algo` asks for: under `Auto`, the autotuner's choice for this problem, timed
+/// with `launch` (the one-launch kernels) the first time the problem is met.
+fn choose(
+    gpu: &GpuDevice,
+    algo: ConvAlgo,
+    pass: &str,
+    g: &ConvGeometry,
+    launch: impl Fn(Kernel) -> Result<()>,
+) -> Result<Kernel> {
+    Ok(match algo {
         ConvAlgo::Direct => Kernel::Direct,
         ConvAlgo::ImplicitGemm => Kernel::ImplicitGemm,
         ConvAlgo::Auto => {
@@ -141,8 +156,7 @@ fn run(
             );
             autotune::pick(gpu, &problem, &[Kernel::Direct, Kernel::ImplicitGemm], Kernel::name, &launch)?
         }
-    };
-    launch(kernel)
+    })
 }
 
 /// Appends the sixteen shape arguments every conv2d kernel takes, in their order.
@@ -196,23 +210,8 @@ pub(super) fn forward(
 ) -> Result<GpuBuffer> {
     let count = g.out_shape().numel();
     let y = gpu.alloc(DType::F32, count)?;
-    if as_towers(algo, g) {
-        let (cg, og) = (g.c / g.groups(), g.o_per_group());
-        gpu.on_streams(g.groups(), |t| {
-            let call = tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), og, 1)?
-                .buf_from(&y, t * og * g.out_pixels())?
-                .buf_from(x, t * cg * g.h * g.w)?
-                .buf_from(w, t * og * g.k_per_group())?;
-            let call = match bias {
-                Some(b) => call.buf_from(b, t * og)?,
-                None => call.buf_or_null(None),
-            };
-            gpu.launch(shape_args(call, g)?.i32(relu as i32))
-        })?;
-        return Ok(y);
-    }
     let problem = if relu { "forward+relu" } else { "forward" };
-    run(gpu, algo, problem, g, |kernel| match kernel {
+    let launch = |kernel| match kernel {
         Kernel::Direct => {
             let call = KernelCall::elementwise("conv2d_fwd_direct_f32", count);
             gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?)?;
@@ -233,8 +232,44 @@ pub(super) fn forward(
             let call = tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), g.o_per_group(), g.groups())?;
             gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?.i32(relu as i32))
         }
+    };
+    let kernel = choose(gpu, algo, problem, g, launch)?;
+    if kernel != Kernel::ImplicitGemm || !splits_into_towers(g) {
+        launch(kernel)?;
+        return Ok(y);
+    }
+    // The towers: group t's implicit GEMM on side stream t + 1, one group deep.
+    let (cg, og) = (g.c / g.groups(), g.o_per_group());
+    gpu.on_streams(g.groups(), |t| {
+        let call = tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), og, 1)?
+            .buf_from(&y, t * og * g.out_pixels())?
+            .buf_from(x, t * cg * g.h * g.w)?
+            .buf_from(w, t * og * g.k_per_group())?;
+        let call = match bias {
+            Some(b) => call.buf_from(b, t * og)?,
+            None => call.buf_or_null(None),
+        };
+        gpu.launch(shape_args(call, g)?.i32(relu as i32))
     })?;
     Ok(y)
+}
+
+/// The data gradient's launch with kernel `kernel`, into `dx`.
+fn launch_data(
+    gpu: &GpuDevice,
+    kernel: Kernel,
+    dx: &GpuBuffer,
+    dy: &GpuBuffer,
+    w: &GpuBuffer,
+    g: &ConvGeometry,
+) -> Result<()> {
+    let call = match kernel {
+        Kernel::Direct => KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel()),
+        Kernel::ImplicitGemm => {
+            tiles("conv2d_bwd_data_implicit_gemm_f32", g.n * g.h * g.w, g.c / g.groups(), g.groups())?
+        }
+    };
+    gpu.launch(shape_args(call.buf(dx).buf(dy).buf(w), g)?)
 }
 
 pub(super) fn backward_data(
@@ -245,15 +280,7 @@ pub(super) fn backward_data(
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
     let dx = gpu.alloc(DType::F32, g.in_shape().numel())?;
-    run(gpu, algo, "backward data", g, |kernel| {
-        let call = match kernel {
-            Kernel::Direct => KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel()),
-            Kernel::ImplicitGemm => {
-                tiles("conv2d_bwd_data_implicit_gemm_f32", g.n * g.h * g.w, g.c / g.groups(), g.groups())?
-            }
-        };
-        gpu.launch(shape_args(call.buf(&dx).buf(dy).buf(w), g)?)
-    })?;
+    run(gpu, algo, "backward data", g, |kernel| launch_data(gpu, kernel, &dx, dy, w, g))?;
     Ok(dx)
 }
 
@@ -267,6 +294,52 @@ fn filter_splits(g: &ConvGeometry) -> (usize, usize) {
     (k.div_ceil(chunk.max(1)).max(1), chunk.max(8))
 }
 
+/// The filter gradient's output and, when its shared dimension is split, the workspace of
+/// the slices' partial sums.
+struct FilterGradient {
+    dw: GpuBuffer,
+    workspace: Option<GpuBuffer>,
+    splits: usize,
+    chunk: usize,
+}
+
+impl FilterGradient {
+    fn alloc(gpu: &Arc<GpuDevice>, g: &ConvGeometry) -> Result<FilterGradient> {
+        let count = g.weight_shape().numel();
+        let (splits, chunk) = filter_splits(g);
+        let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
+        Ok(FilterGradient { dw: gpu.alloc(DType::F32, count)?, workspace, splits, chunk })
+    }
+
+    /// The launches with kernel `kernel`, into `dw`.
+    fn launch(&self, gpu: &GpuDevice, kernel: Kernel, dy: &GpuBuffer, x: &GpuBuffer, g: &ConvGeometry) -> Result<()> {
+        let count = g.weight_shape().numel();
+        match kernel {
+            Kernel::Direct => {
+                let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", count).buf(&self.dw).buf(dy).buf(x);
+                gpu.launch(shape_args(call, g)?)
+            }
+            Kernel::ImplicitGemm => {
+                let z = g.groups() * self.splits;
+                let call = tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), g.o_per_group(), z)?;
+                let call = shape_args(call.buf(self.workspace.as_ref().unwrap_or(&self.dw)).buf(dy).buf(x), g)?;
+                gpu.launch(call.i32(to_i32(OP, "slice length", self.chunk)?).i32(to_i32(OP, "groups", g.groups())?))?;
+                match &self.workspace {
+                    Some(ws) => gpu.launch(
+                        KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count)
+                            .buf(&self.dw)
+                            .buf(ws)
+                            .i64(to_i64(count))
+                            .i64(to_i64(count))
+                            .i32(to_i32(OP, "slices", self.splits)?),
+                    ),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 pub(super) fn backward_filter(
     gpu: &Arc<GpuDevice>,
     algo: ConvAlgo,
@@ -274,57 +347,51 @@ pub(super) fn backward_filter(
     x: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
-    let count = g.weight_shape().numel();
-    let dw = gpu.alloc(DType::F32, count)?;
-    let (splits, chunk) = filter_splits(g);
-    let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
-    run(gpu, algo, "backward filter", g, |kernel| match kernel {
-        Kernel::Direct => {
-            let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", count).buf(&dw).buf(dy).buf(x);
-            gpu.launch(shape_args(call, g)?)
-        }
-        Kernel::ImplicitGemm => {
-            let call =
-                tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), g.o_per_group(), g.groups() * splits)?;
-            let call = shape_args(call.buf(workspace.as_ref().unwrap_or(&dw)).buf(dy).buf(x), g)?;
-            gpu.launch(call.i32(to_i32(OP, "slice length", chunk)?).i32(to_i32(OP, "groups", g.groups())?))?;
-            match &workspace {
-                Some(ws) => gpu.launch(
-                    KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count)
-                        .buf(&dw)
-                        .buf(ws)
-                        .i64(to_i64(count))
-                        .i64(to_i64(count))
-                        .i32(to_i32(OP, "slices", splits)?),
-                ),
-                None => Ok(()),
-            }
-        }
-    })?;
-    Ok(dw)
+    let grad = FilterGradient::alloc(gpu, g)?;
+    run(gpu, algo, "backward filter", g, |kernel| grad.launch(gpu, kernel, dy, x, g))?;
+    Ok(grad.dw)
 }
 
-/// Both gradients of a convolution run as towers (see the module's comment): tower t
-/// computes group t's share of dx (its input channels) and of dW (its output channels) on
-/// side stream t + 1, so each tower's data and filter gradients also follow one another
-/// without waiting for the other tower. `None` where a gradient is not wanted.
-pub(super) fn backward_towers(
+/// The data and filter gradients (each only where wanted), with the kernels `algo` chooses.
+/// Where both are the implicit GEMM and the layer splits into towers, the groups run as
+/// towers (see the module's comment): tower t computes group t's share of dx (its input
+/// channels) and of dW (its output channels) on side stream t + 1, so that one tower's filter
+/// gradient can run beside the other's data gradient. Otherwise one launch per kernel.
+pub(super) fn backward_data_and_filter(
     gpu: &Arc<GpuDevice>,
+    algo: ConvAlgo,
     dy: &GpuBuffer,
     x: &GpuBuffer,
     w: &GpuBuffer,
     (want_dx, want_dw): (bool, bool),
     g: &ConvGeometry,
 ) -> Result<(Option<GpuBuffer>, Option<GpuBuffer>)> {
+    // Allocated on the main stream before any fork, so the towers only write into them.
+    let dx = want_dx.then(|| gpu.alloc(DType::F32, g.in_shape().numel())).transpose()?;
+    let dw = want_dw.then(|| FilterGradient::alloc(gpu, g)).transpose()?;
+    let data_kernel = match &dx {
+        Some(dx) => Some(choose(gpu, algo, "backward data", g, |k| launch_data(gpu, k, dx, dy, w, g))?),
+        None => None,
+    };
+    let filter_kernel = match &dw {
+        Some(grad) => Some(choose(gpu, algo, "backward filter", g, |k| grad.launch(gpu, k, dy, x, g))?),
+        None => None,
+    };
+    let chosen = [data_kernel, filter_kernel];
+    let as_towers = splits_into_towers(g) && chosen.iter().flatten().all(|&k| k == Kernel::ImplicitGemm);
+    if !as_towers {
+        if let (Some(dx), Some(k)) = (&dx, data_kernel) {
+            launch_data(gpu, k, dx, dy, w, g)?;
+        }
+        if let (Some(grad), Some(k)) = (&dw, filter_kernel) {
+            grad.launch(gpu, k, dy, x, g)?;
+        }
+        return Ok((dx, dw.map(|grad| grad.dw)));
+    }
     let (cg, og) = (g.c / g.groups(), g.o_per_group());
     let (in_plane, out_plane) = (g.h * g.w, g.out_pixels());
     let count = g.weight_shape().numel();
     let group_weights = og * g.k_per_group();
-    // Allocated on the main stream before the fork, so the towers only write into them.
-    let dx = want_dx.then(|| gpu.alloc(DType::F32, g.in_shape().numel())).transpose()?;
-    let dw = want_dw.then(|| gpu.alloc(DType::F32, count)).transpose()?;
-    let (splits, chunk) = filter_splits(g);
-    let workspace = if want_dw && splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
     gpu.on_streams(g.groups(), |t| {
         if let Some(dx) = &dx {
             let call = tiles("conv2d_bwd_data_implicit_gemm_f32", g.n * in_plane, cg, 1)?
@@ -333,31 +400,26 @@ pub(super) fn backward_towers(
                 .buf_from(w, t * group_weights)?;
             gpu.launch(shape_args(call, g)?)?;
         }
-        if let Some(dw) = &dw {
-            let call = tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), og, splits)?
-                .buf_from(workspace.as_ref().unwrap_or(dw), t * group_weights)?
+        if let Some(grad) = &dw {
+            let call = tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), og, grad.splits)?
+                .buf_from(grad.workspace.as_ref().unwrap_or(&grad.dw), t * group_weights)?
                 .buf_from(dy, t * og * out_plane)?
                 .buf_from(x, t * cg * in_plane)?;
-            gpu.launch(shape_args(call, g)?.i32(to_i32(OP, "slice length", chunk)?).i32(1))?;
-            if let Some(ws) = &workspace {
+            gpu.launch(shape_args(call, g)?.i32(to_i32(OP, "slice length", grad.chunk)?).i32(1))?;
+            if let Some(ws) = &grad.workspace {
                 gpu.launch(
                     KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", group_weights)
-                        .buf_from(dw, t * group_weights)?
+                        .buf_from(&grad.dw, t * group_weights)?
                         .buf_from(ws, t * group_weights)?
                         .i64(to_i64(group_weights))
                         .i64(to_i64(count))
-                        .i32(to_i32(OP, "slices", splits)?),
+                        .i32(to_i32(OP, "slices", grad.splits)?),
                 )?;
             }
         }
         Ok(())
     })?;
-    Ok((dx, dw))
-}
-
-/// Whether [`backward_towers`] applies to this convolution.
-pub(super) fn backward_as_towers(algo: ConvAlgo, g: &ConvGeometry) -> bool {
-    as_towers(algo, g)
+    Ok((dx, dw.map(|grad| grad.dw)))
 }
 
 #[cfg(test)]

@@ -301,9 +301,9 @@ pub fn backward_filter_with(
     })
 }
 
-/// The data and filter gradients together (each only where wanted): on a GPU with towers on
-/// ([`towers`]), the groups of a grouped convolution compute both in one fork of side
-/// streams; otherwise [`backward_data`] and [`backward_filter`] one after the other.
+/// The data and filter gradients together (each only where wanted), as [`backward_data`]
+/// and [`backward_filter`] compute them; on a GPU with towers on ([`towers`]), the groups of
+/// a grouped convolution compute both in one fork of side streams.
 pub fn backward_data_and_filter(
     dy: &Tensor,
     x: &Tensor,
@@ -324,17 +324,19 @@ pub fn backward_data_and_filter_with(
     algo: ConvAlgo,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
-    if (want_dx || want_dw) && gpu::backward_as_towers(algo, &g) {
-        expect_shape(OP, "output gradient", dy, &g.out_shape())?;
-        let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("weight", w)])?;
-        if let Some(gpu) = gpu_f32(OP, dtype, device)? {
-            let (dx, dw) =
-                gpu::backward_towers(&gpu, dy.gpu_buffer()?, x.gpu_buffer()?, w.gpu_buffer()?, (want_dx, want_dw), &g)?;
-            return Ok((
-                dx.map(|b| Tensor::from_gpu(g.in_shape(), b)),
-                dw.map(|b| Tensor::from_gpu(g.weight_shape(), b)),
-            ));
-        }
+    expect_shape(OP, "output gradient", dy, &g.out_shape())?;
+    let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("weight", w)])?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        let (dx, dw) = gpu::backward_data_and_filter(
+            &gpu,
+            algo,
+            dy.gpu_buffer()?,
+            x.gpu_buffer()?,
+            w.gpu_buffer()?,
+            (want_dx, want_dw),
+            &g,
+        )?;
+        return Ok((dx.map(|b| Tensor::from_gpu(g.in_shape(), b)), dw.map(|b| Tensor::from_gpu(g.weight_shape(), b))));
     }
     let dx = if want_dx { Some(backward_data_with(dy, w, x.shape(), p, algo)?) } else { None };
     let dw = if want_dw { Some(backward_filter_with(dy, x, w.shape(), p, algo)?) } else { None };
