@@ -16,8 +16,12 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #define SCRATCHNET_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+// Unrolls the loop that follows completely. Where a loop indexes a register array (a tile's
+// accumulators), an index the compiler cannot resolve puts the whole array in local memory.
+#define SCRATCHNET_UNROLL _Pragma("unroll")
 #else
 #include "emu/cuda_emu.h"
+#define SCRATCHNET_UNROLL
 #endif
 
 // Threads per block for the simple element-wise kernels: a multiple of the warp size that

@@ -155,6 +155,25 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
 
 #include "tile_gemm.cuh"
 
+// Each product runs on either engine of tile_gemm.cuh: the 64×64 tile (4×4 outputs per
+// thread), or the 128×128 one (8×8 per thread, 16 FMAs per shared load instead of 4, for the
+// large layers; it wastes more on the edges of small ones). The kernels are written once
+// over the engine, with one extern "C" entry point per engine: `…_implicit_gemm_f32` and
+// `…_implicit_gemm128_f32`.
+struct Engine64 {
+    template <class A, class B, class E>
+    __device__ static void run(const A& a, B& b, const E& e, int M, long long N, int k_begin, int k_end) {
+        tile_gemm_64x64(a, b, e, M, N, k_begin, k_end);
+    }
+};
+
+struct Engine128 {
+    template <class A, class B, class E>
+    __device__ static void run(const A& a, B& b, const E& e, int M, long long N, int k_begin, int k_end) {
+        tile_gemm_128x128(a, b, e, M, N, k_begin, k_end);
+    }
+};
+
 // The sizes every convolution kernel takes, unpacked once per block.
 struct ConvSizes {
     int N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups;
@@ -215,16 +234,30 @@ struct FwdStore {
 // y = conv(x, w) + bias (then ReLU when `relu` is set) as a GEMM per group:
 // [O/G × K] · [K × N·OH·OW]. Grid: x over tiles of output pixels (all images), y over tiles
 // of output channels, z over groups; 256 threads.
+template <class Engine>
+__device__ __forceinline__ void conv_fwd_implicit_gemm(float* y, const float* x, const float* w, const float* bias,
+                                                       const ConvSizes& s, int relu) {
+    const int g = blockIdx.z, K = s.cg() * s.taps();
+    const FwdWeights A{w + (long long)g * s.og() * K, K};
+    FwdIm2col B{x + (long long)g * s.cg() * s.H * s.W, s, (long long)s.N * s.OH * s.OW};
+    const FwdStore out{y, bias, s.O, g * s.og(), (long long)s.OH * s.OW, relu};
+    Engine::run(A, B, out, s.og(), B.cols, 0, K);
+}
+
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
 conv2d_fwd_implicit_gemm_f32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                              const float* __restrict__ bias, int N, int C, int H, int W, int O, int KH, int KW, int OH,
                              int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int relu) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    const int g = blockIdx.z, K = s.cg() * s.taps();
-    const FwdWeights A{w + (long long)g * s.og() * K, K};
-    FwdIm2col B{x + (long long)g * s.cg() * H * W, s, (long long)N * OH * OW};
-    const FwdStore out{y, bias, O, g * s.og(), (long long)OH * OW, relu};
-    tile_gemm_64x64(A, B, out, s.og(), B.cols, 0, K);
+    conv_fwd_implicit_gemm<Engine64>(y, x, w, bias, s, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+conv2d_fwd_implicit_gemm128_f32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+                                const float* __restrict__ bias, int N, int C, int H, int W, int O, int KH, int KW,
+                                int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int relu) {
+    const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
+    conv_fwd_implicit_gemm<Engine128>(y, x, w, bias, s, relu);
 }
 
 // Data gradient, A: the weights seen as [C/G × O/G·KH·KW]: A(c, (o, ky, kx)) = w[o, c, ky, kx].
@@ -275,16 +308,30 @@ struct DgradStore {
 
 // dx as a GEMM per group: [C/G × O/G·KH·KW] · [O/G·KH·KW × N·H·W]. Every element of dx is one
 // output of the product, written once: no atomics.
+template <class Engine>
+__device__ __forceinline__ void conv_bwd_data_implicit_gemm(float* dx, const float* dy, const float* w,
+                                                            const ConvSizes& s) {
+    const int g = blockIdx.z;
+    const DgradWeights A{w + (long long)g * s.og() * s.cg() * s.taps(), s.cg(), s.taps()};
+    DgradGather B{dy + (long long)g * s.og() * s.OH * s.OW, s, (long long)s.N * s.H * s.W};
+    const DgradStore out{dx, s.C, g * s.cg(), (long long)s.H * s.W};
+    Engine::run(A, B, out, s.cg(), B.cols, 0, s.og() * s.taps());
+}
+
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
 conv2d_bwd_data_implicit_gemm_f32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
                                   int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
                                   int ph, int pw, int dh, int dw, int groups) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    const int g = blockIdx.z;
-    const DgradWeights A{w + (long long)g * s.og() * s.cg() * s.taps(), s.cg(), s.taps()};
-    DgradGather B{dy + (long long)g * s.og() * OH * OW, s, (long long)N * H * W};
-    const DgradStore out{dx, C, g * s.cg(), (long long)H * W};
-    tile_gemm_64x64(A, B, out, s.cg(), B.cols, 0, s.og() * s.taps());
+    conv_bwd_data_implicit_gemm<Engine64>(dx, dy, w, s);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+conv2d_bwd_data_implicit_gemm128_f32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+                                     int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
+                                     int ph, int pw, int dh, int dw, int groups) {
+    const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
+    conv_bwd_data_implicit_gemm<Engine128>(dx, dy, w, s);
 }
 
 // Filter gradient, A: the output gradient as [O/G × N·OH·OW]: A(o, (image, p)) = dy[image, o, p].
@@ -335,18 +382,35 @@ struct WgradStore {
 // With one split the result goes straight to dw; otherwise slice s writes its partial sums
 // to workspace block s·groups + g, and conv2d_bwd_filter_reduce_f32 adds the slices in order:
 // deterministic, unlike atomically accumulating the slices.
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+template <class Engine>
+__device__ __forceinline__ void conv_bwd_filter_implicit_gemm(float* out, const float* dy, const float* x,
+                                                              const ConvSizes& s, int k_chunk, int launch_groups) {
+    const int g = blockIdx.z % launch_groups, split = blockIdx.z / launch_groups;
+    const int cols = s.cg() * s.taps(), K = s.N * s.OH * s.OW;
+    const WgradDy A{dy + (long long)g * s.og() * s.OH * s.OW, s.O, s.OH * s.OW};
+    WgradIm2colT B{x + (long long)g * s.cg() * s.H * s.W, s};
+    const WgradStore store{out + ((long long)split * s.groups + g) * s.og() * cols, cols};
+    const int k_begin = split * k_chunk, k_end = min(K, k_begin + k_chunk);
+    Engine::run(A, B, store, s.og(), cols, k_begin, k_end);
+}
+
+// (At least 3 blocks per SM: without the hint ptxas holds the kernel to 64 registers and
+// spills; with it, 80 registers and 3 blocks, as many as before the launch_groups argument.)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 3)
 conv2d_bwd_filter_implicit_gemm_f32(float* __restrict__ out, const float* __restrict__ dy, const float* __restrict__ x,
                                     int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
                                     int ph, int pw, int dh, int dw, int groups, int k_chunk, int launch_groups) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    const int g = blockIdx.z % launch_groups, split = blockIdx.z / launch_groups;
-    const int cols = s.cg() * s.taps(), K = N * OH * OW;
-    const WgradDy A{dy + (long long)g * s.og() * OH * OW, O, OH * OW};
-    WgradIm2colT B{x + (long long)g * s.cg() * H * W, s};
-    const WgradStore store{out + ((long long)split * groups + g) * s.og() * cols, cols};
-    const int k_begin = split * k_chunk, k_end = min(K, k_begin + k_chunk);
-    tile_gemm_64x64(A, B, store, s.og(), cols, k_begin, k_end);
+    conv_bwd_filter_implicit_gemm<Engine64>(out, dy, x, s, k_chunk, launch_groups);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+conv2d_bwd_filter_implicit_gemm128_f32(float* __restrict__ out, const float* __restrict__ dy,
+                                       const float* __restrict__ x, int N, int C, int H, int W, int O, int KH, int KW,
+                                       int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
+                                       int k_chunk, int launch_groups) {
+    const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
+    conv_bwd_filter_implicit_gemm<Engine128>(out, dy, x, s, k_chunk, launch_groups);
 }
 
 // dw[i] = Σ_s workspace[s·stride + i] for i < count, in the order s = 0, 1, … (one thread

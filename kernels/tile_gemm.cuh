@@ -144,7 +144,9 @@ __device__ __forceinline__ void tile_gemm_128x128_with(Loader& loader, const Epi
     const long long n0 = (long long)blockIdx.x * TILE2_N;
 
     float acc[8][8];
+    SCRATCHNET_UNROLL
     for (int i = 0; i < 8; ++i)
+        SCRATCHNET_UNROLL
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
 
     loader.fetch(k_begin, k_end);
@@ -169,9 +171,13 @@ __device__ __forceinline__ void tile_gemm_128x128_with(Loader& loader, const Epi
         buf ^= 1;
     }
 
+    // Unrolled: `continue` and a large epilogue (a convolution's store) can otherwise stop
+    // the compiler from unrolling, and acc would be indexed at run time, from local memory.
+    SCRATCHNET_UNROLL
     for (int i = 0; i < 8; ++i) {
         const int m = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
         if (m >= M) continue;
+        SCRATCHNET_UNROLL
         for (int j = 0; j < 8; ++j) {
             const long long n = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
             if (n < N) out.store(m, n, acc[i][j]);
@@ -182,13 +188,16 @@ __device__ __forceinline__ void tile_gemm_128x128_with(Loader& loader, const Epi
 // The scalar loader: each thread fetches 4 values of A and 4 of B per step, one float each,
 // through the operand objects, so it serves any operand (strided views, im2col gathers).
 // Thread t fetches A(m0 + t/8 + 32i, k0 + t%8) and B(k0 + t/128 + 2i, n0 + t%128), i = 0..3.
+// The loader keeps its own copies of the operands (not references to the caller's), so
+// that they can live in registers: a referenced operand must have an address, which puts it
+// in local memory.
 template <class AOperand, class BOperand>
 struct ScalarLoader128 {
-    const AOperand& A;
-    BOperand& B;
+    AOperand A;
+    BOperand B;
     int M, m0, a_k, a_m, b_n, b_k;
     float a_next[4], b_next[4];
-    __device__ ScalarLoader128(const AOperand& a, BOperand& b, int M_) : A(a), B(b), M(M_) {
+    __device__ ScalarLoader128(const AOperand& a, const BOperand& b, int M_) : A(a), B(b), M(M_) {
         const int tid = threadIdx.x;
         m0 = blockIdx.y * TILE2_M;
         a_k = tid % 8;

@@ -91,7 +91,7 @@ struct ProfileArgs {
 #[derive(Args)]
 struct KernelArgs {
     /// Convolution kernels on cuda/emu: auto (time each shape once and keep the fastest),
-    /// direct or implicit-gemm.
+    /// direct, implicit-gemm (64×64 tiles) or implicit-gemm-128 (128×128 tiles).
     #[arg(long, default_value = "auto")]
     conv_algo: String,
     /// Run BN+ReLU, BN+add+ReLU and bias+ReLU as separate ops instead of fused kernels.

@@ -146,7 +146,11 @@ impl Tester {
             let algos: &[(ConvAlgo, &str)] = if self.device.is_cpu() {
                 &[(ConvAlgo::Auto, "")]
             } else {
-                &[(ConvAlgo::Direct, " direct"), (ConvAlgo::ImplicitGemm, " implicit-gemm")]
+                &[
+                    (ConvAlgo::Direct, " direct"),
+                    (ConvAlgo::ImplicitGemm, " implicit-gemm"),
+                    (ConvAlgo::ImplicitGemm128, " implicit-gemm-128"),
+                ]
             };
             for &(algo, label) in algos {
                 let got = conv2d::forward_with(&xd, &wd, bias_d, params, algo)?;
@@ -175,7 +179,22 @@ impl Tester {
         params: Conv2dParams,
         (want_y, want_dx, want_dw): (&Tensor, &Tensor, &Tensor),
     ) -> Result<()> {
-        let algo = ConvAlgo::ImplicitGemm;
+        for (algo, label) in [(ConvAlgo::ImplicitGemm, ""), (ConvAlgo::ImplicitGemm128, " (128)")] {
+            self.conv2d_towers_with(algo, label, case, (x, w, b, dy), params, (want_y, want_dx, want_dw))?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_towers_with(
+        &mut self,
+        algo: ConvAlgo,
+        label: &str,
+        case: &str,
+        (x, w, b, dy): (&Tensor, &Tensor, Option<&Tensor>, &Tensor),
+        params: Conv2dParams,
+        (want_y, want_dx, want_dw): (&Tensor, &Tensor, &Tensor),
+    ) -> Result<()> {
         let towers_before = conv2d::towers();
         let run = |towers: bool| -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
             conv2d::set_towers(towers);
@@ -190,12 +209,12 @@ impl Tester {
         let missing = || crate::Error::Device("conv2d towers: a gradient was not computed".into());
         let (dx1, dw1) = (one.1.ok_or_else(missing)?, one.2.ok_or_else(missing)?);
         let (dxt, dwt) = (towers.1.ok_or_else(missing)?, towers.2.ok_or_else(missing)?);
-        self.record("conv2d forward towers", case, &towers.0, want_y, TOL_PLAIN)?;
-        self.record("conv2d backward data towers", case, &dxt, want_dx, TOL_PLAIN)?;
-        self.record("conv2d backward filter towers", case, &dwt, want_dw, TOL_REORDERED)?;
-        self.record("conv2d towers = one launch (fwd)", case, &towers.0, &one.0, 0.0)?;
-        self.record("conv2d towers = one launch (data)", case, &dxt, &dx1, 0.0)?;
-        self.record("conv2d towers = one launch (filter)", case, &dwt, &dw1, 0.0)
+        self.record(&format!("conv2d forward towers{label}"), case, &towers.0, want_y, TOL_PLAIN)?;
+        self.record(&format!("conv2d backward data towers{label}"), case, &dxt, want_dx, TOL_PLAIN)?;
+        self.record(&format!("conv2d backward filter towers{label}"), case, &dwt, want_dw, TOL_REORDERED)?;
+        self.record(&format!("conv2d towers = one launch (fwd){label}"), case, &towers.0, &one.0, 0.0)?;
+        self.record(&format!("conv2d towers = one launch (data){label}"), case, &dxt, &dx1, 0.0)?;
+        self.record(&format!("conv2d towers = one launch (filter){label}"), case, &dwt, &dw1, 0.0)
     }
 
     fn gemm(&mut self) -> Result<()> {

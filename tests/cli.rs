@@ -98,7 +98,10 @@ fn bad_flags_exit_2_with_a_one_line_error() {
     assert_bad_input(&["summary", "--model", "resnet50", "--input-size", "big"], "is not H or HxW");
     assert_bad_input(&["train", "--no-such-flag"], "unexpected argument");
     assert_bad_input(&["frobnicate"], "unrecognized subcommand");
-    assert_bad_input(&["train", "--conv-algo", "winograd"], "'winograd' is not direct, implicit-gemm or auto");
+    assert_bad_input(
+        &["train", "--conv-algo", "winograd"],
+        "'winograd' is not direct, implicit-gemm, implicit-gemm-128 or auto",
+    );
 }
 
 #[test]

@@ -172,6 +172,7 @@ impl Variant {
             Variant::Default => "default",
             Variant::Conv(ConvAlgo::Direct) => "direct",
             Variant::Conv(ConvAlgo::ImplicitGemm) => "implicit-gemm",
+            Variant::Conv(ConvAlgo::ImplicitGemm128) => "implicit-gemm-128",
             Variant::Conv(ConvAlgo::Auto) => "auto",
             Variant::Gemm(GemmKernel::Naive) => "gemm-naive",
             Variant::Gemm(GemmKernel::Tiled) => "gemm-tiled16",
@@ -403,7 +404,7 @@ impl Problem {
         if all {
             match self {
                 Problem::Conv { .. } => {
-                    v.extend([Variant::Conv(ConvAlgo::Direct), Variant::Conv(ConvAlgo::ImplicitGemm)]);
+                    v.extend([ConvAlgo::Direct, ConvAlgo::ImplicitGemm, ConvAlgo::ImplicitGemm128].map(Variant::Conv));
                 }
                 Problem::Linear { .. } | Problem::Matmul { .. } => {
                     let (m, n, k, ta, tb) = self.gemm_shape();

@@ -38,8 +38,12 @@ use crate::tensor::DType;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgo {
     Direct,
+    /// Implicit GEMM on the 64×64 tile engine.
     ImplicitGemm,
-    /// Time both on first use of a shape (GPU), or take implicit GEMM (emulator).
+    /// Implicit GEMM on the 128×128 tile engine (large layers).
+    ImplicitGemm128,
+    /// Time the three on first use of a shape (GPU), or take the 64×64 implicit GEMM
+    /// (emulator).
     Auto,
 }
 
@@ -49,19 +53,23 @@ impl std::str::FromStr for ConvAlgo {
         match s {
             "direct" => Ok(ConvAlgo::Direct),
             "implicit-gemm" => Ok(ConvAlgo::ImplicitGemm),
+            "implicit-gemm-128" => Ok(ConvAlgo::ImplicitGemm128),
             "auto" => Ok(ConvAlgo::Auto),
-            other => Err(Error::argument("--conv-algo", format!("'{other}' is not direct, implicit-gemm or auto"))),
+            other => Err(Error::argument(
+                "--conv-algo",
+                format!("'{other}' is not direct, implicit-gemm, implicit-gemm-128 or auto"),
+            )),
         }
     }
 }
 
 /// 0: not set yet (read the environment); then 1 + the variant's index.
 static ALGO: AtomicU8 = AtomicU8::new(0);
-const ALGOS: [ConvAlgo; 3] = [ConvAlgo::Direct, ConvAlgo::ImplicitGemm, ConvAlgo::Auto];
+const ALGOS: [ConvAlgo; 4] = [ConvAlgo::Direct, ConvAlgo::ImplicitGemm, ConvAlgo::ImplicitGemm128, ConvAlgo::Auto];
 
 /// Sets the variant for every later convolution in the process.
 pub fn set_conv_algo(a: ConvAlgo) {
-    let index = ALGOS.iter().position(|&x| x == a).unwrap_or(2);
+    let index = ALGOS.iter().position(|&x| x == a).unwrap_or(ALGOS.len() - 1);
     ALGO.store(index as u8 + 1, Ordering::Relaxed);
 }
 
@@ -108,13 +116,46 @@ fn splits_into_towers(g: &ConvGeometry) -> bool {
 enum Kernel {
     Direct,
     ImplicitGemm,
+    ImplicitGemm128,
 }
+
+/// The three implicit-GEMM kernels of one tile engine, and its tile's side.
+struct Tiled {
+    forward: &'static str,
+    data: &'static str,
+    filter: &'static str,
+    tile: usize,
+}
+
+const TILED_64: Tiled = Tiled {
+    forward: "conv2d_fwd_implicit_gemm_f32",
+    data: "conv2d_bwd_data_implicit_gemm_f32",
+    filter: "conv2d_bwd_filter_implicit_gemm_f32",
+    tile: 64,
+};
+
+const TILED_128: Tiled = Tiled {
+    forward: "conv2d_fwd_implicit_gemm128_f32",
+    data: "conv2d_bwd_data_implicit_gemm128_f32",
+    filter: "conv2d_bwd_filter_implicit_gemm128_f32",
+    tile: 128,
+};
 
 impl Kernel {
     fn name(self) -> &'static str {
         match self {
             Kernel::Direct => "direct",
             Kernel::ImplicitGemm => "implicit-gemm",
+            Kernel::ImplicitGemm128 => "implicit-gemm-128",
+        }
+    }
+
+    /// The implicit-GEMM kernels of this variant; `None` for the direct one.
+    fn tiled(self) -> Option<&'static Tiled> {
+        match self {
+            Kernel::Direct => None,
+            Kernel::ImplicitGemm => Some(&TILED_64),
+            Kernel::ImplicitGemm128 => Some(&TILED_128),
         }
     }
 }
@@ -143,6 +184,7 @@ fn choose(
     Ok(match algo {
         ConvAlgo::Direct => Kernel::Direct,
         ConvAlgo::ImplicitGemm => Kernel::ImplicitGemm,
+        ConvAlgo::ImplicitGemm128 => Kernel::ImplicitGemm128,
         ConvAlgo::Auto => {
             let p = &g.params;
             let problem = format!(
@@ -154,7 +196,10 @@ fn choose(
                 p.dilation,
                 p.groups
             );
-            autotune::pick(gpu, &problem, &[Kernel::Direct, Kernel::ImplicitGemm], Kernel::name, &launch)?
+            // The emulator takes the last: the 64×64 tile, which wastes least on the small
+            // layers the tests use (the selftest runs every variant explicitly).
+            let candidates = [Kernel::Direct, Kernel::ImplicitGemm128, Kernel::ImplicitGemm];
+            autotune::pick(gpu, &problem, &candidates, Kernel::name, &launch)?
         }
     })
 }
@@ -186,14 +231,18 @@ fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
     Ok(call)
 }
 
-/// The launch of a 64×64-tile implicit GEMM: `cols` columns and `rows` rows of C per group,
-/// `z` blocks deep.
-fn tiles(name: &'static str, cols: usize, rows: usize, z: usize) -> Result<KernelCall> {
+/// The launch of an implicit GEMM with square tiles of side `tile`: `cols` columns and
+/// `rows` rows of C per group, `z` blocks deep.
+fn tiles(name: &'static str, tile: usize, cols: usize, rows: usize, z: usize) -> Result<KernelCall> {
     let count = |n: usize, what: &str| {
         u32::try_from(n).map_err(|_| Error::argument(OP, format!("{n} {what} are too many for one launch")))
     };
     Ok(KernelCall::new(name)
-        .grid(count(cols.div_ceil(64), "column tiles")?, count(rows.div_ceil(64), "row tiles")?, count(z, "groups")?)
+        .grid(
+            count(cols.div_ceil(tile), "column tiles")?,
+            count(rows.div_ceil(tile), "row tiles")?,
+            count(z, "groups")?,
+        )
         .block(256, 1, 1))
 }
 
@@ -228,20 +277,21 @@ pub(super) fn forward(
                     .i64(to_i64(g.out_pixels())),
             )
         }
-        Kernel::ImplicitGemm => {
-            let call = tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), g.o_per_group(), g.groups())?;
+        Kernel::ImplicitGemm | Kernel::ImplicitGemm128 => {
+            let k = kernel.tiled().unwrap_or(&TILED_64);
+            let call = tiles(k.forward, k.tile, g.n * g.out_pixels(), g.o_per_group(), g.groups())?;
             gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?.i32(relu as i32))
         }
     };
     let kernel = choose(gpu, algo, problem, g, launch)?;
-    if kernel != Kernel::ImplicitGemm || !splits_into_towers(g) {
+    let Some(k) = kernel.tiled().filter(|_| splits_into_towers(g)) else {
         launch(kernel)?;
         return Ok(y);
-    }
+    };
     // The towers: group t's implicit GEMM on side stream t + 1, one group deep.
     let (cg, og) = (g.c / g.groups(), g.o_per_group());
     gpu.on_streams(g.groups(), |t| {
-        let call = tiles("conv2d_fwd_implicit_gemm_f32", g.n * g.out_pixels(), og, 1)?
+        let call = tiles(k.forward, k.tile, g.n * g.out_pixels(), og, 1)?
             .buf_from(&y, t * og * g.out_pixels())?
             .buf_from(x, t * cg * g.h * g.w)?
             .buf_from(w, t * og * g.k_per_group())?;
@@ -263,11 +313,9 @@ fn launch_data(
     w: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<()> {
-    let call = match kernel {
-        Kernel::Direct => KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel()),
-        Kernel::ImplicitGemm => {
-            tiles("conv2d_bwd_data_implicit_gemm_f32", g.n * g.h * g.w, g.c / g.groups(), g.groups())?
-        }
+    let call = match kernel.tiled() {
+        None => KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel()),
+        Some(k) => tiles(k.data, k.tile, g.n * g.h * g.w, g.c / g.groups(), g.groups())?,
     };
     gpu.launch(shape_args(call.buf(dx).buf(dy).buf(w), g)?)
 }
@@ -284,58 +332,62 @@ pub(super) fn backward_data(
     Ok(dx)
 }
 
-/// How many slices the filter gradient's shared dimension (N·OH·OW) is cut into: enough
-/// blocks to fill a large GPU twice over (about 256), each slice at least 256 long.
-fn filter_splits(g: &ConvGeometry) -> (usize, usize) {
+/// How many slices the filter gradient's shared dimension (N·OH·OW) is cut into, for tiles
+/// of side `tile`: enough blocks to fill a large GPU twice over (about 256), each slice at
+/// least 256 long.
+fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
     let k = g.n * g.out_pixels();
-    let tiles = g.k_per_group().div_ceil(64) * g.o_per_group().div_ceil(64) * g.groups();
+    let tiles = g.k_per_group().div_ceil(tile) * g.o_per_group().div_ceil(tile) * g.groups();
     let wanted = 256usize.div_ceil(tiles.max(1)).clamp(1, (k / 256).max(1));
     let chunk = k.div_ceil(wanted).div_ceil(8) * 8;
     (k.div_ceil(chunk.max(1)).max(1), chunk.max(8))
 }
 
-/// The filter gradient's output and, when its shared dimension is split, the workspace of
-/// the slices' partial sums.
+/// The filter gradient's output, and its launches.
 struct FilterGradient {
     dw: GpuBuffer,
-    workspace: Option<GpuBuffer>,
-    splits: usize,
-    chunk: usize,
+}
+
+/// The workspace of the split-K slices' partial sums for `splits` slices (none for one).
+fn filter_workspace(gpu: &Arc<GpuDevice>, g: &ConvGeometry, splits: usize) -> Result<Option<GpuBuffer>> {
+    if splits > 1 { Ok(Some(gpu.alloc(DType::F32, g.weight_shape().numel() * splits)?)) } else { Ok(None) }
 }
 
 impl FilterGradient {
     fn alloc(gpu: &Arc<GpuDevice>, g: &ConvGeometry) -> Result<FilterGradient> {
-        let count = g.weight_shape().numel();
-        let (splits, chunk) = filter_splits(g);
-        let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
-        Ok(FilterGradient { dw: gpu.alloc(DType::F32, count)?, workspace, splits, chunk })
+        Ok(FilterGradient { dw: gpu.alloc(DType::F32, g.weight_shape().numel())? })
     }
 
-    /// The launches with kernel `kernel`, into `dw`.
-    fn launch(&self, gpu: &GpuDevice, kernel: Kernel, dy: &GpuBuffer, x: &GpuBuffer, g: &ConvGeometry) -> Result<()> {
+    /// The launches with kernel `kernel`, into `dw` (through a workspace when the implicit
+    /// GEMM's shared dimension is split; from the allocator's cache after the first step).
+    fn launch(
+        &self,
+        gpu: &Arc<GpuDevice>,
+        kernel: Kernel,
+        dy: &GpuBuffer,
+        x: &GpuBuffer,
+        g: &ConvGeometry,
+    ) -> Result<()> {
         let count = g.weight_shape().numel();
-        match kernel {
-            Kernel::Direct => {
-                let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", count).buf(&self.dw).buf(dy).buf(x);
-                gpu.launch(shape_args(call, g)?)
-            }
-            Kernel::ImplicitGemm => {
-                let z = g.groups() * self.splits;
-                let call = tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), g.o_per_group(), z)?;
-                let call = shape_args(call.buf(self.workspace.as_ref().unwrap_or(&self.dw)).buf(dy).buf(x), g)?;
-                gpu.launch(call.i32(to_i32(OP, "slice length", self.chunk)?).i32(to_i32(OP, "groups", g.groups())?))?;
-                match &self.workspace {
-                    Some(ws) => gpu.launch(
-                        KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count)
-                            .buf(&self.dw)
-                            .buf(ws)
-                            .i64(to_i64(count))
-                            .i64(to_i64(count))
-                            .i32(to_i32(OP, "slices", self.splits)?),
-                    ),
-                    None => Ok(()),
-                }
-            }
+        let Some(k) = kernel.tiled() else {
+            let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", count).buf(&self.dw).buf(dy).buf(x);
+            return gpu.launch(shape_args(call, g)?);
+        };
+        let (splits, chunk) = filter_splits(g, k.tile);
+        let workspace = filter_workspace(gpu, g, splits)?;
+        let call = tiles(k.filter, k.tile, g.k_per_group(), g.o_per_group(), g.groups() * splits)?;
+        let call = shape_args(call.buf(workspace.as_ref().unwrap_or(&self.dw)).buf(dy).buf(x), g)?;
+        gpu.launch(call.i32(to_i32(OP, "slice length", chunk)?).i32(to_i32(OP, "groups", g.groups())?))?;
+        match &workspace {
+            Some(ws) => gpu.launch(
+                KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count)
+                    .buf(&self.dw)
+                    .buf(ws)
+                    .i64(to_i64(count))
+                    .i64(to_i64(count))
+                    .i32(to_i32(OP, "slices", splits)?),
+            ),
+            None => Ok(()),
         }
     }
 }
@@ -353,10 +405,11 @@ pub(super) fn backward_filter(
 }
 
 /// The data and filter gradients (each only where wanted), with the kernels `algo` chooses.
-/// Where both are the implicit GEMM and the layer splits into towers, the groups run as
-/// towers (see the module's comment): tower t computes group t's share of dx (its input
-/// channels) and of dW (its output channels) on side stream t + 1, so that one tower's filter
-/// gradient can run beside the other's data gradient. Otherwise one launch per kernel.
+/// Where both are implicit GEMMs of one tile engine and the layer splits into towers, the
+/// groups run as towers (see the module's comment): tower t computes group t's share of dx
+/// (its input channels) and of dW (its output channels) on side stream t + 1, so that one
+/// tower's filter gradient can run beside the other's data gradient. Otherwise one launch
+/// per kernel.
 pub(super) fn backward_data_and_filter(
     gpu: &Arc<GpuDevice>,
     algo: ConvAlgo,
@@ -377,43 +430,46 @@ pub(super) fn backward_data_and_filter(
         Some(grad) => Some(choose(gpu, algo, "backward filter", g, |k| grad.launch(gpu, k, dy, x, g))?),
         None => None,
     };
-    let chosen = [data_kernel, filter_kernel];
-    let as_towers = splits_into_towers(g) && chosen.iter().flatten().all(|&k| k == Kernel::ImplicitGemm);
-    if !as_towers {
-        if let (Some(dx), Some(k)) = (&dx, data_kernel) {
-            launch_data(gpu, k, dx, dy, w, g)?;
+    let mut chosen = [data_kernel, filter_kernel].into_iter().flatten();
+    let first = chosen.next();
+    let one_kernel = first.filter(|&k| chosen.all(|other| other == k));
+    let Some(k) = one_kernel.and_then(Kernel::tiled).filter(|_| splits_into_towers(g)) else {
+        if let (Some(dx), Some(kernel)) = (&dx, data_kernel) {
+            launch_data(gpu, kernel, dx, dy, w, g)?;
         }
-        if let (Some(grad), Some(k)) = (&dw, filter_kernel) {
-            grad.launch(gpu, k, dy, x, g)?;
+        if let (Some(grad), Some(kernel)) = (&dw, filter_kernel) {
+            grad.launch(gpu, kernel, dy, x, g)?;
         }
         return Ok((dx, dw.map(|grad| grad.dw)));
-    }
+    };
     let (cg, og) = (g.c / g.groups(), g.o_per_group());
     let (in_plane, out_plane) = (g.h * g.w, g.out_pixels());
     let count = g.weight_shape().numel();
     let group_weights = og * g.k_per_group();
+    let (splits, chunk) = filter_splits(g, k.tile);
+    let workspace = if want_dw { filter_workspace(gpu, g, splits)? } else { None };
     gpu.on_streams(g.groups(), |t| {
         if let Some(dx) = &dx {
-            let call = tiles("conv2d_bwd_data_implicit_gemm_f32", g.n * in_plane, cg, 1)?
+            let call = tiles(k.data, k.tile, g.n * in_plane, cg, 1)?
                 .buf_from(dx, t * cg * in_plane)?
                 .buf_from(dy, t * og * out_plane)?
                 .buf_from(w, t * group_weights)?;
             gpu.launch(shape_args(call, g)?)?;
         }
         if let Some(grad) = &dw {
-            let call = tiles("conv2d_bwd_filter_implicit_gemm_f32", g.k_per_group(), og, grad.splits)?
-                .buf_from(grad.workspace.as_ref().unwrap_or(&grad.dw), t * group_weights)?
+            let call = tiles(k.filter, k.tile, g.k_per_group(), og, splits)?
+                .buf_from(workspace.as_ref().unwrap_or(&grad.dw), t * group_weights)?
                 .buf_from(dy, t * og * out_plane)?
                 .buf_from(x, t * cg * in_plane)?;
-            gpu.launch(shape_args(call, g)?.i32(to_i32(OP, "slice length", grad.chunk)?).i32(1))?;
-            if let Some(ws) = &grad.workspace {
+            gpu.launch(shape_args(call, g)?.i32(to_i32(OP, "slice length", chunk)?).i32(1))?;
+            if let Some(ws) = &workspace {
                 gpu.launch(
                     KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", group_weights)
                         .buf_from(&grad.dw, t * group_weights)?
                         .buf_from(ws, t * group_weights)?
                         .i64(to_i64(group_weights))
                         .i64(to_i64(count))
-                        .i32(to_i32(OP, "slices", grad.splits)?),
+                        .i32(to_i32(OP, "slices", splits)?),
                 )?;
             }
         }
@@ -433,13 +489,14 @@ mod tests {
         let geo = |x: [usize; 4], w: [usize; 4], p| ConvGeometry::new(&Shape::from(x), &Shape::from(w), p).unwrap();
         // ResNet-50's first layer at batch 64: 64×147 weights (3 tiles), 802,816 positions.
         let g = geo([64, 3, 224, 224], [64, 3, 7, 7], Conv2dParams::default().stride(2).padding(3));
-        let (splits, chunk) = filter_splits(&g);
+        let (splits, chunk) = filter_splits(&g, 64);
         assert!(splits > 50, "{splits}");
         assert_eq!(chunk % 8, 0);
         assert!(splits * chunk >= 64 * 112 * 112 && (splits - 1) * chunk < 64 * 112 * 112);
         // A layer with many weights and few positions needs no split.
         let g = geo([2, 512, 7, 7], [512, 512, 3, 3], Conv2dParams::default().padding(1));
-        assert_eq!(filter_splits(&g).0, 1);
+        assert_eq!(filter_splits(&g, 64).0, 1);
+        assert_eq!(filter_splits(&g, 128).0, 1);
         assert_eq!("implicit-gemm".parse::<ConvAlgo>().unwrap(), ConvAlgo::ImplicitGemm);
         assert!("winograd".parse::<ConvAlgo>().is_err());
     }
