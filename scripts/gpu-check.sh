@@ -77,7 +77,7 @@ fi
 # network; then the same problems in PyTorch, and the two side by side.
 export SCRATCHNET_AUTOTUNE_CACHE="$out/autotune.tsv"
 # shellcheck disable=SC2086
-run_step bench 170 "$bin" bench --device cuda --json "$out/bench.json" --plot "$out/roofline.svg" ${BENCH_ARGS:-}
+run_step bench 240 "$bin" bench --device cuda --json "$out/bench.json" --plot "$out/roofline.svg" ${BENCH_ARGS:-}
 # What capturing the training step as a CUDA graph saves at small batches (ResNet-50).
 for b in 1 4 8; do
     run_step "graph-b$b" 45 "$bin" bench --device cuda --suite resnet50 --batch "$b" --filter "train step" \
