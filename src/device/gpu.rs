@@ -185,6 +185,12 @@ impl GpuDevice {
         self.backend.name()
     }
 
+    /// Whether freed blocks are kept for reuse (not under the emulator's AddressSanitizer
+    /// build, where every block goes back to the system so that overruns are caught).
+    pub fn caches_freed_memory(&self) -> bool {
+        self.backend.caching()
+    }
+
     pub fn memory_stats(&self) -> MemoryStats {
         self.lock().stats
     }
