@@ -88,10 +88,14 @@ extern "C" __global__ void bn_act_fwd_f32(float* __restrict__ y, const float* __
         const int c = channel_of(at, HW, C);
         const float a = gamma[c] / sqrtf(var[c] + eps);
         const float b = beta[c] - mean[c] * a;
-        float v[4], r[4] = {0.f, 0.f, 0.f, 0.f};
+        // All four lanes are computed whatever the width (the unused ones are zeros and are
+        // not stored): a loop bounded by `width` indexes the arrays at run time, which puts
+        // them in local memory (ptxas: 32 bytes of stack per thread).
+        float v[4] = {0.f, 0.f, 0.f, 0.f}, r[4] = {0.f, 0.f, 0.f, 0.f};
         load_values(x, at, width, v);
         if (residual) load_values(residual, at, width, r);
-        for (int k = 0; k < width; ++k) {
+        SCRATCHNET_UNROLL
+        for (int k = 0; k < 4; ++k) {
             const float t = v[k] * a + b + r[k];
             v[k] = (!relu || t > 0.f || t != t) ? t : 0.f;
         }
@@ -163,11 +167,13 @@ extern "C" __global__ void bn_act_bwd_data_f32(float* __restrict__ dx, float* __
         const float invstd = 1.f / sqrtf(var[c] + eps);
         const float scale = gamma[c] * invstd, mu = mean[c];
         const float mean_dz = dbeta[c] * inv_m, mean_dz_xhat = dgamma[c] * inv_m;
-        float d[4], v[4], m[4] = {1.f, 1.f, 1.f, 1.f}, out[4];
+        // Four lanes whatever the width, as in bn_act_fwd_f32: no run-time array indices.
+        float d[4] = {0.f, 0.f, 0.f, 0.f}, v[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {1.f, 1.f, 1.f, 1.f}, out[4];
         load_values(dy, at, width, d);
         load_values(x, at, width, v);
         if (y) load_values(y, at, width, m);
-        for (int k = 0; k < width; ++k) {
+        SCRATCHNET_UNROLL
+        for (int k = 0; k < 4; ++k) {
             d[k] = (m[k] > 0.f || m[k] != m[k]) ? d[k] : 0.f;
             out[k] = batch_stats ? scale * (d[k] - mean_dz - (v[k] - mu) * invstd * mean_dz_xhat) : scale * d[k];
         }

@@ -19,10 +19,31 @@
 // Calls visit(offset, count) for every value of slice [begin, end) of channel c, where
 // `offset` is the index into the N×C×HW tensor and count is 4 (offset..offset+3, aligned) or
 // 1. Each thread of the block visits its share; together they visit each value once.
+//
+// Two walks. Planes at least as long as the block's reach (256 values, or 256 groups of 4)
+// go plane segment by plane segment, the threads on neighbouring values, with no division
+// per value. Shorter planes (7×7 maps, or 1×1 after a fully connected layer) would leave
+// most threads idle that way (49 of 256 at 7×7), so the threads take the slice's values in
+// turn across plane boundaries instead, each finding its plane with a division. Both are
+// deterministic; the block's sum then combines the threads in a fixed order.
 template <class Visit>
 __device__ __forceinline__ void for_channel_slice(long long begin, long long end, int c, int C, long long HW,
                                                   Visit visit) {
     const bool vec4 = (HW % 4 == 0) && (begin % 4 == 0);
+    const int step = vec4 ? 4 : 1;  // a group of 4 never crosses a plane: HW and begin are multiples of 4
+    if (HW < (long long)step * blockDim.x) {
+        if (end < (1LL << 30)) {
+            // 32-bit division, several times cheaper than 64-bit on a GPU (and far from
+            // overflowing when i steps past the end).
+            const int hw = (int)HW;
+            for (int i = (int)begin + step * (int)threadIdx.x; i < (int)end; i += step * (int)blockDim.x)
+                visit(((long long)(i / hw) * C + c) * HW + i % hw, step);
+        } else {
+            for (long long i = begin + step * (long long)threadIdx.x; i < end; i += step * (long long)blockDim.x)
+                visit((i / HW * C + c) * HW + i % HW, step);
+        }
+        return;
+    }
     long long i = begin;
     while (i < end) {
         const long long n = i / HW, p = i % HW;

@@ -350,7 +350,10 @@ impl Tester {
         let eps = 1e-5;
         // [8, 3, 32, 32]: channels long enough to be cut into several slices, planes of a
         // multiple of 4 (the vector path); [5, 6, 7, 7]: planes of 49 (the scalar path).
-        for (xs, residual) in [([8, 3, 32, 32], true), ([5, 6, 7, 7], true), ([3, 5, 4, 6], false)] {
+        // [4, 3, 17, 17]: planes of 289, walked plane by plane one value at a time.
+        for (xs, residual) in
+            [([8, 3, 32, 32], true), ([5, 6, 7, 7], true), ([3, 5, 4, 6], false), ([4, 3, 17, 17], true)]
+        {
             let c = xs[1];
             let label = if residual { "bn+add+relu" } else { "bn+relu" };
             let case = format!("x {xs:?}");
