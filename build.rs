@@ -407,6 +407,9 @@ fn build_emulator(kernel_dir: &Path, gpu: &[PathBuf], tests: &[PathBuf], support
 /// Compiles the fatbin if nvcc can be found; returns the architectures it holds SASS for.
 fn build_fatbin(root: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Path) -> Vec<String> {
     let fatbin = out.join("kernels.fatbin");
+    // What ptxas said of each kernel (registers, stack, spills), for the test that no kernel
+    // keeps values in local memory by accident; empty without nvcc.
+    let report = out.join("ptxas_report.txt");
     let required = env::var("SCRATCHNET_REQUIRE_NVCC").is_ok_and(|v| v == "1");
     let give_up = |msg: &str| -> Vec<String> {
         if required {
@@ -417,6 +420,7 @@ fn build_fatbin(root: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Path)
         }
         // An empty fatbin: the CUDA device reports that no kernels were compiled.
         write_if_changed_bytes(&fatbin, &[]);
+        write_if_changed_bytes(&report, &[]);
         Vec::new()
     };
 
@@ -475,12 +479,11 @@ fn build_fatbin(root: &Path, kernel_dir: &Path, sources: &[PathBuf], out: &Path)
         }
     }
     let verbose = env::var("SCRATCHNET_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
-    if verbose {
-        cmd.arg("-Xptxas").arg("-v");
-    }
+    cmd.arg("-Xptxas").arg("-v");
     cmd.arg("-o").arg(&fatbin).arg(&unit);
     match cmd.output() {
         Ok(o) if o.status.success() => {
+            write_if_changed_bytes(&report, &o.stderr);
             if verbose {
                 for line in String::from_utf8_lossy(&o.stderr).lines() {
                     println!("cargo:warning={line}");

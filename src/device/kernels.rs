@@ -29,7 +29,130 @@ include!(concat!(env!("OUT_DIR"), "/kernel_table.rs"));
 /// The kernels compiled by nvcc (empty when the build found no nvcc).
 pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
 
+/// What ptxas reported when it compiled the fatbin (`-Xptxas -v`: registers, stack frame and
+/// spills of every kernel for every architecture); empty when built without nvcc.
+pub static PTXAS_REPORT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ptxas_report.txt"));
+
+/// One kernel's resources for one architecture, as ptxas reported them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelResources {
+    pub kernel: String,
+    /// e.g. "sm_90".
+    pub arch: String,
+    pub registers: u32,
+    /// Bytes of local memory per thread for the stack (arrays indexed at run time, spills).
+    pub stack_bytes: u32,
+    pub spill_store_bytes: u32,
+}
+
+/// [`PTXAS_REPORT`] read into one row per kernel and architecture. The report's lines come
+/// in this order per kernel: "Compiling entry function 'NAME' for 'sm_XY'", then "N bytes
+/// stack frame, N bytes spill stores, N bytes spill loads", then "Used N registers, …".
+pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
+    let number_before = |line: &str, what: &str| -> Option<u32> {
+        let end = line.find(what)?;
+        line[..end].trim_end().rsplit([' ', ',']).next()?.parse().ok()
+    };
+    let mut rows = Vec::new();
+    let mut current: Option<KernelResources> = None;
+    let mut frame_seen = false;
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            if let Some(done) = current.take() {
+                rows.push(done);
+            }
+            let mut parts = rest.split('\'');
+            let kernel = parts.next().unwrap_or_default().to_string();
+            let arch = parts.nth(1).unwrap_or_default().to_string();
+            current = Some(KernelResources { kernel, arch, registers: 0, stack_bytes: 0, spill_store_bytes: 0 });
+            frame_seen = false;
+        } else if let Some(k) = current.as_mut() {
+            // The first frame line is the entry's own (later ones would be device functions
+            // that were not inlined).
+            if line.contains("bytes stack frame") && !frame_seen {
+                frame_seen = true;
+                k.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
+                k.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);
+            } else if line.contains("Used") && line.contains("registers") {
+                k.registers = line
+                    .split("Used")
+                    .nth(1)
+                    .and_then(|r| r.trim_start().split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    rows.extend(current);
+    rows
+}
+
 /// The kernel called `name`, and its index in [`KERNELS`].
 pub fn find(name: &str) -> Option<(usize, &'static KernelInfo)> {
     KERNELS.iter().enumerate().find(|(_, k)| k.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_ptxas_reports() {
+        let report = "ptxas info    : Compiling entry function 'relu_fwd_f32' for 'sm_90'
+ptxas info    : Function properties for relu_fwd_f32
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 16 registers, used 0 barriers
+ptxas info    : Compiling entry function 'conv2d_fwd_implicit_gemm_f32' for 'sm_80'
+ptxas info    : Function properties for conv2d_fwd_implicit_gemm_f32
+    24 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 64 registers, used 1 barriers, 8448 bytes smem
+";
+        let rows = kernel_resources(report);
+        assert_eq!(
+            rows,
+            vec![
+                KernelResources {
+                    kernel: "relu_fwd_f32".into(),
+                    arch: "sm_90".into(),
+                    registers: 16,
+                    stack_bytes: 0,
+                    spill_store_bytes: 0
+                },
+                KernelResources {
+                    kernel: "conv2d_fwd_implicit_gemm_f32".into(),
+                    arch: "sm_80".into(),
+                    registers: 64,
+                    stack_bytes: 24,
+                    spill_store_bytes: 12
+                },
+            ]
+        );
+    }
+
+    /// Local memory is slow memory: a register array indexed at run time, or spills, turn
+    /// register traffic into memory traffic (the fused batch-norm passes once had 32 and 64
+    /// bytes of it). No kernel may have a stack frame but the three convolution kernels
+    /// whose register budget spills a few bytes outside their inner loop (docs/kernels.md).
+    #[test]
+    fn no_kernel_keeps_values_in_local_memory() {
+        if FATBIN.is_empty() {
+            eprintln!("skipped: built without nvcc, so ptxas reported nothing");
+            return;
+        }
+        let rows = kernel_resources(&String::from_utf8_lossy(PTXAS_REPORT));
+        let gpu_kernels = KERNELS.iter().filter(|k| !k.emu_only).count();
+        assert_eq!(rows.len(), gpu_kernels * CUDA_ARCHS.len(), "a row per kernel and architecture");
+        let allowed = |kernel: &str| match kernel {
+            "conv2d_bwd_filter_implicit_gemm_f32"
+            | "conv2d_bwd_data_implicit_gemm128_f32"
+            | "conv2d_bwd_filter_implicit_gemm128_f32" => 16,
+            _ => 0,
+        };
+        let offenders: Vec<String> = rows
+            .iter()
+            .filter(|r| r.stack_bytes > allowed(&r.kernel))
+            .map(|r| format!("{} on {}: {} bytes of stack, {} registers", r.kernel, r.arch, r.stack_bytes, r.registers))
+            .collect();
+        assert!(offenders.is_empty(), "{}", offenders.join("\n"));
+    }
 }
