@@ -343,7 +343,7 @@ pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
 fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
     let (og, pix, in_len) = (g.o_per_group(), g.out_pixels(), g.c * g.h * g.w);
     // Images per product: one, unless the output maps are small (see MIN_GEMM_COLUMNS).
-    let m = if pix < MIN_GEMM_COLUMNS { MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n) } else { 1 };
+    let m = if pix < MIN_GEMM_COLUMNS { MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n).max(1) } else { 1 };
     let batches = g.n.div_ceil(m);
     // With fewer products than threads, let the GEMM itself share the work.
     let split_gemm = batches < rayon::current_num_threads();
