@@ -299,64 +299,118 @@ fn backward(
             dresidual: None,
         });
     }
-    with_float_type!(x.dtype(), OP, |T| backward_cpu::<T>(host(dy)?, x, gamma, mean, var, eps, batch_stats))
+    with_float_type!(x.dtype(), OP, |T| backward_cpu::<T>(
+        host(dy)?,
+        None,
+        x,
+        gamma,
+        mean,
+        var,
+        eps,
+        batch_stats,
+        false
+    ))
 }
 
-/// The CPU backward from the gradient `dz` reaching the normalisation.
+/// The CPU backward. `dys` is the output gradient; with `relu_out` (the output of a fused
+/// ReLU) the gradient reaching the normalisation is `dz = dy` where that output is positive
+/// (or NaN), else 0, and with `want_residual` that `dz` is returned as well (it is also the
+/// residual's gradient). Two passes: per-channel sums, then `dx` element by element.
+#[allow(clippy::too_many_arguments)]
 fn backward_cpu<T: Float>(
     dys: &[T],
+    relu_out: Option<&[T]>,
     x: &Tensor,
     gamma: &Tensor,
     mean: &Tensor,
     var: &Tensor,
     eps: f64,
     batch_stats: bool,
+    want_residual: bool,
 ) -> Result<BatchNormGrads> {
     let (n, c, hw) = check(x, &[])?;
     let m = (n * hw) as f64;
     let xs = host::<T>(x)?;
     let (gs, ms, vs) = (host::<T>(gamma)?, host::<T>(mean)?, host::<T>(var)?);
-    // Per channel: invstd, Σdy, Σdy·x̂.
-    let sums: Vec<(f64, f64, f64)> = (0..c)
+    // dz of one plane, written into `out`: dy, masked by the ReLU's output when there is one.
+    let dz_plane = |plane: usize, out: &mut [T]| {
+        let dp = &dys[plane * hw..][..hw];
+        match relu_out {
+            None => out.copy_from_slice(dp),
+            Some(ys) => {
+                for ((o, &d), &y) in out.iter_mut().zip(dp).zip(&ys[plane * hw..][..hw]) {
+                    *o = if y > T::ZERO || y.is_nan() { d } else { T::ZERO };
+                }
+            }
+        }
+    };
+    // Per channel: Σdz and Σdz·(x − μ), in f64 (the reference should be the most accurate
+    // party in a comparison). Σdz·x̂ is the second times 1/σ, applied once at the end.
+    let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
             let mu = ms[ch].to_f64();
-            let invstd = 1.0 / (vs[ch].to_f64() + eps).sqrt();
-            let mut sum_dy = 0.0;
-            let mut sum_dy_xhat = 0.0;
-            for (xp, dp) in planes(xs, c, hw, ch).zip(planes(dys, c, hw, ch)) {
-                let (s, sx) = sum2_f64(dp, xp, |d, x| (d, d * (x - mu) * invstd));
-                sum_dy += s;
-                sum_dy_xhat += sx;
+            let mut sum_dz = 0.0;
+            let mut sum_dz_xc = 0.0;
+            let mut dz = vec![T::ZERO; if relu_out.is_some() { hw } else { 0 }];
+            for img in 0..n {
+                let plane = img * c + ch;
+                let xp = &xs[plane * hw..][..hw];
+                let dp = if relu_out.is_some() {
+                    dz_plane(plane, &mut dz);
+                    &dz[..]
+                } else {
+                    &dys[plane * hw..][..hw]
+                };
+                let (s, sx) = sum2_f64(dp, xp, |d, x| (d, d * (x - mu)));
+                sum_dz += s;
+                sum_dz_xc += sx;
             }
-            (invstd, sum_dy, sum_dy_xhat)
+            (sum_dz, sum_dz_xc)
+        })
+        .collect();
+    // dx = γ/σ · (dz − Σdz/M − x̂·Σdz·x̂/M) = a·dz + b·(x − μ) + k per channel, with
+    // a = γ/σ, b = −γ/σ³ · Σdz·(x − μ)/M, k = −γ/σ · Σdz/M (in eval mode only a·dz).
+    let coef: Vec<(T, T, T, T)> = (0..c)
+        .map(|ch| {
+            let invstd = 1.0 / (vs[ch].to_f64() + eps).sqrt();
+            let a = gs[ch].to_f64() * invstd;
+            let (sum_dz, sum_dz_xc) = sums[ch];
+            let (b, k) = if batch_stats { (-a * invstd * invstd * sum_dz_xc / m, -a * sum_dz / m) } else { (0.0, 0.0) };
+            (T::from_f64(a), T::from_f64(b), T::from_f64(k), ms[ch])
         })
         .collect();
     let mut dx = vec![T::ZERO; xs.len()];
-    dx.par_chunks_mut(hw).zip(xs.par_chunks(hw).zip(dys.par_chunks(hw))).enumerate().for_each(
-        |(plane, (dxp, (xp, dp)))| {
-            let ch = plane % c;
-            let (invstd, sum_dy, sum_dy_xhat) = sums[ch];
-            let mu = ms[ch].to_f64();
-            let scale = gs[ch].to_f64() * invstd;
-            for ((o, &xv), &dv) in dxp.iter_mut().zip(xp).zip(dp) {
-                let v = if batch_stats {
-                    let xhat = (xv.to_f64() - mu) * invstd;
-                    scale * (dv.to_f64() - sum_dy / m - xhat * sum_dy_xhat / m)
-                } else {
-                    scale * dv.to_f64()
-                };
-                *o = T::from_f64(v);
+    let mut dres = if want_residual { vec![T::ZERO; xs.len()] } else { Vec::new() };
+    let per_plane = |plane: usize, dxp: &mut [T], dzp: Option<&mut [T]>| {
+        let (a, b, k, mu) = coef[plane % c];
+        // dz first, into dx (and into the residual's gradient when wanted), then dx from it.
+        dz_plane(plane, dxp);
+        if let Some(dzp) = dzp {
+            dzp.copy_from_slice(dxp);
+        }
+        if batch_stats {
+            for (o, &xv) in dxp.iter_mut().zip(&xs[plane * hw..][..hw]) {
+                *o = a * *o + b * (xv - mu) + k;
             }
-        },
-    );
-    let dgamma: Vec<T> = sums.iter().map(|s| T::from_f64(s.2)).collect();
-    let dbeta: Vec<T> = sums.iter().map(|s| T::from_f64(s.1)).collect();
+        } else {
+            dxp.iter_mut().for_each(|o| *o = a * *o);
+        }
+    };
+    if want_residual {
+        dx.par_chunks_mut(hw).zip(dres.par_chunks_mut(hw)).enumerate().for_each(|(p, (dxp, dzp))| {
+            per_plane(p, dxp, Some(dzp));
+        });
+    } else {
+        dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| per_plane(p, dxp, None));
+    }
+    let dgamma: Vec<T> = (0..c).map(|ch| T::from_f64(sums[ch].1 / (vs[ch].to_f64() + eps).sqrt())).collect();
+    let dbeta: Vec<T> = sums.iter().map(|s| T::from_f64(s.0)).collect();
     Ok(BatchNormGrads {
         dx: Tensor::from_cpu(x.shape().clone(), dx),
         dgamma: Tensor::from_cpu([c], dgamma),
         dbeta: Tensor::from_cpu([c], dbeta),
-        dresidual: None,
+        dresidual: want_residual.then(|| Tensor::from_cpu(x.shape().clone(), dres)),
     })
 }
 
@@ -492,13 +546,10 @@ pub fn backward_fused(
     }
     let (dtype, device) = common_dtype(OP, &inputs)?;
     let Some(gpu) = gpu_f32(OP, dtype, device)? else {
-        let dz = match y {
-            Some(y) => super::elementwise::relu_backward(dy, y)?,
-            None => dy.clone(),
-        };
-        let grads =
-            with_float_type!(dtype, OP, |T| backward_cpu::<T>(host(&dz)?, x, gamma, mean, var, eps, batch_stats))?;
-        return Ok(BatchNormGrads { dresidual: want_residual.then_some(dz), ..grads });
+        return with_float_type!(dtype, OP, |T| {
+            let ys = y.map(host::<T>).transpose()?;
+            backward_cpu::<T>(host(dy)?, ys, x, gamma, mean, var, eps, batch_stats, want_residual)
+        });
     };
     let (slices, chunk) = super::bias_act::channel_slices(n, c, hw);
     let partial = gpu.alloc(DType::F64, 2 * slices * c)?;

@@ -83,20 +83,6 @@ impl<'a, T: Copy> MatRef<'a, T> {
         self.rows
     }
 
-    /// The same view with the element type renamed (for a `T` known to be `U`).
-    fn cast<U: bytemuck::Pod>(self) -> MatRef<'a, U>
-    where
-        T: bytemuck::Pod,
-    {
-        MatRef {
-            data: bytemuck::cast_slice(self.data),
-            rows: self.rows,
-            cols: self.cols,
-            row_stride: self.row_stride,
-            col_stride: self.col_stride,
-        }
-    }
-
     pub fn cols(&self) -> usize {
         self.cols
     }
@@ -152,22 +138,6 @@ impl<'a, T: Copy> MatMut<'a, T> {
         MatMut { ptr: data.as_mut_ptr(), rows, cols, row_stride: cols, _borrow: PhantomData }
     }
 
-    /// The same view with the element type renamed (for a `T` known to be `U`).
-    fn cast<U: bytemuck::Pod>(self) -> MatMut<'a, U>
-    where
-        T: bytemuck::Pod,
-    {
-        assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<U>());
-        assert_eq!(self.ptr.align_offset(std::mem::align_of::<U>()), 0, "misaligned cast");
-        MatMut {
-            ptr: self.ptr.cast::<U>(),
-            rows: self.rows,
-            cols: self.cols,
-            row_stride: self.row_stride,
-            _borrow: PhantomData,
-        }
-    }
-
     /// Splits into columns `..c` and `c..`.
     fn split_at_col(self, c: usize) -> (MatMut<'a, T>, MatMut<'a, T>) {
         assert!(c <= self.cols);
@@ -204,16 +174,51 @@ const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
 
+/// The right-hand operand B of a product, as [`gemm`] reads it: anything that can write a
+/// block of itself in the packed layout. A [`MatRef`] is one. So is a convolution's im2col
+/// matrix (`conv2d::Im2col`), which is then gathered from the image straight into the packing
+/// buffer and never stored as a whole.
+pub trait PackB<T>: Copy + Send + Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// The columns `c0..c0 + nc` as an operand of their own (to share C among threads).
+    fn cols_range(self, c0: usize, nc: usize) -> Self;
+    /// Packs `B[p0..p0+kc, j0..j0+nc]` as column panels of `NR`: panel `q`, step `p`, column
+    /// `c` goes to `out[q*NR*kc + p*NR + c]`, zero past `nc` (`out` holds whole panels).
+    fn pack<const NR: usize>(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [T]);
+}
+
+impl<T: Float> PackB<T> for MatRef<'_, T> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn cols_range(self, c0: usize, nc: usize) -> Self {
+        MatRef::cols_range(self, c0, nc)
+    }
+    fn pack<const NR: usize>(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [T]) {
+        pack_b::<T, NR>(self, p0, kc, j0, nc, out)
+    }
+}
+
 /// `C = A·B` (or `C += A·B` when `accumulate`), single-threaded.
-pub fn gemm<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
+pub fn gemm<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
     #[cfg(target_arch = "x86_64")]
     if T::DTYPE == crate::tensor::DType::F32 {
-        // T is f32 here, so these casts reinterpret nothing.
-        gemm_f32_with(Isa::detect(), a.cast(), b.cast(), c.cast(), accumulate);
+        gemm_f32_with(Isa::detect(), a, b, c, accumulate);
         return;
     }
-    gemm_blocked::<T, 4, 8>(a, b, c, accumulate, micro_kernel::<T, 4, 8>)
+    gemm_blocked::<T, 4, 8, B>(a, b, c, accumulate, micro_kernel::<T, 4, 8>)
+}
+
+/// An f32 micro-kernel as one for `T`, when `T` is f32 (and `None` otherwise): the vector
+/// kernels exist for f32 only, while the blocking around them is generic.
+#[cfg(target_arch = "x86_64")]
+fn f32_kernel<T: Float>(k: MicroKernel<f32>) -> Option<MicroKernel<T>> {
+    (&k as &dyn std::any::Any).downcast_ref::<MicroKernel<T>>().copied()
 }
 
 /// The f32 micro-kernel this CPU uses, for `scratchnet devices`.
@@ -232,22 +237,25 @@ pub fn cpu_kernel_name() -> &'static str {
     }
 }
 
+/// [`gemm`] for `T` = f32 with the micro-kernel of `isa`.
 #[cfg(target_arch = "x86_64")]
-fn gemm_f32_with(isa: Isa, a: MatRef<f32>, b: MatRef<f32>, c: MatMut<f32>, accumulate: bool) {
-    match isa {
-        Isa::Avx512 => gemm_blocked::<f32, 8, 32>(a, b, c, accumulate, x86::kernel_avx512_8x32),
-        Isa::Avx2Fma => gemm_blocked::<f32, 6, 16>(a, b, c, accumulate, x86::kernel_avx2_6x16),
-        Isa::Portable => gemm_blocked::<f32, 4, 16>(a, b, c, accumulate, micro_kernel::<f32, 4, 16>),
+fn gemm_f32_with<T: Float, B: PackB<T>>(isa: Isa, a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
+    if let (Isa::Avx512, Some(k)) = (isa, f32_kernel::<T>(x86::kernel_avx512_8x32)) {
+        gemm_blocked::<T, 8, 32, B>(a, b, c, accumulate, k)
+    } else if let (Isa::Avx2Fma, Some(k)) = (isa, f32_kernel::<T>(x86::kernel_avx2_6x16)) {
+        gemm_blocked::<T, 6, 16, B>(a, b, c, accumulate, k)
+    } else {
+        gemm_blocked::<T, 4, 16, B>(a, b, c, accumulate, micro_kernel::<T, 4, 16>)
     }
 }
 
 /// As [`gemm`], with the columns (or rows) of C shared among the rayon threads. Each element
 /// of C is still computed by one thread in the same order, so the result is identical.
-pub fn gemm_parallel<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool) {
+pub fn gemm_parallel<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
     // Below about a million multiply-adds the threads cost more than they save.
     const MIN_WORK: usize = 1 << 20;
-    let work = a.rows * b.cols * a.cols;
+    let work = a.rows * b.cols() * a.cols;
     let threads = rayon::current_num_threads();
     if threads <= 1 || work < 2 * MIN_WORK {
         gemm(a, b, c, accumulate);
@@ -257,7 +265,7 @@ pub fn gemm_parallel<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumul
     split_and_run(a, b, c, accumulate, pieces);
 }
 
-fn split_and_run<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate: bool, pieces: usize) {
+fn split_and_run<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool, pieces: usize) {
     if pieces <= 1 {
         gemm(a, b, c, accumulate);
         return;
@@ -268,7 +276,7 @@ fn split_and_run<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate:
         let cut = (c.cols * left_pieces / pieces).div_ceil(32) * 32;
         let cut = cut.min(c.cols);
         let (cl, cr) = c.split_at_col(cut);
-        let (bl, br) = (b.cols_range(0, cut), b.cols_range(cut, b.cols - cut));
+        let (bl, br) = (b.cols_range(0, cut), b.cols_range(cut, b.cols() - cut));
         rayon::join(
             || split_and_run(a, bl, cl, accumulate, left_pieces),
             || split_and_run(a, br, cr, accumulate, pieces - left_pieces),
@@ -288,14 +296,14 @@ fn split_and_run<T: Float>(a: MatRef<T>, b: MatRef<T>, c: MatMut<T>, accumulate:
     }
 }
 
-fn check_dims<T: Copy>(a: &MatRef<T>, b: &MatRef<T>, c: &MatMut<T>) {
+fn check_dims<T: Copy, B: PackB<T>>(a: &MatRef<T>, b: &B, c: &MatMut<T>) {
     assert!(
-        a.cols == b.rows && c.rows == a.rows && c.cols == b.cols,
+        a.cols == b.rows() && c.rows == a.rows && c.cols == b.cols(),
         "gemm: A {}x{} · B {}x{} into C {}x{}",
         a.rows,
         a.cols,
-        b.rows,
-        b.cols,
+        b.rows(),
+        b.cols(),
         c.rows,
         c.cols
     );
@@ -379,14 +387,14 @@ pub(super) unsafe fn store_tile<T: Float, const NR: usize>(
     }
 }
 
-fn gemm_blocked<T: Float, const MR: usize, const NR: usize>(
+fn gemm_blocked<T: Float, const MR: usize, const NR: usize, B: PackB<T>>(
     a: MatRef<T>,
-    b: MatRef<T>,
+    b: B,
     mut c: MatMut<T>,
     accumulate: bool,
     kernel: MicroKernel<T>,
 ) {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let (m, n, k) = (a.rows, b.cols(), a.cols);
     if m == 0 || n == 0 {
         return;
     }
@@ -420,7 +428,7 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize>(
             let kc = KC.min(k - pc);
             // The first rank-KC update overwrites C unless the caller asked to accumulate.
             let add_to_c = accumulate || pc > 0;
-            pack_b::<T, NR>(&b, pc, kc, jc, nc, packed_b);
+            b.pack::<NR>(pc, kc, jc, nc, packed_b);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 pack_a::<T, MR>(&a, ic, mc, pc, kc, packed_a);

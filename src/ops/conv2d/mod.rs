@@ -24,7 +24,9 @@
 //! is the weight tensor of group g seen as an `(O/G) × (C/G·KH·KW)` matrix and `col_g` is
 //! the block of rows of `col` that belongs to group g's channels (contiguous, because the
 //! channel is the slowest index of a row). All the arithmetic happens in [`gemm`], the one
-//! routine written for speed.
+//! routine written for speed. `col` is never stored: the GEMM copies its operands into packed
+//! panels anyway, and [`im2col::Im2col`] gathers each panel straight from the (zero-padded)
+//! image, which halves the copying of a small layer.
 //!
 //! The two gradients reuse the same picture:
 //!
@@ -32,7 +34,8 @@
 //!   the input pixel it was gathered from, adding where windows overlap; for stride 1 the
 //!   same gradient is computed as a forward convolution of `dy` with the flipped, transposed
 //!   weights, which runs the GEMM at a better shape and needs no col2im;
-//! - **filter**: `dW_g = Σ_n dy_g · col_gᵀ` (the im2col of x is recomputed per image);
+//! - **filter**: `dW_g = Σ_n dy_g · col_gᵀ` (the im2col of x is gathered again per image,
+//!   transposed, by [`im2col::Im2colT`]);
 //! - **bias**: `db[o] = Σ_{n, oy, ox} dy[n, o, oy, ox]`.
 //!
 //! Work is spread over images with rayon. The filter gradient sums over images, so it is
@@ -42,6 +45,7 @@
 use rayon::prelude::*;
 
 mod gpu;
+mod im2col;
 
 pub use gpu::{ConvAlgo, conv_algo, set_conv_algo, set_towers, towers};
 
@@ -50,6 +54,7 @@ use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_t
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Shape, Tensor};
+use im2col::{Im2col, Im2colT};
 
 const OP: &str = "conv2d";
 
@@ -378,63 +383,32 @@ pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
 }
 
 fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
-    if g.out_pixels() < MIN_GEMM_COLUMNS && g.n > 1 {
-        return forward_batched_cpu(x, w, bias, g);
-    }
-    let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
-    let in_len = g.c * g.h * g.w;
-    let mut y = vec![T::ZERO; g.n * g.o * pix];
-    // With fewer images than threads, let the GEMM itself share the work.
-    let split_gemm = g.n < rayon::current_num_threads();
-    y.par_chunks_mut(g.o * pix).zip(x.par_chunks(in_len)).for_each_init(
-        || Vec::new(),
-        |col, (y_img, x_img)| {
-            let cols = im2col_or_image(x_img, g, col);
-            for grp in 0..g.groups() {
-                let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
-                let col_g = MatRef::row_major(&cols[grp * k * pix..][..k * pix], k, pix);
-                let y_g = MatMut::row_major(&mut y_img[grp * og * pix..][..og * pix], og, pix);
-                if split_gemm {
-                    gemm_parallel(w_g, col_g, y_g, false);
-                } else {
-                    gemm(w_g, col_g, y_g, false);
-                }
-            }
-            if let Some(b) = bias {
-                for (plane, &bo) in y_img.chunks_exact_mut(pix).zip(b) {
-                    plane.iter_mut().for_each(|v| *v += bo);
-                }
-            }
-        },
-    );
-    y
-}
-
-/// Below this many output pixels per image, the images' im2col matrices are put side by
-/// side for one GEMM: a per-image product with 4 columns (a 2×2 map, ResNet's last stage on a
-/// 64×64 image) would use 4 of the 32 columns of the micro-kernel. Above it, one product per
-/// image, whose im2col stays in the core's L2 cache, is faster (measured on ResNet-20's first
-/// stage, 1024 pixels: a batched forward took twice as long).
-const MIN_GEMM_COLUMNS: usize = 256;
-
-/// [`forward_cpu`] for small output maps: batches of `m` images, `m·OH·OW ≥ MIN_GEMM_COLUMNS`,
-/// each one GEMM per group over the batch's side-by-side im2col.
-fn forward_batched_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
-    let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
-    let m = MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n);
+    let (og, pix, in_len) = (g.o_per_group(), g.out_pixels(), g.c * g.h * g.w);
+    // Images per product: one, unless the output maps are small (see MIN_GEMM_COLUMNS).
+    let m = if pix < MIN_GEMM_COLUMNS { MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n).max(1) } else { 1 };
     let batches = g.n.div_ceil(m);
+    // With fewer products than threads, let the GEMM itself share the work.
     let split_gemm = batches < rayon::current_num_threads();
     let mut y = vec![T::ZERO; g.n * g.o * pix];
-    y.par_chunks_mut(m * g.o * pix).enumerate().for_each(|(b, y_batch)| {
-        let first = b * m;
-        let m = m.min(g.n - first);
-        let mut cols = Vec::new();
-        batched_im2col(x, g, first, m, &mut cols);
-        let mut y_cols = vec![T::ZERO; g.o * m * pix];
+    // Each task keeps its buffers (padded images, staged output) from one batch to the next.
+    let buffers = || (Vec::new(), Vec::new());
+    y.par_chunks_mut(m * g.o * pix).zip(x.par_chunks(m * in_len)).for_each_init(buffers, |bufs, (y_batch, x_batch)| {
+        let (padded, staged) = bufs;
+        let m = x_batch.len() / in_len;
+        let x_batch = im2col::pad(x_batch, g, padded);
+        // The product's output is [O, m·OH·OW]: for one image that is its NCHW output
+        // already; for several it is staged and reordered below.
+        let out = if m == 1 {
+            &mut *y_batch
+        } else {
+            staged.resize(g.o * m * pix, T::ZERO);
+            &mut staged[..]
+        };
         for grp in 0..g.groups() {
+            let k = g.k_per_group();
             let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
-            let col_g = MatRef::row_major(&cols[grp * k * m * pix..][..k * m * pix], k, m * pix);
-            let y_g = MatMut::row_major(&mut y_cols[grp * og * m * pix..][..og * m * pix], og, m * pix);
+            let col_g = Im2col::new(x_batch, g, m, grp);
+            let y_g = MatMut::row_major(&mut out[grp * og * m * pix..][..og * m * pix], og, m * pix);
             if split_gemm {
                 gemm_parallel(w_g, col_g, y_g, false);
             } else {
@@ -444,7 +418,9 @@ fn forward_batched_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvG
         // [O, m·pix] back to NCHW, adding the bias on the way.
         for (j, y_img) in y_batch.chunks_exact_mut(g.o * pix).enumerate() {
             for (oc, plane) in y_img.chunks_exact_mut(pix).enumerate() {
-                plane.copy_from_slice(&y_cols[(oc * m + j) * pix..][..pix]);
+                if m > 1 {
+                    plane.copy_from_slice(&staged[(oc * m + j) * pix..][..pix]);
+                }
                 if let Some(b) = bias {
                     plane.iter_mut().for_each(|v| *v += b[oc]);
                 }
@@ -454,17 +430,13 @@ fn forward_batched_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvG
     y
 }
 
-/// The im2col of images `first..first + m` side by side: `[C·KH·KW, m·OH·OW]`, image j's
-/// columns at `j·OH·OW`.
-fn batched_im2col<T: Float>(x: &[T], g: &ConvGeometry, first: usize, m: usize, out: &mut Vec<T>) {
-    let (pix, in_len) = (g.out_pixels(), g.c * g.h * g.w);
-    out.resize(g.c * g.kh * g.kw * m * pix, T::ZERO);
-    for (row, dst) in out.chunks_exact_mut(m * pix).enumerate() {
-        for (j, seg) in dst.chunks_exact_mut(pix).enumerate() {
-            im2col_row(&x[(first + j) * in_len..][..in_len], g, row, seg);
-        }
-    }
-}
+/// Below this many output pixels per image, the im2col matrices of several images are put
+/// side by side for one GEMM: a per-image product with 4 columns (a 2×2 map, ResNet's last
+/// stage on a 64×64 image) would use 4 of the 32 columns of the micro-kernel. Above it, one
+/// product per image is as fast and needs no reordering of the output (measured when im2col
+/// was still a stored matrix, on ResNet-20's first stage, 1024 pixels: a batched forward took
+/// twice as long, its 19 MB im2col falling out of the L2 cache).
+const MIN_GEMM_COLUMNS: usize = 256;
 
 fn backward_data_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     if let Some(dx) = backward_data_as_forward_cpu(dy, w, g) {
@@ -557,33 +529,25 @@ fn backward_filter_cpu<T: Float>(dy: &[T], x: &[T], g: &ConvGeometry) -> Vec<T> 
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![T::ZERO; w_len];
-            let mut col = Vec::new();
+            let mut padded = Vec::new();
             for img in chunk * per_chunk..((chunk + 1) * per_chunk).min(g.n) {
-                let cols = im2col_or_image(&x[img * in_len..][..in_len], g, &mut col);
+                let x_img = im2col::pad(&x[img * in_len..][..in_len], g, &mut padded);
                 let dy_img = &dy[img * g.o * pix..][..g.o * pix];
                 for grp in 0..g.groups() {
-                    // dW_gᵀ [k, og] += col_g [k, pix] · dy_gᵀ [pix, og]: the large operand, col,
-                    // is read along its rows; only the small dy is read across.
-                    let col_g = MatRef::row_major(&cols[grp * k * pix..][..k * pix], k, pix);
-                    let dy_g_t = MatRef::row_major(&dy_img[grp * og * pix..][..og * pix], og, pix).t();
-                    let dw_g_t = MatMut::row_major(&mut dw[grp * og * k..][..og * k], k, og);
+                    // dW_g [og, k] += dy_g [og, pix] · col_gᵀ [pix, k]. The taps (k) are the
+                    // product's columns: at least 27 of them, where the output channels of a
+                    // CIFAR network's first stage (16) would fill half of the 32-wide tile.
+                    let dy_g = MatRef::row_major(&dy_img[grp * og * pix..][..og * pix], og, pix);
+                    let col_g_t = Im2colT::new(x_img, g, 1, grp);
+                    let dw_g = MatMut::row_major(&mut dw[grp * og * k..][..og * k], og, k);
                     if split_gemm {
-                        gemm_parallel(col_g, dy_g_t, dw_g_t, true);
+                        gemm_parallel(dy_g, col_g_t, dw_g, true);
                     } else {
-                        gemm(col_g, dy_g_t, dw_g_t, true);
+                        gemm(dy_g, col_g_t, dw_g, true);
                     }
                 }
             }
-            // [k, og] → [og, k] per group (OIHW).
-            let mut out = vec![T::ZERO; w_len];
-            for grp in 0..g.groups() {
-                for i in 0..k {
-                    for o in 0..og {
-                        out[(grp * og + o) * k + i] = dw[grp * og * k + i * og + o];
-                    }
-                }
-            }
-            out
+            dw
         })
         .collect();
     let mut partials = partials.into_iter();
@@ -592,18 +556,6 @@ fn backward_filter_cpu<T: Float>(dy: &[T], x: &[T], g: &ConvGeometry) -> Vec<T> 
         dw.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
     }
     dw
-}
-
-/// The GEMM operand for one image: the image itself for a pointwise conv, else its im2col
-/// written into `buf`.
-fn im2col_or_image<'a, T: Float>(x_img: &'a [T], g: &ConvGeometry, buf: &'a mut Vec<T>) -> &'a [T] {
-    if g.is_pointwise() {
-        x_img
-    } else {
-        buf.resize(g.c * g.kh * g.kw * g.out_pixels(), T::ZERO);
-        im2col(x_img, g, buf);
-        buf
-    }
 }
 
 /// The output positions `o` in `0..out_len` whose input index `o·stride + offset` falls
@@ -618,51 +570,7 @@ fn valid_outputs(out_len: usize, in_len: usize, stride: usize, offset: isize) ->
     lo.min(out_len)..hi.min(out_len).max(lo.min(out_len))
 }
 
-/// Gathers one image `[C, H, W]` into `col` `[C·KH·KW, OH·OW]` (see the module comment).
-fn im2col<T: Float>(x: &[T], g: &ConvGeometry, col: &mut [T]) {
-    let pix = g.out_pixels();
-    for (row, dst) in col.chunks_exact_mut(pix).enumerate().take(g.c * g.kh * g.kw) {
-        im2col_row(x, g, row, dst);
-    }
-}
-
-/// Row `(c·KH + ky)·KW + kx` of one image's im2col: for every output pixel, the input value
-/// that tap (ky, kx) of channel c reads there (zero in the padding).
-fn im2col_row<T: Float>(x: &[T], g: &ConvGeometry, row: usize, dst: &mut [T]) {
-    let p = &g.params;
-    let (c, ky, kx) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
-    let plane = &x[c * g.h * g.w..][..g.h * g.w];
-    let y_off = (ky * p.dilation.0) as isize - p.padding.0 as isize;
-    let rows = valid_outputs(g.oh, g.h, p.stride.0, y_off);
-    let x_off = (kx * p.dilation.1) as isize - p.padding.1 as isize;
-    let cols = valid_outputs(g.ow, g.w, p.stride.1, x_off);
-    for oy in 0..g.oh {
-        let out_row = &mut dst[oy * g.ow..][..g.ow];
-        if !rows.contains(&oy) {
-            out_row.fill(T::ZERO);
-            continue;
-        }
-        let iy = (oy * p.stride.0) as isize + y_off;
-        let in_row = &plane[iy as usize * g.w..][..g.w];
-        out_row[..cols.start].fill(T::ZERO);
-        out_row[cols.end..].fill(T::ZERO);
-        if cols.is_empty() {
-            continue;
-        }
-        let ix0 = ((cols.start * p.stride.1) as isize + x_off) as usize;
-        if p.stride.1 == 1 {
-            // Unit stride: the valid part of the row is one contiguous run.
-            out_row[cols.clone()].copy_from_slice(&in_row[ix0..ix0 + cols.len()]);
-        } else {
-            let src = in_row[ix0..].iter().step_by(p.stride.1);
-            for (o, &v) in out_row[cols.clone()].iter_mut().zip(src) {
-                *o = v;
-            }
-        }
-    }
-}
-
-/// The adjoint of [`im2col`]: adds each entry of `col` to the input pixel it came from.
+/// The adjoint of im2col: adds each entry of `col` to the input pixel it came from.
 fn col2im<T: Float>(col: &[T], g: &ConvGeometry, x: &mut [T]) {
     let p = &g.params;
     let pix = g.out_pixels();
