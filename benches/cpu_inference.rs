@@ -11,6 +11,8 @@ use scratchnet::models;
 use scratchnet::{DType, Graph, Tensor, Var};
 
 fn inference(c: &mut Criterion) {
+    // As the command line does: freed activations stay with the allocator between steps.
+    scratchnet::device::cpu::keep_freed_host_memory();
     let mut group = c.benchmark_group("cpu_inference_batch8");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
     for (name, side) in [("resnet18", 64), ("resnet50", 64), ("densenet121", 64), ("alexnet", 227)] {

@@ -261,6 +261,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    scratchnet::device::cpu::keep_freed_host_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
