@@ -1,7 +1,8 @@
 // The fast batch norm: statistics in one pass over many blocks, and the normalisation fused
 // with what follows it in a network — ReLU (y = max(BN(x), 0)), or a residual addition and
 // ReLU (y = max(BN(x) + r, 0), the end of every ResNet block). CPU reference:
-// src/ops/batchnorm.rs (the `*_fused` functions); the plain kernels are in batchnorm.cu.
+// src/ops/batchnorm_fused.rs (the launches; its CPU path is the batch norm reference of
+// src/ops/batchnorm.rs with the epilogue); the plain kernels are in batchnorm.cu.
 //
 // What fusing saves, per element of a ResNet block's last BN + add + ReLU (forward):
 //   separate:  BN reads x, writes t; add reads t, r, writes u; ReLU reads u, writes y: 7 accesses

@@ -14,7 +14,7 @@ use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{GemmKernel, matmul};
 use crate::ops::lrn::{self, LrnParams};
 use crate::ops::pool::{self, Pool2dParams};
-use crate::ops::{batchnorm, bias_act, concat, dropout, elementwise, linear, loss, sgd};
+use crate::ops::{batchnorm, batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// Tolerance for results computed with the same order of operations as the reference, or
@@ -373,13 +373,22 @@ impl Tester {
             let dz = elementwise::relu_backward(&dy, &want_y)?;
             let want_g = batchnorm::backward_train(&dz, &x, &gamma, &plain.mean, &plain.var, eps)?;
 
-            let epilogue = batchnorm::Epilogue { residual: residual.then_some(&rd), relu: true };
-            let got = batchnorm::forward_train_fused(&xd, &gd, &bd, epilogue, eps)?;
+            let epilogue = batchnorm_fused::Epilogue { residual: residual.then_some(&rd), relu: true };
+            let got = batchnorm_fused::forward_train_fused(&xd, &gd, &bd, epilogue, eps)?;
             self.record(&format!("{label} forward (train)"), &case, &got.y, &want_y, TOL_REORDERED)?;
             self.record(&format!("{label} batch mean"), &case, &got.mean, &plain.mean, TOL_REORDERED)?;
             self.record(&format!("{label} batch variance"), &case, &got.var, &plain.var, TOL_REORDERED)?;
-            let got_g =
-                batchnorm::backward_fused(&dyd, &xd, Some(&got.y), &gd, &got.mean, &got.var, eps, true, residual)?;
+            let got_g = batchnorm_fused::backward_fused(
+                &dyd,
+                &xd,
+                Some(&got.y),
+                &gd,
+                &got.mean,
+                &got.var,
+                eps,
+                true,
+                residual,
+            )?;
             self.record(&format!("{label} backward (train, data)"), &case, &got_g.dx, &want_g.dx, TOL_REORDERED)?;
             self.record(&format!("{label} backward (weight)"), &case, &got_g.dgamma, &want_g.dgamma, TOL_REORDERED)?;
             self.record(&format!("{label} backward (bias)"), &case, &got_g.dbeta, &want_g.dbeta, TOL_REORDERED)?;
@@ -394,11 +403,12 @@ impl Tester {
             let plain = batchnorm::forward_eval(&x, &gamma, &beta, &rm, &rv, eps)?;
             let sum = if residual { elementwise::add(&plain, &r)? } else { plain };
             let want_y = elementwise::relu_forward(&sum)?;
-            let got_y = batchnorm::forward_eval_fused(&xd, &gd, &bd, &rmd, &rvd, epilogue, eps)?;
+            let got_y = batchnorm_fused::forward_eval_fused(&xd, &gd, &bd, &rmd, &rvd, epilogue, eps)?;
             self.record(&format!("{label} forward (eval)"), &case, &got_y, &want_y, TOL_PLAIN)?;
             let dz = elementwise::relu_backward(&dy, &want_y)?;
             let want_g = batchnorm::backward_eval(&dz, &x, &gamma, &rm, &rv, eps)?;
-            let got_g = batchnorm::backward_fused(&dyd, &xd, Some(&got_y), &gd, &rmd, &rvd, eps, false, residual)?;
+            let got_g =
+                batchnorm_fused::backward_fused(&dyd, &xd, Some(&got_y), &gd, &rmd, &rvd, eps, false, residual)?;
             self.record(&format!("{label} backward (eval, data)"), &case, &got_g.dx, &want_g.dx, TOL_PLAIN)?;
         }
 
@@ -407,11 +417,11 @@ impl Tester {
         let x = elementwise::add(&self.input(&xs), &Tensor::full(xs, 1000.0, DType::F64))?;
         let (gamma, beta) = (Tensor::full([2], 1.0, DType::F64), Tensor::zeros([2], DType::F64));
         let want = batchnorm::forward_train(&x, &gamma, &beta, eps)?;
-        let got = batchnorm::forward_train_fused(
+        let got = batchnorm_fused::forward_train_fused(
             &self.on_device(&x)?,
             &self.on_device(&gamma)?,
             &self.on_device(&beta)?,
-            batchnorm::Epilogue { residual: None, relu: true },
+            batchnorm_fused::Epilogue { residual: None, relu: true },
             eps,
         )?;
         let case = "x [4, 2, 8, 8] around 1000";

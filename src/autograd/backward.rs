@@ -120,8 +120,8 @@ pub(super) fn bottleneck_front(
         [one] => one.clone(),
         _ => ops::concat::forward(&features.iter().collect::<Vec<_>>())?,
     };
-    let epilogue = ops::batchnorm::Epilogue { residual: None, relu: true };
-    let out = ops::batchnorm::forward_train_fused(&x, gamma, beta, epilogue, eps)?;
+    let epilogue = ops::batchnorm_fused::Epilogue { residual: None, relu: true };
+    let out = ops::batchnorm_fused::forward_train_fused(&x, gamma, beta, epilogue, eps)?;
     Ok((x, out.y, out.mean, out.var))
 }
 
@@ -180,8 +180,17 @@ impl Saved {
                 vec![dx, dw, db]
             }
             Saved::BatchNormAct { x, gamma, mean, var, eps, batch_stats, y } => {
-                let g =
-                    ops::batchnorm::backward_fused(dy, &x, y.as_ref(), &gamma, &mean, &var, eps, batch_stats, need(3))?;
+                let g = ops::batchnorm_fused::backward_fused(
+                    dy,
+                    &x,
+                    y.as_ref(),
+                    &gamma,
+                    &mean,
+                    &var,
+                    eps,
+                    batch_stats,
+                    need(3),
+                )?;
                 vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta), g.dresidual]
             }
             Saved::Linear { x, w } => {
@@ -224,7 +233,7 @@ impl Saved {
                 let dw = when(need(features.len() + 2), || ops::conv2d::backward_filter(dy, &h, w.shape(), p))?;
                 let channels: Vec<usize> = features.iter().map(|f| f.dims()[1]).collect();
                 drop(features);
-                let g = ops::batchnorm::backward_fused(&dh, &x, Some(&h), &gamma, &mean, &var, eps, true, false)?;
+                let g = ops::batchnorm_fused::backward_fused(&dh, &x, Some(&h), &gamma, &mean, &var, eps, true, false)?;
                 drop((h, x));
                 let mut grads: Vec<Option<Tensor>> = if channels.len() == 1 {
                     vec![Some(g.dx)]

@@ -462,8 +462,8 @@ impl Graph {
         relu: bool,
         eps: f64,
     ) -> Result<(Var, Tensor, Tensor)> {
-        let epilogue = ops::batchnorm::Epilogue { residual: residual.map(|r| &r.value), relu };
-        let out = ops::batchnorm::forward_train_fused(&x.value, &gamma.value, &beta.value, epilogue, eps)?;
+        let epilogue = ops::batchnorm_fused::Epilogue { residual: residual.map(|r| &r.value), relu };
+        let out = ops::batchnorm_fused::forward_train_fused(&x.value, &gamma.value, &beta.value, epilogue, eps)?;
         let (mean, var) = (out.mean.clone(), out.var.clone());
         let y_saved = relu.then(|| out.y.clone());
         let mut inputs = vec![x, gamma, beta];
@@ -493,8 +493,8 @@ impl Graph {
         relu: bool,
         eps: f64,
     ) -> Result<Var> {
-        let epilogue = ops::batchnorm::Epilogue { residual: residual.map(|r| &r.value), relu };
-        let y = ops::batchnorm::forward_eval_fused(
+        let epilogue = ops::batchnorm_fused::Epilogue { residual: residual.map(|r| &r.value), relu };
+        let y = ops::batchnorm_fused::forward_eval_fused(
             &x.value,
             &gamma.value,
             &beta.value,

@@ -13,7 +13,8 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::models;
 use crate::nn::Sgd;
-use crate::ops::batchnorm::{self, Epilogue};
+use crate::ops::batchnorm;
+use crate::ops::batchnorm_fused::{self, Epilogue};
 use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{GemmKernel, matmul};
 use crate::ops::lrn::LrnParams;
@@ -516,11 +517,11 @@ impl Problem {
                     }),
                     Pass::Forward => Box::new(move || {
                         let epilogue = Epilogue { residual: r.as_ref(), relu };
-                        batchnorm::forward_train_fused(&xt, &gamma, &beta, epilogue, eps).map(drop)
+                        batchnorm_fused::forward_train_fused(&xt, &gamma, &beta, epilogue, eps).map(drop)
                     }),
                     _ => {
                         let epilogue = Epilogue { residual: r.as_ref(), relu };
-                        let out = batchnorm::forward_train_fused(&xt, &gamma, &beta, epilogue, eps)?;
+                        let out = batchnorm_fused::forward_train_fused(&xt, &gamma, &beta, epilogue, eps)?;
                         let dy = t(&x, 4)?;
                         let y = relu.then_some(out.y);
                         let (mean, var) = (out.mean, out.var);
@@ -534,7 +535,7 @@ impl Problem {
                             })
                         } else {
                             Box::new(move || {
-                                batchnorm::backward_fused(
+                                batchnorm_fused::backward_fused(
                                     &dy,
                                     &xt,
                                     y.as_ref(),

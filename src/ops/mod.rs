@@ -11,6 +11,7 @@
 
 pub mod autotune;
 pub mod batchnorm;
+pub mod batchnorm_fused;
 pub mod bias_act;
 pub mod concat;
 pub mod conv2d;
