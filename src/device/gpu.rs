@@ -81,7 +81,7 @@ pub trait Backend: Send + Sync {
     fn release_graph(&self, graph: u64);
     /// Makes side streams 1 to `count` wait for the work queued so far on the main stream.
     /// Every other call queues its work on the calling thread's current stream
-    /// ([`super::streams::current`]).
+    /// ([`super::streams::current_on`]).
     fn fork(&self, count: usize) -> Result<()>;
     /// Makes the main stream wait for the work queued so far on side streams 1 to `count`.
     fn join(&self, count: usize) -> Result<()>;

@@ -643,11 +643,10 @@ pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kern
         let kernel = match kernel {
             GemmKernel::Auto => {
                 let problem = format!("matmul {m}x{n}x{k} a{a_rs},{a_cs} b{b_rs},{b_cs}");
-                let candidates: Vec<GemmKernel> = [GemmKernel::Blocked64, GemmKernel::Blocked128, GemmKernel::Vec128]
-                    .into_iter()
-                    .filter(|c| c.fits(m, n, k, transpose_a, transpose_b))
-                    .collect();
-                super::autotune::pick(&gpu, &problem, &candidates, GemmKernel::name, launch)?
+                // The 16-byte kernel last (the emulator's pick), where it fits.
+                let all = [GemmKernel::Blocked64, GemmKernel::Blocked128, GemmKernel::Vec128];
+                let fitting = if GemmKernel::Vec128.fits(m, n, k, transpose_a, transpose_b) { 3 } else { 2 };
+                super::autotune::pick(&gpu, &problem, &all[..fitting], GemmKernel::name, launch)?
             }
             k => k,
         };

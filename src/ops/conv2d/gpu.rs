@@ -246,6 +246,51 @@ fn tiles(name: &'static str, tile: usize, cols: usize, rows: usize, z: usize) ->
         .block(256, 1, 1))
 }
 
+/// Where one implicit-GEMM launch's operands start: the groups `first..first + count` of
+/// the layer. A launch over all of them is the plain one; a launch over one group is a
+/// tower, its pointers at that group's channels and its grid one group deep (see the module's
+/// comment; the kernels take `g = 0` for the first group they are given).
+#[derive(Clone, Copy)]
+struct Groups {
+    first: usize,
+    count: usize,
+}
+
+impl Groups {
+    fn all(g: &ConvGeometry) -> Groups {
+        Groups { first: 0, count: g.groups() }
+    }
+
+    fn one(t: usize) -> Groups {
+        Groups { first: t, count: 1 }
+    }
+}
+
+/// The forward implicit GEMM over `groups`, into `y`.
+#[allow(clippy::too_many_arguments)]
+fn implicit_forward(
+    gpu: &GpuDevice,
+    k: &Tiled,
+    y: &GpuBuffer,
+    x: &GpuBuffer,
+    w: &GpuBuffer,
+    bias: Option<&GpuBuffer>,
+    relu: bool,
+    g: &ConvGeometry,
+    Groups { first, count }: Groups,
+) -> Result<()> {
+    let (cg, og) = (g.c / g.groups(), g.o_per_group());
+    let call = tiles(k.forward, k.tile, g.n * g.out_pixels(), og, count)?
+        .buf_from(y, first * og * g.out_pixels())?
+        .buf_from(x, first * cg * g.h * g.w)?
+        .buf_from(w, first * og * g.k_per_group())?;
+    let call = match bias {
+        Some(b) => call.buf_from(b, first * og)?,
+        None => call.buf_or_null(None),
+    };
+    gpu.launch(shape_args(call, g)?.i32(relu as i32))
+}
+
 /// `conv(x, w) + bias`, then ReLU when `relu` is set: fused into the implicit GEMM's
 /// epilogue, or a separate in-place pass after the direct kernel.
 pub(super) fn forward(
@@ -260,8 +305,9 @@ pub(super) fn forward(
     let count = g.out_shape().numel();
     let y = gpu.alloc(DType::F32, count)?;
     let problem = if relu { "forward+relu" } else { "forward" };
-    let launch = |kernel| match kernel {
-        Kernel::Direct => {
+    let launch = |kernel: Kernel| match kernel.tiled() {
+        Some(k) => implicit_forward(gpu, k, &y, x, w, bias, relu, g, Groups::all(g)),
+        None => {
             let call = KernelCall::elementwise("conv2d_fwd_direct_f32", count);
             gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?)?;
             if !relu {
@@ -277,31 +323,34 @@ pub(super) fn forward(
                     .i64(to_i64(g.out_pixels())),
             )
         }
-        Kernel::ImplicitGemm | Kernel::ImplicitGemm128 => {
-            let k = kernel.tiled().unwrap_or(&TILED_64);
-            let call = tiles(k.forward, k.tile, g.n * g.out_pixels(), g.o_per_group(), g.groups())?;
-            gpu.launch(shape_args(call.buf(&y).buf(x).buf(w).buf_or_null(bias), g)?.i32(relu as i32))
-        }
     };
     let kernel = choose(gpu, algo, problem, g, launch)?;
-    let Some(k) = kernel.tiled().filter(|_| splits_into_towers(g)) else {
-        launch(kernel)?;
-        return Ok(y);
-    };
-    // The towers: group t's implicit GEMM on side stream t + 1, one group deep.
-    let (cg, og) = (g.c / g.groups(), g.o_per_group());
-    gpu.on_streams(g.groups(), |t| {
-        let call = tiles(k.forward, k.tile, g.n * g.out_pixels(), og, 1)?
-            .buf_from(&y, t * og * g.out_pixels())?
-            .buf_from(x, t * cg * g.h * g.w)?
-            .buf_from(w, t * og * g.k_per_group())?;
-        let call = match bias {
-            Some(b) => call.buf_from(b, t * og)?,
-            None => call.buf_or_null(None),
-        };
-        gpu.launch(shape_args(call, g)?.i32(relu as i32))
-    })?;
+    match kernel.tiled().filter(|_| splits_into_towers(g)) {
+        // The towers: group t's implicit GEMM on side stream t + 1.
+        Some(k) => {
+            gpu.on_streams(g.groups(), |t| implicit_forward(gpu, k, &y, x, w, bias, relu, g, Groups::one(t)))?;
+        }
+        None => launch(kernel)?,
+    }
     Ok(y)
+}
+
+/// The data gradient's implicit GEMM over `groups`, into `dx`.
+fn implicit_data(
+    gpu: &GpuDevice,
+    k: &Tiled,
+    dx: &GpuBuffer,
+    dy: &GpuBuffer,
+    w: &GpuBuffer,
+    g: &ConvGeometry,
+    Groups { first, count }: Groups,
+) -> Result<()> {
+    let (cg, og) = (g.c / g.groups(), g.o_per_group());
+    let call = tiles(k.data, k.tile, g.n * g.h * g.w, cg, count)?
+        .buf_from(dx, first * cg * g.h * g.w)?
+        .buf_from(dy, first * og * g.out_pixels())?
+        .buf_from(w, first * og * g.k_per_group())?;
+    gpu.launch(shape_args(call, g)?)
 }
 
 /// The data gradient's launch with kernel `kernel`, into `dx`.
@@ -313,11 +362,13 @@ fn launch_data(
     w: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<()> {
-    let call = match kernel.tiled() {
-        None => KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel()),
-        Some(k) => tiles(k.data, k.tile, g.n * g.h * g.w, g.c / g.groups(), g.groups())?,
-    };
-    gpu.launch(shape_args(call.buf(dx).buf(dy).buf(w), g)?)
+    match kernel.tiled() {
+        Some(k) => implicit_data(gpu, k, dx, dy, w, g, Groups::all(g)),
+        None => {
+            let call = KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel());
+            gpu.launch(shape_args(call.buf(dx).buf(dy).buf(w), g)?)
+        }
+    }
 }
 
 pub(super) fn backward_data(
@@ -343,53 +394,77 @@ fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
     (k.div_ceil(chunk.max(1)).max(1), chunk.max(8))
 }
 
-/// The filter gradient's output, and its launches.
+/// The filter gradient's output and, for an implicit GEMM whose shared dimension is split,
+/// the workspace of the slices' partial sums (`splits` blocks the size of dW).
 struct FilterGradient {
     dw: GpuBuffer,
-}
-
-/// The workspace of the split-K slices' partial sums for `splits` slices (none for one).
-fn filter_workspace(gpu: &Arc<GpuDevice>, g: &ConvGeometry, splits: usize) -> Result<Option<GpuBuffer>> {
-    if splits > 1 { Ok(Some(gpu.alloc(DType::F32, g.weight_shape().numel() * splits)?)) } else { Ok(None) }
+    workspace: Option<GpuBuffer>,
+    splits: usize,
+    chunk: usize,
 }
 
 impl FilterGradient {
-    fn alloc(gpu: &Arc<GpuDevice>, g: &ConvGeometry) -> Result<FilterGradient> {
-        Ok(FilterGradient { dw: gpu.alloc(DType::F32, g.weight_shape().numel())? })
+    /// The buffers for `kernel` (the split depends on its tile).
+    fn alloc(gpu: &Arc<GpuDevice>, kernel: Kernel, g: &ConvGeometry) -> Result<FilterGradient> {
+        let count = g.weight_shape().numel();
+        let (splits, chunk) = kernel.tiled().map_or((1, 0), |k| filter_splits(g, k.tile));
+        let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
+        Ok(FilterGradient { dw: gpu.alloc(DType::F32, count)?, workspace, splits, chunk })
     }
 
-    /// The launches with kernel `kernel`, into `dw` (through a workspace when the implicit
-    /// GEMM's shared dimension is split; from the allocator's cache after the first step).
-    fn launch(
+    /// The implicit GEMM over `groups` (and its share of the slices' reduction).
+    fn implicit(
         &self,
-        gpu: &Arc<GpuDevice>,
-        kernel: Kernel,
+        gpu: &GpuDevice,
+        k: &Tiled,
         dy: &GpuBuffer,
         x: &GpuBuffer,
         g: &ConvGeometry,
+        Groups { first, count }: Groups,
     ) -> Result<()> {
-        let count = g.weight_shape().numel();
-        let Some(k) = kernel.tiled() else {
-            let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", count).buf(&self.dw).buf(dy).buf(x);
-            return gpu.launch(shape_args(call, g)?);
-        };
-        let (splits, chunk) = filter_splits(g, k.tile);
-        let workspace = filter_workspace(gpu, g, splits)?;
-        let call = tiles(k.filter, k.tile, g.k_per_group(), g.o_per_group(), g.groups() * splits)?;
-        let call = shape_args(call.buf(workspace.as_ref().unwrap_or(&self.dw)).buf(dy).buf(x), g)?;
-        gpu.launch(call.i32(to_i32(OP, "slice length", chunk)?).i32(to_i32(OP, "groups", g.groups())?))?;
-        match &workspace {
+        let (cg, og) = (g.c / g.groups(), g.o_per_group());
+        let group_weights = og * g.k_per_group();
+        let call = tiles(k.filter, k.tile, g.k_per_group(), og, count * self.splits)?
+            .buf_from(self.workspace.as_ref().unwrap_or(&self.dw), first * group_weights)?
+            .buf_from(dy, first * og * g.out_pixels())?
+            .buf_from(x, first * cg * g.h * g.w)?;
+        let call = shape_args(call, g)?.i32(to_i32(OP, "slice length", self.chunk)?);
+        gpu.launch(call.i32(to_i32(OP, "groups", count)?))?;
+        match &self.workspace {
             Some(ws) => gpu.launch(
-                KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count)
-                    .buf(&self.dw)
-                    .buf(ws)
-                    .i64(to_i64(count))
-                    .i64(to_i64(count))
-                    .i32(to_i32(OP, "slices", splits)?),
+                KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count * group_weights)
+                    .buf_from(&self.dw, first * group_weights)?
+                    .buf_from(ws, first * group_weights)?
+                    .i64(to_i64(count * group_weights))
+                    .i64(to_i64(g.weight_shape().numel()))
+                    .i32(to_i32(OP, "slices", self.splits)?),
             ),
             None => Ok(()),
         }
     }
+
+    /// The launches with kernel `kernel` (whose buffers these are), into `dw`.
+    fn launch(&self, gpu: &GpuDevice, kernel: Kernel, dy: &GpuBuffer, x: &GpuBuffer, g: &ConvGeometry) -> Result<()> {
+        match kernel.tiled() {
+            Some(k) => self.implicit(gpu, k, dy, x, g, Groups::all(g)),
+            None => {
+                let count = g.weight_shape().numel();
+                let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", count).buf(&self.dw).buf(dy).buf(x);
+                gpu.launch(shape_args(call, g)?)
+            }
+        }
+    }
+}
+
+/// Runs `kernel` on its own buffers (the autotuner's timing and the plain path).
+fn filter_gradient(
+    gpu: &Arc<GpuDevice>,
+    kernel: Kernel,
+    dy: &GpuBuffer,
+    x: &GpuBuffer,
+    g: &ConvGeometry,
+) -> Result<()> {
+    FilterGradient::alloc(gpu, kernel, g)?.launch(gpu, kernel, dy, x, g)
 }
 
 pub(super) fn backward_filter(
@@ -399,8 +474,9 @@ pub(super) fn backward_filter(
     x: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
-    let grad = FilterGradient::alloc(gpu, g)?;
-    run(gpu, algo, "backward filter", g, |kernel| grad.launch(gpu, kernel, dy, x, g))?;
+    let kernel = choose(gpu, algo, "backward filter", g, |k| filter_gradient(gpu, k, dy, x, g))?;
+    let grad = FilterGradient::alloc(gpu, kernel, g)?;
+    grad.launch(gpu, kernel, dy, x, g)?;
     Ok(grad.dw)
 }
 
@@ -421,60 +497,39 @@ pub(super) fn backward_data_and_filter(
 ) -> Result<(Option<GpuBuffer>, Option<GpuBuffer>)> {
     // Allocated on the main stream before any fork, so the towers only write into them.
     let dx = want_dx.then(|| gpu.alloc(DType::F32, g.in_shape().numel())).transpose()?;
-    let dw = want_dw.then(|| FilterGradient::alloc(gpu, g)).transpose()?;
     let data_kernel = match &dx {
         Some(dx) => Some(choose(gpu, algo, "backward data", g, |k| launch_data(gpu, k, dx, dy, w, g))?),
         None => None,
     };
-    let filter_kernel = match &dw {
-        Some(grad) => Some(choose(gpu, algo, "backward filter", g, |k| grad.launch(gpu, k, dy, x, g))?),
-        None => None,
+    let filter_kernel = match want_dw {
+        true => Some(choose(gpu, algo, "backward filter", g, |k| filter_gradient(gpu, k, dy, x, g))?),
+        false => None,
     };
+    let dw = filter_kernel.map(|k| FilterGradient::alloc(gpu, k, g)).transpose()?;
     let mut chosen = [data_kernel, filter_kernel].into_iter().flatten();
     let first = chosen.next();
     let one_kernel = first.filter(|&k| chosen.all(|other| other == k));
-    let Some(k) = one_kernel.and_then(Kernel::tiled).filter(|_| splits_into_towers(g)) else {
-        if let (Some(dx), Some(kernel)) = (&dx, data_kernel) {
-            launch_data(gpu, kernel, dx, dy, w, g)?;
+    match one_kernel.and_then(Kernel::tiled).filter(|_| splits_into_towers(g)) {
+        Some(k) => {
+            gpu.on_streams(g.groups(), |t| {
+                if let Some(dx) = &dx {
+                    implicit_data(gpu, k, dx, dy, w, g, Groups::one(t))?;
+                }
+                match &dw {
+                    Some(grad) => grad.implicit(gpu, k, dy, x, g, Groups::one(t)),
+                    None => Ok(()),
+                }
+            })?;
         }
-        if let (Some(grad), Some(kernel)) = (&dw, filter_kernel) {
-            grad.launch(gpu, kernel, dy, x, g)?;
-        }
-        return Ok((dx, dw.map(|grad| grad.dw)));
-    };
-    let (cg, og) = (g.c / g.groups(), g.o_per_group());
-    let (in_plane, out_plane) = (g.h * g.w, g.out_pixels());
-    let count = g.weight_shape().numel();
-    let group_weights = og * g.k_per_group();
-    let (splits, chunk) = filter_splits(g, k.tile);
-    let workspace = if want_dw { filter_workspace(gpu, g, splits)? } else { None };
-    gpu.on_streams(g.groups(), |t| {
-        if let Some(dx) = &dx {
-            let call = tiles(k.data, k.tile, g.n * in_plane, cg, 1)?
-                .buf_from(dx, t * cg * in_plane)?
-                .buf_from(dy, t * og * out_plane)?
-                .buf_from(w, t * group_weights)?;
-            gpu.launch(shape_args(call, g)?)?;
-        }
-        if let Some(grad) = &dw {
-            let call = tiles(k.filter, k.tile, g.k_per_group(), og, splits)?
-                .buf_from(workspace.as_ref().unwrap_or(&grad.dw), t * group_weights)?
-                .buf_from(dy, t * og * out_plane)?
-                .buf_from(x, t * cg * in_plane)?;
-            gpu.launch(shape_args(call, g)?.i32(to_i32(OP, "slice length", chunk)?).i32(1))?;
-            if let Some(ws) = &workspace {
-                gpu.launch(
-                    KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", group_weights)
-                        .buf_from(&grad.dw, t * group_weights)?
-                        .buf_from(ws, t * group_weights)?
-                        .i64(to_i64(group_weights))
-                        .i64(to_i64(count))
-                        .i32(to_i32(OP, "slices", splits)?),
-                )?;
+        None => {
+            if let (Some(dx), Some(kernel)) = (&dx, data_kernel) {
+                launch_data(gpu, kernel, dx, dy, w, g)?;
+            }
+            if let (Some(grad), Some(kernel)) = (&dw, filter_kernel) {
+                grad.launch(gpu, kernel, dy, x, g)?;
             }
         }
-        Ok(())
-    })?;
+    }
     Ok((dx, dw.map(|grad| grad.dw)))
 }
 
