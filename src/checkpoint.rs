@@ -12,13 +12,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
 use crate::error::{Error, Result};
 use crate::models::Model;
+use crate::output::write_atomically;
 use crate::tensor::{DType, Tensor};
 
 /// A host tensor as safetensors sees it.
@@ -52,25 +52,6 @@ fn host_view(t: &Tensor) -> Result<HostView> {
         }
     };
     Ok(HostView { dtype, shape: t.dims().to_vec(), bytes })
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory, renamed into
-/// place once complete.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::file(path, "not a file name"))?;
-    let tmp: PathBuf = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::file(path, format!("cannot write: {e}")));
-    }
-    Ok(())
 }
 
 /// Saves the model's state_dict to `path`.

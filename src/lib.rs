@@ -20,6 +20,7 @@ pub mod error;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod output;
 pub mod profile;
 pub mod report;
 pub mod rng;

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scratchnet::data::DataSource;
+use scratchnet::data::{DataSource, HeldOut};
 use scratchnet::device::Device;
 use scratchnet::models;
+use scratchnet::output;
 use scratchnet::report::MetricsLog;
 use scratchnet::train::{Progress, Schedule, TrainOptions, train};
 use scratchnet::{Error, Graph, Result, Tensor, Var};
@@ -121,6 +122,14 @@ struct TrainArgs {
     /// synthetic, cifar10:DIR, npy:X.npy,Y.npy or folder:DIR.
     #[arg(long, default_value = "synthetic")]
     data: String,
+    /// Evaluate on the held-out images of this source instead (npy:X.npy,Y.npy: all of them;
+    /// cifar10:DIR: its test batch; folder:DIR: its val/; synthetic: its held-out set).
+    #[arg(long, conflicts_with = "holdout")]
+    val_data: Option<String>,
+    /// Hold out this fraction of the training source for evaluation (0: train on everything,
+    /// evaluate nothing). Default: the source's own held-out images (the last tenth of npy).
+    #[arg(long, allow_negative_numbers = true)]
+    holdout: Option<f64>,
     /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -303,9 +312,41 @@ fn main() -> ExitCode {
 
 fn run_train(a: TrainArgs) -> Result<()> {
     a.kernels.apply()?;
+    let data = a.data.parse::<DataSource>()?;
+    let held_out = match (&a.val_data, a.holdout) {
+        (Some(spec), _) => HeldOut::Data(spec.parse::<DataSource>()?),
+        (None, Some(f)) => HeldOut::Fraction(f),
+        (None, None) => HeldOut::Default,
+    };
+    if let HeldOut::Fraction(f) = held_out
+        && !(0.0..1.0).contains(&f)
+    {
+        return Err(Error::argument("train", format!("--holdout must be a fraction in [0, 1), got {f}")));
+    }
+    // Every file the run writes must be none of the files it reads (--save may replace the
+    // --init it starts from: that file is read whole before training).
+    // (A --log named .svg is refused by the log itself, with its own reason.)
+    let svg = a.log.as_ref().map(|l| l.with_extension("svg")).filter(|svg| Some(svg) != a.log.as_ref());
+    let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
+    for (flag, source) in
+        [("--data", Some(&data)), ("--val-data", if let HeldOut::Data(d) = &held_out { Some(d) } else { None })]
+    {
+        if let Some(DataSource::Npy(x, y)) = source {
+            inputs.extend([(flag, x.as_path()), (flag, y.as_path())]);
+        }
+    }
+    let outputs: Vec<(&str, &std::path::Path)> = [("--save", &a.save), ("--log", &a.log), ("--log's curves", &svg)]
+        .into_iter()
+        .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
+        .collect();
+    output::refuse_overlap(&outputs, &inputs)?;
+    if let Some(init) = &a.init {
+        output::refuse_overlap(&outputs[usize::from(a.save.is_some())..], &[("--init", init)])?;
+    }
     let options = TrainOptions {
         model: a.model,
-        data: a.data.parse::<DataSource>()?,
+        data,
+        held_out,
         device: a.device.parse::<Device>()?,
         epochs: a.epochs,
         steps: a.steps,
@@ -332,9 +373,19 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let mut log_error: Option<Error> = None;
     train(&options, |p| match p {
         Progress::Start { model, params, train_images, test_images, total_steps, .. } => {
+            let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+            let images = if *test_images == 0 {
+                format!(
+                    "{} and none held out (no evaluation)",
+                    plural(*train_images, "training image", "training images")
+                )
+            } else {
+                format!("{train_images} training and {}", plural(*test_images, "held-out image", "held-out images"))
+            };
             out!(
-                "training {model} ({params} parameters) on {} with {train_images} training and {test_images} held-out images, {total_steps} steps of {}",
+                "training {model} ({params} parameters) on {} with {images}, {} of {}",
                 options.device,
+                plural(*total_steps, "step", "steps"),
                 options.batch_size
             );
             if live {
@@ -369,10 +420,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
             }
         }
         Progress::Epoch(r) => {
-            let held_out = if r.test_loss.is_nan() {
-                "no held-out images".to_string()
-            } else {
-                format!("held-out loss {:.4} acc {:.1}%", r.test_loss, r.test_accuracy * 100.0)
+            let held_out = match (r.test_loss, r.test_accuracy) {
+                (Some(loss), Some(acc)) => format!("held-out loss {loss:.4} acc {:.1}%", acc * 100.0),
+                _ => "nothing held out".to_string(),
             };
             bar.suspend(|| {
                 out!(
@@ -383,7 +433,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
                     r.images_per_sec
                 )
             });
-            last_test_accuracy = Some(r.test_accuracy);
+            last_test_accuracy = r.test_accuracy;
             if let Some(l) = &mut log
                 && let Err(e) = l.epoch(r)
             {
@@ -395,7 +445,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(e) = log_error {
         return Err(e);
     }
-    if let Some(acc) = last_test_accuracy.filter(|a| !a.is_nan()) {
+    if let Some(acc) = last_test_accuracy {
         out!("final held-out accuracy: {:.1}%", acc * 100.0);
     }
     if let Some(path) = &a.save {
@@ -414,6 +464,8 @@ fn run_infer(a: InferArgs) -> Result<()> {
     if a.batch_size == 0 {
         return Err(Error::argument("infer", "--batch-size must be at least 1"));
     }
+    output::refuse_overlap(&[("--output", &a.output)], &[("--weights", &a.weights), ("--input", &a.input)])?;
+    output::check_writable(&a.output)?;
     let classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
     let mut model = models::build(&a.model, classes, 0)?;
     model.to_device(device)?;
@@ -426,6 +478,17 @@ fn run_infer(a: InferArgs) -> Result<()> {
     let (n, c, h, w) = x.shape().dims4().ok_or_else(|| Error::file(&a.input, "expected N×C×H×W images"))?;
     let values = x.to_vec::<f32>()?;
     let per = c * h * w;
+    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::file(
+            &a.input,
+            format!(
+                "image {} holds {} (value {} of it); the images must be finite numbers",
+                at / per,
+                values[at],
+                at % per
+            ),
+        ));
+    }
     let mut logits = Vec::with_capacity(n * classes);
     for start in (0..n).step_by(a.batch_size) {
         let end = (start + a.batch_size).min(n);
@@ -446,13 +509,20 @@ fn parse_input_size(command: &'static str, size: Option<&str>, [c, h, w]: [usize
     let Some(size) = size else { return Ok([c, h, w]) };
     let bad = || Error::argument(command, format!("--input-size '{size}' is not H or HxW (e.g. 224 or 224x160)"));
     let (hs, ws) = size.split_once(['x', 'X']).unwrap_or((size, size));
-    Ok([c, hs.trim().parse().map_err(|_| bad())?, ws.trim().parse().map_err(|_| bad())?])
+    let (h, w): (usize, usize) = (hs.trim().parse().map_err(|_| bad())?, ws.trim().parse().map_err(|_| bad())?);
+    if h == 0 || w == 0 {
+        return Err(Error::argument(
+            command,
+            format!("--input-size '{size}' is empty: an image has at least 1×1 pixels"),
+        ));
+    }
+    Ok([c, h, w])
 }
 
 fn run_profile(a: ProfileArgs) -> Result<()> {
     a.kernels.apply()?;
     if let Some(path) = &a.trace {
-        check_writable(path)?;
+        output::check_writable(path)?;
     }
     models::check_name(&a.model)?;
     let num_classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
@@ -485,18 +555,6 @@ fn run_summary(a: SummaryArgs) -> Result<()> {
     Ok(())
 }
 
-/// Fails now, not after minutes of timing, if `path` cannot be written.
-fn check_writable(path: &std::path::Path) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if !dir.is_dir() {
-        return Err(Error::file(path, "cannot be written: its directory does not exist"));
-    }
-    if path.is_dir() {
-        return Err(Error::file(path, "is a directory"));
-    }
-    Ok(())
-}
-
 fn run_bench(a: BenchArgs) -> Result<()> {
     use scratchnet::bench::{self, BenchOptions, Report, Suite};
     if let Some(files) = &a.compare {
@@ -505,8 +563,11 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     a.kernels.apply()?;
-    for path in a.json.iter().chain(&a.plot) {
-        check_writable(path)?;
+    let outputs: Vec<(&str, &std::path::Path)> =
+        [("--json", &a.json), ("--plot", &a.plot)].into_iter().filter_map(|(f, p)| Some((f, p.as_deref()?))).collect();
+    output::refuse_overlap(&outputs, &[])?;
+    for (_, path) in &outputs {
+        output::check_writable(path)?;
     }
     let mut opts = BenchOptions::new(a.device.parse::<Device>()?);
     opts.suites = Suite::parse_list(&a.suite)?;
@@ -542,13 +603,13 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&report.to_json())
             .map_err(|e| Error::argument("bench", format!("cannot write JSON: {e}")))?;
-        scratchnet::checkpoint::write_atomically(path, text.as_bytes())?;
+        output::write_atomically(path, text.as_bytes())?;
         out!("wrote {}", path.display());
     }
     if let Some(path) = &a.plot {
         let title = format!("scratchnet on {} ({}), batch {}", report.device_name, report.device, report.batch);
         let svg = bench::roofline::render(&report.rows, &report.ceilings, &title);
-        scratchnet::checkpoint::write_atomically(path, svg.as_bytes())?;
+        output::write_atomically(path, svg.as_bytes())?;
         out!("wrote {}", path.display());
     }
     Ok(())

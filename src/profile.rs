@@ -253,7 +253,7 @@ impl ProfileReport {
     pub fn write_trace(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string(&self.chrome_trace())
             .map_err(|e| Error::argument("profile", format!("cannot write the trace: {e}")))?;
-        crate::checkpoint::write_atomically(path, text.as_bytes())
+        crate::output::write_atomically(path, text.as_bytes())
     }
 }
 

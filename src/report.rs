@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::output::OutputFile;
 use crate::train::{EpochReport, StepReport};
 
 /// One point of a curve.
@@ -21,11 +22,11 @@ struct Point {
 
 /// Appends rows to a temporary file beside the CSV as training runs (flushed each epoch, so
 /// it can be watched), and remembers the points for the SVG. [`MetricsLog::finish`] renames
-/// the temporary file into place; a run that fails leaves the old CSV, if any, untouched.
+/// the temporary file into place; a run that fails leaves the old CSV, if any, untouched
+/// (see [`crate::output`]).
 pub struct MetricsLog {
     path: PathBuf,
-    tmp: PathBuf,
-    file: std::io::BufWriter<std::fs::File>,
+    file: std::io::BufWriter<OutputFile>,
     train_loss: Vec<Point>,
     train_accuracy: Vec<Point>,
     test_loss: Vec<Point>,
@@ -37,13 +38,10 @@ impl MetricsLog {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
             return Err(Error::file(path, "the log is a CSV file; its curves go to the same name with .svg"));
         }
-        let name = path.file_name().ok_or_else(|| Error::file(path, "not a file name"))?;
-        let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::file(path, format!("cannot create: {e}")))?;
+        crate::output::check_writable(&path.with_extension("svg"))?;
         let mut log = MetricsLog {
             path: path.to_path_buf(),
-            tmp,
-            file: std::io::BufWriter::new(file),
+            file: std::io::BufWriter::new(OutputFile::create(path)?),
             train_loss: Vec::new(),
             train_accuracy: Vec::new(),
             test_loss: Vec::new(),
@@ -67,42 +65,34 @@ impl MetricsLog {
     }
 
     pub fn epoch(&mut self, r: &EpochReport) -> Result<()> {
-        if r.test_loss.is_finite() {
-            self.test_loss.push(Point { step: r.step as f64, value: r.test_loss });
-            self.test_accuracy.push(Point { step: r.step as f64, value: r.test_accuracy });
+        if let (Some(loss), Some(accuracy)) = (r.test_loss, r.test_accuracy) {
+            if loss.is_finite() {
+                self.test_loss.push(Point { step: r.step as f64, value: loss });
+                self.test_accuracy.push(Point { step: r.step as f64, value: accuracy });
+            }
+            self.line(&format!("{},{},held-out,{loss:.6},{accuracy:.6},,", r.step, r.epoch))?;
         }
-        self.line(&format!("{},{},held-out,{:.6},{:.6},,", r.step, r.epoch, r.test_loss, r.test_accuracy))?;
         self.file.flush().map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))
     }
 
     /// Moves the CSV into place and writes the curves to the SVG file beside it (same name,
     /// `.svg`); returns the SVG's path.
-    pub fn finish(mut self) -> Result<PathBuf> {
-        self.file.flush().map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))?;
-        let svg_path = self.path.with_extension("svg");
+    pub fn finish(self) -> Result<PathBuf> {
+        let MetricsLog { path, file, train_loss, train_accuracy, test_loss, test_accuracy } = self;
+        file.into_inner().map_err(|e| Error::file(&path, format!("cannot write: {}", e.error())))?.commit()?;
+        let svg_path = path.with_extension("svg");
         let svg = render(&[
             Chart {
                 title: "loss",
-                curves: vec![(&self.train_loss, "training batch", false), (&self.test_loss, "held-out", true)],
+                curves: vec![(&train_loss, "training batch", false), (&test_loss, "held-out", true)],
             },
             Chart {
                 title: "accuracy",
-                curves: vec![
-                    (&self.train_accuracy, "training (epoch so far)", false),
-                    (&self.test_accuracy, "held-out", true),
-                ],
+                curves: vec![(&train_accuracy, "training (epoch so far)", false), (&test_accuracy, "held-out", true)],
             },
         ]);
-        crate::checkpoint::write_atomically(&svg_path, svg.as_bytes())?;
+        crate::output::write_atomically(&svg_path, svg.as_bytes())?;
         Ok(svg_path)
-    }
-}
-
-impl Drop for MetricsLog {
-    /// A log that was not finished (the run failed) leaves nothing behind.
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -252,8 +242,8 @@ mod tests {
             step: 3,
             train_loss: 1.0,
             train_accuracy: 0.2,
-            test_loss: 0.9,
-            test_accuracy: 0.5,
+            test_loss: Some(0.9),
+            test_accuracy: Some(0.5),
             images_per_sec: 50.0,
         })
         .unwrap();

@@ -2,10 +2,9 @@
 //! and its multiply-adds, found by running one image through it on the CPU and letting each
 //! layer describe itself (see [`crate::autograd::LayerRecord`]).
 
-use crate::autograd::{Graph, LayerRecord, Var};
+use crate::autograd::LayerRecord;
 use crate::error::Result;
 use crate::models::Model;
-use crate::tensor::{DType, Tensor};
 
 pub struct Summary {
     pub model: String,
@@ -31,12 +30,7 @@ pub fn summarize(model: &mut dyn Model, input: [usize; 3]) -> Result<Summary> {
             format!("an input of {h}×{w} is larger than {MAX_SIDE}×{MAX_SIDE}"),
         ));
     }
-    let x = Tensor::zeros([1, c, h, w], DType::F32);
-    let mut g = Graph::eval();
-    g.start_trace();
-    model.forward(&mut g, &Var::constant(x))?;
-    // Concatenations are recorded for `bench`, but they are not modules of the network.
-    let layers: Vec<LayerRecord> = g.take_trace().into_iter().filter(|l| l.op.is_module()).collect();
+    let layers = crate::models::trace_layers(model, input)?;
     Ok(Summary {
         model: model.name().to_string(),
         input,

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crate::autograd::{Graph, Var};
 use crate::checkpoint;
-use crate::data::{self, DataSource, Dataset};
+use crate::data::{self, DataSource, Dataset, HeldOut};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models::{self, Model};
@@ -95,6 +95,8 @@ pub fn learning_rate(
 pub struct TrainOptions {
     pub model: String,
     pub data: DataSource,
+    /// Where the held-out images come from (`--val-data`, `--holdout`).
+    pub held_out: HeldOut,
     pub device: Device,
     pub epochs: usize,
     /// Stop after exactly this many optimizer steps (overrides `epochs`).
@@ -128,6 +130,7 @@ impl Default for TrainOptions {
         TrainOptions {
             model: "resnet20".into(),
             data: DataSource::Synthetic,
+            held_out: HeldOut::Default,
             device: Device::Cpu,
             epochs: 4,
             steps: None,
@@ -186,8 +189,9 @@ pub struct EpochReport {
     pub step: usize,
     pub train_loss: f64,
     pub train_accuracy: f64,
-    pub test_loss: f64,
-    pub test_accuracy: f64,
+    /// On the held-out images; `None` when none are held out.
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
     pub images_per_sec: f64,
 }
 
@@ -322,6 +326,38 @@ impl GraphStep {
     }
 }
 
+/// The steps of an epoch over `len` images in batches of `batch`: the full batches, and the
+/// last, short one unless it has fewer than `min_batch` images (then it is left out, as
+/// PyTorch's `drop_last` would, so that batch norm never trains on a single value).
+pub fn steps_per_epoch(len: usize, batch: usize, min_batch: usize) -> usize {
+    len / batch + usize::from(len % batch >= min_batch.max(1))
+}
+
+/// The first parameter or floating-point buffer of `model` that holds NaN or infinity, by
+/// name: a diverged model, which must not be saved over a good one.
+pub fn first_non_finite(model: &dyn Model) -> Result<Option<String>> {
+    let finite = |t: &Tensor| -> Result<bool> {
+        if !t.dtype().is_float() {
+            return Ok(true);
+        }
+        Ok(match t.as_slice::<f32>() {
+            Ok(values) => values.iter().all(|v| v.is_finite()),
+            Err(_) => t.to_dtype(crate::tensor::DType::F32)?.to_vec::<f32>()?.iter().all(|v| v.is_finite()),
+        })
+    };
+    for p in model.params() {
+        if !finite(&p.value)? {
+            return Ok(Some(p.name().to_string()));
+        }
+    }
+    for (name, t) in model.buffers() {
+        if !finite(t)? {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
 /// Turns a model's memory-efficient mode on when asked; an error for models without one.
 pub fn set_memory_efficient(model: &mut dyn Model, on: bool) -> Result<()> {
     if on && model.set_memory_efficient(true) == 0 {
@@ -350,27 +386,55 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
     }
     if let Some(path) = &o.save {
         // Find out now, not after hours of training, that the weights cannot be written.
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        if !dir.is_dir() {
-            return Err(Error::file(path, "cannot be written: its directory does not exist"));
-        }
+        crate::output::check_writable(path)?;
     }
     let crop = if o.model == "alexnet" { 227 } else { 224 };
-    let split = data::load(&o.data, crop, o.synthetic_size, o.seed)?;
+    let split = data::load(&o.data, &o.held_out, crop, o.synthetic_size, o.seed)?;
     if split.train.is_empty() {
         return Err(Error::argument("train", "the training split is empty"));
     }
-    if split.train.num_classes() > classes {
-        return Err(Error::argument(
-            "train",
-            format!(
-                "the data has labels up to {}, outside the model's {classes} classes (set --num-classes)",
-                split.train.num_classes() - 1
-            ),
-        ));
+    for (part, data) in [("the data", &split.train), ("the held-out data", &split.test)] {
+        if data.num_classes() > classes {
+            return Err(Error::argument(
+                "train",
+                format!(
+                    "{part} has labels up to {}, outside the model's {classes} classes (set --num-classes)",
+                    data.num_classes() - 1
+                ),
+            ));
+        }
     }
     let [c, h, w] = split.train.image_shape();
     model.check_input(&[o.batch_size, c, h, w].into())?;
+    let layers = models::trace_layers(model.as_mut(), [c, h, w])?;
+    let (min_batch, why) = models::min_train_batch(&layers);
+    let why = why
+        .map(|layer| format!("batch norm {layer} sees 1×1 maps of {c}×{h}×{w} images and needs at least 2 per batch"));
+    if o.batch_size < min_batch {
+        return Err(Error::argument(
+            "train",
+            format!("--batch-size {} is too small for {}: {}", o.batch_size, o.model, why.unwrap_or_default()),
+        ));
+    }
+    let steps_per_epoch = steps_per_epoch(split.train.len(), o.batch_size, min_batch);
+    if steps_per_epoch == 0 {
+        // Only a batch norm's need for two images can leave a non-empty split without a step.
+        let held_from_training = !split.test.is_empty()
+            && matches!((&o.held_out, &o.data), (HeldOut::Fraction(_), _) | (HeldOut::Default, DataSource::Npy(..)));
+        let fix = if held_from_training {
+            format!("give more images, or --holdout 0 to train on all {}", split.train.len() + split.test.len())
+        } else {
+            "give more images".to_string()
+        };
+        return Err(Error::argument(
+            "train",
+            format!(
+                "the training split has {} image, too few for one step: {}; {fix}",
+                split.train.len(),
+                why.unwrap_or_default()
+            ),
+        ));
+    }
     model.to_device(o.device)?;
     if let Some(path) = &o.init {
         checkpoint::load(model.as_mut(), path)?;
@@ -381,10 +445,6 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         opt.keep_lr_on(o.device)?;
     }
     let mut captured: Option<GraphStep> = None;
-    // A last batch of a single image is dropped: batch norm cannot train on one value per
-    // channel (PyTorch refuses too), and ResNets end in 1×1 maps on small images.
-    let drop_single = o.batch_size > 1 && split.train.len() % o.batch_size == 1;
-    let steps_per_epoch = split.train.len().div_ceil(o.batch_size) - usize::from(drop_single);
     let total_steps = match o.steps {
         Some(steps) => steps,
         None => o
@@ -413,7 +473,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let started = Instant::now();
         for chunk in order.chunks(o.batch_size) {
-            if step >= total_steps || (drop_single && chunk.len() == 1) {
+            if step >= total_steps || chunk.len() < min_batch {
                 break;
             }
             let lr = learning_rate(o.lr, o.schedule, step, total_steps, warmup, steps_per_epoch);
@@ -473,17 +533,39 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
                 images_per_sec: seen as f64 / started.elapsed().as_secs_f64(),
             }));
         }
+        if seen == 0 {
+            // The plan above makes a step every epoch; an epoch without one would loop forever.
+            return Err(Error::argument("train", format!("epoch {epoch} made no step; nothing to train on")));
+        }
         let images_per_sec = seen as f64 / started.elapsed().as_secs_f64();
+        if let Some(name) = first_non_finite(model.as_ref())? {
+            return Err(Error::argument(
+                "train",
+                format!(
+                    "the weights became NaN or infinite by step {step} (first in {name}); nothing was saved; try a smaller --lr"
+                ),
+            ));
+        }
         let (test_loss, test_accuracy) = if split.test.is_empty() {
-            (f64::NAN, f64::NAN)
+            (None, None)
         } else {
-            evaluate(model.as_mut(), split.test.as_ref(), o.batch_size, o.device)?
+            let (loss, accuracy) = evaluate(model.as_mut(), split.test.as_ref(), o.batch_size, o.device)?;
+            if !loss.is_finite() {
+                // Finite but enormous weights overflow: as diverged as NaN weights.
+                return Err(Error::argument(
+                    "train",
+                    format!(
+                        "the held-out loss became {loss} by step {step}: the model diverged; nothing was saved; try a smaller --lr"
+                    ),
+                ));
+            }
+            (Some(loss), Some(accuracy))
         };
         let report = EpochReport {
             epoch,
             step,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: correct as f64 / seen as f64,
             test_loss,
             test_accuracy,
             images_per_sec,

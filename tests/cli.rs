@@ -93,7 +93,7 @@ fn bad_flags_exit_2_with_a_one_line_error() {
     assert_bad_input(&["summary", "--model", "resnet18", "--input-size", "100000"], "larger than 4096×4096");
     assert_bad_input(&["train", "--num-classes", "3"], "outside the model's 3 classes");
     assert_bad_input(&["train", "--epochs", "18446744073709551615"], "is too many");
-    assert_bad_input(&["train", "--num-classes", "100000000000"], "number of classes must be between 1 and 100000");
+    assert_bad_input(&["train", "--num-classes", "100000000000"], "number of classes must be between 2 and 100000");
     assert_bad_input(&["train", "--model", "alexnet"], "3×227×227 for alexnet");
     assert_bad_input(&["summary", "--model", "resnet50", "--input-size", "big"], "is not H or HxW");
     assert_bad_input(&["train", "--no-such-flag"], "unexpected argument");

@@ -112,6 +112,9 @@ pub struct Graph {
     fuse: bool,
     /// When set, each layer's end is marked in the device's queue (`scratchnet profile`).
     profile: Option<Box<profile::Recorder>>,
+    /// The layer that began last (see [`Graph::begin_layer`]), for error messages: the layer
+    /// where an image became too small, or where memory ran out.
+    current_layer: String,
 }
 
 /// One layer, as it ran: what `scratchnet summary` prints, and what `scratchnet bench`
@@ -222,6 +225,7 @@ impl Graph {
             trace: None,
             fuse: fusion_default(),
             profile: None,
+            current_layer: String::new(),
         }
     }
 
@@ -254,8 +258,11 @@ impl Graph {
         Ok(())
     }
 
-    /// Called by layers before they run: opens the layer's NVTX range when profiling.
+    /// Called by layers before they run: remembers the layer (for error messages) and opens
+    /// its NVTX range when profiling.
     pub fn begin_layer(&mut self, name: &str) {
+        self.current_layer.clear();
+        self.current_layer.push_str(name);
         if self.profile.is_some() {
             profile::nvtx::push(name);
             crate::device::streams::set_label(name);
@@ -281,6 +288,11 @@ impl Graph {
                 op,
             });
         }
+    }
+
+    /// The layer that began last in the forward pass, if any has.
+    pub fn current_layer(&self) -> Option<&str> {
+        Some(self.current_layer.as_str()).filter(|n| !n.is_empty())
     }
 
     /// Whether layers are being recorded (so they can skip building a record otherwise).

@@ -4,11 +4,16 @@
 //! |---|---|---|---|
 //! | `synthetic` | shapes drawn from the seed ([`synthetic`]) | `(v − ½) / ¼`, centred on 0 | 4-pixel padded random crop, flip |
 //! | `cifar10:DIR` | the CIFAR-10 binary files ([`cifar`]) | CIFAR-10 mean and std per channel | 4-pixel padded random crop, flip |
-//! | `npy:X.npy,Y.npy` | arrays from numpy ([`npy`]); the last tenth is held out | none: used as given | 4-pixel padded random crop, flip |
+//! | `npy:X.npy,Y.npy` | arrays from numpy ([`npy`]); the last tenth is held out | none: used as given (NaN or infinity refused) | 4-pixel padded random crop, flip |
 //! | `folder:DIR` | `DIR/train/CLASS/*.jpg`, `DIR/val/CLASS/*.jpg` ([`folder`]) | ImageNet mean and std | resize to 256, random 224 crop (227 for AlexNet), flip, PCA lighting |
 //!
 //! Every random choice of a batch comes from a seed and the position in the batch, so
 //! batches are the same from run to run, and images can be loaded in parallel.
+//!
+//! The held-out images ([`HeldOut`]) are each source's own by default (the drawn held-out
+//! set, CIFAR-10's test batch, an image folder's `val/`, the last tenth of an `.npy` set);
+//! `--holdout F` takes a fraction of the training source instead (0: none, no evaluation),
+//! and `--val-data SPEC` the held-out images of another source.
 
 pub mod cifar;
 pub mod folder;
@@ -16,6 +21,7 @@ pub mod npy;
 pub mod synthetic;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -37,10 +43,78 @@ pub trait Dataset: Send + Sync {
     fn get(&self, i: usize, augment: Option<&mut Rng>) -> Result<(Vec<f32>, i64)>;
 }
 
-/// A training split and a held-out split.
+/// A training split and a held-out split (empty when nothing is held out).
 pub struct Split {
     pub train: Box<dyn Dataset>,
     pub test: Box<dyn Dataset>,
+}
+
+/// Where the held-out images come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeldOut {
+    /// The source's own held-out images: the drawn held-out set (synthetic), the test batch
+    /// (CIFAR-10), `val/` (image folders), the last tenth of the images (`.npy`).
+    Default,
+    /// This fraction of the training source's images (`--holdout F`, `0 <= F < 1`); 0 holds
+    /// out nothing and the run evaluates nothing.
+    Fraction(f64),
+    /// The held-out images of another source (`--val-data SPEC`): all of an `.npy` pair, the
+    /// test batch of CIFAR-10, `val/` of an image folder, the drawn held-out set.
+    Data(DataSource),
+}
+
+/// Some of the images of a data set, by index: a training or held-out part of one source.
+/// A held-out part never augments.
+pub struct Subset {
+    data: Arc<dyn Dataset>,
+    indices: Vec<usize>,
+    augment: bool,
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+    fn num_classes(&self) -> usize {
+        self.data.num_classes()
+    }
+    fn image_shape(&self) -> [usize; 3] {
+        self.data.image_shape()
+    }
+    fn get(&self, i: usize, augment: Option<&mut Rng>) -> Result<(Vec<f32>, i64)> {
+        let &j = self.indices.get(i).ok_or_else(|| {
+            Error::argument("data", format!("index {i} outside a data set of {}", self.indices.len()))
+        })?;
+        self.data.get(j, if self.augment { augment } else { None })
+    }
+}
+
+/// How many of `n` images a fraction holds out: `⌊n·F⌋`, but at least one when `F > 0`, and
+/// never all of them.
+pub fn held_out_count(n: usize, fraction: f64) -> usize {
+    if fraction <= 0.0 || n < 2 {
+        return 0;
+    }
+    ((n as f64 * fraction).floor() as usize).clamp(1, n - 1)
+}
+
+/// Splits `data` into a training part and a held-out part of `fraction` of its images: the
+/// last ones, or with `spread`, ones spread evenly over the set (an image folder lists its
+/// images class by class, and the last ones would all be of the last class).
+fn hold_out(data: Arc<dyn Dataset>, fraction: f64, spread: bool) -> Split {
+    let n = data.len();
+    let held = held_out_count(n, fraction);
+    let is_held: Vec<bool> = if spread {
+        // Image i is held out when the running count ⌊(i+1)·held/n⌋ steps up at i.
+        (0..n).map(|i| (i + 1) * held / n > i * held / n).collect()
+    } else {
+        (0..n).map(|i| i >= n - held).collect()
+    };
+    let (test, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| is_held[i]);
+    Split {
+        train: Box::new(Subset { data: Arc::clone(&data), indices: train, augment: true }),
+        test: Box::new(Subset { data, indices: test, augment: false }),
+    }
 }
 
 /// Where the data comes from (the `--data` flag).
@@ -100,18 +174,6 @@ pub struct InMemory {
 impl InMemory {
     fn image_len(&self) -> usize {
         self.image_shape.iter().product()
-    }
-
-    /// Moves the images from `at` on into a data set of their own (for a held-out split).
-    pub fn split_off(&mut self, at: usize) -> InMemory {
-        let len = self.image_len();
-        InMemory {
-            images: self.images.split_off(at * len),
-            labels: self.labels.split_off(at),
-            image_shape: self.image_shape,
-            num_classes: self.num_classes,
-            augment: self.augment.clone(),
-        }
     }
 }
 
@@ -189,30 +251,86 @@ fn crop_and_flip(img: &[f32], [c, h, w]: [usize; 3], fill: &[f32], (dy, dx): (is
     out
 }
 
-/// Loads a data source. `crop` is the training/eval crop of image folders (224, or 227
-/// for AlexNet); `synthetic_size` the sizes of the drawn splits; `seed` draws them.
-pub fn load(source: &DataSource, crop: usize, synthetic_size: (usize, usize), seed: u64) -> Result<Split> {
-    match source {
+/// Loads a data source with its held-out images as `held_out` says. `crop` is the
+/// training/eval crop of image folders (224, or 227 for AlexNet); `synthetic_size` the sizes
+/// of the drawn splits; `seed` draws them.
+pub fn load(
+    source: &DataSource,
+    held_out: &HeldOut,
+    crop: usize,
+    synthetic_size: (usize, usize),
+    seed: u64,
+) -> Result<Split> {
+    let fraction = match held_out {
+        HeldOut::Fraction(f) if !(0.0..1.0).contains(f) => {
+            return Err(Error::argument("--holdout", format!("the fraction held out must be in [0, 1), got {f}")));
+        }
+        HeldOut::Fraction(f) => Some(*f),
+        HeldOut::Default | HeldOut::Data(_) => None,
+    };
+    let (train, own_test): (Arc<dyn Dataset>, Option<Box<dyn Dataset>>) = match source {
         DataSource::Synthetic => {
-            let (train, test) = synthetic::generate(synthetic_size.0, synthetic_size.1, seed);
-            Ok(Split { train: Box::new(train), test: Box::new(test) })
+            let test_size = if matches!(held_out, HeldOut::Default) { synthetic_size.1 } else { 0 };
+            let (train, test) = synthetic::generate(synthetic_size.0, test_size, seed);
+            (Arc::new(train), Some(Box::new(test)))
         }
         DataSource::Cifar10(dir) => {
             let (train, test) = cifar::load(dir)?;
-            Ok(Split { train: Box::new(train), test: Box::new(test) })
+            (Arc::new(train), Some(Box::new(test)))
         }
-        DataSource::Npy(x, y) => {
-            let mut train = from_npy(x, y)?;
-            // The last tenth is held out (at least one image, when there are two or more).
-            let n = train.len();
-            let held = if n >= 2 { (n / 10).max(1) } else { 0 };
-            let test = train.split_off(n - held);
-            Ok(Split { train: Box::new(train), test: Box::new(test) })
-        }
+        DataSource::Npy(x, y) => (Arc::new(from_npy(x, y)?), None),
         DataSource::Folder(dir) => {
             let (train, test) = folder::load(dir, crop)?;
-            Ok(Split { train: Box::new(train), test: Box::new(test) })
+            (Arc::new(train), Some(Box::new(test)))
         }
+    };
+    let spread = matches!(source, DataSource::Folder(_));
+    let split = match (held_out, own_test) {
+        (HeldOut::Default, Some(test)) => Split { train: Box::new(Subset::all(train)), test },
+        // An .npy set has no held-out part of its own: the last tenth is.
+        (HeldOut::Default, None) => hold_out(train, 0.1, false),
+        (HeldOut::Fraction(_), _) => hold_out(train, fraction.unwrap_or(0.0), spread),
+        (HeldOut::Data(other), _) => {
+            let test = load_held_out(other, crop, synthetic_size, seed)?;
+            if test.image_shape() != train.image_shape() {
+                let [c, h, w] = test.image_shape();
+                let [tc, th, tw] = train.image_shape();
+                return Err(Error::argument(
+                    "--val-data",
+                    format!("its images are {c}×{h}×{w}, the training images {tc}×{th}×{tw}"),
+                ));
+            }
+            Split { train: Box::new(Subset::all(train)), test }
+        }
+    };
+    Ok(split)
+}
+
+/// The held-out images of a source, for `--val-data`.
+fn load_held_out(
+    source: &DataSource,
+    crop: usize,
+    synthetic_size: (usize, usize),
+    seed: u64,
+) -> Result<Box<dyn Dataset>> {
+    Ok(match source {
+        DataSource::Synthetic => Box::new(synthetic::generate(0, synthetic_size.1, seed).1),
+        DataSource::Cifar10(dir) => Box::new(cifar::load(dir)?.1),
+        DataSource::Npy(x, y) => Box::new(Subset::all(Arc::new(from_npy(x, y)?)).without_augmentation()),
+        DataSource::Folder(dir) => Box::new(folder::load(dir, crop)?.1),
+    })
+}
+
+impl Subset {
+    /// Every image of `data`, augmented for training.
+    pub fn all(data: Arc<dyn Dataset>) -> Subset {
+        let indices = (0..data.len()).collect();
+        Subset { data, indices, augment: true }
+    }
+
+    /// The same images, never augmented (a held-out part).
+    pub fn without_augmentation(self) -> Subset {
+        Subset { augment: false, ..self }
     }
 }
 
@@ -238,8 +356,21 @@ pub fn from_npy(x_path: &std::path::Path, y_path: &std::path::Path) -> Result<In
         return Err(Error::file(y_path, format!("label {bad} at position {i} is negative")));
     }
     let num_classes = labels.iter().max().map_or(1, |&m| m as usize + 1);
+    let images = x.to_vec::<f32>()?;
+    if let Some(at) = images.iter().position(|v| !v.is_finite()) {
+        let per = c * h * w;
+        return Err(Error::file(
+            x_path,
+            format!(
+                "image {} holds {} (value {} of it); the images must be finite numbers",
+                at / per,
+                images[at],
+                at % per
+            ),
+        ));
+    }
     Ok(InMemory {
-        images: x.to_vec::<f32>()?,
+        images,
         labels,
         image_shape: [c, h, w],
         num_classes,

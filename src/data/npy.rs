@@ -147,7 +147,7 @@ pub fn encode_i64(shape: &[usize], values: &[i64]) -> Vec<u8> {
 /// Writes an f32 tensor to `path` as `.npy`, atomically.
 pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
     let values = t.to_dtype(crate::tensor::DType::F32)?.to_vec::<f32>()?;
-    crate::checkpoint::write_atomically(path, &encode_f32(t.dims(), &values))
+    crate::output::write_atomically(path, &encode_f32(t.dims(), &values))
 }
 
 #[cfg(test)]

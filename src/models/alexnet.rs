@@ -153,6 +153,6 @@ impl Model for AlexNet {
     }
     fn check_input(&self, shape: &Shape) -> Result<()> {
         // fc6 reads exactly 256·6·6 values, so the image size is fixed.
-        super::check_image("alexnet", shape, 3, super::Size::Exactly(227, 227))
+        super::check_image("alexnet", shape, 3, super::Size::Exactly(227, 227, "its fc6 reads exactly 256×6×6 values"))
     }
 }

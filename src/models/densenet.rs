@@ -359,7 +359,11 @@ impl Model for DenseNet {
     fn check_input(&self, shape: &Shape) -> Result<()> {
         // Each 2×2/2 transition pool needs at least 2×2 pixels: after the ImageNet stem (÷4)
         // three of them need 8×8, which a 29×29 image gives; the CIFAR model's two need 4×4.
-        let min = if self.cifar { 4 } else { 29 };
-        super::check_image(&self.name, shape, 3, super::Size::AtLeast(min))
+        let size = if self.cifar {
+            super::Size::AtLeast(4, "smaller, the output of features.transition2.pool would be empty")
+        } else {
+            super::Size::AtLeast(29, "smaller, the output of features.transition3.pool would be empty")
+        };
+        super::check_image(&self.name, shape, 3, size)
     }
 }

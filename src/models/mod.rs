@@ -19,9 +19,10 @@ pub use densenet::{DenseNet, DenseNetConfig};
 pub use resnet::ResNet;
 pub use resnet_cifar::ResNetCifar;
 
+use crate::autograd::{Graph, LayerOp, LayerRecord, Var};
 use crate::error::{Error, Result};
 use crate::nn::Module;
-use crate::tensor::Shape;
+use crate::tensor::{DType, Shape, Tensor};
 
 /// A whole network: a module that knows what input it takes.
 pub trait Model: Module + Send {
@@ -76,10 +77,11 @@ const MAX_CLASSES: usize = 100_000;
 /// A model by name, with `num_classes` outputs, its initial weights drawn from `seed`.
 pub fn build(name: &str, num_classes: usize, seed: u64) -> Result<Box<dyn Model>> {
     check_name(name)?;
-    if num_classes == 0 || num_classes > MAX_CLASSES {
+    // One class would make the loss zero whatever the weights: nothing to learn.
+    if !(2..=MAX_CLASSES).contains(&num_classes) {
         return Err(Error::argument(
             "model",
-            format!("the number of classes must be between 1 and {MAX_CLASSES}, got {num_classes}"),
+            format!("the number of classes must be between 2 and {MAX_CLASSES}, got {num_classes}"),
         ));
     }
     if name == "alexnet" {
@@ -108,24 +110,64 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// The image sizes a model accepts.
+/// The image sizes a model accepts, with the reason where there is a limit: the layer that
+/// fixes the size, or the first whose output would be empty below it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Size {
-    Exactly(usize, usize),
-    AtLeast(usize),
+    Exactly(usize, usize, &'static str),
+    AtLeast(usize, &'static str),
 }
 
 pub(crate) fn check_image(model: &str, shape: &Shape, channels: usize, size: Size) -> Result<()> {
     let want = match size {
-        Size::Exactly(h, w) => format!("images of {channels}×{h}×{w}"),
-        Size::AtLeast(m) => format!("images of {channels} channels, at least {m}×{m}"),
+        Size::Exactly(h, w, why) => format!("images of {channels}×{h}×{w} for {model} ({why})"),
+        Size::AtLeast(1, _) => format!("images of {channels} channels for {model}"),
+        Size::AtLeast(m, why) => format!("images of {channels} channels, at least {m}×{m}, for {model} ({why})"),
     };
-    let bad = || Error::shape("input", format!("a batch [N, C, H, W] of {want} for {model}"), format!("shape {shape}"));
+    let bad = || Error::shape("input", format!("a batch [N, C, H, W] of {want}"), format!("shape {shape}"));
     let (_, c, h, w) = shape.dims4().ok_or_else(bad)?;
     let fits = c == channels
         && match size {
-            Size::Exactly(eh, ew) => h == eh && w == ew,
-            Size::AtLeast(m) => h >= m && w >= m,
+            Size::Exactly(eh, ew, _) => h == eh && w == ew,
+            Size::AtLeast(m, _) => h >= m && w >= m,
         };
     if fits { Ok(()) } else { Err(bad()) }
+}
+
+/// The layers of `model` as one image of `[C, H, W]` runs through them in eval mode, on the
+/// device the model lives on, each with its input and output shape. A size the model
+/// cannot take is an error that names the layer where it fails.
+pub fn trace_layers(model: &mut dyn Model, [c, h, w]: [usize; 3]) -> Result<Vec<LayerRecord>> {
+    model.check_input(&[1, c, h, w].into())?;
+    let device = model.params().first().map_or(crate::Device::Cpu, |p| p.value.device());
+    let x = Tensor::zeros([1, c, h, w], DType::F32).to_device(device)?;
+    let mut g = Graph::eval();
+    g.start_trace();
+    if let Err(e) = model.forward(&mut g, &Var::constant(x)) {
+        let name = model.name().to_string();
+        let layer = g.current_layer().map(str::to_string);
+        return Err(match layer {
+            Some(layer) => {
+                let reached =
+                    g.take_trace().last().map(|l| format!(" (its input is {})", l.output)).unwrap_or_default();
+                Error::argument("input", format!("{name} cannot take {c}×{h}×{w} images: {layer} fails{reached}: {e}"))
+            }
+            None => e,
+        });
+    }
+    // Concatenations are recorded for `bench`, but they are not modules of the network.
+    Ok(g.take_trace().into_iter().filter(|l| l.op.is_module()).collect())
+}
+
+/// The smallest batch a training step can take, and why: 2 when some batch norm would see
+/// a single value per channel in a batch of one image (its 1×1 maps at this image size),
+/// which gives no variance to normalise by (PyTorch refuses it too); else 1.
+pub fn min_train_batch(layers: &[LayerRecord]) -> (usize, Option<&str>) {
+    let single = layers
+        .iter()
+        .find(|l| matches!(l.op, LayerOp::BatchNorm { .. }) && l.input.dims().iter().skip(2).product::<usize>() == 1);
+    match single {
+        Some(l) => (2, Some(l.name.as_str())),
+        None => (1, None),
+    }
 }

@@ -267,6 +267,6 @@ impl Model for ResNet {
         self.num_classes
     }
     fn check_input(&self, shape: &Shape) -> Result<()> {
-        super::check_image(&self.name, shape, 3, super::Size::AtLeast(1))
+        super::check_image(&self.name, shape, 3, super::Size::AtLeast(1, ""))
     }
 }

@@ -95,7 +95,7 @@ impl Model for ResNetCifar {
         self.num_classes
     }
     fn check_input(&self, shape: &Shape) -> Result<()> {
-        super::check_image(&self.name, shape, 3, super::Size::AtLeast(1))
+        super::check_image(&self.name, shape, 3, super::Size::AtLeast(1, ""))
     }
 }
 
