@@ -34,6 +34,11 @@ pub enum Error {
     #[error("autograd: {0}")]
     Autograd(String),
 
+    /// Memory ran out: `bytes` more were needed on `device` for `what`. The training loop
+    /// adds where it happened and what to try ([`Error::in_context`]).
+    #[error("out of memory on {device}: {needed} more were needed for {what}{context}")]
+    OutOfMemory { device: String, bytes: usize, needed: String, what: String, context: String },
+
     /// A file could not be read or written, or its content is malformed.
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
@@ -51,6 +56,28 @@ impl Error {
 
     pub fn argument(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Argument { op, msg: msg.into() }
+    }
+
+    pub fn out_of_memory(device: impl std::fmt::Display, bytes: usize, what: impl Into<String>) -> Self {
+        Error::OutOfMemory {
+            device: device.to_string(),
+            bytes,
+            needed: crate::device::host_memory::human_bytes(bytes),
+            what: what.into(),
+            context: String::new(),
+        }
+    }
+
+    /// Adds to an out-of-memory error where it happened and what to try (`; in
+    /// layer3.1.conv2 at batch 64; try ...`); other errors pass unchanged.
+    pub fn in_context(self, context: impl FnOnce() -> String) -> Self {
+        match self {
+            Error::OutOfMemory { device, bytes, needed, what, context: mut c } => {
+                c.push_str(&context());
+                Error::OutOfMemory { device, bytes, needed, what, context: c }
+            }
+            other => other,
+        }
     }
 
     pub fn file(path: impl AsRef<std::path::Path>, msg: impl std::fmt::Display) -> Self {

@@ -9,11 +9,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use scratchnet::data::{DataSource, HeldOut};
 use scratchnet::device::Device;
+use scratchnet::device::host_memory::{Activity, set_activity};
 use scratchnet::models;
 use scratchnet::output;
 use scratchnet::report::MetricsLog;
 use scratchnet::train::{Progress, Schedule, TrainOptions, train};
 use scratchnet::{Error, Graph, Result, Tensor, Var};
+
+/// Out of memory anywhere ends the process with a one-line error and exit code 2, not an
+/// abort (see `scratchnet::device::host_memory`).
+#[global_allocator]
+static ALLOCATOR: scratchnet::device::host_memory::GuardedAllocator = scratchnet::device::host_memory::GuardedAllocator;
 
 /// `println!`, but a closed stdout (`scratchnet summary | head`) ends the output quietly
 /// instead of panicking.
@@ -460,6 +466,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn run_infer(a: InferArgs) -> Result<()> {
     a.kernels.apply()?;
+    set_activity(Activity::Inference);
     let device = a.device.parse::<Device>()?;
     if a.batch_size == 0 {
         return Err(Error::argument("infer", "--batch-size must be at least 1"));
@@ -521,6 +528,7 @@ fn parse_input_size(command: &'static str, size: Option<&str>, [c, h, w]: [usize
 
 fn run_profile(a: ProfileArgs) -> Result<()> {
     a.kernels.apply()?;
+    set_activity(Activity::Profiling);
     if let Some(path) = &a.trace {
         output::check_writable(path)?;
     }
@@ -563,6 +571,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     a.kernels.apply()?;
+    set_activity(Activity::Benchmarking);
     let outputs: Vec<(&str, &std::path::Path)> =
         [("--json", &a.json), ("--plot", &a.plot)].into_iter().filter_map(|(f, p)| Some((f, p.as_deref()?))).collect();
     output::refuse_overlap(&outputs, &[])?;

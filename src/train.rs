@@ -17,6 +17,7 @@ use crate::autograd::{Graph, Var};
 use crate::checkpoint;
 use crate::data::{self, DataSource, Dataset, HeldOut};
 use crate::device::Device;
+use crate::device::host_memory::{Activity, set_activity};
 use crate::error::{Error, Result};
 use crate::models::{self, Model};
 use crate::nn::{Module, Sgd};
@@ -234,7 +235,12 @@ pub fn evaluate(model: &mut dyn Model, data: &dyn Dataset, batch_size: usize, de
         let labels = y.to_vec::<i64>()?;
         let (x, y) = (x.to_device(device)?, y.to_device(device)?);
         let mut g = Graph::eval();
-        let logits = model.forward(&mut g, &Var::constant(x))?;
+        let logits = model.forward(&mut g, &Var::constant(x)).map_err(|e| {
+            e.in_context(|| {
+                let layer = g.current_layer().map(|l| format!(" ({l})")).unwrap_or_default();
+                format!(" evaluating{layer} at batch {}; try a smaller --batch-size", chunk.len())
+            })
+        })?;
         loss_sum += g.cross_entropy(&logits, &y)?.value().item()? * chunk.len() as f64;
         correct += argmax_rows(logits.value())?.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     }
@@ -358,6 +364,16 @@ pub fn first_non_finite(model: &dyn Model) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// What to try when a training step runs out of memory.
+pub fn out_of_memory_advice(model: &str, memory_efficient: bool) -> String {
+    let densenet = model.starts_with("densenet");
+    if densenet && !memory_efficient {
+        "try a smaller --batch-size, or --memory-efficient".to_string()
+    } else {
+        "try a smaller --batch-size".to_string()
+    }
+}
+
 /// Turns a model's memory-efficient mode on when asked; an error for models without one.
 pub fn set_memory_efficient(model: &mut dyn Model, on: bool) -> Result<()> {
     if on && model.set_memory_efficient(true) == 0 {
@@ -372,6 +388,7 @@ pub fn set_memory_efficient(model: &mut dyn Model, on: bool) -> Result<()> {
 pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result<(Box<dyn Model>, Vec<EpochReport>)> {
     check(o)?;
     models::check_name(&o.model)?;
+    set_activity(Activity::BuildingModel);
     let classes = num_classes(o);
     let mut model = models::build(&o.model, classes, o.seed)?;
     if let Some(p) = o.dropout
@@ -389,7 +406,9 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         crate::output::check_writable(path)?;
     }
     let crop = if o.model == "alexnet" { 227 } else { 224 };
+    set_activity(Activity::LoadingData);
     let split = data::load(&o.data, &o.held_out, crop, o.synthetic_size, o.seed)?;
+    set_activity(Activity::BuildingModel);
     if split.train.is_empty() {
         return Err(Error::argument("train", "the training split is empty"));
     }
@@ -462,6 +481,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         steps_per_epoch,
     });
 
+    let model_name = o.model.as_str();
     let mut rng = Rng::new(o.seed ^ 0xDA7A);
     let mut reports = Vec::new();
     let mut step = 0;
@@ -476,10 +496,16 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
             if step >= total_steps || chunk.len() < min_batch {
                 break;
             }
+            set_activity(Activity::TrainingStep);
             let lr = learning_rate(o.lr, o.schedule, step, total_steps, warmup, steps_per_epoch);
             opt.set_lr(lr)?;
             let augment_seed = o.augment.then(|| rng.next_u64());
-            let (x_host, y_host) = data::batch(split.train.as_ref(), chunk, augment_seed)?;
+            let (x_host, y_host) = data::batch(split.train.as_ref(), chunk, augment_seed).map_err(|e| {
+                e.in_context(|| {
+                    let advice = out_of_memory_advice(model_name, o.memory_efficient);
+                    format!(" for the images of step {} at batch {}; {advice}", step + 1, chunk.len())
+                })
+            })?;
             let labels = y_host.as_slice::<i64>()?.to_vec();
             // With --cuda-graph: two steps run as usual (the autotuner times its kernels, the
             // allocator fills its cache), the third is captured, and every full batch after
@@ -501,14 +527,24 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
                     (graph.loss.item()?, argmax_rows(&graph.logits)?)
                 }
                 _ => {
-                    let (x, y) = (x_host.to_device(o.device)?, y_host.to_device(o.device)?);
                     let mut g = Graph::new();
-                    let logits = model.forward(&mut g, &Var::constant(x))?;
-                    let loss = g.cross_entropy(&logits, &y)?;
-                    let loss_value = loss.value().item()?;
-                    let predictions = argmax_rows(logits.value())?;
-                    g.backward(&loss)?.accumulate_into(model.params_mut())?;
-                    opt.step(model.params_mut())?;
+                    let advice = || out_of_memory_advice(model_name, o.memory_efficient);
+                    let at = |phase: &str, layer: Option<&str>| {
+                        let layer = layer.map(|l| format!(" ({l})")).unwrap_or_default();
+                        format!(" in the {phase}{layer} of step {} at batch {}; {}", step + 1, chunk.len(), advice())
+                    };
+                    let forward = (|| {
+                        let (x, y) = (x_host.to_device(o.device)?, y_host.to_device(o.device)?);
+                        let logits = model.forward(&mut g, &Var::constant(x))?;
+                        let loss = g.cross_entropy(&logits, &y)?;
+                        Ok((loss.value().item()?, argmax_rows(logits.value())?, loss))
+                    })();
+                    let (loss_value, predictions, loss) =
+                        forward.map_err(|e: Error| e.in_context(|| at("forward pass", g.current_layer())))?;
+                    g.backward(&loss)
+                        .and_then(|grads| grads.accumulate_into(model.params_mut()))
+                        .and_then(|()| opt.step(model.params_mut()))
+                        .map_err(|e| e.in_context(|| at("backward pass", None)))?;
                     (loss_value, predictions)
                 }
             };
@@ -549,6 +585,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         let (test_loss, test_accuracy) = if split.test.is_empty() {
             (None, None)
         } else {
+            set_activity(Activity::Evaluating);
             let (loss, accuracy) = evaluate(model.as_mut(), split.test.as_ref(), o.batch_size, o.device)?;
             if !loss.is_finite() {
                 // Finite but enormous weights overflow: as diverged as NaN weights.
@@ -574,6 +611,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         reports.push(report);
     }
     if let Some(path) = &o.save {
+        set_activity(Activity::Saving);
         checkpoint::save(model.as_ref(), path)?;
     }
     Ok((model, reports))

@@ -36,3 +36,31 @@ fn steady_state_training_does_no_device_allocation() {
     assert_eq!(after.in_use, before.in_use, "memory held between steps must not grow");
     assert!(after.peak > after.in_use);
 }
+
+#[test]
+fn a_full_device_empties_its_cache_then_says_how_much_was_missing() {
+    const MIB: usize = 1 << 20;
+    let gpu = scratchnet::device::emu::device_with_memory(8 * MIB);
+    if !gpu.caches_freed_memory() {
+        eprintln!("skipped: this emulator build frees every buffer at once (AddressSanitizer)");
+        return;
+    }
+    // Two 3 MiB buffers, freed: they stay in the cache, holding 6 of the 8 MiB.
+    for _ in 0..2 {
+        let a = gpu.alloc(DType::F32, 3 * MIB / 4).unwrap();
+        let b = gpu.alloc(DType::F32, 3 * MIB / 4).unwrap();
+        drop((a, b));
+    }
+    assert_eq!(gpu.memory_stats().cached, 6 * MIB);
+    // 5 MiB fits only once the cache is given back: the allocator retries after emptying it.
+    let big = gpu.alloc(DType::F32, 5 * MIB / 4).unwrap();
+    assert_eq!(gpu.memory_stats().cached, 0);
+    // 4 MiB more cannot fit beside it: an error that says how much, not an abort.
+    let e = gpu.alloc(DType::F32, MIB).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, scratchnet::Error::OutOfMemory { bytes, .. } if bytes == 4 * MIB), "{text}");
+    assert!(text.starts_with("out of memory on emu: 4.2 MB more were needed for a buffer of 1048576 f32"), "{text}");
+    assert!(text.contains("5.2 MB already in use, the cache emptied"), "{text}");
+    drop(big);
+    gpu.alloc(DType::F32, MIB).unwrap();
+}

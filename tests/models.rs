@@ -110,7 +110,7 @@ fn inputs_of_the_wrong_size_are_refused() {
     let e = m.check_input(&[2, 3, 224, 224].into()).unwrap_err().to_string();
     assert_eq!(
         e,
-        "input: expected a batch [N, C, H, W] of images of 3×227×227 for alexnet, got shape [2, 3, 224, 224]"
+        "input: expected a batch [N, C, H, W] of images of 3×227×227 for alexnet (its fc6 reads exactly 256×6×6 values), got shape [2, 3, 224, 224]"
     );
     assert!(m.check_input(&[2, 1, 227, 227].into()).is_err());
     assert!(m.check_input(&[3, 227, 227].into()).is_err());
@@ -121,6 +121,18 @@ fn inputs_of_the_wrong_size_are_refused() {
     let mut g = Graph::eval();
     let y = d.forward(&mut g, &Var::constant(Tensor::zeros([1, 3, 29, 29], DType::F32))).unwrap();
     assert_eq!(y.dims(), &[1, 10]);
+    // The message names the layer whose output would be empty, and that layer is where a
+    // 29×29 image is down to one pixel.
+    for (name, small, layer) in
+        [("densenet121", 28, "features.transition3.pool"), ("densenet_bc100", 3, "features.transition2.pool")]
+    {
+        let mut d = models::build(name, 10, 0).unwrap();
+        let e = d.check_input(&[1, 3, small, small].into()).unwrap_err().to_string();
+        assert!(e.contains(&format!("the output of {layer} would be empty")), "{e}");
+        let layers = models::trace_layers(d.as_mut(), [3, small + 1, small + 1]).unwrap();
+        let pool = layers.iter().find(|l| l.name == layer).unwrap();
+        assert_eq!(&pool.output.dims()[2..], &[1, 1], "{name}");
+    }
     let e = models::build("resnet19", 10, 0).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("unknown model 'resnet19'"), "{e}");
 }
@@ -215,4 +227,19 @@ fn memory_efficient_densenet_trains_alike_and_keeps_less() {
         eprintln!("{name}: kept for backward {plain_kept} bytes, memory-efficient {lean_kept}");
         assert!(lean_kept * 2 < plain_kept, "{name}: {lean_kept} bytes kept is not under half of {plain_kept}");
     }
+}
+
+#[test]
+fn batch_norm_on_single_pixels_needs_two_images_per_batch() {
+    // ResNet-18 on 32×32 images ends in 1×1 maps: its last batch norms see one value per
+    // channel from each image.
+    let mut m = models::build("resnet18", 10, 0).unwrap();
+    let layers = models::trace_layers(m.as_mut(), [3, 32, 32]).unwrap();
+    let (min, layer) = models::min_train_batch(&layers);
+    assert_eq!((min, layer), (2, Some("layer4.0.bn1")));
+    let layers = models::trace_layers(m.as_mut(), [3, 64, 64]).unwrap();
+    assert_eq!(models::min_train_batch(&layers), (1, None));
+    // AlexNet has no batch norm at all.
+    let mut a = models::build("alexnet", 10, 0).unwrap();
+    assert_eq!(models::min_train_batch(&models::trace_layers(a.as_mut(), [3, 227, 227]).unwrap()), (1, None));
 }

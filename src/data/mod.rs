@@ -218,7 +218,8 @@ pub fn batch(data: &dyn Dataset, indices: &[usize], augment_seed: Option<u64>) -
             data.get(i, rng.as_mut())
         })
         .collect::<Result<_>>()?;
-    let mut images = Vec::with_capacity(indices.len() * c * h * w);
+    let mut images = Vec::new();
+    crate::device::host_memory::reserve(&mut images, indices.len() * c * h * w)?;
     let mut labels = Vec::with_capacity(indices.len());
     for (img, label) in loaded {
         images.extend(img);

@@ -78,6 +78,26 @@ impl CpuStorage {
         }
     }
 
+    /// `n` zeros of the given type, or an out-of-memory error (tensor storage that grows
+    /// with the batch goes through here; see [`super::host_memory`]).
+    pub fn try_zeros(dtype: DType, n: usize) -> crate::Result<Self> {
+        use super::host_memory::filled;
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(filled(n, 0.0)?),
+            DType::F64 => CpuStorage::F64(filled(n, 0.0)?),
+            DType::F16 => CpuStorage::F16(filled(n, f16::ZERO)?),
+            DType::BF16 => CpuStorage::BF16(filled(n, bf16::ZERO)?),
+            DType::I64 => CpuStorage::I64(filled(n, 0)?),
+        })
+    }
+
+    /// A copy, or an out-of-memory error.
+    pub fn try_clone(&self) -> crate::Result<Self> {
+        let mut copy = CpuStorage::try_zeros(self.dtype(), self.len())?;
+        copy.as_bytes_mut().copy_from_slice(self.as_bytes());
+        Ok(copy)
+    }
+
     /// The raw bytes, writable (for copies from a device).
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         match self {

@@ -302,7 +302,13 @@ impl Backend for CudaBackend {
     unsafe fn malloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: plain allocation in the current context.
-        unsafe { result::malloc_sync(bytes) }.map_err(|e| self.err(&format!("allocating {bytes} bytes"), e))
+        unsafe { result::malloc_sync(bytes) }.map_err(|e| {
+            if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::out_of_memory(self.name(), bytes, "a buffer")
+            } else {
+                self.err(&format!("allocating {bytes} bytes"), e)
+            }
+        })
     }
 
     unsafe fn free(&self, ptr: u64, _bytes: usize) {

@@ -51,6 +51,10 @@ pub struct EmuBackend {
     /// Captured graphs by handle.
     graphs: Mutex<HashMap<u64, Arc<Vec<Recorded>>>>,
     next_graph: AtomicU64,
+    /// Device memory, like a real GPU's, when set: `malloc` refuses what would go past it.
+    capacity: Option<usize>,
+    /// Bytes allocated and not freed (counted only with a capacity).
+    allocated: std::sync::atomic::AtomicUsize,
 }
 
 /// The locked capture state, seen as empty by threads other than the capturing one.
@@ -104,14 +108,15 @@ fn arg_bytes(kind: ArgKind) -> usize {
 /// The emulated device (one per process).
 pub fn device() -> Arc<GpuDevice> {
     static DEVICE: OnceLock<Arc<GpuDevice>> = OnceLock::new();
-    Arc::clone(DEVICE.get_or_init(|| {
-        GpuDevice::new(Box::new(EmuBackend {
-            launching: Mutex::new(()),
-            capture: Mutex::new(None),
-            graphs: Mutex::new(HashMap::new()),
-            next_graph: AtomicU64::new(1),
-        }))
-    }))
+    Arc::clone(DEVICE.get_or_init(|| GpuDevice::new(Box::new(EmuBackend::new(None)))))
+}
+
+/// An emulated device of its own whose memory holds `bytes` (the shared one of [`device`]
+/// has the host's): for tests of what happens when a GPU's memory runs out. Its buffers are
+/// tagged `emu` like the shared device's, so tensors moved with `to_device(Device::Emu)`
+/// go to the shared one; allocate on this one directly.
+pub fn device_with_memory(bytes: usize) -> Arc<GpuDevice> {
+    GpuDevice::new(Box::new(EmuBackend::new(Some(bytes))))
 }
 
 /// Number of kernels the emulator can run (the GPU kernels and its own test kernels).
@@ -134,16 +139,30 @@ impl Backend for EmuBackend {
 
     unsafe fn malloc(&self, bytes: usize) -> Result<u64> {
         let l = layout(bytes)?;
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc(l) };
+        if let Some(capacity) = self.capacity {
+            let taken = self.allocated.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            if taken > capacity {
+                self.allocated.fetch_sub(l.size(), Ordering::Relaxed);
+                return Err(Error::out_of_memory("emu", bytes, "a buffer"));
+            }
+        }
+        // SAFETY: the layout has a non-zero size. A refusal comes back as null, like
+        // cuMemAlloc's, instead of ending the process (see `host_memory`).
+        let p = super::host_memory::fallible(|| unsafe { alloc(l) });
         if p.is_null() {
-            return Err(Error::Device(format!("emu: out of memory allocating {bytes} bytes")));
+            if self.capacity.is_some() {
+                self.allocated.fetch_sub(l.size(), Ordering::Relaxed);
+            }
+            return Err(Error::out_of_memory("emu", bytes, "a buffer"));
         }
         Ok(p as u64)
     }
 
     unsafe fn free(&self, ptr: u64, bytes: usize) {
         if let Ok(l) = layout(bytes) {
+            if self.capacity.is_some() {
+                self.allocated.fetch_sub(l.size(), Ordering::Relaxed);
+            }
             // SAFETY: allocated by `malloc` with this layout (the caller's contract).
             unsafe { dealloc(ptr as *mut u8, l) };
         }
@@ -286,6 +305,17 @@ impl Backend for EmuBackend {
 }
 
 impl EmuBackend {
+    fn new(capacity: Option<usize>) -> EmuBackend {
+        EmuBackend {
+            launching: Mutex::new(()),
+            capture: Mutex::new(None),
+            graphs: Mutex::new(HashMap::new()),
+            next_graph: AtomicU64::new(1),
+            capacity,
+            allocated: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
     /// The capture, locked, if the calling thread is the one capturing (else `None` inside).
     fn captured_here(&self) -> CaptureGuard<'_> {
         let guard = self.capture.lock().unwrap_or_else(|p| p.into_inner());

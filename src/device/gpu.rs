@@ -243,7 +243,17 @@ impl GpuDevice {
                         // Out of memory: give the cache back to the device and try once more.
                         self.release_cache();
                         // SAFETY: as above.
-                        unsafe { self.backend.malloc(class)? }
+                        unsafe { self.backend.malloc(class) }.map_err(|e| match e {
+                            Error::OutOfMemory { .. } => {
+                                let in_use = crate::device::host_memory::human_bytes(self.lock().stats.in_use);
+                                Error::out_of_memory(
+                                    self.device(),
+                                    class,
+                                    format!("a buffer of {len} {dtype} ({in_use} already in use, the cache emptied)"),
+                                )
+                            }
+                            other => other,
+                        })?
                     }
                 };
                 self.lock().stats.device_allocations += 1;

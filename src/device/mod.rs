@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod emu;
 pub mod gpu;
+pub mod host_memory;
 pub mod kernels;
 pub mod streams;
 
@@ -145,7 +146,7 @@ impl Storage {
     /// A copy on the same device.
     pub fn try_clone(&self) -> Result<Storage> {
         Ok(match self {
-            Storage::Cpu(s) => Storage::Cpu(s.clone()),
+            Storage::Cpu(s) => Storage::Cpu(s.try_clone()?),
             Storage::Gpu(b) => Storage::Gpu(b.gpu().duplicate(b)?),
         })
     }

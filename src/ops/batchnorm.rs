@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, sum_f64, sum2_f64, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Tensor};
 
@@ -214,7 +215,7 @@ pub(super) fn normalize<T: Float>(
         .collect();
     let residual = epilogue.residual.map(host::<T>).transpose()?;
     let relu = epilogue.relu;
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = filled(x.len(), T::ZERO)?;
     y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
         let (a, b) = coef[plane % c];
         let r = residual.map(|r| &r[plane * hw..][..hw]);
@@ -386,8 +387,8 @@ pub(super) fn backward_cpu<T: Float>(
             (T::from_f64(a), T::from_f64(b), T::from_f64(k), ms[ch])
         })
         .collect();
-    let mut dx = vec![T::ZERO; xs.len()];
-    let mut dres = if want_residual { vec![T::ZERO; xs.len()] } else { Vec::new() };
+    let mut dx = filled(xs.len(), T::ZERO)?;
+    let mut dres = if want_residual { filled(xs.len(), T::ZERO)? } else { Vec::new() };
     let per_plane = |plane: usize, dxp: &mut [T], dzp: Option<&mut [T]>| {
         let (a, b, k, mu) = coef[plane % c];
         // dz first, into dx (and into the residual's gradient when wanted), then dx from it.

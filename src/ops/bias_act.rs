@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::GpuDevice;
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Element, Float, Tensor};
 
@@ -139,7 +140,7 @@ pub fn relu_backward_with_bias(dy: &Tensor, y: &Tensor, want_bias: bool) -> Resu
     }
     with_float_type!(dtype, OP, |T| {
         let (dys, ys) = (host::<T>(dy)?, host::<T>(y)?);
-        let mut dz = vec![T::ZERO; ys.len()];
+        let mut dz = filled(ys.len(), T::ZERO)?;
         dz.par_chunks_mut(hw.max(1)).zip(dys.par_chunks(hw.max(1)).zip(ys.par_chunks(hw.max(1)))).for_each(
             |(dz, (dy, y))| {
                 for ((o, &d), &v) in dz.iter_mut().zip(dy).zip(y) {

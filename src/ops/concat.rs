@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::{common_dtype, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Shape, Tensor};
 
@@ -59,7 +60,7 @@ pub fn forward(inputs: &[&Tensor]) -> Result<Tensor> {
     }
     with_float_type!(dtype, OP, |T| {
         let srcs: Vec<&[T]> = inputs.iter().map(|t| host::<T>(t)).collect::<Result<_>>()?;
-        let mut y = vec![T::ZERO; n * total * inner];
+        let mut y = filled(n * total * inner, T::ZERO)?;
         y.par_chunks_mut((total * inner).max(1)).enumerate().for_each(|(img, out)| {
             let mut at = 0;
             for (src, &ci) in srcs.iter().zip(&channels) {
@@ -113,7 +114,7 @@ pub fn backward(dy: &Tensor, channels: &[usize]) -> Result<Vec<Tensor>> {
         let mut outs = Vec::with_capacity(channels.len());
         for &ci in channels {
             let len = ci * inner;
-            let mut piece = vec![T::ZERO; n * len];
+            let mut piece = filled(n * len, T::ZERO)?;
             if len > 0 {
                 piece.par_chunks_mut(len).enumerate().for_each(|(img, out)| {
                     out.copy_from_slice(&src[img * total * inner + start..][..len]);

@@ -102,9 +102,10 @@ fn apply(x: &Tensor, p: f64, seed: &Seed, backward: bool) -> Result<Tensor> {
         let xs = host::<T>(x)?;
         let keep_scale = T::from_f64(scale);
         let threshold = p as f32;
-        let y: Vec<T> = (xs.iter().enumerate())
-            .map(|(i, &v)| if counter_uniform_f32(seed, i as u64) < threshold { T::ZERO } else { v * keep_scale })
-            .collect();
+        let kept = |(i, &v): (usize, &T)| {
+            if counter_uniform_f32(seed, i as u64) < threshold { T::ZERO } else { v * keep_scale }
+        };
+        let y: Vec<T> = crate::device::host_memory::collect_exact(xs.len(), xs.iter().enumerate().map(kept))?;
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::{common_dtype, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -23,23 +24,23 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// `f` applied to each element, in parallel chunks.
-fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut y = vec![T::ZERO; x.len()];
+fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Result<Vec<T>> {
+    let mut y = filled(x.len(), T::ZERO)?;
     y.par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
         .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
-    y
+    Ok(y)
 }
 
 /// `f` applied to each pair of elements of two equally long slices, in parallel chunks.
-fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut y = vec![T::ZERO; a.len()];
+fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Result<Vec<T>> {
+    let mut y = filled(a.len(), T::ZERO)?;
     y.par_chunks_mut(PAR_CHUNK).zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK))).for_each(|(y, (a, b))| {
         for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
             *y = f(a, b);
         }
     });
-    y
+    Ok(y)
 }
 
 /// A binary op on two tensors of one shape, dtype and device.
@@ -58,7 +59,7 @@ fn binary<F: BinaryFn>(op: &'static str, a: &Tensor, b: &Tensor, names: [&str; 2
         return Ok(Tensor::from_gpu(a.shape().clone(), y));
     }
     with_float_type!(dtype, op, |T| {
-        let y = zip_map(host::<T>(a)?, host::<T>(b)?, |x, y| f.apply(x, y));
+        let y = zip_map(host::<T>(a)?, host::<T>(b)?, |x, y| f.apply(x, y))?;
         Ok(Tensor::from_cpu(a.shape().clone(), y))
     })
 }
@@ -121,7 +122,7 @@ pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
         return Ok(Tensor::from_gpu(x.shape().clone(), y));
     }
     with_float_type!(x.dtype(), "relu", |T| {
-        let y = map(host::<T>(x)?, |x: T| if x > T::ZERO || x.is_nan() { x } else { T::ZERO });
+        let y = map(host::<T>(x)?, |x: T| if x > T::ZERO || x.is_nan() { x } else { T::ZERO })?;
         Ok(Tensor::from_cpu(x.shape().clone(), y))
     })
 }

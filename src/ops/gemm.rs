@@ -654,7 +654,7 @@ pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kern
         return Ok(Tensor::from_gpu([m, n], c));
     }
     with_float_type!(dtype, OP, |T| {
-        let mut c = vec![T::ZERO; m * n];
+        let mut c = crate::device::host_memory::filled(m * n, T::ZERO)?;
         let am = MatRef::new(host::<T>(a)?, m, k, a_rs, a_cs);
         let bm = MatRef::new(host::<T>(b)?, k, n, b_rs, b_cs);
         gemm_parallel(am, bm, MatMut::row_major(&mut c, m, n), false);

@@ -14,6 +14,7 @@
 
 use super::{common_dtype, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Element, Float, Tensor};
 
@@ -79,7 +80,7 @@ pub fn forward(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
     let labels = check_labels(labels, k)?;
     with_float_type!(logits.dtype(), OP, |T| {
         let z = host::<T>(logits)?;
-        let mut probs = vec![T::ZERO; n * k];
+        let mut probs = filled(n * k, T::ZERO)?;
         let mut total = 0.0f64;
         for ((row, p), &label) in z.chunks_exact(k).zip(probs.chunks_exact_mut(k)).zip(&labels) {
             let m = row.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b)).to_f64();

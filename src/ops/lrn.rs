@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Tensor};
 
@@ -115,7 +116,7 @@ pub fn forward(x: &Tensor, p: LrnParams) -> Result<Tensor> {
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let neg_beta = T::from_f64(-p.beta);
-        let mut y = vec![T::ZERO; xs.len()];
+        let mut y = filled(xs.len(), T::ZERO)?;
         y.par_chunks_mut(c * hw).zip(xs.par_chunks(c * hw)).for_each(|(y_img, x_img)| {
             let s = scale(x_img, c, hw, &p);
             for ((y, &x), &s) in y_img.iter_mut().zip(x_img).zip(&s) {
@@ -149,7 +150,7 @@ pub fn backward(dy: &Tensor, x: &Tensor, y: &Tensor, p: LrnParams) -> Result<Ten
         let (dys, xs, ys) = (host::<T>(dy)?, host::<T>(x)?, host::<T>(y)?);
         let neg_beta = T::from_f64(-p.beta);
         let coef = T::from_f64(2.0 * p.alpha * p.beta / p.size as f64);
-        let mut dx = vec![T::ZERO; xs.len()];
+        let mut dx = filled(xs.len(), T::ZERO)?;
         dx.par_chunks_mut(c * hw)
             .zip(xs.par_chunks(c * hw).zip(dys.par_chunks(c * hw).zip(ys.par_chunks(c * hw))))
             .for_each(|(dx_img, (x_img, (dy_img, y_img)))| {

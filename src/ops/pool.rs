@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::{expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::GpuDevice;
 use crate::device::gpu::{GpuBuffer, KernelCall, to_i32, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Shape, Tensor};
 
@@ -162,7 +163,7 @@ pub fn max_pool2d_forward(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
     }
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
-        let mut y = vec![T::ZERO; g.n * g.c * g.oh * g.ow];
+        let mut y = filled(g.n * g.c * g.oh * g.ow, T::ZERO)?;
         y.par_chunks_mut(g.oh * g.ow).zip(xs.par_chunks(g.h * g.w)).for_each(|(out, plane)| {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
@@ -188,7 +189,7 @@ pub fn max_pool2d_backward(dy: &Tensor, x: &Tensor, p: Pool2dParams) -> Result<T
     }
     with_float_type!(x.dtype(), OP, |T| {
         let (xs, dys) = (host::<T>(x)?, host::<T>(dy)?);
-        let mut dx = vec![T::ZERO; xs.len()];
+        let mut dx = filled(xs.len(), T::ZERO)?;
         dx.par_chunks_mut(g.h * g.w).zip(xs.par_chunks(g.h * g.w).zip(dys.par_chunks(g.oh * g.ow))).for_each(
             |(dplane, (plane, dout))| {
                 for oy in 0..g.oh {
@@ -214,7 +215,7 @@ pub fn avg_pool2d_forward(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
     with_float_type!(x.dtype(), OP, |T| {
         let xs = host::<T>(x)?;
         let inv_area = T::ONE / T::from_usize(p.kernel.0 * p.kernel.1);
-        let mut y = vec![T::ZERO; g.n * g.c * g.oh * g.ow];
+        let mut y = filled(g.n * g.c * g.oh * g.ow, T::ZERO)?;
         y.par_chunks_mut(g.oh * g.ow).zip(xs.par_chunks(g.h * g.w)).for_each(|(out, plane)| {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
@@ -246,7 +247,7 @@ pub fn avg_pool2d_backward(dy: &Tensor, x_shape: &Shape, p: Pool2dParams) -> Res
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;
         let inv_area = T::ONE / T::from_usize(p.kernel.0 * p.kernel.1);
-        let mut dx = vec![T::ZERO; x_shape.numel()];
+        let mut dx = filled(x_shape.numel(), T::ZERO)?;
         dx.par_chunks_mut(g.h * g.w).zip(dys.par_chunks(g.oh * g.ow)).for_each(|(dplane, dout)| {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
@@ -306,7 +307,7 @@ pub fn global_avg_pool_backward(dy: &Tensor, x_shape: &Shape) -> Result<Tensor> 
     with_float_type!(dy.dtype(), OP, |T| {
         let dys = host::<T>(dy)?;
         let inv = T::ONE / T::from_usize(h * w);
-        let mut dx = vec![T::ZERO; n * c * h * w];
+        let mut dx = filled(n * c * h * w, T::ZERO)?;
         dx.par_chunks_mut(h * w).zip(dys.par_iter()).for_each(|(plane, &d)| plane.fill(d * inv));
         Ok(Tensor::from_cpu(x_shape.clone(), dx))
     })

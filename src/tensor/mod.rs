@@ -199,9 +199,9 @@ impl Tensor {
     /// The elements as host storage (downloaded from the device if need be).
     fn to_host(&self) -> Result<CpuStorage> {
         match &*self.storage {
-            Storage::Cpu(s) => Ok(s.clone()),
+            Storage::Cpu(s) => s.try_clone(),
             Storage::Gpu(b) => {
-                let mut host = CpuStorage::zeros(b.dtype(), b.len());
+                let mut host = CpuStorage::try_zeros(b.dtype(), b.len())?;
                 b.gpu().download(b, host.as_bytes_mut())?;
                 Ok(host)
             }

@@ -52,6 +52,7 @@ pub use gpu::{ConvAlgo, conv_algo, set_conv_algo, set_towers, towers};
 use super::gemm::{MatMut, MatRef, gemm, gemm_parallel};
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Float, Shape, Tensor};
 use im2col::{Im2col, Im2colT};
@@ -251,7 +252,7 @@ fn forward_act(
     }
     let mut y = with_float_type!(dtype, OP, |T| {
         let bias = b.map(host::<T>).transpose()?;
-        let y = forward_cpu::<T>(host(x)?, host(w)?, bias, &g);
+        let y = forward_cpu::<T>(host(x)?, host(w)?, bias, &g)?;
         Ok(Tensor::from_cpu(g.out_shape(), y))
     })?;
     if relu {
@@ -275,7 +276,7 @@ pub fn backward_data_with(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dPar
         return Ok(Tensor::from_gpu(g.in_shape(), dx));
     }
     with_float_type!(dtype, OP, |T| {
-        let dx = backward_data_cpu::<T>(host(dy)?, host(w)?, &g);
+        let dx = backward_data_cpu::<T>(host(dy)?, host(w)?, &g)?;
         Ok(Tensor::from_cpu(g.in_shape(), dx))
     })
 }
@@ -301,7 +302,7 @@ pub fn backward_filter_with(
         return Ok(Tensor::from_gpu(g.weight_shape(), dw));
     }
     with_float_type!(dtype, OP, |T| {
-        let dw = backward_filter_cpu::<T>(host(dy)?, host(x)?, &g);
+        let dw = backward_filter_cpu::<T>(host(dy)?, host(x)?, &g)?;
         Ok(Tensor::from_cpu(g.weight_shape(), dw))
     })
 }
@@ -382,14 +383,14 @@ pub fn backward_bias(dy: &Tensor) -> Result<Tensor> {
     })
 }
 
-fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
+fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Result<Vec<T>> {
     let (og, pix, in_len) = (g.o_per_group(), g.out_pixels(), g.c * g.h * g.w);
     // Images per product: one, unless the output maps are small (see MIN_GEMM_COLUMNS).
     let m = if pix < MIN_GEMM_COLUMNS { MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n).max(1) } else { 1 };
     let batches = g.n.div_ceil(m);
     // With fewer products than threads, let the GEMM itself share the work.
     let split_gemm = batches < rayon::current_num_threads();
-    let mut y = vec![T::ZERO; g.n * g.o * pix];
+    let mut y = filled(g.n * g.o * pix, T::ZERO)?;
     // Each task keeps its buffers (padded images, staged output) from one batch to the next.
     let buffers = || (Vec::new(), Vec::new());
     y.par_chunks_mut(m * g.o * pix).zip(x.par_chunks(m * in_len)).for_each_init(buffers, |bufs, (y_batch, x_batch)| {
@@ -427,7 +428,7 @@ fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry)
             }
         }
     });
-    y
+    Ok(y)
 }
 
 /// Below this many output pixels per image, the im2col matrices of several images are put
@@ -438,13 +439,13 @@ fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry)
 /// twice as long, its 19 MB im2col falling out of the L2 cache).
 const MIN_GEMM_COLUMNS: usize = 256;
 
-fn backward_data_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
-    if let Some(dx) = backward_data_as_forward_cpu(dy, w, g) {
-        return dx;
+fn backward_data_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Result<Vec<T>> {
+    if let Some(dx) = backward_data_as_forward_cpu(dy, w, g)? {
+        return Ok(dx);
     }
     let pix = g.out_pixels();
     let in_len = g.c * g.h * g.w;
-    let mut dx = vec![T::ZERO; g.n * in_len];
+    let mut dx = filled(g.n * in_len, T::ZERO)?;
     let split_gemm = g.n < rayon::current_num_threads();
     dx.par_chunks_mut(in_len).zip(dy.par_chunks(g.o * pix)).for_each_init(
         || Vec::new(),
@@ -459,7 +460,7 @@ fn backward_data_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
             }
         },
     );
-    dx
+    Ok(dx)
 }
 
 /// The data gradient of a stride-1 convolution is itself a stride-1 convolution: of `dy` with
@@ -474,15 +475,15 @@ fn backward_data_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
 /// scatters the columns back with col2im. As a forward convolution the inner dimension is
 /// O·KH·KW, the shape the forward pass already runs well, and no col2im is needed. Returns
 /// `None` where it does not apply (strides above 1, padding beyond the kernel's reach).
-fn backward_data_as_forward_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Option<Vec<T>> {
+fn backward_data_as_forward_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Result<Option<Vec<T>>> {
     let p = g.params;
     let reach = ((g.kh - 1) * p.dilation.0, (g.kw - 1) * p.dilation.1);
     if g.is_pointwise() || p.stride != (1, 1) || reach.0 < p.padding.0 || reach.1 < p.padding.1 {
-        return None;
+        return Ok(None);
     }
     let (og, cg, taps) = (g.o_per_group(), g.c / g.groups(), g.kh * g.kw);
     // w: [O, C/G, KH, KW] → flipped: [C, O/G, KH, KW], group by group.
-    let mut flipped = vec![T::ZERO; w.len()];
+    let mut flipped = filled(w.len(), T::ZERO)?;
     for grp in 0..g.groups() {
         for o in 0..og {
             for c in 0..cg {
@@ -497,9 +498,9 @@ fn backward_data_as_forward_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -
     let params = Conv2dParams { stride: (1, 1), padding: (reach.0 - p.padding.0, reach.1 - p.padding.1), ..p };
     let dy_shape = Shape::new([g.n, g.o, g.oh, g.ow]);
     let flipped_shape = Shape::new([g.c, og, g.kh, g.kw]);
-    let transposed = ConvGeometry::new(&dy_shape, &flipped_shape, params).ok()?;
+    let Ok(transposed) = ConvGeometry::new(&dy_shape, &flipped_shape, params) else { return Ok(None) };
     debug_assert_eq!((transposed.oh, transposed.ow), (g.h, g.w));
-    Some(forward_cpu(dy, &flipped, None, &transposed))
+    forward_cpu(dy, &flipped, None, &transposed).map(Some)
 }
 
 /// `dcol_g = W_gᵀ · dy_g` for every group of one image.
@@ -517,7 +518,7 @@ fn dcol_gemms<T: Float>(w: &[T], dy_img: &[T], dcol: &mut [T], g: &ConvGeometry,
     }
 }
 
-fn backward_filter_cpu<T: Float>(dy: &[T], x: &[T], g: &ConvGeometry) -> Vec<T> {
+fn backward_filter_cpu<T: Float>(dy: &[T], x: &[T], g: &ConvGeometry) -> Result<Vec<T>> {
     let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
     let in_len = g.c * g.h * g.w;
     let w_len = g.o * k;
@@ -551,11 +552,14 @@ fn backward_filter_cpu<T: Float>(dy: &[T], x: &[T], g: &ConvGeometry) -> Vec<T> 
         })
         .collect();
     let mut partials = partials.into_iter();
-    let mut dw = partials.next().unwrap_or_else(|| vec![T::ZERO; w_len]);
+    let mut dw = match partials.next() {
+        Some(dw) => dw,
+        None => filled(w_len, T::ZERO)?,
+    };
     for part in partials {
         dw.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
     }
-    dw
+    Ok(dw)
 }
 
 /// The output positions `o` in `0..out_len` whose input index `o·stride + offset` falls
