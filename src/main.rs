@@ -405,13 +405,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
             }
         }
         Progress::Step(r) => {
-            let line = format!(
-                "loss {:.4}  acc {:.1}%  lr {:.4}  {:.0} img/s",
-                r.loss,
-                r.accuracy * 100.0,
-                r.lr,
-                r.images_per_sec
-            );
+            let lr = if r.lr == 0.0 || (1e-4..1e4).contains(&r.lr) {
+                format!("{:.4}", r.lr)
+            } else {
+                format!("{:.3e}", r.lr)
+            };
+            let line =
+                format!("loss {:.4}  acc {:.1}%  lr {lr}  {:.0} img/s", r.loss, r.accuracy * 100.0, r.images_per_sec);
             if live {
                 bar.set_prefix(r.epoch.to_string());
                 bar.set_position(r.step as u64);

@@ -2,79 +2,10 @@
 //! summaries, checkpoints that round-trip, and bad input that gets a one-line error, exit
 //! code 2 and no half-written file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use common::*;
 use scratchnet::data::npy;
-use scratchnet::rng::Rng;
-
-fn scratchnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scratchnet")).args(args).output().expect("the binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(args: &[&str]) -> String {
-    let out = scratchnet(args);
-    assert!(out.status.success(), "{args:?} failed:\n{}{}", stdout(&out), stderr(&out));
-    stdout(&out)
-}
-
-fn assert_bad_input(args: &[&str], needle: &str) {
-    let out = scratchnet(args);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: wanted '{needle}' in: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: the error should be one line: {err}");
-}
-
-/// A fresh directory for one test.
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scratchnet-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-/// A tiny learnable data set as .npy files: class k has a bright k-th quarter of the image.
-fn write_tiny_npy(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
-    let (c, h, w) = (3, 12, 12);
-    let mut rng = Rng::new(4);
-    let mut x = Vec::with_capacity(n * c * h * w);
-    let mut y = Vec::with_capacity(n);
-    for i in 0..n {
-        let label = (i % 4) as i64;
-        for _ in 0..c {
-            for row in 0..h {
-                for col in 0..w {
-                    let quarter = (row / 6) * 2 + col / 6;
-                    let bright = if quarter as i64 == label { 1.5 } else { 0.0 };
-                    x.push(bright + 0.2 * rng.normal() as f32);
-                }
-            }
-        }
-        y.push(label);
-    }
-    let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
-    std::fs::write(&xp, npy::encode_f32(&[n, c, h, w], &x)).unwrap();
-    std::fs::write(&yp, npy::encode_i64(&[n], &y)).unwrap();
-    (xp, yp)
-}
-
-fn read_logits(path: &Path) -> Vec<f32> {
-    npy::read(path).unwrap().to_vec::<f32>().unwrap()
-}
 
 #[test]
 fn bad_flags_exit_2_with_a_one_line_error() {
