@@ -188,7 +188,7 @@ fn layout_error(bytes: &[u8], e: SafeTensorError) -> String {
             format!("the header is not safetensors JSON: {}", shown(&e.to_string()))
         }
         SafeTensorError::InvalidOffset(name) => format!(
-            "the data_offsets of {} do not start where the previous tensor's end (the tensors must tile the data with no gaps or overlaps)",
+            "the data_offsets of {} leave a gap or an overlap (each tensor's data must start where the previous one's ends, the first at 0)",
             shown(&name)
         ),
         SafeTensorError::TensorInvalidInfo => {
@@ -202,18 +202,18 @@ fn layout_error(bytes: &[u8], e: SafeTensorError) -> String {
     }
 }
 
-/// Text from the file, with control characters escaped and cut at 80 characters, so a
-/// message quoting it stays one short line.
+/// Text from the file, with control characters escaped and cut at 160 characters, so a
+/// message quoting it stays one line.
 fn shown(text: &str) -> String {
     let mut out = String::new();
-    for c in text.chars().take(80) {
+    for c in text.chars().take(160) {
         if c.is_control() || (c.is_whitespace() && c != ' ') {
             out.extend(c.escape_debug());
         } else {
             out.push(c);
         }
     }
-    if text.chars().nth(80).is_some() {
+    if text.chars().nth(160).is_some() {
         out.push('…');
     }
     out

@@ -312,11 +312,16 @@ fn shape_text(shape: &[usize]) -> String {
 /// Text from the file, quoted, with control characters escaped and cut at 40 characters, so
 /// an error message quoting it stays one short line.
 fn shown(text: &str) -> String {
-    let mut out: String = text.chars().take(40).flat_map(char::escape_debug).collect();
-    if text.chars().nth(40).is_some() {
-        out.push('…');
+    let mut out = String::new();
+    for c in text.chars().take(40) {
+        if c.is_control() || (c.is_whitespace() && c != ' ') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
     }
-    format!("'{out}'")
+    let cut = if text.chars().nth(40).is_some() { "…" } else { "" };
+    format!("'{}{cut}'", out.trim_end())
 }
 
 /// The bytes of a version-1.0 `.npy` file of `shape` whose elements are `data`, of numpy
