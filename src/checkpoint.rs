@@ -24,6 +24,14 @@ use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::tensor::{DType, Tensor};
 
+/// The largest JSON header read. The `safetensors` crate allows 100 MB, but its JSON parse
+/// holds up to some 30 times the header's length for a hostile one (every number of a long
+/// shape becomes a buffered JSON value), and no scratchnet model needs more than 140 KB.
+const MAX_HEADER: usize = 4 << 20;
+/// The most dimensions a tensor may have (as numpy), which also keeps messages that quote a
+/// shape short.
+const MAX_DIMS: usize = 64;
+
 /// The safetensors name of a dtype.
 fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
@@ -131,6 +139,13 @@ pub fn save(model: &dyn Model, path: &Path) -> Result<()> {
 /// `safetensors` crate checks the layout: the header length, the JSON, and data offsets that
 /// tile the data exactly (no gaps, overlaps or bytes past the end). The error is one line.
 pub fn read_tensors(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    let follow = bytes.len().saturating_sub(8) as u64;
+    if let Some(n) = header_length(bytes).filter(|&n| n > MAX_HEADER as u64 && n <= follow) {
+        return Err(format!(
+            "the header is {n} bytes; scratchnet reads headers of up to {} MiB (densenet201's is 140 KB)",
+            MAX_HEADER >> 20
+        ));
+    }
     let (header_len, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {}", layout_error(bytes, e)))?;
     let data = bytes.get(8 + header_len..).unwrap_or_default();
@@ -140,6 +155,9 @@ pub fn read_tensors(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, 
         let (start, end) = info.data_offsets;
         let data =
             data.get(start..end).ok_or_else(|| format!("{}'s data_offsets are outside the file", shown(&name)))?;
+        if info.shape.len() > MAX_DIMS {
+            return Err(format!("{} has {} dimensions; at most {MAX_DIMS} are read", shown(&name), info.shape.len()));
+        }
         let shape = info.shape.clone();
         let t = match info.dtype {
             Dtype::F32 => Tensor::from_vec(shape, words(data).map(f32::from_le_bytes).collect::<Vec<_>>()),
@@ -168,10 +186,15 @@ fn words<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
     })
 }
 
+/// The header length a safetensors file starts with, if it is long enough to hold one.
+fn header_length(bytes: &[u8]) -> Option<u64> {
+    bytes.get(..8).map(|b| b.iter().rev().fold(0u64, |a, &x| (a << 8) | x as u64))
+}
+
 /// What is wrong with the layout of a file the `safetensors` crate refused, in words.
 fn layout_error(bytes: &[u8], e: SafeTensorError) -> String {
     let follow = bytes.len().saturating_sub(8);
-    let header_len = bytes.get(..8).map(|b| b.iter().rev().fold(0u64, |a, &x| (a << 8) | x as u64));
+    let header_len = header_length(bytes);
     match e {
         SafeTensorError::HeaderTooSmall => {
             format!("{} bytes is shorter than the 8-byte header length it starts with", bytes.len())

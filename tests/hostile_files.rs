@@ -288,6 +288,20 @@ fn safetensors_offsets_that_disagree_with_the_shape() {
     refused(read_tensors(&safetensors(header, &[0; 8])), &["too large to address"]);
 }
 
+#[test]
+fn safetensors_header_too_large_for_any_model() {
+    let padding = " ".repeat(5 << 20);
+    let bytes = safetensors(&format!("{{}}{padding}"), &[]);
+    refused(read_tensors(&bytes), &["the header is 5242882 bytes; scratchnet reads headers of up to 4 MiB"]);
+}
+
+#[test]
+fn safetensors_shape_of_too_many_dimensions() {
+    let shape = vec!["1"; 65].join(",");
+    let header = format!(r#"{{"a":{{"dtype":"F32","shape":[{shape}],"data_offsets":[0,4]}}}}"#);
+    refused(read_tensors(&safetensors(&header, &[0; 4])), &["a has 65 dimensions; at most 64 are read"]);
+}
+
 /// A resnet20 and its state_dict, as `save` writes it.
 fn resnet20_state() -> (Box<dyn Model>, Vec<(String, Tensor)>) {
     let model = models::build("resnet20", 10, 0).unwrap();
