@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use image::codecs::png::PngDecoder;
 use image::imageops::{self, FilterType};
-use image::{ImageDecoder, RgbImage};
+use image::{DynamicImage, ImageDecoder, RgbImage};
 use rayon::prelude::*;
 use zune_jpeg::JpegDecoder;
 use zune_jpeg::zune_core::bytestream::ZCursor;
@@ -270,9 +270,9 @@ fn decode(path: &Path) -> Result<RgbImage> {
                 .ok_or_else(|| cannot_decode(path, "the decoder gave the wrong number of pixels"))
         }
         Format::Png => {
-            let image = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-                .map_err(|e| cannot_decode(path, e))?;
-            check_size(path, (image.width(), image.height()), image.color().bytes_per_pixel() as u64)?;
+            let decoder = PngDecoder::new(std::io::Cursor::new(&bytes)).map_err(|e| cannot_decode(path, e))?;
+            check_size(path, decoder.dimensions(), decoder.color_type().bytes_per_pixel() as u64)?;
+            let image = DynamicImage::from_decoder(decoder).map_err(|e| cannot_decode(path, e))?;
             Ok(image.to_rgb8())
         }
     }
