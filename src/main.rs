@@ -502,7 +502,12 @@ fn run_infer(a: InferArgs) -> Result<()> {
         let batch =
             Tensor::from_vec([end - start, c, h, w], values[start * per..end * per].to_vec())?.to_device(device)?;
         let mut g = Graph::eval();
-        let y = model.forward(&mut g, &Var::constant(batch))?;
+        let y = model.forward(&mut g, &Var::constant(batch)).map_err(|e| {
+            e.in_context(|| {
+                let layer = g.current_layer().map(|l| format!(" ({l})")).unwrap_or_default();
+                format!(" in the forward pass{layer} at batch {}; try a smaller --batch-size", end - start)
+            })
+        })?;
         logits.extend(y.value().to_vec::<f32>()?);
     }
     let out = Tensor::from_vec([n, classes], logits)?;
@@ -545,7 +550,9 @@ fn run_profile(a: ProfileArgs) -> Result<()> {
         warmup: 2,
         memory_efficient: a.memory_efficient,
     };
-    let report = scratchnet::profile::profile(&options)?;
+    let batch = options.batch;
+    let report = scratchnet::profile::profile(&options)
+        .map_err(|e| e.in_context(|| format!(" at batch {batch}; try a smaller --batch-size")))?;
     let _ = write!(std::io::stdout(), "{report}");
     if let Some(path) = &a.trace {
         report.write_trace(path)?;

@@ -30,25 +30,36 @@ fn find_dir(dir: &Path) -> Result<PathBuf> {
     ))
 }
 
-fn read_records(path: &Path, images: &mut Vec<f32>, labels: &mut Vec<i64>) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
-        return Err(Error::file(
-            path,
-            format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records", bytes.len()),
-        ));
+/// Decodes the bytes of one CIFAR-10 batch file, appending its normalised images (3×32×32
+/// each) to `images` and its labels to `labels`. Every record is checked before anything is
+/// appended, so on error the vectors are as they were. The error is one line of text.
+pub fn decode_records(bytes: &[u8], images: &mut Vec<f32>, labels: &mut Vec<i64>) -> std::result::Result<(), String> {
+    if bytes.is_empty() {
+        return Err(format!("holds no records (a CIFAR-10 batch is {RECORD}-byte records: a label, then 3072 pixels)"));
     }
-    for (r, record) in bytes.chunks_exact(RECORD).enumerate() {
-        let label = record[0];
-        if label > 9 {
-            return Err(Error::file(path, format!("record {r} has label {label}; CIFAR-10 labels are 0 to 9")));
-        }
-        labels.push(label as i64);
-        for (c, plane) in record[1..].chunks_exact(32 * 32).enumerate() {
+    let records = bytes.len().div_ceil(RECORD);
+    let partial = bytes.len() % RECORD;
+    if partial != 0 {
+        return Err(format!("record {records} of {records} is truncated: {partial} of {RECORD} bytes"));
+    }
+    if let Some((r, &label)) = bytes.iter().step_by(RECORD).enumerate().find(|(_, l)| **l > 9) {
+        return Err(format!("record {} of {records} has label {label}; CIFAR-10 labels are 0 to 9", r + 1));
+    }
+    images.reserve(records * (RECORD - 1));
+    labels.reserve(records);
+    for record in bytes.chunks_exact(RECORD) {
+        let (label, pixels) = record.split_at(1);
+        labels.extend(label.iter().map(|&l| l as i64));
+        for (c, plane) in pixels.chunks_exact(32 * 32).enumerate() {
             images.extend(plane.iter().map(|&p| (p as f32 / 255.0 - MEAN[c]) / STD[c]));
         }
     }
     Ok(())
+}
+
+fn read_records(path: &Path, images: &mut Vec<f32>, labels: &mut Vec<i64>) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    decode_records(&bytes, images, labels).map_err(|msg| Error::file(path, msg))
 }
 
 /// The training and test sets.
@@ -79,6 +90,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_are_checked_before_any_is_kept() {
+        let mut bytes = vec![3u8; 3 * RECORD];
+        bytes[2 * RECORD] = 10;
+        let (mut images, mut labels) = (vec![0.5], vec![1]);
+        let e = decode_records(&bytes, &mut images, &mut labels).unwrap_err();
+        assert_eq!(e, "record 3 of 3 has label 10; CIFAR-10 labels are 0 to 9");
+        assert_eq!((images, labels), (vec![0.5], vec![1]));
+        bytes.push(9);
+        let e = decode_records(&bytes, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        assert_eq!(e, "record 4 of 4 is truncated: 1 of 3073 bytes");
+        let e = decode_records(&[], &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        assert!(e.starts_with("holds no records"), "{e}");
+    }
+
+    #[test]
     fn records_decode_to_normalised_planes() {
         let dir = std::env::temp_dir().join(format!("scratchnet-cifar-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -99,7 +125,9 @@ mod tests {
 
         std::fs::write(dir.join("test_batch.bin"), &record[..100]).unwrap();
         let e = load(&dir).unwrap_err().to_string();
-        assert!(e.contains("test_batch.bin: 100 bytes is not a whole number of 3073-byte"), "{e}");
+        assert!(e.contains("test_batch.bin: record 1 of 1 is truncated: 100 of 3073 bytes"), "{e}");
+        std::fs::write(dir.join("test_batch.bin"), []).unwrap();
+        assert!(load(&dir).unwrap_err().to_string().contains("test_batch.bin: holds no records"));
         std::fs::remove_file(dir.join("data_batch_3.bin")).unwrap();
         assert!(load(&dir).unwrap_err().to_string().contains("data_batch_3.bin: missing"));
         std::fs::remove_dir_all(&dir).unwrap();
