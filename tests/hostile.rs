@@ -343,3 +343,36 @@ fn temp_count(dir: &Path) -> usize {
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count())
         .unwrap_or(0)
 }
+
+#[test]
+fn hostile_files_end_the_command_with_one_line() {
+    let dir = workdir("files");
+    let (x, y) = write_npy(&dir, "", 4, 8);
+    // An .npy header that claims 10¹² images in a file of a few hundred bytes.
+    let liar = dir.join("liar.npy");
+    let mut bytes = npy::encode_f32(&[1, 3, 8, 8], &[0.0; 192]);
+    let at = bytes.windows(12).position(|w| w == b"(1, 3, 8, 8)").unwrap();
+    bytes.splice(at..at + 12, b"(1000000000000, 3, 8, 8)".iter().copied());
+    bytes.truncate(400);
+    std::fs::write(&liar, &bytes).unwrap();
+    let data = npy_spec(&liar, &y);
+    assert_bad_input(&train_args(&data, &["--steps", "1"]), "liar.npy: ");
+    // A safetensors file whose header length is 2⁶³.
+    let w = dir.join("w.safetensors");
+    let mut weights = (1u64 << 63).to_le_bytes().to_vec();
+    weights.extend_from_slice(b"{}");
+    std::fs::write(&w, &weights).unwrap();
+    let out = dir.join("logits.npy");
+    let args = ["infer", "--model", "resnet20", "--weights", p(&w), "--input", p(&x), "--output", p(&out)];
+    assert_bad_input(&args, "the header length field says 9223372036854775808 bytes");
+    assert!(!out.exists());
+    // CIFAR-10 batches with a truncated last record.
+    let cifar = dir.join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+        std::fs::write(cifar.join(format!("{name}.bin")), vec![1u8; 3073 * 2 - 1000]).unwrap();
+    }
+    let data = format!("cifar10:{}", p(&cifar));
+    assert_bad_input(&["train", "--data", &data, "--steps", "1"], "record 2 of 2 is truncated: 2073 of 3073 bytes");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

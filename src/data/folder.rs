@@ -104,32 +104,76 @@ fn class_dirs(dir: &Path) -> Result<Vec<String>> {
     Ok(classes)
 }
 
-/// The training and held-out sets of `dir`, every image's header checked.
-pub fn load(dir: &Path, crop: usize) -> Result<(ImageFolder, ImageFolder)> {
+fn check_crop(crop: usize) -> Result<()> {
     if crop == 0 || crop > MAX_CROP {
         return Err(Error::argument("data", format!("a crop of {crop} pixels is outside 1 to {MAX_CROP}")));
     }
+    Ok(())
+}
+
+/// The training and held-out sets of `dir`, every image's header checked.
+pub fn load(dir: &Path, crop: usize) -> Result<(ImageFolder, ImageFolder)> {
+    check_crop(crop)?;
     let (train_dir, val_dir) = (dir.join("train"), dir.join("val"));
     for d in [&train_dir, &val_dir] {
         if !d.is_dir() {
             return Err(Error::file(d, "missing: an image folder needs train/CLASS/*.jpg and val/CLASS/*.jpg"));
         }
     }
+    let train = load_train(dir, crop)?;
+    let val = open_held_out(&val_dir, &train.classes, crop)?;
+    Ok((train, val))
+}
+
+/// The training set of `dir` alone (`DIR/train/CLASS/*.jpg`), for runs that hold out part of
+/// it or evaluate on another source: `val/` need not exist.
+pub fn load_train(dir: &Path, crop: usize) -> Result<ImageFolder> {
+    check_crop(crop)?;
+    let train_dir = dir.join("train");
+    if !train_dir.is_dir() {
+        return Err(Error::file(&train_dir, "missing: an image folder needs train/CLASS/*.jpg"));
+    }
     let classes = class_dirs(&train_dir)?;
     if classes.is_empty() {
         return Err(Error::file(&train_dir, "has no class directories"));
     }
-    if let Some(extra) = class_dirs(&val_dir)?.into_iter().find(|c| !classes.contains(c)) {
-        return Err(Error::file(&val_dir, format!("has class '{extra}', which train/ does not have")));
+    let files = list(&train_dir, &classes, true)?;
+    check_headers(&files)?;
+    Ok(ImageFolder { files, classes, crop, train: true })
+}
+
+/// Held-out images for `--val-data folder:DIR`: `DIR/val/CLASS/*.jpg`, or `DIR/CLASS/*.jpg`
+/// when there is no `val/`. Labels follow `classes` (the training set's, when it is an image
+/// folder too, so that a class keeps its number), else the folder's own sorted classes.
+pub fn load_held_out(dir: &Path, classes: Option<&[String]>, crop: usize) -> Result<ImageFolder> {
+    check_crop(crop)?;
+    let val_dir = if dir.join("val").is_dir() { dir.join("val") } else { dir.to_path_buf() };
+    if !val_dir.is_dir() {
+        return Err(Error::file(dir, "no such directory"));
     }
-    let train = list(&train_dir, &classes, true)?;
-    let val = list(&val_dir, &classes, false)?;
-    check_headers(&train)?;
-    check_headers(&val)?;
-    Ok((
-        ImageFolder { files: train, classes: classes.clone(), crop, train: true },
-        ImageFolder { files: val, classes, crop, train: false },
-    ))
+    let own;
+    let classes = match classes {
+        Some(c) => c,
+        None => {
+            own = class_dirs(&val_dir)?;
+            &own
+        }
+    };
+    let val = open_held_out(&val_dir, classes, crop)?;
+    if val.is_empty() {
+        return Err(Error::file(&val_dir, "holds no .jpg, .jpeg or .png images in class directories"));
+    }
+    Ok(val)
+}
+
+/// The images of `val_dir`, labelled by `classes`, which must include every class it has.
+fn open_held_out(val_dir: &Path, classes: &[String], crop: usize) -> Result<ImageFolder> {
+    if let Some(extra) = class_dirs(val_dir)?.into_iter().find(|c| !classes.iter().any(|k| k == c)) {
+        return Err(Error::file(val_dir, format!("has class '{extra}', which the training images do not have")));
+    }
+    let files = list(val_dir, classes, false)?;
+    check_headers(&files)?;
+    Ok(ImageFolder { files, classes: classes.to_vec(), crop, train: false })
 }
 
 /// Reads the header of every image, in parallel; the error is that of the first bad file in

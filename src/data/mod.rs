@@ -59,7 +59,8 @@ pub enum HeldOut {
     /// out nothing and the run evaluates nothing.
     Fraction(f64),
     /// The held-out images of another source (`--val-data SPEC`): all of an `.npy` pair, the
-    /// test batch of CIFAR-10, `val/` of an image folder, the drawn held-out set.
+    /// test batch of CIFAR-10, `val/` of an image folder (or its class directories, when it
+    /// has no `val/`), the drawn held-out set.
     Data(DataSource),
 }
 
@@ -269,6 +270,9 @@ pub fn load(
         HeldOut::Fraction(f) => Some(*f),
         HeldOut::Default | HeldOut::Data(_) => None,
     };
+    // The class names of an image-folder training set, which an image-folder --val-data
+    // follows so that every class keeps its label.
+    let mut folder_classes: Option<Vec<String>> = None;
     let (train, own_test): (Arc<dyn Dataset>, Option<Box<dyn Dataset>>) = match source {
         DataSource::Synthetic => {
             let test_size = if matches!(held_out, HeldOut::Default) { synthetic_size.1 } else { 0 };
@@ -280,6 +284,12 @@ pub fn load(
             (Arc::new(train), Some(Box::new(test)))
         }
         DataSource::Npy(x, y) => (Arc::new(from_npy(x, y)?), None),
+        // Without the default held-out images, val/ is not read and need not exist.
+        DataSource::Folder(dir) if *held_out != HeldOut::Default => {
+            let train = folder::load_train(dir, crop)?;
+            folder_classes = Some(train.classes().to_vec());
+            (Arc::new(train), None)
+        }
         DataSource::Folder(dir) => {
             let (train, test) = folder::load(dir, crop)?;
             (Arc::new(train), Some(Box::new(test)))
@@ -292,7 +302,7 @@ pub fn load(
         (HeldOut::Default, None) => hold_out(train, 0.1, false),
         (HeldOut::Fraction(_), _) => hold_out(train, fraction.unwrap_or(0.0), spread),
         (HeldOut::Data(other), _) => {
-            let test = load_held_out(other, crop, synthetic_size, seed)?;
+            let test = load_held_out(other, folder_classes.as_deref(), crop, synthetic_size, seed)?;
             if test.image_shape() != train.image_shape() {
                 let [c, h, w] = test.image_shape();
                 let [tc, th, tw] = train.image_shape();
@@ -310,6 +320,7 @@ pub fn load(
 /// The held-out images of a source, for `--val-data`.
 fn load_held_out(
     source: &DataSource,
+    classes: Option<&[String]>,
     crop: usize,
     synthetic_size: (usize, usize),
     seed: u64,
@@ -318,7 +329,7 @@ fn load_held_out(
         DataSource::Synthetic => Box::new(synthetic::generate(0, synthetic_size.1, seed).1),
         DataSource::Cifar10(dir) => Box::new(cifar::load(dir)?.1),
         DataSource::Npy(x, y) => Box::new(Subset::all(Arc::new(from_npy(x, y)?)).without_augmentation()),
-        DataSource::Folder(dir) => Box::new(folder::load(dir, crop)?.1),
+        DataSource::Folder(dir) => Box::new(folder::load_held_out(dir, classes, crop)?),
     })
 }
 
@@ -346,7 +357,7 @@ pub fn from_npy(x_path: &std::path::Path, y_path: &std::path::Path) -> Result<In
         return Err(Error::file(
             y_path,
             format!(
-                "expected {n} integer labels (int64 or int32) of shape [{n}], got {} of shape {}",
+                "expected {n} integer labels (int8 to int64, uint8 to uint32) of shape [{n}], got {} of shape {}",
                 y.dtype(),
                 y.shape()
             ),
@@ -416,5 +427,59 @@ mod tests {
         assert_ne!(a.to_vec::<f32>().unwrap(), c.to_vec::<f32>().unwrap());
         assert_eq!(plain.to_vec::<f32>().unwrap(), train.images);
         assert_eq!(la.to_vec::<i64>().unwrap(), train.labels);
+    }
+
+    #[test]
+    fn a_held_out_fraction_is_the_last_images_or_spread_over_the_classes() {
+        let data = InMemory {
+            images: vec![0.0; 8],
+            labels: vec![0, 0, 0, 0, 1, 1, 1, 1],
+            image_shape: [1, 1, 1],
+            num_classes: 2,
+            augment: Augment::None,
+        };
+        let labels = |d: &dyn Dataset| -> Vec<i64> { (0..d.len()).map(|i| d.get(i, None).unwrap().1).collect() };
+        let last = hold_out(Arc::new(data.clone()), 0.25, false);
+        assert_eq!((labels(last.train.as_ref()), labels(last.test.as_ref())), (vec![0, 0, 0, 0, 1, 1], vec![1, 1]));
+        let spread = hold_out(Arc::new(data), 0.25, true);
+        assert_eq!(labels(spread.test.as_ref()), vec![0, 1]);
+        assert_eq!(spread.train.len(), 6);
+        assert_eq!(held_out_count(10, 0.1), 1);
+        assert_eq!(held_out_count(2, 0.1), 1);
+        assert_eq!(held_out_count(1, 0.5), 0);
+        assert_eq!(held_out_count(5, 0.99), 4);
+        assert_eq!(held_out_count(100, 0.0), 0);
+    }
+
+    #[test]
+    fn image_folders_hold_out_without_val_and_validate_on_other_folders_by_class_name() {
+        let root = std::env::temp_dir().join(format!("scratchnet-heldout-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let png = |path: std::path::PathBuf, grey: u8| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            image::RgbImage::from_pixel(4, 4, image::Rgb([grey; 3])).save(path).unwrap();
+        };
+        for class in ["ant", "bee"] {
+            for i in 0..4 {
+                png(root.join("a/train").join(class).join(format!("{i}.png")), 10 * i);
+            }
+        }
+        // Another folder with only bees, and no val/: its bees keep the training label 1.
+        png(root.join("b/bee/0.png"), 0);
+        let a = DataSource::Folder(root.join("a"));
+        let e = load(&a, &HeldOut::Default, 8, (0, 0), 0).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("val: missing"), "{e}");
+        let split = load(&a, &HeldOut::Fraction(0.25), 8, (0, 0), 0).unwrap();
+        assert_eq!((split.train.len(), split.test.len()), (6, 2));
+        let labels: Vec<i64> = (0..2).map(|i| split.test.get(i, None).unwrap().1).collect();
+        assert_eq!(labels, vec![0, 1]);
+        let split = load(&a, &HeldOut::Data(DataSource::Folder(root.join("b"))), 8, (0, 0), 0).unwrap();
+        assert_eq!(split.train.len(), 8);
+        assert_eq!(split.test.len(), 1);
+        assert_eq!(split.test.get(0, None).unwrap().1, 1);
+        png(root.join("b/wasp/0.png"), 0);
+        let e = load(&a, &HeldOut::Data(DataSource::Folder(root.join("b"))), 8, (0, 0), 0).err().unwrap().to_string();
+        assert!(e.contains("has class 'wasp', which the training images do not have"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
