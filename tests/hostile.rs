@@ -20,6 +20,11 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
+/// `infer` of ResNet-20 with 4 classes.
+fn infer_args<'a>(w: &'a Path, x: &'a Path, out: &'a Path) -> [&'a str; 11] {
+    ["infer", "--model", "resnet20", "--num-classes", "4", "--weights", p(w), "--input", p(x), "--output", p(out)]
+}
+
 fn npy_spec(x: &Path, y: &Path) -> String {
     format!("npy:{},{}", p(x), p(y))
 }
@@ -163,19 +168,7 @@ fn images_with_nan_or_infinity_are_refused() {
     let (w, out) = (dir.join("w.safetensors"), dir.join("logits.npy"));
     let (gx, gy) = write_npy(&dir, "good", 4, 8);
     assert_ok(&train_args(&npy_spec(&gx, &gy), &["--steps", "1", "--holdout", "0", "--save", p(&w)]));
-    let args = [
-        "infer",
-        "--model",
-        "resnet20",
-        "--num-classes",
-        "4",
-        "--weights",
-        p(&w),
-        "--input",
-        p(&x),
-        "--output",
-        p(&out),
-    ];
+    let args = infer_args(&w, &x, &out);
     assert_bad_input(&args, "image 2 holds inf");
     assert!(!out.exists());
     // Float or negative labels.
@@ -240,22 +233,7 @@ fn outputs_never_replace_what_is_not_ours() {
 
     // An output that is one of the inputs.
     let logits = dir.join("logits.npy");
-    let infer = |output: &Path| {
-        [
-            "infer",
-            "--model",
-            "resnet20",
-            "--num-classes",
-            "4",
-            "--weights",
-            p(&w),
-            "--input",
-            p(&x),
-            "--output",
-            p(output),
-        ]
-        .map(String::from)
-    };
+    let infer = |output: &Path| infer_args(&w, &x, output).map(String::from);
     let weights_before = std::fs::read(&w).unwrap();
     for (output, flag) in [(&w, "--weights"), (&x, "--input")] {
         let args = infer(output);
