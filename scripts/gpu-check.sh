@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU, run with a binary built elsewhere (no Rust toolchain is
 # needed here): the device report, every kernel against the CPU reference (and again under
-# compute-sanitizer's memcheck), then `scratchnet bench` at batch 64 beside PyTorch/cuDNN on the
+# compute-sanitizer's memcheck), running out of GPU memory, then `scratchnet bench` at batch 64 beside PyTorch/cuDNN on the
 # same GPU (scripts/torch_baseline.py), AlexNet's towers on two streams, and the comparison
 # table last. Budget: 6 minutes on one H100. --full adds racecheck and a short training run
 # whose loss must fall.
@@ -57,6 +57,17 @@ else
     names+=("sanitizers"); results+=("SKIPPED (compute-sanitizer not found)"); times+=("-")
 fi
 unset SCRATCHNET_CUDA_SYNC
+
+# Running out of GPU memory: ResNet-50 at batch 4096 needs some 400 GB of activations. The
+# allocator must empty its cache, retry once, then end the run with one line that says how
+# much was needed (exit 2), not crash.
+run_step oom 60 "$bin" profile --device cuda --model resnet50 --batch-size 4096 --steps 1
+if [ "$(tail -n 1 "$out/oom.log" | grep -c '^error: out of memory on cuda')" = 1 ] &&
+    grep -q 'exit 2' <<<"${results[${#results[@]}-1]}"; then
+    results[${#results[@]}-1]="PASS ($(tail -n 1 "$out/oom.log" | cut -c1-60)...)"
+else
+    results[${#results[@]}-1]="FAIL (expected exit 2 and 'error: out of memory on cuda')"
+fi
 
 if [ $full -eq 1 ]; then
     # A short training run on the GPU: ResNet-20 on the synthetic data, 3 epochs of 94 steps.

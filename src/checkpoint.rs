@@ -13,7 +13,6 @@
 //! may be missing. Floating-point tensors of other precisions (f64, f16, bf16) are converted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::path::Path;
 
 use safetensors::SafeTensorError;
@@ -224,7 +223,7 @@ fn shown(text: &str) -> String {
 
 /// Loads weights from `path` into `model`, placing each on the device its parameter lives on.
 pub fn load(model: &mut dyn Model, path: &Path) -> Result<()> {
-    let bytes = fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let bytes = crate::input::read(path)?;
     let mut in_file: HashMap<String, Tensor> =
         read_tensors(&bytes).map_err(|msg| Error::file(path, msg))?.into_iter().collect();
     drop(bytes);
@@ -313,6 +312,7 @@ pub fn load(model: &mut dyn Model, path: &Path) -> Result<()> {
 mod tests {
     use std::borrow::Cow;
     use std::collections::HashMap;
+    use std::fs;
 
     use safetensors::tensor::View;
 

@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod input;
 pub mod models;
 pub mod nn;
 pub mod ops;

@@ -121,29 +121,40 @@ fn process_exists(pid: u32) -> bool {
     }
 }
 
-/// The PID in a temporary file name of `name` (`.NAME.PID.SEQ.tmp`, or `.NAME.PID.tmp`).
+/// The PID in a temporary file name of `name` (`.NAME.PID.SEQ.tmp`).
 fn temp_owner(file: &str, name: &str) -> Option<u32> {
     let middle = file.strip_prefix('.')?.strip_prefix(name)?.strip_prefix('.')?.strip_suffix(".tmp")?;
-    let pid = middle.split('.').next()?;
-    if middle.split('.').count() > 2
-        || !middle.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    let (pid, seq) = middle.split_once('.')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(seq) {
         return None;
     }
     pid.parse().ok()
 }
 
-/// Removes the temporary files that processes which no longer exist left beside `target`.
+/// Whether nobody is writing the temporary file at `path` any more: its process is gone, and
+/// no one holds the lock its writer keeps while writing (a writer in another PID namespace, a
+/// container, has a PID that looks dead from here, but its lock is seen).
+fn abandoned(path: &Path, pid: u32) -> bool {
+    if pid == std::process::id() || process_exists(pid) {
+        return false;
+    }
+    match File::open(path) {
+        Ok(f) => f.try_lock().is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Removes the temporary files that writers which no longer exist left beside `target`.
 /// Returns how many it removed.
 pub fn remove_stale_temps(target: &Path) -> usize {
     let (Some(name), dir) = (target.file_name().and_then(|n| n.to_str()), parent_of(target)) else { return 0 };
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
-    let me = std::process::id();
     let mut removed = 0;
     for entry in entries.flatten() {
         let file = entry.file_name();
         let Some(pid) = file.to_str().and_then(|f| temp_owner(f, name)) else { continue };
-        if pid != me && !process_exists(pid) && fs::remove_file(entry.path()).is_ok() {
+        if abandoned(&entry.path(), pid) && fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
     }
@@ -156,6 +167,12 @@ fn create_temp(target: &Path) -> std::io::Result<(PathBuf, File)> {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let tmp = parent_of(target).join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    // Held until the file is renamed or the process ends: a sign to other processes'
+    // clean-up that the file is still being written.
+    if let Err(std::fs::TryLockError::Error(e)) = file.try_lock() {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok((tmp, file))
 }
 
@@ -172,10 +189,38 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether the file at `target` belongs to another user in a directory with the sticky bit
+/// (`/tmp`), where only its owner may rename over it.
+fn owned_by_another_in_sticky_dir(target: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        unsafe extern "C" {
+            fn geteuid() -> u32;
+        }
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let me = unsafe { geteuid() };
+        let (Ok(file), Ok(dir)) = (fs::metadata(target), fs::metadata(parent_of(target))) else { return false };
+        me != 0 && dir.mode() & 0o1000 != 0 && file.uid() != me && dir.uid() != me
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = target;
+        false
+    }
+}
+
 /// Fails now if `path` cannot be written later: it names a directory, a device or another
-/// non-regular file, its directory is missing, or a file cannot be created there.
+/// non-regular file, its directory is missing, a file cannot be created there, or the file
+/// there is another user's in a sticky directory.
 pub fn check_writable(path: &Path) -> Result<()> {
     let target = target_of(path)?;
+    if owned_by_another_in_sticky_dir(&target) {
+        return Err(Error::file(
+            path,
+            "cannot be written: it belongs to another user, in a directory where only its owner may replace it",
+        ));
+    }
     let (tmp, file) = create_temp(&target).map_err(|e| Error::file(path, format!("cannot be written: {e}")))?;
     drop(file);
     let _ = fs::remove_file(tmp);
@@ -202,22 +247,37 @@ impl OutputFile {
         Ok(OutputFile { shown: path.to_path_buf(), target, tmp, file: Some(file), committed: false })
     }
 
-    /// Syncs the contents, renames the file over the target and syncs the directory.
+    /// Syncs the contents, renames the file over the target and syncs the directory. An
+    /// existing target's permissions carry over to the new file. If the rename fails, the
+    /// complete new file is kept where it was written, and the error says where.
     pub fn commit(mut self) -> Result<()> {
-        let file = self.file.take();
-        let result = (|| -> std::io::Result<()> {
-            if let Some(f) = file {
-                f.sync_all()?;
+        let cannot = |e: std::io::Error| Error::file(&self.shown, format!("cannot write: {e}"));
+        if let Some(f) = self.file.take() {
+            if let Ok(old) = fs::metadata(&self.target) {
+                f.set_permissions(old.permissions()).map_err(cannot)?;
             }
-            // Checked again: something may have appeared at the path while we wrote.
-            if let Some(kind) = not_regular(&self.target) {
-                return Err(std::io::Error::other(format!("{} is now {kind}", self.target.display())));
-            }
-            fs::rename(&self.tmp, &self.target)?;
+            f.sync_all().map_err(cannot)?;
+            // The lock goes with the file handle; the file stays until renamed.
+        }
+        // Checked again: something may have appeared at the path while we wrote.
+        let renamed = match not_regular(&self.target) {
+            Some(kind) => Err(std::io::Error::other(format!("{} is now {kind}", self.target.display()))),
+            None => fs::rename(&self.tmp, &self.target),
+        };
+        if let Err(e) = renamed {
+            // The contents are whole: losing them (hours of training) would be worse than a
+            // file left behind.
             self.committed = true;
-            sync_dir(parent_of(&self.target))
-        })();
-        result.map_err(|e| Error::file(&self.shown, format!("cannot write: {e}")))
+            return Err(Error::file(
+                &self.shown,
+                format!(
+                    "cannot write: {e}; the new file is kept as {}, move it before writing here again",
+                    self.tmp.display()
+                ),
+            ));
+        }
+        self.committed = true;
+        sync_dir(parent_of(&self.target)).map_err(cannot)
     }
 
     fn io_error(&self, e: std::io::Error) -> Error {
@@ -304,7 +364,7 @@ mod tests {
     #[test]
     fn temp_names_are_recognised_only_for_their_target() {
         assert_eq!(temp_owner(".w.safetensors.123.4.tmp", "w.safetensors"), Some(123));
-        assert_eq!(temp_owner(".w.safetensors.123.tmp", "w.safetensors"), Some(123));
+        assert_eq!(temp_owner(".w.safetensors.123.tmp", "w.safetensors"), None);
         assert_eq!(temp_owner(".w.safetensors.x.tmp", "w.safetensors"), None);
         assert_eq!(temp_owner(".w.safetensors.1.2.3.tmp", "w.safetensors"), None);
         assert_eq!(temp_owner(".v.safetensors.123.4.tmp", "w.safetensors"), None);
@@ -356,13 +416,20 @@ mod tests {
         let w = d.join("w.bin");
         // PIDs above the kernel's maximum (4194304 on Linux) cannot belong to a live process.
         let dead = d.join(".w.bin.2000000000.0.tmp");
-        let old_style = d.join(".w.bin.2000000001.tmp");
+        let old_style = d.join(".w.bin.2000000001.0.tmp");
         let mine = d.join(format!(".w.bin.{}.999.tmp", std::process::id()));
         let other = d.join(".v.bin.2000000000.0.tmp");
-        for f in [&dead, &old_style, &mine, &other] {
+        // A writer whose PID this process cannot see (another PID namespace) but which still
+        // holds its lock.
+        let locked = d.join(".w.bin.2000000002.0.tmp");
+        for f in [&dead, &old_style, &mine, &other, &locked] {
             fs::write(f, b"leftover").unwrap();
         }
+        let held = File::open(&locked).unwrap();
+        held.lock().unwrap();
         write_atomically(&w, b"new").unwrap();
+        assert!(locked.exists(), "a locked temporary file is still being written");
+        drop(held);
         assert!(!dead.exists() && !old_style.exists());
         assert!(mine.exists(), "a temporary file of a live process (this one) stays");
         assert!(other.exists(), "another target's temporary files are not touched");
@@ -380,6 +447,36 @@ mod tests {
         }
         assert_eq!(fs::read(&w).unwrap(), b"old");
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_renamed_into_place_is_kept() {
+        let d = dir("kept");
+        let w = d.join("w.bin");
+        let mut out = OutputFile::create(&w).unwrap();
+        out.write_bytes(b"hours of training").unwrap();
+        fs::create_dir(&w).unwrap();
+        let e = out.commit().unwrap_err().to_string();
+        assert!(e.contains("is now a directory; the new file is kept as"), "{e}");
+        let kept: Vec<PathBuf> =
+            fs::read_dir(&d).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        assert_eq!(kept.len(), 1);
+        assert!(e.contains(&kept[0].display().to_string()), "{e}");
+        assert_eq!(fs::read(&kept[0]).unwrap(), b"hours of training");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_keeps_its_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("mode");
+        let w = d.join("w.bin");
+        fs::write(&w, b"old").unwrap();
+        fs::set_permissions(&w, fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomically(&w, b"new").unwrap();
+        assert_eq!(fs::metadata(&w).unwrap().permissions().mode() & 0o777, 0o600);
         fs::remove_dir_all(&d).unwrap();
     }
 

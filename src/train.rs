@@ -227,9 +227,20 @@ fn check(o: &TrainOptions) -> Result<()> {
 
 /// Loss and accuracy of `model` on `data`, in eval mode, in batches of `batch_size`.
 pub fn evaluate(model: &mut dyn Model, data: &dyn Dataset, batch_size: usize, device: Device) -> Result<(f64, f64)> {
+    let indices: Vec<usize> = (0..data.len()).collect();
+    evaluate_on(model, data, &indices, batch_size, device)
+}
+
+/// [`evaluate`] on the images of `data` at `indices`.
+pub fn evaluate_on(
+    model: &mut dyn Model,
+    data: &dyn Dataset,
+    indices: &[usize],
+    batch_size: usize,
+    device: Device,
+) -> Result<(f64, f64)> {
     let mut loss_sum = 0.0;
     let mut correct = 0;
-    let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let (x, y) = data::batch(data, chunk, None)?;
         let labels = y.to_vec::<i64>()?;
@@ -244,7 +255,7 @@ pub fn evaluate(model: &mut dyn Model, data: &dyn Dataset, batch_size: usize, de
         loss_sum += g.cross_entropy(&logits, &y)?.value().item()? * chunk.len() as f64;
         correct += argmax_rows(logits.value())?.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     }
-    let n = data.len().max(1) as f64;
+    let n = indices.len().max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
 }
 
@@ -364,6 +375,43 @@ pub fn first_non_finite(model: &dyn Model) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// `None` when `batch` images of `per_image` bytes fit in `total`; else the most that fit.
+fn batch_that_fits(per_image: usize, batch: usize, total: usize) -> Option<usize> {
+    (per_image > 0 && per_image.saturating_mul(batch) > total).then(|| total / per_image)
+}
+
+/// Refuses a batch whose convolution outputs alone exceed the memory of the device it
+/// trains on. On Linux a request the machine cannot back is often granted (overcommit) and
+/// the process killed later without a word; this catches the plainly impossible batches first.
+fn check_memory(
+    o: &TrainOptions,
+    batch: usize,
+    layers: &[crate::autograd::LayerRecord],
+    [c, h, w]: [usize; 3],
+) -> Result<()> {
+    use crate::device::host_memory::{human_bytes, total_host_memory};
+    let (total, what) = match o.device {
+        Device::Cuda(n) => {
+            let gpu = crate::device::cuda::probe().ok().and_then(|i| i.gpus.into_iter().find(|g| g.ordinal == n));
+            (gpu.map(|g| g.memory_bytes), format!("the memory of {}", o.device))
+        }
+        Device::Cpu | Device::Emu => (total_host_memory(), "the machine's memory and swap".to_string()),
+    };
+    let per_image = models::kept_bytes_lower_bound(layers);
+    let Some(total) = total else { return Ok(()) };
+    let Some(fits) = batch_that_fits(per_image, batch, total) else { return Ok(()) };
+    let needed = per_image.saturating_mul(batch);
+    Err(Error::argument(
+        "train",
+        format!(
+            "{} at batch {batch} of {c}×{h}×{w} images keeps at least {} of convolution outputs for the backward pass, more than {what} ({}); try a --batch-size well below {fits}",
+            o.model,
+            human_bytes(needed),
+            human_bytes(total)
+        ),
+    ))
+}
+
 /// What to try when a training step runs out of memory.
 pub fn out_of_memory_advice(model: &str, memory_efficient: bool) -> String {
     let densenet = model.starts_with("densenet");
@@ -435,6 +483,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
             format!("--batch-size {} is too small for {}: {}", o.batch_size, o.model, why.unwrap_or_default()),
         ));
     }
+    check_memory(o, o.batch_size.min(split.train.len()), &layers, [c, h, w])?;
     let steps_per_epoch = steps_per_epoch(split.train.len(), o.batch_size, min_batch);
     if steps_per_epoch == 0 {
         // Only a batch norm's need for two images can leave a non-empty split without a step.
@@ -551,7 +600,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
             if !loss_value.is_finite() {
                 return Err(Error::argument(
                     "train",
-                    format!("the loss became {loss_value} at step {step}; try a smaller --lr"),
+                    format!("the loss became {loss_value} at step {}; try a smaller --lr", step + 1),
                 ));
             }
 
@@ -610,6 +659,24 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         on_progress(&Progress::Epoch(report.clone()));
         reports.push(report);
     }
+    if let Some(path) = &o.save
+        && split.test.is_empty()
+    {
+        // Nothing held out, so no evaluation has seen the final weights: a finite but
+        // enormous update (a huge --lr) would go unnoticed. One eval-mode batch of training
+        // images must give a finite loss before the weights replace a file.
+        let first: Vec<usize> = (0..split.train.len().min(o.batch_size)).collect();
+        let (loss, _) = evaluate_on(model.as_mut(), split.train.as_ref(), &first, o.batch_size, o.device)?;
+        if !loss.is_finite() {
+            return Err(Error::argument(
+                "train",
+                format!(
+                    "the loss of the final weights on a training batch is {loss}: the model diverged; nothing was saved to {}; try a smaller --lr",
+                    path.display()
+                ),
+            ));
+        }
+    }
     if let Some(path) = &o.save {
         set_activity(Activity::Saving);
         checkpoint::save(model.as_ref(), path)?;
@@ -644,6 +711,19 @@ mod tests {
             Ok(_) => panic!("expected an error for {o:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn batches_beyond_memory_are_found_from_the_convolution_outputs() {
+        assert_eq!(batch_that_fits(100, 10, 1000), None);
+        assert_eq!(batch_that_fits(100, 11, 1000), Some(10));
+        assert_eq!(batch_that_fits(0, 1 << 40, 1), None);
+        assert_eq!(batch_that_fits(usize::MAX / 2, 4, 1 << 40), Some(0));
+        // ResNet-20 on 32×32: seven convolutions at 16×32×32, seven at 32×16×16 (with the
+        // projection), seven at 64×8×8, in f32.
+        let mut m = models::build("resnet20", 10, 0).unwrap();
+        let layers = models::trace_layers(m.as_mut(), [3, 32, 32]).unwrap();
+        assert_eq!(models::kept_bytes_lower_bound(&layers), 7 * (16 * 1024 + 32 * 256 + 64 * 64) * 4);
     }
 
     #[test]

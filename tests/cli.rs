@@ -323,7 +323,7 @@ fn bench_refuses_bad_options_before_timing_anything() {
     assert_bad_input(&["bench", "--device", "cpu", "--variants", "some"], "--variants must be default or all");
     assert_bad_input(&["bench", "--device", "cpu", "--batch", "0"], "--batch must be between 1 and 4096");
     assert_bad_input(&["bench", "--device", "cpu", "--json", p(&missing)], "its directory does not exist");
-    assert_bad_input(&["bench", "--compare", p(&missing), p(&missing)], "cannot be read");
+    assert_bad_input(&["bench", "--compare", p(&missing), p(&missing)], "cannot read");
     let junk = dir.join("junk.json");
     std::fs::write(&junk, "{\"rows\": 3}").unwrap();
     assert_bad_input(&["bench", "--compare", p(&junk), p(&junk)], "no \"rows\" list");

@@ -124,7 +124,7 @@ fn flags_out_of_range_are_refused() {
         (&["--steps", "0"], "--steps must be at least 1"),
         (&["--num-classes", "0"], "the number of classes must be between 2 and 100000, got 0"),
         (&["--num-classes", "1"], "the number of classes must be between 2 and 100000, got 1"),
-        (&["--device", "cuda:7"], "cuda"),
+        (&["--device", "cuda:999"], "cuda"),
         (&["--device", "cuda:-1"], "cuda"),
     ] {
         let mut args = vec!["train"];
@@ -194,7 +194,7 @@ fn outputs_never_replace_what_is_not_ours() {
         assert_refused(&out, &args, needle);
         assert!(!stdout(&out).contains("training"), "refused only after training: {}", stdout(&out));
     };
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::FileTypeExt;
         refused_before_training("/dev/null", "/dev/null: is a character device; only a regular file is replaced");
@@ -270,21 +270,24 @@ fn a_diverged_model_is_not_saved_over_a_good_one() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{err}");
-    assert!(errors[0].contains("the model diverged; nothing was saved; try a smaller --lr"), "{err}");
+    assert!(errors[0].contains("nothing was saved") && errors[0].contains("try a smaller --lr"), "{err}");
     assert_eq!(std::fs::read(&w).unwrap(), good, "the good weights were replaced");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Runs the binary with its address space limited to `kib` KiB, as `ulimit -v` does.
-#[cfg(unix)]
+/// Runs the binary with its address space limited to `kib` KiB, as `ulimit -v` does (Linux
+/// enforces it), with two threads and two malloc arenas, so that what the limit leaves for
+/// tensors does not depend on the machine's core count.
+#[cfg(target_os = "linux")]
 fn with_memory_limit(kib: usize, args: &[&str]) -> std::process::Output {
     let mut command = std::process::Command::new("sh");
+    command.env("RAYON_NUM_THREADS", "2").env("MALLOC_ARENA_MAX", "2");
     command.arg("-c").arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_scratchnet"));
     command.args(args);
     scratchnet_in(&mut command, args)
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 #[test]
 fn running_out_of_memory_is_an_error_not_an_abort() {
     let dir = workdir("oom");
@@ -316,6 +319,7 @@ fn running_out_of_memory_is_an_error_not_an_abort() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[cfg(target_os = "linux")]
 fn temp_count(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count())
@@ -352,5 +356,26 @@ fn hostile_files_end_the_command_with_one_line() {
     }
     let data = format!("cifar10:{}", p(&cifar));
     assert_bad_input(&["train", "--data", &data, "--steps", "1"], "record 2 of 2 is truncated: 2073 of 3073 bytes");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn inputs_that_are_not_regular_files_are_refused_not_waited_on() {
+    let dir = workdir("special-inputs");
+    let (x, y) = write_npy(&dir, "", 4, 8);
+    // A FIFO with no writer would block a plain read forever; /dev/zero would never end.
+    let fifo = dir.join("pipe.npy");
+    let c_path = std::ffi::CString::new(p(&fifo)).unwrap();
+    unsafe extern "C" {
+        fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+    }
+    // SAFETY: a valid C string; mkfifo only creates the node.
+    assert_eq!(unsafe { mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let data = npy_spec(&fifo, &y);
+    assert_bad_input(&train_args(&data, &["--steps", "1"]), "pipe.npy: cannot read: it is not a regular file");
+    let data = npy_spec(&x, &y);
+    assert_bad_input(&train_args(&data, &["--steps", "1", "--init", "/dev/zero"]), "/dev/zero: cannot read");
+    assert_bad_input(&train_args(&data, &["--steps", "1", "--init", p(&dir)]), "cannot read: it is a directory");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -48,7 +48,7 @@ pub struct Comparison {
 }
 
 fn read(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot be read: {e}")))?;
+    let text = crate::input::read_to_string(path)?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| Error::file(path, format!("is not a bench JSON file: {e}")))?;
     if !v["rows"].is_array() {

@@ -58,21 +58,31 @@ pub fn decode_records(bytes: &[u8], images: &mut Vec<f32>, labels: &mut Vec<i64>
 }
 
 fn read_records(path: &Path, images: &mut Vec<f32>, labels: &mut Vec<i64>) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let bytes = crate::input::read(path)?;
     decode_records(&bytes, images, labels).map_err(|msg| Error::file(path, msg))
+}
+
+fn empty() -> InMemory {
+    InMemory {
+        images: Vec::new(),
+        labels: Vec::new(),
+        image_shape: [3, 32, 32],
+        num_classes: 10,
+        augment: Augment::PadCropFlip { fill: (0..3).map(|c| -MEAN[c] / STD[c]).collect() },
+    }
+}
+
+/// The test set alone (`test_batch.bin`), for `--val-data cifar10:DIR`.
+pub fn load_test(dir: &Path) -> Result<InMemory> {
+    let dir = find_dir(dir)?;
+    let mut test = empty();
+    read_records(&dir.join("test_batch.bin"), &mut test.images, &mut test.labels)?;
+    Ok(test)
 }
 
 /// The training and test sets.
 pub fn load(dir: &Path) -> Result<(InMemory, InMemory)> {
     let dir = find_dir(dir)?;
-    let fill: Vec<f32> = (0..3).map(|c| -MEAN[c] / STD[c]).collect();
-    let empty = || InMemory {
-        images: Vec::new(),
-        labels: Vec::new(),
-        image_shape: [3, 32, 32],
-        num_classes: 10,
-        augment: Augment::PadCropFlip { fill: fill.clone() },
-    };
     let (mut train, mut test) = (empty(), empty());
     for i in 1..=5 {
         let path = dir.join(format!("data_batch_{i}.bin"));

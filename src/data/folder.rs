@@ -255,7 +255,7 @@ fn check_size(path: &Path, (w, h): (u32, u32), bytes_per_pixel: u64) -> Result<(
     if w == 0 || h == 0 {
         return Err(Error::file(path, format!("the image is empty ({w}×{h})")));
     }
-    if w.max(h) > MAX_ASPECT * w.min(h) {
+    if u64::from(w.max(h)) > u64::from(MAX_ASPECT) * u64::from(w.min(h)) {
         return Err(Error::file(path, format!("a {w}×{h} image is too elongated (aspect ratio above {MAX_ASPECT})")));
     }
     let bytes = w as u64 * h as u64 * bytes_per_pixel;

@@ -327,7 +327,7 @@ fn load_held_out(
 ) -> Result<Box<dyn Dataset>> {
     Ok(match source {
         DataSource::Synthetic => Box::new(synthetic::generate(0, synthetic_size.1, seed).1),
-        DataSource::Cifar10(dir) => Box::new(cifar::load(dir)?.1),
+        DataSource::Cifar10(dir) => Box::new(cifar::load_test(dir)?),
         DataSource::Npy(x, y) => Box::new(Subset::all(Arc::new(from_npy(x, y)?)).without_augmentation()),
         DataSource::Folder(dir) => Box::new(folder::load_held_out(dir, classes, crop)?),
     })

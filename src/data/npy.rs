@@ -51,7 +51,7 @@ struct Header {
 
 /// Reads an `.npy` file: floats become an f32 tensor, integers an i64 tensor.
 pub fn read(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let bytes = crate::input::read(path)?;
     parse(&bytes).map_err(|msg| Error::file(path, msg))
 }
 

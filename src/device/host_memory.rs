@@ -35,10 +35,21 @@ thread_local! {
 /// Runs `f` with allocation failures on this thread reported to the caller (a null pointer
 /// or a `try_reserve` error) rather than ending the process.
 pub fn fallible<R>(f: impl FnOnce() -> R) -> R {
-    let before = FALLIBLE.with(|c| c.replace(true));
-    let r = f();
-    FALLIBLE.with(|c| c.set(before));
-    r
+    /// Puts the mark back as it was, even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = FALLIBLE.try_with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FALLIBLE.try_with(|c| c.replace(true)).unwrap_or(false));
+    f()
+}
+
+/// Whether this thread is inside [`fallible`]. `try_with`, because the allocator may run
+/// while the thread's locals are being torn down; then nothing is fallible.
+fn in_fallible() -> bool {
+    FALLIBLE.try_with(Cell::get).unwrap_or(false)
 }
 
 /// Bytes, for a person: `22.5 MB`.
@@ -53,6 +64,17 @@ pub fn human_bytes(bytes: usize) -> String {
     } else {
         format!("{bytes} bytes")
     }
+}
+
+/// The host's memory and swap, in bytes (`MemTotal` + `SwapTotal` of `/proc/meminfo`), where
+/// the system says; `None` elsewhere.
+pub fn total_host_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<usize> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse::<usize>().ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)).saturating_mul(1024))
 }
 
 fn refused<T>(n: usize) -> Error {
@@ -195,7 +217,7 @@ unsafe impl GlobalAlloc for GuardedAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as given.
         let p = unsafe { System.alloc(layout) };
-        if p.is_null() && !FALLIBLE.with(Cell::get) {
+        if p.is_null() && !in_fallible() {
             exit_out_of_memory(layout.size());
         }
         p
@@ -204,7 +226,7 @@ unsafe impl GlobalAlloc for GuardedAllocator {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as given.
         let p = unsafe { System.alloc_zeroed(layout) };
-        if p.is_null() && !FALLIBLE.with(Cell::get) {
+        if p.is_null() && !in_fallible() {
             exit_out_of_memory(layout.size());
         }
         p
@@ -218,7 +240,7 @@ unsafe impl GlobalAlloc for GuardedAllocator {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as given.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if p.is_null() && !FALLIBLE.with(Cell::get) {
+        if p.is_null() && !in_fallible() {
             exit_out_of_memory(new_size);
         }
         p
@@ -251,12 +273,14 @@ mod tests {
 
     #[test]
     fn the_fallible_mark_is_restored() {
-        assert!(!FALLIBLE.with(Cell::get));
+        assert!(!in_fallible());
         fallible(|| {
-            assert!(FALLIBLE.with(Cell::get));
+            assert!(in_fallible());
             fallible(|| ());
-            assert!(FALLIBLE.with(Cell::get));
+            assert!(in_fallible());
         });
-        assert!(!FALLIBLE.with(Cell::get));
+        assert!(!in_fallible());
+        let _ = std::panic::catch_unwind(|| fallible(|| panic!("inside")));
+        assert!(!in_fallible(), "a panic inside leaves the mark as it was");
     }
 }

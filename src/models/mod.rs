@@ -145,7 +145,7 @@ pub fn trace_layers(model: &mut dyn Model, [c, h, w]: [usize; 3]) -> Result<Vec<
     g.start_trace();
     if let Err(e) = model.forward(&mut g, &Var::constant(x)) {
         let name = model.name().to_string();
-        let layer = g.current_layer().map(str::to_string);
+        let layer = g.current_layer().map(str::to_string).filter(|_| !matches!(e, Error::OutOfMemory { .. }));
         return Err(match layer {
             Some(layer) => {
                 let reached =
@@ -157,6 +157,15 @@ pub fn trace_layers(model: &mut dyn Model, [c, h, w]: [usize; 3]) -> Result<Vec<
     }
     // Concatenations are recorded for `bench`, but they are not modules of the network.
     Ok(g.take_trace().into_iter().filter(|l| l.op.is_module()).collect())
+}
+
+/// Bytes per image that a training step keeps for its backward pass at the least: the
+/// outputs of the convolutions (f32), which the next layer's backward or their own batch norm
+/// needs whatever is fused or recomputed. The real figure is larger (`scratchnet profile`
+/// measures it); this one is for refusing a batch that can never fit.
+pub fn kept_bytes_lower_bound(layers: &[LayerRecord]) -> usize {
+    let per_image = |l: &LayerRecord| l.output.numel() / l.output.dims().first().copied().unwrap_or(1).max(1);
+    layers.iter().filter(|l| matches!(l.op, LayerOp::Conv2d { .. })).map(|l| per_image(l) * 4).sum()
 }
 
 /// The smallest batch a training step can take, and why: 2 when some batch norm would see
