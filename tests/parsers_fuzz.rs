@@ -1,4 +1,4 @@
-//! A seeded mutation fuzz of the byte-level readers (`.npy`, safetensors, CIFAR-10): valid
+//! A seeded mutation fuzz of the byte-level readers (`.npy`, safetensors, CIFAR-10, images): valid
 //! files are truncated, flipped, given random header lengths, grown by insertions and given
 //! huge numbers in their headers, and each reader must neither panic, nor return an error
 //! of more than one line, nor allocate more than a bound tied to the input's length.
@@ -270,4 +270,55 @@ fn a_header_of_one_long_shape_costs_a_bounded_multiple_of_its_length() {
     let (peak, result) = peak_during(|| checkpoint::read_tensors(&bytes).map(|_| ()));
     assert!(result.unwrap_err().contains("100000 dimensions; at most 64 are read"));
     assert!(peak <= 40 * bytes.len() + SLACK, "{peak} bytes for a {}-byte file", bytes.len());
+}
+
+/// Image files, through an image folder: the header check at load, then the decode of a
+/// batch. A mutant may claim any size up to the decoder's cap (512 MiB decoded), so the
+/// allocation is not bounded by the file's length here; panics and multi-line errors are
+/// what is looked for.
+#[test]
+fn image_reader_survives_mutations() {
+    use scratchnet::data::{Dataset, folder};
+    let dir = std::env::temp_dir().join(format!("scratchnet-fuzz-images-{}", std::process::id()));
+    let class_dir = dir.join("val").join("c");
+    std::fs::create_dir_all(&class_dir).unwrap();
+    let encode = |img: image::DynamicImage, format: image::ImageFormat| -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let rgb = image::RgbImage::from_fn(12, 9, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, 90]));
+    let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(7, 5, |x, y| image::Luma([(x * 9000 + y) as u16]));
+    let seeds = [
+        encode(image::DynamicImage::ImageRgb8(rgb.clone()), image::ImageFormat::Png),
+        encode(image::DynamicImage::ImageLuma16(grey16), image::ImageFormat::Png),
+        encode(image::DynamicImage::ImageRgb8(rgb), image::ImageFormat::Jpeg),
+    ];
+    let classes = ["c".to_string()];
+    let mut refused = 0;
+    let cases = 2000;
+    for case in 0..cases {
+        let seed = case as u64;
+        let mut rng = Rng::new(seed);
+        let mut bytes = seeds[rng.below(seeds.len())].clone();
+        // A PNG keeps its width at bytes 16..20; a JPEG's size sits a little further on.
+        let steps: Vec<String> = (0..1 + rng.below(3)).map(|_| mutate(&mut rng, &mut bytes, (16, 4))).collect();
+        let path = class_dir.join("x.png");
+        std::fs::write(&path, &bytes).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let set = folder::load_held_out(&dir, Some(&classes), 8).map_err(|e| e.to_string())?;
+            set.get(0, None).map(|_| ()).map_err(|e| e.to_string())
+        }));
+        let what = format!("image case {case} (Rng seed {seed}, {} bytes, {})", bytes.len(), steps.join(", "));
+        match outcome {
+            Err(_) => panic!("{what}: the reader panicked"),
+            Ok(Err(msg)) => {
+                refused += 1;
+                assert!(!msg.contains(['\n', '\r']), "{what}: the error is not one line: {msg:?}");
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    assert!(refused > cases / 4, "only {refused} of {cases} mutants were refused");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
