@@ -204,21 +204,9 @@ fn layout_error(bytes: &[u8], e: SafeTensorError) -> String {
     }
 }
 
-/// Text from the file, with control characters escaped and cut at 160 characters, so a
-/// message quoting it stays one line.
+/// Text from the file or the safetensors crate, cut at 160 characters, on one line.
 fn shown(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars().take(160) {
-        if c.is_control() || (c.is_whitespace() && c != ' ') {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    if text.chars().nth(160).is_some() {
-        out.push('…');
-    }
-    out
+    crate::error::one_line(text, 160)
 }
 
 /// Loads weights from `path` into `model`, placing each on the device its parameter lives on.

@@ -84,3 +84,31 @@ impl Error {
         Error::File { path: path.as_ref().display().to_string(), msg: msg.to_string() }
     }
 }
+
+/// `text` made fit for a one-line message: control characters and line breaks escaped
+/// (`\n`), cut after `max` characters with `…`. For text quoted from a file or a library.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() || (c.is_whitespace() && c != ' ') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    let mut out = out.trim_end().to_string();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoted_text_stays_on_one_line() {
+        assert_eq!(super::one_line("a\nb\tc", 10), "a\\nb\\tc");
+        assert_eq!(super::one_line("abcdef", 3), "abc…");
+        assert_eq!(super::one_line("ab  ", 10), "ab");
+    }
+}

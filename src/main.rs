@@ -485,17 +485,7 @@ fn run_infer(a: InferArgs) -> Result<()> {
     let (n, c, h, w) = x.shape().dims4().ok_or_else(|| Error::file(&a.input, "expected N×C×H×W images"))?;
     let values = x.to_vec::<f32>()?;
     let per = c * h * w;
-    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::file(
-            &a.input,
-            format!(
-                "image {} holds {} (value {} of it); the images must be finite numbers",
-                at / per,
-                values[at],
-                at % per
-            ),
-        ));
-    }
+    scratchnet::data::check_finite(&a.input, &values, per)?;
     let mut logits = Vec::with_capacity(n * classes);
     for start in (0..n).step_by(a.batch_size) {
         let end = (start + a.batch_size).min(n);

@@ -207,15 +207,7 @@ fn format_of(path: &Path, head: &[u8]) -> Result<Format> {
 /// An error of the decoder, on one line.
 fn cannot_decode(path: &Path, e: impl std::fmt::Display) -> Error {
     let text = e.to_string();
-    let mut line = String::new();
-    for c in text.trim_matches('"').chars().take(200) {
-        if c.is_control() {
-            line.push(' ');
-        } else {
-            line.push(c);
-        }
-    }
-    Error::file(path, format!("cannot decode the image: {line}"))
+    Error::file(path, format!("cannot decode the image: {}", crate::error::one_line(text.trim_matches('"'), 200)))
 }
 
 /// Strict decoding (damaged data is an error, not grey pixels) to 8-bit RGB. The size limit

@@ -346,6 +346,22 @@ impl Subset {
     }
 }
 
+/// Refuses images (`per` values each, from the file at `path`) holding NaN or infinity,
+/// which would otherwise surface much later as a loss of NaN.
+pub fn check_finite(path: &std::path::Path, values: &[f32], per: usize) -> Result<()> {
+    let Some(at) = values.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let per = per.max(1);
+    Err(Error::file(
+        path,
+        format!(
+            "image {} holds {} (value {} of it); the images must be finite numbers",
+            at / per,
+            values[at],
+            at % per
+        ),
+    ))
+}
+
 /// `npy:X.npy,Y.npy`: float images `N×C×H×W` and integer labels `N`, used as given.
 pub fn from_npy(x_path: &std::path::Path, y_path: &std::path::Path) -> Result<InMemory> {
     let x = npy::read(x_path)?;
@@ -369,18 +385,7 @@ pub fn from_npy(x_path: &std::path::Path, y_path: &std::path::Path) -> Result<In
     }
     let num_classes = labels.iter().max().map_or(1, |&m| m as usize + 1);
     let images = x.to_vec::<f32>()?;
-    if let Some(at) = images.iter().position(|v| !v.is_finite()) {
-        let per = c * h * w;
-        return Err(Error::file(
-            x_path,
-            format!(
-                "image {} holds {} (value {} of it); the images must be finite numbers",
-                at / per,
-                images[at],
-                at % per
-            ),
-        ));
-    }
+    check_finite(x_path, &images, c * h * w)?;
     Ok(InMemory {
         images,
         labels,

@@ -309,19 +309,9 @@ fn shape_text(shape: &[usize]) -> String {
     }
 }
 
-/// Text from the file, quoted, with control characters escaped and cut at 40 characters, so
-/// an error message quoting it stays one short line.
+/// Text from the file, quoted, cut at 40 characters, on one line.
 fn shown(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars().take(40) {
-        if c.is_control() || (c.is_whitespace() && c != ' ') {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    let cut = if text.chars().nth(40).is_some() { "…" } else { "" };
-    format!("'{}{cut}'", out.trim_end())
+    format!("'{}'", crate::error::one_line(text, 40))
 }
 
 /// The bytes of a version-1.0 `.npy` file of `shape` whose elements are `data`, of numpy
