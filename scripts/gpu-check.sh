@@ -1,128 +1,316 @@
 #!/usr/bin/env bash
-# The checks that need an NVIDIA GPU, run with a binary built elsewhere (no Rust toolchain is
-# needed here): the device report, every kernel against the CPU reference (and again under
-# compute-sanitizer's memcheck), running out of GPU memory, then `scratchnet bench` at batch 64 beside PyTorch/cuDNN on the
-# same GPU (scripts/torch_baseline.py), AlexNet's towers on two streams, and the comparison
-# table last. Budget: 6 minutes on one H100. --full adds racecheck and a short training run
-# whose loss must fall.
+# Everything the project needs to learn from a lent GPU, in one run that ends by a deadline.
 #
-# Usage: scripts/gpu-check.sh [--full] [path/to/scratchnet]    (default: target/release/scratchnet)
-# Environment: OUT=dir to keep the logs, bench.json, torch.json and roofline.svg
-#              (default: a temporary directory); BENCH_ARGS to pass more flags to the bench.
+# A GPU is lent for about 15 minutes in all, machine start included, with no Rust toolchain:
+# this script runs a binary built elsewhere (scripts/build-for-gpu.sh makes the bundle it
+# lives in). The checks come in three tiers, most needed first; each step gets what is left
+# of one deadline (at most its own cap), and a step the deadline leaves no time for is
+# skipped, not started. Each result lands on disk as soon as it exists: a line per step in
+# steps.jsonl, a line per timed problem in the bench and PyTorch files (JSON lines), so a run
+# cut short keeps everything before the cut.
+#
+#   tier 1  devices; selftest (every kernel against the CPU reference); a short training run
+#           whose loss must fall; the same run as a captured CUDA graph, step by step equal to
+#           it; AlexNet's training step with and without --towers.
+#   tier 2  bench of the ResNet-50, memory-bound and GEMM suites, each followed by the same
+#           problems in PyTorch (scripts/torch_baseline.py; needs torch, and torchvision for the
+#           ResNet/DenseNet training steps, which are skipped without it).
+#   tier 3  the other networks (AlexNet, ResNet-18, DenseNet-121) beside PyTorch;
+#           compute-sanitizer memcheck and racecheck on the selftest with the allocator's cache
+#           off (SCRATCHNET_NO_CACHE=1); a profiled step with a trace; running out of memory;
+#           captured training steps at batch 1, 4 and 8.
+#
+# A failing `devices` or selftest ends the run early: nothing after it would mean anything.
+# The last thing printed is the table of steps (passed, failed, skipped, and why) and the
+# comparison with PyTorch of what was measured.
+#
+# Usage: gpu-check.sh [--deadline SECONDS] [--device cuda|emu] [--quick] [--tiers LIST] [--out DIR] [BINARY]
+#   --deadline  seconds for the whole run (default 480)
+#   --tiers     the tiers to run, e.g. 3 or 1,3 (default 1,2,3); devices and the selftest
+#               always run first, since nothing after them means anything if they fail
+#   --device    cuda (default), or emu to run the checks through the emulator on the CPU
+#   --quick     small shapes and few steps, for trying the script itself (CI runs
+#               `--device emu --quick`); the loss is then only checked to be finite
+#   --out       where the logs and results go (default $OUT, else a new temporary directory)
+#   BINARY      scratchnet to run (default: the one beside this script in a bundle, else
+#               target/release/scratchnet)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
 
-full=0
-if [ "${1:-}" = "--full" ]; then
-    full=1
-    shift
+deadline_s=480
+tiers_wanted=1,2,3
+device=cuda
+quick=0
+out=${OUT:-}
+bin=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --deadline) deadline_s=${2:-}; shift 2 ;;
+        --device) device=${2:-}; shift 2 ;;
+        --quick) quick=1; shift ;;
+        --out) out=${2:-}; shift 2 ;;
+        --tiers) tiers_wanted=${2:-}; shift 2 ;;
+        -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "error: unknown option $1 (see $0 --help)" >&2; exit 2 ;;
+        *) bin=$1; shift ;;
+    esac
+done
+case $deadline_s in ''|*[!0-9]*) echo "error: --deadline takes a number of seconds, got '$deadline_s'" >&2; exit 2 ;; esac
+case $device in cuda|emu) ;; *) echo "error: --device must be cuda or emu, got '$device'" >&2; exit 2 ;; esac
+case ,$tiers_wanted, in *[!0-9,]* | ,, | *,[!123],* | *,[0-9][0-9]*) echo "error: --tiers takes a list of 1, 2 and 3, got '$tiers_wanted'" >&2; exit 2 ;; esac
+wants() { case ,$tiers_wanted, in *,$1,*) return 0 ;; *) return 1 ;; esac; }
+if [ -z "$bin" ]; then
+    if [ -x "$here/scratchnet" ]; then bin=$here/scratchnet; else bin=$here/../target/release/scratchnet; fi
 fi
-bin=${1:-target/release/scratchnet}
-out=${OUT:-$(mktemp -d)}
-mkdir -p "$out"
 if [ ! -x "$bin" ]; then
-    echo "error: $bin not found or not executable (build it with: cargo build --release)" >&2
+    echo "error: $bin not found or not executable (build it with scripts/build-for-gpu.sh or cargo build --release)" >&2
     exit 2
 fi
+baseline=$here/torch_baseline.py
+out=${out:-$(mktemp -d)}
+mkdir -p "$out" || exit 2
+: >"$out/steps.jsonl"
 
-declare -a names results times
+end=$((SECONDS + deadline_s))
+# Seconds kept back from every step for the comparison and the summary at the end.
+reserve=10
+export SCRATCHNET_AUTOTUNE_CACHE="$out/autotune.tsv"
+
+declare -a names tiers results times
+# record NAME TIER RESULT SECONDS: one row of the summary, also appended to steps.jsonl.
+record() {
+    names+=("$1"); tiers+=("$2"); results+=("$3"); times+=("$4")
+    local text=${3//\\/\\\\}
+    text=${text//\"/\\\"}
+    printf '{"step":"%s","tier":%s,"result":"%s","seconds":"%s"}\n' "$1" "$2" "$text" "$4" >>"$out/steps.jsonl"
+}
+# amend RESULT: replaces the result of the last step (after checking its output).
+amend() {
+    local i=$((${#results[@]} - 1))
+    results[i]=$1
+    printf '{"step":"%s","amended":"%s"}\n' "${names[i]}" "${1//\"/\\\"}" >>"$out/steps.jsonl"
+}
+skip() { record "$1" "$2" "SKIPPED ($3)" "-"; }
+
+# run_step NAME TIER CAP COMMAND...: runs the command with its output in $out/NAME.log for at
+# most CAP seconds or what is left of the deadline; returns its exit status (124: timed out,
+# 125: not started for lack of time).
 run_step() {
-    # run_step NAME TIMEOUT_SECONDS COMMAND...: runs the command with its output in
-    # $out/NAME.log, and records PASS/FAIL and the time it took.
-    local name=$1 limit=$2
-    shift 2
+    local name=$1 tier=$2 cap=$3
+    shift 3
+    local left=$((end - SECONDS - reserve))
+    local limit=$((cap < left ? cap : left))
+    if [ "$limit" -lt 5 ]; then
+        skip "$name" "$tier" "deadline: ${left}s left"
+        return 125
+    fi
+    echo "== [tier $tier] $name (up to ${limit}s): $*"
     local start=$SECONDS
-    echo "== $name: $*"
-    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
-    tail -n 25 "$out/$name.log"
-    names+=("$name")
-    times+=("$((SECONDS - start)) s")
-    if [ $rc -eq 0 ]; then results+=("PASS"); else results+=("FAIL (exit $rc)"); fi
+    tail -n 6 "$out/$name.log" | cut -c1-200
+    local took="$((SECONDS - start)) s"
+    case $rc in
+        0) record "$name" "$tier" "PASS" "$took" ;;
+        124|137) record "$name" "$tier" "FAIL (timed out after ${limit}s)" "$took" ;;
+        *) record "$name" "$tier" "FAIL (exit $rc: $(grep -m1 '^error' "$out/$name.log" | cut -c1-100))" "$took" ;;
+    esac
     return $rc
 }
 
-run_step devices 60 "$bin" devices
-# Wait for each kernel in the checks, so a kernel that faults is named in the error.
-export SCRATCHNET_CUDA_SYNC=1
-run_step selftest 120 "$bin" selftest --device cuda
+summary() {
+    echo
+    echo "== summary: $device, deadline ${deadline_s}s, used $((SECONDS - end + deadline_s))s (logs and results in $out)"
+    printf '%-16s %-5s %-8s %s\n' "step" "tier" "time" "result"
+    local failed=0 i
+    for i in "${!names[@]}"; do
+        printf '%-16s %-5s %-8s %s\n' "${names[i]}" "${tiers[i]}" "${times[i]}" "${results[i]}"
+        case ${results[i]} in PASS*|SKIPPED*) ;; *) failed=1 ;; esac
+    done
+    local f
+    for f in "$out"/compare-*.log; do
+        [ -s "$f" ] || continue
+        echo
+        echo "== scratchnet against PyTorch on this GPU, $(basename "$f" .log | cut -d- -f2-) (ratio: scratchnet throughput / PyTorch's)"
+        cat "$f"
+    done
+    return $failed
+}
 
-if command -v compute-sanitizer >/dev/null 2>&1; then
-    # --error-exitcode makes a reported error fail the step even if the selftest passes.
-    run_step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin" selftest --device cuda
-    if [ $full -eq 1 ]; then
-        run_step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 3 "$bin" selftest --device cuda
-    fi
+stop_early() {
+    echo "error: $1; the checks after it would mean nothing" >&2
+    summary
+    exit 1
+}
+
+# Steps of one training run, and a column of its per-step log: losses of the training rows.
+train_losses() { awk -F, '$3 == "train" { print $4 }' "$1"; }
+
+# ---- tier 1 ----------------------------------------------------------------------------------
+run_step devices 1 30 "$bin" devices || stop_early "scratchnet devices failed"
+if [ "$device" = cuda ]; then usable='^cuda:0 +usable'; else usable='^emu +usable'; fi
+if grep -Eq "$usable" "$out/devices.log"; then
+    amend "PASS ($(grep -E "$usable" "$out/devices.log" | cut -c1-100))"
 else
-    names+=("sanitizers"); results+=("SKIPPED (compute-sanitizer not found)"); times+=("-")
-fi
-unset SCRATCHNET_CUDA_SYNC
-
-# Running out of GPU memory: ResNet-50 at batch 4096 needs some 400 GB of activations. The
-# allocator must empty its cache, retry once, then end the run with one line that says how
-# much was needed (exit 2), not crash.
-run_step oom 60 "$bin" profile --device cuda --model resnet50 --batch-size 4096 --steps 1
-if [ "$(tail -n 1 "$out/oom.log" | grep -c '^error: out of memory on cuda')" = 1 ] &&
-    grep -q 'exit 2' <<<"${results[${#results[@]}-1]}"; then
-    results[${#results[@]}-1]="PASS ($(tail -n 1 "$out/oom.log" | cut -c1-60)...)"
-else
-    results[${#results[@]}-1]="FAIL (expected exit 2 and 'error: out of memory on cuda')"
+    amend "FAIL ($(grep -m1 "^${device}" "$out/devices.log" | cut -c1-120))"
+    stop_early "$device is not usable"
 fi
 
-if [ $full -eq 1 ]; then
-    # A short training run on the GPU: ResNet-20 on the synthetic data, 3 epochs of 94 steps.
-    # The loss must fall: the last epoch's training loss below 60% of the first epoch's.
-    if run_step train 240 "$bin" train --device cuda --epochs 3 --batch-size 64; then
-        first=$(grep -m1 '^epoch 1: train loss' "$out/train.log" | awk '{print $5}')
-        last=$(grep '^epoch 3: train loss' "$out/train.log" | awk '{print $5}')
-        if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 0 && b < 0.6 * a) }'; then
-            results[${#results[@]}-1]="PASS (loss $first -> $last)"
+# Wait for each kernel, so that a kernel that faults is the one named in the error.
+SCRATCHNET_CUDA_SYNC=1 run_step selftest 1 150 "$bin" selftest --device "$device" ||
+    stop_early "the selftest failed ($(grep -m3 -i 'fail\|error' "$out/selftest.log" | tr '\n' ' ' | cut -c1-160))"
+
+if wants 1; then
+# A short training run, then the same as a captured graph: same seed, same batches, same
+# kernels (the autotuner's choices are shared through its cache file), so step by step the
+# losses must agree.
+if [ $quick -eq 1 ]; then train=(--steps 4 --batch-size 4); else train=(--steps 200 --batch-size 64); fi
+train+=(--device "$device" --holdout 0 --seed 1)
+if run_step train 1 90 "$bin" train "${train[@]}" --log "$out/train.csv"; then
+    mapfile -t plain < <(train_losses "$out/train.csv")
+    n=${#plain[@]}
+    if [ $quick -eq 1 ]; then
+        verdict=$(printf '%s\n' "${plain[@]}" | awk '{ if (!($1 + 0 == $1) || $1 != $1) bad = 1 } END { print bad ? "bad" : "ok" }')
+        [ "$verdict" = ok ] && amend "PASS (losses finite: ${plain[0]} -> ${plain[n - 1]}; --quick checks no fall)" ||
+            amend "FAIL (a loss is not finite)"
+    else
+        # The mean loss of the last 20 steps under 90% of the first 20's (on the built-in data,
+        # ResNet-20 goes from about 2.6 to 2.1 in 120 steps of 64 on the CPU).
+        read -r first last < <(printf '%s\n' "${plain[@]}" |
+            awk -v n="$n" 'NR <= 20 { a += $1 } NR > n - 20 { b += $1 } END { printf "%.4f %.4f\n", a / 20, b / 20 }')
+        if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 0 && b < 0.9 * a) }'; then
+            amend "PASS (mean loss of 20 steps $first -> $last)"
         else
-            results[${#results[@]}-1]="FAIL (loss $first -> $last did not fall enough)"
+            amend "FAIL (mean loss of 20 steps $first -> $last: did not fall below 90%)"
         fi
     fi
+    if run_step cuda-graph 1 90 "$bin" train "${train[@]}" --cuda-graph --log "$out/train-graph.csv"; then
+        mapfile -t graph < <(train_losses "$out/train-graph.csv")
+        worst=$(paste <(printf '%s\n' "${plain[@]:0:10}") <(printf '%s\n' "${graph[@]:0:10}") |
+            awk '{ d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r } END { printf "%.2g", m }')
+        if [ "${#graph[@]}" -eq "$n" ] && awk -v w="$worst" 'BEGIN { exit !(w <= 1e-3) }'; then
+            amend "PASS (first 10 losses equal to the plain run's within $worst)"
+        else
+            amend "FAIL (${#graph[@]} steps; first 10 losses differ from the plain run's by up to $worst)"
+        fi
+    fi
+else
+    skip cuda-graph 1 "the plain training run failed"
 fi
 
-# The benchmarks: every op at the layer shapes of AlexNet, ResNet-18/50 and DenseNet-121 at
-# batch 64, the memory-bound ops on 256 MB tensors, SGEMM, and a training step of each
-# network; then the same problems in PyTorch, and the two side by side.
-export SCRATCHNET_AUTOTUNE_CACHE="$out/autotune.tsv"
-# shellcheck disable=SC2086
-run_step bench 240 "$bin" bench --device cuda --json "$out/bench.json" --plot "$out/roofline.svg" ${BENCH_ARGS:-}
-# What capturing the training step as a CUDA graph saves at small batches (ResNet-50).
-for b in 1 4 8; do
-    run_step "graph-b$b" 45 "$bin" bench --device cuda --suite resnet50 --batch "$b" --filter "train step" \
-        --variants all --json "$out/graph-b$b.json"
-done
-# AlexNet's two towers on two streams (--towers): the training step with and without, and a
-# profiled step whose report says how long the towers ran side by side, with a trace that
-# shows each side stream as its own track.
-run_step towers 60 "$bin" bench --device cuda --suite alexnet --filter "train step" --variants all \
-    --json "$out/towers.json"
-run_step towers-trace 60 "$bin" profile --model alexnet --device cuda --batch-size 64 --steps 3 --towers \
-    --trace "$out/alexnet-towers-trace.json"
-grep -A 8 '^side streams' "$out/towers-trace.log"
-compared=0
-if [ -s "$out/bench.json" ]; then
-    if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch, torchvision' 2>/dev/null; then
-        run_step torch 150 python3 scripts/torch_baseline.py "$out/bench.json" --out "$out/torch.json" &&
-            run_step compare 30 "$bin" bench --compare "$out/bench.json" "$out/torch.json" && compared=1
+# AlexNet's towers: the training step with and without --towers (the selftest checked that
+# the towers compute the same bits); what running the two groups side by side saves.
+if [ $quick -eq 1 ]; then
+    skip towers 1 "--quick: AlexNet at 227x227 is minutes on the emulator; tests/towers.rs covers it there"
+elif run_step towers 1 60 "$bin" bench --device "$device" --suite alexnet --filter "train step" --variants all \
+    --json "$out/towers.jsonl"; then
+    step_ms() { python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    row = json.loads(line)
+    if row.get("variant") == sys.argv[2]: print("%.2f" % row["median_ms"]); break' "$out/towers.jsonl" "$1" 2>/dev/null; }
+    plain_ms=$(step_ms default)
+    towers_ms=$(step_ms towers)
+    if [ -n "$towers_ms" ] && [ -n "$plain_ms" ]; then
+        amend "PASS (AlexNet step $plain_ms ms plain, $towers_ms ms with towers)"
     else
-        names+=("torch"); results+=("SKIPPED (python3 with torch and torchvision not found)"); times+=("-")
+        amend "FAIL (no plain and towers rows in $out/towers.jsonl)"
+    fi
+fi
+fi
+
+# ---- tier 2 ----------------------------------------------------------------------------------
+have_torch=0
+if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch' 2>/dev/null; then have_torch=1; fi
+if [ $quick -eq 1 ]; then
+    bench_args=(--batch 1 --size-mb 1 --gemm-size 32 --repeats 1)
+else
+    bench_args=()
+fi
+# bench_pair SUITE TIER CAP [BENCH FLAGS]: scratchnet's bench of one suite, then PyTorch on the
+# same problems.
+bench_pair() {
+    local suite=$1 tier=$2 cap=$3
+    shift 3
+    run_step "bench-$suite" "$tier" "$cap" "$bin" bench --device "$device" --suite "$suite" "${bench_args[@]}" "$@" \
+        --json "$out/bench-$suite.jsonl"
+    local rows=0
+    [ -f "$out/bench-$suite.jsonl" ] && rows=$(($(wc -l <"$out/bench-$suite.jsonl") - 1))
+    [ "$rows" -gt 0 ] || { skip "torch-$suite" "$tier" "no bench rows"; return; }
+    amend "${results[-1]} ($rows rows)"
+    if [ $have_torch -eq 0 ]; then
+        skip "torch-$suite" "$tier" "python3 with torch not found"
+        return
+    fi
+    local torch_device=cuda
+    [ "$device" = emu ] && torch_device=cpu
+    PYTHONUNBUFFERED=1 run_step "torch-$suite" "$tier" "$cap" python3 "$baseline" "$out/bench-$suite.jsonl" \
+        --out "$out/torch-$suite.jsonl" --device "$torch_device"
+    if [ -s "$out/torch-$suite.jsonl" ]; then
+        "$bin" bench --compare "$out/bench-$suite.jsonl" "$out/torch-$suite.jsonl" >"$out/compare-$suite.log" 2>&1 ||
+            echo "(comparison of $suite failed: $(head -c 200 "$out/compare-$suite.log"))"
+    fi
+}
+if wants 2; then
+    if [ $quick -eq 1 ]; then
+        skip bench-resnet50 2 "--quick: ResNet-50 at 224x224 is minutes on the emulator"
+    else
+        bench_pair resnet50 2 150
+    fi
+    bench_pair memory 2 90
+    if [ $quick -eq 1 ]; then
+        # The emulator takes seconds for one of AlexNet's classifier products.
+        bench_pair gemm 2 60 --filter sgemm
+    else
+        bench_pair gemm 2 60
     fi
 fi
 
-echo
-echo "== summary (logs in $out)"
-printf '%-12s %-8s %s\n' "check" "time" "result"
-failed=0
-for i in "${!names[@]}"; do
-    printf '%-12s %-8s %s\n' "${names[$i]}" "${times[$i]}" "${results[$i]}"
-    case "${results[$i]}" in PASS*|SKIPPED*) ;; *) failed=1 ;; esac
-done
-if [ $compared -eq 1 ]; then
-    echo
-    echo "== scratchnet against PyTorch on this GPU (ratio: scratchnet throughput / PyTorch's)"
-    cat "$out/compare.log"
+# ---- tier 3 ----------------------------------------------------------------------------------
+# Memory errors first: no figure means much if a kernel reads out of bounds.
+sanitize() {
+    if [ "$device" = cuda ] && command -v compute-sanitizer >/dev/null 2>&1; then
+        # Without the cache, every buffer has its exact size and every free goes back to the
+        # driver, so memcheck sees a read past a buffer's end or after its free.
+        SCRATCHNET_NO_CACHE=1 run_step "$1" 3 150 compute-sanitizer --tool "$1" --error-exitcode 3 \
+            "$bin" selftest --device cuda
+    else
+        skip "$1" 3 "compute-sanitizer runs on cuda only"
+    fi
+}
+if wants 3; then
+    sanitize memcheck
+
+    if [ $quick -eq 1 ]; then prof=(--batch-size 2 --steps 1); else prof=(--model resnet50 --batch-size 64 --steps 3); fi
+    run_step profile 3 60 "$bin" profile --device "$device" "${prof[@]}" --trace "$out/trace.json" &&
+        amend "PASS ($(head -1 "$out/profile.log" | cut -c1-110))"
+
+    if [ $quick -eq 1 ]; then
+        skip networks 3 "--quick: the ImageNet networks are minutes on the emulator"
+    else
+        for suite in alexnet resnet18 densenet121; do bench_pair "$suite" 3 120; done
+    fi
+
+    sanitize racecheck
+
+    if [ "$device" = cuda ]; then
+        # ResNet-50 at batch 4096 needs some 400 GB of activations: the allocator must empty its
+        # cache, retry once, then end the run with one line that says so (exit 2), not crash.
+        run_step oom 3 60 "$bin" profile --device cuda --model resnet50 --batch-size 4096 --steps 1
+        if [[ ${results[-1]} != SKIPPED* ]]; then
+            if tail -n 1 "$out/oom.log" | grep -q '^error: out of memory on cuda' && [[ ${results[-1]} == *"exit 2"* ]]; then
+                amend "PASS ($(tail -n 1 "$out/oom.log" | cut -c1-80)...)"
+            else
+                amend "FAIL (expected exit 2 and 'error: out of memory on cuda')"
+            fi
+        fi
+        # What capturing the training step as a CUDA graph saves at small batches (ResNet-50).
+        for b in 1 4 8; do
+            run_step "graph-b$b" 3 45 "$bin" bench --device cuda --suite resnet50 --batch "$b" --filter "train step" \
+                --variants all --json "$out/graph-b$b.jsonl"
+        done
+        run_step towers-trace 3 60 "$bin" profile --model alexnet --device cuda --batch-size 64 --steps 3 --towers \
+            --trace "$out/alexnet-towers-trace.json"
+    fi
 fi
-exit $failed
+
+summary

@@ -6,6 +6,12 @@ runs the same problem through PyTorch's own kernels (cuDNN for convolutions and 
 cuBLAS for products) and writes a file of the same form, whose rows carry the same keys, so
 that `scratchnet bench --compare ours.json torch.json` can set them side by side.
 
+Both files are JSON lines: a header line, then one line per problem, written and flushed as
+soon as it is timed, so that a run stopped by a deadline keeps the rows it measured. The bench
+file may also be the older single document with a "rows" list. Only `torch` is needed; the
+training steps of the torchvision networks (ResNets, DenseNets) need `torchvision` too, and are
+listed as skipped without it.
+
 Everything runs in true FP32: TF32 is switched off for cuDNN and for matmul, as scratchnet's
 kernels do FP32 arithmetic. cuDNN's benchmark mode is on (scratchnet's autotuner does the same
 job). Timing follows the same rule as scratchnet's: two warm-up runs, then at least --repeats
@@ -241,10 +247,17 @@ class AlexNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+class NeedsTorchvision(Exception):
+    """A problem that needs torchvision, which is not installed: skipped, not failed."""
+
+
 def build_model(name, num_classes, memory_efficient=False):
     if name == "alexnet":
         return AlexNet(num_classes)
-    import torchvision
+    try:
+        import torchvision
+    except ImportError as e:
+        raise NeedsTorchvision(f"the {name} training step needs torchvision ({e})") from None
     if name.startswith("densenet"):
         return getattr(torchvision.models, name)(num_classes=num_classes, memory_efficient=memory_efficient)
     return getattr(torchvision.models, name)(num_classes=num_classes)
@@ -296,6 +309,48 @@ def matmul(spec, dev):
 MAKERS["matmul"] = matmul
 
 
+def read_bench(path):
+    """The rows of a bench file: JSON lines (header, then rows; a last line cut off by a
+    stopped run is skipped) or the older single document with a "rows" list."""
+    with open(path) as f:
+        text = f.read()
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
+            return doc["rows"]
+    except ValueError:
+        pass
+    lines = [l for l in text.splitlines() if l.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            if i + 1 == len(lines) and i > 0:
+                break
+            raise ValueError(f"line {i + 1} is not JSON")
+        if not isinstance(value, dict):
+            raise ValueError(f"line {i + 1} is not a JSON object")
+        if i == 0 and "tool" in value:
+            continue
+        rows.append(value)
+    return rows
+
+
+class JsonLines:
+    """A results file written a line at a time, each line flushed as soon as it is written."""
+
+    def __init__(self, path):
+        self.f = open(path, "w")
+
+    def write(self, value):
+        self.f.write(json.dumps(value) + "\n")
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", help="scratchnet bench --json output")
@@ -307,11 +362,11 @@ def main():
     a = ap.parse_args()
 
     try:
-        with open(a.bench) as f:
-            bench = json.load(f)
-        rows = bench["rows"]
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"error: {a.bench} is not a bench JSON file: {e}")
+        rows = read_bench(a.bench)
+        for row in rows:
+            row["key"], row["spec"], row["suite"], row["label"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"error: {a.bench} is not a bench results file: {e}")
     dev = torch.device(a.device)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -319,8 +374,14 @@ def main():
     torch.set_grad_enabled(False)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"PyTorch {torch.__version__} on {name}, cuDNN {torch.backends.cudnn.version()}, TF32 off")
+    try:
+        out = JsonLines(a.out)
+    except OSError as e:
+        sys.exit(f"error: {a.out} cannot be written: {e}")
+    out.write({"tool": "torch_baseline", "torch": torch.__version__, "device": str(dev), "device_name": name,
+               "cudnn": torch.backends.cudnn.version(), "tf32": False})
 
-    out_rows, seen = [], set()
+    out_rows, seen, skipped = [], set(), 0
     for row in rows:
         key, spec = row["key"], row["spec"]
         if not row.get("primary", True) or key in seen:
@@ -337,21 +398,24 @@ def main():
             else:
                 median, low, runs = timer(dev, a.repeats, MAKERS[spec["op"]](spec, dev))
                 result = {"median_ms": median, "min_ms": low, "runs": runs}
+        except NeedsTorchvision as e:
+            print(f"{row['suite']:<12} {row['label']:<52} skipped: {e}", flush=True)
+            out.write({"key": key, "suite": row["suite"], "label": row["label"], "skipped": str(e)})
+            skipped += 1
+            continue
         except Exception as e:  # one failing problem (out of memory, an op missing) is reported, not fatal
             print(f"{row['suite']:<12} {row['label']:<52} failed: {type(e).__name__}: {e}".splitlines()[0])
             continue
         result.update({"key": key, "suite": row["suite"], "label": row["label"]})
+        out.write(result)
         out_rows.append(result)
         extra = f"  peak {result['peak_mb']:.0f} MiB" if "peak_mb" in result else ""
         print(f"{row['suite']:<12} {row['label']:<52} {result['median_ms']:>10.3f} ms{extra}", flush=True)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
-    doc = {"tool": "torch_baseline", "torch": torch.__version__, "device": str(dev), "device_name": name,
-           "cudnn": torch.backends.cudnn.version(), "tf32": False, "rows": out_rows}
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"wrote {a.out} ({len(out_rows)} rows)")
+    out.close()
+    print(f"wrote {a.out} ({len(out_rows)} rows" + (f", {skipped} skipped: no torchvision)" if skipped else ")"))
     if not all(math.isfinite(r["median_ms"]) for r in out_rows):
         sys.exit("error: a timing is not finite")
 

@@ -262,7 +262,7 @@ struct BenchArgs {
     /// Leave out the whole training step of each network.
     #[arg(long)]
     no_train_step: bool,
-    /// Write every row, with each problem's spec, as JSON here (for scripts/torch_baseline.py).
+    /// Write every row, with each problem's spec, here as JSON lines, each as it is measured (for scripts/torch_baseline.py).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Draw every problem on the measured roofline, as SVG, here.
@@ -591,9 +591,13 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     if opts.device == Device::Emu {
         err!("note: the emulator runs kernels on the CPU; its timings say nothing about a GPU");
     }
+    // The results file is written as the run goes, a line per row (bench::jsonl), so that a
+    // run stopped by a deadline keeps every row measured before it.
+    let results = std::cell::RefCell::new(a.json.as_deref().map(bench::jsonl::JsonLines::create).transpose()?);
     let report = bench::run(
         &opts,
-        |c| {
+        |h| {
+            let c = h.ceilings;
             out!(
                 "ceilings on {}: copy {:.1} GB/s ({} MiB), SGEMM {:.1} GFLOP/s ({n}³)",
                 opts.device,
@@ -603,14 +607,15 @@ fn run_bench(a: BenchArgs) -> Result<()> {
                 n = c.gemm_size
             );
             out!("{}", Report::header());
+            results.borrow_mut().as_mut().map_or(Ok(()), |f| f.write(&h.to_json()))
         },
-        |row, c| out!("{}", bench::line(row, c)),
+        |row, c| {
+            out!("{}", bench::line(row, c));
+            results.borrow_mut().as_mut().map_or(Ok(()), |f| f.write(&row.to_json(c)))
+        },
     )?;
     if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report.to_json())
-            .map_err(|e| Error::argument("bench", format!("cannot write JSON: {e}")))?;
-        output::write_atomically(path, text.as_bytes())?;
-        out!("wrote {}", path.display());
+        out!("wrote {} ({} rows)", path.display(), report.rows.len());
     }
     if let Some(path) = &a.plot {
         let title = format!("scratchnet on {} ({}), batch {}", report.device_name, report.device, report.batch);

@@ -272,8 +272,11 @@ fn bench_times_problems_writes_json_and_compares_two_runs() {
     assert!(text.starts_with("ceilings on cpu: copy "), "{text}");
     // The flat problems of the memory suite: copy, ReLU both ways, add, add_assign, SGD.
     assert!(text.contains("relu fwd 1 MiB") && text.contains("relu bwd 1 MiB"), "{text}");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let rows = doc["rows"].as_array().unwrap();
+    // JSON lines: the header (device, ceilings), then one row per line.
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (doc, rows) = (&lines[0], &lines[1..]);
+    assert_eq!(doc["tool"], "scratchnet bench");
     assert_eq!(rows.len(), 6, "{text}");
     for row in rows {
         assert!(row["median_ms"].as_f64().unwrap() > 0.0);
@@ -326,7 +329,10 @@ fn bench_refuses_bad_options_before_timing_anything() {
     assert_bad_input(&["bench", "--compare", p(&missing), p(&missing)], "cannot read");
     let junk = dir.join("junk.json");
     std::fs::write(&junk, "{\"rows\": 3}").unwrap();
-    assert_bad_input(&["bench", "--compare", p(&junk), p(&junk)], "no \"rows\" list");
+    assert_bad_input(
+        &["bench", "--compare", p(&junk), p(&junk)],
+        "is not a bench results file: its first line is not a header",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

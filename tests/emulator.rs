@@ -336,3 +336,47 @@ fn a_captured_graph_replays_its_kernels_on_new_inputs() {
     let e = refused.err().expect("a download inside a capture fails").to_string();
     assert!(e.contains("while capturing"), "{e}");
 }
+
+/// A graph whose work reads a buffer allocated before the capture (an optimizer's momentum,
+/// say), freed after it: a replay would use memory nobody owns. It is refused; and with the
+/// cache on, the block stays with the graph rather than going to the next buffer. (Without
+/// the cache, as in the AddressSanitizer build, the block goes back to the system, where any
+/// access to it would be reported.)
+#[test]
+fn a_graph_refuses_to_replay_over_a_buffer_freed_since_its_capture() {
+    let gpu = scratchnet::device::emu::device_with_memory(1 << 20);
+    let x = upload_f32(&gpu, &[1.0, -2.0, 3.0, -4.0]);
+    let (graph, y) = gpu
+        .capture(|| {
+            let y = gpu.alloc(DType::F32, 4)?;
+            gpu.launch(KernelCall::elementwise("relu_fwd_f32", 4).buf(&y).buf(&x).i64(4))?;
+            Ok(y)
+        })
+        .unwrap();
+    graph.replay().unwrap();
+    assert_eq!(download::<f32>(&gpu, &y), [1.0, 0.0, 3.0, 0.0]);
+    let freed = x.ptr();
+    drop(x);
+    let e = graph.replay().unwrap_err().to_string();
+    assert!(e.contains("uses 1 buffer(s) freed since its capture"), "{e}");
+    if gpu.caches_freed_memory() {
+        let other = gpu.alloc(DType::F32, 4).unwrap();
+        assert_ne!(other.ptr(), freed, "the freed block stays with the graph");
+    }
+    // The graph's own output, freed while the graph lives, is no such case.
+    drop(y);
+    drop(graph);
+}
+
+/// The bench's captured training step builds its optimizer inside `prepare`; the graph reads
+/// and writes the optimizer's momentum and learning rate at every replay, so it must keep
+/// them alive after `prepare` returns.
+#[test]
+fn a_captured_training_step_replays_after_its_setup_returns() {
+    use scratchnet::bench::{Problem, TrainStep, Variant};
+    let step =
+        TrainStep { model: "resnet20".into(), batch: 2, input: [3, 32, 32], num_classes: 10, memory_efficient: false };
+    let mut run = Problem::TrainStep(step).prepare(Device::Emu, Variant::CudaGraph).unwrap();
+    run().unwrap();
+    run().unwrap();
+}

@@ -47,32 +47,22 @@ pub struct Comparison {
     pub unmatched: usize,
 }
 
-fn read(path: &Path) -> Result<Value> {
-    let text = crate::input::read_to_string(path)?;
-    let v: Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("is not a bench JSON file: {e}")))?;
-    if !v["rows"].is_array() {
-        return Err(Error::file(path, "is not a bench JSON file: it has no \"rows\" list"));
-    }
-    Ok(v)
-}
-
 fn positive(v: &Value) -> Option<f64> {
     v.as_f64().filter(|t| t.is_finite() && *t > 0.0)
 }
 
 /// Reads both files and pairs their rows.
 pub fn compare(ours: &Path, theirs: &Path) -> Result<Comparison> {
-    let (a, b) = (read(ours)?, read(theirs)?);
+    let (a, b) = (super::jsonl::read(ours)?, super::jsonl::read(theirs)?);
     let mut baseline: HashMap<&str, &Value> = HashMap::new();
-    for row in b["rows"].as_array().into_iter().flatten() {
+    for row in &b.rows {
         if let (Some(key), Some(_)) = (row["key"].as_str(), positive(&row["median_ms"])) {
             baseline.insert(key, row);
         }
     }
     let mut pairs = Vec::new();
     let mut unmatched = 0;
-    for row in a["rows"].as_array().into_iter().flatten() {
+    for row in &a.rows {
         if row["primary"].as_bool() == Some(false) {
             continue;
         }
@@ -99,7 +89,7 @@ pub fn compare(ours: &Path, theirs: &Path) -> Result<Comparison> {
         ));
     }
     let device = |v: &Value| v["device_name"].as_str().unwrap_or("?").to_string();
-    Ok(Comparison { ours_device: device(&a), theirs_device: device(&b), pairs, unmatched })
+    Ok(Comparison { ours_device: device(&a.header), theirs_device: device(&b.header), pairs, unmatched })
 }
 
 fn geomean(values: impl Iterator<Item = f64>) -> (usize, f64) {
@@ -199,7 +189,7 @@ mod tests {
 
         let bad = write(&dir, "bad.json", serde_json::json!({"no": "rows"}));
         let e = compare(&ours, &bad).unwrap_err().to_string();
-        assert!(e.contains("no \"rows\" list"), "{e}");
+        assert!(e.contains("is not a bench results file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,10 +17,12 @@
 //! Each row reports the median, GFLOP/s, GB/s and the fraction of the roofline: the time the
 //! ceilings allow (the larger of flops over the GEMM rate and bytes over the copy bandwidth)
 //! over the time measured. `--json` writes the rows with a machine-readable spec of each
-//! problem, which `scripts/torch_baseline.py` reads to time the same problems in PyTorch;
+//! problem, as JSON lines, each as soon as it is measured ([`jsonl`]);
+//! `scripts/torch_baseline.py` reads them to time the same problems in PyTorch, and
 //! [`compare`] sets the two side by side.
 
 pub mod compare;
+pub mod jsonl;
 pub mod problems;
 pub mod roofline;
 
@@ -252,7 +254,15 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-impl Report {
+/// What a run is measured on, known once the ceilings are: the first line of its results file.
+pub struct Header<'a> {
+    pub device: Device,
+    pub device_name: &'a str,
+    pub batch: usize,
+    pub ceilings: &'a Ceilings,
+}
+
+impl Header<'_> {
     pub fn to_json(&self) -> Value {
         json!({
             "tool": "scratchnet bench",
@@ -266,10 +276,11 @@ impl Report {
                 "copy_bytes": self.ceilings.copy_bytes,
                 "gemm_size": self.ceilings.gemm_size,
             },
-            "rows": self.rows.iter().map(|r| r.to_json(&self.ceilings)).collect::<Vec<_>>(),
         })
     }
+}
 
+impl Report {
     /// The table's header line.
     pub fn header() -> String {
         format!(
@@ -537,11 +548,12 @@ pub fn measure_ceilings(opts: &BenchOptions) -> Result<Ceilings> {
     Ok(Ceilings { copy_gbs, gemm_gflops: gemm.flops() / (t.median_ms * 1e6), copy_bytes: numel * 4, gemm_size: s })
 }
 
-/// Runs the bench; `on_row` sees each row as soon as it is timed.
+/// Runs the bench; `on_start` sees the header once the ceilings are measured, and `on_row`
+/// each row as soon as it is timed (an error from either stops the run).
 pub fn run(
     opts: &BenchOptions,
-    mut on_start: impl FnMut(&Ceilings),
-    mut on_row: impl FnMut(&Row, &Ceilings),
+    mut on_start: impl FnMut(&Header) -> Result<()>,
+    mut on_row: impl FnMut(&Row, &Ceilings) -> Result<()>,
 ) -> Result<Report> {
     opts.check()?;
     let device_name = match opts.device.gpu()? {
@@ -556,7 +568,7 @@ pub fn run(
         }
     }
     let ceilings = measure_ceilings(opts)?;
-    on_start(&ceilings);
+    on_start(&Header { device: opts.device, device_name: &device_name, batch: opts.batch(), ceilings: &ceilings })?;
     let gpu = opts.device.gpu()?;
     let mut rows = Vec::new();
     for (suite, problem, layers) in work {
@@ -584,7 +596,7 @@ pub fn run(
                 min_ms: t.min_ms,
                 peak_bytes,
             };
-            on_row(&row, &ceilings);
+            on_row(&row, &ceilings)?;
             rows.push(row);
         }
     }

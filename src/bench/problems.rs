@@ -724,7 +724,10 @@ fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn F
         model.prepare_capture(device)?;
         model.prepare_replay()?;
         let captured = crate::train::GraphStep::capture(model.as_mut(), &mut opt, x, y)?;
+        // Every replay reads and writes the optimizer's momentum and device learning rate:
+        // the optimizer lives as long as the graph (the graph refuses to replay otherwise).
         return Ok(Box::new(move || {
+            let _optimizer_state = &opt;
             model.prepare_replay()?;
             captured.replay()
         }));

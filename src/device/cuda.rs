@@ -68,11 +68,20 @@ fn probe_uncached() -> std::result::Result<CudaInfo, String> {
     if !present {
         return Err("no NVIDIA driver: libcuda.so could not be loaded (is the NVIDIA driver installed?)".into());
     }
-    quietly(|| -> std::result::Result<CudaInfo, String> {
-        result::init().map_err(|e| driver_error("the CUDA driver failed to initialise (cuInit)", e))?;
+    // The version first: cuDriverGetVersion is in every driver, while cudarc resolves the
+    // other functions under their CUDA 13 names, which an older driver lacks.
+    let version = quietly(|| {
         let mut version = 0;
         // SAFETY: writes one int.
-        unsafe { sys::cuDriverGetVersion(&mut version) }.result().map_err(|e| driver_error("cuDriverGetVersion", e))?;
+        unsafe { sys::cuDriverGetVersion(&mut version) }.result().map(|()| version)
+    })
+    .ok_or_else(|| "libcuda.so loaded, but it has no cuDriverGetVersion: it is not an NVIDIA driver".to_string())?
+    .map_err(|e| driver_error("cuDriverGetVersion", e))?;
+    if let Some(why) = driver_too_old(version) {
+        return Err(why);
+    }
+    quietly(|| -> std::result::Result<CudaInfo, String> {
+        result::init().map_err(|e| driver_error("the CUDA driver failed to initialise (cuInit)", e))?;
         let count = result::device::get_count().map_err(|e| driver_error("cuDeviceGetCount", e))?;
         let mut gpus = Vec::new();
         for ordinal in 0..count.max(0) {
@@ -103,7 +112,33 @@ fn probe_uncached() -> std::result::Result<CudaInfo, String> {
         }
         Ok(CudaInfo { driver_version: (version / 1000, (version % 1000) / 10), gpus })
     })
-    .unwrap_or_else(|| Err("the CUDA driver library lacks a function scratchnet needs (driver too old?)".into()))
+    .unwrap_or_else(|| {
+        Err(format!(
+            "the NVIDIA driver (CUDA {}) lacks a function of the CUDA {}.{} driver API that scratchnet calls",
+            version_text(version),
+            MIN_DRIVER.0,
+            MIN_DRIVER.1
+        ))
+    })
+}
+
+/// "13.0" for the driver API version 13000.
+fn version_text(version: i32) -> String {
+    format!("{}.{}", version / 1000, (version % 1000) / 10)
+}
+
+/// Why a driver of API version `version` (as cuDriverGetVersion gives it) cannot run
+/// scratchnet, or `None` if it can.
+fn driver_too_old(version: i32) -> Option<String> {
+    ((version / 1000, (version % 1000) / 10) < MIN_DRIVER).then(|| {
+        format!(
+            "the NVIDIA driver is too old: it supports CUDA {}, and scratchnet needs CUDA {}.{} \
+             (driver {MIN_DRIVER_RELEASE} or newer)",
+            version_text(version),
+            MIN_DRIVER.0,
+            MIN_DRIVER.1
+        )
+    })
 }
 
 /// Whether the embedded kernels can run on a GPU of this compute capability: SASS for its
@@ -138,18 +173,15 @@ fn sass_or_ptx_runs(arch: i32, newest: i32, cc: (i32, i32)) -> bool {
     (cc.0 == major && cc.1 >= minor) || (arch == newest && cc.0 * 10 + cc.1 >= newest)
 }
 
-/// The oldest driver that loads what nvcc 13.0 produces.
+/// The oldest driver that loads what nvcc 13.0 produces, and whose functions cudarc's
+/// `cuda-13000` bindings resolve.
 const MIN_DRIVER: (i32, i32) = (13, 0);
+/// The first driver release with CUDA 13.0.
+const MIN_DRIVER_RELEASE: u32 = 580;
 
 /// Why `cuda:N` is not usable, or `Ok` if it is.
 pub fn check(ordinal: usize) -> std::result::Result<GpuInfo, String> {
     let info = probe()?;
-    if info.driver_version < MIN_DRIVER {
-        return Err(format!(
-            "the NVIDIA driver supports CUDA {}.{}, and the kernels need {}.{} (driver 580 or newer)",
-            info.driver_version.0, info.driver_version.1, MIN_DRIVER.0, MIN_DRIVER.1
-        ));
-    }
     if info.gpus.is_empty() {
         return Err("the NVIDIA driver is installed but sees no GPU".into());
     }
@@ -171,7 +203,7 @@ pub fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
     let backend = quietly(|| CudaBackend::open(gpu)).unwrap_or_else(|| {
         Err(Error::Device(format!("cuda:{ordinal}: the driver panicked while opening the device")))
     })?;
-    let d = GpuDevice::new(Box::new(backend));
+    let d = GpuDevice::new(Box::new(backend), super::cache_requested());
     open.insert(ordinal, Arc::clone(&d));
     Ok(d)
 }
@@ -487,6 +519,15 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_older_than_cuda_13_is_named_too_old_with_the_version_needed() {
+        let why = driver_too_old(12020).unwrap();
+        assert!(why.contains("too old") && why.contains("CUDA 12.2") && why.contains("CUDA 13.0"), "{why}");
+        assert!(why.contains("driver 580 or newer"), "{why}");
+        assert_eq!(driver_too_old(13000), None);
+        assert_eq!(driver_too_old(13020), None);
+    }
 
     #[test]
     fn compiled_code_runs_on_newer_minor_versions_and_ptx_on_newer_gpus() {

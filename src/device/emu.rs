@@ -108,7 +108,7 @@ fn arg_bytes(kind: ArgKind) -> usize {
 /// The emulated device (one per process).
 pub fn device() -> Arc<GpuDevice> {
     static DEVICE: OnceLock<Arc<GpuDevice>> = OnceLock::new();
-    Arc::clone(DEVICE.get_or_init(|| GpuDevice::new(Box::new(EmuBackend::new(None)))))
+    Arc::clone(DEVICE.get_or_init(|| GpuDevice::new(Box::new(EmuBackend::new(None)), super::cache_requested())))
 }
 
 /// An emulated device of its own whose memory holds `bytes` (the shared one of [`device`]
@@ -116,7 +116,7 @@ pub fn device() -> Arc<GpuDevice> {
 /// tagged `emu` like the shared device's, so tensors moved with `to_device(Device::Emu)`
 /// go to the shared one; allocate on this one directly.
 pub fn device_with_memory(bytes: usize) -> Arc<GpuDevice> {
-    GpuDevice::new(Box::new(EmuBackend::new(Some(bytes))))
+    GpuDevice::new(Box::new(EmuBackend::new(Some(bytes))), super::cache_requested())
 }
 
 /// Number of kernels the emulator can run (the GPU kernels and its own test kernels).

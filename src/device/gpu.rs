@@ -135,11 +135,19 @@ struct GraphPool {
     reserved: std::collections::HashSet<u64>,
     /// Reserved blocks no buffer holds, by size class (reused only by the same capture).
     parked: HashMap<usize, Vec<u64>>,
+    /// Every buffer the recorded launches read or write (its first byte), allocated inside
+    /// the capture or before it: an optimizer's momentum, the model's parameters.
+    used: std::collections::HashSet<u64>,
+    /// Buffers of `used` allocated outside the capture and freed while the graph lives. A
+    /// replay would read and write memory nobody owns, so [`CapturedGraph::replay`] refuses.
+    freed_while_used: usize,
 }
 
 /// A GPU (or its emulation): a backend plus the caching allocator in front of it.
 pub struct GpuDevice {
     backend: Box<dyn Backend>,
+    /// Whether freed blocks are kept for reuse (see [`GpuDevice::caches_freed_memory`]).
+    caching: bool,
     alloc: Mutex<Allocator>,
     /// Kernels launched on each stream so far (0: the main stream).
     launches: [AtomicU64; SIDE_STREAMS + 1],
@@ -161,9 +169,15 @@ fn size_class(bytes: usize) -> usize {
 }
 
 impl GpuDevice {
-    pub fn new(backend: Box<dyn Backend>) -> Arc<GpuDevice> {
+    /// A device behind `backend`. `caching: false` gives the allocator without a cache:
+    /// every buffer is allocated at its exact size and every free goes straight back to the
+    /// device (`SCRATCHNET_NO_CACHE=1`, read where devices are opened), so that a memory
+    /// checker sees overruns past a buffer's end and uses after its free.
+    pub fn new(backend: Box<dyn Backend>, caching: bool) -> Arc<GpuDevice> {
+        let caching = caching && backend.caching();
         Arc::new(GpuDevice {
             backend,
+            caching,
             alloc: Mutex::new(Allocator {
                 free: HashMap::new(),
                 stats: MemoryStats::default(),
@@ -185,10 +199,11 @@ impl GpuDevice {
         self.backend.name()
     }
 
-    /// Whether freed blocks are kept for reuse (not under the emulator's AddressSanitizer
-    /// build, where every block goes back to the system so that overruns are caught).
+    /// Whether freed blocks are kept for reuse: not under the emulator's AddressSanitizer
+    /// build, nor with `SCRATCHNET_NO_CACHE=1`, where every block goes back to the device so
+    /// that overruns and uses after free are caught.
     pub fn caches_freed_memory(&self) -> bool {
-        self.backend.caching()
+        self.caching
     }
 
     pub fn memory_stats(&self) -> MemoryStats {
@@ -214,17 +229,16 @@ impl GpuDevice {
         let bytes = len
             .checked_mul(dtype.size_in_bytes())
             .ok_or_else(|| Error::Device(format!("{}: {len} elements of {dtype} overflow", self.device())))?;
-        // Without caching (the emulator under AddressSanitizer) the size is exact, so that
+        // Without caching (SCRATCHNET_NO_CACHE, the emulator under AddressSanitizer) the size is exact, so that
         // one element past the end is already outside the allocation.
-        let class = if self.backend.caching() { size_class(bytes) } else { bytes.max(1) };
+        let class = if self.caching { size_class(bytes) } else { bytes.max(1) };
         let cached = {
             let mut a = self.lock();
             // While capturing, the graph's own parked blocks first: reusing them follows the
             // graph's order of work, as reuse from the cache follows the stream's.
             let capturing = a.capturing_here();
             let own = capturing.and_then(|g| a.pools.get_mut(&g)).and_then(|p| p.parked.get_mut(&class)?.pop());
-            let hit =
-                own.or_else(|| if self.backend.caching() { a.free.get_mut(&class).and_then(Vec::pop) } else { None });
+            let hit = own.or_else(|| if self.caching { a.free.get_mut(&class).and_then(Vec::pop) } else { None });
             if hit.is_some() {
                 a.stats.cached -= class;
             }
@@ -314,6 +328,7 @@ impl GpuDevice {
     /// A new buffer with the same contents.
     pub fn duplicate(self: &Arc<Self>, src: &GpuBuffer) -> Result<GpuBuffer> {
         let buf = self.alloc(src.dtype, src.len)?;
+        self.note_use(&[src.ptr]);
         if buf.bytes() > 0 {
             // SAFETY: both hold `bytes()` bytes.
             unsafe { self.backend.copy(buf.ptr, src.ptr, buf.bytes())? };
@@ -374,6 +389,14 @@ impl GpuDevice {
         unsafe { self.backend.upload(buf.ptr, bytes) }
     }
 
+    /// While this thread captures a graph: the graph's work reads or writes these buffers.
+    fn note_use(&self, buffers: &[u64]) {
+        let mut a = self.lock();
+        if let Some(pool) = a.capturing_here().and_then(|g| a.pools.get_mut(&g)) {
+            pool.used.extend(buffers.iter().copied());
+        }
+    }
+
     /// Returns every cached block to the device.
     pub fn release_cache(&self) {
         let mut a = self.lock();
@@ -405,7 +428,23 @@ impl GpuDevice {
             a.stats.cached += class;
             return;
         }
-        if self.backend.caching() {
+        // A block from before the capture that a live graph still reads: the graph can no
+        // longer be replayed. With the cache, the block is parked with the graph, so that no
+        // other buffer takes it and has it overwritten; without, it goes back to the device,
+        // where a memory checker reports any access to it.
+        let mut parked = false;
+        for pool in a.pools.values_mut().filter(|p| p.used.contains(&ptr)) {
+            pool.freed_while_used += 1;
+            if self.caching && !parked {
+                pool.parked.entry(class).or_default().push(ptr);
+                parked = true;
+            }
+        }
+        if parked {
+            a.stats.cached += class;
+            return;
+        }
+        if self.caching {
             a.free.entry(class).or_default().push(ptr);
             a.stats.cached += class;
         } else {
@@ -452,6 +491,7 @@ impl GpuDevice {
                 call.name, d.shared_bytes
             )));
         }
+        self.note_use(&call.buffers);
         let mut args = call.args;
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_mut_ptr).collect();
         // SAFETY: the argument kinds match the signature (checked above), and the pointers
@@ -581,8 +621,17 @@ pub struct CapturedGraph {
 }
 
 impl CapturedGraph {
-    /// Queues the whole recorded work once more.
+    /// Queues the whole recorded work once more. Refused when a buffer the recorded work
+    /// uses was freed since (its owner, such as the optimizer, must live as long as the graph).
     pub fn replay(&self) -> Result<()> {
+        let freed = self.device.lock().pools.get(&self.pool).map_or(0, |p| p.freed_while_used);
+        if freed > 0 {
+            return Err(Error::Device(format!(
+                "{}: a captured graph uses {freed} buffer(s) freed since its capture; \
+                 whatever owns them must live as long as the graph",
+                self.device.device()
+            )));
+        }
         match self.handle {
             Some(h) => self.device.backend.replay(h),
             None => Err(Error::Device("the graph's capture failed".into())),
@@ -599,7 +648,7 @@ impl Drop for CapturedGraph {
         }
         let mut a = self.device.lock();
         if let Some(pool) = a.pools.remove(&self.pool) {
-            let caching = self.device.backend.caching();
+            let caching = self.device.caching;
             for (class, ptrs) in pool.parked {
                 for p in ptrs {
                     if caching {
@@ -721,6 +770,8 @@ pub struct KernelCall {
     pub name: &'static str,
     pub dims: LaunchDims,
     args: Vec<Arg>,
+    /// The first byte of every buffer passed, for a graph being captured to keep track of.
+    buffers: Vec<u64>,
 }
 
 /// Dynamic shared memory a kernel may use without `cudaFuncSetAttribute` on any GPU.
@@ -735,7 +786,12 @@ const MAX_GRID_STRIDE_BLOCKS: usize = 1 << 16;
 
 impl KernelCall {
     pub fn new(name: &'static str) -> KernelCall {
-        KernelCall { name, dims: LaunchDims { grid: (1, 1, 1), block: (1, 1, 1), shared_bytes: 0 }, args: Vec::new() }
+        KernelCall {
+            name,
+            dims: LaunchDims { grid: (1, 1, 1), block: (1, 1, 1), shared_bytes: 0 },
+            args: Vec::new(),
+            buffers: Vec::new(),
+        }
     }
 
     /// One thread per element with `BLOCK`-thread blocks; kernels launched this way use a
@@ -778,6 +834,7 @@ impl KernelCall {
     /// A buffer argument (input or output).
     pub fn buf(mut self, b: &GpuBuffer) -> Self {
         self.args.push(Arg::Ptr(b.ptr));
+        self.buffers.push(b.ptr);
         self
     }
 
@@ -787,12 +844,14 @@ impl KernelCall {
             return Err(Error::Device(format!("kernel {}: element {first} of a buffer of {}", self.name, b.len)));
         }
         self.args.push(Arg::Ptr(b.ptr + (first * b.dtype.size_in_bytes()) as u64));
+        self.buffers.push(b.ptr);
         Ok(self)
     }
 
     /// An optional buffer: a null pointer when absent (the kernel tests for it).
     pub fn buf_or_null(mut self, b: Option<&GpuBuffer>) -> Self {
         self.args.push(Arg::Ptr(b.map_or(0, |b| b.ptr)));
+        self.buffers.extend(b.map(|b| b.ptr));
         self
     }
 

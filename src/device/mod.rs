@@ -96,6 +96,14 @@ impl FromStr for Device {
     }
 }
 
+/// Whether a GPU device opened now caches freed memory: yes, unless `SCRATCHNET_NO_CACHE=1`
+/// asks for the allocator without a cache (exact sizes, every free back to the device) that
+/// compute-sanitizer's memcheck needs to see overruns and uses after free. Read once per
+/// device, when it is opened, like `SCRATCHNET_CUDA_SYNC`.
+pub(crate) fn cache_requested() -> bool {
+    !std::env::var("SCRATCHNET_NO_CACHE").is_ok_and(|v| v == "1")
+}
+
 static POISON: AtomicBool = AtomicBool::new(false);
 
 /// Fill every new GPU or emulator buffer with 0xFF bytes (NaN) before a kernel writes it, so

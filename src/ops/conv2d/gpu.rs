@@ -204,6 +204,24 @@ fn choose(
     })
 }
 
+/// Checks the products the kernels compute in 32-bit `int` from their shape arguments: the
+/// implicit GEMMs' column counts and shared dimensions, among them the filter gradient's
+/// `K = N·OH·OW`. Each factor fits an `int` on its own ([`shape_args`] checks that); their
+/// product may not, and would wrap inside the kernel.
+fn check_index_range(g: &ConvGeometry) -> Result<()> {
+    let og = g.o_per_group();
+    for (what, factors) in [
+        ("N·OH·OW (images × output pixels)", [g.n, g.oh, g.ow]),
+        ("N·H·W (images × input pixels)", [g.n, g.h, g.w]),
+        ("C/groups·KH·KW (weights per output channel)", [g.c / g.groups(), g.kh, g.kw]),
+        ("O/groups·KH·KW", [og, g.kh, g.kw]),
+    ] {
+        let product = factors.iter().try_fold(1usize, |p, &f| p.checked_mul(f)).unwrap_or(usize::MAX);
+        to_i32(OP, what, product)?;
+    }
+    Ok(())
+}
+
 /// Appends the sixteen shape arguments every conv2d kernel takes, in their order.
 fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
     let p = &g.params;
@@ -302,6 +320,7 @@ pub(super) fn forward(
     relu: bool,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
+    check_index_range(g)?;
     let count = g.out_shape().numel();
     let y = gpu.alloc(DType::F32, count)?;
     let problem = if relu { "forward+relu" } else { "forward" };
@@ -378,6 +397,7 @@ pub(super) fn backward_data(
     w: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
+    check_index_range(g)?;
     let dx = gpu.alloc(DType::F32, g.in_shape().numel())?;
     run(gpu, algo, "backward data", g, |kernel| launch_data(gpu, kernel, &dx, dy, w, g))?;
     Ok(dx)
@@ -474,6 +494,7 @@ pub(super) fn backward_filter(
     x: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
+    check_index_range(g)?;
     let kernel = choose(gpu, algo, "backward filter", g, |k| filter_gradient(gpu, k, dy, x, g))?;
     let grad = FilterGradient::alloc(gpu, kernel, g)?;
     grad.launch(gpu, kernel, dy, x, g)?;
@@ -554,5 +575,17 @@ mod tests {
         assert_eq!(filter_splits(&g, 128).0, 1);
         assert_eq!("implicit-gemm".parse::<ConvAlgo>().unwrap(), ConvAlgo::ImplicitGemm);
         assert!("winograd".parse::<ConvAlgo>().is_err());
+    }
+
+    #[test]
+    fn batch_times_pixels_past_the_kernels_int_is_refused_before_any_launch() {
+        let geo = |x: [usize; 4], w: [usize; 4]| {
+            ConvGeometry::new(&Shape::from(x), &Shape::from(w), Conv2dParams::default().padding(1)).unwrap()
+        };
+        // 1024 images of 1500×1500 pixels: N·OH·OW = 2.3e9 > 2^31 − 1, though each factor fits.
+        let e = check_index_range(&geo([1024, 1, 1500, 1500], [1, 1, 3, 3])).unwrap_err().to_string();
+        assert!(e.contains("N·OH·OW") && e.contains("2304000000") && e.contains("32-bit"), "{e}");
+        // One image fewer than the limit in pixels passes.
+        check_index_range(&geo([954, 1, 1500, 1500], [1, 1, 3, 3])).unwrap();
     }
 }
