@@ -11,9 +11,18 @@
 // element-wise kernels use one thread per element, grid-stride.
 #include "common.cuh"
 
-// Value i (0 ≤ i < N·HW) of channel c: image i / HW, pixel i % HW.
-__device__ __forceinline__ long long bn_index(long long i, int c, int C, long long HW) {
-    return (i / HW) * C * HW + (long long)c * HW + i % HW;
+// Value i (0 ≤ i < N·HW) of channel c: image i / HW, pixel i % HW; i is a 32- or 64-bit index
+// (index_loop, common.cuh), and so is the division.
+template <class I>
+__device__ __forceinline__ long long bn_index(I i, int c, int C, long long HW) {
+    const I n = i / (I)HW;
+    return ((long long)n * C + c) * HW + (i - n * (I)HW);
+}
+
+// Channel of element idx of an N×C×HW tensor, in the index's width.
+template <class I>
+__device__ __forceinline__ int bn_channel(I idx, int C, long long HW) {
+    return (int)(idx / (I)HW % (I)C);
 }
 
 // mean[c] and biased var[c], one block per channel.
@@ -23,17 +32,18 @@ bn_stats_f32(float* __restrict__ mean, float* __restrict__ var, const float* __r
     __shared__ float mu_shared;
     const int c = blockIdx.x;
     const long long M = (long long)N * HW;
+    const bool narrow = fits_int32(M + blockDim.x);
     double acc = 0.0;
-    for (long long i = threadIdx.x; i < M; i += blockDim.x) acc += x[bn_index(i, c, C, HW)];
+    index_loop(threadIdx.x, M, blockDim.x, narrow, [&](auto i) { acc += x[bn_index(i, c, C, HW)]; });
     const float sum = block_sum((float)acc, scratch);
     if (threadIdx.x == 0) mu_shared = sum / (float)M;
     __syncthreads();
     const float mu = mu_shared;
     acc = 0.0;
-    for (long long i = threadIdx.x; i < M; i += blockDim.x) {
+    index_loop(threadIdx.x, M, blockDim.x, narrow, [&](auto i) {
         const float d = x[bn_index(i, c, C, HW)] - mu;
         acc += (double)d * d;
-    }
+    });
     const float sq = block_sum((float)acc, scratch);
     if (threadIdx.x == 0) {
         mean[c] = mu;
@@ -46,12 +56,11 @@ bn_stats_f32(float* __restrict__ mean, float* __restrict__ var, const float* __r
 extern "C" __global__ void bn_fwd_f32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ mean,
                                       const float* __restrict__ var, const float* __restrict__ gamma,
                                       const float* __restrict__ beta, float eps, int N, int C, long long HW) {
-    const long long total = (long long)N * C * HW;
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const int c = (int)((idx / HW) % C);
+    grid_stride_loop((long long)N * C * HW, [&](auto idx) {
+        const int c = bn_channel(idx, C, HW);
         const float a = gamma[c] / sqrtf(var[c] + eps);
         y[idx] = x[idx] * a + (beta[c] - mean[c] * a);
-    }
+    });
 }
 
 // dβ[c] = Σ dy and dγ[c] = Σ dy·x̂, one block per channel.
@@ -64,11 +73,11 @@ bn_bwd_reduce_f32(float* __restrict__ dgamma, float* __restrict__ dbeta, const f
     const long long M = (long long)N * HW;
     const float mu = mean[c], invstd = 1.f / sqrtf(var[c] + eps);
     double sum_dy = 0.0, sum_dy_xhat = 0.0;
-    for (long long i = threadIdx.x; i < M; i += blockDim.x) {
+    index_loop(threadIdx.x, M, blockDim.x, fits_int32(M + blockDim.x), [&](auto i) {
         const long long at = bn_index(i, c, C, HW);
         sum_dy += dy[at];
         sum_dy_xhat += (double)dy[at] * ((x[at] - mu) * invstd);
-    }
+    });
     const float total_dy = block_sum((float)sum_dy, scratch);
     const float total_dy_xhat = block_sum((float)sum_dy_xhat, scratch);
     if (threadIdx.x == 0) {
@@ -85,10 +94,9 @@ extern "C" __global__ void bn_bwd_data_f32(float* __restrict__ dx, const float* 
                                            const float* __restrict__ gamma, const float* __restrict__ dgamma,
                                            const float* __restrict__ dbeta, float eps, int N, int C, long long HW,
                                            int batch_stats) {
-    const long long total = (long long)N * C * HW;
     const float inv_m = 1.f / (float)((long long)N * HW);
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const int c = (int)((idx / HW) % C);
+    grid_stride_loop((long long)N * C * HW, [&](auto idx) {
+        const int c = bn_channel(idx, C, HW);
         const float invstd = 1.f / sqrtf(var[c] + eps);
         const float scale = gamma[c] * invstd;
         if (batch_stats) {
@@ -97,7 +105,7 @@ extern "C" __global__ void bn_bwd_data_f32(float* __restrict__ dx, const float* 
         } else {
             dx[idx] = scale * dy[idx];
         }
-    }
+    });
 }
 
 // running ← (1 − momentum)·running + momentum·batch, with the unbiased variance

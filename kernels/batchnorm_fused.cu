@@ -18,12 +18,12 @@
 // the d are then of the order of the spread.
 #include "channel_reduce.cuh"
 
-// Channel of element i of an N×C×HW tensor.
-__device__ __forceinline__ int channel_of(long long i, long long HW, int C) {
-    // 32-bit division is several times cheaper than 64-bit; tensors below 2^32 elements
-    // (all of them, in practice) take it.
-    if (i < 0xffffffffll && HW < 0xffffffffll) return (int)(((unsigned)i / (unsigned)HW) % (unsigned)C);
-    return (int)((i / HW) % C);
+// Channel of element i of an N×C×HW tensor, in the width of i: the element-wise passes below
+// loop on a 32-bit index when the tensor has fewer than 2^31 elements (index_loop,
+// common.cuh), 64-bit otherwise.
+template <class I>
+__device__ __forceinline__ int channel_of(I i, long long HW, int C) {
+    return (int)(i / (I)HW % (I)C);
 }
 
 // Pass 1 of the statistics: block (s, c) writes partial[(c·S + s)·2 + {0, 1}] = Σ d, Σ d²
@@ -84,8 +84,10 @@ extern "C" __global__ void bn_act_fwd_f32(float* __restrict__ y, const float* __
     const long long total = (long long)N * C * HW;
     const int width = (HW % 4 == 0) ? 4 : 1;
     const long long groups = total / width;
-    for (long long g = global_thread_index(); g < groups; g += grid_stride()) {
-        const long long at = g * width;
+    // Narrow when every element index, and the loop's index past its end, fit in 31 bits.
+    const bool narrow = fits_int32(total + width * grid_stride());
+    index_loop(global_thread_index(), groups, grid_stride(), narrow, [&](auto g) {
+        const auto at = g * width;
         const int c = channel_of(at, HW, C);
         const float a = gamma[c] / sqrtf(var[c] + eps);
         const float b = beta[c] - mean[c] * a;
@@ -101,7 +103,7 @@ extern "C" __global__ void bn_act_fwd_f32(float* __restrict__ y, const float* __
             v[k] = (!relu || t > 0.f || t != t) ? t : 0.f;
         }
         store_values(y, at, width, v);
-    }
+    });
 }
 
 // Backward pass 1: block (s, c) writes partial[(c·S + s)·2 + {0, 1}] = Σ dz, Σ dz·x̂ over slice s.
@@ -162,8 +164,9 @@ extern "C" __global__ void bn_act_bwd_data_f32(float* __restrict__ dx, float* __
     const int width = (HW % 4 == 0) ? 4 : 1;
     const long long groups = total / width;
     const float inv_m = 1.f / (float)((long long)N * HW);
-    for (long long g = global_thread_index(); g < groups; g += grid_stride()) {
-        const long long at = g * width;
+    const bool narrow = fits_int32(total + width * grid_stride());
+    index_loop(global_thread_index(), groups, grid_stride(), narrow, [&](auto g) {
+        const auto at = g * width;
         const int c = channel_of(at, HW, C);
         const float invstd = 1.f / sqrtf(var[c] + eps);
         const float scale = gamma[c] * invstd, mu = mean[c];
@@ -180,5 +183,5 @@ extern "C" __global__ void bn_act_bwd_data_f32(float* __restrict__ dx, float* __
         }
         store_values(dx, at, width, out);
         if (dresidual) store_values(dresidual, at, width, d);
-    }
+    });
 }

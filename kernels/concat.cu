@@ -6,19 +6,23 @@
 #include "common.cuh"
 
 // y[img·total + offset + j] = x[img·piece + j]
+// (grid_stride_loop, common.cuh: the division runs in 32 bits when x has fewer than 2^31
+// elements; the output index, larger, is computed in 64.)
 extern "C" __global__ void concat_copy_f32(float* __restrict__ y, const float* __restrict__ x, long long images,
                                            long long piece, long long total, long long offset) {
-    for (long long i = global_thread_index(); i < images * piece; i += grid_stride()) {
-        const long long img = i / piece, j = i % piece;
-        y[img * total + offset + j] = x[i];
-    }
+    grid_stride_loop(images * piece, [&](auto i) {
+        using I = decltype(i);
+        const I img = i / (I)piece, j = i - img * (I)piece;
+        y[(long long)img * total + offset + j] = x[i];
+    });
 }
 
 // dx[img·piece + j] = dy[img·total + offset + j]
 extern "C" __global__ void split_copy_f32(float* __restrict__ dx, const float* __restrict__ dy, long long images,
                                           long long piece, long long total, long long offset) {
-    for (long long i = global_thread_index(); i < images * piece; i += grid_stride()) {
-        const long long img = i / piece, j = i % piece;
-        dx[i] = dy[img * total + offset + j];
-    }
+    grid_stride_loop(images * piece, [&](auto i) {
+        using I = decltype(i);
+        const I img = i / (I)piece, j = i - img * (I)piece;
+        dx[i] = dy[(long long)img * total + offset + j];
+    });
 }

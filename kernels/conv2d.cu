@@ -152,24 +152,32 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
 // run as towers on separate streams (src/ops/conv2d/gpu.rs): the host then passes pointers
 // that start at that group's channels and launches a grid one group deep, so g = 0 here
 // stands for the group the pointers start at, and the strides (C, O) stay the layer's own.
+//
+// The operands walk their rows with a cursor (tile_gemm.cuh): a thread's rows come a fixed
+// step apart, so the coordinates a row stands for, (c, ky, kx) or (image, oy, ox), are kept as
+// digits and stepped by adding with carries (RowDigits3 and RowDigits2, conv_index.cuh) instead of being
+// divided out of k for every element.
 
+#include "conv_index.cuh"
 #include "tile_gemm.cuh"
 
 // Each product runs on either engine of tile_gemm.cuh: the 64×64 tile (4×4 outputs per
 // thread), or the 128×128 one (8×8 per thread, 16 FMAs per shared load instead of 4, for the
-// large layers; it wastes more on the edges of small ones). The kernels are written once
+// large layers; it wastes more on the edges of small ones). The 128×128 entry points ask for
+// two blocks per SM (__launch_bounds__(256, 2), at most 128 registers): left free, ptxas gave
+// the cursors' few extra registers on sm_90 (134–137), which halves the blocks per SM. The kernels are written once
 // over the engine, with one extern "C" entry point per engine: `…_implicit_gemm_f32` and
 // `…_implicit_gemm128_f32`.
 struct Engine64 {
     template <class A, class B, class E>
-    __device__ static void run(const A& a, B& b, const E& e, int M, long long N, int k_begin, int k_end) {
+    __device__ static void run(const A& a, const B& b, const E& e, int M, long long N, int k_begin, int k_end) {
         tile_gemm_64x64(a, b, e, M, N, k_begin, k_end);
     }
 };
 
 struct Engine128 {
     template <class A, class B, class E>
-    __device__ static void run(const A& a, B& b, const E& e, int M, long long N, int k_begin, int k_end) {
+    __device__ static void run(const A& a, const B& b, const E& e, int M, long long N, int k_begin, int k_end) {
         tile_gemm_128x128(a, b, e, M, N, k_begin, k_end);
     }
 };
@@ -186,30 +194,41 @@ struct ConvSizes {
 struct FwdWeights {
     const float* w;
     int K;
-    __device__ float load(int m, int k) const { return w[(long long)m * K + k]; }
+    int k = 0, step = 0;  // the row: a plain index, nothing to take apart
+    __device__ void seek(int k0, int k_step) {
+        k = k0;
+        step = k_step;
+    }
+    __device__ void advance() { k += step; }
+    __device__ float load(int m) const { return w[(long long)m * K + k]; }
 };
 
-// Forward, B: column n = (image, oy, ox), row k = (c, ky, kx) → x[image, g·C/G + c, iy, ix].
+// Forward, B: column n = (image, oy, ox), row k = (c, ky, kx) → x[image, g·C/G + c, iy, ix]
+// with iy = oy·sh − ph + ky·dh, ix = ox·sw − pw + kx·dw.
 struct FwdIm2col {
     const float* x;  // channel g·C/G of image 0
     ConvSizes s;
     long long cols;
-    int img = 0, oy = 0, ox = 0;
-    bool valid = false;
+    int img = 0, iy0 = 0, ix0 = 0;  // the image, and the input pixel of tap (0, 0)
+    RowDigits3 row;                  // (img·C + c, ky, kx): the channel counted from image 0
     __device__ void set_column(long long n) {
-        valid = n < cols;
-        if (!valid) return;
-        ox = (int)(n % s.OW);
-        oy = (int)((n / s.OW) % s.OH);
+        // A column past the end gets a pixel far above the image: every tap reads padding.
+        iy0 = -(1 << 30);
+        if (n >= cols) return;
+        const int ox = (int)(n % s.OW), oy = (int)((n / s.OW) % s.OH);
         img = (int)(n / ((long long)s.OW * s.OH));
+        iy0 = oy * s.sh - s.ph;
+        ix0 = ox * s.sw - s.pw;
     }
-    __device__ float load(int k) const {
-        if (!valid) return 0.f;
-        const int c = k / s.taps(), r = k % s.taps();
-        const int iy = oy * s.sh - s.ph + (r / s.KW) * s.dh;
-        const int ix = ox * s.sw - s.pw + (r % s.KW) * s.dw;
+    __device__ void seek(int k, int step) {
+        row.start(k, step, s.KH, s.KW);
+        row.outer += img * s.C;  // the outer digit has no radix: an offset rides along
+    }
+    __device__ void advance() { row.advance(); }
+    __device__ float load() const {
+        const int iy = iy0 + row.mid * s.dh, ix = ix0 + row.inner * s.dw;
         if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) return 0.f;
-        return x[(((long long)img * s.C + c) * s.H + iy) * s.W + ix];
+        return x[((long long)row.outer * s.H + iy) * s.W + ix];
     }
 };
 
@@ -224,7 +243,7 @@ struct FwdStore {
     int relu;
     __device__ void store(int m, long long n, float v) const {
         const int o = first_o + m;
-        const long long img = n / pix, p = n % pix;
+        const long long img = narrow_div(n, pix), p = n - img * pix;
         if (bias) v += bias[o];
         if (relu && !(v > 0.f || v != v)) v = 0.f;
         y[(img * O + o) * pix + p] = v;
@@ -239,7 +258,7 @@ __device__ __forceinline__ void conv_fwd_implicit_gemm(float* y, const float* x,
                                                        const ConvSizes& s, int relu) {
     const int g = blockIdx.z, K = s.cg() * s.taps();
     const FwdWeights A{w + (long long)g * s.og() * K, K};
-    FwdIm2col B{x + (long long)g * s.cg() * s.H * s.W, s, (long long)s.N * s.OH * s.OW};
+    const FwdIm2col B{x + (long long)g * s.cg() * s.H * s.W, s, (long long)s.N * s.OH * s.OW};
     const FwdStore out{y, bias, s.O, g * s.og(), (long long)s.OH * s.OW, relu};
     Engine::run(A, B, out, s.og(), B.cols, 0, K);
 }
@@ -252,7 +271,7 @@ conv2d_fwd_implicit_gemm_f32(float* __restrict__ y, const float* __restrict__ x,
     conv_fwd_implicit_gemm<Engine64>(y, x, w, bias, s, relu);
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
 conv2d_fwd_implicit_gemm128_f32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                                 const float* __restrict__ bias, int N, int C, int H, int W, int O, int KH, int KW,
                                 int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int relu) {
@@ -264,35 +283,45 @@ conv2d_fwd_implicit_gemm128_f32(float* __restrict__ y, const float* __restrict__
 struct DgradWeights {
     const float* w;  // output channel g·O/G
     int cg, taps;
-    __device__ float load(int m, int k) const {
-        const int o = k / taps, r = k % taps;
-        return w[((long long)o * cg + m) * taps + r];
-    }
+    RowDigits2 row;  // (o, tap)
+    __device__ void seek(int k, int step) { row.start(k, step, taps); }
+    __device__ void advance() { row.advance(); }
+    __device__ float load(int m) const { return w[((long long)row.outer * cg + m) * taps + row.inner]; }
 };
 
 // Data gradient, B: column n = (image, iy, ix), row k = (o, ky, kx) → the output gradient at
-// the output pixel whose tap (ky, kx) read (iy, ix), or 0 if no output pixel did.
+// the output pixel whose tap (ky, kx) read (iy, ix), or 0 if no output pixel did. That pixel
+// is oy = ty / sh with ty = iy + ph − ky·dh, if ty >= 0 and sh divides it exactly (and the
+// same for x); the divisions by the strides go through FastDiv (conv_index.cuh).
 struct DgradGather {
     const float* dy;  // channel g·O/G of image 0
     ConvSizes s;
     long long cols;
-    int img = 0, iy = 0, ix = 0;
-    bool valid = false;
+    FastDiv by_sh, by_sw;
+    int img = 0, ty0 = 0, tx0 = 0;  // the image, and ty, tx of tap (0, 0): iy + ph, ix + pw
+    RowDigits3 row;                  // (img·O + o, ky, kx): the channel counted from image 0
+    __device__ DgradGather(const float* dy_, const ConvSizes& s_, long long cols_)
+        : dy(dy_), s(s_), cols(cols_), by_sh(s_.sh), by_sw(s_.sw) {}
     __device__ void set_column(long long n) {
-        valid = n < cols;
-        if (!valid) return;
-        ix = (int)(n % s.W);
-        iy = (int)((n / s.W) % s.H);
+        // A column past the end gets a negative ty for every tap: no output pixel, all zeros.
+        ty0 = -(1 << 30);
+        if (n >= cols) return;
+        const int ix = (int)(n % s.W), iy = (int)((n / s.W) % s.H);
         img = (int)(n / ((long long)s.W * s.H));
+        ty0 = iy + s.ph;
+        tx0 = ix + s.pw;
     }
-    __device__ float load(int k) const {
-        if (!valid) return 0.f;
-        const int o = k / s.taps(), r = k % s.taps();
-        const int ty = iy + s.ph - (r / s.KW) * s.dh, tx = ix + s.pw - (r % s.KW) * s.dw;
-        if (ty < 0 || tx < 0 || ty % s.sh != 0 || tx % s.sw != 0) return 0.f;
-        const int oy = ty / s.sh, ox = tx / s.sw;
-        if (oy >= s.OH || ox >= s.OW) return 0.f;
-        return dy[(((long long)img * s.O + o) * s.OH + oy) * s.OW + ox];
+    __device__ void seek(int k, int step) {
+        row.start(k, step, s.KH, s.KW);
+        row.outer += img * s.O;
+    }
+    __device__ void advance() { row.advance(); }
+    __device__ float load() const {
+        const int ty = ty0 - row.mid * s.dh, tx = tx0 - row.inner * s.dw;
+        if (ty < 0 || tx < 0) return 0.f;
+        const int oy = by_sh.div(ty), ox = by_sw.div(tx);
+        if (oy * s.sh != ty || ox * s.sw != tx || oy >= s.OH || ox >= s.OW) return 0.f;
+        return dy[((long long)row.outer * s.OH + oy) * s.OW + ox];
     }
 };
 
@@ -301,7 +330,7 @@ struct DgradStore {
     int C, first_c;
     long long hw;
     __device__ void store(int m, long long n, float v) const {
-        const long long img = n / hw, p = n % hw;
+        const long long img = narrow_div(n, hw), p = n - img * hw;
         dx[(img * C + first_c + m) * hw + p] = v;
     }
 };
@@ -313,7 +342,7 @@ __device__ __forceinline__ void conv_bwd_data_implicit_gemm(float* dx, const flo
                                                             const ConvSizes& s) {
     const int g = blockIdx.z;
     const DgradWeights A{w + (long long)g * s.og() * s.cg() * s.taps(), s.cg(), s.taps()};
-    DgradGather B{dy + (long long)g * s.og() * s.OH * s.OW, s, (long long)s.N * s.H * s.W};
+    const DgradGather B(dy + (long long)g * s.og() * s.OH * s.OW, s, (long long)s.N * s.H * s.W);
     const DgradStore out{dx, s.C, g * s.cg(), (long long)s.H * s.W};
     Engine::run(A, B, out, s.cg(), B.cols, 0, s.og() * s.taps());
 }
@@ -326,7 +355,7 @@ conv2d_bwd_data_implicit_gemm_f32(float* __restrict__ dx, const float* __restric
     conv_bwd_data_implicit_gemm<Engine64>(dx, dy, w, s);
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
 conv2d_bwd_data_implicit_gemm128_f32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
                                      int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
                                      int ph, int pw, int dh, int dw, int groups) {
@@ -339,33 +368,36 @@ struct WgradDy {
     const float* dy;  // channel g·O/G of image 0
     int O;
     int pix;
-    __device__ float load(int m, int k) const {
-        const int img = k / pix, p = k % pix;
-        return dy[((long long)img * O + m) * pix + p];
-    }
+    RowDigits2 row;  // (image, p)
+    __device__ void seek(int k, int step) { row.start(k, step, pix); }
+    __device__ void advance() { row.advance(); }
+    __device__ float load(int m) const { return dy[((long long)row.outer * O + m) * pix + row.inner]; }
 };
 
 // Filter gradient, B: the im2col of x transposed, [N·OH·OW × C/G·KH·KW]: column n = (c, ky, kx)
-// is fixed per thread, row k = (image, oy, ox).
+// is fixed per thread, row k = (image, oy, ox) → x[image, g·C/G + c, oy·sh − ph + ky·dh,
+// ox·sw − pw + kx·dw].
 struct WgradIm2colT {
     const float* x;  // channel g·C/G of image 0
     ConvSizes s;
-    int c = 0, ky = 0, kx = 0;
-    bool valid = false;
+    const float* plane = nullptr;  // x at channel c of image 0
+    int iy0 = 0, ix0 = 0;          // the input pixel that output pixel (0, 0) reads through this tap
+    RowDigits3 row;                 // (image, oy, ox)
     __device__ void set_column(long long n) {
-        valid = n < (long long)s.cg() * s.taps();
-        if (!valid) return;
-        c = (int)(n / s.taps());
-        ky = (int)(n % s.taps()) / s.KW;
-        kx = (int)(n % s.taps()) % s.KW;
+        // A column past the end gets a pixel far above the image: every row reads padding.
+        iy0 = -(1 << 30);
+        if (n >= (long long)s.cg() * s.taps()) return;
+        const int c = (int)(n / s.taps()), r = (int)(n % s.taps());
+        plane = x + (long long)c * s.H * s.W;
+        iy0 = r / s.KW * s.dh - s.ph;
+        ix0 = r % s.KW * s.dw - s.pw;
     }
-    __device__ float load(int k) const {
-        if (!valid) return 0.f;
-        const int pix = s.OH * s.OW;
-        const int img = k / pix, p = k % pix;
-        const int iy = (p / s.OW) * s.sh - s.ph + ky * s.dh, ix = (p % s.OW) * s.sw - s.pw + kx * s.dw;
+    __device__ void seek(int k, int step) { row.start(k, step, s.OH, s.OW); }
+    __device__ void advance() { row.advance(); }
+    __device__ float load() const {
+        const int iy = iy0 + row.mid * s.sh, ix = ix0 + row.inner * s.sw;
         if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) return 0.f;
-        return x[(((long long)img * s.C + c) * s.H + iy) * s.W + ix];
+        return plane[((long long)row.outer * s.C * s.H + iy) * s.W + ix];
     }
 };
 
@@ -388,7 +420,7 @@ __device__ __forceinline__ void conv_bwd_filter_implicit_gemm(float* out, const 
     const int g = blockIdx.z % launch_groups, split = blockIdx.z / launch_groups;
     const int cols = s.cg() * s.taps(), K = s.N * s.OH * s.OW;
     const WgradDy A{dy + (long long)g * s.og() * s.OH * s.OW, s.O, s.OH * s.OW};
-    WgradIm2colT B{x + (long long)g * s.cg() * s.H * s.W, s};
+    const WgradIm2colT B{x + (long long)g * s.cg() * s.H * s.W, s};
     const WgradStore store{out + ((long long)split * s.groups + g) * s.og() * cols, cols};
     const int k_begin = split * k_chunk, k_end = min(K, k_begin + k_chunk);
     Engine::run(A, B, store, s.og(), cols, k_begin, k_end);
@@ -404,7 +436,7 @@ conv2d_bwd_filter_implicit_gemm_f32(float* __restrict__ out, const float* __rest
     conv_bwd_filter_implicit_gemm<Engine64>(out, dy, x, s, k_chunk, launch_groups);
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
 conv2d_bwd_filter_implicit_gemm128_f32(float* __restrict__ out, const float* __restrict__ dy,
                                        const float* __restrict__ x, int N, int C, int H, int W, int O, int KH, int KW,
                                        int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups,

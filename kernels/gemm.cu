@@ -58,10 +58,17 @@ gemm_tiled_f32(float* __restrict__ C, const float* __restrict__ A, const float* 
 // from 4+4 values per step of K, against 2 loads per multiply-add for the naive kernel.
 #include "tile_gemm.cuh"
 
+// (A strided view reaches any row k directly, so its cursor is just k.)
 struct StridedA {
     const float* a;
     long long rs, cs;
-    __device__ float load(int m, int k) const { return a[m * rs + k * cs]; }
+    int k = 0, step = 0;
+    __device__ void seek(int k0, int k_step) {
+        k = k0;
+        step = k_step;
+    }
+    __device__ void advance() { k += step; }
+    __device__ float load(int m) const { return a[m * rs + k * cs]; }
 };
 
 struct StridedB {
@@ -69,11 +76,17 @@ struct StridedB {
     long long rs, cs, cols;
     long long n = 0;
     bool valid = false;
+    int k = 0, step = 0;
     __device__ void set_column(long long col) {
         n = col;
         valid = col < cols;
     }
-    __device__ float load(int k) const { return valid ? b[k * rs + n * cs] : 0.f; }
+    __device__ void seek(int k0, int k_step) {
+        k = k0;
+        step = k_step;
+    }
+    __device__ void advance() { k += step; }
+    __device__ float load() const { return valid ? b[k * rs + n * cs] : 0.f; }
 };
 
 struct RowMajorC {

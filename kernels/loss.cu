@@ -47,9 +47,10 @@ extern "C" __global__ void softmax_xent_bwd_f32(float* __restrict__ dlogits, con
                                                 const long long* __restrict__ labels, const float* __restrict__ dloss,
                                                 int N, int K) {
     const float scale = dloss[0] / (float)N;
-    for (long long i = global_thread_index(); i < (long long)N * K; i += grid_stride()) {
-        const long long n = i / K;
-        const int k = (int)(i % K);
+    grid_stride_loop((long long)N * K, [&](auto i) {
+        using I = decltype(i);
+        const I n = i / (I)K;
+        const int k = (int)(i - n * (I)K);
         dlogits[i] = (probs[i] - (k == labels[n] ? 1.f : 0.f)) * scale;
-    }
+    });
 }

@@ -24,13 +24,14 @@ __device__ __forceinline__ float lrn_scale(const float* x, long long HW, int C, 
 extern "C" __global__ void lrn_fwd_f32(float* __restrict__ y, const float* __restrict__ x, int N, int C, long long HW,
                                        int size, float alpha_over_size, float beta, float k) {
     const long long total = (long long)N * C * HW;
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const long long p = idx % HW;
-        const int c = (int)((idx / HW) % C);
-        const long long n = idx / (HW * C);
-        const float* pixel = x + n * C * HW + p;
+    grid_stride_loop(total, [&](auto idx) {
+        using I = decltype(idx);
+        const I plane = idx / (I)HW, n = plane / (I)C;  // plane = n·C + c
+        const long long p = idx - plane * (I)HW;
+        const int c = (int)(plane - n * (I)C);
+        const float* pixel = x + (long long)n * C * HW + p;
         y[idx] = x[idx] * powf(lrn_scale(pixel, HW, C, c, size, alpha_over_size, k), -beta);
-    }
+    });
 }
 
 extern "C" __global__ void lrn_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x,
@@ -38,10 +39,11 @@ extern "C" __global__ void lrn_bwd_f32(float* __restrict__ dx, const float* __re
                                        float alpha_over_size, float beta, float k) {
     const long long total = (long long)N * C * HW;
     const float coef = 2.f * alpha_over_size * beta;  // 2αβ/size
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const long long p = idx % HW;
-        const int i = (int)((idx / HW) % C);
-        const long long base = (idx / (HW * C)) * C * HW + p;  // channel 0 of this pixel
+    grid_stride_loop(total, [&](auto idx) {
+        using I = decltype(idx);
+        const I plane = idx / (I)HW, n = plane / (I)C;
+        const int i = (int)(plane - n * (I)C);
+        const long long base = (long long)n * C * HW + (idx - plane * (I)HW);  // channel 0 of this pixel
         // Channels j whose window contains i: [i − ⌊(size−1)/2⌋, i + ⌊size/2⌋].
         const int lo = max(i - (size - 1) / 2, 0), hi = min(i + size / 2, C - 1);
         float cross = 0.f;
@@ -51,5 +53,5 @@ extern "C" __global__ void lrn_bwd_f32(float* __restrict__ dx, const float* __re
         }
         const float s_i = lrn_scale(x + base, HW, C, i, size, alpha_over_size, k);
         dx[idx] = dy[idx] * powf(s_i, -beta) - coef * x[idx] * cross;
-    }
+    });
 }

@@ -31,12 +31,13 @@ __device__ __forceinline__ int window_argmax(const float* plane, int H, int W, i
 // One thread per output: the maximum of its window.
 extern "C" __global__ void max_pool2d_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long long planes,
                                               int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
-    const long long total = planes * OH * OW;
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const int ox = (int)(idx % OW), oy = (int)((idx / OW) % OH);
-        const float* plane = x + (idx / ((long long)OW * OH)) * H * W;
+    grid_stride_loop(planes * OH * OW, [&](auto idx) {
+        using I = decltype(idx);
+        const I row = idx / (I)OW, plane_index = row / (I)OH;  // row = plane·OH + oy
+        const int ox = (int)(idx - row * (I)OW), oy = (int)(row - plane_index * (I)OH);
+        const float* plane = x + (long long)plane_index * H * W;
         y[idx] = plane[window_argmax(plane, H, W, oy, ox, kh, kw, sh, sw, ph, pw)];
-    }
+    });
 }
 
 // First output row (or column) whose window contains input index i: the smallest o with
@@ -53,12 +54,12 @@ __device__ __forceinline__ int first_window(int i, int s, int p, int k) {
 extern "C" __global__ void max_pool2d_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy,
                                               const float* __restrict__ x, long long planes, int H, int W, int OH, int OW,
                                               int kh, int kw, int sh, int sw, int ph, int pw) {
-    const long long total = planes * H * W;
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const int ix = (int)(idx % W), iy = (int)((idx / W) % H);
-        const long long plane_index = idx / ((long long)W * H);
-        const float* plane = x + plane_index * H * W;
-        const float* dplane = dy + plane_index * OH * OW;
+    grid_stride_loop(planes * H * W, [&](auto idx) {
+        using I = decltype(idx);
+        const I row = idx / (I)W, plane_index = row / (I)H;  // row = plane·H + iy
+        const int ix = (int)(idx - row * (I)W), iy = (int)(row - plane_index * (I)H);
+        const float* plane = x + (long long)plane_index * H * W;
+        const float* dplane = dy + (long long)plane_index * OH * OW;
         const int me = iy * W + ix;
         float acc = 0.f;
         // Windows containing row iy: o·sh − ph <= iy < o·sh − ph + kh.
@@ -69,39 +70,41 @@ extern "C" __global__ void max_pool2d_bwd_f32(float* __restrict__ dx, const floa
             }
         }
         dx[idx] = acc;
-    }
+    });
 }
 
 // One thread per output: the window's sum over kh·kw (padding counts in the divisor).
 extern "C" __global__ void avg_pool2d_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long long planes,
                                               int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
-    const long long total = planes * OH * OW;
     const float inv_area = 1.f / (float)(kh * kw);
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const int ox = (int)(idx % OW), oy = (int)((idx / OW) % OH);
-        const float* plane = x + (idx / ((long long)OW * OH)) * H * W;
+    grid_stride_loop(planes * OH * OW, [&](auto idx) {
+        using I = decltype(idx);
+        const I row = idx / (I)OW, plane_index = row / (I)OH;
+        const int ox = (int)(idx - row * (I)OW), oy = (int)(row - plane_index * (I)OH);
+        const float* plane = x + (long long)plane_index * H * W;
         const int y0 = oy * sh - ph, x0 = ox * sw - pw;
         float s = 0.f;
         for (int iy = max(y0, 0); iy < min(y0 + kh, H); ++iy)
             for (int ix = max(x0, 0); ix < min(x0 + kw, W); ++ix) s += plane[iy * W + ix];
         y[idx] = s * inv_area;
-    }
+    });
 }
 
 // One thread per input pixel: Σ dy / (kh·kw) over the windows that contain it.
 extern "C" __global__ void avg_pool2d_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy, long long planes,
                                               int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
-    const long long total = planes * H * W;
     const float inv_area = 1.f / (float)(kh * kw);
-    for (long long idx = global_thread_index(); idx < total; idx += grid_stride()) {
-        const int ix = (int)(idx % W), iy = (int)((idx / W) % H);
-        const float* dplane = dy + (idx / ((long long)W * H)) * OH * OW;
+    grid_stride_loop(planes * H * W, [&](auto idx) {
+        using I = decltype(idx);
+        const I row = idx / (I)W, plane_index = row / (I)H;
+        const int ix = (int)(idx - row * (I)W), iy = (int)(row - plane_index * (I)H);
+        const float* dplane = dy + (long long)plane_index * OH * OW;
         const int oy_last = min((iy + ph) / sh, OH - 1), ox_last = min((ix + pw) / sw, OW - 1);
         float acc = 0.f;
         for (int oy = first_window(iy, sh, ph, kh); oy <= oy_last; ++oy)
             for (int ox = first_window(ix, sw, pw, kw); ox <= ox_last; ++ox) acc += dplane[oy * OW + ox] * inv_area;
         dx[idx] = acc;
-    }
+    });
 }
 
 // One block per plane: the mean of its HW values (a block reduction, fixed order).
@@ -119,5 +122,5 @@ global_avg_pool_fwd_f32(float* __restrict__ y, const float* __restrict__ x, long
 extern "C" __global__ void global_avg_pool_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy, long long planes,
                                                    long long HW) {
     const float inv = 1.f / (float)HW;
-    for (long long idx = global_thread_index(); idx < planes * HW; idx += grid_stride()) dx[idx] = dy[idx / HW] * inv;
+    grid_stride_loop(planes * HW, [&](auto idx) { dx[idx] = dy[idx / (decltype(idx))HW] * inv; });
 }

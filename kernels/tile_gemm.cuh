@@ -29,6 +29,17 @@
 //
 // The operands handle the edges: a load outside the matrix returns 0, and the epilogue skips
 // outputs outside C, so M, N and K need not be multiples of the tile.
+//
+// Operands are walked, not indexed: every thread fetches its rows k in order, a fixed step
+// apart, so an operand keeps a cursor on the row instead of being handed k. That lets a
+// convolution's operand step its (channel, ky, kx) by adding, where taking an arbitrary k
+// apart would cost divisions (conv_index.cuh). The interface:
+//   A: `void seek(int k, int step)` (the first row, and the distance between rows),
+//      `float load(int m)` (A(m, row)), `void advance()` (row += step);
+//   B: `void set_column(long long n)` (called once: each thread always loads from the same
+//      column), then `seek`, `float load()` (B(row, column)) and `advance` likewise.
+// The engine advances the cursors whether or not a row is loaded (rows past k_end are not),
+// so a cursor may run a few rows past the end; it must not read there.
 #pragma once
 #include "common.cuh"
 
@@ -38,11 +49,10 @@
 #define TILE_THREADS 256
 
 // The 64×64 tile of C at block (blockIdx.y, blockIdx.x), summed over k in [k_begin, k_end).
-// `A` provides `float load(int m, int k)`; `B` provides `void set_column(long long n)` (called
-// once: each thread always loads from the same column) and `float load(int k)`; `out`
-// provides `void store(int m, long long n, float v)`.
+// `A` and `B` are operands as above (copied: their cursors move); `out` provides
+// `void store(int m, long long n, float v)`.
 template <class AOperand, class BOperand, class Epilogue>
-__device__ __forceinline__ void tile_gemm_64x64(const AOperand& A, BOperand& B, const Epilogue& out, int M, long long N,
+__device__ __forceinline__ void tile_gemm_64x64(AOperand A, BOperand B, const Epilogue& out, int M, long long N,
                                                 int k_begin, int k_end) {
     __shared__ __align__(16) float a_tile[2][TILE_K][TILE_M + 4];
     __shared__ __align__(16) float b_tile[2][TILE_K][TILE_N];
@@ -54,18 +64,23 @@ __device__ __forceinline__ void tile_gemm_64x64(const AOperand& A, BOperand& B, 
     // The elements this thread fetches at every step: A(m0 + a_m + 32i, k0 + a_k) and
     // B(k0 + b_k + 4i, n0 + b_n), for i = 0, 1. Consecutive threads fetch consecutive k of A
     // (contiguous in a row-major weight tensor) and consecutive columns of B (neighbouring
-    // pixels), so the global loads coalesce.
+    // pixels), so the global loads coalesce. So A's rows are TILE_K apart (one per step) and
+    // B's are 4 apart (two per step).
     const int a_k = tid % 8, a_m = tid / 8;
     const int b_n = tid % 64, b_k = tid / 64;
     B.set_column(n0 + b_n);
+    A.seek(k_begin + a_k, TILE_K);
+    B.seek(k_begin + b_k, 4);
     float a_next[2], b_next[2];
 
     auto fetch = [&](int k0) {
         for (int i = 0; i < 2; ++i) {
             const int m = m0 + a_m + 32 * i, ka = k0 + a_k, kb = k0 + b_k + 4 * i;
-            a_next[i] = (m < M && ka < k_end) ? A.load(m, ka) : 0.f;
-            b_next[i] = (kb < k_end) ? B.load(kb) : 0.f;
+            a_next[i] = (m < M && ka < k_end) ? A.load(m) : 0.f;
+            b_next[i] = (kb < k_end) ? B.load() : 0.f;
+            B.advance();
         }
+        A.advance();
     };
     auto stage = [&](int buf) {
         for (int i = 0; i < 2; ++i) {
@@ -187,7 +202,8 @@ __device__ __forceinline__ void tile_gemm_128x128_with(Loader& loader, const Epi
 
 // The scalar loader: each thread fetches 4 values of A and 4 of B per step, one float each,
 // through the operand objects, so it serves any operand (strided views, im2col gathers).
-// Thread t fetches A(m0 + t/8 + 32i, k0 + t%8) and B(k0 + t/128 + 2i, n0 + t%128), i = 0..3.
+// Thread t fetches A(m0 + t/8 + 32i, k0 + t%8) and B(k0 + t/128 + 2i, n0 + t%128), i = 0..3:
+// A's rows TILE_K apart, B's 2 apart.
 // The loader keeps its own copies of the operands (not references to the caller's), so
 // that they can live in registers: a referenced operand must have an address, which puts it
 // in local memory.
@@ -197,7 +213,9 @@ struct ScalarLoader128 {
     BOperand B;
     int M, m0, a_k, a_m, b_n, b_k;
     float a_next[4], b_next[4];
-    __device__ ScalarLoader128(const AOperand& a, const BOperand& b, int M_) : A(a), B(b), M(M_) {
+    // (fetch must then be called for k_begin, k_begin + TILE_K, … in order: the cursors
+    // move by one step per call.)
+    __device__ ScalarLoader128(const AOperand& a, const BOperand& b, int M_, int k_begin) : A(a), B(b), M(M_) {
         const int tid = threadIdx.x;
         m0 = blockIdx.y * TILE2_M;
         a_k = tid % 8;
@@ -205,13 +223,17 @@ struct ScalarLoader128 {
         b_n = tid % 128;
         b_k = tid / 128;
         B.set_column((long long)blockIdx.x * TILE2_N + b_n);
+        A.seek(k_begin + a_k, TILE_K);
+        B.seek(k_begin + b_k, 2);
     }
     __device__ void fetch(int k0, int k_end) {
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + a_m + 32 * i, ka = k0 + a_k, kb = k0 + b_k + 2 * i;
-            a_next[i] = (m < M && ka < k_end) ? A.load(m, ka) : 0.f;
-            b_next[i] = (kb < k_end) ? B.load(kb) : 0.f;
+            a_next[i] = (m < M && ka < k_end) ? A.load(m) : 0.f;
+            b_next[i] = (kb < k_end) ? B.load() : 0.f;
+            B.advance();
         }
+        A.advance();
     }
     __device__ void stage(Tile128Rows& a_rows, Tile128Rows& b_rows) const {
         for (int i = 0; i < 4; ++i) {
@@ -222,8 +244,8 @@ struct ScalarLoader128 {
 };
 
 template <class AOperand, class BOperand, class Epilogue>
-__device__ __forceinline__ void tile_gemm_128x128(const AOperand& A, BOperand& B, const Epilogue& out, int M,
+__device__ __forceinline__ void tile_gemm_128x128(const AOperand& A, const BOperand& B, const Epilogue& out, int M,
                                                   long long N, int k_begin, int k_end) {
-    ScalarLoader128<AOperand, BOperand> loader(A, B, M);
+    ScalarLoader128<AOperand, BOperand> loader(A, B, M, k_begin);
     tile_gemm_128x128_with(loader, out, M, N, k_begin, k_end);
 }
