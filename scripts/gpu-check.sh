@@ -26,6 +26,10 @@
 #
 # Usage: gpu-check.sh [--deadline SECONDS] [--device cuda|emu] [--quick] [--tiers LIST] [--out DIR] [BINARY]
 #   --deadline  seconds for the whole run (default 480)
+#   --torch-from DIR
+#               compare with the PyTorch files of an earlier run on the same GPU
+#               (DIR/torch-SUITE.jsonl) instead of timing PyTorch again: its figures do not
+#               change with scratchnet's commits, and they take most of tier 2's time
 #   --tiers     the tiers to run, e.g. 3 or 1,3 (default 1,2,3); devices and the selftest
 #               always run first, since nothing after them means anything if they fail
 #   --device    cuda (default), or emu to run the checks through the emulator on the CPU
@@ -39,6 +43,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 deadline_s=480
 tiers_wanted=1,2,3
+torch_from=
 device=cuda
 quick=0
 out=${OUT:-}
@@ -50,7 +55,8 @@ while [ $# -gt 0 ]; do
         --quick) quick=1; shift ;;
         --out) out=${2:-}; shift 2 ;;
         --tiers) tiers_wanted=${2:-}; shift 2 ;;
-        -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --torch-from) torch_from=${2:-}; shift 2 ;;
+        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "error: unknown option $1 (see $0 --help)" >&2; exit 2 ;;
         *) bin=$1; shift ;;
     esac
@@ -58,6 +64,10 @@ done
 case $deadline_s in ''|*[!0-9]*) echo "error: --deadline takes a number of seconds, got '$deadline_s'" >&2; exit 2 ;; esac
 case $device in cuda|emu) ;; *) echo "error: --device must be cuda or emu, got '$device'" >&2; exit 2 ;; esac
 case ,$tiers_wanted, in *[!0-9,]* | ,, | *,[!123],* | *,[0-9][0-9]*) echo "error: --tiers takes a list of 1, 2 and 3, got '$tiers_wanted'" >&2; exit 2 ;; esac
+if [ -n "$torch_from" ] && [ ! -d "$torch_from" ]; then
+    echo "error: --torch-from $torch_from is not a directory" >&2
+    exit 2
+fi
 wants() { case ,$tiers_wanted, in *,$1,*) return 0 ;; *) return 1 ;; esac; }
 if [ -z "$bin" ]; then
     if [ -x "$here/scratchnet" ]; then bin=$here/scratchnet; else bin=$here/../target/release/scratchnet; fi
@@ -237,14 +247,22 @@ bench_pair() {
     [ -f "$out/bench-$suite.jsonl" ] && rows=$(($(wc -l <"$out/bench-$suite.jsonl") - 1))
     [ "$rows" -gt 0 ] || { skip "torch-$suite" "$tier" "no bench rows"; return; }
     amend "${results[-1]} ($rows rows)"
-    if [ $have_torch -eq 0 ]; then
+    if [ -n "$torch_from" ]; then
+        if [ -s "$torch_from/torch-$suite.jsonl" ]; then
+            cp "$torch_from/torch-$suite.jsonl" "$out/torch-$suite.jsonl"
+            skip "torch-$suite" "$tier" "compared with $torch_from/torch-$suite.jsonl"
+        else
+            skip "torch-$suite" "$tier" "no $torch_from/torch-$suite.jsonl"
+        fi
+    elif [ $have_torch -eq 0 ]; then
         skip "torch-$suite" "$tier" "python3 with torch not found"
         return
+    else
+        local torch_device=cuda
+        [ "$device" = emu ] && torch_device=cpu
+        PYTHONUNBUFFERED=1 run_step "torch-$suite" "$tier" "$cap" python3 "$baseline" "$out/bench-$suite.jsonl" \
+            --out "$out/torch-$suite.jsonl" --device "$torch_device"
     fi
-    local torch_device=cuda
-    [ "$device" = emu ] && torch_device=cpu
-    PYTHONUNBUFFERED=1 run_step "torch-$suite" "$tier" "$cap" python3 "$baseline" "$out/bench-$suite.jsonl" \
-        --out "$out/torch-$suite.jsonl" --device "$torch_device"
     if [ -s "$out/torch-$suite.jsonl" ]; then
         "$bin" bench --compare "$out/bench-$suite.jsonl" "$out/torch-$suite.jsonl" >"$out/compare-$suite.log" 2>&1 ||
             echo "(comparison of $suite failed: $(head -c 200 "$out/compare-$suite.log"))"
