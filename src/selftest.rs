@@ -10,7 +10,7 @@
 use crate::autograd::gradcheck::{GradcheckOptions, gradcheck};
 use crate::device::{Device, poison_new_buffers};
 use crate::error::Result;
-use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
+use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry, reference};
 use crate::ops::gemm::{GemmKernel, matmul};
 use crate::ops::lrn::{self, LrnParams};
 use crate::ops::pool::{self, Pool2dParams};
@@ -137,12 +137,15 @@ impl Tester {
             let dy = self.input(&g.out_shape());
             let (xd, wd, bd, dyd) =
                 (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?, self.on_device(&dy)?);
-            let bias = with_bias.then_some(&b);
             let bias_d = with_bias.then_some(&bd);
-            let want_y = conv2d::forward(&x, &w, bias, params)?;
-            let want_dx = conv2d::backward_data(&dy, &w, x.shape(), params)?;
-            let want_dw = conv2d::backward_filter(&dy, &x, w.shape(), params)?;
-            // Every kernel variant (on the CPU there is one).
+            // The definition's loops (ops::conv2d::reference) in f64 are what every variant,
+            // the CPU's fast path included, is held to.
+            let (xv, wv, bv, dyv) = (x.to_f64_vec()?, w.to_f64_vec()?, b.to_f64_vec()?, dy.to_f64_vec()?);
+            let want_y =
+                Tensor::from_cpu(g.out_shape(), reference::forward(&xv, &wv, with_bias.then_some(bv.as_slice()), &g));
+            let want_dx = Tensor::from_cpu(x.shape().clone(), reference::backward_data(&dyv, &wv, &g));
+            let want_dw = Tensor::from_cpu(w.shape().clone(), reference::backward_filter(&dyv, &xv, &g));
+            // Every kernel variant (on the CPU there is one: the fast im2col + GEMM path).
             let algos: &[(ConvAlgo, &str)] = if self.device.is_cpu() {
                 &[(ConvAlgo::Auto, "")]
             } else {
@@ -163,7 +166,7 @@ impl Tester {
             if !self.device.is_cpu() && params.groups > 1 {
                 self.conv2d_towers(&case, (&xd, &wd, bias_d, &dyd), params, (&want_y, &want_dx, &want_dw))?;
             }
-            let want = conv2d::backward_bias(&dy)?;
+            let want = Tensor::from_cpu(Shape::from([g.o]), reference::backward_bias(&dyv, &g));
             let got = conv2d::backward_bias(&dyd)?;
             self.record("conv2d backward (bias)", &case, &got, &want, TOL_REORDERED)?;
         }

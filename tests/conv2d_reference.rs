@@ -1,87 +1,9 @@
-//! The im2col + GEMM convolution against a direct convolution written as the definition's
-//! seven nested loops. The direct version is slow and obviously right; it exists only here.
+//! The CPU's fast convolution (im2col gathered into the GEMM's packed panels) against the
+//! definition's loops, `ops::conv2d::reference`, in f64 and f32, on shapes chosen for their
+//! edge cases.
 
-use scratchnet::ops::conv2d::{self, Conv2dParams, ConvGeometry};
+use scratchnet::ops::conv2d::{self, Conv2dParams, ConvGeometry, reference};
 use scratchnet::{DType, Shape, Tensor};
-
-/// `x[n, c, iy, ix]` or 0 outside the image.
-fn at(x: &[f64], g: &ConvGeometry, n: usize, c: usize, iy: isize, ix: isize) -> f64 {
-    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-        return 0.0;
-    }
-    x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize]
-}
-
-/// The input pixel that output `(oy, ox)` reads through kernel tap `(ky, kx)`.
-fn source(g: &ConvGeometry, oy: usize, ox: usize, ky: usize, kx: usize) -> (isize, isize) {
-    let p = g.params;
-    (
-        (oy * p.stride.0 + ky * p.dilation.0) as isize - p.padding.0 as isize,
-        (ox * p.stride.1 + kx * p.dilation.1) as isize - p.padding.1 as isize,
-    )
-}
-
-/// Calls `f(n, o, oy, ox, c, ky, kx)` for every multiply-add of the convolution.
-fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize)) {
-    let (og, cg) = (g.o / g.params.groups, g.c / g.params.groups);
-    for n in 0..g.n {
-        for o in 0..g.o {
-            let group = o / og;
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    for ci in 0..cg {
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                f(n, o, oy, ox, group * cg + ci, ky, kx);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn w_index(g: &ConvGeometry, o: usize, c: usize, ky: usize, kx: usize) -> usize {
-    let cg = g.c / g.params.groups;
-    ((o * cg + c % cg) * g.kh + ky) * g.kw + kx
-}
-
-fn y_index(g: &ConvGeometry, n: usize, o: usize, oy: usize, ox: usize) -> usize {
-    ((n * g.o + o) * g.oh + oy) * g.ow + ox
-}
-
-fn direct_forward(x: &[f64], w: &[f64], b: &[f64], g: &ConvGeometry) -> Vec<f64> {
-    let mut y = vec![0.0; g.n * g.o * g.oh * g.ow];
-    for n in 0..g.n {
-        for o in 0..g.o {
-            for p in 0..g.oh * g.ow {
-                y[(n * g.o + o) * g.oh * g.ow + p] = b[o];
-            }
-        }
-    }
-    for_each_tap(g, |n, o, oy, ox, c, ky, kx| {
-        let (iy, ix) = source(g, oy, ox, ky, kx);
-        y[y_index(g, n, o, oy, ox)] += w[w_index(g, o, c, ky, kx)] * at(x, g, n, c, iy, ix);
-    });
-    y
-}
-
-/// dx and dw by the chain rule applied to each multiply-add of the forward loops.
-fn direct_backward(x: &[f64], w: &[f64], dy: &[f64], g: &ConvGeometry) -> (Vec<f64>, Vec<f64>) {
-    let mut dx = vec![0.0; x.len()];
-    let mut dw = vec![0.0; w.len()];
-    for_each_tap(g, |n, o, oy, ox, c, ky, kx| {
-        let (iy, ix) = source(g, oy, ox, ky, kx);
-        let d = dy[y_index(g, n, o, oy, ox)];
-        let wi = w_index(g, o, c, ky, kx);
-        dw[wi] += d * at(x, g, n, c, iy, ix);
-        if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
-            dx[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize] += d * w[wi];
-        }
-    });
-    (dx, dw)
-}
 
 fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -103,10 +25,10 @@ fn compare(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams, dtype: DTy
 
     let y = conv2d::forward(&x, &w, Some(&b), p).unwrap();
     assert_eq!(y.shape(), &g.out_shape(), "{case}");
-    let err = rel_l2(&y.to_f64_vec().unwrap(), &direct_forward(&xs, &ws, &bs, &g));
+    let err = rel_l2(&y.to_f64_vec().unwrap(), &reference::forward(&xs, &ws, Some(&bs), &g));
     assert!(err < tol, "forward {case}: {err:e}");
 
-    let (dx_want, dw_want) = direct_backward(&xs, &ws, &dys, &g);
+    let (dx_want, dw_want) = (reference::backward_data(&dys, &ws, &g), reference::backward_filter(&dys, &xs, &g));
     let dx = conv2d::backward_data(&dy, &w, &Shape::from(x_shape), p).unwrap();
     let err = rel_l2(&dx.to_f64_vec().unwrap(), &dx_want);
     assert!(err < tol, "data gradient {case}: {err:e}");
@@ -115,11 +37,7 @@ fn compare(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams, dtype: DTy
     assert!(err < tol, "filter gradient {case}: {err:e}");
 
     let db = conv2d::backward_bias(&dy).unwrap().to_f64_vec().unwrap();
-    for (o, got) in db.iter().enumerate() {
-        let want: f64 = (0..g.n)
-            .flat_map(|n| (0..g.oh * g.ow).map(move |p| (n, p)))
-            .map(|(n, p)| dys[(n * g.o + o) * g.oh * g.ow + p])
-            .sum();
+    for (got, want) in db.iter().zip(reference::backward_bias(&dys, &g)) {
         assert!((got - want).abs() <= tol * want.abs().max(1.0), "bias gradient {case}");
     }
 }

@@ -46,6 +46,7 @@ use rayon::prelude::*;
 
 mod gpu;
 mod im2col;
+pub mod reference;
 
 pub use gpu::{ConvAlgo, conv_algo, set_conv_algo, set_towers, towers};
 
