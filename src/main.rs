@@ -62,6 +62,9 @@ enum Command {
     /// Time each op at the networks' layer shapes against the device's roofline; or compare
     /// two bench files (--compare).
     Bench(BenchArgs),
+    /// One op at one shape, every kernel variant: error against the reference, time,
+    /// roofline, and ptxas's registers, shared memory, spills and occupancy.
+    Kernel(KernelCmdArgs),
     /// Where a training step spends its time and memory, layer by layer.
     Profile(ProfileArgs),
 }
@@ -234,6 +237,45 @@ struct SelftestArgs {
 }
 
 #[derive(Args)]
+struct KernelCmdArgs {
+    /// conv2d, gemm, batchnorm, lrn, pool, concat, elementwise or sgd.
+    op: String,
+    /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// NxCxHxW (conv2d, batchnorm, lrn, pool, concat) or a number of elements (elementwise,
+    /// sgd); default: a shape of the networks on cuda, a smaller one on cpu and emu.
+    #[arg(long)]
+    input: Option<String>,
+    /// conv2d: OxIxKHxKW with I = C/groups (default: C→C 3×3).
+    #[arg(long)]
+    weight: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    #[arg(long, default_value_t = 1)]
+    padding: usize,
+    #[arg(long, default_value_t = 1)]
+    dilation: usize,
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// gemm: MxNxK.
+    #[arg(long)]
+    gemm: Option<String>,
+    /// fwd, dgrad, wgrad (conv2d), bwd (both gradients, or the op's backward) or all.
+    #[arg(long, default_value = "all")]
+    pass: String,
+    /// default (what the engine runs) or all (every kernel variant).
+    #[arg(long, default_value = "all")]
+    variants: String,
+    /// Timed runs at least (default: 10 on cuda, 3 on cpu, 1 on emu).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Also write each row as JSON lines here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -303,6 +345,7 @@ fn main() -> ExitCode {
         Command::Devices => run_devices().map(|()| ExitCode::SUCCESS),
         Command::Selftest(args) => run_selftest(args),
         Command::Bench(args) => run_bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Kernel(args) => run_kernel(args),
         Command::Profile(args) => run_profile(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -624,6 +667,83 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         out!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `AxBxC…` as sizes, or an error naming the flag.
+fn parse_dims(flag: &str, text: &str) -> Result<Vec<usize>> {
+    text.split(['x', 'X'])
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| Error::argument("kernel", format!("{flag} '{text}' is not sizes joined by x (e.g. 64x256x14x14)")))
+}
+
+fn run_kernel(a: KernelCmdArgs) -> Result<ExitCode> {
+    use scratchnet::bench::kernel::{self, KernelOptions};
+    set_activity(Activity::Benchmarking);
+    if let Some(path) = &a.json {
+        output::check_writable(path)?;
+    }
+    let gemm = match a.gemm.as_deref().map(|g| parse_dims("--gemm", g)).transpose()? {
+        Some(d) => match d[..] {
+            [m, n, k] => Some([m, n, k]),
+            _ => return Err(Error::argument("kernel", format!("--gemm takes MxNxK, got {} sizes", d.len()))),
+        },
+        None => None,
+    };
+    let opts = KernelOptions {
+        device: a.device.parse::<Device>()?,
+        family: a.op.clone(),
+        input: a.input.as_deref().map(|t| parse_dims("--input", t)).transpose()?,
+        weight: a.weight.as_deref().map(|t| parse_dims("--weight", t)).transpose()?,
+        conv: scratchnet::ops::conv2d::Conv2dParams::default()
+            .stride(a.stride)
+            .padding(a.padding)
+            .dilation(a.dilation)
+            .groups(a.groups),
+        gemm,
+        pass: a.pass.clone(),
+        all_variants: match a.variants.as_str() {
+            "default" => false,
+            "all" => true,
+            other => {
+                return Err(Error::argument("kernel", format!("--variants must be default or all, got '{other}'")));
+            }
+        },
+        repeats: a.repeats,
+    };
+    let mut results = a.json.as_deref().map(scratchnet::bench::jsonl::JsonLines::create).transpose()?;
+    let mut write_error = None;
+    let mut first = true;
+    let (_, rows) = kernel::run(&opts, |row, c| {
+        if first {
+            if opts.device == Device::Emu {
+                err!("note: the emulator runs kernels on the CPU; its times say nothing about a GPU");
+            }
+            out!(
+                "{} on {}: ceilings copy {:.1} GB/s, SGEMM {:.1} GFLOP/s",
+                opts.family,
+                opts.device,
+                c.copy_gbs,
+                c.gemm_gflops
+            );
+            out!("{}", kernel::header());
+            first = false;
+        }
+        for line in kernel::lines(opts.device, row, c) {
+            out!("{line}");
+        }
+        if let Some(f) = results.as_mut()
+            && let Err(e) = f.write(&kernel::to_json(row))
+        {
+            write_error.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    let failed = rows.iter().filter(|r| !r.passed()).count();
+    out!("{} variants: {} within tolerance, {failed} not", rows.len(), rows.len() - failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run_devices() -> Result<()> {

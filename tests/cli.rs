@@ -389,3 +389,52 @@ fn profile_refuses_bad_options() {
     assert_bad_input(&["train", "--device", "cpu", "--cuda-graph"], "--cuda-graph: needs a GPU device");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `scratchnet kernel`: every op family, every variant, on the emulator at its small default
+/// shape. Each row is held to the op's reference with NaN-poisoned outputs; the table names
+/// the kernels each variant launched with ptxas's figures for them (when nvcc built them).
+#[test]
+fn kernel_runs_every_variant_of_every_op_family_on_the_emulator() {
+    let variants = |table: &str| table.lines().filter(|l| l.ends_with(" -") && !l.starts_with(' ')).count();
+    for (op, rows) in [
+        ("conv2d", 9),
+        ("gemm", 5),
+        ("batchnorm", 2),
+        ("lrn", 2),
+        ("pool", 2),
+        ("concat", 2),
+        ("elementwise", 3),
+        ("sgd", 1),
+    ] {
+        let table = assert_ok(&["kernel", op, "--device", "emu", "--repeats", "1"]);
+        assert!(table.starts_with(&format!("{op} on emu: ceilings copy ")), "{table}");
+        assert_eq!(variants(&table), rows, "{table}");
+        assert!(table.contains(&format!("{rows} variants: {rows} within tolerance, 0 not")), "{table}");
+        if scratchnet::device::kernels::CUDA_ARCHS.is_empty() {
+            assert!(table.contains("no ptxas figures"), "{table}");
+        } else {
+            assert!(table.contains(" regs, ") && table.contains("occupancy "), "{table}");
+        }
+    }
+    // The three convolution kernels of each pass, by name.
+    let table = assert_ok(&["kernel", "conv2d", "--device", "emu", "--pass", "wgrad", "--input", "2x4x6x6"]);
+    for k in [
+        "conv2d_bwd_filter_direct_f32",
+        "conv2d_bwd_filter_implicit_gemm_f32",
+        "conv2d_bwd_filter_implicit_gemm128_f32",
+    ] {
+        assert!(table.contains(k), "{table}");
+    }
+    assert!(!table.contains("fwd") && !table.contains("dgrad"), "{table}");
+}
+
+#[test]
+fn kernel_refuses_bad_ops_shapes_and_passes() {
+    assert_bad_input(&["kernel", "conv3d", "--device", "cpu"], "unknown op 'conv3d'");
+    assert_bad_input(&["kernel", "conv2d", "--device", "cpu", "--input", "2x3"], "--input must be NxCxHxW");
+    assert_bad_input(&["kernel", "conv2d", "--device", "cpu", "--input", "2xax3x3"], "is not sizes joined by x");
+    assert_bad_input(&["kernel", "gemm", "--device", "cpu", "--gemm", "4x4"], "--gemm takes MxNxK");
+    assert_bad_input(&["kernel", "pool", "--device", "cpu", "--pass", "dgrad"], "pool has no pass 'dgrad'");
+    assert_bad_input(&["kernel", "lrn", "--device", "cpu", "--variants", "some"], "--variants must be default or all");
+    assert_bad_input(&["kernel", "conv2d", "--device", "cpu", "--input", "1x4x5x5", "--weight", "3x3x3x3"], "conv2d");
+}

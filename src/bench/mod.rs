@@ -23,6 +23,7 @@
 
 pub mod compare;
 pub mod jsonl;
+pub mod kernel;
 pub mod problems;
 pub mod roofline;
 
@@ -325,10 +326,10 @@ pub fn line(row: &Row, ceilings: &Ceilings) -> String {
 }
 
 /// Median and minimum of a run's timings.
-struct Timing {
-    median_ms: f64,
-    min_ms: f64,
-    runs: usize,
+pub(crate) struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub runs: usize,
 }
 
 /// The shortest time a problem is timed for, in all, once it has run `repeats` times.
@@ -338,7 +339,12 @@ const MAX_RUNS: usize = 1000;
 
 /// Times `run` on `device`: warm-up runs, then timed ones until there are `repeats` of them
 /// and they add up to [`MIN_TOTAL_MS`].
-fn time(device: Device, repeats: usize, warmup: usize, run: &mut dyn FnMut() -> Result<()>) -> Result<Timing> {
+pub(crate) fn time(
+    device: Device,
+    repeats: usize,
+    warmup: usize,
+    run: &mut dyn FnMut() -> Result<()>,
+) -> Result<Timing> {
     let gpu = device.gpu()?;
     for _ in 0..warmup {
         run()?;

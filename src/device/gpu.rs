@@ -153,6 +153,8 @@ pub struct GpuDevice {
     launches: [AtomicU64; SIDE_STREAMS + 1],
     /// When set, what each side stream ran in each fork and join ([`GpuDevice::on_streams`]).
     spans: Mutex<Option<Vec<StreamSpan>>>,
+    /// When set, every kernel launched since, with its launch dimensions ([`GpuDevice::start_launch_log`]).
+    launch_log: Mutex<Option<Vec<(&'static str, LaunchDims)>>>,
     /// Held by the thread inside [`GpuDevice::on_streams`]: one fork at a time.
     forking: Mutex<()>,
 }
@@ -187,6 +189,7 @@ impl GpuDevice {
             }),
             launches: Default::default(),
             spans: Mutex::new(None),
+            launch_log: Mutex::new(None),
             forking: Mutex::new(()),
         })
     }
@@ -492,6 +495,9 @@ impl GpuDevice {
             )));
         }
         self.note_use(&call.buffers);
+        if let Some(log) = self.launch_log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            log.push((call.name, d));
+        }
         let mut args = call.args;
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_mut_ptr).collect();
         // SAFETY: the argument kinds match the signature (checked above), and the pointers
@@ -574,6 +580,17 @@ impl GpuDevice {
 
     /// Starts keeping a [`StreamSpan`] for each side stream of each later
     /// [`GpuDevice::on_streams`] (the profiler's view of the streams).
+    /// Starts noting every kernel launched (name and dimensions), for `scratchnet kernel` to
+    /// say which kernels a variant ran and look up their ptxas figures.
+    pub fn start_launch_log(&self) {
+        *self.launch_log.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// The launches noted since [`GpuDevice::start_launch_log`], which stops noting them.
+    pub fn take_launch_log(&self) -> Vec<(&'static str, LaunchDims)> {
+        self.launch_log.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
+    }
+
     pub fn start_stream_log(&self) {
         *self.spans.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
     }

@@ -43,6 +43,46 @@ pub struct KernelResources {
     /// Bytes of local memory per thread for the stack (arrays indexed at run time, spills).
     pub stack_bytes: u32,
     pub spill_store_bytes: u32,
+    /// Static shared memory per block, in bytes.
+    pub shared_bytes: u32,
+}
+
+/// What one streaming multiprocessor of an architecture holds, for occupancy: the limits of
+/// NVIDIA's occupancy calculator (CUDA C++ Programming Guide, "Compute Capabilities").
+struct SmLimits {
+    warps: u32,
+    blocks: u32,
+    registers: u32,
+    shared_bytes: u32,
+}
+
+fn sm_limits(arch: &str) -> Option<SmLimits> {
+    let (warps, blocks, shared_kib) = match arch {
+        "sm_75" => (32, 16, 64),
+        "sm_80" => (64, 32, 164),
+        "sm_86" => (48, 16, 100),
+        "sm_89" => (48, 24, 100),
+        "sm_90" => (64, 32, 228),
+        _ => return None,
+    };
+    Some(SmLimits { warps, blocks, registers: 65536, shared_bytes: shared_kib << 10 })
+}
+
+impl KernelResources {
+    /// The theoretical occupancy of a launch of `threads` threads per block with `dynamic`
+    /// bytes of dynamic shared memory: the resident warps per SM (limited by registers,
+    /// shared memory, warps and blocks) over the SM's maximum. Registers are allocated per
+    /// warp in units of 256; each block also reserves 1 KiB of shared memory for the system.
+    pub fn occupancy(&self, threads: u32, dynamic: u32) -> Option<f64> {
+        let sm = sm_limits(&self.arch)?;
+        let warps_per_block = threads.div_ceil(32).max(1);
+        let regs_per_warp = (self.registers.max(1) * 32).div_ceil(256) * 256;
+        let by_registers = (sm.registers / regs_per_warp) / warps_per_block;
+        let shared = self.shared_bytes + dynamic;
+        let by_shared = if shared == 0 { u32::MAX } else { sm.shared_bytes / (shared + 1024) };
+        let blocks = by_registers.min(by_shared).min(sm.warps / warps_per_block).min(sm.blocks);
+        Some(f64::from(blocks * warps_per_block) / f64::from(sm.warps))
+    }
 }
 
 /// [`PTXAS_REPORT`] read into one row per kernel and architecture. The report's lines come
@@ -64,7 +104,14 @@ pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
             let mut parts = rest.split('\'');
             let kernel = parts.next().unwrap_or_default().to_string();
             let arch = parts.nth(1).unwrap_or_default().to_string();
-            current = Some(KernelResources { kernel, arch, registers: 0, stack_bytes: 0, spill_store_bytes: 0 });
+            current = Some(KernelResources {
+                kernel,
+                arch,
+                registers: 0,
+                stack_bytes: 0,
+                spill_store_bytes: 0,
+                shared_bytes: 0,
+            });
             frame_seen = false;
         } else if let Some(k) = current.as_mut() {
             // The first frame line is the entry's own (later ones would be device functions
@@ -80,6 +127,7 @@ pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
                     .and_then(|r| r.trim_start().split(' ').next())
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
+                k.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
             }
         }
     }
@@ -116,17 +164,42 @@ ptxas info    : Used 64 registers, used 1 barriers, 8448 bytes smem
                     arch: "sm_90".into(),
                     registers: 16,
                     stack_bytes: 0,
-                    spill_store_bytes: 0
+                    spill_store_bytes: 0,
+                    shared_bytes: 0
                 },
                 KernelResources {
                     kernel: "conv2d_fwd_implicit_gemm_f32".into(),
                     arch: "sm_80".into(),
                     registers: 64,
                     stack_bytes: 24,
-                    spill_store_bytes: 12
+                    spill_store_bytes: 12,
+                    shared_bytes: 8448
                 },
             ]
         );
+    }
+
+    /// The occupancy calculator's arithmetic on sm_90 (64 warps, 32 blocks, 64 K registers,
+    /// 228 KiB of shared memory per SM).
+    #[test]
+    fn occupancy_is_limited_by_registers_shared_memory_and_warps() {
+        let k = |registers, shared_bytes| KernelResources {
+            kernel: "k".into(),
+            arch: "sm_90".into(),
+            registers,
+            stack_bytes: 0,
+            spill_store_bytes: 0,
+            shared_bytes,
+        };
+        // 32 registers × 256 threads: 8 blocks of 8 warps fill the 64 warps.
+        assert_eq!(k(32, 0).occupancy(256, 0), Some(1.0));
+        // 128 registers: 4096 per warp, 16 warps by registers, 2 blocks of 8: a quarter.
+        assert_eq!(k(128, 16896).occupancy(256, 0), Some(0.25));
+        // 100 KiB of shared memory per block: 2 blocks (each also reserves 1 KiB).
+        assert_eq!(k(16, 100 << 10).occupancy(128, 0), Some(8.0 / 64.0));
+        // 33 registers round up to 40 per thread (1280 per warp): 51 warps, 6 blocks of 8.
+        assert_eq!(k(33, 0).occupancy(256, 0), Some(48.0 / 64.0));
+        assert_eq!(KernelResources { arch: "sm_70".into(), ..k(32, 0) }.occupancy(256, 0), None);
     }
 
     /// Local memory is slow memory: a register array indexed at run time, or spills, turn

@@ -35,6 +35,7 @@ use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
+pub mod reference;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
