@@ -24,6 +24,8 @@
 //! second pass over `(x − μ)²` rather than as `E[x²] − μ²`, which cancels catastrophically
 //! when the mean is large compared with the spread.
 
+pub mod fused;
+
 use rayon::prelude::*;
 
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, sum_f64, sum2_f64, with_float_type};

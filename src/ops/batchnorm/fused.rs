@@ -2,17 +2,17 @@
 //! addition folded into the normalisation's pass (BN + ReLU after a convolution, BN + add +
 //! ReLU at the end of a residual block), and their backward, which applies the ReLU's mask as
 //! it reads the output gradient. The kernels are in kernels/batchnorm_fused.cu; on the CPU
-//! these forms run the batch norm reference of [`super::batchnorm`] with the epilogue.
+//! these forms run the batch norm CPU code of [`super`] with the epilogue.
 //!
 //! On a GPU the statistics and the gradient sums are per-channel reductions spread over many
 //! blocks (kernels/channel_reduce.cuh): a pass of partial sums, a finalize per channel, then
 //! one element-wise pass.
 
-pub use super::batchnorm::Epilogue;
-use super::batchnorm::{
+pub use super::Epilogue;
+use super::{
     BatchNormGrads, BatchNormTrainOutput, backward_cpu, check, check_eps, forward_train_cpu, normalize, shape_args,
 };
-use super::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
+use crate::ops::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -75,9 +75,9 @@ pub fn forward_train_fused(
     let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? else {
         return forward_train_cpu(x, gamma, beta, eps, epilogue);
     };
-    let (slices, chunk) = super::bias_act::channel_slices(n, c, hw);
+    let (slices, chunk) = crate::ops::bias_act::channel_slices(n, c, hw);
     let partial = gpu.alloc(DType::F64, 2 * slices * c)?;
-    let stats = super::bias_act::slice_call(OP, "bn_stats_partial_f32", slices, c)?.buf(&partial).buf(x.gpu_buffer()?);
+    let stats = crate::ops::bias_act::slice_call(OP, "bn_stats_partial_f32", slices, c)?.buf(&partial).buf(x.gpu_buffer()?);
     gpu.launch(shape_args(stats, n, c, hw)?.i64(to_i64(chunk)))?;
     let mean = gpu.alloc(x.dtype(), c)?;
     let var = gpu.alloc(x.dtype(), c)?;
@@ -152,11 +152,11 @@ pub fn backward_fused(
             backward_cpu::<T>(host(dy)?, ys, x, gamma, mean, var, eps, batch_stats, want_residual)
         });
     };
-    let (slices, chunk) = super::bias_act::channel_slices(n, c, hw);
+    let (slices, chunk) = crate::ops::bias_act::channel_slices(n, c, hw);
     let partial = gpu.alloc(DType::F64, 2 * slices * c)?;
     let (xb, dyb, meanb, varb) = (x.gpu_buffer()?, dy.gpu_buffer()?, mean.gpu_buffer()?, var.gpu_buffer()?);
     let yb = y.map(Tensor::gpu_buffer).transpose()?;
-    let reduce = super::bias_act::slice_call(OP, "bn_act_bwd_partial_f32", slices, c)?
+    let reduce = crate::ops::bias_act::slice_call(OP, "bn_act_bwd_partial_f32", slices, c)?
         .buf(&partial)
         .buf(dyb)
         .buf_or_null(yb)
@@ -167,7 +167,7 @@ pub fn backward_fused(
     gpu.launch(shape_args(reduce, n, c, hw)?.i64(to_i64(chunk)))?;
     let dgamma = gpu.alloc(dtype, c)?;
     let dbeta = gpu.alloc(dtype, c)?;
-    super::bias_act::finalize_partials(&gpu, OP, &dbeta, Some(&dgamma), &partial, c, slices, 2)?;
+    crate::ops::bias_act::finalize_partials(&gpu, OP, &dbeta, Some(&dgamma), &partial, c, slices, 2)?;
     let dx = gpu.alloc(dtype, x.numel())?;
     let dresidual = if want_residual { Some(gpu.alloc(dtype, x.numel())?) } else { None };
     let data = KernelCall::elementwise("bn_act_bwd_data_f32", x.numel().div_ceil(if hw % 4 == 0 { 4 } else { 1 }))
