@@ -12,6 +12,7 @@
 pub mod autotune;
 pub mod batchnorm;
 pub mod bias_act;
+pub(crate) mod channel_reduce;
 pub mod concat;
 pub mod conv2d;
 pub mod dropout;

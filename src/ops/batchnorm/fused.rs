@@ -5,17 +5,18 @@
 //! these forms run the batch norm CPU code of [`super`] with the epilogue.
 //!
 //! On a GPU the statistics and the gradient sums are per-channel reductions spread over many
-//! blocks (kernels/channel_reduce.cuh): a pass of partial sums, a finalize per channel, then
-//! one element-wise pass.
+//! blocks (kernels/channel_reduce.cuh, launched by [`crate::ops::channel_reduce`]): a pass of
+//! partial sums, a finalize per channel, then one element-wise pass.
 
 pub use super::Epilogue;
 use super::{
     BatchNormGrads, BatchNormTrainOutput, backward_cpu, check, check_eps, forward_train_cpu, normalize, shape_args,
 };
-use crate::ops::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
-use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::gpu::{KernelCall, to_i32};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::ops::channel_reduce::ChannelReduction;
+use crate::ops::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
+use crate::tensor::Tensor;
 
 const OP: &str = "batch_norm";
 
@@ -75,15 +76,13 @@ pub fn forward_train_fused(
     let Some(gpu) = gpu_f32(OP, x.dtype(), x.device())? else {
         return forward_train_cpu(x, gamma, beta, eps, epilogue);
     };
-    let (slices, chunk) = crate::ops::bias_act::channel_slices(n, c, hw);
-    let partial = gpu.alloc(DType::F64, 2 * slices * c)?;
-    let stats = crate::ops::bias_act::slice_call(OP, "bn_stats_partial_f32", slices, c)?.buf(&partial).buf(x.gpu_buffer()?);
-    gpu.launch(shape_args(stats, n, c, hw)?.i64(to_i64(chunk)))?;
+    let sums = ChannelReduction::new(&gpu, OP, (n, c, hw), 2)?;
+    let xb = x.gpu_buffer()?;
+    sums.launch_partials(&gpu, "bn_stats_partial_f32", |call| call.buf(sums.partial()).buf(xb))?;
     let mean = gpu.alloc(x.dtype(), c)?;
     let var = gpu.alloc(x.dtype(), c)?;
-    let finalize =
-        KernelCall::elementwise("bn_stats_finalize_f32", c).buf(&mean).buf(&var).buf(&partial).buf(x.gpu_buffer()?);
-    gpu.launch(shape_args(finalize, n, c, hw)?.i32(to_i32(OP, "slices", slices)?))?;
+    let finalize = KernelCall::elementwise("bn_stats_finalize_f32", c).buf(&mean).buf(&var).buf(sums.partial()).buf(xb);
+    gpu.launch(shape_args(finalize, n, c, hw)?.i32(to_i32(OP, "slices", sums.slices())?))?;
     let y = fused_normalize_gpu(&gpu, x, gamma, beta, &mean, &var, eps, epilogue)?;
     Ok(BatchNormTrainOutput { y, mean: Tensor::from_gpu([c], mean), var: Tensor::from_gpu([c], var) })
 }
@@ -152,22 +151,15 @@ pub fn backward_fused(
             backward_cpu::<T>(host(dy)?, ys, x, gamma, mean, var, eps, batch_stats, want_residual)
         });
     };
-    let (slices, chunk) = crate::ops::bias_act::channel_slices(n, c, hw);
-    let partial = gpu.alloc(DType::F64, 2 * slices * c)?;
+    let sums = ChannelReduction::new(&gpu, OP, (n, c, hw), 2)?;
     let (xb, dyb, meanb, varb) = (x.gpu_buffer()?, dy.gpu_buffer()?, mean.gpu_buffer()?, var.gpu_buffer()?);
     let yb = y.map(Tensor::gpu_buffer).transpose()?;
-    let reduce = crate::ops::bias_act::slice_call(OP, "bn_act_bwd_partial_f32", slices, c)?
-        .buf(&partial)
-        .buf(dyb)
-        .buf_or_null(yb)
-        .buf(xb)
-        .buf(meanb)
-        .buf(varb)
-        .f32(eps as f32);
-    gpu.launch(shape_args(reduce, n, c, hw)?.i64(to_i64(chunk)))?;
+    sums.launch_partials(&gpu, "bn_act_bwd_partial_f32", |call| {
+        call.buf(sums.partial()).buf(dyb).buf_or_null(yb).buf(xb).buf(meanb).buf(varb).f32(eps as f32)
+    })?;
     let dgamma = gpu.alloc(dtype, c)?;
     let dbeta = gpu.alloc(dtype, c)?;
-    crate::ops::bias_act::finalize_partials(&gpu, OP, &dbeta, Some(&dgamma), &partial, c, slices, 2)?;
+    sums.finalize(&gpu, &dbeta, Some(&dgamma))?;
     let dx = gpu.alloc(dtype, x.numel())?;
     let dresidual = if want_residual { Some(gpu.alloc(dtype, x.numel())?) } else { None };
     let data = KernelCall::elementwise("bn_act_bwd_data_f32", x.numel().div_ceil(if hw % 4 == 0 { 4 } else { 1 }))

@@ -9,16 +9,17 @@
 //! ```
 //!
 //! The tensors are N×C×HW with the channel second (a fully connected layer's `[N, C]` output
-//! is the case HW = 1). The kernels are in kernels/bias_act.cu.
+//! is the case HW = 1). The kernels are in kernels/bias_act.cu; the bias gradient's per-channel
+//! sum is launched by [`crate::ops::channel_reduce`].
 
 use rayon::prelude::*;
 
 use super::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
-use crate::device::GpuDevice;
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Element, Float, Tensor};
+use crate::ops::channel_reduce::ChannelReduction;
+use crate::tensor::{Element, Float, Tensor};
 
 const OP: &str = "bias + relu";
 
@@ -29,48 +30,6 @@ pub(crate) fn channel_dims(op: &'static str, t: &Tensor) -> Result<(usize, usize
         [n, c, h, w] => Ok((n, c, h * w)),
         _ => Err(Error::shape_of(op, "an [N, C] or [N, C, H, W] tensor", "output", t.shape())),
     }
-}
-
-/// How a per-channel sum over `n·hw` values per channel is cut for the kernels of
-/// kernels/channel_reduce.cuh: `(slices, chunk)`, with `chunk` a multiple of 4. Enough
-/// slices that the grid has about a thousand blocks, but none shorter than 2,048 values.
-pub(crate) fn channel_slices(n: usize, c: usize, hw: usize) -> (usize, usize) {
-    let m = (n * hw).max(1);
-    let wanted = 1024usize.div_ceil(c.max(1)).min(m.div_ceil(2048)).clamp(1, 256);
-    let chunk = m.div_ceil(wanted).div_ceil(4) * 4;
-    (m.div_ceil(chunk), chunk)
-}
-
-/// The launch of a per-channel slice kernel: grid (slices, channels).
-pub(crate) fn slice_call(op: &'static str, name: &'static str, slices: usize, c: usize) -> Result<KernelCall> {
-    if c > 65_535 {
-        return Err(Error::argument(op, format!("{c} channels are more than one launch handles (65,535)")));
-    }
-    Ok(KernelCall::new(name).grid(slices as u32, c as u32, 1).block(256, 1, 1))
-}
-
-/// Adds the `slices` partial sums (`k` per slice) of each channel: the first into `out0`,
-/// the second, if wanted, into `out1`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn finalize_partials(
-    gpu: &GpuDevice,
-    op: &'static str,
-    out0: &crate::device::GpuBuffer,
-    out1: Option<&crate::device::GpuBuffer>,
-    partial: &crate::device::GpuBuffer,
-    c: usize,
-    slices: usize,
-    k: usize,
-) -> Result<()> {
-    gpu.launch(
-        KernelCall::elementwise("channel_partials_finalize_f32", c)
-            .buf(out0)
-            .buf_or_null(out1)
-            .buf(partial)
-            .i32(to_i32(op, "channels", c)?)
-            .i32(to_i32(op, "slices", slices)?)
-            .i32(k as i32),
-    )
 }
 
 /// `y ← act(y + b)` in place, `act` ReLU when `relu` is set, else nothing; `bias` may be absent.
@@ -122,20 +81,12 @@ pub fn relu_backward_with_bias(dy: &Tensor, y: &Tensor, want_bias: bool) -> Resu
         }
         let dz = gpu.alloc(dtype, y.numel())?;
         let db = gpu.alloc(dtype, c)?;
-        let (slices, chunk) = channel_slices(n, c, hw);
-        let partial = gpu.alloc(DType::F64, slices * c)?;
-        gpu.launch(
-            slice_call(OP, "relu_bwd_bias_partial_f32", slices, c)?
-                .buf(&dz)
-                .buf(&partial)
-                .buf(dy.gpu_buffer()?)
-                .buf(y.gpu_buffer()?)
-                .i32(to_i32(OP, "batch", n)?)
-                .i32(to_i32(OP, "channels", c)?)
-                .i64(to_i64(hw))
-                .i64(to_i64(chunk)),
-        )?;
-        finalize_partials(&gpu, OP, &db, None, &partial, c, slices, 1)?;
+        let sums = ChannelReduction::new(&gpu, OP, (n, c, hw), 1)?;
+        let (dyb, yb) = (dy.gpu_buffer()?, y.gpu_buffer()?);
+        sums.launch_partials(&gpu, "relu_bwd_bias_partial_f32", |call| {
+            call.buf(&dz).buf(sums.partial()).buf(dyb).buf(yb)
+        })?;
+        sums.finalize(&gpu, &db, None)?;
         return Ok((Tensor::from_gpu(y.shape().clone(), dz), Some(Tensor::from_gpu([c], db))));
     }
     with_float_type!(dtype, OP, |T| {
@@ -167,19 +118,6 @@ pub fn relu_backward_with_bias(dy: &Tensor, y: &Tensor, want_bias: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slices_cover_each_channel_in_chunks_of_four() {
-        for (n, c, hw) in [(64, 64, 112 * 112), (2, 2048, 49), (1, 3, 5), (8, 16, 1), (64, 1000, 1)] {
-            let (s, chunk) = channel_slices(n, c, hw);
-            assert_eq!(chunk % 4, 0);
-            assert!((1..=256).contains(&s));
-            assert!(s * chunk >= n * hw && (s - 1) * chunk < n * hw, "{n} {c} {hw}: {s} × {chunk}");
-        }
-        // A few large channels are cut into many slices; many small ones are not cut.
-        assert!(channel_slices(64, 64, 112 * 112).0 >= 16);
-        assert_eq!(channel_slices(64, 2048, 49).0, 1);
-    }
 
     #[test]
     fn bias_relu_and_its_backward_by_hand() {
