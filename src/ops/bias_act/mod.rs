@@ -12,6 +12,8 @@
 //! is the case HW = 1). The kernels are in kernels/bias_act.cu; the bias gradient's per-channel
 //! sum is launched by [`crate::ops::channel_reduce`].
 
+pub mod reference;
+
 use rayon::prelude::*;
 
 use super::{common_dtype, expect_shape, gpu_f32, host, with_float_type};

@@ -1,6 +1,8 @@
 //! Element-wise ops: ReLU, addition (the residual shortcut), and in-place accumulation
 //! (how the autograd tape sums the gradients of a value used more than once).
 
+pub mod reference;
+
 use rayon::prelude::*;
 
 use super::{common_dtype, gpu_f32, host, with_float_type};
