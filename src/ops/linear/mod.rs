@@ -13,6 +13,8 @@
 //!
 //! The bias kernels are in kernels/linear.cu, the products in kernels/gemm.cu.
 
+pub mod reference;
+
 use rayon::prelude::*;
 
 use super::gemm::{GemmKernel, matmul};

@@ -12,6 +12,8 @@
 //! error here, where PyTorch would skip the example).
 //! The forward pass returns the probabilities so the backward pass needs nothing else.
 
+pub mod reference;
+
 use super::{common_dtype, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::device::host_memory::filled;
