@@ -24,6 +24,8 @@
 //! The backward pass recomputes `s` from `x` instead of keeping it: one more tensor the size
 //! of the activation would otherwise stay alive until backward.
 
+pub mod reference;
+
 use rayon::prelude::*;
 
 use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};

@@ -13,6 +13,8 @@
 //!   PyTorch's default), so every window divides by `kernel_h · kernel_w`.
 //! - **Global average**: the mean of each whole plane, `[N, C, H, W] → [N, C, 1, 1]`.
 
+pub mod reference;
+
 use rayon::prelude::*;
 
 use super::{expect_nchw, expect_shape, gpu_f32, host, with_float_type};
