@@ -20,11 +20,13 @@
 //!
 //! In eval mode the statistics are constants, so `dx = γ / √(σ² + ε) · dy`.
 //!
-//! The reference accumulates every per-channel sum in f64, and computes the variance in a
+//! The CPU path accumulates every per-channel sum in f64, and computes the variance in a
 //! second pass over `(x − μ)²` rather than as `E[x²] − μ²`, which cancels catastrophically
-//! when the mean is large compared with the spread.
+//! when the mean is large compared with the spread. The definition's plain loops are in
+//! [`reference`].
 
 pub mod fused;
+pub mod reference;
 
 use rayon::prelude::*;
 
