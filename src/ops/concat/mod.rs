@@ -6,6 +6,8 @@
 //! each input are copied one after another. The gradient of input `i` is the matching
 //! slice of the output gradient.
 
+pub mod reference;
+
 use rayon::prelude::*;
 
 use super::{common_dtype, gpu_f32, host, with_float_type};

@@ -12,6 +12,8 @@
 //! as an f32, so the drop rate is `p` rounded to a multiple of 2⁻²⁴ while the scale uses `p`
 //! itself: the expected output differs from the input by at most one part in 16 million.
 
+pub mod reference;
+
 use super::{gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i64};
 use crate::error::{Error, Result};

@@ -11,6 +11,8 @@
 //! write it the other way); the two agree at a constant learning rate but differ when it
 //! changes.
 
+pub mod reference;
+
 use rayon::prelude::*;
 
 use super::{common_dtype, gpu_f32, host, with_float_type};
