@@ -1,13 +1,20 @@
 //! The ops: one module per op family.
 //!
-//! Each module holds the op's shape rules, its parameters, and its CPU reference forward and
-//! backward. The reference is written to be read first and to be fast second; it is the oracle
-//! every kernel is tested against. An op's public functions take and return [`Tensor`]s,
-//! check their inputs (returning [`Error`]s that name the op and the shapes), and dispatch on
-//! the device and the element type. The CPU code is generic over [`Float`] so the same lines
-//! run in f32 for training and in f64 for the gradient checks. On `cuda` and `emu` an op
+//! Each op lives in `src/ops/<op>/`. Its `reference.rs` is the op's definition: plain loops
+//! over slices with the sizes passed explicitly, one loop per index of each sum, no packing,
+//! no intrinsics, no threads, generic over [`Float`], under a comment with the math and above
+//! tests worked by hand. It is the oracle every variant is held to, in f64: `scratchnet
+//! selftest` (and through it the emulator and GPU parity tests), `scratchnet kernel`, and the
+//! tests of the CPU path (tests/ops_reference.rs, tests/conv2d_reference.rs).
+//!
+//! The op's `mod.rs` holds its shape rules, its parameters and its public functions, which
+//! take and return [`Tensor`]s, check their inputs (returning [`Error`]s that name the op and
+//! the shapes), and dispatch on the device and the element type. On `cpu` they run the CPU
+//! path, written to be fast (threads, sums in f64 lanes, folded multiply-adds, packed GEMMs)
+//! and generic over [`Float`] too, so the same lines run in f32 for training and in f64 for the
+//! gradient checks; it is one more variant held to the reference. On `cuda` and `emu` an op
 //! launches the kernels of `kernels/<op>.cu` (f32 only) through the shared launch path of
-//! [`crate::device::gpu`]; the launch code sits in the op's file, under the CPU reference.
+//! [`crate::device::gpu`]; the launch code sits in the op's `mod.rs`, under the CPU path.
 
 pub mod autotune;
 pub mod batchnorm;
@@ -35,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Float, Tensor};
 
 /// Runs `$body` with `$T` bound to the Rust type of a floating-point dtype, or returns a
-/// dtype error naming `$op`. The reference ops are written once, generic over [`Float`].
+/// dtype error naming `$op`. The CPU paths are written once, generic over [`Float`].
 macro_rules! with_float_type {
     ($dtype:expr, $op:expr, |$T:ident| $body:expr) => {
         match $dtype {
@@ -74,7 +81,7 @@ pub(crate) fn common_dtype(op: &'static str, inputs: &[(&str, &Tensor)]) -> Resu
 }
 
 /// The GPU device to run on if `device` is `cuda` or `emu` (where the kernels are f32), or
-/// `None` for the CPU reference.
+/// `None` for the CPU path.
 pub(crate) fn gpu_f32(op: &'static str, dtype: DType, device: Device) -> Result<Option<Arc<GpuDevice>>> {
     let Some(gpu) = device.gpu()? else {
         return Ok(None);
