@@ -1,20 +1,30 @@
-//! `scratchnet selftest`: every op, forward and backward, on one device against the CPU
-//! reference computed in f64, on random inputs of awkward sizes (batch 1, prime heights,
-//! widths and channel counts, channels that are no multiple of any tile).
+//! `scratchnet selftest`: every op, forward and backward, on one device against the op's
+//! plain reference (`ops::<op>::reference`) computed in f64, on random inputs of awkward sizes
+//! (batch 1, prime heights, widths and channel counts, channels that are no multiple of any
+//! tile).
 //!
-//! On `cuda` and `emu` the candidate is the kernel; on `cpu` it is the f32 reference itself,
+//! On `cuda` and `emu` the candidates are the kernels; on `cpu` it is the CPU path in f32,
 //! plus gradient checks by finite differences. New device buffers are filled with NaN before
 //! each kernel runs, so an element a kernel forgets to write cannot pass. The error measure
 //! is the relative L2 error `‖a − b‖ / ‖b‖`; NaN never passes.
+//!
+//! This file holds the harness, the convolutions, the GEMMs and the bias + ReLU after them;
+//! the other op families are in `pool.rs`, `norm.rs` (LRN and the batch norms), `dense.rs`
+//! (fully connected, cross-entropy, SGD) and `pointwise.rs` (element-wise, concat, dropout).
+
+mod dense;
+mod norm;
+mod pointwise;
+mod pool;
 
 use crate::autograd::gradcheck::{GradcheckOptions, gradcheck};
 use crate::device::{Device, poison_new_buffers};
 use crate::error::Result;
 use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry, reference};
-use crate::ops::gemm::{GemmKernel, matmul};
-use crate::ops::lrn::{self, LrnParams};
-use crate::ops::pool::{self, Pool2dParams};
-use crate::ops::{batchnorm, batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd};
+use crate::ops::gemm::{self, GemmKernel, matmul};
+use crate::ops::lrn::LrnParams;
+use crate::ops::pool::Pool2dParams;
+use crate::ops::{bias_act, elementwise, linear};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// Tolerance for results computed with the same order of operations as the reference, or
@@ -63,7 +73,8 @@ pub fn run(device: Device, mut report: impl FnMut(&Check)) -> Result<Vec<Check>>
         t.pooling()?;
         t.lrn()?;
         t.batch_norm()?;
-        t.fused()?;
+        t.batch_norm_fused()?;
+        t.bias_relu()?;
         t.elementwise()?;
         t.concat()?;
         t.dropout()?;
@@ -231,7 +242,10 @@ impl Tester {
         {
             let a = self.input(&if ta { [k, m] } else { [m, k] });
             let b = self.input(&if tb { [n, k] } else { [k, n] });
-            let want = matmul(&a, ta, &b, tb, GemmKernel::Tiled)?;
+            // The definition's three loops on row-major operands: the stored transposes undone.
+            let a_rows = if ta { transpose(&a.to_f64_vec()?, k, m) } else { a.to_f64_vec()? };
+            let b_rows = if tb { transpose(&b.to_f64_vec()?, n, k) } else { b.to_f64_vec()? };
+            let want = expected([m, n], gemm::reference::matmul(&a_rows, &b_rows, m, n, k));
             let (ad, bd) = (self.on_device(&a)?, self.on_device(&b)?);
             for kernel in GemmKernel::ALL.into_iter().filter(|kernel| kernel.fits(m, n, k, ta, tb)) {
                 let got = matmul(&ad, ta, &bd, tb, kernel)?;
@@ -242,198 +256,17 @@ impl Tester {
         Ok(())
     }
 
-    fn linear(&mut self) -> Result<()> {
-        let (n, i, o) = (5, 17, 13);
-        let case = format!("x [{n}, {i}] w [{o}, {i}]");
-        let (x, w, b, dy) = (self.input(&[n, i]), self.input(&[o, i]), self.input(&[o]), self.input(&[n, o]));
-        let (xd, wd, bd, dyd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?, self.on_device(&dy)?);
-        let got = linear::forward(&xd, &wd, Some(&bd))?;
-        self.record("linear forward", &case, &got, &linear::forward(&x, &w, Some(&b))?, TOL_PLAIN)?;
-        let got = linear::backward_data(&dyd, &wd)?;
-        self.record("linear backward (data)", &case, &got, &linear::backward_data(&dy, &w)?, TOL_PLAIN)?;
-        let got = linear::backward_weight(&dyd, &xd)?;
-        self.record("linear backward (weight)", &case, &got, &linear::backward_weight(&dy, &x)?, TOL_PLAIN)?;
-        let got = linear::backward_bias(&dyd)?;
-        self.record("linear backward (bias)", &case, &got, &linear::backward_bias(&dy)?, TOL_PLAIN)
-    }
-
-    fn pooling(&mut self) -> Result<()> {
-        // Distinct values so no window has a tie (ties may legitimately pick either input).
-        let xs = [2, 3, 13, 11];
-        let mut order: Vec<usize> = (0..xs.iter().product()).collect();
-        crate::rng::Rng::new(self.seed).shuffle(&mut order);
-        let x = Tensor::from_cpu(Shape::from(xs), order.iter().map(|&v| v as f64 * 0.01 - 4.0).collect::<Vec<f64>>());
-        let xd = self.on_device(&x)?;
-        for p in [Pool2dParams::new(3, 2), Pool2dParams::new(3, 1).padding(1), Pool2dParams::new(2, 2)] {
-            let case = format!("x {xs:?} kernel {:?} stride {:?} pad {:?}", p.kernel, p.stride, p.padding);
-            let y = pool::max_pool2d_forward(&x, p)?;
-            self.record("max_pool2d forward", &case, &pool::max_pool2d_forward(&xd, p)?, &y, TOL_PLAIN)?;
-            let dy = self.input(y.dims());
-            let dyd = self.on_device(&dy)?;
-            let want = pool::max_pool2d_backward(&dy, &x, p)?;
-            self.record("max_pool2d backward", &case, &pool::max_pool2d_backward(&dyd, &xd, p)?, &want, TOL_PLAIN)?;
-            let want = pool::avg_pool2d_forward(&x, p)?;
-            self.record("avg_pool2d forward", &case, &pool::avg_pool2d_forward(&xd, p)?, &want, TOL_PLAIN)?;
-            let want = pool::avg_pool2d_backward(&dy, x.shape(), p)?;
-            let got = pool::avg_pool2d_backward(&dyd, x.shape(), p)?;
-            self.record("avg_pool2d backward", &case, &got, &want, TOL_PLAIN)?;
-        }
-        let case = format!("x {xs:?}");
-        let want = pool::global_avg_pool_forward(&x)?;
-        self.record("global_avg_pool forward", &case, &pool::global_avg_pool_forward(&xd)?, &want, TOL_REORDERED)?;
-        let dy = self.input(&[2, 3, 1, 1]);
-        let want = pool::global_avg_pool_backward(&dy, x.shape())?;
-        let got = pool::global_avg_pool_backward(&self.on_device(&dy)?, x.shape())?;
-        self.record("global_avg_pool backward", &case, &got, &want, TOL_PLAIN)
-    }
-
-    fn lrn(&mut self) -> Result<()> {
-        let xs = [2, 7, 5, 3];
-        let (x, dy) = (self.input(&xs), self.input(&xs));
-        let (xd, dyd) = (self.on_device(&x)?, self.on_device(&dy)?);
-        let strong = LrnParams { size: 4, alpha: 0.8, beta: 0.75, k: 2.0 };
-        for p in [LrnParams::alexnet(), strong] {
-            let case = format!("x {xs:?} size {} alpha {}", p.size, p.alpha);
-            let y = lrn::forward(&x, p)?;
-            let yd = lrn::forward(&xd, p)?;
-            self.record("lrn forward", &case, &yd, &y, TOL_PLAIN)?;
-            let want = lrn::backward(&dy, &x, &y, p)?;
-            self.record("lrn backward", &case, &lrn::backward(&dyd, &xd, &yd, p)?, &want, TOL_PLAIN)?;
-        }
-        Ok(())
-    }
-
-    fn batch_norm(&mut self) -> Result<()> {
-        let xs = [3, 5, 7, 3];
-        let case = format!("x {xs:?}");
-        let (x, gamma, beta, dy) = (self.input(&xs), self.input(&[5]), self.input(&[5]), self.input(&xs));
-        let (xd, gd, bd, dyd) =
-            (self.on_device(&x)?, self.on_device(&gamma)?, self.on_device(&beta)?, self.on_device(&dy)?);
-        let want = batchnorm::forward_train(&x, &gamma, &beta, 1e-5)?;
-        let got = batchnorm::forward_train(&xd, &gd, &bd, 1e-5)?;
-        self.record("batch_norm forward (train)", &case, &got.y, &want.y, TOL_REORDERED)?;
-        self.record("batch_norm batch mean", &case, &got.mean, &want.mean, TOL_REORDERED)?;
-        self.record("batch_norm batch variance", &case, &got.var, &want.var, TOL_REORDERED)?;
-        let want_g = batchnorm::backward_train(&dy, &x, &gamma, &want.mean, &want.var, 1e-5)?;
-        let got_g = batchnorm::backward_train(&dyd, &xd, &gd, &got.mean, &got.var, 1e-5)?;
-        self.record("batch_norm backward (train, data)", &case, &got_g.dx, &want_g.dx, TOL_REORDERED)?;
-        self.record("batch_norm backward (weight)", &case, &got_g.dgamma, &want_g.dgamma, TOL_REORDERED)?;
-        self.record("batch_norm backward (bias)", &case, &got_g.dbeta, &want_g.dbeta, TOL_REORDERED)?;
-
-        let rv = Tensor::uniform([5], 0.5, 2.0, DType::F64, 99);
-        let (rm, rvd) = (self.input(&[5]), self.on_device(&rv)?);
-        let rmd = self.on_device(&rm)?;
-        let want = batchnorm::forward_eval(&x, &gamma, &beta, &rm, &rv, 1e-5)?;
-        let got = batchnorm::forward_eval(&xd, &gd, &bd, &rmd, &rvd, 1e-5)?;
-        self.record("batch_norm forward (eval)", &case, &got, &want, TOL_PLAIN)?;
-        let want = batchnorm::backward_eval(&dy, &x, &gamma, &rm, &rv, 1e-5)?;
-        let got = batchnorm::backward_eval(&dyd, &xd, &gd, &rmd, &rvd, 1e-5)?;
-        self.record("batch_norm backward (eval, data)", &case, &got.dx, &want.dx, TOL_PLAIN)?;
-
-        let (mut rm_want, mut rv_want) = (rm.clone(), rv.clone());
-        let (mut rm_got, mut rv_got) = (rmd.clone(), rvd.clone());
-        let (bm, bv) = (self.input(&[5]), Tensor::uniform([5], 0.1, 1.0, DType::F64, 98));
-        batchnorm::update_running_stats(&mut rm_want, &mut rv_want, &bm, &bv, 63, 0.1)?;
-        batchnorm::update_running_stats(
-            &mut rm_got,
-            &mut rv_got,
-            &self.on_device(&bm)?,
-            &self.on_device(&bv)?,
-            63,
-            0.1,
-        )?;
-        self.record("batch_norm running mean", &case, &rm_got, &rm_want, TOL_PLAIN)?;
-        self.record("batch_norm running variance", &case, &rv_got, &rv_want, TOL_PLAIN)
-    }
-
-    /// The fused kernels against the plain ops composed on the CPU: BN + add + ReLU and
-    /// BN + ReLU (training and eval, both directions), bias + ReLU after a convolution and a
-    /// fully connected layer, and the ReLU backward that also sums the bias gradient.
-    fn fused(&mut self) -> Result<()> {
-        let eps = 1e-5;
-        // [8, 3, 32, 32]: channels long enough to be cut into several slices, planes of a
-        // multiple of 4 (the vector path); [5, 6, 7, 7]: planes of 49 (the scalar path).
-        // [4, 3, 17, 17]: planes of 289, walked plane by plane one value at a time.
-        for (xs, residual) in
-            [([8, 3, 32, 32], true), ([5, 6, 7, 7], true), ([3, 5, 4, 6], false), ([4, 3, 17, 17], true)]
-        {
-            let c = xs[1];
-            let label = if residual { "bn+add+relu" } else { "bn+relu" };
-            let case = format!("x {xs:?}");
-            let (x, gamma, beta, r, dy) =
-                (self.input(&xs), self.input(&[c]), self.input(&[c]), self.input(&xs), self.input(&xs));
-            let (xd, gd, bd, rd, dyd) = (
-                self.on_device(&x)?,
-                self.on_device(&gamma)?,
-                self.on_device(&beta)?,
-                self.on_device(&r)?,
-                self.on_device(&dy)?,
-            );
-            // The reference: batch norm, then add, then ReLU, each the plain op.
-            let plain = batchnorm::forward_train(&x, &gamma, &beta, eps)?;
-            let sum = if residual { elementwise::add(&plain.y, &r)? } else { plain.y.clone() };
-            let want_y = elementwise::relu_forward(&sum)?;
-            let dz = elementwise::relu_backward(&dy, &want_y)?;
-            let want_g = batchnorm::backward_train(&dz, &x, &gamma, &plain.mean, &plain.var, eps)?;
-
-            let epilogue = batchnorm_fused::Epilogue { residual: residual.then_some(&rd), relu: true };
-            let got = batchnorm_fused::forward_train_fused(&xd, &gd, &bd, epilogue, eps)?;
-            self.record(&format!("{label} forward (train)"), &case, &got.y, &want_y, TOL_REORDERED)?;
-            self.record(&format!("{label} batch mean"), &case, &got.mean, &plain.mean, TOL_REORDERED)?;
-            self.record(&format!("{label} batch variance"), &case, &got.var, &plain.var, TOL_REORDERED)?;
-            let got_g = batchnorm_fused::backward_fused(
-                &dyd,
-                &xd,
-                Some(&got.y),
-                &gd,
-                &got.mean,
-                &got.var,
-                eps,
-                true,
-                residual,
-            )?;
-            self.record(&format!("{label} backward (train, data)"), &case, &got_g.dx, &want_g.dx, TOL_REORDERED)?;
-            self.record(&format!("{label} backward (weight)"), &case, &got_g.dgamma, &want_g.dgamma, TOL_REORDERED)?;
-            self.record(&format!("{label} backward (bias)"), &case, &got_g.dbeta, &want_g.dbeta, TOL_REORDERED)?;
-            if residual {
-                let got_dr = got_g.dresidual.unwrap_or_else(|| Tensor::zeros([0], DType::F32));
-                self.record(&format!("{label} backward (residual)"), &case, &got_dr, &dz, TOL_PLAIN)?;
-            }
-
-            // Eval mode, with fixed statistics.
-            let (rm, rv) = (self.input(&[c]), Tensor::uniform([c], 0.5, 2.0, DType::F64, 97));
-            let (rmd, rvd) = (self.on_device(&rm)?, self.on_device(&rv)?);
-            let plain = batchnorm::forward_eval(&x, &gamma, &beta, &rm, &rv, eps)?;
-            let sum = if residual { elementwise::add(&plain, &r)? } else { plain };
-            let want_y = elementwise::relu_forward(&sum)?;
-            let got_y = batchnorm_fused::forward_eval_fused(&xd, &gd, &bd, &rmd, &rvd, epilogue, eps)?;
-            self.record(&format!("{label} forward (eval)"), &case, &got_y, &want_y, TOL_PLAIN)?;
-            let dz = elementwise::relu_backward(&dy, &want_y)?;
-            let want_g = batchnorm::backward_eval(&dz, &x, &gamma, &rm, &rv, eps)?;
-            let got_g =
-                batchnorm_fused::backward_fused(&dyd, &xd, Some(&got_y), &gd, &rmd, &rvd, eps, false, residual)?;
-            self.record(&format!("{label} backward (eval, data)"), &case, &got_g.dx, &want_g.dx, TOL_PLAIN)?;
-        }
-
-        // One-pass statistics on values far from zero: the mean is 1000 times the spread.
-        let xs = [4, 2, 8, 8];
-        let x = elementwise::add(&self.input(&xs), &Tensor::full(xs, 1000.0, DType::F64))?;
-        let (gamma, beta) = (Tensor::full([2], 1.0, DType::F64), Tensor::zeros([2], DType::F64));
-        let want = batchnorm::forward_train(&x, &gamma, &beta, eps)?;
-        let got = batchnorm_fused::forward_train_fused(
-            &self.on_device(&x)?,
-            &self.on_device(&gamma)?,
-            &self.on_device(&beta)?,
-            batchnorm_fused::Epilogue { residual: None, relu: true },
-            eps,
-        )?;
-        let case = "x [4, 2, 8, 8] around 1000";
-        self.record("bn+relu batch variance", case, &got.var, &want.var, TOL_REORDERED)?;
-
-        // Bias + ReLU after a convolution (both GPU variants) and a fully connected layer.
+    /// Bias + ReLU after a convolution (both GPU variants) and a fully connected layer, and
+    /// the ReLU backward that also sums the bias gradient, against the definitions: the
+    /// convolution's and the fully connected layer's references, then
+    /// `ops::bias_act::reference`.
+    fn bias_relu(&mut self) -> Result<()> {
         let p = Conv2dParams::default().padding(1).stride(2);
         let (x, w, b) = (self.input(&[2, 16, 12, 12]), self.input(&[20, 16, 3, 3]), self.input(&[20]));
-        let want = elementwise::relu_forward(&conv2d::forward(&x, &w, Some(&b), p)?)?;
+        let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+        let (xv, wv, bv) = (x.to_f64_vec()?, w.to_f64_vec()?, b.to_f64_vec()?);
+        let want_v = elementwise::reference::relu(&reference::forward(&xv, &wv, Some(&bv), &g));
+        let want = expected(g.out_shape(), want_v.clone());
         let (xd, wd, bd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?);
         let case = format!("x [2, 16, 12, 12] w [20, 16, 3, 3] {}", describe(&p));
         let algos: &[(ConvAlgo, &str)] = if self.device.is_cpu() {
@@ -447,108 +280,24 @@ impl Tester {
         }
         let dy = self.input(want.dims());
         let (dz, db) = bias_act::relu_backward_with_bias(&self.on_device(&dy)?, &self.on_device(&want)?, true)?;
-        let want_dz = elementwise::relu_backward(&dy, &want)?;
-        self.record("relu backward + bias gradient (dz)", &case, &dz, &want_dz, TOL_PLAIN)?;
+        let (want_dz, want_db) =
+            bias_act::reference::relu_backward_with_bias(&dy.to_f64_vec()?, &want_v, (g.n, g.o, g.oh * g.ow));
+        self.record("relu backward + bias gradient (dz)", &case, &dz, &expected(g.out_shape(), want_dz), TOL_PLAIN)?;
         let db = db.unwrap_or_else(|| Tensor::zeros([0], DType::F32));
-        self.record(
-            "relu backward + bias gradient (db)",
-            &case,
-            &db,
-            &conv2d::backward_bias(&want_dz)?,
-            TOL_REORDERED,
-        )?;
+        self.record("relu backward + bias gradient (db)", &case, &db, &expected([g.o], want_db), TOL_REORDERED)?;
 
-        let (x, w, b) = (self.input(&[9, 37]), self.input(&[21, 37]), self.input(&[21]));
-        let want = elementwise::relu_forward(&linear::forward(&x, &w, Some(&b))?)?;
+        let (n, i, o) = (9, 37, 21);
+        let (x, w, b) = (self.input(&[n, i]), self.input(&[o, i]), self.input(&[o]));
+        let y = linear::reference::forward(&x.to_f64_vec()?, &w.to_f64_vec()?, Some(&b.to_f64_vec()?), (n, i, o));
+        let want_v = elementwise::reference::relu(&y);
+        let want = expected([n, o], want_v.clone());
         let got = linear::forward_relu(&self.on_device(&x)?, &self.on_device(&w)?, Some(&self.on_device(&b)?))?;
         self.record("linear+bias+relu forward", "x [9, 37] w [21, 37]", &got, &want, TOL_PLAIN)?;
-        let dy = self.input(&[9, 21]);
+        let dy = self.input(&[n, o]);
         let (_, db) = bias_act::relu_backward_with_bias(&self.on_device(&dy)?, &self.on_device(&want)?, true)?;
-        let want_db = linear::backward_bias(&elementwise::relu_backward(&dy, &want)?)?;
+        let (_, want_db) = bias_act::reference::relu_backward_with_bias(&dy.to_f64_vec()?, &want_v, (n, o, 1));
         let db = db.unwrap_or_else(|| Tensor::zeros([0], DType::F32));
-        self.record("relu backward + bias gradient (db)", "[9, 21]", &db, &want_db, TOL_REORDERED)
-    }
-
-    fn elementwise(&mut self) -> Result<()> {
-        let s = [3, 17, 31];
-        let case = format!("{s:?}");
-        let (a, b) = (self.input(&s), self.input(&s));
-        let (ad, bd) = (self.on_device(&a)?, self.on_device(&b)?);
-        let y = elementwise::relu_forward(&a)?;
-        let yd = elementwise::relu_forward(&ad)?;
-        self.record("relu forward", &case, &yd, &y, TOL_PLAIN)?;
-        let want = elementwise::relu_backward(&b, &y)?;
-        self.record("relu backward", &case, &elementwise::relu_backward(&bd, &yd)?, &want, TOL_PLAIN)?;
-        self.record("add", &case, &elementwise::add(&ad, &bd)?, &elementwise::add(&a, &b)?, TOL_PLAIN)?;
-        self.record("mul", &case, &elementwise::mul(&ad, &bd)?, &elementwise::mul(&a, &b)?, TOL_PLAIN)?;
-        let (mut acc, mut accd) = (a.clone(), ad.clone());
-        elementwise::add_assign(&mut acc, &b)?;
-        elementwise::add_assign(&mut accd, &bd)?;
-        self.record("add_assign (gradient accumulation)", &case, &accd, &acc, TOL_PLAIN)
-    }
-
-    fn concat(&mut self) -> Result<()> {
-        let parts = [[2, 1, 5, 3], [2, 4, 5, 3], [2, 3, 5, 3]];
-        let case = "three inputs of 1, 4 and 3 channels, [2, C, 5, 3]";
-        let xs: Vec<Tensor> = parts.iter().map(|s| self.input(s)).collect();
-        let xds: Vec<Tensor> = xs.iter().map(|x| self.on_device(x)).collect::<Result<_>>()?;
-        let want = concat::forward(&xs.iter().collect::<Vec<_>>())?;
-        let got = concat::forward(&xds.iter().collect::<Vec<_>>())?;
-        self.record("concat forward", case, &got, &want, TOL_PLAIN)?;
-        let dy = self.input(want.dims());
-        let want = concat::backward(&dy, &[1, 4, 3])?;
-        let got = concat::backward(&self.on_device(&dy)?, &[1, 4, 3])?;
-        for (g, w) in got.iter().zip(&want) {
-            self.record("concat backward (split)", case, g, w, TOL_PLAIN)?;
-        }
-        Ok(())
-    }
-
-    fn dropout(&mut self) -> Result<()> {
-        let s = [4, 9, 29];
-        let case = format!("{s:?} p 0.3 seed 12345");
-        let x = self.input(&s);
-        // The mask must match exactly: both sides draw the same counter-based numbers. (Ones
-        // through the forward pass are the mask.)
-        let ones = Tensor::full(s, 1.0, DType::F32);
-        let mask = dropout::forward(&self.on_device(&ones)?, 0.3, 12345)?;
-        self.record("dropout mask", &case, &mask, &dropout::mask(s, 0.3, 12345)?, 0.0)?;
-        let y = dropout::forward(&x, 0.3, 12345)?;
-        self.record("dropout forward", &case, &dropout::forward(&self.on_device(&x)?, 0.3, 12345)?, &y, TOL_PLAIN)?;
-        // The backward pass draws the same mask again from the seed.
-        let dy = self.input(&s);
-        let want = dropout::backward(&dy, 0.3, 12345)?;
-        self.record("dropout backward", &case, &dropout::backward(&self.on_device(&dy)?, 0.3, 12345)?, &want, TOL_PLAIN)
-    }
-
-    fn cross_entropy(&mut self) -> Result<()> {
-        let (n, k) = (7, 13);
-        let case = format!("logits [{n}, {k}]");
-        let z = self.input(&[n, k]);
-        let labels = Tensor::from_cpu([n], (0..n as i64).map(|i| (i * 5 + 3) % k as i64).collect::<Vec<i64>>());
-        let (loss_want, probs_want) = loss::forward(&z, &labels)?;
-        let (loss_got, probs_got) = loss::forward(&self.on_device(&z)?, &labels.to_device(self.device)?)?;
-        self.record("cross_entropy forward (loss)", &case, &loss_got, &loss_want, TOL_PLAIN)?;
-        self.record("cross_entropy forward (probabilities)", &case, &probs_got, &probs_want, TOL_PLAIN)?;
-        let dloss = Tensor::scalar(0.7f64);
-        let want = loss::backward(&probs_want, &labels, &dloss)?;
-        let got = loss::backward(&probs_got, &labels.to_device(self.device)?, &self.on_device(&dloss)?)?;
-        self.record("cross_entropy backward", &case, &got, &want, TOL_PLAIN)
-    }
-
-    fn sgd(&mut self) -> Result<()> {
-        let s = [1003];
-        let case = "1003 parameters (groups of 4 and a tail), lr 0.1, momentum 0.9, weight decay 5e-4, two steps";
-        let h = sgd::SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4 };
-        let (mut p, g) = (self.input(&s), self.input(&s));
-        let mut v = Tensor::zeros(s, DType::F64);
-        let (mut pd, gd, mut vd) = (self.on_device(&p)?, self.on_device(&g)?, self.on_device(&v)?);
-        for _ in 0..2 {
-            sgd::step(&mut p, &g, &mut v, h)?;
-            sgd::step(&mut pd, &gd, &mut vd, h)?;
-        }
-        self.record("sgd step (parameters)", case, &pd, &p, TOL_PLAIN)?;
-        self.record("sgd step (velocity)", case, &vd, &v, TOL_PLAIN)
+        self.record("relu backward + bias gradient (db)", "[9, 21]", &db, &expected([o], want_db), TOL_REORDERED)
     }
 
     /// On the CPU: the backward of each op family against central differences (f64).
@@ -581,6 +330,22 @@ impl Tester {
         });
         Ok(())
     }
+}
+
+/// The expected result of a check: `values` (from a reference) as a CPU tensor of `shape`.
+fn expected(shape: impl Into<Shape>, values: Vec<f64>) -> Tensor {
+    Tensor::from_cpu(shape.into(), values)
+}
+
+/// The `cols × rows` transpose of a row-major `rows × cols` matrix.
+fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut t = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = v[r * cols + c];
+        }
+    }
+    t
 }
 
 fn describe(p: &Conv2dParams) -> String {
