@@ -23,6 +23,12 @@ fn in_window(i: usize, j: usize, size: usize) -> bool {
     j - (size / 2) as isize <= i && i <= j + ((size - 1) / 2) as isize
 }
 
+/// The channels within `size` of channel `ch`: every channel that can share a window with it
+/// (the loops test each with [`in_window`]; this only spares them the rest).
+fn near(ch: usize, size: usize, channels: usize) -> std::ops::Range<usize> {
+    ch.saturating_sub(size)..(ch + size + 1).min(channels)
+}
+
 /// `s[n, c, q]` for every element.
 fn scale<T: Float>(x: &[T], (n, c, hw): (usize, usize, usize), p: &LrnParams) -> Vec<T> {
     let alpha_over_size = T::from_f64(p.alpha) / T::from_usize(p.size);
@@ -31,7 +37,7 @@ fn scale<T: Float>(x: &[T], (n, c, hw): (usize, usize, usize), p: &LrnParams) ->
         for ch in 0..c {
             for q in 0..hw {
                 let mut energy = T::ZERO;
-                for other in 0..c {
+                for other in near(ch, p.size, c) {
                     if in_window(other, ch, p.size) {
                         let v = x[(img * c + other) * hw + q];
                         energy += v * v;
@@ -66,7 +72,7 @@ pub fn backward<T: Float>(dy: &[T], x: &[T], (n, c, hw): (usize, usize, usize), 
             for q in 0..hw {
                 let at = |ch: usize| (img * c + ch) * hw + q;
                 let mut through_s = T::ZERO;
-                for j in 0..c {
+                for j in near(i, p.size, c) {
                     if in_window(i, j, p.size) {
                         through_s += dy[at(j)] * y[at(j)] / s[at(j)];
                     }
