@@ -12,11 +12,12 @@ use super::{Ceilings, Pass, Problem, measure_ceilings, time};
 use crate::device::Device;
 use crate::device::kernels::{CUDA_ARCHS, KernelResources, PTXAS_REPORT, kernel_resources};
 use crate::error::{Error, Result};
+use crate::ops::batchnorm::{self, reference as bn};
 use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{self, GemmKernel};
 use crate::ops::lrn::{self, LrnParams};
 use crate::ops::pool::{self, Pool2dParams};
-use crate::ops::{batchnorm, concat, elementwise, sgd};
+use crate::ops::{concat, elementwise, sgd};
 use crate::selftest::{TOL_PLAIN, TOL_REORDERED, rel_l2};
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -105,11 +106,6 @@ fn by_device<T>(device: Device, cuda: T, cpu: T, emu: T) -> T {
 fn operand(shape: &Shape, seed: u64, device: Device) -> Result<(Vec<f64>, Tensor)> {
     let t = Tensor::uniform(shape.clone(), -1.0, 1.0, DType::F32, seed);
     Ok((t.to_f64_vec()?, t.to_device(device)?))
-}
-
-/// The same op on the CPU in f64, as the reference for the ops whose CPU code is plain loops.
-fn on_cpu(values: &[f64], shape: &Shape) -> Result<Tensor> {
-    Tensor::from_vec(shape.clone(), values.to_vec())
 }
 
 fn wants(opts: &KernelOptions, pass: &str) -> bool {
@@ -208,14 +204,15 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
         .collect())
 }
 
-/// The cases of a family with one variant per pass: each pass's op run on the device and,
-/// for the reference, on the CPU in f64.
+/// The cases of a family with one variant per pass: each pass's op run on the device, and
+/// what the op's plain reference (`ops::<op>::reference`) computed from the same inputs in f64.
 struct Single {
     pass: &'static str,
     problem: Problem,
     tol: f64,
     op: Op,
     inputs: Vec<(Vec<f64>, Shape)>,
+    want: Vec<f64>,
 }
 
 /// Every value of `outputs`, in order.
@@ -235,16 +232,18 @@ fn one(f: impl Fn(&[&Tensor]) -> Result<Tensor> + 'static) -> Op {
 fn singles(device: Device, list: Vec<Single>) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for s in list {
-        let cpu: Vec<Tensor> = s.inputs.iter().map(|(v, shape)| on_cpu(v, shape)).collect::<Result<_>>()?;
-        let want = flatten(&(s.op)(&cpu.iter().collect::<Vec<_>>())?)?;
-        let dev: Vec<Tensor> = cpu.iter().map(|t| t.to_dtype(DType::F32)?.to_device(device)).collect::<Result<_>>()?;
+        let dev: Vec<Tensor> = s
+            .inputs
+            .iter()
+            .map(|(v, shape)| Tensor::from_vec(shape.clone(), v.clone())?.to_dtype(DType::F32)?.to_device(device))
+            .collect::<Result<_>>()?;
         let op = s.op.clone();
         cases.push(Case {
             variant: if device.is_cpu() { "cpu".into() } else { "default".into() },
             problem: s.problem,
             tol: s.tol,
             run: Box::new(move || op(&dev.iter().collect::<Vec<_>>())),
-            want,
+            want: s.want,
         });
     }
     Ok(cases)
@@ -256,17 +255,22 @@ fn values(shape: &Shape, seed: u64) -> Result<(Vec<f64>, Shape)> {
     Ok((Tensor::uniform(shape.clone(), -1.0, 1.0, DType::F32, seed).to_f64_vec()?, shape.clone()))
 }
 
-/// The f64 values of an op's first output on the CPU, rounded to f32 (an input of the next
-/// pass: the forward's output that a backward reads).
-fn cpu_output(f: impl Fn(&Tensor) -> Result<Tensor>, input: &(Vec<f64>, Shape)) -> Result<(Vec<f64>, Shape)> {
-    let y = f(&on_cpu(&input.0, &input.1)?)?;
-    Ok((y.to_dtype(DType::F32)?.to_f64_vec()?, y.shape().clone()))
+/// A reference's output rounded to f32, as an input of the next pass (the forward's output
+/// that a backward reads).
+fn rounded(values: Vec<f64>, shape: &Shape) -> (Vec<f64>, Shape) {
+    (values.into_iter().map(|v| v as f32 as f64).collect(), shape.clone())
+}
+
+/// `(N, C, H·W)` of an NCHW shape.
+fn nchw(s: &Shape) -> (usize, usize, usize) {
+    let d = s.dims();
+    (d[0], d[1], d[2] * d[3])
 }
 
 fn family_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
     let device = opts.device;
     let small = [2, 8, 9, 9];
-    let s = |p: &'static str, problem, tol, op: Op, inputs| Single { pass: p, problem, tol, op, inputs };
+    let s = |p: &'static str, problem, tol, op: Op, inputs, want| Single { pass: p, problem, tol, op, inputs, want };
     let list: Vec<Single> = match opts.family.as_str() {
         "conv2d" => return conv_cases(opts),
         "gemm" => return gemm_cases(opts),
@@ -274,43 +278,52 @@ fn family_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
             let x = image(opts, [64, 256, 28, 28], [8, 64, 28, 28], small)?;
             let c = Shape::from([x.dims()[1]]);
             let (xv, gamma, beta, dy) = (values(&x, 1)?, values(&c, 2)?, values(&c, 3)?, values(&x, 4)?);
+            let dims = nchw(&x);
             // The backward reads the batch statistics the forward kept: computed here, once.
-            let stats =
-                batchnorm::forward_train(&on_cpu(&xv.0, &x)?, &on_cpu(&gamma.0, &c)?, &on_cpu(&beta.0, &c)?, 1e-5)?;
-            let (mean, var) = ((stats.mean.to_f64_vec()?, c.clone()), (stats.var.to_f64_vec()?, c.clone()));
+            let (y, mean, var) = bn::forward_train(&xv.0, &gamma.0, &beta.0, dims, 1e-5);
+            let dx = bn::backward(&dy.0, &xv.0, &gamma.0, (&mean, &var), dims, 1e-5, true).dx;
             let fwd = |t: &[&Tensor]| -> Result<Tensor> { Ok(batchnorm::forward_train(t[0], t[1], t[2], 1e-5)?.y) };
             let bwd = |t: &[&Tensor]| -> Result<Tensor> {
                 Ok(batchnorm::backward_train(t[1], t[0], t[2], t[3], t[4], 1e-5)?.dx)
             };
-            let bn = |pass| Problem::BatchNorm { x: x.clone(), residual: false, relu: false, pass };
+            let problem = |pass| Problem::BatchNorm { x: x.clone(), residual: false, relu: false, pass };
+            let (mean, var) = ((mean, c.clone()), (var, c.clone()));
             vec![
-                s("fwd", bn(Pass::Forward), TOL_REORDERED, one(fwd), vec![xv.clone(), gamma.clone(), beta]),
-                s("bwd", bn(Pass::Backward), TOL_REORDERED, one(bwd), vec![xv, dy, gamma, mean, var]),
+                s("fwd", problem(Pass::Forward), TOL_REORDERED, one(fwd), vec![xv.clone(), gamma.clone(), beta], y),
+                s("bwd", problem(Pass::Backward), TOL_REORDERED, one(bwd), vec![xv, dy, gamma, mean, var], dx),
             ]
         }
         "lrn" => {
             let x = image(opts, [64, 96, 55, 55], [8, 96, 27, 27], small)?;
             let p = LrnParams::alexnet();
-            let xv = values(&x, 1)?;
-            let y = cpu_output(|t| lrn::forward(t, p), &xv)?;
+            let (xv, dy) = (values(&x, 1)?, values(&x, 4)?);
+            let y = lrn::reference::forward(&xv.0, nchw(&x), &p);
+            let dx = lrn::reference::backward(&dy.0, &xv.0, nchw(&x), &p);
             let fwd = move |t: &[&Tensor]| lrn::forward(t[0], p);
             let bwd = move |t: &[&Tensor]| lrn::backward(t[1], t[0], t[2], p);
             let problem = |pass| Problem::Lrn { x: x.clone(), p, pass };
+            let y_in = rounded(y.clone(), &x);
             vec![
-                s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()]),
-                s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, values(&x, 4)?, y]),
+                s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], y),
+                s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy, y_in], dx),
             ]
         }
         "pool" => {
             let x = image(opts, [64, 64, 112, 112], [8, 64, 56, 56], small)?;
             let p = Pool2dParams::new(3, 2).padding(1);
+            // The output's shape, with the op's own checks of the arguments.
             let y = pool::max_pool2d_forward(&Tensor::zeros(x.clone(), DType::F32), p)?.shape().clone();
+            let d = x.dims();
+            let dims = (d[0], d[1], d[2], d[3]);
+            let (xv, dy) = (values(&x, 1)?, values(&y, 4)?);
+            let want_y = pool::reference::max_pool2d_forward(&xv.0, dims, &p);
+            let want_dx = pool::reference::max_pool2d_backward(&dy.0, &xv.0, dims, &p);
             let fwd = move |t: &[&Tensor]| pool::max_pool2d_forward(t[0], p);
             let bwd = move |t: &[&Tensor]| pool::max_pool2d_backward(t[1], t[0], p);
             let problem = |pass| Problem::MaxPool { x: x.clone(), p, pass };
             vec![
-                s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![values(&x, 1)?]),
-                s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![values(&x, 1)?, values(&y, 4)?]),
+                s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], want_y),
+                s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy], want_dx),
             ]
         }
         "concat" => {
@@ -323,13 +336,17 @@ fn family_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                 .map(|(i, &ci)| values(&Shape::from([n, ci, h, w]), i as u64 + 1))
                 .collect::<Result<_>>()?;
             let total = Shape::from([n, channels.iter().sum(), h, w]);
+            let slices: Vec<&[f64]> = pieces.iter().map(|(v, _)| v.as_slice()).collect();
+            let want_y = concat::reference::forward(&slices, n, &channels, h * w);
+            let dy = values(&total, 4)?;
+            let want_dx = concat::reference::backward(&dy.0, n, &channels, h * w).concat();
             let fwd = |t: &[&Tensor]| concat::forward(t);
             let split = channels.clone();
             let bwd: Op = std::rc::Rc::new(move |t: &[&Tensor]| concat::backward(t[0], &split));
             let problem = |pass| Problem::Concat { n, h, w, channels: channels.clone(), pass };
             vec![
-                s("fwd", problem(Pass::Forward), 0.0, one(fwd), pieces),
-                s("bwd", problem(Pass::Backward), 0.0, bwd, vec![values(&total, 4)?]),
+                s("fwd", problem(Pass::Forward), 0.0, one(fwd), pieces, want_y),
+                s("bwd", problem(Pass::Backward), 0.0, bwd, vec![dy], want_dx),
             ]
         }
         "elementwise" | "sgd" => {
@@ -349,28 +366,29 @@ fn family_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                     sgd::step(&mut param, t[1], &mut velocity, h)?;
                     Ok(param)
                 };
-                vec![s(
-                    "fwd",
-                    Problem::Sgd { numel },
-                    TOL_PLAIN,
-                    one(step),
-                    vec![values(&v, 1)?, values(&v, 2)?, values(&v, 3)?],
-                )]
+                let (param, grad, velocity) = (values(&v, 1)?, values(&v, 2)?, values(&v, 3)?);
+                let mut want = param.0.clone();
+                sgd::reference::step(&mut want, &grad.0, &mut velocity.0.clone(), h);
+                vec![s("fwd", Problem::Sgd { numel }, TOL_PLAIN, one(step), vec![param, grad, velocity], want)]
             } else {
+                use elementwise::reference as r;
                 let relu = |t: &[&Tensor]| elementwise::relu_forward(t[0]);
                 let relu_bwd = |t: &[&Tensor]| elementwise::relu_backward(t[0], t[1]);
-                let y = cpu_output(elementwise::relu_forward, &values(&v, 1)?)?;
                 let add = |t: &[&Tensor]| elementwise::add(t[0], t[1]);
+                let (a, b) = (values(&v, 1)?, values(&v, 2)?);
+                let y = rounded(r::relu(&a.0), &v);
+                let (want_y, want_dx, want_sum) = (r::relu(&a.0), r::relu_backward(&b.0, &y.0), r::add(&a.0, &b.0));
                 vec![
-                    s("fwd", Problem::Relu { numel, pass: Pass::Forward }, 0.0, one(relu), vec![values(&v, 1)?]),
+                    s("fwd", Problem::Relu { numel, pass: Pass::Forward }, 0.0, one(relu), vec![a.clone()], want_y),
                     s(
                         "bwd",
                         Problem::Relu { numel, pass: Pass::Backward },
                         0.0,
                         one(relu_bwd),
-                        vec![values(&v, 2)?, y],
+                        vec![b.clone(), y],
+                        want_dx,
                     ),
-                    s("fwd", Problem::Add { numel }, ONE_ROUNDING, one(add), vec![values(&v, 1)?, values(&v, 2)?]),
+                    s("fwd", Problem::Add { numel }, ONE_ROUNDING, one(add), vec![a, b], want_sum),
                 ]
             }
         }
