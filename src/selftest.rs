@@ -14,7 +14,7 @@ use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry, reference};
 use crate::ops::gemm::{GemmKernel, matmul};
 use crate::ops::lrn::{self, LrnParams};
 use crate::ops::pool::{self, Pool2dParams};
-use crate::ops::{batchnorm, batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd};
+use crate::ops::{ExecOptions, batchnorm, batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// Tolerance for results computed with the same order of operations as the reference, or
@@ -156,11 +156,12 @@ impl Tester {
                 ]
             };
             for &(algo, label) in algos {
-                let got = conv2d::forward_with(&xd, &wd, bias_d, params, algo)?;
+                let exec = ExecOptions::with_conv_algo(algo);
+                let got = conv2d::forward(&xd, &wd, bias_d, params, &exec)?;
                 self.record(&format!("conv2d forward{label}"), &case, &got, &want_y, TOL_PLAIN)?;
-                let got = conv2d::backward_data_with(&dyd, &wd, x.shape(), params, algo)?;
+                let got = conv2d::backward_data(&dyd, &wd, x.shape(), params, &exec)?;
                 self.record(&format!("conv2d backward data{label}"), &case, &got, &want_dx, TOL_PLAIN)?;
-                let got = conv2d::backward_filter_with(&dyd, &xd, w.shape(), params, algo)?;
+                let got = conv2d::backward_filter(&dyd, &xd, w.shape(), params, &exec)?;
                 self.record(&format!("conv2d backward filter{label}"), &case, &got, &want_dw, TOL_REORDERED)?;
             }
             if !self.device.is_cpu() && params.groups > 1 {
@@ -198,14 +199,11 @@ impl Tester {
         params: Conv2dParams,
         (want_y, want_dx, want_dw): (&Tensor, &Tensor, &Tensor),
     ) -> Result<()> {
-        let towers_before = conv2d::towers();
         let run = |towers: bool| -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-            conv2d::set_towers(towers);
-            let y = conv2d::forward_with(x, w, b, params, algo);
-            let grads = conv2d::backward_data_and_filter_with(dy, x, w, params, (true, true), algo);
-            conv2d::set_towers(towers_before);
-            let (dx, dw) = grads?;
-            Ok((y?, dx, dw))
+            let exec = ExecOptions { conv_algo: algo, towers, ..ExecOptions::default() };
+            let y = conv2d::forward(x, w, b, params, &exec)?;
+            let (dx, dw) = conv2d::backward_data_and_filter(dy, x, w, params, (true, true), &exec)?;
+            Ok((y, dx, dw))
         };
         let one = run(false)?;
         let towers = run(true)?;
@@ -433,7 +431,7 @@ impl Tester {
         // Bias + ReLU after a convolution (both GPU variants) and a fully connected layer.
         let p = Conv2dParams::default().padding(1).stride(2);
         let (x, w, b) = (self.input(&[2, 16, 12, 12]), self.input(&[20, 16, 3, 3]), self.input(&[20]));
-        let want = elementwise::relu_forward(&conv2d::forward(&x, &w, Some(&b), p)?)?;
+        let want = elementwise::relu_forward(&conv2d::forward(&x, &w, Some(&b), p, &ExecOptions::default())?)?;
         let (xd, wd, bd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?);
         let case = format!("x [2, 16, 12, 12] w [20, 16, 3, 3] {}", describe(&p));
         let algos: &[(ConvAlgo, &str)] = if self.device.is_cpu() {
@@ -442,7 +440,7 @@ impl Tester {
             &[(ConvAlgo::Direct, " direct"), (ConvAlgo::ImplicitGemm, " implicit-gemm")]
         };
         for &(algo, name) in algos {
-            let got = conv2d::forward_relu_with(&xd, &wd, Some(&bd), p, algo)?;
+            let got = conv2d::forward_relu(&xd, &wd, Some(&bd), p, &ExecOptions::with_conv_algo(algo))?;
             self.record(&format!("conv2d+bias+relu forward{name}"), &case, &got, &want, TOL_PLAIN)?;
         }
         let dy = self.input(want.dims());

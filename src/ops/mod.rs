@@ -17,12 +17,15 @@ pub mod concat;
 pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
+pub mod exec;
 pub mod gemm;
 pub mod linear;
 pub mod loss;
 pub mod lrn;
 pub mod pool;
 pub mod sgd;
+
+pub use exec::ExecOptions;
 
 use std::sync::Arc;
 
