@@ -4,7 +4,7 @@
 //!
 //! - **direct**: one thread per output value, straight from global memory. The plain version
 //!   to read first, and the one every fast variant is compared with.
-//! - **implicit GEMM**: the product of the CPU reference's im2col + GEMM, computed in 64×64
+//! - **implicit GEMM**: the product of the CPU path's im2col + GEMM, computed in 64×64
 //!   register-blocked tiles (kernels/tile_gemm.cuh) without ever writing the im2col matrix.
 //!
 //! The [`ExecOptions`] the op receives choose (`--conv-algo` on the command line): `direct`,

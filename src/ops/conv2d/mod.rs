@@ -11,7 +11,11 @@
 //! with zeros outside the input. Layouts are PyTorch's: x is NCHW, w is OIHW with I = C/groups.
 //! Groups split the channels into `groups` independent convolutions (AlexNet's two towers).
 //!
-//! # How the CPU reference computes it: im2col + GEMM
+//! The definition as plain loops, which every path is checked against, is [`reference`]. The
+//! `cpu` device runs the fast path below; cuda and emu run the kernels of `kernels/conv2d.cu`
+//! ([`gpu`] chooses and launches them, as the [`ExecOptions`] the op receives say).
+//!
+//! # How the CPU's fast path computes it: im2col + GEMM
 //!
 //! For one image, gather every input value that each output pixel reads into a matrix
 //! `col` with one row per (channel, ky, kx) and one column per output pixel:
