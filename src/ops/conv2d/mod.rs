@@ -11,9 +11,9 @@
 //! with zeros outside the input. Layouts are PyTorch's: x is NCHW, w is OIHW with I = C/groups.
 //! Groups split the channels into `groups` independent convolutions (AlexNet's two towers).
 //!
-//! The definition as plain loops, which every path is checked against, is [`reference`]. The
+//! The definition as plain loops, which every path is checked against, is [`reference`](mod@reference). The
 //! `cpu` device runs the fast path below; cuda and emu run the kernels of `kernels/conv2d.cu`
-//! ([`gpu`] chooses and launches them, as the [`ExecOptions`] the op receives say).
+//! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say).
 //!
 //! # How the CPU's fast path computes it: im2col + GEMM
 //!
