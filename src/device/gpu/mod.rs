@@ -578,8 +578,6 @@ impl GpuDevice {
         Ok(())
     }
 
-    /// Starts keeping a [`StreamSpan`] for each side stream of each later
-    /// [`GpuDevice::on_streams`] (the profiler's view of the streams).
     /// Starts noting every kernel launched (name and dimensions), for `scratchnet kernel` to
     /// say which kernels a variant ran and look up their ptxas figures.
     pub fn start_launch_log(&self) {
@@ -591,6 +589,8 @@ impl GpuDevice {
         self.launch_log.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
     }
 
+    /// Starts keeping a [`StreamSpan`] for each side stream of each later
+    /// [`GpuDevice::on_streams`] (the profiler's view of the streams).
     pub fn start_stream_log(&self) {
         *self.spans.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
     }
