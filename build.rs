@@ -20,6 +20,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// The kinds of kernel parameters: the library's own declaration, compiled here too, so that
+// the table of kernels written below names variants the library has.
+#[path = "src/device/arg_kind.rs"]
+mod arg_kind;
+use arg_kind::ArgKind;
+
 /// Architectures compiled by default: Turing, Ampere (A100, consumer), Ada, Hopper.
 const DEFAULT_ARCHS: &[&str] = &["75", "80", "86", "89", "90"];
 
@@ -65,6 +71,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", kernel_dir.join("common.cuh").display());
     println!("cargo:rerun-if-changed={}", kernel_dir.display());
+    println!("cargo:rerun-if-changed={}", root.join("src").join("device").join("arg_kind.rs").display());
 
     // Signatures: one parse, two generated files.
     let mut kernels = Vec::new();
@@ -119,37 +126,10 @@ fn write_if_changed(path: &Path, content: &str) {
 // ---------------------------------------------------------------------------------------
 // Kernel signatures
 
-/// How a kernel parameter is passed. The host packs its arguments in these kinds, and the
-/// emulator's wrapper unpacks them as the C++ types of the signature.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Ptr,
-    I32,
-    U32,
-    I64,
-    U64,
-    F32,
-    F64,
-}
-
-impl Kind {
-    fn rust_name(self) -> &'static str {
-        match self {
-            Kind::Ptr => "Ptr",
-            Kind::I32 => "I32",
-            Kind::U32 => "U32",
-            Kind::I64 => "I64",
-            Kind::U64 => "U64",
-            Kind::F32 => "F32",
-            Kind::F64 => "F64",
-        }
-    }
-}
-
 struct Param {
     /// The C++ type as written, without `__restrict__` and the name.
     ctype: String,
-    kind: Kind,
+    kind: ArgKind,
 }
 
 struct Kernel {
@@ -291,24 +271,11 @@ fn parse_param(kernel: &str, p: &str) -> Result<Param, String> {
         return Err(format!("kernel {kernel}: parameter '{p}' needs a name"));
     }
     let ctype = words.join(" ").replace(" *", "*");
-    let kind = if ctype.contains('*') {
-        Kind::Ptr
-    } else {
-        let base: Vec<&str> = words.iter().copied().filter(|w| *w != "const").collect();
-        match base.join(" ").as_str() {
-            "int" | "signed" | "signed int" | "int32_t" => Kind::I32,
-            "unsigned" | "unsigned int" | "uint32_t" => Kind::U32,
-            "long long" | "long long int" | "int64_t" => Kind::I64,
-            "unsigned long long" | "unsigned long long int" | "uint64_t" => Kind::U64,
-            "float" => Kind::F32,
-            "double" => Kind::F64,
-            other => {
-                return Err(format!(
-                    "kernel {kernel}: parameter type '{other}' is not supported (use a pointer, int, unsigned, long long, unsigned long long, float or double)"
-                ));
-            }
-        }
-    };
+    let kind = ArgKind::from_c_type(&ctype).map_err(|other| {
+        format!(
+            "kernel {kernel}: parameter type '{other}' is not supported (use a pointer, int, unsigned, long long, unsigned long long, float or double)"
+        )
+    })?;
     Ok(Param { ctype, kind })
 }
 
@@ -346,7 +313,7 @@ fn rust_table(kernels: &[(Kernel, String, bool)], archs: &[String]) -> String {
     s.push_str("/// Every kernel, in the order of the emulator's wrapper table.\n");
     s.push_str("pub const KERNELS: &[KernelInfo] = &[\n");
     for (k, file, emu_only) in kernels {
-        let kinds: Vec<String> = k.params.iter().map(|p| format!("ArgKind::{}", p.kind.rust_name())).collect();
+        let kinds: Vec<String> = k.params.iter().map(|p| format!("ArgKind::{:?}", p.kind)).collect();
         let _ = writeln!(
             s,
             "    KernelInfo {{ name: {:?}, file: {:?}, emu_only: {emu_only}, params: &[{}] }},",

@@ -4,6 +4,7 @@
 //! so criterion prints a rate; the GFLOP/s figure is `2 · macs / time` (see docs/perf.md).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use scratchnet::ops::ExecOptions;
 use scratchnet::ops::conv2d::{self, Conv2dParams, ConvGeometry};
 use scratchnet::{DType, Tensor};
 
@@ -15,10 +16,14 @@ fn bench_layer(c: &mut Criterion, name: &str, x: [usize; 4], w: [usize; 4], p: C
     let mut group = c.benchmark_group(format!("conv2d/{name}"));
     group.throughput(Throughput::Elements(2 * g.macs()));
     group.sample_size(20);
-    group.bench_function("forward", |b| b.iter(|| conv2d::forward(&xt, &wt, None, p).expect("forward")));
-    group.bench_function("backward_data", |b| b.iter(|| conv2d::backward_data(&dy, &wt, xt.shape(), p).expect("data")));
+    group.bench_function("forward", |b| {
+        b.iter(|| conv2d::forward(&xt, &wt, None, p, &ExecOptions::default()).expect("forward"))
+    });
+    group.bench_function("backward_data", |b| {
+        b.iter(|| conv2d::backward_data(&dy, &wt, xt.shape(), p, &ExecOptions::default()).expect("data"))
+    });
     group.bench_function("backward_filter", |b| {
-        b.iter(|| conv2d::backward_filter(&dy, &xt, wt.shape(), p).expect("filter"))
+        b.iter(|| conv2d::backward_filter(&dy, &xt, wt.shape(), p, &ExecOptions::default()).expect("filter"))
     });
     group.finish();
 }

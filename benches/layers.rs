@@ -40,7 +40,7 @@ fn suites(c: &mut Criterion, device: Device, batch: usize) {
             }
             // Set up inside the closure, which criterion calls only for benches its filter keeps.
             group.bench_function(name.clone(), |b| {
-                let mut run = match problem.prepare(device, Variant::Default) {
+                let mut run = match problem.prepare(device, Variant::Default, &Default::default()) {
                     Ok(run) => run,
                     Err(e) => {
                         eprintln!("{name}: cannot set up: {e}");

@@ -11,6 +11,7 @@ use scratchnet::data::{DataSource, HeldOut};
 use scratchnet::device::Device;
 use scratchnet::device::host_memory::{Activity, set_activity};
 use scratchnet::models;
+use scratchnet::ops::ExecOptions;
 use scratchnet::output;
 use scratchnet::report::MetricsLog;
 use scratchnet::train::{Progress, Schedule, TrainOptions, train};
@@ -114,12 +115,9 @@ struct KernelArgs {
 }
 
 impl KernelArgs {
-    /// Puts the choices in force for the rest of the process.
-    fn apply(&self) -> Result<()> {
-        scratchnet::ops::conv2d::set_conv_algo(self.conv_algo.parse()?);
-        scratchnet::autograd::set_fusion_default(!self.no_fuse);
-        scratchnet::ops::conv2d::set_towers(self.towers);
-        Ok(())
+    /// The choices as the value the command's graphs carry.
+    fn exec_options(&self) -> Result<ExecOptions> {
+        Ok(ExecOptions { conv_algo: self.conv_algo.parse()?, towers: self.towers, fuse: !self.no_fuse })
     }
 }
 
@@ -360,7 +358,7 @@ fn main() -> ExitCode {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
-    a.kernels.apply()?;
+    let exec = a.kernels.exec_options()?;
     let data = a.data.parse::<DataSource>()?;
     let held_out = match (&a.val_data, a.holdout) {
         (Some(spec), _) => HeldOut::Data(spec.parse::<DataSource>()?),
@@ -413,6 +411,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         save: a.save.clone(),
         memory_efficient: a.memory_efficient,
         cuda_graph: a.cuda_graph,
+        exec,
         ..TrainOptions::default()
     };
     let mut log = a.log.as_deref().map(MetricsLog::create).transpose()?;
@@ -508,7 +507,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_infer(a: InferArgs) -> Result<()> {
-    a.kernels.apply()?;
+    let exec = a.kernels.exec_options()?;
     set_activity(Activity::Inference);
     let device = a.device.parse::<Device>()?;
     if a.batch_size == 0 {
@@ -534,7 +533,7 @@ fn run_infer(a: InferArgs) -> Result<()> {
         let end = (start + a.batch_size).min(n);
         let batch =
             Tensor::from_vec([end - start, c, h, w], values[start * per..end * per].to_vec())?.to_device(device)?;
-        let mut g = Graph::eval();
+        let mut g = Graph::eval().with_options(exec);
         let y = model.forward(&mut g, &Var::constant(batch)).map_err(|e| {
             e.in_context(|| {
                 let layer = g.current_layer().map(|l| format!(" ({l})")).unwrap_or_default();
@@ -565,7 +564,7 @@ fn parse_input_size(command: &'static str, size: Option<&str>, [c, h, w]: [usize
 }
 
 fn run_profile(a: ProfileArgs) -> Result<()> {
-    a.kernels.apply()?;
+    let exec = a.kernels.exec_options()?;
     set_activity(Activity::Profiling);
     if let Some(path) = &a.trace {
         output::check_writable(path)?;
@@ -582,6 +581,7 @@ fn run_profile(a: ProfileArgs) -> Result<()> {
         steps: a.steps,
         warmup: 2,
         memory_efficient: a.memory_efficient,
+        exec,
     };
     let batch = options.batch;
     let report = scratchnet::profile::profile(&options)
@@ -610,7 +610,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         let _ = write!(std::io::stdout(), "{comparison}");
         return Ok(());
     }
-    a.kernels.apply()?;
+    let exec = a.kernels.exec_options()?;
     set_activity(Activity::Benchmarking);
     let outputs: Vec<(&str, &std::path::Path)> =
         [("--json", &a.json), ("--plot", &a.plot)].into_iter().filter_map(|(f, p)| Some((f, p.as_deref()?))).collect();
@@ -620,6 +620,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     }
     let mut opts = BenchOptions::new(a.device.parse::<Device>()?);
     opts.suites = Suite::parse_list(&a.suite)?;
+    opts.exec = exec;
     opts.batch = a.batch;
     opts.size_mb = a.size_mb;
     opts.gemm_size = a.gemm_size;

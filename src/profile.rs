@@ -21,6 +21,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models;
 use crate::nn::Sgd;
+use crate::ops::ExecOptions;
 use crate::tensor::{Shape, Tensor};
 
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct ProfileOptions {
     pub warmup: usize,
     /// DenseNet's memory-efficient mode.
     pub memory_efficient: bool,
+    /// The kernels the profiled graphs run.
+    pub exec: ExecOptions,
 }
 
 /// One layer in one direction.
@@ -111,7 +114,7 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
             gpu.synchronize()?;
             gpu.reset_peak();
         }
-        let mut g = Graph::new();
+        let mut g = Graph::new().with_options(o.exec);
         if profiled {
             g.start_profile(o.device)?;
         }

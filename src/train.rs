@@ -21,6 +21,7 @@ use crate::device::host_memory::{Activity, set_activity};
 use crate::error::{Error, Result};
 use crate::models::{self, Model};
 use crate::nn::{Module, Sgd};
+use crate::ops::ExecOptions;
 use crate::ops::loss::argmax_rows;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -124,6 +125,8 @@ pub struct TrainOptions {
     pub memory_efficient: bool,
     /// Capture the training step once as a CUDA graph and replay it (cuda and emu).
     pub cuda_graph: bool,
+    /// The kernels the graphs run (`--conv-algo`, `--towers`, `--no-fuse`).
+    pub exec: ExecOptions,
 }
 
 impl Default for TrainOptions {
@@ -150,6 +153,7 @@ impl Default for TrainOptions {
             synthetic_size: (6000, 1000),
             memory_efficient: false,
             cuda_graph: false,
+            exec: ExecOptions::default(),
         }
     }
 }
@@ -225,10 +229,17 @@ fn check(o: &TrainOptions) -> Result<()> {
     Ok(())
 }
 
-/// Loss and accuracy of `model` on `data`, in eval mode, in batches of `batch_size`.
-pub fn evaluate(model: &mut dyn Model, data: &dyn Dataset, batch_size: usize, device: Device) -> Result<(f64, f64)> {
+/// Loss and accuracy of `model` on `data`, in eval mode, in batches of `batch_size`, on a
+/// graph that runs the kernels `exec` chooses.
+pub fn evaluate(
+    model: &mut dyn Model,
+    data: &dyn Dataset,
+    batch_size: usize,
+    device: Device,
+    exec: ExecOptions,
+) -> Result<(f64, f64)> {
     let indices: Vec<usize> = (0..data.len()).collect();
-    evaluate_on(model, data, &indices, batch_size, device)
+    evaluate_on(model, data, &indices, batch_size, device, exec)
 }
 
 /// [`evaluate`] on the images of `data` at `indices`.
@@ -238,6 +249,7 @@ pub fn evaluate_on(
     indices: &[usize],
     batch_size: usize,
     device: Device,
+    exec: ExecOptions,
 ) -> Result<(f64, f64)> {
     let mut loss_sum = 0.0;
     let mut correct = 0;
@@ -245,7 +257,7 @@ pub fn evaluate_on(
         let (x, y) = data::batch(data, chunk, None)?;
         let labels = y.to_vec::<i64>()?;
         let (x, y) = (x.to_device(device)?, y.to_device(device)?);
-        let mut g = Graph::eval();
+        let mut g = Graph::eval().with_options(exec);
         let logits = model.forward(&mut g, &Var::constant(x)).map_err(|e| {
             e.in_context(|| {
                 let layer = g.current_layer().map(|l| format!(" ({l})")).unwrap_or_default();
@@ -299,10 +311,16 @@ impl GraphStep {
     /// graph's input buffers. Nothing runs until [`GraphStep::run`].
     /// Layers with dropout must have had [`Module::prepare_capture`] and, before each step,
     /// [`Module::prepare_replay`].
-    pub fn capture(model: &mut dyn Module, opt: &mut Sgd, x: Tensor, y: Tensor) -> Result<GraphStep> {
+    pub fn capture(
+        model: &mut dyn Module,
+        opt: &mut Sgd,
+        x: Tensor,
+        y: Tensor,
+        exec: ExecOptions,
+    ) -> Result<GraphStep> {
         let gpu = x.device().gpu()?.ok_or_else(|| Error::argument("--cuda-graph", "needs a GPU device"))?;
         let (graph, (loss, logits)) = gpu.capture(|| {
-            let mut g = Graph::new();
+            let mut g = Graph::new().with_options(exec);
             let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
             let loss = g.cross_entropy(&logits, &y)?;
             let (loss_value, logits_value) = (loss.value().clone(), logits.value().clone());
@@ -564,7 +582,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
                 model.prepare_capture(o.device)?;
                 model.prepare_replay()?;
                 let (x, y) = (x_host.to_device(o.device)?, y_host.to_device(o.device)?);
-                captured = Some(GraphStep::capture(model.as_mut(), &mut opt, x, y)?);
+                captured = Some(GraphStep::capture(model.as_mut(), &mut opt, x, y, o.exec)?);
             } else if captured.is_some() {
                 // Dropout layers read their seeds from device memory from now on.
                 model.prepare_replay()?;
@@ -576,7 +594,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
                     (graph.loss.item()?, argmax_rows(&graph.logits)?)
                 }
                 _ => {
-                    let mut g = Graph::new();
+                    let mut g = Graph::new().with_options(o.exec);
                     let advice = || out_of_memory_advice(model_name, o.memory_efficient);
                     let at = |phase: &str, layer: Option<&str>| {
                         let layer = layer.map(|l| format!(" ({l})")).unwrap_or_default();
@@ -635,7 +653,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
             (None, None)
         } else {
             set_activity(Activity::Evaluating);
-            let (loss, accuracy) = evaluate(model.as_mut(), split.test.as_ref(), o.batch_size, o.device)?;
+            let (loss, accuracy) = evaluate(model.as_mut(), split.test.as_ref(), o.batch_size, o.device, o.exec)?;
             if !loss.is_finite() {
                 // Finite but enormous weights overflow: as diverged as NaN weights.
                 return Err(Error::argument(
@@ -666,7 +684,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         // enormous update (a huge --lr) would go unnoticed. One eval-mode batch of training
         // images must give a finite loss before the weights replace a file.
         let first: Vec<usize> = (0..split.train.len().min(o.batch_size)).collect();
-        let (loss, _) = evaluate_on(model.as_mut(), split.train.as_ref(), &first, o.batch_size, o.device)?;
+        let (loss, _) = evaluate_on(model.as_mut(), split.train.as_ref(), &first, o.batch_size, o.device, o.exec)?;
         if !loss.is_finite() {
             return Err(Error::argument(
                 "train",

@@ -2,6 +2,7 @@
 //! definition's loops, `ops::conv2d::reference`, in f64 and f32, on shapes chosen for their
 //! edge cases.
 
+use scratchnet::ops::ExecOptions;
 use scratchnet::ops::conv2d::{self, Conv2dParams, ConvGeometry, reference};
 use scratchnet::{DType, Shape, Tensor};
 
@@ -23,16 +24,16 @@ fn compare(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams, dtype: DTy
         (x.to_f64_vec().unwrap(), w.to_f64_vec().unwrap(), b.to_f64_vec().unwrap(), dy.to_f64_vec().unwrap());
     let case = format!("x {x_shape:?} w {w_shape:?} {p:?} {dtype}");
 
-    let y = conv2d::forward(&x, &w, Some(&b), p).unwrap();
+    let y = conv2d::forward(&x, &w, Some(&b), p, &ExecOptions::default()).unwrap();
     assert_eq!(y.shape(), &g.out_shape(), "{case}");
     let err = rel_l2(&y.to_f64_vec().unwrap(), &reference::forward(&xs, &ws, Some(&bs), &g));
     assert!(err < tol, "forward {case}: {err:e}");
 
     let (dx_want, dw_want) = (reference::backward_data(&dys, &ws, &g), reference::backward_filter(&dys, &xs, &g));
-    let dx = conv2d::backward_data(&dy, &w, &Shape::from(x_shape), p).unwrap();
+    let dx = conv2d::backward_data(&dy, &w, &Shape::from(x_shape), p, &ExecOptions::default()).unwrap();
     let err = rel_l2(&dx.to_f64_vec().unwrap(), &dx_want);
     assert!(err < tol, "data gradient {case}: {err:e}");
-    let dw = conv2d::backward_filter(&dy, &x, &Shape::from(w_shape), p).unwrap();
+    let dw = conv2d::backward_filter(&dy, &x, &Shape::from(w_shape), p, &ExecOptions::default()).unwrap();
     let err = rel_l2(&dw.to_f64_vec().unwrap(), &dw_want);
     assert!(err < tol, "filter gradient {case}: {err:e}");
 

@@ -15,6 +15,7 @@
 //!   dimension cut into split-K slices whose boundary falls inside an image.
 
 use scratchnet::device::gpu::KernelCall;
+use scratchnet::ops::ExecOptions;
 use scratchnet::ops::conv2d::{self, Conv2dParams, ConvAlgo};
 use scratchnet::selftest::rel_l2;
 use scratchnet::{DType, Device, Tensor};
@@ -76,16 +77,17 @@ fn implicit_gemm_operands_walk_every_edge_of_the_row_digits() {
         let x = Tensor::randn(xs.to_vec(), 0.0, 1.0, DType::F32, seed + 1);
         let w = Tensor::randn(ws.to_vec(), 0.0, 0.5, DType::F32, seed + 2);
         let b = Tensor::randn(vec![ws[0]], 0.0, 0.5, DType::F32, seed + 3);
-        let want_y = conv2d::forward(&x, &w, Some(&b), p).unwrap();
+        let want_y = conv2d::forward(&x, &w, Some(&b), p, &ExecOptions::default()).unwrap();
         let dy = Tensor::randn(want_y.dims().to_vec(), 0.0, 1.0, DType::F32, seed + 4);
-        let want_dx = conv2d::backward_data(&dy, &w, x.shape(), p).unwrap();
-        let want_dw = conv2d::backward_filter(&dy, &x, w.shape(), p).unwrap();
+        let want_dx = conv2d::backward_data(&dy, &w, x.shape(), p, &ExecOptions::default()).unwrap();
+        let want_dw = conv2d::backward_filter(&dy, &x, w.shape(), p, &ExecOptions::default()).unwrap();
         let on_emu = |t: &Tensor| t.to_device(Device::Emu).unwrap();
         let (xd, wd, bd, dyd) = (on_emu(&x), on_emu(&w), on_emu(&b), on_emu(&dy));
         for algo in algos {
-            let y = conv2d::forward_with(&xd, &wd, Some(&bd), p, algo).unwrap();
-            let dx = conv2d::backward_data_with(&dyd, &wd, x.shape(), p, algo).unwrap();
-            let dw = conv2d::backward_filter_with(&dyd, &xd, w.shape(), p, algo).unwrap();
+            let exec = ExecOptions::with_conv_algo(algo);
+            let y = conv2d::forward(&xd, &wd, Some(&bd), p, &exec).unwrap();
+            let dx = conv2d::backward_data(&dyd, &wd, x.shape(), p, &exec).unwrap();
+            let dw = conv2d::backward_filter(&dyd, &xd, w.shape(), p, &exec).unwrap();
             // The limits of the selftest: 1e-5 where the sums run in the reference's order or
             // are short, 1e-4 for the filter gradient's long sums in another order.
             for (what, got, want, limit) in

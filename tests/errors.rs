@@ -1,6 +1,7 @@
 //! Bad shapes and mismatched inputs: every op answers with an error that names the op and
 //! the shapes, never a panic.
 
+use scratchnet::ops::ExecOptions;
 use scratchnet::ops::conv2d::{self, Conv2dParams};
 use scratchnet::ops::lrn::{self, LrnParams};
 use scratchnet::ops::pool::{self, Pool2dParams};
@@ -21,25 +22,31 @@ fn message<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
 fn conv2d_rejects_bad_shapes() {
     let p = Conv2dParams::default();
     assert_eq!(
-        message(conv2d::forward(&z(&[1, 3, 8]), &z(&[4, 3, 3, 3]), None, p)),
+        message(conv2d::forward(&z(&[1, 3, 8]), &z(&[4, 3, 3, 3]), None, p, &ExecOptions::default())),
         "conv2d: expected a 4-D input (N, C, H, W), got input of shape [1, 3, 8]"
     );
     assert_eq!(
-        message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 2, 3, 3]), None, p)),
+        message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 2, 3, 3]), None, p, &ExecOptions::default())),
         "conv2d: expected weight of shape [O, 3, KH, KW] for input [1, 3, 8, 8] with groups=1, got weight of shape [4, 2, 3, 3]"
     );
-    let e = message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 1, 3, 3]), None, p.groups(2)));
+    let e = message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 1, 3, 3]), None, p.groups(2), &ExecOptions::default()));
     assert!(e.contains("divisible by groups=2"), "{e}");
-    let e = message(conv2d::forward(&z(&[1, 3, 2, 2]), &z(&[4, 3, 3, 3]), None, p));
+    let e = message(conv2d::forward(&z(&[1, 3, 2, 2]), &z(&[4, 3, 3, 3]), None, p, &ExecOptions::default()));
     assert!(e.contains("at least as large as the dilated kernel 3x3"), "{e}");
-    let e = message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), Some(&z(&[5])), p));
+    let e = message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), Some(&z(&[5])), p, &ExecOptions::default()));
     assert!(e.contains("bias of shape [4]"), "{e}");
-    let e = message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), None, p.stride(0)));
+    let e = message(conv2d::forward(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), None, p.stride(0), &ExecOptions::default()));
     assert!(e.contains("stride must be at least 1"), "{e}");
-    let e = message(conv2d::backward_data(&z(&[1, 4, 5, 5]), &z(&[4, 3, 3, 3]), &Shape::from([1, 3, 8, 8]), p));
+    let e = message(conv2d::backward_data(
+        &z(&[1, 4, 5, 5]),
+        &z(&[4, 3, 3, 3]),
+        &Shape::from([1, 3, 8, 8]),
+        p,
+        &ExecOptions::default(),
+    ));
     assert!(e.contains("output gradient of shape [1, 4, 6, 6]"), "{e}");
     let x64 = Tensor::zeros([1, 3, 8, 8], DType::F64);
-    let e = message(conv2d::forward(&x64, &z(&[4, 3, 3, 3]), None, p));
+    let e = message(conv2d::forward(&x64, &z(&[4, 3, 3, 3]), None, p, &ExecOptions::default()));
     assert_eq!(e, "conv2d: inputs disagree: input is f64 but weight is f32");
 }
 
@@ -116,9 +123,12 @@ fn tensor_constructors_reject_bad_input() {
 #[test]
 fn empty_images_are_errors_not_panics() {
     let p = Conv2dParams::default().padding(1);
-    let e = message(conv2d::forward(&z(&[1, 0, 4, 4]), &z(&[2, 0, 3, 3]), None, p));
+    let e = message(conv2d::forward(&z(&[1, 0, 4, 4]), &z(&[2, 0, 3, 3]), None, p, &ExecOptions::default()));
     assert!(e.contains("at least one channel, row and column"), "{e}");
-    assert!(message(conv2d::forward(&z(&[1, 2, 0, 4]), &z(&[2, 2, 3, 3]), None, p)).contains("at least one"));
+    assert!(
+        message(conv2d::forward(&z(&[1, 2, 0, 4]), &z(&[2, 2, 3, 3]), None, p, &ExecOptions::default()))
+            .contains("at least one")
+    );
     let pool = Pool2dParams::new(2, 1).padding(1);
     assert!(message(pool::max_pool2d_forward(&z(&[1, 1, 0, 0]), pool)).contains("at least one"));
     assert!(message(pool::avg_pool2d_forward(&z(&[1, 1, 0, 3]), pool)).contains("at least one"));
@@ -129,7 +139,7 @@ fn empty_images_are_errors_not_panics() {
     let c0 = z(&[0]);
     assert!(message(batchnorm::forward_eval(&z(&[2, 0, 2, 2]), &c0, &c0, &c0, &c0, 1e-5)).contains("at least one"));
     // A batch of zero images is not an error: it gives zero outputs.
-    let y = conv2d::forward(&z(&[0, 2, 4, 4]), &z(&[3, 2, 3, 3]), None, p).unwrap();
+    let y = conv2d::forward(&z(&[0, 2, 4, 4]), &z(&[3, 2, 3, 3]), None, p, &ExecOptions::default()).unwrap();
     assert_eq!(y.dims(), &[0, 3, 4, 4]);
 }
 
@@ -138,5 +148,5 @@ fn absurd_sizes_are_errors_not_wrap_arounds() {
     let huge = usize::MAX / 2 + 2;
     assert!(message(Tensor::from_vec([huge, 2], vec![0f32; 2])).contains("values for shape"));
     let p = Conv2dParams { padding: (usize::MAX / 2, 0), ..Conv2dParams::default() };
-    assert!(conv2d::forward(&z(&[1, 1, 3, 3]), &z(&[1, 1, 3, 3]), None, p).is_err());
+    assert!(conv2d::forward(&z(&[1, 1, 3, 3]), &z(&[1, 1, 3, 3]), None, p, &ExecOptions::default()).is_err());
 }

@@ -1,6 +1,7 @@
 //! Every op's backward pass against central finite differences, in f64.
 
 use scratchnet::autograd::gradcheck::{GradcheckOptions, gradcheck};
+use scratchnet::autograd::{BnEpilogue, BnStats};
 use scratchnet::ops::conv2d::Conv2dParams;
 use scratchnet::ops::lrn::LrnParams;
 use scratchnet::ops::pool::Pool2dParams;
@@ -109,7 +110,9 @@ fn lrn_odd_and_even_sizes() {
 #[test]
 fn batch_norm_training_mode() {
     let inputs = [input(&[3, 4, 3, 2], 7), input(&[4], 8), input(&[4], 9)];
-    check("batch norm train", &inputs, |g, v| Ok(g.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0));
+    check("batch norm train", &inputs, |g, v| {
+        Ok(g.batch_norm(&v[0], (&v[1], &v[2]), BnStats::Batch, BnEpilogue::NONE, 1e-5)?.y)
+    });
 }
 
 #[test]
@@ -118,20 +121,25 @@ fn batch_norm_eval_mode() {
     let rm = input(&[3], 13);
     let rv = Tensor::from_vec([3], vec![0.5f64, 1.5, 2.0]).unwrap();
     let opts = GradcheckOptions { training: false, ..Default::default() };
-    check_with("batch norm eval", &inputs, opts, |g, v| g.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5));
+    check_with("batch norm eval", &inputs, opts, |g, v| {
+        Ok(g.batch_norm(&v[0], (&v[1], &v[2]), BnStats::Running { mean: &rm, var: &rv }, BnEpilogue::NONE, 1e-5)?.y)
+    });
 }
 
 #[test]
 fn fused_batch_norm_add_relu_training_and_eval() {
     let inputs = [input(&[3, 4, 3, 2], 30), input(&[4], 31), input(&[4], 32), input(&[3, 4, 3, 2], 33)];
     check("bn+add+relu train", &inputs, |g, v| {
-        Ok(g.batch_norm_train_fused(&v[0], &v[1], &v[2], Some(&v[3]), true, 1e-5)?.0)
+        Ok(g.batch_norm(&v[0], (&v[1], &v[2]), BnStats::Batch, BnEpilogue::add_relu(&v[3]), 1e-5)?.y)
     });
-    check("bn+relu train", &inputs[..3], |g, v| Ok(g.batch_norm_train_fused(&v[0], &v[1], &v[2], None, true, 1e-5)?.0));
+    check("bn+relu train", &inputs[..3], |g, v| {
+        Ok(g.batch_norm(&v[0], (&v[1], &v[2]), BnStats::Batch, BnEpilogue::RELU, 1e-5)?.y)
+    });
     let (rm, rv) = (input(&[4], 34), Tensor::from_vec([4], vec![0.5f64, 1.5, 2.0, 0.8]).unwrap());
     let opts = GradcheckOptions { training: false, ..Default::default() };
     check_with("bn+add+relu eval", &inputs, opts, |g, v| {
-        g.batch_norm_eval_fused(&v[0], &v[1], &v[2], &rm, &rv, Some(&v[3]), true, 1e-5)
+        let stats = BnStats::Running { mean: &rm, var: &rv };
+        Ok(g.batch_norm(&v[0], (&v[1], &v[2]), stats, BnEpilogue::add_relu(&v[3]), 1e-5)?.y)
     });
 }
 
@@ -201,7 +209,7 @@ fn two_layer_conv_net_end_to_end() {
     let labels = Tensor::from_vec([2], vec![1i64, 2]).unwrap();
     check("two-layer net", &inputs, |g, v| {
         let h = g.conv2d(&v[0], &v[1], Some(&v[2]), Conv2dParams::default().padding(1))?;
-        let h = g.batch_norm_train(&h, &v[3], &v[4], 1e-5)?.0;
+        let h = g.batch_norm(&h, (&v[3], &v[4]), BnStats::Batch, BnEpilogue::NONE, 1e-5)?.y;
         let h = g.relu(&h)?;
         let h = g.max_pool2d(&h, Pool2dParams::new(3, 2))?;
         let h = g.conv2d(&h, &v[5], None, Conv2dParams::default().padding(1).stride(2).groups(2))?;

@@ -157,8 +157,8 @@ fn fused_and_unfused_layers_train_alike() {
             m.set_dropout(0.0);
             let x = Tensor::randn([2, 3, size, size], 0.0, 1.0, DType::F32, 4);
             let labels = Tensor::from_vec([2], vec![1i64, 3]).unwrap();
-            let mut g = Graph::new();
-            g.set_fusion(fuse);
+            let exec = scratchnet::ops::ExecOptions { fuse, ..Default::default() };
+            let mut g = Graph::new().with_options(exec);
             let logits = m.forward(&mut g, &Var::constant(x)).unwrap();
             let loss = g.cross_entropy(&logits, &labels).unwrap();
             let loss_value = loss.value().item().unwrap();

@@ -3,8 +3,7 @@
 //! with pointers into its group's channels, so the results must equal the one-launch
 //! convolution to the bit, and the launches must land on the side streams.
 //!
-//! The towers setting and the launch counters belong to the process, so the tests of this
-//! file take turns.
+//! The launch counters belong to the process, so the tests of this file take turns.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -12,6 +11,7 @@ use scratchnet::device::GpuDevice;
 use scratchnet::device::streams::{self, SIDE_STREAMS};
 use scratchnet::nn::init::Init;
 use scratchnet::nn::{Conv2d, Linear, Module, Sgd};
+use scratchnet::ops::ExecOptions;
 use scratchnet::ops::conv2d::{self, Conv2dParams, ConvAlgo};
 use scratchnet::selftest::rel_l2;
 use scratchnet::train::GraphStep;
@@ -43,7 +43,6 @@ fn launched_since(gpu: &GpuDevice, before: &[u64]) -> Vec<u64> {
 fn grouped_convolutions_as_towers_give_the_same_bits_on_the_side_streams() {
     let _turn = one_at_a_time();
     scratchnet::device::poison_new_buffers(true);
-    conv2d::set_conv_algo(ConvAlgo::ImplicitGemm);
     let gpu = emu();
     // (n, c, h, w, o, k, groups, stride, padding, bias): odd sizes, three groups, and a
     // filter gradient long enough (4·13·13 positions) to be cut into two split-K slices.
@@ -55,19 +54,19 @@ fn grouped_convolutions_as_towers_give_the_same_bits_on_the_side_streams() {
         let x = Tensor::randn([n, c, h, w], 0.0, 1.0, DType::F32, seed + 1);
         let wt = Tensor::randn([o, c / groups, k, k], 0.0, 0.3, DType::F32, seed + 2);
         let b = bias.then(|| Tensor::randn([o], 0.0, 0.5, DType::F32, seed + 3));
-        let want_y = conv2d::forward_relu(&x, &wt, b.as_ref(), p).unwrap();
+        let cpu = ExecOptions::default();
+        let want_y = conv2d::forward_relu(&x, &wt, b.as_ref(), p, &cpu).unwrap();
         let dy = Tensor::randn(want_y.dims().to_vec(), 0.0, 1.0, DType::F32, seed + 4);
-        let (want_dx, want_dw) = conv2d::backward_data_and_filter(&dy, &x, &wt, p, (true, true)).unwrap();
+        let (want_dx, want_dw) = conv2d::backward_data_and_filter(&dy, &x, &wt, p, (true, true), &cpu).unwrap();
         let on = |t: &Tensor| t.to_device(Device::Emu).unwrap();
         let (xe, we, be, dye) = (on(&x), on(&wt), b.as_ref().map(on), on(&dy));
 
         let run = |towers: bool| {
-            conv2d::set_towers(towers);
+            let exec = ExecOptions { conv_algo: ConvAlgo::ImplicitGemm, towers, ..ExecOptions::default() };
             let before = gpu.launches_per_stream();
-            let y = conv2d::forward_relu(&xe, &we, be.as_ref(), p).unwrap();
+            let y = conv2d::forward_relu(&xe, &we, be.as_ref(), p, &exec).unwrap();
             let forward_launches = launched_since(&gpu, &before);
-            let (dx, dw) = conv2d::backward_data_and_filter(&dye, &xe, &we, p, (true, true)).unwrap();
-            conv2d::set_towers(false);
+            let (dx, dw) = conv2d::backward_data_and_filter(&dye, &xe, &we, p, (true, true), &exec).unwrap();
             (y, dx.unwrap(), dw.unwrap(), forward_launches, launched_since(&gpu, &before))
         };
         let (y1, dx1, dw1, fwd1, all1) = run(false);
@@ -98,7 +97,6 @@ fn grouped_convolutions_as_towers_give_the_same_bits_on_the_side_streams() {
         assert_eq!(per_tower, all1[0], "{case}: {all1:?} vs {allt:?}");
     }
     scratchnet::device::poison_new_buffers(false);
-    conv2d::set_conv_algo(ConvAlgo::Auto);
 }
 
 /// A little AlexNet: a plain convolution, then two grouped ones (the towers), a pool and a
@@ -151,8 +149,9 @@ fn training_with_towers_matches_training_without_also_as_a_captured_graph() {
     let device = Device::Emu;
     let x = Tensor::randn([3, 3, 6, 6], 0.0, 1.0, DType::F32, 5).to_device(device).unwrap();
     let y = Tensor::from_vec([3], vec![0i64, 3, 1]).unwrap().to_device(device).unwrap();
-    let step = |m: &mut TowerNet, opt: &mut Sgd| {
-        let mut g = Graph::new();
+    let with_towers = |towers: bool| ExecOptions { towers, ..ExecOptions::default() };
+    let step = |m: &mut TowerNet, opt: &mut Sgd, exec: ExecOptions| {
+        let mut g = Graph::new().with_options(exec);
         let logits = m.forward(&mut g, &Var::constant(x.clone())).unwrap();
         let loss = g.cross_entropy(&logits, &y).unwrap();
         let value = loss.value().item().unwrap();
@@ -161,24 +160,22 @@ fn training_with_towers_matches_training_without_also_as_a_captured_graph() {
         value
     };
 
-    conv2d::set_towers(false);
     let (mut plain, mut opt) = (TowerNet::new(device), Sgd::new(0.1, 0.9, 5e-4));
-    let plain_losses: Vec<f64> = (0..5).map(|_| step(&mut plain, &mut opt)).collect();
+    let plain_losses: Vec<f64> = (0..5).map(|_| step(&mut plain, &mut opt, with_towers(false))).collect();
 
-    conv2d::set_towers(true);
     let gpu = emu();
     let before = gpu.launches_per_stream();
     let (mut towers, mut opt) = (TowerNet::new(device), Sgd::new(0.1, 0.9, 5e-4));
-    let tower_losses: Vec<f64> = (0..5).map(|_| step(&mut towers, &mut opt)).collect();
+    let tower_losses: Vec<f64> = (0..5).map(|_| step(&mut towers, &mut opt, with_towers(true))).collect();
     let launched = launched_since(&gpu, &before);
 
     // Two ordinary steps, then the third captured with its forks and joins, replayed thrice.
     let (mut m, mut opt) = (TowerNet::new(device), Sgd::new(0.1, 0.9, 5e-4));
-    let mut graph_losses: Vec<f64> = (0..2).map(|_| step(&mut m, &mut opt)).collect();
+    let mut graph_losses: Vec<f64> = (0..2).map(|_| step(&mut m, &mut opt, with_towers(true))).collect();
     opt.keep_lr_on(device).unwrap();
     m.prepare_capture(device).unwrap();
     m.prepare_replay().unwrap();
-    let graph = GraphStep::capture(&mut m, &mut opt, x.clone(), y.clone()).unwrap();
+    let graph = GraphStep::capture(&mut m, &mut opt, x.clone(), y.clone(), with_towers(true)).unwrap();
     for i in 0..3 {
         if i > 0 {
             m.prepare_replay().unwrap();
@@ -186,7 +183,6 @@ fn training_with_towers_matches_training_without_also_as_a_captured_graph() {
         graph.replay().unwrap();
         graph_losses.push(graph.loss().item().unwrap());
     }
-    conv2d::set_towers(false);
 
     assert_eq!(tower_losses, plain_losses);
     assert!(towers.weights() == plain.weights(), "weights after 5 steps with towers");
@@ -204,13 +200,11 @@ fn a_profiled_step_times_each_tower_on_its_stream() {
     let mut m = TowerNet::new(device);
     let x = Tensor::randn([2, 3, 5, 5], 0.0, 1.0, DType::F32, 6).to_device(device).unwrap();
     let y = Tensor::from_vec([2], vec![1i64, 2]).unwrap().to_device(device).unwrap();
-    conv2d::set_towers(true);
-    let mut g = Graph::new();
+    let mut g = Graph::new().with_options(ExecOptions { towers: true, ..ExecOptions::default() });
     g.start_profile(device).unwrap();
     let logits = m.forward(&mut g, &Var::constant(x)).unwrap();
     let loss = g.cross_entropy(&logits, &y).unwrap();
     let profile = g.backward(&loss).unwrap().take_profile().unwrap();
-    conv2d::set_towers(false);
 
     let labels: Vec<(&str, usize)> = profile.streams.iter().map(|s| (s.label.as_str(), s.stream)).collect();
     let expected: Vec<(&str, usize)> =
@@ -306,13 +300,50 @@ fn a_profiled_graph_dropped_before_backward_stops_the_stream_log() {
     let gpu = emu();
     let mut m = TowerNet::new(device);
     let x = Tensor::randn([2, 3, 5, 5], 0.0, 1.0, DType::F32, 7).to_device(device).unwrap();
-    conv2d::set_towers(true);
     {
-        let mut g = Graph::new();
+        let mut g = Graph::new().with_options(ExecOptions { towers: true, ..ExecOptions::default() });
         g.start_profile(device).unwrap();
         m.forward(&mut g, &Var::constant(x)).unwrap();
     }
-    conv2d::set_towers(false);
     gpu.on_streams(2, |_| Ok(())).unwrap();
     assert!(gpu.take_stream_log().is_empty(), "no span is kept once the profile is gone");
+}
+
+/// The kernels a graph runs are the graph's own choice: two graphs alive at once, one with
+/// the direct convolution and one with the implicit GEMM, each launch the kernel they carry,
+/// forward and backward, and agree on the values.
+#[test]
+fn two_graphs_in_one_process_run_the_convolution_kernels_each_one_carries() {
+    let _turn = one_at_a_time();
+    let gpu = emu();
+    let device = Device::Emu;
+    let x = Tensor::randn([2, 4, 6, 6], 0.0, 1.0, DType::F32, 8).to_device(device).unwrap();
+    let w =
+        scratchnet::Param::new("w", Tensor::randn([5, 4, 3, 3], 0.0, 0.3, DType::F32, 9).to_device(device).unwrap());
+    let p = Conv2dParams::default().padding(1);
+    let options = |conv_algo| ExecOptions { conv_algo, ..ExecOptions::default() };
+    let mut direct = Graph::new().with_options(options(ConvAlgo::Direct));
+    let mut implicit = Graph::new().with_options(options(ConvAlgo::ImplicitGemm));
+    let conv_kernels = |log: Vec<(&'static str, _)>| -> Vec<&'static str> {
+        log.into_iter().map(|(name, _)| name).filter(|n| n.starts_with("conv2d_")).collect()
+    };
+    gpu.start_launch_log();
+    let (wd, wi) = (direct.param(&w), implicit.param(&w));
+    let yd = direct.conv2d(&Var::constant(x.clone()), &wd, None, p).unwrap();
+    let yi = implicit.conv2d(&Var::constant(x.clone()), &wi, None, p).unwrap();
+    let gd = direct.backward_with_grad(&yd, yd.value().clone()).unwrap();
+    let gi = implicit.backward_with_grad(&yi, yi.value().clone()).unwrap();
+    let launched = conv_kernels(gpu.take_launch_log());
+    assert_eq!(
+        launched,
+        [
+            "conv2d_fwd_direct_f32",
+            "conv2d_fwd_implicit_gemm_f32",
+            "conv2d_bwd_filter_direct_f32",
+            "conv2d_bwd_filter_implicit_gemm_f32"
+        ],
+        "{launched:?}"
+    );
+    assert!(err(yi.value(), yd.value()) < 1e-5);
+    assert!(err(gi.of_param(&w).unwrap(), gd.of_param(&w).unwrap()) < 1e-4);
 }

@@ -229,7 +229,7 @@ fn a_captured_step_with_dropout_draws_fresh_masks_like_ordinary_steps() {
     opt.keep_lr_on(device).unwrap();
     m.prepare_capture(device).unwrap();
     m.prepare_replay().unwrap();
-    let graph = GraphStep::capture(&mut m, &mut opt, x.clone(), y.clone()).unwrap();
+    let graph = GraphStep::capture(&mut m, &mut opt, x.clone(), y.clone(), Default::default()).unwrap();
     for i in 0..3 {
         if i > 0 {
             m.prepare_replay().unwrap();

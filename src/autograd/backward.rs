@@ -6,7 +6,7 @@
 //! network's first convolution with respect to the image, say, is never computed.
 
 use crate::error::Result;
-use crate::ops::{self, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
+use crate::ops::{self, ExecOptions, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
 use crate::tensor::{Shape, Tensor};
 
 use super::ParamId;
@@ -157,19 +157,19 @@ impl Saved {
         }
     }
 
-    pub(super) fn backward(self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(super) fn backward(self, dy: &Tensor, needs: &[bool], exec: &ExecOptions) -> Result<Vec<Option<Tensor>>> {
         let need = |i: usize| needs.get(i).copied().unwrap_or(false);
         Ok(match self {
             Saved::Input | Saved::Param(_) => Vec::new(),
             Saved::Conv2d { x, w, p } => {
-                let (dx, dw) = ops::conv2d::backward_data_and_filter(dy, &x, &w, p, (need(0), need(1)))?;
+                let (dx, dw) = ops::conv2d::backward_data_and_filter(dy, &x, &w, p, (need(0), need(1)), exec)?;
                 let db = when(need(2), || ops::conv2d::backward_bias(dy))?;
                 vec![dx, dw, db]
             }
             Saved::Conv2dRelu { x, w, p, y } => {
                 let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &y, need(2))?;
                 drop(y);
-                let (dx, dw) = ops::conv2d::backward_data_and_filter(&dz, &x, &w, p, (need(0), need(1)))?;
+                let (dx, dw) = ops::conv2d::backward_data_and_filter(&dz, &x, &w, p, (need(0), need(1)), exec)?;
                 vec![dx, dw, db]
             }
             Saved::LinearRelu { x, w, y } => {
@@ -229,8 +229,8 @@ impl Saved {
                 // Recompute what the forward pass dropped, then run the three backwards.
                 let (x, h, mean, var) = bottleneck_front(&features, &gamma, &beta, eps)?;
                 let p = Conv2dParams::default();
-                let dh = ops::conv2d::backward_data(dy, &w, h.shape(), p)?;
-                let dw = when(need(features.len() + 2), || ops::conv2d::backward_filter(dy, &h, w.shape(), p))?;
+                let dh = ops::conv2d::backward_data(dy, &w, h.shape(), p, exec)?;
+                let dw = when(need(features.len() + 2), || ops::conv2d::backward_filter(dy, &h, w.shape(), p, exec))?;
                 let channels: Vec<usize> = features.iter().map(|f| f.dims()[1]).collect();
                 drop(features);
                 let g = ops::batchnorm_fused::backward_fused(&dh, &x, Some(&h), &gamma, &mean, &var, eps, true, false)?;

@@ -16,6 +16,7 @@
 //!   [`Gradients`] that `backward` returns.
 
 mod backward;
+mod batch_norm;
 pub mod gradcheck;
 mod param;
 pub mod profile;
@@ -23,29 +24,13 @@ pub mod profile;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use batch_norm::{BatchNormOutput, BnEpilogue, BnStats};
 pub use param::{Param, ParamId};
 
 use crate::error::{Error, Result};
-use crate::ops::{self, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
+use crate::ops::{self, ExecOptions, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
 use crate::tensor::{Shape, Tensor};
 use backward::Saved;
-
-/// 0: not set (read `SCRATCHNET_FUSE`), 1: off, 2: on.
-static FUSION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Whether new graphs fuse: as [`set_fusion_default`] said, else off when `SCRATCHNET_FUSE=0`,
-/// else on.
-pub fn fusion_default() -> bool {
-    match FUSION.load(Ordering::Relaxed) {
-        0 => std::env::var("SCRATCHNET_FUSE").map_or(true, |v| v != "0"),
-        v => v == 2,
-    }
-}
-
-/// Sets whether graphs made from now on fuse (`--no-fuse` turns it off for a whole run).
-pub fn set_fusion_default(on: bool) {
-    FUSION.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-}
 
 /// A value in a computation: a tensor, and the tape entry that made it (if it needs a gradient).
 #[derive(Clone, Debug)]
@@ -108,8 +93,10 @@ pub struct Graph {
     param_nodes: HashMap<ParamId, usize>,
     /// When set, layers describe themselves here as they run (`scratchnet summary`).
     trace: Option<Vec<LayerRecord>>,
-    /// Whether layers use the fused kernels (BN+ReLU, BN+add+ReLU, bias+ReLU).
-    fuse: bool,
+    /// Which kernels run: the convolution variant, towers, fusion. Set once for the graph
+    /// ([`Graph::with_options`]); the layers and the ops they call, forward and backward,
+    /// receive it from here.
+    exec: ExecOptions,
     /// When set, each layer's end is marked in the device's queue (`scratchnet profile`).
     profile: Option<Box<profile::Recorder>>,
     /// The layer that began last (see [`Graph::begin_layer`]), for error messages: the layer
@@ -223,7 +210,7 @@ impl Graph {
             nodes: Vec::new(),
             param_nodes: HashMap::new(),
             trace: None,
-            fuse: fusion_default(),
+            exec: ExecOptions::default(),
             profile: None,
             current_layer: String::new(),
         }
@@ -232,11 +219,18 @@ impl Graph {
     /// Whether layers should run their fused forms (the default), or each op on its own, as
     /// written in the paper (`--no-fuse`, and the comparisons in the tests and benchmarks).
     pub fn fuses(&self) -> bool {
-        self.fuse
+        self.exec.fuse
     }
 
-    pub fn set_fusion(&mut self, on: bool) {
-        self.fuse = on;
+    /// This graph, running its ops with `exec` instead of the defaults.
+    pub fn with_options(mut self, exec: ExecOptions) -> Graph {
+        self.exec = exec;
+        self
+    }
+
+    /// The execution choices this graph's ops run with.
+    pub fn options(&self) -> &ExecOptions {
+        &self.exec
     }
 
     /// Starts collecting a [`LayerRecord`] for every layer that runs.
@@ -371,7 +365,7 @@ impl Graph {
     }
 
     pub fn conv2d(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
-        let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p)?;
+        let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p, &self.exec)?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
         self.record(y, &inputs, || Saved::Conv2d { x: x.value.clone(), w: w.value.clone(), p })
@@ -380,7 +374,7 @@ impl Graph {
     /// `relu(conv(x, w) + b)`, fused: one pass over the output, and only the output kept
     /// for the ReLU's backward.
     pub fn conv2d_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
-        let y = ops::conv2d::forward_relu(&x.value, &w.value, b.map(|b| &b.value), p)?;
+        let y = ops::conv2d::forward_relu(&x.value, &w.value, b.map(|b| &b.value), p, &self.exec)?;
         let y_saved = y.clone();
         let mut inputs = vec![x, w];
         inputs.extend(b);
@@ -425,110 +419,6 @@ impl Graph {
         self.record(y, &[x], || Saved::Lrn { x: x.value.clone(), y: y_saved, p })
     }
 
-    /// Training-mode batch norm. Returns the output and the batch mean and biased variance,
-    /// from which the layer updates its running statistics.
-    pub fn batch_norm_train(&mut self, x: &Var, gamma: &Var, beta: &Var, eps: f64) -> Result<(Var, Tensor, Tensor)> {
-        let out = ops::batchnorm::forward_train(&x.value, &gamma.value, &beta.value, eps)?;
-        let (mean, var) = (out.mean.clone(), out.var.clone());
-        let y = self.record(out.y, &[x, gamma, beta], || Saved::BatchNorm {
-            x: x.value.clone(),
-            gamma: gamma.value.clone(),
-            mean: out.mean,
-            var: out.var,
-            eps,
-            batch_stats: true,
-        })?;
-        Ok((y, mean, var))
-    }
-
-    /// Eval-mode batch norm with fixed statistics.
-    pub fn batch_norm_eval(
-        &mut self,
-        x: &Var,
-        gamma: &Var,
-        beta: &Var,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f64,
-    ) -> Result<Var> {
-        let y = ops::batchnorm::forward_eval(&x.value, &gamma.value, &beta.value, running_mean, running_var, eps)?;
-        self.record(y, &[x, gamma, beta], || Saved::BatchNorm {
-            x: x.value.clone(),
-            gamma: gamma.value.clone(),
-            mean: running_mean.clone(),
-            var: running_var.clone(),
-            eps,
-            batch_stats: false,
-        })
-    }
-
-    /// Training-mode `act(BN(x) + residual)` in the fused kernels: `residual` is added
-    /// after the normalisation when given, and a ReLU follows when `relu` is set. Returns the
-    /// batch statistics as [`Graph::batch_norm_train`].
-    pub fn batch_norm_train_fused(
-        &mut self,
-        x: &Var,
-        gamma: &Var,
-        beta: &Var,
-        residual: Option<&Var>,
-        relu: bool,
-        eps: f64,
-    ) -> Result<(Var, Tensor, Tensor)> {
-        let epilogue = ops::batchnorm_fused::Epilogue { residual: residual.map(|r| &r.value), relu };
-        let out = ops::batchnorm_fused::forward_train_fused(&x.value, &gamma.value, &beta.value, epilogue, eps)?;
-        let (mean, var) = (out.mean.clone(), out.var.clone());
-        let y_saved = relu.then(|| out.y.clone());
-        let mut inputs = vec![x, gamma, beta];
-        inputs.extend(residual);
-        let y = self.record(out.y, &inputs, || Saved::BatchNormAct {
-            x: x.value.clone(),
-            gamma: gamma.value.clone(),
-            mean: out.mean,
-            var: out.var,
-            eps,
-            batch_stats: true,
-            y: y_saved,
-        })?;
-        Ok((y, mean, var))
-    }
-
-    /// Eval-mode `act(BN(x) + residual)` with fixed statistics, fused.
-    #[allow(clippy::too_many_arguments)]
-    pub fn batch_norm_eval_fused(
-        &mut self,
-        x: &Var,
-        gamma: &Var,
-        beta: &Var,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        residual: Option<&Var>,
-        relu: bool,
-        eps: f64,
-    ) -> Result<Var> {
-        let epilogue = ops::batchnorm_fused::Epilogue { residual: residual.map(|r| &r.value), relu };
-        let y = ops::batchnorm_fused::forward_eval_fused(
-            &x.value,
-            &gamma.value,
-            &beta.value,
-            running_mean,
-            running_var,
-            epilogue,
-            eps,
-        )?;
-        let y_saved = relu.then(|| y.clone());
-        let mut inputs = vec![x, gamma, beta];
-        inputs.extend(residual);
-        self.record(y, &inputs, || Saved::BatchNormAct {
-            x: x.value.clone(),
-            gamma: gamma.value.clone(),
-            mean: running_mean.clone(),
-            var: running_var.clone(),
-            eps,
-            batch_stats: false,
-            y: y_saved,
-        })
-    }
-
     pub fn relu(&mut self, x: &Var) -> Result<Var> {
         let y = ops::elementwise::relu_forward(&x.value)?;
         let y_saved = y.clone();
@@ -559,7 +449,7 @@ impl Graph {
         let values: Vec<Tensor> = features.iter().map(|v| v.value.clone()).collect();
         let (x, h, mean, var) = backward::bottleneck_front(&values, &gamma.value, &beta.value, eps)?;
         drop(x);
-        let y = ops::conv2d::forward(&h, &w.value, None, Conv2dParams::default())?;
+        let y = ops::conv2d::forward(&h, &w.value, None, Conv2dParams::default(), &self.exec)?;
         drop(h);
         let mut inputs: Vec<&Var> = features.to_vec();
         inputs.extend([gamma, beta, w]);
@@ -673,7 +563,7 @@ impl Graph {
                 }
                 saved => {
                     let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
-                    let input_grads = saved.backward(&g, &needs)?;
+                    let input_grads = saved.backward(&g, &needs, &self.exec)?;
                     for (input, input_grad) in node.inputs.iter().zip(input_grads) {
                         if let (Some(j), Some(ig)) = (*input, input_grad) {
                             match &mut grads[j] {

@@ -12,6 +12,7 @@ use super::{Ceilings, Pass, Problem, measure_ceilings, time};
 use crate::device::Device;
 use crate::device::kernels::{CUDA_ARCHS, KernelResources, PTXAS_REPORT, kernel_resources};
 use crate::error::{Error, Result};
+use crate::ops::ExecOptions;
 use crate::ops::batchnorm::{self, reference as bn};
 use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{self, GemmKernel};
@@ -139,13 +140,14 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
         |pass| Problem::Conv { x: x_shape.clone(), w: w_shape.clone(), params: p, bias: false, relu: false, pass };
     let mut cases = Vec::new();
     for (algo, name) in algos {
+        let exec = ExecOptions::with_conv_algo(algo);
         if wants(opts, "fwd") {
             let (x, w) = (x.clone(), w.clone());
             cases.push(Case {
                 variant: name.into(),
                 problem: problem(Pass::Forward),
                 tol: TOL_PLAIN,
-                run: Box::new(move || Ok(vec![conv2d::forward_with(&x, &w, None, p, algo)?])),
+                run: Box::new(move || Ok(vec![conv2d::forward(&x, &w, None, p, &exec)?])),
                 want: conv2d::reference::forward(&xv, &wv, None, &g),
             });
         }
@@ -155,7 +157,7 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                 variant: name.into(),
                 problem: problem(Pass::BackwardData),
                 tol: TOL_PLAIN,
-                run: Box::new(move || Ok(vec![conv2d::backward_data_with(&dy, &w, &xs, p, algo)?])),
+                run: Box::new(move || Ok(vec![conv2d::backward_data(&dy, &w, &xs, p, &exec)?])),
                 want: conv2d::reference::backward_data(&dyv, &wv, &g),
             });
         }
@@ -165,7 +167,7 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                 variant: name.into(),
                 problem: problem(Pass::BackwardFilter),
                 tol: TOL_REORDERED,
-                run: Box::new(move || Ok(vec![conv2d::backward_filter_with(&dy, &x, &ws, p, algo)?])),
+                run: Box::new(move || Ok(vec![conv2d::backward_filter(&dy, &x, &ws, p, &exec)?])),
                 want: conv2d::reference::backward_filter(&dyv, &xv, &g),
             });
         }

@@ -35,6 +35,7 @@ use crate::autograd::{Graph, LayerOp, LayerRecord, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models;
+use crate::ops::ExecOptions;
 use crate::ops::pool::Pool2dParams;
 use crate::tensor::{DType, Shape, Tensor};
 pub use problems::{Pass, Problem, TrainStep, Variant};
@@ -106,6 +107,8 @@ pub struct BenchOptions {
     pub repeats: Option<usize>,
     /// Time a whole training step of each network suite.
     pub train_steps: bool,
+    /// The kernels the default variant runs (`--conv-algo`, `--towers`, `--no-fuse`).
+    pub exec: ExecOptions,
 }
 
 impl BenchOptions {
@@ -120,6 +123,7 @@ impl BenchOptions {
             all_variants: false,
             repeats: None,
             train_steps: true,
+            exec: ExecOptions::default(),
         }
     }
 
@@ -546,11 +550,11 @@ pub fn measure_ceilings(opts: &BenchOptions) -> Result<Ceilings> {
     let device = opts.device;
     let numel = opts.size_bytes() / 4;
     let copy = Problem::Copy { numel };
-    let t = time(device, opts.repeats(), 2, &mut *copy.prepare(device, Variant::Default)?)?;
+    let t = time(device, opts.repeats(), 2, &mut *copy.prepare(device, Variant::Default, &opts.exec)?)?;
     let copy_gbs = copy.bytes() / (t.median_ms * 1e6);
     let s = opts.gemm_size();
     let gemm = Problem::Matmul { m: s, n: s, k: s };
-    let t = time(device, opts.repeats(), 2, &mut *gemm.prepare(device, Variant::Default)?)?;
+    let t = time(device, opts.repeats(), 2, &mut *gemm.prepare(device, Variant::Default, &opts.exec)?)?;
     Ok(Ceilings { copy_gbs, gemm_gflops: gemm.flops() / (t.median_ms * 1e6), copy_bytes: numel * 4, gemm_size: s })
 }
 
@@ -579,7 +583,7 @@ pub fn run(
     let mut rows = Vec::new();
     for (suite, problem, layers) in work {
         for variant in problem.variants(opts.all_variants) {
-            let mut run = problem.prepare(opts.device, variant)?;
+            let mut run = problem.prepare(opts.device, variant, &opts.exec)?;
             let is_step = matches!(problem, Problem::TrainStep(_));
             if let Some(gpu) = &gpu {
                 gpu.synchronize()?;

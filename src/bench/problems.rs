@@ -20,7 +20,7 @@ use crate::ops::gemm::{GemmKernel, matmul};
 use crate::ops::lrn::LrnParams;
 use crate::ops::pool::Pool2dParams;
 use crate::ops::sgd::SgdParams;
-use crate::ops::{concat, dropout, elementwise, linear, lrn, pool};
+use crate::ops::{ExecOptions, concat, dropout, elementwise, linear, lrn, pool};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// Which direction of an op is timed.
@@ -168,6 +168,16 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// The execution options this variant runs with, starting from the run's `base`.
+    pub fn options(self, base: &ExecOptions) -> ExecOptions {
+        match self {
+            Variant::Conv(algo) => ExecOptions { conv_algo: algo, ..*base },
+            Variant::Unfused => ExecOptions { fuse: false, ..*base },
+            Variant::Towers => ExecOptions { towers: true, ..*base },
+            _ => *base,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Variant::Default => "default",
@@ -437,35 +447,38 @@ impl Problem {
         }
     }
 
-    /// Sets up the problem's inputs on `device` and returns one run of it.
-    pub fn prepare(&self, device: Device, variant: Variant) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    /// Sets up the problem's inputs on `device` and returns one run of it, with the kernels
+    /// `variant` chooses on top of the run's options `base`.
+    pub fn prepare(
+        &self,
+        device: Device,
+        variant: Variant,
+        base: &ExecOptions,
+    ) -> Result<Box<dyn FnMut() -> Result<()>>> {
+        let exec = variant.options(base);
         let t = |shape: &Shape, seed: u64| pattern(shape.clone(), seed, device);
         let flat = |numel: usize, seed: u64| pattern(Shape::new([numel]), seed, device);
         Ok(match self.clone() {
             Problem::Conv { x, w, params, bias, relu, pass } => {
                 let geometry = ConvGeometry::new(&x, &w, params)?;
-                let algo = match variant {
-                    Variant::Conv(a) => a,
-                    _ => conv2d::conv_algo(),
-                };
                 let (xt, wt) = (t(&x, 1)?, t(&w, 2)?);
                 let b = if bias { Some(t(&Shape::new([w.dims()[0]]), 3)?) } else { None };
                 match pass {
                     Pass::Forward => Box::new(move || {
                         if relu {
-                            conv2d::forward_relu_with(&xt, &wt, b.as_ref(), params, algo)?;
+                            conv2d::forward_relu(&xt, &wt, b.as_ref(), params, &exec)?;
                         } else {
-                            conv2d::forward_with(&xt, &wt, b.as_ref(), params, algo)?;
+                            conv2d::forward(&xt, &wt, b.as_ref(), params, &exec)?;
                         }
                         Ok(())
                     }),
                     Pass::BackwardData => {
                         let dy = t(&geometry.out_shape(), 4)?;
-                        Box::new(move || conv2d::backward_data_with(&dy, &wt, &x, params, algo).map(drop))
+                        Box::new(move || conv2d::backward_data(&dy, &wt, &x, params, &exec).map(drop))
                     }
                     _ => {
                         let dy = t(&geometry.out_shape(), 4)?;
-                        Box::new(move || conv2d::backward_filter_with(&dy, &xt, &w, params, algo).map(drop))
+                        Box::new(move || conv2d::backward_filter(&dy, &xt, &w, params, &exec).map(drop))
                     }
                 }
             }
@@ -501,7 +514,7 @@ impl Problem {
                 let gamma = Tensor::full([c], 1.0, DType::F32).to_device(device)?;
                 let beta = Tensor::zeros([c], DType::F32).to_device(device)?;
                 let r = if residual { Some(t(&x, 5)?) } else { None };
-                let unfused = variant == Variant::Unfused;
+                let unfused = !exec.fuse;
                 let eps = 1e-5;
                 match pass {
                     Pass::Forward if unfused => Box::new(move || {
@@ -657,18 +670,7 @@ impl Problem {
                 let h = SgdParams { lr: 1e-6, momentum: 0.9, weight_decay: 5e-4 };
                 Box::new(move || crate::ops::sgd::step(&mut p, &g, &mut v, h))
             }
-            Problem::TrainStep(step) if variant == Variant::Towers => {
-                let mut run = train_step(&step, device, false)?;
-                // The setting is the process's: on for each run of this variant only.
-                Box::new(move || {
-                    let before = crate::ops::conv2d::towers();
-                    crate::ops::conv2d::set_towers(true);
-                    let r = run();
-                    crate::ops::conv2d::set_towers(before);
-                    r
-                })
-            }
-            Problem::TrainStep(step) => train_step(&step, device, variant == Variant::CudaGraph)?,
+            Problem::TrainStep(step) => train_step(&step, device, variant == Variant::CudaGraph, exec)?,
         })
     }
 }
@@ -699,7 +701,12 @@ pub fn pattern(shape: Shape, seed: u64, device: Device) -> Result<Tensor> {
 }
 
 /// One training step of a model on a fixed batch: forward, cross-entropy, backward, SGD.
-fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn FnMut() -> Result<()>>> {
+fn train_step(
+    step: &TrainStep,
+    device: Device,
+    graph: bool,
+    exec: ExecOptions,
+) -> Result<Box<dyn FnMut() -> Result<()>>> {
     let mut model = models::build(&step.model, step.num_classes, 0)?;
     crate::train::set_memory_efficient(model.as_mut(), step.memory_efficient)?;
     let [c, h, w] = step.input;
@@ -715,7 +722,7 @@ fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn F
         opt.keep_lr_on(device)?;
         // Two ordinary steps first: the autotuner's timings and the allocator's cache.
         for _ in 0..2 {
-            let mut g = Graph::new();
+            let mut g = Graph::new().with_options(exec);
             let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
             let loss = g.cross_entropy(&logits, &y)?;
             g.backward(&loss)?.accumulate_into(model.params_mut())?;
@@ -723,7 +730,7 @@ fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn F
         }
         model.prepare_capture(device)?;
         model.prepare_replay()?;
-        let captured = crate::train::GraphStep::capture(model.as_mut(), &mut opt, x, y)?;
+        let captured = crate::train::GraphStep::capture(model.as_mut(), &mut opt, x, y, exec)?;
         // Every replay reads and writes the optimizer's momentum and device learning rate:
         // the optimizer lives as long as the graph (the graph refuses to replay otherwise).
         return Ok(Box::new(move || {
@@ -733,7 +740,7 @@ fn train_step(step: &TrainStep, device: Device, graph: bool) -> Result<Box<dyn F
         }));
     }
     Ok(Box::new(move || {
-        let mut g = Graph::new();
+        let mut g = Graph::new().with_options(exec);
         let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
         let loss = g.cross_entropy(&logits, &y)?;
         g.backward(&loss)?.accumulate_into(model.params_mut())?;

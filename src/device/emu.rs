@@ -79,11 +79,11 @@ impl CaptureGuard<'_> {
 
 /// One piece of recorded work: what a CUDA graph node holds.
 enum Recorded {
-    /// Each argument's value in an 8-byte slot (every kernel argument fits one).
     Launch {
         index: usize,
         kernel: KernelInfo,
         dims: LaunchDims,
+        /// Each argument's value in an 8-byte slot (every kernel argument fits one).
         args: Vec<u64>,
     },
     Copy {

@@ -1,17 +1,8 @@
 //! What build.rs compiled: the table of kernels with their parameter kinds (read from the
 //! `__global__` signatures in `kernels/*.cu`), and the fatbin for the GPU.
 
-/// How one kernel parameter is passed: a device pointer or a scalar of a given type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArgKind {
-    Ptr,
-    I32,
-    U32,
-    I64,
-    U64,
-    F32,
-    F64,
-}
+// Declared in a file of its own, which build.rs compiles too: it writes the table below.
+pub use super::arg_kind::ArgKind;
 
 /// One `extern "C" __global__` function.
 #[derive(Clone, Copy, Debug)]

@@ -10,6 +10,7 @@
 //! packing and checking, launch dimensions, side streams ([`streams`]). They differ only in
 //! their [`gpu::Backend`].
 
+mod arg_kind;
 pub mod cpu;
 pub mod cuda;
 pub mod emu;

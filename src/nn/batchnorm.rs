@@ -1,5 +1,5 @@
 use super::{Module, join};
-use crate::autograd::{Graph, LayerOp, Param, Var};
+use crate::autograd::{BnEpilogue, BnStats, Graph, LayerOp, Param, Var};
 use crate::error::Result;
 use crate::ops::batchnorm::update_running_stats;
 use crate::tensor::{DType, Tensor};
@@ -65,35 +65,21 @@ impl BatchNorm2d {
 
     /// `act(BN(x) + residual)`. In a training graph the batch statistics normalise and the
     /// running statistics move towards them; in an eval graph the running statistics
-    /// normalise. When the graph does not fuse, the same is computed op by op.
+    /// normalise. The graph fuses the epilogue into the kernel or runs it op by op
+    /// ([`Graph::batch_norm`]).
     fn forward_act(&mut self, g: &mut Graph, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
         g.begin_layer(&self.name);
         let gamma = g.param(&self.weight);
         let beta = g.param(&self.bias);
-        let fused = g.fuses() && (residual.is_some() || relu);
-        let y = if g.is_training() {
-            let (y, mean, var) = if fused {
-                g.batch_norm_train_fused(x, &gamma, &beta, residual, relu, self.eps)?
-            } else {
-                g.batch_norm_train(x, &gamma, &beta, self.eps)?
-            };
-            self.track(x.shape(), &mean, &var)?;
-            y
-        } else if fused {
-            let (rm, rv) = (&self.running_mean, &self.running_var);
-            g.batch_norm_eval_fused(x, &gamma, &beta, rm, rv, residual, relu, self.eps)?
-        } else {
-            g.batch_norm_eval(x, &gamma, &beta, &self.running_mean, &self.running_var, self.eps)?
+        let stats = match g.is_training() {
+            true => BnStats::Batch,
+            false => BnStats::Running { mean: &self.running_mean, var: &self.running_var },
         };
-        let y = if fused {
-            y
-        } else {
-            let y = match residual {
-                Some(r) => g.add(&y, r)?,
-                None => y,
-            };
-            if relu { g.relu(&y)? } else { y }
-        };
+        let out = g.batch_norm(x, (&gamma, &beta), stats, BnEpilogue { residual, relu }, self.eps)?;
+        if let Some((mean, var)) = &out.batch_stats {
+            self.track(x.shape(), mean, var)?;
+        }
+        let y = out.y;
         g.record_layer(&self.name, x, &y, self.num_params(), LayerOp::BatchNorm { residual: residual.is_some(), relu });
         Ok(y)
     }

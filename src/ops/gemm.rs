@@ -335,13 +335,12 @@ impl Isa {
         v
     }
 
-    /// What this CPU supports; `SCRATCHNET_CPU_PORTABLE=1` forces the generic kernel.
+    /// The widest instruction set this CPU supports (a property of the machine, not a choice:
+    /// the tests run every supported one, `Isa::all_supported`).
     fn detect() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
-            if std::env::var("SCRATCHNET_CPU_PORTABLE").is_ok_and(|v| v == "1") {
-                Isa::Portable
-            } else if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f") {
                 Isa::Avx512
             } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 Isa::Avx2Fma

@@ -24,6 +24,7 @@ pub mod concat;
 pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
+pub mod exec;
 pub mod gemm;
 pub mod linear;
 pub mod loss;
@@ -34,6 +35,7 @@ pub mod sgd;
 /// The fused batch norms live beside the plain one, in `batchnorm/fused.rs`; this keeps their
 /// older path.
 pub use batchnorm::fused as batchnorm_fused;
+pub use exec::ExecOptions;
 
 use std::sync::Arc;
 

@@ -24,7 +24,7 @@ use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry, reference};
 use crate::ops::gemm::{self, GemmKernel, matmul};
 use crate::ops::lrn::LrnParams;
 use crate::ops::pool::Pool2dParams;
-use crate::ops::{bias_act, elementwise, linear};
+use crate::ops::{ExecOptions, bias_act, elementwise, linear};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// Tolerance for results computed with the same order of operations as the reference, or
@@ -167,11 +167,12 @@ impl Tester {
                 ]
             };
             for &(algo, label) in algos {
-                let got = conv2d::forward_with(&xd, &wd, bias_d, params, algo)?;
+                let exec = ExecOptions::with_conv_algo(algo);
+                let got = conv2d::forward(&xd, &wd, bias_d, params, &exec)?;
                 self.record(&format!("conv2d forward{label}"), &case, &got, &want_y, TOL_PLAIN)?;
-                let got = conv2d::backward_data_with(&dyd, &wd, x.shape(), params, algo)?;
+                let got = conv2d::backward_data(&dyd, &wd, x.shape(), params, &exec)?;
                 self.record(&format!("conv2d backward data{label}"), &case, &got, &want_dx, TOL_PLAIN)?;
-                let got = conv2d::backward_filter_with(&dyd, &xd, w.shape(), params, algo)?;
+                let got = conv2d::backward_filter(&dyd, &xd, w.shape(), params, &exec)?;
                 self.record(&format!("conv2d backward filter{label}"), &case, &got, &want_dw, TOL_REORDERED)?;
             }
             if !self.device.is_cpu() && params.groups > 1 {
@@ -209,14 +210,11 @@ impl Tester {
         params: Conv2dParams,
         (want_y, want_dx, want_dw): (&Tensor, &Tensor, &Tensor),
     ) -> Result<()> {
-        let towers_before = conv2d::towers();
         let run = |towers: bool| -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-            conv2d::set_towers(towers);
-            let y = conv2d::forward_with(x, w, b, params, algo);
-            let grads = conv2d::backward_data_and_filter_with(dy, x, w, params, (true, true), algo);
-            conv2d::set_towers(towers_before);
-            let (dx, dw) = grads?;
-            Ok((y?, dx, dw))
+            let exec = ExecOptions { conv_algo: algo, towers, ..ExecOptions::default() };
+            let y = conv2d::forward(x, w, b, params, &exec)?;
+            let (dx, dw) = conv2d::backward_data_and_filter(dy, x, w, params, (true, true), &exec)?;
+            Ok((y, dx, dw))
         };
         let one = run(false)?;
         let towers = run(true)?;
@@ -275,7 +273,7 @@ impl Tester {
             &[(ConvAlgo::Direct, " direct"), (ConvAlgo::ImplicitGemm, " implicit-gemm")]
         };
         for &(algo, name) in algos {
-            let got = conv2d::forward_relu_with(&xd, &wd, Some(&bd), p, algo)?;
+            let got = conv2d::forward_relu(&xd, &wd, Some(&bd), p, &ExecOptions::with_conv_algo(algo))?;
             self.record(&format!("conv2d+bias+relu forward{name}"), &case, &got, &want, TOL_PLAIN)?;
         }
         let dy = self.input(want.dims());

@@ -4,14 +4,14 @@
 //!
 //! - **direct**: one thread per output value, straight from global memory. The plain version
 //!   to read first, and the one every fast variant is compared with.
-//! - **implicit GEMM**: the product of the CPU reference's im2col + GEMM, computed in 64×64
+//! - **implicit GEMM**: the product of the CPU path's im2col + GEMM, computed in 64×64
 //!   register-blocked tiles (kernels/tile_gemm.cuh) without ever writing the im2col matrix.
 //!
-//! `--conv-algo` (or `SCRATCHNET_CONV_ALGO`) chooses: `direct`, `implicit-gemm`, or `auto`
-//! (the default), which times both the first time each shape runs on a GPU and keeps the
-//! faster ([`crate::ops::autotune`]).
+//! The [`ExecOptions`] the op receives choose (`--conv-algo` on the command line): `direct`,
+//! `implicit-gemm`, `implicit-gemm-128`, or `auto` (the default), which times them the first
+//! time each shape runs on a GPU and keeps the fastest ([`crate::ops::autotune`]).
 //!
-//! **Towers** (`--towers`, or `SCRATCHNET_TOWERS=1`): AlexNet's grouped convolutions were the
+//! **Towers** (`ExecOptions::towers`, `--towers`): AlexNet's grouped convolutions were the
 //! paper's two GPUs, each computing the group of channels it held. With towers on, each group
 //! of a grouped convolution runs on its own side stream ([`GpuDevice::on_streams`]), so the
 //! GPU can run the two halves side by side, forward and backward, where one launch would run
@@ -23,7 +23,6 @@
 //! where they run, the groups stay one launch.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::device::streams::SIDE_STREAMS;
 
@@ -31,7 +30,7 @@ use super::{ConvGeometry, OP};
 use crate::device::GpuDevice;
 use crate::device::gpu::{GpuBuffer, KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
-use crate::ops::autotune;
+use crate::ops::{ExecOptions, autotune};
 use crate::tensor::DType;
 
 /// How the convolution kernels are chosen.
@@ -63,52 +62,10 @@ impl std::str::FromStr for ConvAlgo {
     }
 }
 
-/// 0: not set yet (read the environment); then 1 + the variant's index.
-static ALGO: AtomicU8 = AtomicU8::new(0);
-const ALGOS: [ConvAlgo; 4] = [ConvAlgo::Direct, ConvAlgo::ImplicitGemm, ConvAlgo::ImplicitGemm128, ConvAlgo::Auto];
-
-/// Sets the variant for every later convolution in the process.
-pub fn set_conv_algo(a: ConvAlgo) {
-    let index = ALGOS.iter().position(|&x| x == a).unwrap_or(ALGOS.len() - 1);
-    ALGO.store(index as u8 + 1, Ordering::Relaxed);
-}
-
-/// The variant in force: as set, else `SCRATCHNET_CONV_ALGO`, else `auto`.
-pub fn conv_algo() -> ConvAlgo {
-    match ALGO.load(Ordering::Relaxed) {
-        0 => {
-            let a = std::env::var("SCRATCHNET_CONV_ALGO").ok().and_then(|s| s.parse().ok()).unwrap_or(ConvAlgo::Auto);
-            set_conv_algo(a);
-            a
-        }
-        i => ALGOS[(i - 1) as usize],
-    }
-}
-
-/// 0: not set yet (read the environment); 1: off; 2: on.
-static TOWERS: AtomicU8 = AtomicU8::new(0);
-
-/// Whether every later grouped convolution runs each group on its own stream.
-pub fn set_towers(on: bool) {
-    TOWERS.store(1 + on as u8, Ordering::Relaxed);
-}
-
-/// Towers as set, else `SCRATCHNET_TOWERS=1`, else off.
-pub fn towers() -> bool {
-    match TOWERS.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("SCRATCHNET_TOWERS").is_ok_and(|v| v == "1");
-            set_towers(on);
-            on
-        }
-        v => v == 2,
-    }
-}
-
 /// Whether this convolution runs as towers when its kernel is the implicit GEMM: towers
 /// on, and a grouped layer with no more groups than side streams.
-fn splits_into_towers(g: &ConvGeometry) -> bool {
-    towers() && (2..=SIDE_STREAMS).contains(&g.groups())
+fn splits_into_towers(exec: &ExecOptions, g: &ConvGeometry) -> bool {
+    exec.towers && (2..=SIDE_STREAMS).contains(&g.groups())
 }
 
 /// A variant that actually runs (what `Auto` resolves to).
@@ -120,21 +77,21 @@ enum Kernel {
 }
 
 /// The three implicit-GEMM kernels of one tile engine, and its tile's side.
-struct Tiled {
+struct ImplicitGemmKernels {
     forward: &'static str,
     data: &'static str,
     filter: &'static str,
     tile: usize,
 }
 
-const TILED_64: Tiled = Tiled {
+const ENGINE_64: ImplicitGemmKernels = ImplicitGemmKernels {
     forward: "conv2d_fwd_implicit_gemm_f32",
     data: "conv2d_bwd_data_implicit_gemm_f32",
     filter: "conv2d_bwd_filter_implicit_gemm_f32",
     tile: 64,
 };
 
-const TILED_128: Tiled = Tiled {
+const ENGINE_128: ImplicitGemmKernels = ImplicitGemmKernels {
     forward: "conv2d_fwd_implicit_gemm128_f32",
     data: "conv2d_bwd_data_implicit_gemm128_f32",
     filter: "conv2d_bwd_filter_implicit_gemm128_f32",
@@ -151,11 +108,11 @@ impl Kernel {
     }
 
     /// The implicit-GEMM kernels of this variant; `None` for the direct one.
-    fn tiled(self) -> Option<&'static Tiled> {
+    fn implicit_gemm(self) -> Option<&'static ImplicitGemmKernels> {
         match self {
             Kernel::Direct => None,
-            Kernel::ImplicitGemm => Some(&TILED_64),
-            Kernel::ImplicitGemm128 => Some(&TILED_128),
+            Kernel::ImplicitGemm => Some(&ENGINE_64),
+            Kernel::ImplicitGemm128 => Some(&ENGINE_128),
         }
     }
 }
@@ -288,7 +245,7 @@ impl Groups {
 #[allow(clippy::too_many_arguments)]
 fn implicit_forward(
     gpu: &GpuDevice,
-    k: &Tiled,
+    k: &ImplicitGemmKernels,
     y: &GpuBuffer,
     x: &GpuBuffer,
     w: &GpuBuffer,
@@ -313,7 +270,7 @@ fn implicit_forward(
 /// epilogue, or a separate in-place pass after the direct kernel.
 pub(super) fn forward(
     gpu: &Arc<GpuDevice>,
-    algo: ConvAlgo,
+    exec: &ExecOptions,
     x: &GpuBuffer,
     w: &GpuBuffer,
     bias: Option<&GpuBuffer>,
@@ -324,7 +281,7 @@ pub(super) fn forward(
     let count = g.out_shape().numel();
     let y = gpu.alloc(DType::F32, count)?;
     let problem = if relu { "forward+relu" } else { "forward" };
-    let launch = |kernel: Kernel| match kernel.tiled() {
+    let launch = |kernel: Kernel| match kernel.implicit_gemm() {
         Some(k) => implicit_forward(gpu, k, &y, x, w, bias, relu, g, Groups::all(g)),
         None => {
             let call = KernelCall::elementwise("conv2d_fwd_direct_f32", count);
@@ -343,8 +300,8 @@ pub(super) fn forward(
             )
         }
     };
-    let kernel = choose(gpu, algo, problem, g, launch)?;
-    match kernel.tiled().filter(|_| splits_into_towers(g)) {
+    let kernel = choose(gpu, exec.conv_algo, problem, g, launch)?;
+    match kernel.implicit_gemm().filter(|_| splits_into_towers(exec, g)) {
         // The towers: group t's implicit GEMM on side stream t + 1.
         Some(k) => {
             gpu.on_streams(g.groups(), |t| implicit_forward(gpu, k, &y, x, w, bias, relu, g, Groups::one(t)))?;
@@ -357,7 +314,7 @@ pub(super) fn forward(
 /// The data gradient's implicit GEMM over `groups`, into `dx`.
 fn implicit_data(
     gpu: &GpuDevice,
-    k: &Tiled,
+    k: &ImplicitGemmKernels,
     dx: &GpuBuffer,
     dy: &GpuBuffer,
     w: &GpuBuffer,
@@ -381,7 +338,7 @@ fn launch_data(
     w: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<()> {
-    match kernel.tiled() {
+    match kernel.implicit_gemm() {
         Some(k) => implicit_data(gpu, k, dx, dy, w, g, Groups::all(g)),
         None => {
             let call = KernelCall::elementwise("conv2d_bwd_data_direct_f32", g.in_shape().numel());
@@ -392,14 +349,14 @@ fn launch_data(
 
 pub(super) fn backward_data(
     gpu: &Arc<GpuDevice>,
-    algo: ConvAlgo,
+    exec: &ExecOptions,
     dy: &GpuBuffer,
     w: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
     check_index_range(g)?;
     let dx = gpu.alloc(DType::F32, g.in_shape().numel())?;
-    run(gpu, algo, "backward data", g, |kernel| launch_data(gpu, kernel, &dx, dy, w, g))?;
+    run(gpu, exec.conv_algo, "backward data", g, |kernel| launch_data(gpu, kernel, &dx, dy, w, g))?;
     Ok(dx)
 }
 
@@ -427,7 +384,7 @@ impl FilterGradient {
     /// The buffers for `kernel` (the split depends on its tile).
     fn alloc(gpu: &Arc<GpuDevice>, kernel: Kernel, g: &ConvGeometry) -> Result<FilterGradient> {
         let count = g.weight_shape().numel();
-        let (splits, chunk) = kernel.tiled().map_or((1, 0), |k| filter_splits(g, k.tile));
+        let (splits, chunk) = kernel.implicit_gemm().map_or((1, 0), |k| filter_splits(g, k.tile));
         let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
         Ok(FilterGradient { dw: gpu.alloc(DType::F32, count)?, workspace, splits, chunk })
     }
@@ -436,7 +393,7 @@ impl FilterGradient {
     fn implicit(
         &self,
         gpu: &GpuDevice,
-        k: &Tiled,
+        k: &ImplicitGemmKernels,
         dy: &GpuBuffer,
         x: &GpuBuffer,
         g: &ConvGeometry,
@@ -465,7 +422,7 @@ impl FilterGradient {
 
     /// The launches with kernel `kernel` (whose buffers these are), into `dw`.
     fn launch(&self, gpu: &GpuDevice, kernel: Kernel, dy: &GpuBuffer, x: &GpuBuffer, g: &ConvGeometry) -> Result<()> {
-        match kernel.tiled() {
+        match kernel.implicit_gemm() {
             Some(k) => self.implicit(gpu, k, dy, x, g, Groups::all(g)),
             None => {
                 let count = g.weight_shape().numel();
@@ -489,19 +446,19 @@ fn filter_gradient(
 
 pub(super) fn backward_filter(
     gpu: &Arc<GpuDevice>,
-    algo: ConvAlgo,
+    exec: &ExecOptions,
     dy: &GpuBuffer,
     x: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
     check_index_range(g)?;
-    let kernel = choose(gpu, algo, "backward filter", g, |k| filter_gradient(gpu, k, dy, x, g))?;
+    let kernel = choose(gpu, exec.conv_algo, "backward filter", g, |k| filter_gradient(gpu, k, dy, x, g))?;
     let grad = FilterGradient::alloc(gpu, kernel, g)?;
     grad.launch(gpu, kernel, dy, x, g)?;
     Ok(grad.dw)
 }
 
-/// The data and filter gradients (each only where wanted), with the kernels `algo` chooses.
+/// The data and filter gradients (each only where wanted), with the kernels `exec` chooses.
 /// Where both are implicit GEMMs of one tile engine and the layer splits into towers, the
 /// groups run as towers (see the module's comment): tower t computes group t's share of dx
 /// (its input channels) and of dW (its output channels) on side stream t + 1, so that one
@@ -509,7 +466,7 @@ pub(super) fn backward_filter(
 /// per kernel.
 pub(super) fn backward_data_and_filter(
     gpu: &Arc<GpuDevice>,
-    algo: ConvAlgo,
+    exec: &ExecOptions,
     dy: &GpuBuffer,
     x: &GpuBuffer,
     w: &GpuBuffer,
@@ -519,18 +476,18 @@ pub(super) fn backward_data_and_filter(
     // Allocated on the main stream before any fork, so the towers only write into them.
     let dx = want_dx.then(|| gpu.alloc(DType::F32, g.in_shape().numel())).transpose()?;
     let data_kernel = match &dx {
-        Some(dx) => Some(choose(gpu, algo, "backward data", g, |k| launch_data(gpu, k, dx, dy, w, g))?),
+        Some(dx) => Some(choose(gpu, exec.conv_algo, "backward data", g, |k| launch_data(gpu, k, dx, dy, w, g))?),
         None => None,
     };
     let filter_kernel = match want_dw {
-        true => Some(choose(gpu, algo, "backward filter", g, |k| filter_gradient(gpu, k, dy, x, g))?),
+        true => Some(choose(gpu, exec.conv_algo, "backward filter", g, |k| filter_gradient(gpu, k, dy, x, g))?),
         false => None,
     };
     let dw = filter_kernel.map(|k| FilterGradient::alloc(gpu, k, g)).transpose()?;
     let mut chosen = [data_kernel, filter_kernel].into_iter().flatten();
     let first = chosen.next();
     let one_kernel = first.filter(|&k| chosen.all(|other| other == k));
-    match one_kernel.and_then(Kernel::tiled).filter(|_| splits_into_towers(g)) {
+    match one_kernel.and_then(Kernel::implicit_gemm).filter(|_| splits_into_towers(exec, g)) {
         Some(k) => {
             gpu.on_streams(g.groups(), |t| {
                 if let Some(dx) = &dx {

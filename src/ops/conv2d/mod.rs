@@ -11,7 +11,11 @@
 //! with zeros outside the input. Layouts are PyTorch's: x is NCHW, w is OIHW with I = C/groups.
 //! Groups split the channels into `groups` independent convolutions (AlexNet's two towers).
 //!
-//! # How the CPU reference computes it: im2col + GEMM
+//! The definition as plain loops, which every path is checked against, is [`reference`](mod@reference). The
+//! `cpu` device runs the fast path below; cuda and emu run the kernels of `kernels/conv2d.cu`
+//! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say).
+//!
+//! # How the CPU's fast path computes it: im2col + GEMM
 //!
 //! For one image, gather every input value that each output pixel reads into a matrix
 //! `col` with one row per (channel, ky, kx) and one column per output pixel:
@@ -48,10 +52,10 @@ mod gpu;
 mod im2col;
 pub mod reference;
 
-pub use gpu::{ConvAlgo, conv_algo, set_conv_algo, set_towers, towers};
+pub use gpu::ConvAlgo;
 
 use super::gemm::{MatMut, MatRef, gemm, gemm_parallel};
-use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
+use super::{ExecOptions, common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
@@ -204,31 +208,16 @@ impl ConvGeometry {
     }
 }
 
-/// The forward pass: `y = conv(x, w) + b`, shape `[N, O, OH, OW]`.
-pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
-    forward_with(x, w, b, p, conv_algo())
-}
-
-/// [`forward`] with the GPU kernel variant given (the CPU has one).
-pub fn forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, algo: ConvAlgo) -> Result<Tensor> {
-    forward_act(x, w, b, p, false, algo)
+/// The forward pass: `y = conv(x, w) + b`, shape `[N, O, OH, OW]`. On cuda and emu, `exec`
+/// chooses the kernel (and the towers of a grouped convolution); the CPU has one path.
+pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, exec: &ExecOptions) -> Result<Tensor> {
+    forward_act(x, w, b, p, false, exec)
 }
 
 /// `relu(conv(x, w) + b)` in one pass over the output (see [`super::bias_act`]); its
 /// backward is [`super::bias_act::relu_backward_with_bias`] then the two gradients below.
-pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
-    forward_act(x, w, b, p, true, conv_algo())
-}
-
-/// [`forward_relu`] with the GPU kernel variant given.
-pub fn forward_relu_with(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    p: Conv2dParams,
-    algo: ConvAlgo,
-) -> Result<Tensor> {
-    forward_act(x, w, b, p, true, algo)
+pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams, exec: &ExecOptions) -> Result<Tensor> {
+    forward_act(x, w, b, p, true, exec)
 }
 
 fn forward_act(
@@ -237,7 +226,7 @@ fn forward_act(
     b: Option<&Tensor>,
     p: Conv2dParams,
     relu: bool,
-    algo: ConvAlgo,
+    exec: &ExecOptions,
 ) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     let mut inputs = vec![("input", x), ("weight", w)];
@@ -248,7 +237,7 @@ fn forward_act(
     let (dtype, device) = common_dtype(OP, &inputs)?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let bias = b.map(Tensor::gpu_buffer).transpose()?;
-        let y = gpu::forward(&gpu, algo, x.gpu_buffer()?, w.gpu_buffer()?, bias, relu, &g)?;
+        let y = gpu::forward(&gpu, exec, x.gpu_buffer()?, w.gpu_buffer()?, bias, relu, &g)?;
         return Ok(Tensor::from_gpu(g.out_shape(), y));
     }
     let mut y = with_float_type!(dtype, OP, |T| {
@@ -263,17 +252,12 @@ fn forward_act(
 }
 
 /// The gradient with respect to the input, from the output gradient `dy` and the weights.
-pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams) -> Result<Tensor> {
-    backward_data_with(dy, w, x_shape, p, conv_algo())
-}
-
-/// [`backward_data`] with the GPU kernel variant given.
-pub fn backward_data_with(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams, algo: ConvAlgo) -> Result<Tensor> {
+pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams, exec: &ExecOptions) -> Result<Tensor> {
     let g = ConvGeometry::new(x_shape, w.shape(), p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
-        let dx = gpu::backward_data(&gpu, algo, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
+        let dx = gpu::backward_data(&gpu, exec, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
         return Ok(Tensor::from_gpu(g.in_shape(), dx));
     }
     with_float_type!(dtype, OP, |T| {
@@ -283,23 +267,18 @@ pub fn backward_data_with(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dPar
 }
 
 /// The gradient with respect to the weights, from the output gradient and the input.
-pub fn backward_filter(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: Conv2dParams) -> Result<Tensor> {
-    backward_filter_with(dy, x, w_shape, p, conv_algo())
-}
-
-/// [`backward_filter`] with the GPU kernel variant given.
-pub fn backward_filter_with(
+pub fn backward_filter(
     dy: &Tensor,
     x: &Tensor,
     w_shape: &Shape,
     p: Conv2dParams,
-    algo: ConvAlgo,
+    exec: &ExecOptions,
 ) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w_shape, p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
-        let dw = gpu::backward_filter(&gpu, algo, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
+        let dw = gpu::backward_filter(&gpu, exec, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
         return Ok(Tensor::from_gpu(g.weight_shape(), dw));
     }
     with_float_type!(dtype, OP, |T| {
@@ -309,26 +288,15 @@ pub fn backward_filter_with(
 }
 
 /// The data and filter gradients together (each only where wanted), as [`backward_data`]
-/// and [`backward_filter`] compute them; on a GPU with towers on ([`towers`]), the groups of
-/// a grouped convolution compute both in one fork of side streams.
+/// and [`backward_filter`] compute them; on a GPU with towers on ([`ExecOptions::towers`]),
+/// the groups of a grouped convolution compute both in one fork of side streams.
 pub fn backward_data_and_filter(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     p: Conv2dParams,
-    wanted: (bool, bool),
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    backward_data_and_filter_with(dy, x, w, p, wanted, conv_algo())
-}
-
-/// [`backward_data_and_filter`] with the GPU kernel variant given.
-pub fn backward_data_and_filter_with(
-    dy: &Tensor,
-    x: &Tensor,
-    w: &Tensor,
-    p: Conv2dParams,
     (want_dx, want_dw): (bool, bool),
-    algo: ConvAlgo,
+    exec: &ExecOptions,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
@@ -336,7 +304,7 @@ pub fn backward_data_and_filter_with(
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let (dx, dw) = gpu::backward_data_and_filter(
             &gpu,
-            algo,
+            exec,
             dy.gpu_buffer()?,
             x.gpu_buffer()?,
             w.gpu_buffer()?,
@@ -345,8 +313,8 @@ pub fn backward_data_and_filter_with(
         )?;
         return Ok((dx.map(|b| Tensor::from_gpu(g.in_shape(), b)), dw.map(|b| Tensor::from_gpu(g.weight_shape(), b))));
     }
-    let dx = if want_dx { Some(backward_data_with(dy, w, x.shape(), p, algo)?) } else { None };
-    let dw = if want_dw { Some(backward_filter_with(dy, x, w.shape(), p, algo)?) } else { None };
+    let dx = if want_dx { Some(backward_data(dy, w, x.shape(), p, exec)?) } else { None };
+    let dw = if want_dw { Some(backward_filter(dy, x, w.shape(), p, exec)?) } else { None };
     Ok((dx, dw))
 }
 

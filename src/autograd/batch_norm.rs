@@ -1,0 +1,153 @@
+//! Batch normalisation on the graph: one entry point, [`Graph::batch_norm`], for training and
+//! eval and for what follows the normalisation (nothing, a ReLU, a residual addition and a
+//! ReLU).
+//!
+//! The statistics say which mode runs: the batch's own mean and variance (training; they are
+//! returned so the layer can move its running statistics), or fixed running statistics
+//! (eval). The epilogue is applied in the same kernel when the graph fuses
+//! ([`crate::ops::ExecOptions::fuse`], on by default), which saves a pass over the
+//! activations for the addition and one for the ReLU, forward and backward; otherwise the
+//! graph records the normalisation, the addition and the ReLU as three ops, as written in the
+//! papers. Both give the same values to rounding (`tests/models.rs` trains networks both
+//! ways).
+
+use super::backward::Saved;
+use super::{Graph, Var};
+use crate::error::Result;
+use crate::ops::{self, batchnorm_fused::Epilogue};
+use crate::tensor::Tensor;
+
+/// Which statistics normalise.
+#[derive(Clone, Copy, Debug)]
+pub enum BnStats<'a> {
+    /// The batch's mean and biased variance (training mode).
+    Batch,
+    /// Fixed statistics, the running ones a layer has accumulated (eval mode).
+    Running { mean: &'a Tensor, var: &'a Tensor },
+}
+
+/// What follows the normalisation: `act(BN(x) + residual)`.
+#[derive(Clone, Copy, Debug)]
+pub struct BnEpilogue<'a> {
+    /// Added after the normalisation (a residual block's shortcut).
+    pub residual: Option<&'a Var>,
+    /// A ReLU last.
+    pub relu: bool,
+}
+
+impl<'a> BnEpilogue<'a> {
+    /// Batch norm alone.
+    pub const NONE: BnEpilogue<'static> = BnEpilogue { residual: None, relu: false };
+    /// `relu(BN(x))`.
+    pub const RELU: BnEpilogue<'static> = BnEpilogue { residual: None, relu: true };
+
+    /// `relu(BN(x) + residual)`, the end of a residual block.
+    pub fn add_relu(residual: &'a Var) -> BnEpilogue<'a> {
+        BnEpilogue { residual: Some(residual), relu: true }
+    }
+
+    fn is_none(&self) -> bool {
+        self.residual.is_none() && !self.relu
+    }
+}
+
+/// What [`Graph::batch_norm`] returns: the output, and under [`BnStats::Batch`] the batch
+/// mean and biased variance (from which a layer updates its running statistics).
+pub struct BatchNormOutput {
+    pub y: Var,
+    pub batch_stats: Option<(Tensor, Tensor)>,
+}
+
+impl Graph {
+    /// `act(BN(x) + residual)` with the scale `gamma` and shift `beta`: the epilogue in the
+    /// batch norm's kernel when the graph fuses, else as separate ops.
+    pub fn batch_norm(
+        &mut self,
+        x: &Var,
+        (gamma, beta): (&Var, &Var),
+        stats: BnStats,
+        epilogue: BnEpilogue,
+        eps: f64,
+    ) -> Result<BatchNormOutput> {
+        if self.fuses() && !epilogue.is_none() {
+            return self.batch_norm_fused(x, gamma, beta, stats, epilogue, eps);
+        }
+        let (y, batch_stats) = self.batch_norm_plain(x, gamma, beta, stats, eps)?;
+        let y = match epilogue.residual {
+            Some(r) => self.add(&y, r)?,
+            None => y,
+        };
+        let y = if epilogue.relu { self.relu(&y)? } else { y };
+        Ok(BatchNormOutput { y, batch_stats })
+    }
+
+    /// The normalisation on its own (`ops::batchnorm`).
+    fn batch_norm_plain(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        stats: BnStats,
+        eps: f64,
+    ) -> Result<(Var, Option<(Tensor, Tensor)>)> {
+        let (y, mean, var, batch_stats) = match stats {
+            BnStats::Batch => {
+                let out = ops::batchnorm::forward_train(&x.value, &gamma.value, &beta.value, eps)?;
+                (out.y, out.mean, out.var, true)
+            }
+            BnStats::Running { mean, var } => {
+                let y = ops::batchnorm::forward_eval(&x.value, &gamma.value, &beta.value, mean, var, eps)?;
+                (y, mean.clone(), var.clone(), false)
+            }
+        };
+        let returned = batch_stats.then(|| (mean.clone(), var.clone()));
+        let y = self.record(y, &[x, gamma, beta], || Saved::BatchNorm {
+            x: x.value.clone(),
+            gamma: gamma.value.clone(),
+            mean,
+            var,
+            eps,
+            batch_stats,
+        })?;
+        Ok((y, returned))
+    }
+
+    /// The normalisation and its epilogue in one kernel (`ops::batchnorm_fused`); only the
+    /// output is kept for the ReLU's backward.
+    fn batch_norm_fused(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        stats: BnStats,
+        epilogue: BnEpilogue,
+        eps: f64,
+    ) -> Result<BatchNormOutput> {
+        let e = Epilogue { residual: epilogue.residual.map(|r| &r.value), relu: epilogue.relu };
+        let (y, mean, var, batch_stats) = match stats {
+            BnStats::Batch => {
+                let out = ops::batchnorm_fused::forward_train_fused(&x.value, &gamma.value, &beta.value, e, eps)?;
+                (out.y, out.mean, out.var, true)
+            }
+            BnStats::Running { mean, var } => {
+                let y =
+                    ops::batchnorm_fused::forward_eval_fused(&x.value, &gamma.value, &beta.value, mean, var, e, eps)?;
+                (y, mean.clone(), var.clone(), false)
+            }
+        };
+        let returned = batch_stats.then(|| (mean.clone(), var.clone()));
+        let y_saved = epilogue.relu.then(|| y.clone());
+        let mut inputs = vec![x, gamma, beta];
+        inputs.extend(epilogue.residual);
+        let y = self.record(y, &inputs, || Saved::BatchNormAct {
+            x: x.value.clone(),
+            gamma: gamma.value.clone(),
+            mean,
+            var,
+            eps,
+            batch_stats,
+            y: y_saved,
+        })?;
+        Ok(BatchNormOutput { y, batch_stats: returned })
+    }
+}

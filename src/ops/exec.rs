@@ -1,0 +1,40 @@
+//! How the ops of one run execute: which convolution kernel, whether grouped convolutions
+//! run as towers, whether layers use the fused kernels.
+//!
+//! A run decides once, from its command line (`--conv-algo`, `--towers`, `--no-fuse`), and
+//! the choice travels down as a value: the [`crate::autograd::Graph`] carries an
+//! [`ExecOptions`], the layers read the fusion choice from the graph, and the convolution ops
+//! receive the options as an argument, forward and backward. Nothing inside the ops reads
+//! the environment or a process-wide flag, so two graphs in one process can run different
+//! kernels side by side (the benchmarks and the tests compare them that way), and a reader
+//! can follow a layer to the kernel it launches by following the arguments.
+
+use super::conv2d::ConvAlgo;
+
+/// The execution choices a graph carries and the ops receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Which convolution kernels run on cuda and emu (the CPU has one path).
+    pub conv_algo: ConvAlgo,
+    /// Whether each group of a grouped convolution runs on its own stream, as AlexNet's
+    /// two towers (cuda; see `src/ops/conv2d/gpu.rs`).
+    pub towers: bool,
+    /// Whether layers use the fused kernels (BN+ReLU, BN+add+ReLU, bias+ReLU) or run each
+    /// op on its own, as written in the papers.
+    pub fuse: bool,
+}
+
+impl Default for ExecOptions {
+    /// The engine's defaults: the autotuner picks the convolution kernel, one launch per
+    /// grouped convolution, fused kernels.
+    fn default() -> Self {
+        ExecOptions { conv_algo: ConvAlgo::Auto, towers: false, fuse: true }
+    }
+}
+
+impl ExecOptions {
+    /// The defaults with the convolution kernel `algo`.
+    pub fn with_conv_algo(algo: ConvAlgo) -> Self {
+        ExecOptions { conv_algo: algo, ..ExecOptions::default() }
+    }
+}
