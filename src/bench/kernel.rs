@@ -271,133 +271,145 @@ fn nchw(s: &Shape) -> (usize, usize, usize) {
 
 fn family_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
     let device = opts.device;
-    let small = [2, 8, 9, 9];
-    let s = |p: &'static str, problem, tol, op: Op, inputs, want| Single { pass: p, problem, tol, op, inputs, want };
     let list: Vec<Single> = match opts.family.as_str() {
         "conv2d" => return conv_cases(opts),
         "gemm" => return gemm_cases(opts),
-        "batchnorm" => {
-            let x = image(opts, [64, 256, 28, 28], [8, 64, 28, 28], small)?;
-            let c = Shape::from([x.dims()[1]]);
-            let (xv, gamma, beta, dy) = (values(&x, 1)?, values(&c, 2)?, values(&c, 3)?, values(&x, 4)?);
-            let dims = nchw(&x);
-            // The backward reads the batch statistics the forward kept: computed here, once.
-            let (y, mean, var) = bn::forward_train(&xv.0, &gamma.0, &beta.0, dims, 1e-5);
-            let dx = bn::backward(&dy.0, &xv.0, &gamma.0, (&mean, &var), dims, 1e-5, true).dx;
-            let fwd = |t: &[&Tensor]| -> Result<Tensor> { Ok(batchnorm::forward_train(t[0], t[1], t[2], 1e-5)?.y) };
-            let bwd = |t: &[&Tensor]| -> Result<Tensor> {
-                Ok(batchnorm::backward_train(t[1], t[0], t[2], t[3], t[4], 1e-5)?.dx)
-            };
-            let problem = |pass| Problem::BatchNorm { x: x.clone(), residual: false, relu: false, pass };
-            let (mean, var) = ((mean, c.clone()), (var, c.clone()));
-            vec![
-                s("fwd", problem(Pass::Forward), TOL_REORDERED, one(fwd), vec![xv.clone(), gamma.clone(), beta], y),
-                s("bwd", problem(Pass::Backward), TOL_REORDERED, one(bwd), vec![xv, dy, gamma, mean, var], dx),
-            ]
-        }
-        "lrn" => {
-            let x = image(opts, [64, 96, 55, 55], [8, 96, 27, 27], small)?;
-            let p = LrnParams::alexnet();
-            let (xv, dy) = (values(&x, 1)?, values(&x, 4)?);
-            let y = lrn::reference::forward(&xv.0, nchw(&x), &p);
-            let dx = lrn::reference::backward(&dy.0, &xv.0, nchw(&x), &p);
-            let fwd = move |t: &[&Tensor]| lrn::forward(t[0], p);
-            let bwd = move |t: &[&Tensor]| lrn::backward(t[1], t[0], t[2], p);
-            let problem = |pass| Problem::Lrn { x: x.clone(), p, pass };
-            let y_in = rounded(y.clone(), &x);
-            vec![
-                s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], y),
-                s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy, y_in], dx),
-            ]
-        }
-        "pool" => {
-            let x = image(opts, [64, 64, 112, 112], [8, 64, 56, 56], small)?;
-            let p = Pool2dParams::new(3, 2).padding(1);
-            // The output's shape, with the op's own checks of the arguments.
-            let y = pool::max_pool2d_forward(&Tensor::zeros(x.clone(), DType::F32), p)?.shape().clone();
-            let d = x.dims();
-            let dims = (d[0], d[1], d[2], d[3]);
-            let (xv, dy) = (values(&x, 1)?, values(&y, 4)?);
-            let want_y = pool::reference::max_pool2d_forward(&xv.0, dims, &p);
-            let want_dx = pool::reference::max_pool2d_backward(&dy.0, &xv.0, dims, &p);
-            let fwd = move |t: &[&Tensor]| pool::max_pool2d_forward(t[0], p);
-            let bwd = move |t: &[&Tensor]| pool::max_pool2d_backward(t[1], t[0], p);
-            let problem = |pass| Problem::MaxPool { x: x.clone(), p, pass };
-            vec![
-                s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], want_y),
-                s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy], want_dx),
-            ]
-        }
-        "concat" => {
-            let x = image(opts, [64, 256, 28, 28], [8, 64, 28, 28], small)?;
-            let [n, c, h, w] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
-            let channels = vec![c, c.div_ceil(2)];
-            let pieces: Vec<_> = channels
-                .iter()
-                .enumerate()
-                .map(|(i, &ci)| values(&Shape::from([n, ci, h, w]), i as u64 + 1))
-                .collect::<Result<_>>()?;
-            let total = Shape::from([n, channels.iter().sum(), h, w]);
-            let slices: Vec<&[f64]> = pieces.iter().map(|(v, _)| v.as_slice()).collect();
-            let want_y = concat::reference::forward(&slices, n, &channels, h * w);
-            let dy = values(&total, 4)?;
-            let want_dx = concat::reference::backward(&dy.0, n, &channels, h * w).concat();
-            let fwd = |t: &[&Tensor]| concat::forward(t);
-            let split = channels.clone();
-            let bwd: Op = std::rc::Rc::new(move |t: &[&Tensor]| concat::backward(t[0], &split));
-            let problem = |pass| Problem::Concat { n, h, w, channels: channels.clone(), pass };
-            vec![
-                s("fwd", problem(Pass::Forward), 0.0, one(fwd), pieces, want_y),
-                s("bwd", problem(Pass::Backward), 0.0, bwd, vec![dy], want_dx),
-            ]
-        }
-        "elementwise" | "sgd" => {
-            let numel = match &opts.input {
-                Some(d) if d.len() == 1 && d[0] > 0 => d[0],
-                Some(d) => return Err(bad(format!("--input for {} is one size (elements), got {d:?}", opts.family))),
-                None => by_device(device, 64 << 20, 8 << 20, 4099),
-            };
-            let v = Shape::from([numel]);
-            if opts.family == "sgd" {
-                let h = sgd::SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4 };
-                // The parameters after one step (velocity starts at the given values).
-                let step = move |t: &[&Tensor]| -> Result<Tensor> {
-                    // Copies (a shared tensor is copied on its first in-place update), so that
-                    // every timed run starts from the same values.
-                    let (mut param, mut velocity) = (t[0].clone(), t[2].clone());
-                    sgd::step(&mut param, t[1], &mut velocity, h)?;
-                    Ok(param)
-                };
-                let (param, grad, velocity) = (values(&v, 1)?, values(&v, 2)?, values(&v, 3)?);
-                let mut want = param.0.clone();
-                sgd::reference::step(&mut want, &grad.0, &mut velocity.0.clone(), h);
-                vec![s("fwd", Problem::Sgd { numel }, TOL_PLAIN, one(step), vec![param, grad, velocity], want)]
-            } else {
-                use elementwise::reference as r;
-                let relu = |t: &[&Tensor]| elementwise::relu_forward(t[0]);
-                let relu_bwd = |t: &[&Tensor]| elementwise::relu_backward(t[0], t[1]);
-                let add = |t: &[&Tensor]| elementwise::add(t[0], t[1]);
-                let (a, b) = (values(&v, 1)?, values(&v, 2)?);
-                let y = rounded(r::relu(&a.0), &v);
-                let (want_y, want_dx, want_sum) = (r::relu(&a.0), r::relu_backward(&b.0, &y.0), r::add(&a.0, &b.0));
-                vec![
-                    s("fwd", Problem::Relu { numel, pass: Pass::Forward }, 0.0, one(relu), vec![a.clone()], want_y),
-                    s(
-                        "bwd",
-                        Problem::Relu { numel, pass: Pass::Backward },
-                        0.0,
-                        one(relu_bwd),
-                        vec![b.clone(), y],
-                        want_dx,
-                    ),
-                    s("fwd", Problem::Add { numel }, ONE_ROUNDING, one(add), vec![a, b], want_sum),
-                ]
-            }
-        }
+        "batchnorm" => batchnorm_singles(opts)?,
+        "lrn" => lrn_singles(opts)?,
+        "pool" => pool_singles(opts)?,
+        "concat" => concat_singles(opts)?,
+        "elementwise" | "sgd" => pointwise_singles(opts)?,
         other => return Err(bad(format!("unknown op '{other}' (expected one of {})", FAMILIES.join(", ")))),
     };
     let list = list.into_iter().filter(|c| wants(opts, c.pass)).collect();
     singles(device, list)
+}
+
+/// The small image of the emulator's default shapes.
+const SMALL: [usize; 4] = [2, 8, 9, 9];
+
+fn s(pass: &'static str, problem: Problem, tol: f64, op: Op, inputs: Vec<(Vec<f64>, Shape)>, want: Vec<f64>) -> Single {
+    Single { pass, problem, tol, op, inputs, want }
+}
+
+/// Training-mode batch norm, forward and backward.
+fn batchnorm_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
+    let x = image(opts, [64, 256, 28, 28], [8, 64, 28, 28], SMALL)?;
+    let c = Shape::from([x.dims()[1]]);
+    let (xv, gamma, beta, dy) = (values(&x, 1)?, values(&c, 2)?, values(&c, 3)?, values(&x, 4)?);
+    let dims = nchw(&x);
+    // The backward reads the batch statistics the forward kept: computed here, once.
+    let (y, mean, var) = bn::forward_train(&xv.0, &gamma.0, &beta.0, dims, 1e-5);
+    let dx = bn::backward(&dy.0, &xv.0, &gamma.0, (&mean, &var), dims, 1e-5, true).dx;
+    let fwd = |t: &[&Tensor]| -> Result<Tensor> { Ok(batchnorm::forward_train(t[0], t[1], t[2], 1e-5)?.y) };
+    let bwd =
+        |t: &[&Tensor]| -> Result<Tensor> { Ok(batchnorm::backward_train(t[1], t[0], t[2], t[3], t[4], 1e-5)?.dx) };
+    let problem = |pass| Problem::BatchNorm { x: x.clone(), residual: false, relu: false, pass };
+    let (mean, var) = ((mean, c.clone()), (var, c.clone()));
+    Ok(vec![
+        s("fwd", problem(Pass::Forward), TOL_REORDERED, one(fwd), vec![xv.clone(), gamma.clone(), beta], y),
+        s("bwd", problem(Pass::Backward), TOL_REORDERED, one(bwd), vec![xv, dy, gamma, mean, var], dx),
+    ])
+}
+
+/// AlexNet's local response normalisation, forward and backward.
+fn lrn_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
+    let x = image(opts, [64, 96, 55, 55], [8, 96, 27, 27], SMALL)?;
+    let p = LrnParams::alexnet();
+    let (xv, dy) = (values(&x, 1)?, values(&x, 4)?);
+    let y = lrn::reference::forward(&xv.0, nchw(&x), &p);
+    let dx = lrn::reference::backward(&dy.0, &xv.0, nchw(&x), &p);
+    let fwd = move |t: &[&Tensor]| lrn::forward(t[0], p);
+    let bwd = move |t: &[&Tensor]| lrn::backward(t[1], t[0], t[2], p);
+    let problem = |pass| Problem::Lrn { x: x.clone(), p, pass };
+    let y_in = rounded(y.clone(), &x);
+    Ok(vec![
+        s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], y),
+        s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy, y_in], dx),
+    ])
+}
+
+/// AlexNet-style 3×3 stride-2 max pooling (padded), forward and backward.
+fn pool_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
+    let x = image(opts, [64, 64, 112, 112], [8, 64, 56, 56], SMALL)?;
+    let p = Pool2dParams::new(3, 2).padding(1);
+    // The output's shape, with the op's own checks of the arguments.
+    let y = pool::max_pool2d_forward(&Tensor::zeros(x.clone(), DType::F32), p)?.shape().clone();
+    let d = x.dims();
+    let dims = (d[0], d[1], d[2], d[3]);
+    let (xv, dy) = (values(&x, 1)?, values(&y, 4)?);
+    let want_y = pool::reference::max_pool2d_forward(&xv.0, dims, &p);
+    let want_dx = pool::reference::max_pool2d_backward(&dy.0, &xv.0, dims, &p);
+    let fwd = move |t: &[&Tensor]| pool::max_pool2d_forward(t[0], p);
+    let bwd = move |t: &[&Tensor]| pool::max_pool2d_backward(t[1], t[0], p);
+    let problem = |pass| Problem::MaxPool { x: x.clone(), p, pass };
+    Ok(vec![
+        s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], want_y),
+        s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy], want_dx),
+    ])
+}
+
+/// Concatenation along the channels of two pieces, and its split.
+fn concat_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
+    let x = image(opts, [64, 256, 28, 28], [8, 64, 28, 28], SMALL)?;
+    let [n, c, h, w] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
+    let channels = vec![c, c.div_ceil(2)];
+    let pieces: Vec<_> = channels
+        .iter()
+        .enumerate()
+        .map(|(i, &ci)| values(&Shape::from([n, ci, h, w]), i as u64 + 1))
+        .collect::<Result<_>>()?;
+    let total = Shape::from([n, channels.iter().sum(), h, w]);
+    let slices: Vec<&[f64]> = pieces.iter().map(|(v, _)| v.as_slice()).collect();
+    let want_y = concat::reference::forward(&slices, n, &channels, h * w);
+    let dy = values(&total, 4)?;
+    let want_dx = concat::reference::backward(&dy.0, n, &channels, h * w).concat();
+    let fwd = |t: &[&Tensor]| concat::forward(t);
+    let split = channels.clone();
+    let bwd: Op = std::rc::Rc::new(move |t: &[&Tensor]| concat::backward(t[0], &split));
+    let problem = |pass| Problem::Concat { n, h, w, channels: channels.clone(), pass };
+    Ok(vec![
+        s("fwd", problem(Pass::Forward), 0.0, one(fwd), pieces, want_y),
+        s("bwd", problem(Pass::Backward), 0.0, bwd, vec![dy], want_dx),
+    ])
+}
+
+/// The element-wise ops (ReLU forward and backward, addition) or the SGD step.
+fn pointwise_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
+    let numel = match &opts.input {
+        Some(d) if d.len() == 1 && d[0] > 0 => d[0],
+        Some(d) => return Err(bad(format!("--input for {} is one size (elements), got {d:?}", opts.family))),
+        None => by_device(opts.device, 64 << 20, 8 << 20, 4099),
+    };
+    let v = Shape::from([numel]);
+    Ok(if opts.family == "sgd" {
+        let h = sgd::SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4 };
+        // The parameters after one step (velocity starts at the given values).
+        let step = move |t: &[&Tensor]| -> Result<Tensor> {
+            // Copies (a shared tensor is copied on its first in-place update), so that
+            // every timed run starts from the same values.
+            let (mut param, mut velocity) = (t[0].clone(), t[2].clone());
+            sgd::step(&mut param, t[1], &mut velocity, h)?;
+            Ok(param)
+        };
+        let (param, grad, velocity) = (values(&v, 1)?, values(&v, 2)?, values(&v, 3)?);
+        let mut want = param.0.clone();
+        sgd::reference::step(&mut want, &grad.0, &mut velocity.0.clone(), h);
+        vec![s("fwd", Problem::Sgd { numel }, TOL_PLAIN, one(step), vec![param, grad, velocity], want)]
+    } else {
+        use elementwise::reference as r;
+        let relu = |t: &[&Tensor]| elementwise::relu_forward(t[0]);
+        let relu_bwd = |t: &[&Tensor]| elementwise::relu_backward(t[0], t[1]);
+        let add = |t: &[&Tensor]| elementwise::add(t[0], t[1]);
+        let (a, b) = (values(&v, 1)?, values(&v, 2)?);
+        let y = rounded(r::relu(&a.0), &v);
+        let (want_y, want_dx, want_sum) = (r::relu(&a.0), r::relu_backward(&b.0, &y.0), r::add(&a.0, &b.0));
+        vec![
+            s("fwd", Problem::Relu { numel, pass: Pass::Forward }, 0.0, one(relu), vec![a.clone()], want_y),
+            s("bwd", Problem::Relu { numel, pass: Pass::Backward }, 0.0, one(relu_bwd), vec![b.clone(), y], want_dx),
+            s("fwd", Problem::Add { numel }, ONE_ROUNDING, one(add), vec![a, b], want_sum),
+        ]
+    })
 }
 
 /// The ptxas figures of `kernel` for the architecture of `device` (a GPU's own; sm_90, the
