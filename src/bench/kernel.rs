@@ -288,7 +288,15 @@ fn family_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
 /// The small image of the emulator's default shapes.
 const SMALL: [usize; 4] = [2, 8, 9, 9];
 
-fn s(pass: &'static str, problem: Problem, tol: f64, op: Op, inputs: Vec<(Vec<f64>, Shape)>, want: Vec<f64>) -> Single {
+/// One pass of one op, with its expected output.
+fn single(
+    pass: &'static str,
+    problem: Problem,
+    tol: f64,
+    op: Op,
+    inputs: Vec<(Vec<f64>, Shape)>,
+    want: Vec<f64>,
+) -> Single {
     Single { pass, problem, tol, op, inputs, want }
 }
 
@@ -307,8 +315,8 @@ fn batchnorm_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
     let problem = |pass| Problem::BatchNorm { x: x.clone(), residual: false, relu: false, pass };
     let (mean, var) = ((mean, c.clone()), (var, c.clone()));
     Ok(vec![
-        s("fwd", problem(Pass::Forward), TOL_REORDERED, one(fwd), vec![xv.clone(), gamma.clone(), beta], y),
-        s("bwd", problem(Pass::Backward), TOL_REORDERED, one(bwd), vec![xv, dy, gamma, mean, var], dx),
+        single("fwd", problem(Pass::Forward), TOL_REORDERED, one(fwd), vec![xv.clone(), gamma.clone(), beta], y),
+        single("bwd", problem(Pass::Backward), TOL_REORDERED, one(bwd), vec![xv, dy, gamma, mean, var], dx),
     ])
 }
 
@@ -324,8 +332,8 @@ fn lrn_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
     let problem = |pass| Problem::Lrn { x: x.clone(), p, pass };
     let y_in = rounded(y.clone(), &x);
     Ok(vec![
-        s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], y),
-        s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy, y_in], dx),
+        single("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], y),
+        single("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy, y_in], dx),
     ])
 }
 
@@ -344,8 +352,8 @@ fn pool_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
     let bwd = move |t: &[&Tensor]| pool::max_pool2d_backward(t[1], t[0], p);
     let problem = |pass| Problem::MaxPool { x: x.clone(), p, pass };
     Ok(vec![
-        s("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], want_y),
-        s("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy], want_dx),
+        single("fwd", problem(Pass::Forward), TOL_PLAIN, one(fwd), vec![xv.clone()], want_y),
+        single("bwd", problem(Pass::Backward), TOL_PLAIN, one(bwd), vec![xv, dy], want_dx),
     ])
 }
 
@@ -369,8 +377,8 @@ fn concat_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
     let bwd: Op = std::rc::Rc::new(move |t: &[&Tensor]| concat::backward(t[0], &split));
     let problem = |pass| Problem::Concat { n, h, w, channels: channels.clone(), pass };
     Ok(vec![
-        s("fwd", problem(Pass::Forward), 0.0, one(fwd), pieces, want_y),
-        s("bwd", problem(Pass::Backward), 0.0, bwd, vec![dy], want_dx),
+        single("fwd", problem(Pass::Forward), 0.0, one(fwd), pieces, want_y),
+        single("bwd", problem(Pass::Backward), 0.0, bwd, vec![dy], want_dx),
     ])
 }
 
@@ -395,7 +403,7 @@ fn pointwise_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
         let (param, grad, velocity) = (values(&v, 1)?, values(&v, 2)?, values(&v, 3)?);
         let mut want = param.0.clone();
         sgd::reference::step(&mut want, &grad.0, &mut velocity.0.clone(), h);
-        vec![s("fwd", Problem::Sgd { numel }, TOL_PLAIN, one(step), vec![param, grad, velocity], want)]
+        vec![single("fwd", Problem::Sgd { numel }, TOL_PLAIN, one(step), vec![param, grad, velocity], want)]
     } else {
         use elementwise::reference as r;
         let relu = |t: &[&Tensor]| elementwise::relu_forward(t[0]);
@@ -405,9 +413,16 @@ fn pointwise_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
         let y = rounded(r::relu(&a.0), &v);
         let (want_y, want_dx, want_sum) = (r::relu(&a.0), r::relu_backward(&b.0, &y.0), r::add(&a.0, &b.0));
         vec![
-            s("fwd", Problem::Relu { numel, pass: Pass::Forward }, 0.0, one(relu), vec![a.clone()], want_y),
-            s("bwd", Problem::Relu { numel, pass: Pass::Backward }, 0.0, one(relu_bwd), vec![b.clone(), y], want_dx),
-            s("fwd", Problem::Add { numel }, ONE_ROUNDING, one(add), vec![a, b], want_sum),
+            single("fwd", Problem::Relu { numel, pass: Pass::Forward }, 0.0, one(relu), vec![a.clone()], want_y),
+            single(
+                "bwd",
+                Problem::Relu { numel, pass: Pass::Backward },
+                0.0,
+                one(relu_bwd),
+                vec![b.clone(), y],
+                want_dx,
+            ),
+            single("fwd", Problem::Add { numel }, ONE_ROUNDING, one(add), vec![a, b], want_sum),
         ]
     })
 }
