@@ -106,7 +106,7 @@ gemm_64x64_f32(float* __restrict__ C, const float* __restrict__ A, const float* 
     const StridedA a{A, a_rs, a_cs};
     StridedB b{B, b_rs, b_cs, N};
     const RowMajorC out{C, N, accumulate};
-    tile_gemm_64x64(a, b, out, M, N, 0, K);
+    tile_gemm<Tile64>(a, b, out, M, N, 0, K);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
@@ -115,7 +115,7 @@ gemm_128x128_f32(float* __restrict__ C, const float* __restrict__ A, const float
     const StridedA a{A, a_rs, a_cs};
     StridedB b{B, b_rs, b_cs, N};
     const RowMajorC out{C, N, accumulate};
-    tile_gemm_128x128(a, b, out, M, N, 0, K);
+    tile_gemm<Tile128>(a, b, out, M, N, 0, K);
 }
 
 // The 128×128 engine with 16-byte global loads, for products whose operands are dense
@@ -157,8 +157,8 @@ struct Vec4Loader128 {
         k_a = a_k_contiguous ? 4 * (tid % 2) : tid / 32;
         b_col = b_n_contiguous ? 4 * (tid % 32) : tid / 2;
         k_b = b_n_contiguous ? tid / 32 : 4 * (tid % 2);
-        m = blockIdx.y * TILE2_M + a_col;
-        n = (long long)blockIdx.x * TILE2_N + b_col;
+        m = blockIdx.y * Tile128::M + a_col;
+        n = (long long)blockIdx.x * Tile128::N + b_col;
     }
     __device__ void fetch(int k0, int k_end) {
         const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -176,7 +176,7 @@ struct Vec4Loader128 {
             b_next = zero;
         }
     }
-    __device__ void stage(Tile128Rows& a_rows, Tile128Rows& b_rows) const {
+    __device__ void stage(Tile128::ARows& a_rows, Tile128::BRows& b_rows) const {
         if (a_k_contiguous) {
             a_rows[k_a + 0][a_col] = a_next.x;
             a_rows[k_a + 1][a_col] = a_next.y;
@@ -202,5 +202,5 @@ gemm_128x128_vec4_f32(float* __restrict__ C, const float* __restrict__ A, const 
                       int K, long long a_rs, long long a_cs, long long b_rs, long long b_cs, int accumulate) {
     Vec4Loader128 loader(A, B, a_rs, a_cs, b_rs, b_cs, M, N);
     const RowMajorC out{C, N, accumulate};
-    tile_gemm_128x128_with(loader, out, M, N, 0, K);
+    tile_gemm_with<Tile128>(loader, out, M, N, 0, K);
 }
