@@ -1,10 +1,21 @@
 // 2-D convolution: forward, data gradient, filter gradient, bias gradient.
-// CPU reference: src/ops/conv2d.rs (im2col + GEMM); the math is written out in docs/conv2d.md.
+// CPU reference: src/ops/conv2d/reference.rs (the definition as plain loops) and
+// src/ops/conv2d/mod.rs (im2col + GEMM); the math is written out in docs/conv2d.md.
 //
-// These are the plain "direct" variants: each computes the definition with one loop nest
-// per output value, reading its operands straight from global memory. They are the ones to
-// read first, and the ones the fast variants are compared with. Layouts are PyTorch's:
-// x is NCHW, w is OIHW with I = C/groups, y is N×O×OH×OW.
+// Variants, in reading order (the names `scratchnet kernel conv2d --variants all` prints):
+//   v1 direct             one thread per output value (per input value for the data gradient,
+//                         per weight for the filter gradient), a loop nest over the definition,
+//                         operands straight from global memory: the kernels to check the others by
+//   v2 implicit-gemm      each pass as a matrix product on the 64×64 tile engine
+//                         (tile_gemm.cuh): operands staged in shared memory, 4×4 outputs per
+//                         thread, im2col computed on the fly by the B operand, indices stepped
+//                         without division (conv_index.cuh); the filter gradient split along K
+//   v3 implicit-gemm-128  the same operands on the 128×128 engine: 8×8 outputs per thread,
+//                         16 FMAs per shared load instead of 4
+// Beside them, for every variant: the bias gradient (conv2d_bwd_bias_f32) and the sum of the
+// split filter gradient's slices (conv2d_bwd_filter_reduce_f32). Read common.cuh first, then
+// this file's direct kernels; before the implicit-GEMM half, tile_gemm.cuh and conv_index.cuh.
+// Layouts are PyTorch's: x is NCHW, w is OIHW with I = C/groups, y is N×O×OH×OW.
 //
 // The shape arguments are the same for all four kernels:
 //   N, C, H, W      input batch, channels, height, width
@@ -145,8 +156,8 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
 }
 
 // ---------------------------------------------------------------------------------------
-// Implicit GEMM: the same three products as the CPU reference's im2col + GEMM, computed by
-// the 64×64 tile engine of tile_gemm.cuh without ever writing the im2col matrix to memory:
+// v2 and v3, implicit GEMM: the same three products as the CPU's im2col + GEMM, computed by
+// a tile engine of tile_gemm.cuh without ever writing the im2col matrix to memory:
 // the B operand computes, for each element it fetches, which input pixel (or output gradient)
 // it stands for. One launch covers all groups (grid z), or one group alone when the groups
 // run as towers on separate streams (src/ops/conv2d/gpu.rs): the host then passes pointers
