@@ -425,7 +425,7 @@ __device__ __forceinline__ void conv_bwd_filter_implicit_gemm(float* out, const 
 }
 
 // (At least 3 blocks per SM: without the hint ptxas holds the kernel to 64 registers and
-// spills; with it, 80 registers and 3 blocks, as many as before the launch_groups argument.)
+// spills; with it, 80 registers and 3 blocks.)
 extern "C" __global__ void __launch_bounds__(TILE_THREADS, 3)
 conv2d_bwd_filter_implicit_gemm_f32(float* __restrict__ out, const float* __restrict__ dy, const float* __restrict__ x,
                                     int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,

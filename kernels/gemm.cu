@@ -40,7 +40,7 @@ extern "C" __global__ void gemm_naive_f32(float* __restrict__ C, const float* __
 // steps of 16; at each step its 256 threads load one 16×16 tile of A and one of B into
 // shared memory (one element each, zero outside the matrices), wait at a barrier, and each
 // thread adds the 16 products of its row of the A tile and column of the B tile. Every
-// element loaded from global memory is now used 16 times, so global traffic falls 16-fold
+// element loaded from global memory is used 16 times, so global traffic falls 16-fold
 // against the naive kernel. The second barrier keeps a fast thread from overwriting a tile
 // that a slow one is still reading.
 extern "C" __global__ void __launch_bounds__(GEMM_TILE * GEMM_TILE)
