@@ -11,7 +11,7 @@
 //                         thread, im2col computed on the fly by the B operand, indices stepped
 //                         without division (conv_index.cuh); the filter gradient split along K
 //   v3 implicit-gemm-128  the same operands on the 128×128 engine: 8×8 outputs per thread,
-//                         16 FMAs per shared load instead of 4
+//                         16 FMAs per shared load instead of 8
 // Beside them, for every variant: the bias gradient (conv2d_bwd_bias_f32) and the sum of the
 // split filter gradient's slices (conv2d_bwd_filter_reduce_f32). Read common.cuh first, then
 // this file's direct kernels; before the implicit-GEMM half, tile_gemm.cuh and conv_index.cuh.
@@ -174,7 +174,7 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
 
 // Each product runs on either engine of tile_gemm.cuh: the 64×64 tile (Tile64, 4×4 outputs
 // per thread), or the 128×128 one (Tile128, 8×8 per thread, 16 FMAs per shared load instead
-// of 4, for the large layers; it wastes more on the edges of small ones). The 128×128 entry
+// of 8, for the large layers; it wastes more on the edges of small ones). The 128×128 entry
 // points ask for two blocks per SM (__launch_bounds__(256, 2), at most 128 registers): left
 // free, ptxas gives them 134–137 registers on sm_90, and one block per SM. The kernels are
 // written once over the tile shape, with one extern "C" entry point per engine:

@@ -22,8 +22,9 @@
 //     64s + 4ty..4ty+3 and columns 64s' + 4tx..4tx+3 for each strip s, s' (one strip per side
 //     in the 64×64 tile, two in the 128×128 one: 16 or 64 accumulators in registers). Per step
 //     of K it reads 4 values of A and 4 of B per strip from shared memory and does all their
-//     products as FMAs: 8 shared loads for 16 FMAs in the 64×64 tile, 16 for 64 in the
-//     128×128 one, where one output per thread would need 2 loads per FMA. The larger tile is
+//     products as FMAs: 8 values (2 float4 loads) for 16 FMAs in the 64×64 tile, 16 values
+//     (4 float4 loads) for 64 FMAs in the 128×128 one, where one output per thread would
+//     need 2 values per FMA. The larger tile is
 //     what lets a GEMM approach the FMA rate rather than the shared-memory bandwidth; its cost
 //     is 64 accumulators per thread (about 128 registers, so at most two blocks per SM) and
 //     more work wasted on the edges of small matrices, so the autotuner chooses per shape.
