@@ -3,12 +3,21 @@
 //   training: μ = mean(x), σ² = mean((x − μ)²) (biased), then y = γ(x − μ)/√(σ² + ε) + β
 //   eval:     the same with the running statistics
 //
+// Variants, in reading order (`scratchnet kernel batchnorm` runs v1, printed as "default"):
+//   v1 plain (this file): one block per channel for each reduction, the variance in a second
+//      pass over x, one thread per element for the normalisation; what a network runs for a
+//      batch norm followed by neither ReLU nor addition, and for every one with --no-fuse
+//   v2 fused (batchnorm_fused.cu): statistics sliced over many blocks in one pass, the
+//      normalisation fused with the ReLU and the residual addition, 16-byte accesses
+// Read common.cuh first (block_sum, index_loop).
+//
 // The per-channel reductions run one block per channel: the block's 256 threads stride over
 // the channel's N planes of HW values, each summing its share in double (a share is 12,500
 // values for ResNet-50's first layer at batch 256, too many for a float to add without
-// losing digits), and block_sum (common.cuh) combines their 256 partial sums in a fixed order. The variance takes a second pass over (x − μ)², which stays accurate
-// when the mean is large compared with the spread (E[x²] − μ² would cancel). The
-// element-wise kernels use one thread per element, grid-stride.
+// losing digits), and block_sum (common.cuh) combines their 256 partial sums in a fixed
+// order. The variance takes a second pass over (x − μ)², which stays accurate when the mean
+// is large compared with the spread (E[x²] − μ² would cancel). The element-wise kernels use
+// one thread per element, grid-stride.
 #include "common.cuh"
 
 // Value i (0 ≤ i < N·HW) of channel c: image i / HW, pixel i % HW; i is a 32- or 64-bit index

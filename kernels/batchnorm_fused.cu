@@ -11,6 +11,10 @@
 // gradient, instead of three kernels' worth of traffic. The tape keeps x and y; the
 // intermediate sums are never stored.
 //
+// Variants, in reading order: v1 plain is batchnorm.cu; this file is v2 fused (not among
+// `scratchnet kernel`'s variants: `kernel batchnorm` runs v1). Read common.cuh,
+// channel_reduce.cuh and batchnorm.cu first.
+//
 // Statistics: one pass computing, per slice of a channel (channel_reduce.cuh), the sums of
 // d = x − K and d² in double, where K is the channel's first value. Shifting by K keeps the
 // single-pass formula var = E[d²] − E[d]² accurate when the mean is large compared with the

@@ -6,6 +6,15 @@
 // applies both in its epilogue, before the output ever reaches memory; see tile_gemm.cuh.)
 // The backward turns dy into dz = dy where y > 0, which the data and weight gradients need,
 // and sums dz per channel for the bias gradient in the same pass (channel_reduce.cuh).
+//
+// Variants, in reading order (`scratchnet kernel` has no bias + ReLU family):
+//   v1 separate passes (not in this file; what a network runs with fusion off, --no-fuse):
+//      the bias (linear.cu's bias_add_rows_f32, or the direct convolution's own), then
+//      relu_fwd_f32 (elementwise.cu); backward relu_bwd_f32, then the bias gradient
+//      (linear.cu's sum_rows_f32, conv2d.cu's conv2d_bwd_bias_f32)
+//   v2 fused (this file): bias_act_f32 forward; relu_bwd_bias_partial_f32 then
+//      channel_partials_finalize_f32 (batchnorm_fused.cu) backward
+// Read common.cuh and channel_reduce.cuh first.
 #include "channel_reduce.cuh"
 
 // y = act(y + b[c]) in place, for y of shape N×C×HW (a fully connected layer's N×C output

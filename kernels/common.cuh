@@ -1,5 +1,7 @@
 // Shared by every kernel file: the one place that differs between nvcc and the emulator,
-// and the small device helpers several op families use.
+// and the small device helpers several op families use. Read it first; each .cu file then
+// lists its variants in reading order and what to read before it, and docs/kernels.md
+// ("Reading order") orders the files.
 //
 // Every kernel in kernels/*.cu is compiled twice:
 //   - by nvcc, into the fatbin the CUDA device loads (build.rs);

@@ -1,5 +1,8 @@
 // Channel concatenation and its backward, the split. CPU reference: src/ops/concat.rs.
 //
+// One variant (`scratchnet kernel concat` runs it as "default"): v1, a grid-stride copy of one
+// float per thread. Read common.cuh first (grid_stride_loop).
+//
 // An input of `piece` = C_i·inner values per image sits in the output at `offset` within
 // each image's `total` = ΣC_i·inner values. The host launches one copy per input (or per
 // gradient piece); one thread per element, grid-stride, reads and writes both coalesced.

@@ -1,10 +1,21 @@
 // 2-D convolution: forward, data gradient, filter gradient, bias gradient.
-// CPU reference: src/ops/conv2d.rs (im2col + GEMM); the math is written out in docs/conv2d.md.
+// CPU reference: src/ops/conv2d/reference.rs (the definition as plain loops) and
+// src/ops/conv2d/mod.rs (im2col + GEMM); the math is written out in docs/conv2d.md.
 //
-// These are the plain "direct" variants: each computes the definition with one loop nest
-// per output value, reading its operands straight from global memory. They are the ones to
-// read first, and the ones the fast variants are compared with. Layouts are PyTorch's:
-// x is NCHW, w is OIHW with I = C/groups, y is N×O×OH×OW.
+// Variants, in reading order (the names `scratchnet kernel conv2d --variants all` prints):
+//   v1 direct             one thread per output value (per input value for the data gradient,
+//                         per weight for the filter gradient), a loop nest over the definition,
+//                         operands straight from global memory: the kernels to check the others by
+//   v2 implicit-gemm      each pass as a matrix product on the 64×64 tile engine
+//                         (tile_gemm.cuh): operands staged in shared memory, 4×4 outputs per
+//                         thread, im2col computed on the fly by the B operand, indices stepped
+//                         without division (conv_index.cuh); the filter gradient split along K
+//   v3 implicit-gemm-128  the same operands on the 128×128 engine: 8×8 outputs per thread,
+//                         16 FMAs per shared load instead of 8
+// Beside them, for every variant: the bias gradient (conv2d_bwd_bias_f32) and the sum of the
+// split filter gradient's slices (conv2d_bwd_filter_reduce_f32). Read common.cuh first, then
+// this file's direct kernels; before the implicit-GEMM half, tile_gemm.cuh and conv_index.cuh.
+// Layouts are PyTorch's: x is NCHW, w is OIHW with I = C/groups, y is N×O×OH×OW.
 //
 // The shape arguments are the same for all four kernels:
 //   N, C, H, W      input batch, channels, height, width
@@ -145,8 +156,8 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
 }
 
 // ---------------------------------------------------------------------------------------
-// Implicit GEMM: the same three products as the CPU reference's im2col + GEMM, computed by
-// the 64×64 tile engine of tile_gemm.cuh without ever writing the im2col matrix to memory:
+// v2 and v3, implicit GEMM: the same three products as the CPU's im2col + GEMM, computed by
+// a tile engine of tile_gemm.cuh without ever writing the im2col matrix to memory:
 // the B operand computes, for each element it fetches, which input pixel (or output gradient)
 // it stands for. One launch covers all groups (grid z), or one group alone when the groups
 // run as towers on separate streams (src/ops/conv2d/gpu.rs): the host then passes pointers
@@ -155,32 +166,19 @@ conv2d_bwd_bias_f32(float* __restrict__ db, const float* __restrict__ dy, int N,
 //
 // The operands walk their rows with a cursor (tile_gemm.cuh): a thread's rows come a fixed
 // step apart, so the coordinates a row stands for, (c, ky, kx) or (image, oy, ox), are kept as
-// digits and stepped by adding with carries (RowDigits3 and RowDigits2, conv_index.cuh) instead of being
-// divided out of k for every element.
+// digits and stepped by adding with carries (RowDigits3 and RowDigits2, conv_index.cuh)
+// instead of being divided out of k for every element.
 
 #include "conv_index.cuh"
 #include "tile_gemm.cuh"
 
-// Each product runs on either engine of tile_gemm.cuh: the 64×64 tile (4×4 outputs per
-// thread), or the 128×128 one (8×8 per thread, 16 FMAs per shared load instead of 4, for the
-// large layers; it wastes more on the edges of small ones). The 128×128 entry points ask for
-// two blocks per SM (__launch_bounds__(256, 2), at most 128 registers): left free, ptxas gave
-// the cursors' few extra registers on sm_90 (134–137), which halves the blocks per SM. The kernels are written once
-// over the engine, with one extern "C" entry point per engine: `…_implicit_gemm_f32` and
-// `…_implicit_gemm128_f32`.
-struct Engine64 {
-    template <class A, class B, class E>
-    __device__ static void run(const A& a, const B& b, const E& e, int M, long long N, int k_begin, int k_end) {
-        tile_gemm_64x64(a, b, e, M, N, k_begin, k_end);
-    }
-};
-
-struct Engine128 {
-    template <class A, class B, class E>
-    __device__ static void run(const A& a, const B& b, const E& e, int M, long long N, int k_begin, int k_end) {
-        tile_gemm_128x128(a, b, e, M, N, k_begin, k_end);
-    }
-};
+// Each product runs on either engine of tile_gemm.cuh: the 64×64 tile (Tile64, 4×4 outputs
+// per thread), or the 128×128 one (Tile128, 8×8 per thread, 16 FMAs per shared load instead
+// of 8, for the large layers; it wastes more on the edges of small ones). The 128×128 entry
+// points ask for two blocks per SM (__launch_bounds__(256, 2), at most 128 registers): left
+// free, ptxas gives them 134–137 registers on sm_90, and one block per SM. The kernels are
+// written once over the tile shape, with one extern "C" entry point per engine:
+// `…_implicit_gemm_f32` (Tile64) and `…_implicit_gemm128_f32` (Tile128).
 
 // The sizes every convolution kernel takes, unpacked once per block.
 struct ConvSizes {
@@ -253,14 +251,14 @@ struct FwdStore {
 // y = conv(x, w) + bias (then ReLU when `relu` is set) as a GEMM per group:
 // [O/G × K] · [K × N·OH·OW]. Grid: x over tiles of output pixels (all images), y over tiles
 // of output channels, z over groups; 256 threads.
-template <class Engine>
+template <class Tile>
 __device__ __forceinline__ void conv_fwd_implicit_gemm(float* y, const float* x, const float* w, const float* bias,
                                                        const ConvSizes& s, int relu) {
     const int g = blockIdx.z, K = s.cg() * s.taps();
     const FwdWeights A{w + (long long)g * s.og() * K, K};
     const FwdIm2col B{x + (long long)g * s.cg() * s.H * s.W, s, (long long)s.N * s.OH * s.OW};
     const FwdStore out{y, bias, s.O, g * s.og(), (long long)s.OH * s.OW, relu};
-    Engine::run(A, B, out, s.og(), B.cols, 0, K);
+    tile_gemm<Tile>(A, B, out, s.og(), B.cols, 0, K);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
@@ -268,7 +266,7 @@ conv2d_fwd_implicit_gemm_f32(float* __restrict__ y, const float* __restrict__ x,
                              const float* __restrict__ bias, int N, int C, int H, int W, int O, int KH, int KW, int OH,
                              int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int relu) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    conv_fwd_implicit_gemm<Engine64>(y, x, w, bias, s, relu);
+    conv_fwd_implicit_gemm<Tile64>(y, x, w, bias, s, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
@@ -276,7 +274,7 @@ conv2d_fwd_implicit_gemm128_f32(float* __restrict__ y, const float* __restrict__
                                 const float* __restrict__ bias, int N, int C, int H, int W, int O, int KH, int KW,
                                 int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int relu) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    conv_fwd_implicit_gemm<Engine128>(y, x, w, bias, s, relu);
+    conv_fwd_implicit_gemm<Tile128>(y, x, w, bias, s, relu);
 }
 
 // Data gradient, A: the weights seen as [C/G × O/G·KH·KW]: A(c, (o, ky, kx)) = w[o, c, ky, kx].
@@ -337,14 +335,14 @@ struct DgradStore {
 
 // dx as a GEMM per group: [C/G × O/G·KH·KW] · [O/G·KH·KW × N·H·W]. Every element of dx is one
 // output of the product, written once: no atomics.
-template <class Engine>
+template <class Tile>
 __device__ __forceinline__ void conv_bwd_data_implicit_gemm(float* dx, const float* dy, const float* w,
                                                             const ConvSizes& s) {
     const int g = blockIdx.z;
     const DgradWeights A{w + (long long)g * s.og() * s.cg() * s.taps(), s.cg(), s.taps()};
     const DgradGather B(dy + (long long)g * s.og() * s.OH * s.OW, s, (long long)s.N * s.H * s.W);
     const DgradStore out{dx, s.C, g * s.cg(), (long long)s.H * s.W};
-    Engine::run(A, B, out, s.cg(), B.cols, 0, s.og() * s.taps());
+    tile_gemm<Tile>(A, B, out, s.cg(), B.cols, 0, s.og() * s.taps());
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
@@ -352,7 +350,7 @@ conv2d_bwd_data_implicit_gemm_f32(float* __restrict__ dx, const float* __restric
                                   int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
                                   int ph, int pw, int dh, int dw, int groups) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    conv_bwd_data_implicit_gemm<Engine64>(dx, dy, w, s);
+    conv_bwd_data_implicit_gemm<Tile64>(dx, dy, w, s);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
@@ -360,7 +358,7 @@ conv2d_bwd_data_implicit_gemm128_f32(float* __restrict__ dx, const float* __rest
                                      int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
                                      int ph, int pw, int dh, int dw, int groups) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    conv_bwd_data_implicit_gemm<Engine128>(dx, dy, w, s);
+    conv_bwd_data_implicit_gemm<Tile128>(dx, dy, w, s);
 }
 
 // Filter gradient, A: the output gradient as [O/G × N·OH·OW]: A(o, (image, p)) = dy[image, o, p].
@@ -414,7 +412,7 @@ struct WgradStore {
 // With one split the result goes straight to dw; otherwise slice s writes its partial sums
 // to workspace block s·groups + g, and conv2d_bwd_filter_reduce_f32 adds the slices in order:
 // deterministic, unlike atomically accumulating the slices.
-template <class Engine>
+template <class Tile>
 __device__ __forceinline__ void conv_bwd_filter_implicit_gemm(float* out, const float* dy, const float* x,
                                                               const ConvSizes& s, int k_chunk, int launch_groups) {
     const int g = blockIdx.z % launch_groups, split = blockIdx.z / launch_groups;
@@ -423,17 +421,17 @@ __device__ __forceinline__ void conv_bwd_filter_implicit_gemm(float* out, const 
     const WgradIm2colT B{x + (long long)g * s.cg() * s.H * s.W, s};
     const WgradStore store{out + ((long long)split * s.groups + g) * s.og() * cols, cols};
     const int k_begin = split * k_chunk, k_end = min(K, k_begin + k_chunk);
-    Engine::run(A, B, store, s.og(), cols, k_begin, k_end);
+    tile_gemm<Tile>(A, B, store, s.og(), cols, k_begin, k_end);
 }
 
 // (At least 3 blocks per SM: without the hint ptxas holds the kernel to 64 registers and
-// spills; with it, 80 registers and 3 blocks, as many as before the launch_groups argument.)
+// spills; with it, 80 registers and 3 blocks.)
 extern "C" __global__ void __launch_bounds__(TILE_THREADS, 3)
 conv2d_bwd_filter_implicit_gemm_f32(float* __restrict__ out, const float* __restrict__ dy, const float* __restrict__ x,
                                     int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int sh, int sw,
                                     int ph, int pw, int dh, int dw, int groups, int k_chunk, int launch_groups) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    conv_bwd_filter_implicit_gemm<Engine64>(out, dy, x, s, k_chunk, launch_groups);
+    conv_bwd_filter_implicit_gemm<Tile64>(out, dy, x, s, k_chunk, launch_groups);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
@@ -442,7 +440,7 @@ conv2d_bwd_filter_implicit_gemm128_f32(float* __restrict__ out, const float* __r
                                        int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
                                        int k_chunk, int launch_groups) {
     const ConvSizes s{N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, groups};
-    conv_bwd_filter_implicit_gemm<Engine128>(out, dy, x, s, k_chunk, launch_groups);
+    conv_bwd_filter_implicit_gemm<Tile128>(out, dy, x, s, k_chunk, launch_groups);
 }
 
 // dw[i] = Σ_s workspace[s·stride + i] for i < count, in the order s = 0, 1, … (one thread

@@ -7,7 +7,7 @@
 // remainders by run-time values per element fetched. A GPU has no integer divider: nvcc emits
 // about ten instructions per division (a float reciprocal, a multiply-high, fix-ups), all on
 // the integer pipe, which on Hopper issues at half the rate of the FMA pipe. In the tile loop
-// that was more integer work than the FMAs it fed.
+// that would be more integer work than the FMAs it feeds (docs/kernels.md counts both).
 //
 // The way out: each thread of the tile engine fetches the rows k, k + step, k + 2·step, … in
 // order (tile_gemm.cuh: step 4 or 2 for B, 8 for A), so the division is done once, and every
@@ -23,8 +23,8 @@
 //                       → outer 0 + 0 + 1 = 1: (1, 2, 0) = 15 = 7 + 8
 //   1×1 kernel (mid_n = inner_n = 1), step 8 = (8, 0, 0): every step moves 8 channels on.
 //
-// The order of the sum over k is the engine's, as before: only the way an element's address
-// is found changes, so the results are the same bits.
+// The digits decide only how an element's address is found, not which elements are summed
+// or in which order (that is the engine's), so a loader that divides gives the same bits.
 #pragma once
 #include "common.cuh"
 

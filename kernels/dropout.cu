@@ -4,6 +4,10 @@
 // src/rng.rs: output number i of the stream started at `seed`, computed directly from
 // (seed, i). Every thread computes its own elements' draws, and the CPU computes the same
 // bits, so the mask is identical on every device.
+//
+// One variant (not among `scratchnet kernel`'s families): v1, one thread per element,
+// grid-stride, and its siblings with the seed in device memory (…_seed_f32) for captured
+// CUDA graphs. Read common.cuh first.
 #include "common.cuh"
 
 // The SplitMix64 finaliser (mix64 in src/rng.rs).

@@ -1,6 +1,9 @@
 // Element-wise kernels: ReLU and its gradient, addition, in-place accumulation, product, fill.
 // CPU reference: src/ops/elementwise.rs.
 //
+// One variant of each (`scratchnet kernel elementwise` runs ReLU and add as "default"): v1,
+// a grid-stride loop over groups of 4 with 16-byte accesses, as below. Read common.cuh first.
+//
 // These kernels are bound by memory bandwidth: each element is read once and written once,
 // and their speed is bytes moved divided by time. Two things get them close to the copy
 // bandwidth:

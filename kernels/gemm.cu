@@ -1,12 +1,25 @@
 // Single-precision matrix multiply, C = A·B (or C += A·B), for any strides of A and B.
-// CPU reference: src/ops/gemm.rs. Used by the fully connected layers (src/ops/linear.rs).
+// CPU reference: src/ops/gemm.rs (gemm/reference.rs, the triple loop). Used by the fully
+// connected layers (src/ops/linear.rs).
 //
 // A is M×K with element (i, p) at A[i·a_rs + p·a_cs]; B is K×N with (p, j) at
 // B[p·b_rs + j·b_cs]; C is M×N, row-major. Passing the strides of a transposed view is how
 // the backward passes multiply by Aᵀ or Bᵀ without copying.
+//
+// Variants, in reading order (the order of GemmKernel::ALL; `scratchnet kernel gemm
+// --variants all` prints them as "v1 gemm_naive_f32" … "v5 gemm_128x128_vec4_f32"):
+//   v1 naive    gemm_naive_f32: one thread per output, a dot product from global memory
+//   v2 tiled    gemm_tiled_f32: 16×16 tiles of A and B staged in shared memory, each value
+//               loaded once per block and used 16 times
+//   v3 64×64    gemm_64x64_f32: the register-blocked, double-buffered tile engine
+//               (tile_gemm.cuh), 4×4 outputs per thread from float4 shared loads
+//   v4 128×128  gemm_128x128_f32: the same engine with a 128×128 tile, 8×8 outputs per thread
+//   v5 vec4     gemm_128x128_vec4_f32: v4 with 16-byte global loads (Vec4Loader128), for
+//               dense operands whose contiguous dimension is a multiple of 4
+// Read common.cuh first; before v3, tile_gemm.cuh.
 #include "common.cuh"
 
-// The plain version: one thread per element of C, a 2-D grid of 16×16 blocks (x along the
+// v1. The plain version: one thread per element of C, a 2-D grid of 16×16 blocks (x along the
 // columns of C, y along its rows), each thread a dot product of length K read straight from
 // global memory. Every element of A is read N times and every element of B M times.
 extern "C" __global__ void gemm_naive_f32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
@@ -23,11 +36,11 @@ extern "C" __global__ void gemm_naive_f32(float* __restrict__ C, const float* __
 
 #define GEMM_TILE 16
 
-// Shared-memory tiling: each 16×16 block computes a 16×16 tile of C. It walks along K in
+// v2. Shared-memory tiling: each 16×16 block computes a 16×16 tile of C. It walks along K in
 // steps of 16; at each step its 256 threads load one 16×16 tile of A and one of B into
 // shared memory (one element each, zero outside the matrices), wait at a barrier, and each
 // thread adds the 16 products of its row of the A tile and column of the B tile. Every
-// element loaded from global memory is now used 16 times, so global traffic falls 16-fold
+// element loaded from global memory is used 16 times, so global traffic falls 16-fold
 // against the naive kernel. The second barrier keeps a fast thread from overwriting a tile
 // that a slow one is still reading.
 extern "C" __global__ void __launch_bounds__(GEMM_TILE * GEMM_TILE)
@@ -53,9 +66,10 @@ gemm_tiled_f32(float* __restrict__ C, const float* __restrict__ A, const float* 
     }
 }
 
-// The fast variant: the 64×64 register-blocked, double-buffered tile engine of
-// tile_gemm.cuh, reading A and B through their strides. Each thread computes a 4×4 block of C
-// from 4+4 values per step of K, against 2 loads per multiply-add for the naive kernel.
+// v3 and v4: the register-blocked, double-buffered tile engines of tile_gemm.cuh, reading A
+// and B through their strides. On the 64×64 tile each thread computes a 4×4 block of C from
+// 4+4 values per step of K, on the 128×128 tile an 8×8 block from 8+8, against 2 loads per
+// multiply-add for the naive kernel.
 #include "tile_gemm.cuh"
 
 // (A strided view reaches any row k directly, so its cursor is just k.)
@@ -106,7 +120,7 @@ gemm_64x64_f32(float* __restrict__ C, const float* __restrict__ A, const float* 
     const StridedA a{A, a_rs, a_cs};
     StridedB b{B, b_rs, b_cs, N};
     const RowMajorC out{C, N, accumulate};
-    tile_gemm_64x64(a, b, out, M, N, 0, K);
+    tile_gemm<Tile64>(a, b, out, M, N, 0, K);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
@@ -115,10 +129,10 @@ gemm_128x128_f32(float* __restrict__ C, const float* __restrict__ A, const float
     const StridedA a{A, a_rs, a_cs};
     StridedB b{B, b_rs, b_cs, N};
     const RowMajorC out{C, N, accumulate};
-    tile_gemm_128x128(a, b, out, M, N, 0, K);
+    tile_gemm<Tile128>(a, b, out, M, N, 0, K);
 }
 
-// The 128×128 engine with 16-byte global loads, for products whose operands are dense
+// v5. The 128×128 engine with 16-byte global loads, for products whose operands are dense
 // matrices (the fully connected layers, square SGEMMs), where the scalar loader's one float
 // per load leaves most of each memory transaction's width unused. Each thread fetches one
 // float4 of A and one of B per step of K (the 8×128 slices are 256 float4 each), along
@@ -157,8 +171,8 @@ struct Vec4Loader128 {
         k_a = a_k_contiguous ? 4 * (tid % 2) : tid / 32;
         b_col = b_n_contiguous ? 4 * (tid % 32) : tid / 2;
         k_b = b_n_contiguous ? tid / 32 : 4 * (tid % 2);
-        m = blockIdx.y * TILE2_M + a_col;
-        n = (long long)blockIdx.x * TILE2_N + b_col;
+        m = blockIdx.y * Tile128::M + a_col;
+        n = (long long)blockIdx.x * Tile128::N + b_col;
     }
     __device__ void fetch(int k0, int k_end) {
         const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -176,7 +190,7 @@ struct Vec4Loader128 {
             b_next = zero;
         }
     }
-    __device__ void stage(Tile128Rows& a_rows, Tile128Rows& b_rows) const {
+    __device__ void stage(Tile128::ARows& a_rows, Tile128::BRows& b_rows) const {
         if (a_k_contiguous) {
             a_rows[k_a + 0][a_col] = a_next.x;
             a_rows[k_a + 1][a_col] = a_next.y;
@@ -202,5 +216,5 @@ gemm_128x128_vec4_f32(float* __restrict__ C, const float* __restrict__ A, const 
                       int K, long long a_rs, long long a_cs, long long b_rs, long long b_cs, int accumulate) {
     Vec4Loader128 loader(A, B, a_rs, a_cs, b_rs, b_cs, M, N);
     const RowMajorC out{C, N, accumulate};
-    tile_gemm_128x128_with(loader, out, M, N, 0, K);
+    tile_gemm_with<Tile128>(loader, out, M, N, 0, K);
 }

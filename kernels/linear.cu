@@ -1,5 +1,9 @@
 // The bias parts of the fully connected layer (the products are GEMMs, kernels/gemm.cu).
 // CPU reference: src/ops/linear.rs.
+//
+// One variant of each (not among `scratchnet kernel`'s families): v1, one thread per element
+// for the bias, one per column for its gradient. With a fused ReLU, bias_act.cu replaces both.
+// Read common.cuh first.
 #include "common.cuh"
 
 // y[r, c] += b[c] for a rows×cols matrix: one thread per element, grid-stride.

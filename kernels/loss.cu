@@ -1,6 +1,10 @@
 // Softmax cross-entropy, averaged over the batch. CPU reference: src/ops/loss.rs.
 //   p[n, k] = exp(z[n, k] − m_n) / Σ_j exp(z[n, j] − m_n),  m_n = max_j z[n, j]
 //   loss    = −(1/N) Σ_n log p[n, label_n],   dz = (p − onehot(label)) / N · dloss
+// One variant (not among `scratchnet kernel`'s families): v1, one block per example for the
+// forward (block_max, block_sum), one thread per logit for the backward. Read common.cuh
+// first.
+//
 // Labels are int64 (torch.long). Labels that come from the host are checked there; labels
 // already on the device are not read back (that would wait for the device at every step and
 // rule out capturing the step as a graph), so a label outside [0, K) gives a NaN loss instead

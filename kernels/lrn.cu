@@ -5,6 +5,9 @@
 //   y[c] = x[c] · s[c]^−β
 //   dx[i] = dy[i] · s[i]^−β − (2αβ/size) · x[i] · Σ_{j : i ∈ W(j)} dy[j] · y[j] / s[j]
 //
+// One variant (`scratchnet kernel lrn` runs it as "default"): v1, one thread per element,
+// the backward recomputing s rather than keeping it. Read common.cuh first (index_loop).
+//
 // `alpha_over_size` is α/size. One thread per element (n, c, pixel) of an N×C×HW tensor;
 // neighbouring threads are neighbouring pixels of one channel, so every read of a channel
 // window coalesces. Each value is read `size` times, from cache after the first.

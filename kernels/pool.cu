@@ -1,6 +1,10 @@
 // Pooling: max, average (count_include_pad), and global average.
 // CPU reference: src/ops/pool.rs.
 //
+// One variant of each (`scratchnet kernel pool` runs the max pool as "default"): v1, one
+// thread per output for the forward passes and one per input pixel, gathering, for the
+// backward ones; global average pooling one block per plane. Read common.cuh first.
+//
 // Shape arguments: `planes` = N·C independent H×W planes, pooled with a kh×kw window at
 // stride (sh, sw) and padding (ph, pw) into OH×OW outputs. The window of output (oy, ox)
 // covers rows [oy·sh − ph, oy·sh − ph + kh) and columns likewise, clipped to the plane.

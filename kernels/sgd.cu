@@ -2,6 +2,9 @@
 //   g ← grad + weight_decay·θ;  v ← momentum·v + g;  θ ← θ − lr·v
 // A pure streaming kernel (read θ, v, grad; write θ, v): groups of 4 parameters per thread
 // with 16-byte accesses, grid-stride, the n % 4 leftovers one by one (see elementwise.cu).
+//
+// One variant (`scratchnet kernel sgd` runs it as "default"): v1 sgd_step_f32, and
+// sgd_step_lr_f32, the same update for captured CUDA graphs. Read elementwise.cu first.
 #include "common.cuh"
 
 __device__ __forceinline__ void sgd_one(float& p, float& v, float g, float lr, float momentum, float weight_decay) {
