@@ -187,9 +187,14 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
     let kernels: Vec<(GemmKernel, String)> = match (device, opts.all_variants) {
         (Device::Cpu, _) => vec![(GemmKernel::Auto, "cpu packed".into())],
         (_, false) => vec![(GemmKernel::Auto, "default".into())],
-        (_, true) => {
-            GemmKernel::ALL.iter().enumerate().map(|(i, &g)| (g, format!("v{} {}", i + 1, g.name()))).collect()
-        }
+        // Every kernel that can take this product (the 16-byte loads need N and K multiples of 4).
+        (_, true) => GemmKernel::ALL
+            .iter()
+            .zip(["naive", "tiled16", "64x64", "128x128", "128x128-vec4"])
+            .enumerate()
+            .filter(|(_, (g, _))| g.fits(m, n, k, false, false))
+            .map(|(i, (&g, label))| (g, format!("v{} {label}", i + 1)))
+            .collect(),
     };
     Ok(kernels
         .into_iter()
