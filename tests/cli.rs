@@ -399,7 +399,7 @@ fn kernel_runs_every_variant_of_every_op_family_on_the_emulator() {
     for (op, rows) in [
         ("conv2d", 9),
         ("gemm", 5),
-        ("batchnorm", 2),
+        ("batchnorm", 4),
         ("lrn", 2),
         ("pool", 2),
         ("concat", 2),

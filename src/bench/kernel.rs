@@ -14,6 +14,7 @@ use crate::device::kernels::{CUDA_ARCHS, KernelResources, PTXAS_REPORT, kernel_r
 use crate::error::{Error, Result};
 use crate::ops::ExecOptions;
 use crate::ops::batchnorm::{self, reference as bn};
+use crate::ops::batchnorm_fused::{self, Epilogue};
 use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{self, GemmKernel};
 use crate::ops::lrn::{self, LrnParams};
@@ -214,6 +215,9 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
 /// The cases of a family with one variant per pass: each pass's op run on the device, and
 /// what the op's plain reference (`ops::<op>::reference`) computed from the same inputs in f64.
 struct Single {
+    /// The variant's label where a family has several (`v1 plain`), else empty: the op's one
+    /// path, printed as `default` (`cpu` on the CPU).
+    variant: &'static str,
     pass: &'static str,
     problem: Problem,
     tol: f64,
@@ -246,7 +250,11 @@ fn singles(device: Device, list: Vec<Single>) -> Result<Vec<Case>> {
             .collect::<Result<_>>()?;
         let op = s.op.clone();
         cases.push(Case {
-            variant: if device.is_cpu() { "cpu".into() } else { "default".into() },
+            variant: match (s.variant, device.is_cpu()) {
+                ("", true) => "cpu".into(),
+                ("", false) => "default".into(),
+                (label, _) => label.into(),
+            },
             problem: s.problem,
             tol: s.tol,
             run: Box::new(move || op(&dev.iter().collect::<Vec<_>>())),
@@ -302,10 +310,12 @@ fn single(
     inputs: Vec<(Vec<f64>, Shape)>,
     want: Vec<f64>,
 ) -> Single {
-    Single { pass, problem, tol, op, inputs, want }
+    Single { variant: "", pass, problem, tol, op, inputs, want }
 }
 
-/// Training-mode batch norm, forward and backward.
+/// Training-mode batch norm, forward and backward: on a GPU with `--variants all`, v1 the
+/// plain kernels (a block per channel, batchnorm.cu) and v2 the fused ones (sliced one-pass
+/// statistics, batchnorm_fused.cu) with no epilogue, the same function.
 fn batchnorm_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
     let x = image(opts, [64, 256, 28, 28], [8, 64, 28, 28], SMALL)?;
     let c = Shape::from([x.dims()[1]]);
@@ -314,15 +324,34 @@ fn batchnorm_singles(opts: &KernelOptions) -> Result<Vec<Single>> {
     // The backward reads the batch statistics the forward kept: computed here, once.
     let (y, mean, var) = bn::forward_train(&xv.0, &gamma.0, &beta.0, dims, 1e-5);
     let dx = bn::backward(&dy.0, &xv.0, &gamma.0, (&mean, &var), dims, 1e-5, true).dx;
+    let (mean, var) = ((mean, c.clone()), (var, c.clone()));
+    let problem = |pass| Problem::BatchNorm { x: x.clone(), residual: false, relu: false, pass };
+    let fwd_inputs = vec![xv.clone(), gamma.clone(), beta];
+    let bwd_inputs = vec![xv, dy, gamma, mean, var];
     let fwd = |t: &[&Tensor]| -> Result<Tensor> { Ok(batchnorm::forward_train(t[0], t[1], t[2], 1e-5)?.y) };
     let bwd =
         |t: &[&Tensor]| -> Result<Tensor> { Ok(batchnorm::backward_train(t[1], t[0], t[2], t[3], t[4], 1e-5)?.dx) };
-    let problem = |pass| Problem::BatchNorm { x: x.clone(), residual: false, relu: false, pass };
-    let (mean, var) = ((mean, c.clone()), (var, c.clone()));
-    Ok(vec![
-        single("fwd", problem(Pass::Forward), TOL_REORDERED, one(fwd), vec![xv.clone(), gamma.clone(), beta], y),
-        single("bwd", problem(Pass::Backward), TOL_REORDERED, one(bwd), vec![xv, dy, gamma, mean, var], dx),
-    ])
+    let mut list = vec![
+        single("fwd", problem(Pass::Forward), TOL_REORDERED, one(fwd), fwd_inputs.clone(), y.clone()),
+        single("bwd", problem(Pass::Backward), TOL_REORDERED, one(bwd), bwd_inputs.clone(), dx.clone()),
+    ];
+    if opts.all_variants && !opts.device.is_cpu() {
+        let none = Epilogue { residual: None, relu: false };
+        let fused_fwd = move |t: &[&Tensor]| -> Result<Tensor> {
+            Ok(batchnorm_fused::forward_train_fused(t[0], t[1], t[2], none, 1e-5)?.y)
+        };
+        let fused_bwd = |t: &[&Tensor]| -> Result<Tensor> {
+            Ok(batchnorm_fused::backward_fused(t[1], t[0], None, t[2], t[3], t[4], 1e-5, true, false)?.dx)
+        };
+        list.extend([
+            single("fwd", problem(Pass::Forward), TOL_REORDERED, one(fused_fwd), fwd_inputs, y),
+            single("bwd", problem(Pass::Backward), TOL_REORDERED, one(fused_bwd), bwd_inputs, dx),
+        ]);
+        for (i, s) in list.iter_mut().enumerate() {
+            s.variant = if i < 2 { "v1 plain" } else { "v2 fused" };
+        }
+    }
+    Ok(list)
 }
 
 /// AlexNet's local response normalisation, forward and backward.
