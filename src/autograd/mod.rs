@@ -395,7 +395,7 @@ impl Graph {
         let mut result = Gradients { graph: self.id, leaves: HashMap::new(), params: HashMap::new(), profile: None };
         let mut profiling = match self.profile.take() {
             Some(recorder) => {
-                Some(BackwardProfile::start(*recorder, &self.nodes, self.trace.take().unwrap_or_default()))
+                Some(profile::BackwardProfile::start(*recorder, &self.nodes, self.trace.take().unwrap_or_default()))
             }
             None => None,
         };
@@ -434,105 +434,6 @@ impl Graph {
         }
         Ok(result)
     }
-}
-
-/// The backward half of a profiled step: marks each time the walk back along the tape
-/// leaves one layer's nodes for the previous layer's.
-struct BackwardProfile {
-    recorder: profile::Recorder,
-    layers: Vec<LayerRecord>,
-    kept: Vec<usize>,
-    start: Option<profile::Stamp>,
-    /// The layer whose nodes are being walked (`layers.len()` for the loss).
-    current: Option<usize>,
-    marks: Vec<(usize, profile::Stamp)>,
-}
-
-impl BackwardProfile {
-    fn start(mut recorder: profile::Recorder, nodes: &[Node], layers: Vec<LayerRecord>) -> BackwardProfile {
-        let mut kept = vec![0usize; layers.len() + 1];
-        let mut seen = std::collections::HashSet::new();
-        for (i, node) in nodes.iter().enumerate() {
-            let owner = owner_of(&recorder.forward, i);
-            for t in node.saved.tensors() {
-                let id = t.storage_id();
-                if !recorder.params.contains(&id) && seen.insert(id) {
-                    kept[owner] += t.storage().len() * t.dtype().size_in_bytes();
-                }
-            }
-        }
-        let start = recorder.mark();
-        BackwardProfile { recorder, layers, kept, start, current: None, marks: Vec::new() }
-    }
-
-    fn reached(&mut self, node: usize) {
-        let owner = owner_of(&self.recorder.forward, node);
-        if self.current != Some(owner) {
-            if let Some(done) = self.current
-                && let Some(stamp) = self.recorder.mark()
-            {
-                self.marks.push((done, stamp));
-            }
-            self.current = Some(owner);
-            let name = self.layers.get(owner).map_or("loss", |l| l.name.as_str());
-            crate::device::streams::set_label(&format!("{name} (backward)"));
-        }
-    }
-
-    fn finish(mut self) -> Result<profile::StepProfile> {
-        if let Some(done) = self.current
-            && let Some(stamp) = self.recorder.mark()
-        {
-            self.marks.push((done, stamp));
-        }
-        if let Some(e) = self.recorder.error.take() {
-            return Err(e);
-        }
-        let r = &self.recorder;
-        let n = self.layers.len();
-        let (mut forward_ms, mut forward_start_ms) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut previous = &r.start;
-        for (_, stamp) in &r.forward {
-            forward_ms.push(stamp.ms_since(previous)?);
-            forward_start_ms.push(previous.ms_since(&r.start)?);
-            previous = stamp;
-        }
-        let backward_start = self.start.as_ref().unwrap_or(previous);
-        let loss_forward_ms = backward_start.ms_since(previous)?;
-        let (mut backward_ms, mut backward_start_ms) = (vec![0.0; n + 1], vec![0.0; n + 1]);
-        let mut previous = backward_start;
-        for (owner, stamp) in &self.marks {
-            backward_ms[*owner] += stamp.ms_since(previous)?;
-            backward_start_ms[*owner] = previous.ms_since(&r.start)?;
-            previous = stamp;
-        }
-        let streams = r.stream_spans()?;
-        crate::device::streams::set_label("");
-        let (loss_backward_ms, loss_backward_start_ms, loss_kept_bytes) =
-            (backward_ms[n], backward_start_ms[n], self.kept[n]);
-        backward_ms.truncate(n);
-        backward_start_ms.truncate(n);
-        self.kept.truncate(n);
-        Ok(profile::StepProfile {
-            layers: self.layers,
-            forward_ms,
-            backward_ms,
-            kept_bytes: self.kept,
-            loss_forward_ms,
-            loss_backward_ms,
-            loss_kept_bytes,
-            forward_start_ms,
-            backward_start_ms,
-            loss_backward_start_ms,
-            streams,
-        })
-    }
-}
-
-/// The layer a tape node belongs to: the first whose mark came after the node was pushed
-/// (`marks.len()`, the loss, for nodes after the last layer).
-fn owner_of(marks: &[(usize, profile::Stamp)], node: usize) -> usize {
-    marks.partition_point(|(len, _)| *len <= node)
 }
 
 /// The result of a backward pass.
