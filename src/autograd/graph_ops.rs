@@ -4,7 +4,7 @@
 //! backward of each is in `backward.rs`; batch normalisation, with its modes and epilogues,
 //! is in `batch_norm.rs`.
 
-use super::backward::{self, Saved};
+use super::backward::Saved;
 use super::{Graph, Var};
 use crate::error::{Error, Result};
 use crate::ops::{self, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
@@ -75,38 +75,6 @@ impl Graph {
     pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
         let y = ops::elementwise::add(&a.value, &b.value)?;
         self.record(y, &[a, b], || Saved::Add)
-    }
-
-    /// DenseNet's bottleneck, `conv1×1(relu(BN(concat(features))))` in training mode,
-    /// checkpointed (the memory-efficient DenseNet of Pleiss et al., 2017): the concatenation
-    /// and the normalised activations are dropped as soon as the convolution has read them,
-    /// and computed again in the backward pass. The node keeps only the features (which the
-    /// other layers keep anyway) and the parameters, so a dense block's activation memory grows
-    /// linearly with its depth instead of quadratically. Returns the output and the batch
-    /// statistics (for the running statistics, which are updated once, by the caller).
-    pub fn dense_bottleneck(
-        &mut self,
-        features: &[&Var],
-        gamma: &Var,
-        beta: &Var,
-        w: &Var,
-        eps: f64,
-    ) -> Result<(Var, Tensor, Tensor)> {
-        let values: Vec<Tensor> = features.iter().map(|v| v.value.clone()).collect();
-        let (x, h, mean, var) = backward::bottleneck_front(&values, &gamma.value, &beta.value, eps)?;
-        drop(x);
-        let y = ops::conv2d::forward(&h, &w.value, None, Conv2dParams::default(), &self.exec)?;
-        drop(h);
-        let mut inputs: Vec<&Var> = features.to_vec();
-        inputs.extend([gamma, beta, w]);
-        let y = self.record(y, &inputs, || Saved::DenseBottleneck {
-            features: values,
-            gamma: gamma.value.clone(),
-            beta: beta.value.clone(),
-            w: w.value.clone(),
-            eps,
-        })?;
-        Ok((y, mean, var))
     }
 
     /// Concatenation along dimension 1 (channels).

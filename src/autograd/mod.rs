@@ -21,12 +21,14 @@ pub mod gradcheck;
 mod graph_ops;
 mod param;
 pub mod profile;
+mod recompute;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use batch_norm::{BatchNormOutput, BnEpilogue, BnStats};
 pub use param::{Param, ParamId};
+pub use recompute::Recompute;
 
 use crate::error::{Error, Result};
 use crate::ops::{self, ExecOptions, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
