@@ -9,6 +9,9 @@
 //! on this device's measured roofline, and the memory it keeps alive for backward; then the
 //! same grouped by op, the step's totals and its peak device memory. `--trace` writes the last
 //! profiled step as a Chrome trace (Perfetto, chrome://tracing).
+//!
+//! What a profiled graph records, and how, is [`crate::autograd::profile`]; this module runs
+//! the steps and makes the report from their records.
 
 use std::path::Path;
 
