@@ -14,6 +14,18 @@
 //!   layers to use eval behaviour (running statistics, no dropout).
 //! - Parameters ([`Param`]) live outside the tape and get their gradients from the
 //!   [`Gradients`] that `backward` returns.
+//!
+//! This file holds the tape itself: [`Var`], the [`Graph`] (its construction, options,
+//! tracing, recording, and the backward walk) and [`Gradients`]. Around it:
+//!
+//! - `graph_ops.rs`: the ops (convolution, linear, pooling, LRN, ReLU, addition,
+//!   concatenation, dropout, reshape, cross-entropy), and `batch_norm.rs`: batch
+//!   normalisation with its epilogues;
+//! - `backward.rs`: what each tape entry keeps, and its backward pass;
+//! - `recompute.rs`: segments whose entry keeps only their inputs and that are computed again
+//!   in backward ([`Recompute`], DenseNet's memory-efficient bottleneck);
+//! - `profile.rs`: what a profiled step records, forward and backward ([`profile`]);
+//! - `param.rs`: [`Param`]; `gradcheck.rs`: [`gradcheck`], finite differences.
 
 mod backward;
 mod batch_norm;
@@ -76,6 +88,7 @@ impl Var {
     }
 }
 
+/// One tape entry: what its op keeps for backward, and where its inputs came from.
 struct Node {
     saved: Saved,
     /// The tape index of each input, or `None` for a constant input.
@@ -89,6 +102,8 @@ pub struct Mode {
     pub training: bool,
 }
 
+/// The tape of one forward pass, and how its ops run ([`Mode`], [`ExecOptions`]). A fresh one
+/// for each step; [`Graph::backward`] consumes it.
 pub struct Graph {
     id: u64,
     mode: Mode,
@@ -266,7 +281,7 @@ impl Graph {
         }
     }
 
-    /// Called by layers after they run; does nothing unless tracing.
+    /// Called by layers after they run; does nothing unless tracing (which profiling turns on).
     pub fn record_layer(&mut self, name: &str, input: &Var, output: &Var, params: usize, op: LayerOp) {
         if let Some(p) = &mut self.profile {
             profile::nvtx::pop();
@@ -305,7 +320,7 @@ impl Graph {
         self.mode.recording
     }
 
-    /// Number of entries on the tape (for tests and the profiler).
+    /// Number of entries on the tape (for tests).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
