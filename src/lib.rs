@@ -22,7 +22,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod output;
-pub mod profile;
+pub mod profile_report;
 pub mod report;
 pub mod rng;
 pub mod selftest;

@@ -572,7 +572,7 @@ fn run_profile(a: ProfileArgs) -> Result<()> {
     models::check_name(&a.model)?;
     let num_classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
     let own = models::build(&a.model, num_classes, 0)?.input_size();
-    let options = scratchnet::profile::ProfileOptions {
+    let options = scratchnet::profile_report::ProfileOptions {
         model: a.model,
         device: a.device.parse::<Device>()?,
         batch: a.batch_size,
@@ -584,7 +584,7 @@ fn run_profile(a: ProfileArgs) -> Result<()> {
         exec,
     };
     let batch = options.batch;
-    let report = scratchnet::profile::profile(&options)
+    let report = scratchnet::profile_report::profile(&options)
         .map_err(|e| e.in_context(|| format!(" at batch {batch}; try a smaller --batch-size")))?;
     let _ = write!(std::io::stdout(), "{report}");
     if let Some(path) = &a.trace {

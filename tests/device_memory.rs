@@ -2,12 +2,19 @@
 //! call the device allocator no more. (A file of its own, so that no other test shares the
 //! emulated device while this one counts its allocations.)
 
-use scratchnet::models::ResNetCifar;
+use std::sync::Mutex;
+
+use scratchnet::models::{self, ResNetCifar};
 use scratchnet::nn::{Module, Sgd};
 use scratchnet::{DType, Device, Graph, Tensor, Var};
 
+/// Held by each test that measures the shared emulated device, so that none of them counts
+/// another's buffers.
+static EMU: Mutex<()> = Mutex::new(());
+
 #[test]
 fn steady_state_training_does_no_device_allocation() {
+    let _alone = EMU.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = Device::Emu.gpu().unwrap().unwrap();
     // The smallest ResNet at a tiny size keeps the emulator quick.
     let mut model = ResNetCifar::new(3, 4, 0);
@@ -35,6 +42,33 @@ fn steady_state_training_does_no_device_allocation() {
     assert_eq!(after.device_allocations, before.device_allocations, "{before:?} → {after:?}");
     assert_eq!(after.in_use, before.in_use, "memory held between steps must not grow");
     assert!(after.peak > after.in_use);
+}
+
+/// DenseNet's memory-efficient mode recomputes each bottleneck's concatenation and normalised
+/// activations in backward: between the forward pass and the backward one, the device holds
+/// less than half of what the plain mode holds. (`scratchnet profile` counts what the tape's
+/// entries keep; this counts every buffer, whatever holds it.)
+#[test]
+fn memory_efficient_densenet_holds_less_until_backward() {
+    let _alone = EMU.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let held = |memory_efficient: bool| {
+        let mut m = models::build("densenet_bc100", 5, 3).unwrap();
+        assert!(m.set_memory_efficient(memory_efficient) > 0);
+        m.to_device(Device::Emu).unwrap();
+        let x = Tensor::randn([2, 3, 8, 8], 0.0, 1.0, DType::F32, 4).to_device(Device::Emu).unwrap();
+        let labels = Tensor::from_vec([2], vec![1i64, 3]).unwrap().to_device(Device::Emu).unwrap();
+        let before = gpu.memory_stats().in_use;
+        let mut g = Graph::new();
+        let logits = m.forward(&mut g, &Var::constant(x)).unwrap();
+        let loss = g.cross_entropy(&logits, &labels).unwrap();
+        let held = gpu.memory_stats().in_use - before;
+        g.backward(&loss).unwrap();
+        held
+    };
+    let (plain, lean) = (held(false), held(true));
+    eprintln!("held from forward to backward: {plain} bytes, memory-efficient {lean}");
+    assert!(lean * 2 < plain, "{lean} bytes held is not under half of {plain}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::ops::{self, ExecOptions, conv2d::Conv2dParams, lrn::LrnParams, pool::
 use crate::tensor::{Shape, Tensor};
 
 use super::ParamId;
+use super::recompute::Segment;
 
 pub(super) enum Saved {
     /// A leaf created by `Graph::leaf`.
@@ -96,33 +97,12 @@ pub(super) enum Saved {
         probs: Tensor,
         labels: Tensor,
     },
-    /// `conv(relu(BN(concat(features))), w)`, recomputed in backward (see
-    /// `Graph::dense_bottleneck`); inputs: the features, γ, β, w.
-    DenseBottleneck {
-        features: Vec<Tensor>,
-        gamma: Tensor,
-        beta: Tensor,
-        w: Tensor,
-        eps: f64,
+    /// A segment recomputed in backward ([`super::Graph::recompute`]): only its inputs are
+    /// kept.
+    Recompute {
+        inputs: Vec<Tensor>,
+        segment: Box<dyn Segment>,
     },
-}
-
-/// The front of DenseNet's bottleneck in training mode: the concatenation `x`,
-/// `relu(BN(x))` and the batch statistics. Run once forward and once more in backward; both
-/// runs give the same values, as every kernel involved reduces in a fixed order.
-pub(super) fn bottleneck_front(
-    features: &[Tensor],
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-    let x = match features {
-        [one] => one.clone(),
-        _ => ops::concat::forward(&features.iter().collect::<Vec<_>>())?,
-    };
-    let epilogue = ops::batchnorm_fused::Epilogue { residual: None, relu: true };
-    let out = ops::batchnorm_fused::forward_train_fused(&x, gamma, beta, epilogue, eps)?;
-    Ok((x, out.y, out.mean, out.var))
 }
 
 /// `Some(f())` if the input wants a gradient.
@@ -151,9 +131,7 @@ impl Saved {
             Saved::Dropout { seed: ops::dropout::Seed::Device(t), .. } => vec![t],
             Saved::Dropout { .. } => vec![],
             Saved::CrossEntropy { probs, labels } => vec![probs, labels],
-            Saved::DenseBottleneck { features, gamma, beta, w, .. } => {
-                features.iter().chain([gamma, beta, w]).collect()
-            }
+            Saved::Recompute { inputs, .. } => inputs.iter().collect(),
         }
     }
 
@@ -225,24 +203,7 @@ impl Saved {
             Saved::CrossEntropy { probs, labels } => {
                 vec![Some(ops::loss::backward(&probs, &labels, dy)?)]
             }
-            Saved::DenseBottleneck { features, gamma, beta, w, eps } => {
-                // Recompute what the forward pass dropped, then run the three backwards.
-                let (x, h, mean, var) = bottleneck_front(&features, &gamma, &beta, eps)?;
-                let p = Conv2dParams::default();
-                let dh = ops::conv2d::backward_data(dy, &w, h.shape(), p, exec)?;
-                let dw = when(need(features.len() + 2), || ops::conv2d::backward_filter(dy, &h, w.shape(), p, exec))?;
-                let channels: Vec<usize> = features.iter().map(|f| f.dims()[1]).collect();
-                drop(features);
-                let g = ops::batchnorm_fused::backward_fused(&dh, &x, Some(&h), &gamma, &mean, &var, eps, true, false)?;
-                drop((h, x));
-                let mut grads: Vec<Option<Tensor>> = if channels.len() == 1 {
-                    vec![Some(g.dx)]
-                } else {
-                    ops::concat::backward(&g.dx, &channels)?.into_iter().map(Some).collect()
-                };
-                grads.extend([Some(g.dgamma), Some(g.dbeta), dw]);
-                grads
-            }
+            Saved::Recompute { inputs, segment } => segment.recompute_backward(inputs, dy, needs, exec)?,
         })
     }
 }

@@ -14,18 +14,33 @@
 //!   layers to use eval behaviour (running statistics, no dropout).
 //! - Parameters ([`Param`]) live outside the tape and get their gradients from the
 //!   [`Gradients`] that `backward` returns.
+//!
+//! This file holds the tape itself: [`Var`], the [`Graph`] (its construction, options,
+//! tracing, recording, and the backward walk) and [`Gradients`]. Around it:
+//!
+//! - `graph_ops.rs`: the ops (convolution, linear, pooling, LRN, ReLU, addition,
+//!   concatenation, dropout, reshape, cross-entropy), and `batch_norm.rs`: batch
+//!   normalisation with its epilogues;
+//! - `backward.rs`: what each tape entry keeps, and its backward pass;
+//! - `recompute.rs`: segments whose entry keeps only their inputs and that are computed again
+//!   in backward ([`Recompute`], DenseNet's memory-efficient bottleneck);
+//! - `profile.rs`: what a profiled step records, forward and backward ([`profile`]);
+//! - `param.rs`: [`Param`]; `gradcheck.rs`: [`gradcheck`], finite differences.
 
 mod backward;
 mod batch_norm;
 pub mod gradcheck;
+mod graph_ops;
 mod param;
 pub mod profile;
+mod recompute;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use batch_norm::{BatchNormOutput, BnEpilogue, BnStats};
 pub use param::{Param, ParamId};
+pub use recompute::Recompute;
 
 use crate::error::{Error, Result};
 use crate::ops::{self, ExecOptions, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
@@ -73,6 +88,7 @@ impl Var {
     }
 }
 
+/// One tape entry: what its op keeps for backward, and where its inputs came from.
 struct Node {
     saved: Saved,
     /// The tape index of each input, or `None` for a constant input.
@@ -86,6 +102,8 @@ pub struct Mode {
     pub training: bool,
 }
 
+/// The tape of one forward pass, and how its ops run ([`Mode`], [`ExecOptions`]). A fresh one
+/// for each step; [`Graph::backward`] consumes it.
 pub struct Graph {
     id: u64,
     mode: Mode,
@@ -263,7 +281,7 @@ impl Graph {
         }
     }
 
-    /// Called by layers after they run; does nothing unless tracing.
+    /// Called by layers after they run; does nothing unless tracing (which profiling turns on).
     pub fn record_layer(&mut self, name: &str, input: &Var, output: &Var, params: usize, op: LayerOp) {
         if let Some(p) = &mut self.profile {
             profile::nvtx::pop();
@@ -302,7 +320,7 @@ impl Graph {
         self.mode.recording
     }
 
-    /// Number of entries on the tape (for tests and the profiler).
+    /// Number of entries on the tape (for tests).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -364,153 +382,6 @@ impl Graph {
         Ok(self.push(value, saved(), ids))
     }
 
-    pub fn conv2d(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
-        let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p, &self.exec)?;
-        let mut inputs = vec![x, w];
-        inputs.extend(b);
-        self.record(y, &inputs, || Saved::Conv2d { x: x.value.clone(), w: w.value.clone(), p })
-    }
-
-    /// `relu(conv(x, w) + b)`, fused: one pass over the output, and only the output kept
-    /// for the ReLU's backward.
-    pub fn conv2d_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
-        let y = ops::conv2d::forward_relu(&x.value, &w.value, b.map(|b| &b.value), p, &self.exec)?;
-        let y_saved = y.clone();
-        let mut inputs = vec![x, w];
-        inputs.extend(b);
-        self.record(y, &inputs, || Saved::Conv2dRelu { x: x.value.clone(), w: w.value.clone(), p, y: y_saved })
-    }
-
-    /// `relu(x·Wᵀ + b)`, fused.
-    pub fn linear_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = ops::linear::forward_relu(&x.value, &w.value, b.map(|b| &b.value))?;
-        let y_saved = y.clone();
-        let mut inputs = vec![x, w];
-        inputs.extend(b);
-        self.record(y, &inputs, || Saved::LinearRelu { x: x.value.clone(), w: w.value.clone(), y: y_saved })
-    }
-
-    pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value))?;
-        let mut inputs = vec![x, w];
-        inputs.extend(b);
-        self.record(y, &inputs, || Saved::Linear { x: x.value.clone(), w: w.value.clone() })
-    }
-
-    pub fn max_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
-        let y = ops::pool::max_pool2d_forward(&x.value, p)?;
-        self.record(y, &[x], || Saved::MaxPool2d { x: x.value.clone(), p })
-    }
-
-    pub fn avg_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
-        let y = ops::pool::avg_pool2d_forward(&x.value, p)?;
-        self.record(y, &[x], || Saved::AvgPool2d { x_shape: x.shape().clone(), p })
-    }
-
-    /// `[N, C, H, W] → [N, C, 1, 1]`.
-    pub fn global_avg_pool(&mut self, x: &Var) -> Result<Var> {
-        let y = ops::pool::global_avg_pool_forward(&x.value)?;
-        self.record(y, &[x], || Saved::GlobalAvgPool { x_shape: x.shape().clone() })
-    }
-
-    pub fn lrn(&mut self, x: &Var, p: LrnParams) -> Result<Var> {
-        let y = ops::lrn::forward(&x.value, p)?;
-        let y_saved = y.clone();
-        self.record(y, &[x], || Saved::Lrn { x: x.value.clone(), y: y_saved, p })
-    }
-
-    pub fn relu(&mut self, x: &Var) -> Result<Var> {
-        let y = ops::elementwise::relu_forward(&x.value)?;
-        let y_saved = y.clone();
-        self.record(y, &[x], || Saved::Relu { y: y_saved })
-    }
-
-    pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
-        let y = ops::elementwise::add(&a.value, &b.value)?;
-        self.record(y, &[a, b], || Saved::Add)
-    }
-
-    /// Concatenation along dimension 1 (channels).
-    /// DenseNet's bottleneck, `conv1×1(relu(BN(concat(features))))` in training mode,
-    /// checkpointed (the memory-efficient DenseNet of Pleiss et al., 2017): the concatenation
-    /// and the normalised activations are dropped as soon as the convolution has read them,
-    /// and computed again in the backward pass. The node keeps only the features (which the
-    /// other layers keep anyway) and the parameters, so a dense block's activation memory grows
-    /// linearly with its depth instead of quadratically. Returns the output and the batch
-    /// statistics (for the running statistics, which are updated once, by the caller).
-    pub fn dense_bottleneck(
-        &mut self,
-        features: &[&Var],
-        gamma: &Var,
-        beta: &Var,
-        w: &Var,
-        eps: f64,
-    ) -> Result<(Var, Tensor, Tensor)> {
-        let values: Vec<Tensor> = features.iter().map(|v| v.value.clone()).collect();
-        let (x, h, mean, var) = backward::bottleneck_front(&values, &gamma.value, &beta.value, eps)?;
-        drop(x);
-        let y = ops::conv2d::forward(&h, &w.value, None, Conv2dParams::default(), &self.exec)?;
-        drop(h);
-        let mut inputs: Vec<&Var> = features.to_vec();
-        inputs.extend([gamma, beta, w]);
-        let y = self.record(y, &inputs, || Saved::DenseBottleneck {
-            features: values,
-            gamma: gamma.value.clone(),
-            beta: beta.value.clone(),
-            w: w.value.clone(),
-            eps,
-        })?;
-        Ok((y, mean, var))
-    }
-
-    pub fn concat(&mut self, xs: &[&Var]) -> Result<Var> {
-        let values: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();
-        let y = ops::concat::forward(&values)?;
-        self.record(y, xs, || Saved::Concat { channels: xs.iter().map(|v| v.dims()[1]).collect() })
-    }
-
-    /// Inverted dropout with probability `p`, mask drawn from `seed`. In an eval graph it
-    /// passes `x` through unchanged, as PyTorch's `F.dropout(training=False)`.
-    pub fn dropout(&mut self, x: &Var, p: f64, seed: u64) -> Result<Var> {
-        if !self.mode.training {
-            ops::dropout::check_probability(p)?;
-            return Ok(x.clone());
-        }
-        self.dropout_seeded(x, p, ops::dropout::Seed::Host(seed))
-    }
-
-    /// [`Graph::dropout`] with the seed on the host or in device memory.
-    pub fn dropout_seeded(&mut self, x: &Var, p: f64, seed: ops::dropout::Seed) -> Result<Var> {
-        if !self.mode.training {
-            ops::dropout::check_probability(p)?;
-            return Ok(x.clone());
-        }
-        let y = ops::dropout::forward_seeded(&x.value, p, &seed)?;
-        self.record(y, &[x], || Saved::Dropout { p, seed })
-    }
-
-    pub fn reshape(&mut self, x: &Var, shape: impl Into<Shape>) -> Result<Var> {
-        let y = x.value.reshape(shape)?;
-        self.record(y, &[x], || Saved::Reshape { from: x.shape().clone() })
-    }
-
-    /// `[N, …] → [N, product of the rest]`, in C, H, W order as `torch.flatten(x, 1)`.
-    pub fn flatten(&mut self, x: &Var) -> Result<Var> {
-        let n = x
-            .dims()
-            .first()
-            .copied()
-            .ok_or_else(|| Error::shape_of("flatten", "a tensor of rank at least 1", "input", x.shape()))?;
-        let rest: usize = x.dims()[1..].iter().product();
-        self.reshape(x, [n, rest])
-    }
-
-    /// Mean softmax cross-entropy of `logits` `[N, K]` against i64 `labels` `[N]`.
-    pub fn cross_entropy(&mut self, logits: &Var, labels: &Tensor) -> Result<Var> {
-        let (loss, probs) = ops::loss::forward(&logits.value, labels)?;
-        self.record(loss, &[logits], || Saved::CrossEntropy { probs, labels: labels.clone() })
-    }
-
     /// Gradients of the scalar `loss` with respect to every leaf and parameter it depends on.
     pub fn backward(self, loss: &Var) -> Result<Gradients> {
         if loss.value.numel() != 1 {
@@ -541,7 +412,7 @@ impl Graph {
         let mut result = Gradients { graph: self.id, leaves: HashMap::new(), params: HashMap::new(), profile: None };
         let mut profiling = match self.profile.take() {
             Some(recorder) => {
-                Some(BackwardProfile::start(*recorder, &self.nodes, self.trace.take().unwrap_or_default()))
+                Some(profile::BackwardProfile::start(*recorder, &self.nodes, self.trace.take().unwrap_or_default()))
             }
             None => None,
         };
@@ -580,105 +451,6 @@ impl Graph {
         }
         Ok(result)
     }
-}
-
-/// The backward half of a profiled step: marks each time the walk back along the tape
-/// leaves one layer's nodes for the previous layer's.
-struct BackwardProfile {
-    recorder: profile::Recorder,
-    layers: Vec<LayerRecord>,
-    kept: Vec<usize>,
-    start: Option<profile::Stamp>,
-    /// The layer whose nodes are being walked (`layers.len()` for the loss).
-    current: Option<usize>,
-    marks: Vec<(usize, profile::Stamp)>,
-}
-
-impl BackwardProfile {
-    fn start(mut recorder: profile::Recorder, nodes: &[Node], layers: Vec<LayerRecord>) -> BackwardProfile {
-        let mut kept = vec![0usize; layers.len() + 1];
-        let mut seen = std::collections::HashSet::new();
-        for (i, node) in nodes.iter().enumerate() {
-            let owner = owner_of(&recorder.forward, i);
-            for t in node.saved.tensors() {
-                let id = t.storage_id();
-                if !recorder.params.contains(&id) && seen.insert(id) {
-                    kept[owner] += t.storage().len() * t.dtype().size_in_bytes();
-                }
-            }
-        }
-        let start = recorder.mark();
-        BackwardProfile { recorder, layers, kept, start, current: None, marks: Vec::new() }
-    }
-
-    fn reached(&mut self, node: usize) {
-        let owner = owner_of(&self.recorder.forward, node);
-        if self.current != Some(owner) {
-            if let Some(done) = self.current
-                && let Some(stamp) = self.recorder.mark()
-            {
-                self.marks.push((done, stamp));
-            }
-            self.current = Some(owner);
-            let name = self.layers.get(owner).map_or("loss", |l| l.name.as_str());
-            crate::device::streams::set_label(&format!("{name} (backward)"));
-        }
-    }
-
-    fn finish(mut self) -> Result<profile::StepProfile> {
-        if let Some(done) = self.current
-            && let Some(stamp) = self.recorder.mark()
-        {
-            self.marks.push((done, stamp));
-        }
-        if let Some(e) = self.recorder.error.take() {
-            return Err(e);
-        }
-        let r = &self.recorder;
-        let n = self.layers.len();
-        let (mut forward_ms, mut forward_start_ms) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut previous = &r.start;
-        for (_, stamp) in &r.forward {
-            forward_ms.push(stamp.ms_since(previous)?);
-            forward_start_ms.push(previous.ms_since(&r.start)?);
-            previous = stamp;
-        }
-        let backward_start = self.start.as_ref().unwrap_or(previous);
-        let loss_forward_ms = backward_start.ms_since(previous)?;
-        let (mut backward_ms, mut backward_start_ms) = (vec![0.0; n + 1], vec![0.0; n + 1]);
-        let mut previous = backward_start;
-        for (owner, stamp) in &self.marks {
-            backward_ms[*owner] += stamp.ms_since(previous)?;
-            backward_start_ms[*owner] = previous.ms_since(&r.start)?;
-            previous = stamp;
-        }
-        let streams = r.stream_spans()?;
-        crate::device::streams::set_label("");
-        let (loss_backward_ms, loss_backward_start_ms, loss_kept_bytes) =
-            (backward_ms[n], backward_start_ms[n], self.kept[n]);
-        backward_ms.truncate(n);
-        backward_start_ms.truncate(n);
-        self.kept.truncate(n);
-        Ok(profile::StepProfile {
-            layers: self.layers,
-            forward_ms,
-            backward_ms,
-            kept_bytes: self.kept,
-            loss_forward_ms,
-            loss_backward_ms,
-            loss_kept_bytes,
-            forward_start_ms,
-            backward_start_ms,
-            loss_backward_start_ms,
-            streams,
-        })
-    }
-}
-
-/// The layer a tape node belongs to: the first whose mark came after the node was pushed
-/// (`marks.len()`, the loss, for nodes after the last layer).
-fn owner_of(marks: &[(usize, profile::Stamp)], node: usize) -> usize {
-    marks.partition_point(|(len, _)| *len <= node)
 }
 
 /// The result of a backward pass.

@@ -17,6 +17,10 @@
 //! timed by events on those streams, kept as [`StreamSpanMs`] in the same time base, so a
 //! trace shows each stream as its own track and the overlap can be read off.
 //!
+//! Both halves live here: the graph keeps a `Recorder` while the forward pass runs, and
+//! [`super::Graph::backward`] hands it to a `BackwardProfile` for its walk, which turns the
+//! marks of both into the [`StepProfile`] that [`super::Gradients::take_profile`] returns.
+//!
 //! Layers also open and close NVTX ranges named after them, so Nsight Systems and Nsight
 //! Compute show the layer structure, when an NVTX library can be loaded (see [`nvtx`]).
 
@@ -27,7 +31,7 @@ use std::time::Instant;
 use crate::device::{Device, GpuDevice, GpuEvent};
 use crate::error::Result;
 
-use super::LayerRecord;
+use super::{LayerRecord, Node};
 
 /// A point in the device's queue of work.
 pub enum Stamp {
@@ -127,6 +131,109 @@ impl Drop for Recorder {
             gpu.take_stream_log();
         }
     }
+}
+
+/// The backward half of a profiled step: marks each time the walk back along the tape
+/// leaves one layer's nodes for the previous layer's.
+pub(super) struct BackwardProfile {
+    recorder: Recorder,
+    layers: Vec<LayerRecord>,
+    kept: Vec<usize>,
+    start: Option<Stamp>,
+    /// The layer whose nodes are being walked (`layers.len()` for the loss).
+    current: Option<usize>,
+    marks: Vec<(usize, Stamp)>,
+}
+
+impl BackwardProfile {
+    /// Counts what each layer's nodes keep for backward and marks the start of the walk.
+    pub(super) fn start(mut recorder: Recorder, nodes: &[Node], layers: Vec<LayerRecord>) -> BackwardProfile {
+        let mut kept = vec![0usize; layers.len() + 1];
+        let mut seen = HashSet::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let owner = owner_of(&recorder.forward, i);
+            for t in node.saved.tensors() {
+                let id = t.storage_id();
+                if !recorder.params.contains(&id) && seen.insert(id) {
+                    kept[owner] += t.storage().len() * t.dtype().size_in_bytes();
+                }
+            }
+        }
+        let start = recorder.mark();
+        BackwardProfile { recorder, layers, kept, start, current: None, marks: Vec::new() }
+    }
+
+    /// Called for each node as the walk reaches it: marks the end of the previous layer's
+    /// backward when the node belongs to another layer.
+    pub(super) fn reached(&mut self, node: usize) {
+        let owner = owner_of(&self.recorder.forward, node);
+        if self.current != Some(owner) {
+            if let Some(done) = self.current
+                && let Some(stamp) = self.recorder.mark()
+            {
+                self.marks.push((done, stamp));
+            }
+            self.current = Some(owner);
+            let name = self.layers.get(owner).map_or("loss", |l| l.name.as_str());
+            crate::device::streams::set_label(&format!("{name} (backward)"));
+        }
+    }
+
+    /// Marks the end of the last layer's backward and turns the marks into milliseconds.
+    pub(super) fn finish(mut self) -> Result<StepProfile> {
+        if let Some(done) = self.current
+            && let Some(stamp) = self.recorder.mark()
+        {
+            self.marks.push((done, stamp));
+        }
+        if let Some(e) = self.recorder.error.take() {
+            return Err(e);
+        }
+        let r = &self.recorder;
+        let n = self.layers.len();
+        let (mut forward_ms, mut forward_start_ms) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut previous = &r.start;
+        for (_, stamp) in &r.forward {
+            forward_ms.push(stamp.ms_since(previous)?);
+            forward_start_ms.push(previous.ms_since(&r.start)?);
+            previous = stamp;
+        }
+        let backward_start = self.start.as_ref().unwrap_or(previous);
+        let loss_forward_ms = backward_start.ms_since(previous)?;
+        let (mut backward_ms, mut backward_start_ms) = (vec![0.0; n + 1], vec![0.0; n + 1]);
+        let mut previous = backward_start;
+        for (owner, stamp) in &self.marks {
+            backward_ms[*owner] += stamp.ms_since(previous)?;
+            backward_start_ms[*owner] = previous.ms_since(&r.start)?;
+            previous = stamp;
+        }
+        let streams = r.stream_spans()?;
+        crate::device::streams::set_label("");
+        let (loss_backward_ms, loss_backward_start_ms, loss_kept_bytes) =
+            (backward_ms[n], backward_start_ms[n], self.kept[n]);
+        backward_ms.truncate(n);
+        backward_start_ms.truncate(n);
+        self.kept.truncate(n);
+        Ok(StepProfile {
+            layers: self.layers,
+            forward_ms,
+            backward_ms,
+            kept_bytes: self.kept,
+            loss_forward_ms,
+            loss_backward_ms,
+            loss_kept_bytes,
+            forward_start_ms,
+            backward_start_ms,
+            loss_backward_start_ms,
+            streams,
+        })
+    }
+}
+
+/// The layer a tape node belongs to: the first whose mark came after the node was pushed
+/// (`marks.len()`, the loss, for nodes after the last layer).
+fn owner_of(marks: &[(usize, Stamp)], node: usize) -> usize {
+    marks.partition_point(|(len, _)| *len <= node)
 }
 
 /// Per fork and join of a step: the label, how long each stream worked and how long the

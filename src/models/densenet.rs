@@ -24,18 +24,27 @@
 //! 2·growth channels, three dense blocks of 16 layers with two transitions, then the same
 //! head. Its final BN keeps torchvision's name, `features.norm5`.
 //!
+//! Memory-efficient mode (`--memory-efficient`, torchvision's `memory_efficient=True`) trains
+//! each dense layer's bottleneck, concatenation → BN → ReLU → 1×1 convolution, as one
+//! segment recomputed in backward ([`crate::autograd::Recompute`]): the concatenation and the
+//! normalised activations are not kept from the forward pass to the backward one, so a
+//! block's activation memory grows with its depth instead of its depth squared. The segment
+//! always runs BN and ReLU as one fused kernel, so its values and gradients are the plain
+//! mode's bit for bit when that fuses too (the default, not `--no-fuse`; `tests/models.rs`
+//! checks it on the CPU and the emulator).
+//!
 //! Parameter names follow torchvision (`features.denseblock1.denselayer1.norm1.weight`,
 //! `features.transition1.conv.weight`, `classifier.weight`), and the convolutions start
 //! from `kaiming_normal_` (fan-in) as there.
 
 use super::Model;
-use crate::autograd::{Graph, LayerOp, Var};
-use crate::error::Result;
+use crate::autograd::{Graph, LayerOp, Recompute, Var};
+use crate::error::{Error, Result};
 use crate::nn::init::Init;
 use crate::nn::{AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Linear, MaxPool2d, Module, join};
-use crate::ops::conv2d::Conv2dParams;
+use crate::ops::{self, ExecOptions, conv2d::Conv2dParams};
 use crate::rng::Rng;
-use crate::tensor::Shape;
+use crate::tensor::{Shape, Tensor};
 
 /// The hyper-parameters that tell the DenseNets apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,35 +117,24 @@ impl DenseLayer {
 
     /// The new `growth` channels, from all the feature maps before it.
     fn forward_features(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
-        let refs: Vec<&Var> = features.iter().collect();
-        if self.memory_efficient && g.is_training() && g.is_recording() {
-            let name = join(&self.name, "bottleneck");
-            g.begin_layer(&name);
-            let gamma = g.param(&self.norm1.weight);
-            let beta = g.param(&self.norm1.bias);
-            let w = g.param(&self.conv1.weight);
-            let (h, mean, var) = g.dense_bottleneck(&refs, &gamma, &beta, &w, self.norm1.eps)?;
-            let channels: usize = features.iter().map(|f| f.dims()[1]).sum();
-            let mut x_shape = features[0].dims().to_vec();
-            x_shape[1] = channels;
-            self.norm1.track(&x_shape.into(), &mean, &var)?;
-            let op = LayerOp::Conv2d {
-                weight: self.conv1.weight.value.shape().clone(),
-                params: self.conv1.params,
-                bias: false,
-                relu: false,
-            };
-            g.record_layer(&name, &features[0], &h, self.norm1.num_params() + self.conv1.num_params(), op);
-            let h = self.norm2.forward_relu(g, &h)?;
-            let h = self.conv2.forward(g, &h)?;
-            return if self.dropout.p > 0.0 { self.dropout.forward(g, &h) } else { Ok(h) };
-        }
-        let x = if refs.len() == 1 {
-            refs[0].clone()
+        let h = if self.memory_efficient && g.is_training() && g.is_recording() {
+            self.bottleneck_recomputed(g, features)?
+        } else {
+            self.bottleneck(g, features)?
+        };
+        let h = self.norm2.forward_relu(g, &h)?;
+        let h = self.conv2.forward(g, &h)?;
+        if self.dropout.p > 0.0 { self.dropout.forward(g, &h) } else { Ok(h) }
+    }
+
+    /// `conv1(relu(norm1(concat(features))))`, each op on the tape with what its backward needs.
+    fn bottleneck(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
+        let x = if let [one] = features {
+            one.clone()
         } else {
             let name = join(&self.name, "concat");
             g.begin_layer(&name);
-            let x = g.concat(&refs)?;
+            let x = g.concat(&features.iter().collect::<Vec<_>>())?;
             if g.is_tracing() {
                 let channels = features.iter().map(|f| f.dims()[1]).collect();
                 g.record_layer(&name, &features[0], &x, 0, LayerOp::Concat { channels });
@@ -144,10 +142,128 @@ impl DenseLayer {
             x
         };
         let h = self.norm1.forward_relu(g, &x)?;
-        let h = self.conv1.forward(g, &h)?;
-        let h = self.norm2.forward_relu(g, &h)?;
-        let h = self.conv2.forward(g, &h)?;
-        if self.dropout.p > 0.0 { self.dropout.forward(g, &h) } else { Ok(h) }
+        self.conv1.forward(g, &h)
+    }
+
+    /// The same in training mode as one [`Bottleneck`] segment, recomputed in backward: the
+    /// concatenation and the normalised activations are not kept. Traced as one layer,
+    /// `…bottleneck`, a convolution; the running statistics move as `norm1` would move them.
+    fn bottleneck_recomputed(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
+        let name = join(&self.name, "bottleneck");
+        g.begin_layer(&name);
+        let gamma = g.param(&self.norm1.weight);
+        let beta = g.param(&self.norm1.bias);
+        let w = g.param(&self.conv1.weight);
+        let mut inputs: Vec<&Var> = features.iter().collect();
+        inputs.extend([&gamma, &beta, &w]);
+        let segment = Bottleneck { eps: self.norm1.eps, conv: self.conv1.params };
+        let (h, (mean, var)) = g.recompute(&inputs, segment)?;
+        let channels: usize = features.iter().map(|f| f.dims()[1]).sum();
+        let mut x_shape = features[0].dims().to_vec();
+        x_shape[1] = channels;
+        self.norm1.track(&x_shape.into(), &mean, &var)?;
+        let op = LayerOp::Conv2d {
+            weight: self.conv1.weight.value.shape().clone(),
+            params: self.conv1.params,
+            bias: false,
+            relu: false,
+        };
+        g.record_layer(&name, &features[0], &h, self.norm1.num_params() + self.conv1.num_params(), op);
+        Ok(h)
+    }
+}
+
+/// DenseNet's bottleneck in training mode, `conv1×1(relu(BN(concat(features))))`, as a segment
+/// recomputed in backward: the memory-efficient DenseNet of Pleiss et al. (2017). The
+/// concatenation and the normalised activations are dropped as soon as the convolution has
+/// read them; the tape keeps only the inputs (the features, which the other layers' entries
+/// keep anyway, γ, β and the convolution's weight), so a dense block's activation memory grows
+/// linearly with its depth instead of quadratically. The extra output is the batch mean and
+/// variance, for the running statistics, which the caller updates once.
+struct Bottleneck {
+    eps: f64,
+    conv: Conv2dParams,
+}
+
+/// What the bottleneck's backward needs: the concatenation `x`, `h = relu(BN(x))` and the
+/// batch statistics.
+struct BottleneckFront {
+    x: Tensor,
+    h: Tensor,
+    mean: Tensor,
+    var: Tensor,
+}
+
+impl Bottleneck {
+    /// The inputs as the features and the weight (γ, β and w).
+    fn split(inputs: &[Tensor]) -> Result<(&[Tensor], [&Tensor; 3])> {
+        match inputs {
+            [features @ .., gamma, beta, w] if !features.is_empty() => Ok((features, [gamma, beta, w])),
+            _ => Err(Error::Autograd(format!(
+                "a dense bottleneck takes features, γ, β and w, got {} inputs",
+                inputs.len()
+            ))),
+        }
+    }
+}
+
+impl Recompute for Bottleneck {
+    type Front = BottleneckFront;
+    type Extra = (Tensor, Tensor);
+
+    fn front(&self, inputs: &[Tensor], _: &ExecOptions) -> Result<BottleneckFront> {
+        let (features, [gamma, beta, _]) = Bottleneck::split(inputs)?;
+        let x = match features {
+            [one] => one.clone(),
+            _ => ops::concat::forward(&features.iter().collect::<Vec<_>>())?,
+        };
+        let epilogue = ops::batchnorm_fused::Epilogue { residual: None, relu: true };
+        let out = ops::batchnorm_fused::forward_train_fused(&x, gamma, beta, epilogue, self.eps)?;
+        Ok(BottleneckFront { x, h: out.y, mean: out.mean, var: out.var })
+    }
+
+    fn output(
+        &self,
+        front: BottleneckFront,
+        inputs: &[Tensor],
+        exec: &ExecOptions,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let (_, [_, _, w]) = Bottleneck::split(inputs)?;
+        let BottleneckFront { x, h, mean, var } = front;
+        drop(x);
+        let y = ops::conv2d::forward(&h, w, None, self.conv, exec)?;
+        drop(h);
+        Ok((y, (mean, var)))
+    }
+
+    fn backward(
+        &self,
+        front: BottleneckFront,
+        mut inputs: Vec<Tensor>,
+        dy: &Tensor,
+        needs: &[bool],
+        exec: &ExecOptions,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let weights = inputs.split_off(Bottleneck::split(&inputs)?.0.len());
+        let (features, [gamma, _, w]) = (inputs, [&weights[0], &weights[1], &weights[2]]);
+        let BottleneckFront { x, h, mean, var } = front;
+        let dh = ops::conv2d::backward_data(dy, w, h.shape(), self.conv, exec)?;
+        let dw = match needs.get(features.len() + 2) {
+            Some(true) => Some(ops::conv2d::backward_filter(dy, &h, w.shape(), self.conv, exec)?),
+            _ => None,
+        };
+        let channels: Vec<usize> = features.iter().map(|f| f.dims()[1]).collect();
+        // The last layer of the block to read these features has had its backward: let them go.
+        drop(features);
+        let g = ops::batchnorm_fused::backward_fused(&dh, &x, Some(&h), gamma, &mean, &var, self.eps, true, false)?;
+        drop((h, x));
+        let mut grads: Vec<Option<Tensor>> = if channels.len() == 1 {
+            vec![Some(g.dx)]
+        } else {
+            ops::concat::backward(&g.dx, &channels)?.into_iter().map(Some).collect()
+        };
+        grads.extend([Some(g.dgamma), Some(g.dbeta), dw]);
+        Ok(grads)
     }
 }
 

@@ -9,15 +9,19 @@
 //! on this device's measured roofline, and the memory it keeps alive for backward; then the
 //! same grouped by op, the step's totals and its peak device memory. `--trace` writes the last
 //! profiled step as a Chrome trace (Perfetto, chrome://tracing).
+//!
+//! What a profiled graph records, and how, is [`crate::autograd::profile`]; this module runs
+//! the steps and makes the report from their records.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use crate::autograd::profile::{Stamp, StepProfile, nvtx, stream_regions};
 use crate::autograd::{Graph, LayerRecord, Var};
 use crate::bench::{self, BenchOptions, Ceilings, Problem};
-use crate::device::Device;
+use crate::device::{Device, GpuDevice};
 use crate::error::{Error, Result};
 use crate::models;
 use crate::nn::Sgd;
@@ -79,8 +83,46 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 const MIB: f64 = (1u64 << 20) as f64;
 
-/// Runs the warm-up and profiled steps.
+/// Runs the warm-up and profiled steps and makes the report: the median of each figure over
+/// the profiled steps, against the device's measured ceilings.
 pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
+    check_options(o)?;
+    let Setup { mut model, input, x, y } = prepare(o)?;
+    let gpu = o.device.gpu()?;
+    let (mut steps, peak) = run_steps(model.as_mut(), o, (&x, &y), gpu.as_ref())?;
+    let Some(last) = steps.pop() else {
+        return Err(Error::argument("profile", "no step was profiled"));
+    };
+    // The medians over every profiled step, the last one included.
+    let all: Vec<&ProfiledStep> = steps.iter().chain(std::iter::once(&last)).collect();
+    let rows = layer_rows(&all, &last.profile, o.batch);
+    let loss_ms = median(all.iter().map(|s| s.profile.loss_forward_ms + s.profile.loss_backward_ms).collect());
+    let optimizer_ms = median(all.iter().map(|s| s.optimizer_ms).collect());
+    let step_ms = median(
+        all.iter().map(|s| s.profile.forward_total_ms() + s.profile.backward_total_ms() + s.optimizer_ms).collect(),
+    );
+    let mut bench_opts = BenchOptions::new(o.device);
+    bench_opts.repeats = Some(3);
+    let ceilings = bench::measure_ceilings(&bench_opts)?;
+    Ok(ProfileReport {
+        model: o.model.clone(),
+        device: o.device,
+        batch: o.batch,
+        input,
+        rows,
+        loss_ms,
+        loss_kept_bytes: last.profile.loss_kept_bytes,
+        optimizer_ms,
+        step_ms,
+        peak_bytes: gpu.is_some().then_some(peak),
+        ceilings,
+        last_optimizer: (last.optimizer_start_ms, last.optimizer_ms),
+        last: last.profile,
+    })
+}
+
+/// Refuses a model, step count or batch size the command cannot run, before building anything.
+fn check_options(o: &ProfileOptions) -> Result<()> {
     models::check_name(&o.model)?;
     if o.steps == 0 || o.steps > 1000 {
         return Err(Error::argument("profile", format!("--steps must be between 1 and 1000, got {}", o.steps)));
@@ -94,6 +136,20 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// What the steps run: the model on the device, its input size `[C, H, W]`, and one batch of
+/// images `x` and labels `y`.
+struct Setup {
+    model: Box<dyn models::Model>,
+    input: [usize; 3],
+    x: Tensor,
+    y: Tensor,
+}
+
+/// Builds the model and the batch.
+fn prepare(o: &ProfileOptions) -> Result<Setup> {
     let mut model = models::build(&o.model, o.num_classes, 0)?;
     crate::train::set_memory_efficient(model.as_mut(), o.memory_efficient)?;
     let input = o.input.unwrap_or(model.input_size());
@@ -103,59 +159,93 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
     let x = bench::problems::pattern(Shape::new([o.batch, c, h, w]), 1, o.device)?;
     let labels: Vec<i64> = (0..o.batch).map(|i| (i % o.num_classes) as i64).collect();
     let y = Tensor::from_vec([o.batch], labels)?.to_device(o.device)?;
-    let mut opt = Sgd::new(1e-4, 0.9, 5e-4);
-    let gpu = o.device.gpu()?;
+    Ok(Setup { model, input, x, y })
+}
 
-    let mut steps: Vec<(StepProfile, f64, f64, f64)> = Vec::new();
+/// One profiled step: what its graph recorded, and the optimizer's time and start (ms from
+/// the step's start).
+struct ProfiledStep {
+    profile: StepProfile,
+    optimizer_ms: f64,
+    optimizer_start_ms: f64,
+}
+
+/// The warm-up steps, then the profiled ones; returns the profiled steps in order and the
+/// highest device memory seen at the end of any step, warm-up included (GPU devices; 0 on the
+/// CPU).
+fn run_steps(
+    model: &mut dyn models::Model,
+    o: &ProfileOptions,
+    batch: (&Tensor, &Tensor),
+    gpu: Option<&Arc<GpuDevice>>,
+) -> Result<(Vec<ProfiledStep>, usize)> {
+    let mut opt = Sgd::new(1e-4, 0.9, 5e-4);
+    let mut steps = Vec::new();
     let mut peak = 0usize;
     for i in 0..o.warmup + o.steps {
         let profiled = i >= o.warmup;
-        if let (true, Some(gpu)) = (profiled, &gpu) {
-            gpu.synchronize()?;
-            gpu.reset_peak();
-        }
-        let mut g = Graph::new().with_options(o.exec);
-        if profiled {
-            g.start_profile(o.device)?;
-        }
-        let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
-        let loss = g.cross_entropy(&logits, &y)?;
-        let mut grads = g.backward(&loss)?;
-        let step_profile = grads.take_profile();
-        let before_opt = Stamp::now(gpu.as_ref())?;
-        if profiled {
-            nvtx::push("optimizer");
-        }
-        grads.accumulate_into(model.params_mut())?;
-        opt.step(model.params_mut())?;
-        let after_opt = Stamp::now(gpu.as_ref())?;
-        if profiled {
-            nvtx::pop();
-        }
-        if let Some(gpu) = &gpu {
-            gpu.synchronize()?;
-            peak = peak.max(gpu.memory_stats().peak);
-        }
-        if let Some(p) = step_profile {
-            let opt_ms = after_opt.ms_since(&before_opt)?;
-            let start_ms = p.forward_total_ms() + p.backward_total_ms();
-            steps.push((p, opt_ms, start_ms, start_ms + opt_ms));
-        }
+        steps.extend(run_step(model, &mut opt, o, batch, gpu, profiled, &mut peak)?);
     }
-    let Some((last, last_opt_ms, last_opt_start, _)) = steps.pop() else {
-        return Err(Error::argument("profile", "no step was profiled"));
+    Ok((steps, peak))
+}
+
+/// One training step, on a profiled graph when `profiled` (`None` for a warm-up step); raises
+/// `peak` to the device memory it reached.
+fn run_step(
+    model: &mut dyn models::Model,
+    opt: &mut Sgd,
+    o: &ProfileOptions,
+    (x, y): (&Tensor, &Tensor),
+    gpu: Option<&Arc<GpuDevice>>,
+    profiled: bool,
+    peak: &mut usize,
+) -> Result<Option<ProfiledStep>> {
+    if let (true, Some(gpu)) = (profiled, gpu) {
+        gpu.synchronize()?;
+        gpu.reset_peak();
+    }
+    let mut g = Graph::new().with_options(o.exec);
+    if profiled {
+        g.start_profile(o.device)?;
+    }
+    let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
+    let loss = g.cross_entropy(&logits, y)?;
+    let mut grads = g.backward(&loss)?;
+    let step_profile = grads.take_profile();
+    let before_opt = Stamp::now(gpu)?;
+    if profiled {
+        nvtx::push("optimizer");
+    }
+    grads.accumulate_into(model.params_mut())?;
+    opt.step(model.params_mut())?;
+    let after_opt = Stamp::now(gpu)?;
+    if profiled {
+        nvtx::pop();
+    }
+    if let Some(gpu) = gpu {
+        gpu.synchronize()?;
+        *peak = (*peak).max(gpu.memory_stats().peak);
+    }
+    let Some(profile) = step_profile else {
+        return Ok(None);
     };
-    // The medians over every profiled step, the last one included.
-    let all: Vec<&StepProfile> = steps.iter().map(|s| &s.0).chain(std::iter::once(&last)).collect();
-    let opt_times: Vec<f64> = steps.iter().map(|s| s.1).chain(std::iter::once(last_opt_ms)).collect();
+    let optimizer_ms = after_opt.ms_since(&before_opt)?;
+    let optimizer_start_ms = profile.forward_total_ms() + profile.backward_total_ms();
+    Ok(Some(ProfiledStep { profile, optimizer_ms, optimizer_start_ms }))
+}
+
+/// A forward and a backward row per layer of `last`: the median time over `all` steps, and
+/// the work `scratchnet bench` counts for the layer.
+fn layer_rows(all: &[&ProfiledStep], last: &StepProfile, batch: usize) -> Vec<LayerRow> {
     let mut rows = Vec::new();
     for (k, layer) in last.layers.iter().enumerate() {
-        let problems = bench::problems_of_layer(layer, o.batch, k == 0);
+        let problems = bench::problems_of_layer(layer, batch, k == 0);
         let (fwd, bwd): (Vec<&Problem>, Vec<&Problem>) =
             problems.iter().partition(|p| p.spec()["pass"].as_str() == Some("forward"));
         let work = |ps: &[&Problem]| (ps.iter().map(|p| p.flops()).sum(), ps.iter().map(|p| p.bytes()).sum());
         for (backward, ps) in [(false, fwd), (true, bwd)] {
-            let times = all.iter().filter_map(|s| if backward { s.backward_ms.get(k) } else { s.forward_ms.get(k) });
+            let profiles = all.iter().map(|s| &s.profile);
+            let times = profiles.filter_map(|s| if backward { s.backward_ms.get(k) } else { s.forward_ms.get(k) });
             let (flops, bytes) = work(&ps);
             rows.push(LayerRow {
                 name: layer.name.clone(),
@@ -168,28 +258,7 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
             });
         }
     }
-    let loss_ms = median(all.iter().map(|s| s.loss_forward_ms + s.loss_backward_ms).collect());
-    let optimizer_ms = median(opt_times.clone());
-    let step_ms =
-        median(all.iter().zip(&opt_times).map(|(s, opt)| s.forward_total_ms() + s.backward_total_ms() + opt).collect());
-    let mut bench_opts = BenchOptions::new(o.device);
-    bench_opts.repeats = Some(3);
-    let ceilings = bench::measure_ceilings(&bench_opts)?;
-    Ok(ProfileReport {
-        model: o.model.clone(),
-        device: o.device,
-        batch: o.batch,
-        input,
-        rows,
-        loss_ms,
-        loss_kept_bytes: last.loss_kept_bytes,
-        optimizer_ms,
-        step_ms,
-        peak_bytes: gpu.is_some().then_some(peak),
-        ceilings,
-        last,
-        last_optimizer: (last_opt_start, last_opt_ms),
-    })
+    rows
 }
 
 impl ProfileReport {
