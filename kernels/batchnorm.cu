@@ -1,5 +1,5 @@
-// Batch normalisation over the channels of an N×C×HW tensor. CPU reference:
-// src/ops/batchnorm.rs, whose comment gives the math. Per channel c, over its M = N·HW values:
+// Batch normalisation over the channels of an N×C×HW tensor. Reference:
+// src/ops/batchnorm/reference.rs; src/ops/batchnorm/mod.rs gives the math. Per channel c, over its M = N·HW values:
 //   training: μ = mean(x), σ² = mean((x − μ)²) (biased), then y = γ(x − μ)/√(σ² + ε) + β
 //   eval:     the same with the running statistics
 //

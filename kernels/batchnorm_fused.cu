@@ -1,8 +1,8 @@
 // The fast batch norm: statistics in one pass over many blocks, and the normalisation fused
 // with what follows it in a network — ReLU (y = max(BN(x), 0)), or a residual addition and
-// ReLU (y = max(BN(x) + r, 0), the end of every ResNet block). CPU reference:
-// src/ops/batchnorm_fused.rs (the launches; its CPU path is the batch norm reference of
-// src/ops/batchnorm.rs with the epilogue); the plain kernels are in batchnorm.cu.
+// ReLU (y = max(BN(x) + r, 0), the end of every ResNet block). Reference:
+// src/ops/batchnorm/reference.rs (forward_fused, backward_fused); the launches are in
+// src/ops/batchnorm/fused.rs; the plain kernels in batchnorm.cu.
 //
 // What fusing saves, per element of a ResNet block's last BN + add + ReLU (forward):
 //   separate:  BN reads x, writes t; add reads t, r, writes u; ReLU reads u, writes y: 7 accesses

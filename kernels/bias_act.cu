@@ -1,5 +1,5 @@
 // A bias and ReLU fused after a convolution or a fully connected layer (AlexNet's every
-// layer), and the backward of the pair. CPU reference: src/ops/bias_act.rs.
+// layer), and the backward of the pair. Reference: src/ops/bias_act/reference.rs.
 //
 // The forward runs in place on the product's output, so "+ bias, then ReLU" costs one read
 // and one write instead of two of each. (The implicit-GEMM convolution does better still: it

@@ -1,4 +1,4 @@
-// Channel concatenation and its backward, the split. CPU reference: src/ops/concat.rs.
+// Channel concatenation and its backward, the split. Reference: src/ops/concat/reference.rs.
 //
 // One variant (`scratchnet kernel concat` runs it as "default"): v1, a grid-stride copy of one
 // float per thread. Read common.cuh first (grid_stride_loop).

@@ -1,5 +1,5 @@
 // 2-D convolution: forward, data gradient, filter gradient, bias gradient.
-// CPU reference: src/ops/conv2d/reference.rs (the definition as plain loops) and
+// Reference: src/ops/conv2d/reference.rs (the definition as plain loops) and
 // src/ops/conv2d/mod.rs (im2col + GEMM); the math is written out in docs/conv2d.md.
 //
 // Variants, in reading order (the names `scratchnet kernel conv2d --variants all` prints):
@@ -29,7 +29,7 @@
 // One thread per output value y[n, o, oy, ox] (grid-stride over all N·O·OH·OW of them):
 //   y = bias[o] + Σ_{c, ky, kx} w[o, c, ky, kx] · x[n, g·C/G + c, oy·sh − ph + ky·dh, ox·sw − pw + kx·dw]
 // Taps that fall in the padding are skipped. The sum runs in the order c, ky, kx: the order
-// of the rows of the CPU reference's im2col matrix. `bias` may be null.
+// of the rows of the CPU path's im2col matrix. `bias` may be null.
 // Memory traffic: each thread reads C/G·KH·KW weights and as many input values; neighbouring
 // threads (neighbouring ox) read neighbouring inputs and the same weights, so the caches do
 // most of the work. The fast variants (implicit GEMM) stage both in shared memory instead.

@@ -1,4 +1,4 @@
-// Inverted dropout. CPU reference: src/ops/dropout.rs.
+// Inverted dropout. Reference: src/ops/dropout/reference.rs.
 //
 // Element i is dropped when u(seed, i) < p, where u is the counter-based SplitMix64 of
 // src/rng.rs: output number i of the stream started at `seed`, computed directly from

@@ -1,5 +1,5 @@
 // Element-wise kernels: ReLU and its gradient, addition, in-place accumulation, product, fill.
-// CPU reference: src/ops/elementwise.rs.
+// Reference: src/ops/elementwise/reference.rs.
 //
 // One variant of each (`scratchnet kernel elementwise` runs ReLU and add as "default"): v1,
 // a grid-stride loop over groups of 4 with 16-byte accesses, as below. Read common.cuh first.

@@ -1,6 +1,6 @@
 // Single-precision matrix multiply, C = A·B (or C += A·B), for any strides of A and B.
-// CPU reference: src/ops/gemm.rs (gemm/reference.rs, the triple loop). Used by the fully
-// connected layers (src/ops/linear.rs).
+// Reference: src/ops/gemm/reference.rs (the triple loop). Used by the fully
+// connected layers (src/ops/linear/mod.rs).
 //
 // A is M×K with element (i, p) at A[i·a_rs + p·a_cs]; B is K×N with (p, j) at
 // B[p·b_rs + j·b_cs]; C is M×N, row-major. Passing the strides of a transposed view is how

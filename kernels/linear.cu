@@ -1,5 +1,5 @@
 // The bias parts of the fully connected layer (the products are GEMMs, kernels/gemm.cu).
-// CPU reference: src/ops/linear.rs.
+// Reference: src/ops/linear/reference.rs.
 //
 // One variant of each (not among `scratchnet kernel`'s families): v1, one thread per element
 // for the bias, one per column for its gradient. With a fused ReLU, bias_act.cu replaces both.

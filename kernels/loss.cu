@@ -1,4 +1,4 @@
-// Softmax cross-entropy, averaged over the batch. CPU reference: src/ops/loss.rs.
+// Softmax cross-entropy, averaged over the batch. Reference: src/ops/loss/reference.rs.
 //   p[n, k] = exp(z[n, k] − m_n) / Σ_j exp(z[n, j] − m_n),  m_n = max_j z[n, j]
 //   loss    = −(1/N) Σ_n log p[n, label_n],   dz = (p − onehot(label)) / N · dloss
 // One variant (not among `scratchnet kernel`'s families): v1, one block per example for the

@@ -1,4 +1,4 @@
-// Local response normalisation across channels (AlexNet). CPU reference: src/ops/lrn.rs,
+// Local response normalisation across channels (AlexNet). Reference: src/ops/lrn/reference.rs,
 // whose comment derives the gradient.
 //
 //   s[c] = k + α/size · Σ_{c' ∈ W(c)} x[c']²,   W(c) = [c − ⌊size/2⌋, c + ⌊(size−1)/2⌋] ∩ [0, C)

@@ -1,5 +1,5 @@
 // Pooling: max, average (count_include_pad), and global average.
-// CPU reference: src/ops/pool.rs.
+// Reference: src/ops/pool/reference.rs.
 //
 // One variant of each (`scratchnet kernel pool` runs the max pool as "default"): v1, one
 // thread per output for the forward passes and one per input pixel, gathering, for the
@@ -11,7 +11,7 @@
 #include "common.cuh"
 
 // Flat index (within the plane) of the first maximum of window (oy, ox), scanning rows then
-// columns; a NaN wins at once. This is exactly the CPU reference's rule, so both pick the same
+// columns; a NaN wins at once. This is exactly the reference's rule, so both pick the same
 // input, and the backward pass can find the winner again instead of storing its index.
 __device__ __forceinline__ int window_argmax(const float* plane, int H, int W, int oy, int ox,
                                              int kh, int kw, int sh, int sw, int ph, int pw) {

@@ -1,4 +1,4 @@
-// The SGD update with momentum and weight decay, in place. CPU reference: src/ops/sgd.rs.
+// The SGD update with momentum and weight decay, in place. Reference: src/ops/sgd/reference.rs.
 //   g ← grad + weight_decay·θ;  v ← momentum·v + g;  θ ← θ − lr·v
 // A pure streaming kernel (read θ, v, grad; write θ, v): groups of 4 parameters per thread
 // with 16-byte accesses, grid-stride, the n % 4 leftovers one by one (see elementwise.cu).

@@ -4,7 +4,7 @@
 //!
 //! - [`device`]: where memory lives (host memory in this build);
 //! - [`tensor`]: shape + storage + dtype;
-//! - [`ops`]: one module per op family, with its shape rules and its CPU reference forward
+//! - [`ops`]: one module per op family, with its shape rules, its plain reference forward
 //!   and backward, written to be read;
 //! - [`autograd`]: the tape of [`autograd::Var`]s that turns forward calls into gradients;
 //! - [`nn`]: layers with parameters (Conv2d, Linear, BatchNorm2d, …) and the optimizer;

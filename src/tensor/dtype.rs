@@ -1,7 +1,7 @@
 //! Element types.
 //!
 //! [`DType`] is the runtime tag a tensor carries. [`Element`] connects a Rust type to its tag
-//! and to its storage variant. [`Float`] is what the CPU reference ops are generic over: they
+//! and to its storage variant. [`Float`] is what the references and CPU ops are generic over: they
 //! run in `f32` (the training type) and in `f64` (the type of the gradient checks, whose
 //! finite differences need the extra digits).
 
