@@ -163,7 +163,7 @@ impl Shown {
             self.bar.set_prefix(r.epoch.to_string());
             self.bar.set_position(r.step as u64);
             self.bar.set_message(line);
-        } else if r.step % 25 == 0 || r.step == r.total_steps {
+        } else if r.step.is_multiple_of(25) || r.step == r.total_steps {
             err!("epoch {} step {}/{}  {line}", r.epoch, r.step, r.total_steps);
         }
         if let Some(l) = &mut self.log
