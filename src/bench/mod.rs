@@ -19,7 +19,8 @@
 //! over the time measured. `--json` writes the rows with a machine-readable spec of each
 //! problem, as JSON lines, each as soon as it is measured ([`jsonl`]);
 //! `scripts/torch_baseline.py` reads them to time the same problems in PyTorch, and
-//! [`compare`] sets the two side by side.//!
+//! [`compare`] sets the two side by side.
+//!
 //! The files, one idea each: `options` ([`BenchOptions`]) and `suites` ([`Suite`]) say what to
 //! run; `layers` turns a traced network into problems; [`problems`] says what each problem is,
 //! how much work it is and how one run of it is set up; `ceilings` and `timing` measure;
