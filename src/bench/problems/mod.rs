@@ -4,24 +4,25 @@
 //! `scripts/torch_baseline.py` reads to time the same thing in PyTorch), how much work it is
 //! (floating-point operations and the fewest bytes it must move through memory, for the
 //! roofline), which kernel variants can run it, and how to set up one run of it on a device.
+//!
+//! This file holds what a problem is and its counting; setting up a run is in `prepare`, one
+//! function per kind of problem, and a whole training step, which builds a model, in
+//! `train_step`.
 
-use rayon::prelude::*;
 use serde_json::{Value, json};
 
-use crate::autograd::{Graph, Var};
-use crate::device::Device;
-use crate::error::Result;
-use crate::models;
-use crate::nn::Sgd;
-use crate::ops::batchnorm;
-use crate::ops::batchnorm_fused::{self, Epilogue};
-use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
-use crate::ops::gemm::{GemmKernel, matmul};
+use crate::ops::ExecOptions;
+use crate::ops::conv2d::{Conv2dParams, ConvAlgo, ConvGeometry};
+use crate::ops::gemm::GemmKernel;
 use crate::ops::lrn::LrnParams;
 use crate::ops::pool::Pool2dParams;
-use crate::ops::sgd::SgdParams;
-use crate::ops::{ExecOptions, concat, dropout, elementwise, linear, lrn, pool};
-use crate::tensor::{DType, Shape, Tensor};
+use crate::tensor::Shape;
+
+mod prepare;
+mod train_step;
+
+pub use prepare::pattern;
+pub use train_step::TrainStep;
 
 /// Which direction of an op is timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,17 +54,6 @@ impl Pass {
             Pass::BackwardFilter => "wgrad",
         }
     }
-}
-
-/// A model's training step, as a problem: forward, loss, backward and the SGD update.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainStep {
-    pub model: String,
-    pub batch: usize,
-    pub input: [usize; 3],
-    pub num_classes: usize,
-    /// DenseNet's memory-efficient mode (torchvision's `memory_efficient=True`).
-    pub memory_efficient: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -446,233 +436,6 @@ impl Problem {
             _ => (0, 0, 0, false, false),
         }
     }
-
-    /// Sets up the problem's inputs on `device` and returns one run of it, with the kernels
-    /// `variant` chooses on top of the run's options `base`.
-    pub fn prepare(
-        &self,
-        device: Device,
-        variant: Variant,
-        base: &ExecOptions,
-    ) -> Result<Box<dyn FnMut() -> Result<()>>> {
-        let exec = variant.options(base);
-        let t = |shape: &Shape, seed: u64| pattern(shape.clone(), seed, device);
-        let flat = |numel: usize, seed: u64| pattern(Shape::new([numel]), seed, device);
-        Ok(match self.clone() {
-            Problem::Conv { x, w, params, bias, relu, pass } => {
-                let geometry = ConvGeometry::new(&x, &w, params)?;
-                let (xt, wt) = (t(&x, 1)?, t(&w, 2)?);
-                let b = if bias { Some(t(&Shape::new([w.dims()[0]]), 3)?) } else { None };
-                match pass {
-                    Pass::Forward => Box::new(move || {
-                        if relu {
-                            conv2d::forward_relu(&xt, &wt, b.as_ref(), params, &exec)?;
-                        } else {
-                            conv2d::forward(&xt, &wt, b.as_ref(), params, &exec)?;
-                        }
-                        Ok(())
-                    }),
-                    Pass::BackwardData => {
-                        let dy = t(&geometry.out_shape(), 4)?;
-                        Box::new(move || conv2d::backward_data(&dy, &wt, &x, params, &exec).map(drop))
-                    }
-                    _ => {
-                        let dy = t(&geometry.out_shape(), 4)?;
-                        Box::new(move || conv2d::backward_filter(&dy, &xt, &w, params, &exec).map(drop))
-                    }
-                }
-            }
-            Problem::Linear { n, inputs, outputs, bias, relu, pass } => {
-                let (x, w) = (t(&Shape::new([n, inputs]), 1)?, t(&Shape::new([outputs, inputs]), 2)?);
-                let dy = t(&Shape::new([n, outputs]), 4)?;
-                let b = if bias { Some(t(&Shape::new([outputs]), 3)?) } else { None };
-                match (variant, pass) {
-                    (Variant::Gemm(kernel), Pass::Forward) => {
-                        Box::new(move || matmul(&x, false, &w, true, kernel).map(drop))
-                    }
-                    (Variant::Gemm(kernel), Pass::BackwardData) => {
-                        Box::new(move || matmul(&dy, false, &w, false, kernel).map(drop))
-                    }
-                    (Variant::Gemm(kernel), _) => Box::new(move || matmul(&dy, true, &x, false, kernel).map(drop)),
-                    (_, Pass::Forward) if relu => Box::new(move || linear::forward_relu(&x, &w, b.as_ref()).map(drop)),
-                    (_, Pass::Forward) => Box::new(move || linear::forward(&x, &w, b.as_ref()).map(drop)),
-                    (_, Pass::BackwardData) => Box::new(move || linear::backward_data(&dy, &w).map(drop)),
-                    _ => Box::new(move || linear::backward_weight(&dy, &x).map(drop)),
-                }
-            }
-            Problem::Matmul { m, n, k } => {
-                let (a, b) = (t(&Shape::new([m, k]), 1)?, t(&Shape::new([k, n]), 2)?);
-                let kernel = match variant {
-                    Variant::Gemm(kernel) => kernel,
-                    _ => GemmKernel::default(),
-                };
-                Box::new(move || matmul(&a, false, &b, false, kernel).map(drop))
-            }
-            Problem::BatchNorm { x, residual, relu, pass } => {
-                let c = x.dims()[1];
-                let xt = t(&x, 1)?;
-                let gamma = Tensor::full([c], 1.0, DType::F32).to_device(device)?;
-                let beta = Tensor::zeros([c], DType::F32).to_device(device)?;
-                let r = if residual { Some(t(&x, 5)?) } else { None };
-                let unfused = !exec.fuse;
-                let eps = 1e-5;
-                match pass {
-                    Pass::Forward if unfused => Box::new(move || {
-                        let out = batchnorm::forward_train(&xt, &gamma, &beta, eps)?;
-                        let y = match &r {
-                            Some(r) => elementwise::add(&out.y, r)?,
-                            None => out.y,
-                        };
-                        if relu {
-                            elementwise::relu_forward(&y)?;
-                        }
-                        Ok(())
-                    }),
-                    Pass::Forward => Box::new(move || {
-                        let epilogue = Epilogue { residual: r.as_ref(), relu };
-                        batchnorm_fused::forward_train_fused(&xt, &gamma, &beta, epilogue, eps).map(drop)
-                    }),
-                    _ => {
-                        let epilogue = Epilogue { residual: r.as_ref(), relu };
-                        let out = batchnorm_fused::forward_train_fused(&xt, &gamma, &beta, epilogue, eps)?;
-                        let dy = t(&x, 4)?;
-                        let y = relu.then_some(out.y);
-                        let (mean, var) = (out.mean, out.var);
-                        if unfused {
-                            Box::new(move || {
-                                let g = match &y {
-                                    Some(y) => elementwise::relu_backward(&dy, y)?,
-                                    None => dy.clone(),
-                                };
-                                batchnorm::backward_train(&g, &xt, &gamma, &mean, &var, eps).map(drop)
-                            })
-                        } else {
-                            Box::new(move || {
-                                batchnorm_fused::backward_fused(
-                                    &dy,
-                                    &xt,
-                                    y.as_ref(),
-                                    &gamma,
-                                    &mean,
-                                    &var,
-                                    eps,
-                                    true,
-                                    residual,
-                                )
-                                .map(drop)
-                            })
-                        }
-                    }
-                }
-            }
-            Problem::MaxPool { x, p, pass } => {
-                let xt = t(&x, 1)?;
-                if pass == Pass::Forward {
-                    Box::new(move || pool::max_pool2d_forward(&xt, p).map(drop))
-                } else {
-                    let dy = t(&pool::max_pool2d_forward(&xt, p)?.shape().clone(), 4)?;
-                    Box::new(move || pool::max_pool2d_backward(&dy, &xt, p).map(drop))
-                }
-            }
-            Problem::AvgPool { x, p, pass } => {
-                let xt = t(&x, 1)?;
-                if pass == Pass::Forward {
-                    Box::new(move || pool::avg_pool2d_forward(&xt, p).map(drop))
-                } else {
-                    let dy = t(&pool::avg_pool2d_forward(&xt, p)?.shape().clone(), 4)?;
-                    Box::new(move || pool::avg_pool2d_backward(&dy, &x, p).map(drop))
-                }
-            }
-            Problem::GlobalAvgPool { x, pass } => {
-                if pass == Pass::Forward {
-                    let xt = t(&x, 1)?;
-                    Box::new(move || pool::global_avg_pool_forward(&xt).map(drop))
-                } else {
-                    let dy = t(&Shape::new([x.dims()[0], x.dims()[1], 1, 1]), 4)?;
-                    Box::new(move || pool::global_avg_pool_backward(&dy, &x).map(drop))
-                }
-            }
-            Problem::Lrn { x, p, pass } => {
-                let xt = t(&x, 1)?;
-                if pass == Pass::Forward {
-                    Box::new(move || lrn::forward(&xt, p).map(drop))
-                } else {
-                    let y = lrn::forward(&xt, p)?;
-                    let dy = t(&x, 4)?;
-                    Box::new(move || lrn::backward(&dy, &xt, &y, p).map(drop))
-                }
-            }
-            Problem::Dropout { x, p, pass } => {
-                let xt = t(&x, 1)?;
-                if pass == Pass::Forward {
-                    let mut seed = 0u64;
-                    Box::new(move || {
-                        seed += 1;
-                        dropout::forward(&xt, p, seed).map(drop)
-                    })
-                } else {
-                    let dy = t(&x, 4)?;
-                    Box::new(move || dropout::backward(&dy, p, 7).map(drop))
-                }
-            }
-            Problem::Concat { n, h, w, channels, pass } => {
-                if pass == Pass::Forward {
-                    let pieces = (channels.iter().enumerate())
-                        .map(|(i, &c)| t(&Shape::new([n, c, h, w]), i as u64))
-                        .collect::<Result<Vec<_>>>()?;
-                    Box::new(move || {
-                        let refs: Vec<&Tensor> = pieces.iter().collect();
-                        concat::forward(&refs).map(drop)
-                    })
-                } else {
-                    let dy = t(&Shape::new([n, channels.iter().sum(), h, w]), 4)?;
-                    Box::new(move || concat::backward(&dy, &channels).map(drop))
-                }
-            }
-            Problem::Relu { numel, pass } => {
-                let x = flat(numel, 1)?;
-                if pass == Pass::Forward {
-                    Box::new(move || elementwise::relu_forward(&x).map(drop))
-                } else {
-                    let dy = flat(numel, 4)?;
-                    Box::new(move || elementwise::relu_backward(&dy, &x).map(drop))
-                }
-            }
-            Problem::Add { numel } => {
-                let (a, b) = (flat(numel, 1)?, flat(numel, 2)?);
-                Box::new(move || elementwise::add(&a, &b).map(drop))
-            }
-            Problem::AddAssign { numel } => {
-                let (mut a, b) = (flat(numel, 1)?, flat(numel, 2)?);
-                Box::new(move || elementwise::add_assign(&mut a, &b))
-            }
-            Problem::Copy { numel } => {
-                let a = flat(numel, 1)?;
-                if device.is_cpu() {
-                    // Into memory already touched: the host's allocator returns large blocks to
-                    // the system and every new one pays its page faults, which a ceiling
-                    // should not include.
-                    let mut b = Tensor::zeros([numel], DType::F32);
-                    Box::new(move || {
-                        let (src, dst) = (a.as_slice::<f32>()?, b.as_mut_slice::<f32>()?);
-                        dst.par_chunks_mut(1 << 16)
-                            .zip(src.par_chunks(1 << 16))
-                            .for_each(|(d, s)| d.copy_from_slice(s));
-                        Ok(())
-                    })
-                } else {
-                    Box::new(move || a.storage().try_clone().map(drop))
-                }
-            }
-            Problem::Sgd { numel } => {
-                let (mut p, g) = (flat(numel, 1)?, flat(numel, 2)?);
-                let mut v = Tensor::zeros_on([numel], DType::F32, device)?;
-                let h = SgdParams { lr: 1e-6, momentum: 0.9, weight_decay: 5e-4 };
-                Box::new(move || crate::ops::sgd::step(&mut p, &g, &mut v, h))
-            }
-            Problem::TrainStep(step) => train_step(&step, device, variant == Variant::CudaGraph, exec)?,
-        })
-    }
 }
 
 fn pool_out(x: &Shape, p: &Pool2dParams) -> usize {
@@ -683,69 +446,6 @@ fn pool_out(x: &Shape, p: &Pool2dParams) -> usize {
 
 fn mib(numel: usize) -> String {
     format!("{:.0} MiB", numel as f64 * F32 / (1 << 20) as f64)
-}
-
-/// Inputs whose values do not matter for timing but must not be all alike (ReLU's and max
-/// pooling's branches): a hash of the index, spread over [-1, 1). Made in parallel on the
-/// host, which is far quicker than normal samples for the hundreds of megabytes a bench needs.
-pub fn pattern(shape: Shape, seed: u64, device: Device) -> Result<Tensor> {
-    let n = shape.numel();
-    let data: Vec<f32> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let h = (i as u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-            ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(shape, data)?.to_device(device)
-}
-
-/// One training step of a model on a fixed batch: forward, cross-entropy, backward, SGD.
-fn train_step(
-    step: &TrainStep,
-    device: Device,
-    graph: bool,
-    exec: ExecOptions,
-) -> Result<Box<dyn FnMut() -> Result<()>>> {
-    let mut model = models::build(&step.model, step.num_classes, 0)?;
-    crate::train::set_memory_efficient(model.as_mut(), step.memory_efficient)?;
-    let [c, h, w] = step.input;
-    model.check_input(&[step.batch, c, h, w].into())?;
-    model.to_device(device)?;
-    let x = pattern(Shape::new([step.batch, c, h, w]), 1, device)?;
-    let labels: Vec<i64> = (0..step.batch).map(|i| (i % step.num_classes) as i64).collect();
-    let y = Tensor::from_vec([step.batch], labels)?.to_device(device)?;
-    // A learning rate small enough that repeated steps on one batch stay finite.
-    let mut opt = Sgd::new(1e-4, 0.9, 5e-4);
-    if graph {
-        crate::train::check_graph_capturable(device)?;
-        opt.keep_lr_on(device)?;
-        // Two ordinary steps first: the autotuner's timings and the allocator's cache.
-        for _ in 0..2 {
-            let mut g = Graph::new().with_options(exec);
-            let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
-            let loss = g.cross_entropy(&logits, &y)?;
-            g.backward(&loss)?.accumulate_into(model.params_mut())?;
-            opt.step(model.params_mut())?;
-        }
-        model.prepare_capture(device)?;
-        model.prepare_replay()?;
-        let captured = crate::train::GraphStep::capture(model.as_mut(), &mut opt, x, y, exec)?;
-        // Every replay reads and writes the optimizer's momentum and device learning rate:
-        // the optimizer lives as long as the graph (the graph refuses to replay otherwise).
-        return Ok(Box::new(move || {
-            let _optimizer_state = &opt;
-            model.prepare_replay()?;
-            captured.replay()
-        }));
-    }
-    Ok(Box::new(move || {
-        let mut g = Graph::new().with_options(exec);
-        let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
-        let loss = g.cross_entropy(&logits, &y)?;
-        g.backward(&loss)?.accumulate_into(model.params_mut())?;
-        opt.step(model.params_mut())
-    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,99 @@
+//! The matrix product `C = op(A)·op(B)`: [`matmul`], the op on tensors of any device, and what
+//! it runs there.
+//!
+//! - `views`: [`MatRef`] and [`MatMut`], the strided matrix views the CPU code takes (a
+//!   transposed operand is a view with its strides swapped: nothing is copied);
+//! - `cpu`: the CPU's blocked GEMM with packing ([`gemm`], [`gemm_parallel`], [`PackB`]), the
+//!   one CPU routine written for speed, with its f32 micro-kernels for x86-64 in `x86`;
+//! - `gpu`: the kernels of `kernels/gemm.cu` ([`GemmKernel`]), the choice among them and
+//!   their launch;
+//! - [`reference`]: the product as its definition, which both are held to.
+
+use super::{common_dtype, gpu_f32, host, with_float_type};
+use crate::error::{Error, Result};
+use crate::tensor::{Float, Tensor};
+
+mod cpu;
+mod gpu;
+pub mod reference;
+mod views;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use cpu::{PackB, cpu_kernel_name, gemm, gemm_parallel};
+pub use gpu::GemmKernel;
+pub use views::{MatMut, MatRef};
+// The x86 micro-kernels are written against these, as `super::` (MicroKernel in their
+// documentation only, which the unused-import lint does not count).
+#[cfg(target_arch = "x86_64")]
+#[allow(unused_imports)]
+use cpu::{MicroKernel, store_tile};
+
+/// A product's sizes and how its operands lie in memory, as both the CPU and the GPU paths
+/// take them: `op(A)` is `m×k` with element `(i, p)` at `i·a_strides.0 + p·a_strides.1`, and
+/// `op(B)` is `k×n` likewise.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    m: usize,
+    n: usize,
+    k: usize,
+    transpose_a: bool,
+    transpose_b: bool,
+    a_strides: (usize, usize),
+    b_strides: (usize, usize),
+}
+
+impl Layout {
+    /// The layout of `op(a) · op(b)`, or a shape error for operands that are not 2-D or whose
+    /// inner dimensions differ.
+    fn of(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool) -> Result<Layout> {
+        const OP: &str = "matmul";
+        let dims = |t: &Tensor, name: &str, transposed: bool| -> Result<(usize, usize)> {
+            let (r, c) =
+                t.shape().dims2().ok_or_else(|| Error::shape_of(OP, format!("a 2-D {name}"), name, t.shape()))?;
+            Ok(if transposed { (c, r) } else { (r, c) })
+        };
+        let (m, k) = dims(a, "left operand", transpose_a)?;
+        let (kb, n) = dims(b, "right operand", transpose_b)?;
+        if k != kb {
+            return Err(Error::shape(
+                OP,
+                format!("operands with matching inner dimensions ({m}×{k} · {k}×N)"),
+                format!("{m}×{k} · {kb}×{n}"),
+            ));
+        }
+        // Strides of a row-major matrix, or of its transpose.
+        let strides = |t: &Tensor, transposed: bool| -> (usize, usize) {
+            let cols = t.dims()[1];
+            if transposed { (1, cols) } else { (cols, 1) }
+        };
+        Ok(Layout {
+            m,
+            n,
+            k,
+            transpose_a,
+            transpose_b,
+            a_strides: strides(a, transpose_a),
+            b_strides: strides(b, transpose_b),
+        })
+    }
+}
+
+/// `op(a) · op(b)` for 2-D tensors, where `op` transposes when asked: the matrix product as
+/// an op on tensors, on any device. The transposes are strided views; nothing is copied.
+pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kernel: GemmKernel) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let layout = Layout::of(a, transpose_a, b, transpose_b)?;
+    let (dtype, device) = common_dtype(OP, &[("left operand", a), ("right operand", b)])?;
+    if let Some(gpu) = gpu_f32(OP, dtype, device)? {
+        return gpu::matmul(&gpu, a, b, layout, dtype, kernel);
+    }
+    let Layout { m, n, k, a_strides: (a_rs, a_cs), b_strides: (b_rs, b_cs), .. } = layout;
+    with_float_type!(dtype, OP, |T| {
+        let mut c = crate::device::host_memory::filled(m * n, T::ZERO)?;
+        let am = MatRef::new(host::<T>(a)?, m, k, a_rs, a_cs);
+        let bm = MatRef::new(host::<T>(b)?, k, n, b_rs, b_cs);
+        gemm_parallel(am, bm, MatMut::row_major(&mut c, m, n), false);
+        Ok(Tensor::from_cpu([m, n], c))
+    })
+}

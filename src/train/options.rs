@@ -1,0 +1,115 @@
+//! What `scratchnet train` is asked to do ([`TrainOptions`]), with its defaults, the checks on
+//! the numbers given, and the number of classes a run trains with. Apart from the loop so that
+//! every knob of a run can be read in one place.
+
+use std::path::PathBuf;
+
+use super::Schedule;
+use crate::data::{DataSource, HeldOut};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::models;
+use crate::ops::ExecOptions;
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub model: String,
+    pub data: DataSource,
+    /// Where the held-out images come from (`--val-data`, `--holdout`).
+    pub held_out: HeldOut,
+    pub device: Device,
+    pub epochs: usize,
+    /// Stop after exactly this many optimizer steps (overrides `epochs`).
+    pub steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub schedule: Schedule,
+    /// Length of the linear warm-up, in epochs (capped at a tenth of the run).
+    pub warmup_epochs: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Dropout probability for every dropout layer (the model's own default if `None`).
+    pub dropout: Option<f64>,
+    pub augment: bool,
+    pub seed: u64,
+    pub num_classes: Option<usize>,
+    /// Weights to start from.
+    pub init: Option<PathBuf>,
+    /// Where to save the weights at the end.
+    pub save: Option<PathBuf>,
+    /// Size of the synthetic training and held-out splits.
+    pub synthetic_size: (usize, usize),
+    /// Recompute instead of keep where the model can (DenseNet's bottlenecks).
+    pub memory_efficient: bool,
+    /// Capture the training step once as a CUDA graph and replay it (cuda and emu).
+    pub cuda_graph: bool,
+    /// The kernels the graphs run (`--conv-algo`, `--towers`, `--no-fuse`).
+    pub exec: ExecOptions,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            model: "resnet20".into(),
+            data: DataSource::Synthetic,
+            held_out: HeldOut::Default,
+            device: Device::Cpu,
+            epochs: 4,
+            steps: None,
+            batch_size: 64,
+            lr: 0.1,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 1.0,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            dropout: None,
+            augment: true,
+            seed: 0,
+            num_classes: None,
+            init: None,
+            save: None,
+            synthetic_size: (6000, 1000),
+            memory_efficient: false,
+            cuda_graph: false,
+            exec: ExecOptions::default(),
+        }
+    }
+}
+
+pub(super) fn check(o: &TrainOptions) -> Result<()> {
+    let bad = |msg: String| Err(Error::argument("train", msg));
+    if o.batch_size == 0 {
+        return bad("--batch-size must be at least 1".into());
+    }
+    if o.epochs == 0 && o.steps.is_none() {
+        return bad("--epochs must be at least 1".into());
+    }
+    if o.steps == Some(0) {
+        return bad("--steps must be at least 1".into());
+    }
+    for (name, v) in [
+        ("--lr", o.lr),
+        ("--momentum", o.momentum),
+        ("--weight-decay", o.weight_decay),
+        ("--warmup-epochs", o.warmup_epochs),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return bad(format!("{name} must be a non-negative number, got {v}"));
+        }
+    }
+    if let Some(p) = o.dropout
+        && !(0.0..1.0).contains(&p)
+    {
+        return bad(format!("--dropout must be in [0, 1), got {p}"));
+    }
+    Ok(())
+}
+
+/// The number of classes a run trains with: `--num-classes`, else 10 for the CIFAR nets and
+/// the built-in data sets, else 1000.
+pub fn num_classes(o: &TrainOptions) -> usize {
+    o.num_classes.unwrap_or(match o.data {
+        DataSource::Synthetic | DataSource::Cifar10(_) => 10,
+        _ => models::default_num_classes(&o.model),
+    })
+}
