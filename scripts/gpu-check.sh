@@ -9,7 +9,7 @@
 # steps.jsonl, a line per timed problem in the bench and PyTorch files (JSON lines), so a run
 # cut short keeps everything before the cut.
 #
-#   tier 1  devices; selftest (every kernel against the CPU reference); a short training run
+#   tier 1  devices; selftest (every kernel against the plain references); a short training run
 #           whose loss must fall; the same run as a captured CUDA graph, step by step equal to
 #           it; AlexNet's training step with and without --towers.
 #   tier 2  bench of the ResNet-50, memory-bound and GEMM suites, each followed by the same

@@ -226,7 +226,7 @@ fn run_devices() -> Result<()> {
 
 fn run_selftest(a: SelftestArgs) -> Result<ExitCode> {
     let device = a.device.parse::<Device>()?;
-    out!("selftest on {device}: each op against the CPU reference in f64 (relative L2 error)");
+    out!("selftest on {device}: each op against its plain reference in f64 (relative L2 error)");
     out!("{:<38} {:<58} {:>10} {:>8}  result", "op", "case", "error", "limit");
     let checks = scratchnet::selftest::run(device, |c| {
         out!(

@@ -1,7 +1,7 @@
 //! The implicit-GEMM convolution operands walk their rows k by adding the step to the row's
 //! digits, (channel, ky, kx) or (image, oy, ox), with carries, instead of dividing k
 //! (kernels/conv_index.cuh). These shapes aim at the edges of that walk, through the
-//! emulator, against the CPU reference, on both tile engines (and the direct kernels beside
+//! emulator, against the cpu device, on both tile engines (and the direct kernels beside
 //! them):
 //!
 //! - kernels of one tap (1×1) or two (1×2), fewer taps than the step of 2, 4 or 8 rows, so

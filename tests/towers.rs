@@ -75,7 +75,7 @@ fn grouped_convolutions_as_towers_give_the_same_bits_on_the_side_streams() {
         assert_eq!(bits(&yt), bits(&y1), "{case}: forward");
         assert_eq!(bits(&dxt), bits(&dx1), "{case}: data gradient");
         assert_eq!(bits(&dwt), bits(&dw1), "{case}: filter gradient");
-        // And both agree with the CPU reference.
+        // And both agree with the cpu device.
         assert!(err(&yt, &want_y) < 1e-5, "{case}: forward against the CPU");
         assert!(err(&dxt, want_dx.as_ref().unwrap()) < 1e-5, "{case}: dx against the CPU");
         assert!(err(&dwt, want_dw.as_ref().unwrap()) < 1e-4, "{case}: dW against the CPU");

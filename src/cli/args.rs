@@ -30,7 +30,7 @@ pub enum Command {
     Summary(SummaryArgs),
     /// What is usable on this machine, and why not.
     Devices,
-    /// Every op and its gradient on a device against the CPU reference.
+    /// Every op and its gradient on a device against its plain reference.
     Selftest(SelftestArgs),
     /// Time each op at the networks' layer shapes against the device's roofline; or compare
     /// two bench files (--compare).

@@ -110,7 +110,7 @@ element!(f16, F16, |x| x.to_f64(), |v| f16::from_f64(v));
 element!(bf16, BF16, |x| x.to_f64(), |v| bf16::from_f64(v));
 element!(i64, I64, |x| x as f64, |v| v as i64);
 
-/// The floating-point types the CPU reference computes in.
+/// The floating-point types the references and the CPU ops compute in.
 pub trait Float:
     Element
     + bytemuck::Pod
