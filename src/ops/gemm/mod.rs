@@ -18,7 +18,7 @@ mod gpu;
 pub mod reference;
 mod views;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 pub use cpu::{PackB, cpu_kernel_name, gemm, gemm_parallel};
 pub use gpu::GemmKernel;

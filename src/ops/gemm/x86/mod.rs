@@ -12,6 +12,11 @@
 //!
 //! A full tile is added to (or stored into) C straight from the registers; a partial tile at
 //! the edge of C goes through a small buffer and is clipped by [`store_tile`].
+//!
+//! `gather.rs` holds the engine's other intrinsics: the AVX-512 gather that packs conv2d's
+//! transposed im2col panels.
+
+pub(crate) mod gather;
 
 use std::arch::x86_64::*;
 
