@@ -18,7 +18,7 @@
 #   tier 3  the other networks (AlexNet, ResNet-18, DenseNet-121) beside PyTorch;
 #           compute-sanitizer memcheck and racecheck on the selftest with the allocator's cache
 #           off (SCRATCHNET_NO_CACHE=1); a profiled step with a trace; `scratchnet kernel` on
-#           conv2d and gemm (every variant, with ptxas's figures); running out of memory;
+#           conv2d, gemm and batchnorm (every variant, with ptxas's figures); running out of memory;
 #           captured training steps at batch 1, 4 and 8.
 #
 # A failing `devices` or selftest ends the run early: nothing after it would mean anything.
@@ -303,8 +303,9 @@ if wants 3; then
     run_step profile 3 60 "$bin" profile --device "$device" "${prof[@]}" --trace "$out/trace.json" &&
         amend "PASS ($(head -1 "$out/profile.log" | cut -c1-110))"
 
-    # One op at a time, every variant, with ptxas's figures beside the times.
-    for op in conv2d gemm; do
+    # One op at a time, every variant, with ptxas's figures beside the times (batch norm: v1 plain
+    # against v2 fused, the sliced one-pass statistics).
+    for op in conv2d gemm batchnorm; do
         run_step "kernel-$op" 3 60 "$bin" kernel "$op" --device "$device" --json "$out/kernel-$op.jsonl"
     done
 

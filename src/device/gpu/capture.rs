@@ -38,7 +38,7 @@ impl GpuDevice {
     /// the emulator records the launches), for [`CapturedGraph::replay`] to run again and again
     /// with the launch cost of one call. Inside `f`, nothing may wait for the device or copy
     /// between host and device; every buffer allocated inside belongs to the graph (see
-    /// [`GraphPool`]), so values computed by `f` (a loss, the gradients) can be read after each
+    /// `GraphPool`), so values computed by `f` (a loss, the gradients) can be read after each
     /// replay from the tensors `f` returned. `f` runs no kernel: the work happens at replay.
     /// What is recorded is the calling thread's work (on CUDA, the device's one stream, so no
     /// other thread may use the device meanwhile; the emulator records only this thread's).

@@ -5,7 +5,7 @@
 //! these forms run the batch norm CPU code of [`super`] with the epilogue.
 //!
 //! On a GPU the statistics and the gradient sums are per-channel reductions spread over many
-//! blocks (kernels/channel_reduce.cuh, launched by [`crate::ops::channel_reduce`]): a pass of
+//! blocks (kernels/channel_reduce.cuh, launched by `src/ops/channel_reduce.rs`): a pass of
 //! partial sums, a finalize per channel, then one element-wise pass.
 
 pub use super::Epilogue;
@@ -59,7 +59,7 @@ fn fused_normalize_gpu(
 }
 
 /// Training-mode `y = act(BN(x) + residual)` in one pass for the statistics and one for the
-/// output. Also returns the batch statistics, as [`forward_train`].
+/// output. Also returns the batch statistics, as [`forward_train`](super::forward_train).
 pub fn forward_train_fused(
     x: &Tensor,
     gamma: &Tensor,

@@ -23,7 +23,7 @@
 //! The CPU path accumulates every per-channel sum in f64, and computes the variance in a
 //! second pass over `(x − μ)²` rather than as `E[x²] − μ²`, which cancels catastrophically
 //! when the mean is large compared with the spread. The definition's plain loops are in
-//! [`reference`].
+//! [`reference`](mod@reference).
 
 pub mod fused;
 pub mod reference;
@@ -237,7 +237,7 @@ pub struct BatchNormGrads {
     pub dx: Tensor,
     pub dgamma: Tensor,
     pub dbeta: Tensor,
-    /// The residual's gradient, from [`backward_fused`] when the forward pass added one.
+    /// The residual's gradient, from [`backward_fused`](fused::backward_fused) when the forward pass added one.
     pub dresidual: Option<Tensor>,
 }
 

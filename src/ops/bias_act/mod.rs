@@ -10,7 +10,7 @@
 //!
 //! The tensors are N×C×HW with the channel second (a fully connected layer's `[N, C]` output
 //! is the case HW = 1). The kernels are in kernels/bias_act.cu; the bias gradient's per-channel
-//! sum is launched by [`crate::ops::channel_reduce`].
+//! sum is launched by `src/ops/channel_reduce.rs`.
 
 pub mod reference;
 

@@ -7,7 +7,7 @@
 //!   one CPU routine written for speed, with its f32 micro-kernels for x86-64 in `x86`;
 //! - `gpu`: the kernels of `kernels/gemm.cu` ([`GemmKernel`]), the choice among them and
 //!   their launch;
-//! - [`reference`]: the product as its definition, which both are held to.
+//! - [`reference`](mod@reference): the product as its definition, which both are held to.
 
 use super::{common_dtype, gpu_f32, host, with_float_type};
 use crate::error::{Error, Result};
