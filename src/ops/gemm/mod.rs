@@ -23,11 +23,6 @@ pub(crate) mod x86;
 pub use cpu::{PackB, cpu_kernel_name, gemm, gemm_parallel};
 pub use gpu::GemmKernel;
 pub use views::{MatMut, MatRef};
-// The x86 micro-kernels are written against these, as `super::` (MicroKernel in their
-// documentation only, which the unused-import lint does not count).
-#[cfg(target_arch = "x86_64")]
-#[allow(unused_imports)]
-use cpu::{MicroKernel, store_tile};
 
 /// A product's sizes and how its operands lie in memory, as both the CPU and the GPU paths
 /// take them: `op(A)` is `m×k` with element `(i, p)` at `i·a_strides.0 + p·a_strides.1`, and

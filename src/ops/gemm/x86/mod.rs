@@ -20,10 +20,10 @@ pub(crate) mod gather;
 
 use std::arch::x86_64::*;
 
-use super::store_tile;
+use super::cpu::store_tile;
 
 /// # Safety
-/// The CPU supports AVX-512F; see [`super::MicroKernel`] for the rest.
+/// The CPU supports AVX-512F; see [`super::cpu::MicroKernel`] for the rest.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn kernel_avx512_8x32(
@@ -84,7 +84,7 @@ pub(super) unsafe fn kernel_avx512_8x32(
 }
 
 /// # Safety
-/// The CPU supports AVX2 and FMA; see [`super::MicroKernel`] for the rest.
+/// The CPU supports AVX2 and FMA; see [`super::cpu::MicroKernel`] for the rest.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn kernel_avx2_6x16(
