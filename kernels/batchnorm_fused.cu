@@ -2,7 +2,7 @@
 // with what follows it in a network — ReLU (y = max(BN(x), 0)), or a residual addition and
 // ReLU (y = max(BN(x) + r, 0), the end of every ResNet block). Reference:
 // src/ops/batchnorm/reference.rs (forward_fused, backward_fused); the launches are in
-// src/ops/batchnorm/fused.rs; the plain kernels in batchnorm.cu.
+// src/ops/batchnorm_fused.rs; the plain kernels in batchnorm.cu.
 //
 // What fusing saves, per element of a ResNet block's last BN + add + ReLU (forward):
 //   separate:  BN reads x, writes t; add reads t, r, writes u; ReLU reads u, writes y: 7 accesses

@@ -18,6 +18,7 @@
 
 pub mod autotune;
 pub mod batchnorm;
+pub mod batchnorm_fused;
 pub mod bias_act;
 pub(crate) mod channel_reduce;
 pub mod concat;
@@ -32,9 +33,6 @@ pub mod lrn;
 pub mod pool;
 pub mod sgd;
 
-/// The fused batch norms live beside the plain one, in `batchnorm/fused.rs`; this keeps their
-/// older path.
-pub use batchnorm::fused as batchnorm_fused;
 pub use exec::ExecOptions;
 
 use std::sync::Arc;

@@ -25,7 +25,6 @@
 //! when the mean is large compared with the spread. The definition's plain loops are in
 //! [`reference`](mod@reference).
 
-pub mod fused;
 pub mod reference;
 
 use rayon::prelude::*;
@@ -237,7 +236,7 @@ pub struct BatchNormGrads {
     pub dx: Tensor,
     pub dgamma: Tensor,
     pub dbeta: Tensor,
-    /// The residual's gradient, from [`backward_fused`](fused::backward_fused) when the forward pass added one.
+    /// The residual's gradient, from [`backward_fused`](super::batchnorm_fused::backward_fused) when the forward pass added one.
     pub dresidual: Option<Tensor>,
 }
 

@@ -2,14 +2,15 @@
 //! addition folded into the normalisation's pass (BN + ReLU after a convolution, BN + add +
 //! ReLU at the end of a residual block), and their backward, which applies the ReLU's mask as
 //! it reads the output gradient. The kernels are in kernels/batchnorm_fused.cu; on the CPU
-//! these forms run the batch norm CPU code of [`super`] with the epilogue.
+//! these forms run the batch norm CPU code of [`super::batchnorm`] with the epilogue; the
+//! reference of both is `src/ops/batchnorm/reference.rs`.
 //!
 //! On a GPU the statistics and the gradient sums are per-channel reductions spread over many
 //! blocks (kernels/channel_reduce.cuh, launched by `src/ops/channel_reduce.rs`): a pass of
 //! partial sums, a finalize per channel, then one element-wise pass.
 
-pub use super::Epilogue;
-use super::{
+pub use super::batchnorm::Epilogue;
+use super::batchnorm::{
     BatchNormGrads, BatchNormTrainOutput, backward_cpu, check, check_eps, forward_train_cpu, normalize, shape_args,
 };
 use crate::device::gpu::{KernelCall, to_i32};
@@ -59,7 +60,7 @@ fn fused_normalize_gpu(
 }
 
 /// Training-mode `y = act(BN(x) + residual)` in one pass for the statistics and one for the
-/// output. Also returns the batch statistics, as [`forward_train`](super::forward_train).
+/// output. Also returns the batch statistics, as [`forward_train`](super::batchnorm::forward_train).
 pub fn forward_train_fused(
     x: &Tensor,
     gamma: &Tensor,
