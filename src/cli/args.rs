@@ -77,6 +77,11 @@ pub struct KernelArgs {
     /// direct, implicit-gemm (64×64 tiles) or implicit-gemm-128 (128×128 tiles).
     #[arg(long, default_value = "auto")]
     pub conv_algo: String,
+    /// Precision of the convolutions and linear layers: fp32, tf32 (operands rounded to
+    /// TF32), bf16 or fp16 (mixed precision as torch.autocast: 16-bit operands and results,
+    /// FP32 weights, batch norm and loss; fp16 scales the loss). On cuda the tensor cores.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// Run BN+ReLU, BN+add+ReLU and bias+ReLU as separate ops instead of fused kernels.
     #[arg(long)]
     pub no_fuse: bool,
@@ -89,7 +94,12 @@ pub struct KernelArgs {
 impl KernelArgs {
     /// The choices as the value the command's graphs carry.
     pub fn exec_options(&self) -> Result<ExecOptions> {
-        Ok(ExecOptions { conv_algo: self.conv_algo.parse()?, towers: self.towers, fuse: !self.no_fuse })
+        Ok(ExecOptions {
+            conv_algo: self.conv_algo.parse()?,
+            precision: self.precision.parse()?,
+            towers: self.towers,
+            fuse: !self.no_fuse,
+        })
     }
 }
 

@@ -1,7 +1,8 @@
-//! How the ops of one run execute: which convolution kernel, whether grouped convolutions
-//! run as towers, whether layers use the fused kernels.
+//! How the ops of one run execute: which convolution kernel, in which precision, whether
+//! grouped convolutions run as towers, whether layers use the fused kernels.
 //!
-//! A run decides once, from its command line (`--conv-algo`, `--towers`, `--no-fuse`), and
+//! A run decides once, from its command line (`--conv-algo`, `--precision`, `--towers`,
+//! `--no-fuse`), and
 //! the choice travels down as a value: the [`crate::autograd::Graph`] carries an
 //! [`ExecOptions`], the layers read the fusion choice from the graph, and the convolution ops
 //! receive the options as an argument, forward and backward. Nothing inside the ops reads
@@ -10,12 +11,16 @@
 //! can follow a layer to the kernel it launches by following the arguments.
 
 use super::conv2d::ConvAlgo;
+use super::precision::Precision;
 
 /// The execution choices a graph carries and the ops receive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExecOptions {
     /// Which convolution kernels run on cuda and emu (the CPU has one path).
     pub conv_algo: ConvAlgo,
+    /// The precision of the convolutions and matrix products (see [`Precision`]): the
+    /// tensor-core kernels on a GPU, the same rounding of the operands on the CPU.
+    pub precision: Precision,
     /// Whether each group of a grouped convolution runs on its own stream, as AlexNet's
     /// two towers (cuda; see `src/ops/conv2d/gpu.rs`).
     pub towers: bool,
@@ -25,10 +30,10 @@ pub struct ExecOptions {
 }
 
 impl Default for ExecOptions {
-    /// The engine's defaults: the autotuner picks the convolution kernel, one launch per
+    /// The engine's defaults: the autotuner picks the convolution kernel, FP32, one launch per
     /// grouped convolution, fused kernels.
     fn default() -> Self {
-        ExecOptions { conv_algo: ConvAlgo::Auto, towers: false, fuse: true }
+        ExecOptions { conv_algo: ConvAlgo::Auto, precision: Precision::Fp32, towers: false, fuse: true }
     }
 }
 
@@ -36,5 +41,10 @@ impl ExecOptions {
     /// The defaults with the convolution kernel `algo`.
     pub fn with_conv_algo(algo: ConvAlgo) -> Self {
         ExecOptions { conv_algo: algo, ..ExecOptions::default() }
+    }
+
+    /// The defaults in precision `precision`.
+    pub fn with_precision(precision: Precision) -> Self {
+        ExecOptions { precision, ..ExecOptions::default() }
     }
 }

@@ -31,9 +31,11 @@ pub mod linear;
 pub mod loss;
 pub mod lrn;
 pub mod pool;
+pub mod precision;
 pub mod sgd;
 
 pub use exec::ExecOptions;
+pub use precision::Precision;
 
 use std::sync::Arc;
 

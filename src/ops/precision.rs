@@ -1,0 +1,165 @@
+//! The arithmetic precision of the convolutions and matrix products: `--precision
+//! fp32|tf32|bf16|fp16`.
+//!
+//! Tensors stay FP32 in memory whatever the precision; what changes is what the tensor
+//! cores (or, on the CPU, the same arithmetic done by hand) see of them:
+//!
+//! - **fp32**: the FP32 kernels, every operand as it is.
+//! - **tf32**: each operand of a product rounded to TF32 (8 exponent bits like FP32, 10
+//!   mantissa bits: round to nearest, ties away from zero, as `cvt.rna.tf32.f32` does),
+//!   multiplied exactly, summed in FP32. The output stays FP32. What PyTorch does with
+//!   `torch.backends.cudnn.allow_tf32`, its default for convolutions.
+//! - **bf16** / **fp16**: each operand rounded to the 16-bit type (round to nearest even),
+//!   multiplied exactly, summed in FP32, and the result rounded to the 16-bit type again,
+//!   because under `torch.autocast` a convolution or linear layer returns a 16-bit tensor.
+//!   BF16 keeps FP32's range (8 exponent bits, 7 mantissa bits); FP16 has 5 exponent bits, so
+//!   values beyond 65504 become infinite, which is why FP16 training scales its loss
+//!   ([`crate::train::LossScaler`]).
+//!
+//! Mixed precision as autocast does it follows: the convolutions and linear layers (the ops
+//! that take a [`Precision`] through [`super::ExecOptions`]) run in the low precision, forward
+//! and backward; batch norm, softmax, the loss and the optimizer stay in FP32, and the
+//! weights the optimizer updates are FP32 ("master weights").
+//!
+//! A product of two rounded operands is exact in FP32 (11 + 11 significant bits for TF32 and
+//! FP16, 8 + 8 for BF16, all within FP32's 24), so the only FP32 rounding left is that of the
+//! sums, and every device computes the same products: the CPU rounds its operands with
+//! [`Precision::round`], the kernels with `to_tf32`/`pack_bf16`/`pack_f16` of
+//! kernels/mma.cuh, and the two agree to the bit on every operand.
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Tf32,
+    Bf16,
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 4] = [Precision::Fp32, Precision::Tf32, Precision::Bf16, Precision::Fp16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// `x` as the tensor cores of this precision see it (the identity for FP32).
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Precision::Fp32 => x,
+            Precision::Tf32 => round_tf32(x),
+            Precision::Bf16 => bf16::from_f32(x).to_f32(),
+            Precision::Fp16 => f16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// Whether the result of a product is rounded to this precision too (the 16-bit types,
+    /// whose autocast outputs are 16-bit tensors); TF32's outputs stay FP32.
+    pub fn rounds_output(self) -> bool {
+        matches!(self, Precision::Bf16 | Precision::Fp16)
+    }
+
+    /// `xs` with every value rounded by [`Precision::round`].
+    pub fn round_all(self, xs: &[f32]) -> Vec<f32> {
+        xs.iter().map(|&x| self.round(x)).collect()
+    }
+
+    /// Rounds the result of a product in place where [`Precision::rounds_output`] says so.
+    pub fn round_output(self, ys: &mut [f32]) {
+        if self.rounds_output() {
+            for y in ys {
+                *y = self.round(*y);
+            }
+        }
+    }
+
+    /// Whether a product in this precision runs on the tensor cores on a GPU.
+    pub fn uses_tensor_cores(self) -> bool {
+        self != Precision::Fp32
+    }
+}
+
+/// Round to nearest, ties away from zero, to TF32's 10 mantissa bits (`cvt.rna.tf32.f32`):
+/// add half of the last kept place (bit 12) to the magnitude and clear the 13 dropped bits.
+/// A carry out of the mantissa moves the exponent up by one, which is the correct rounding,
+/// and a value that rounds past the largest finite one becomes infinite, as on the GPU. NaN
+/// and infinity pass unchanged.
+pub fn round_tf32(x: f32) -> f32 {
+    if !x.is_finite() {
+        return x;
+    }
+    let bits = x.to_bits();
+    f32::from_bits(bits.wrapping_add(0x1000) & 0xffff_e000)
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::argument("--precision", format!("'{s}' is not fp32, tf32, bf16 or fp16")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf32_rounds_to_nearest_with_ties_away_from_zero() {
+        // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: the tie goes away from zero.
+        assert_eq!(round_tf32(1.0 + 2f32.powi(-11)), 1.0 + 2f32.powi(-10));
+        assert_eq!(round_tf32(-(1.0 + 2f32.powi(-11))), -(1.0 + 2f32.powi(-10)));
+        // Just below the tie rounds down; a representable value is unchanged.
+        assert_eq!(round_tf32(1.0 + 2f32.powi(-11) - 2f32.powi(-23)), 1.0);
+        assert_eq!(round_tf32(1.5), 1.5);
+        // The carry out of the mantissa: 2 - 2^-12 rounds up to 2.
+        assert_eq!(round_tf32(2.0 - 2f32.powi(-12)), 2.0);
+        assert_eq!(round_tf32(f32::MAX), f32::INFINITY);
+        assert!(round_tf32(f32::NAN).is_nan());
+        assert_eq!(round_tf32(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        // Every result has its 13 low bits clear.
+        for i in 0..10_000u32 {
+            let x = f32::from_bits(0x3f80_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761) >> 9));
+            assert_eq!(round_tf32(x).to_bits() & 0x1fff, 0, "{x}");
+            assert!((round_tf32(x) - x).abs() <= x.abs() * 2f32.powi(-11));
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_types_round_to_nearest_even_and_fp16_overflows() {
+        // 1 + 2^-8 is halfway between two BF16 values: to even (1.0).
+        assert_eq!(Precision::Bf16.round(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(Precision::Bf16.round(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+        assert_eq!(Precision::Fp16.round(1.0 + 2f32.powi(-11)), 1.0);
+        assert_eq!(Precision::Fp16.round(70_000.0), f32::INFINITY);
+        assert_eq!(Precision::Bf16.round(70_000.0), 70_144.0);
+        assert_eq!(Precision::Fp32.round(0.1), 0.1);
+        assert!(Precision::Bf16.rounds_output() && !Precision::Tf32.rounds_output());
+    }
+
+    #[test]
+    fn parses_the_four_names_and_rejects_others() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
+        let err = "fp8".parse::<Precision>().unwrap_err().to_string();
+        assert!(err.contains("fp8") && err.contains("bf16"), "{err}");
+    }
+}
