@@ -1,10 +1,10 @@
 //! Bad shapes and mismatched inputs: every op answers with an error that names the op and
 //! the shapes, never a panic.
 
-use scratchnet::ops::ExecOptions;
 use scratchnet::ops::conv2d::{self, Conv2dParams};
 use scratchnet::ops::lrn::{self, LrnParams};
 use scratchnet::ops::pool::{self, Pool2dParams};
+use scratchnet::ops::{ExecOptions, Precision};
 use scratchnet::ops::{batchnorm, concat, dropout, elementwise, linear, loss, sgd};
 use scratchnet::{DType, Error, Shape, Tensor};
 
@@ -52,9 +52,15 @@ fn conv2d_rejects_bad_shapes() {
 
 #[test]
 fn linear_rejects_bad_shapes() {
-    assert!(message(linear::forward(&z(&[2, 3, 4]), &z(&[5, 3]), None)).contains("2-D input"));
-    assert!(message(linear::backward_data(&z(&[2, 6]), &z(&[5, 3]))).contains("output gradient of shape [2, 5]"));
-    assert!(message(linear::backward_weight(&z(&[3, 5]), &z(&[2, 3]))).contains("output gradient of shape [2, 5]"));
+    assert!(message(linear::forward(&z(&[2, 3, 4]), &z(&[5, 3]), None, Precision::Fp32)).contains("2-D input"));
+    assert!(
+        message(linear::backward_data(&z(&[2, 6]), &z(&[5, 3]), Precision::Fp32))
+            .contains("output gradient of shape [2, 5]")
+    );
+    assert!(
+        message(linear::backward_weight(&z(&[3, 5]), &z(&[2, 3]), Precision::Fp32))
+            .contains("output gradient of shape [2, 5]")
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use scratchnet::ops::batchnorm::{self, reference as bn_ref};
 use scratchnet::ops::lrn::{self, LrnParams};
 use scratchnet::ops::pool::{self, Pool2dParams};
-use scratchnet::ops::{batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd};
+use scratchnet::ops::{Precision, batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd};
 use scratchnet::selftest::rel_l2;
 use scratchnet::{DType, Shape, Tensor};
 
@@ -95,18 +95,23 @@ fn fully_connected() {
                 (input(&[n, i], dtype, 1), input(&[o, i], dtype, 2), input(&[o], dtype, 3), input(&[n, o], dtype, 4));
             let (xv, wv, bv, dyv) = (v(&x), v(&w), v(&b), v(&dy));
             let y = r::forward(&xv, &wv, Some(&bv), dims);
-            check("linear forward", &linear::forward(&x, &w, Some(&b)).unwrap(), &y, dtype);
+            check("linear forward", &linear::forward(&x, &w, Some(&b), Precision::Fp32).unwrap(), &y, dtype);
             check(
                 "linear forward, no bias",
-                &linear::forward(&x, &w, None).unwrap(),
+                &linear::forward(&x, &w, None, Precision::Fp32).unwrap(),
                 &r::forward(&xv, &wv, None, dims),
                 dtype,
             );
             let relu = elementwise::reference::relu(&y);
-            check("linear + relu", &linear::forward_relu(&x, &w, Some(&b)).unwrap(), &relu, dtype);
-            check("linear data", &linear::backward_data(&dy, &w).unwrap(), &r::backward_data(&dyv, &wv, dims), dtype);
+            check("linear + relu", &linear::forward_relu(&x, &w, Some(&b), Precision::Fp32).unwrap(), &relu, dtype);
+            check(
+                "linear data",
+                &linear::backward_data(&dy, &w, Precision::Fp32).unwrap(),
+                &r::backward_data(&dyv, &wv, dims),
+                dtype,
+            );
             let want = r::backward_weight(&dyv, &xv, dims);
-            check("linear weight", &linear::backward_weight(&dy, &x).unwrap(), &want, dtype);
+            check("linear weight", &linear::backward_weight(&dy, &x, Precision::Fp32).unwrap(), &want, dtype);
             check("linear bias", &linear::backward_bias(&dy).unwrap(), &r::backward_bias(&dyv, dims), dtype);
         }
     }

@@ -153,8 +153,8 @@ impl Saved {
             Saved::LinearRelu { x, w, y } => {
                 let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &y, need(2))?;
                 drop(y);
-                let dx = when(need(0), || ops::linear::backward_data(&dz, &w))?;
-                let dw = when(need(1), || ops::linear::backward_weight(&dz, &x))?;
+                let dx = when(need(0), || ops::linear::backward_data(&dz, &w, exec.precision))?;
+                let dw = when(need(1), || ops::linear::backward_weight(&dz, &x, exec.precision))?;
                 vec![dx, dw, db]
             }
             Saved::BatchNormAct { x, gamma, mean, var, eps, batch_stats, y } => {
@@ -172,8 +172,8 @@ impl Saved {
                 vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta), g.dresidual]
             }
             Saved::Linear { x, w } => {
-                let dx = when(need(0), || ops::linear::backward_data(dy, &w))?;
-                let dw = when(need(1), || ops::linear::backward_weight(dy, &x))?;
+                let dx = when(need(0), || ops::linear::backward_data(dy, &w, exec.precision))?;
+                let dw = when(need(1), || ops::linear::backward_weight(dy, &x, exec.precision))?;
                 let db = when(need(2), || ops::linear::backward_bias(dy))?;
                 vec![dx, dw, db]
             }

@@ -30,7 +30,7 @@ impl Graph {
 
     /// `relu(x·Wᵀ + b)`, fused.
     pub fn linear_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = ops::linear::forward_relu(&x.value, &w.value, b.map(|b| &b.value))?;
+        let y = ops::linear::forward_relu(&x.value, &w.value, b.map(|b| &b.value), self.exec.precision)?;
         let y_saved = y.clone();
         let mut inputs = vec![x, w];
         inputs.extend(b);
@@ -38,7 +38,7 @@ impl Graph {
     }
 
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value))?;
+        let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value), self.exec.precision)?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
         self.record(y, &inputs, || Saved::Linear { x: x.value.clone(), w: w.value.clone() })

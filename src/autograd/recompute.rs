@@ -133,8 +133,8 @@ mod tests {
             Ok(Front { r, counts: self.0.clone() })
         }
 
-        fn output(&self, front: Front, inputs: &[Tensor], _: &ExecOptions) -> Result<(Tensor, ())> {
-            Ok((ops::linear::forward(&front.r, &inputs[2], None)?, ()))
+        fn output(&self, front: Front, inputs: &[Tensor], exec: &ExecOptions) -> Result<(Tensor, ())> {
+            Ok((ops::linear::forward(&front.r, &inputs[2], None, exec.precision)?, ()))
         }
 
         fn backward(
@@ -143,10 +143,10 @@ mod tests {
             inputs: Vec<Tensor>,
             dy: &Tensor,
             needs: &[bool],
-            _: &ExecOptions,
+            exec: &ExecOptions,
         ) -> Result<Vec<Option<Tensor>>> {
-            let dr = ops::linear::backward_data(dy, &inputs[2])?;
-            let dw = if needs[2] { Some(ops::linear::backward_weight(dy, &front.r)?) } else { None };
+            let dr = ops::linear::backward_data(dy, &inputs[2], exec.precision)?;
+            let dw = if needs[2] { Some(ops::linear::backward_weight(dy, &front.r, exec.precision)?) } else { None };
             let ds = ops::elementwise::relu_backward(&dr, &front.r)?;
             Ok(vec![Some(ds.clone()), Some(ds), dw])
         }

@@ -12,13 +12,13 @@ use super::{Ceilings, Pass, Problem, measure_ceilings, time};
 use crate::device::Device;
 use crate::device::kernels::{CUDA_ARCHS, KernelResources, PTXAS_REPORT, kernel_resources};
 use crate::error::{Error, Result};
-use crate::ops::ExecOptions;
 use crate::ops::batchnorm::{self, reference as bn};
 use crate::ops::batchnorm_fused::{self, Epilogue};
 use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::{self, GemmKernel};
 use crate::ops::lrn::{self, LrnParams};
 use crate::ops::pool::{self, Pool2dParams};
+use crate::ops::{ExecOptions, Precision};
 use crate::ops::{concat, elementwise, sgd};
 use crate::selftest::{TOL_PLAIN, TOL_REORDERED, rel_l2};
 use crate::tensor::{DType, Shape, Tensor};
@@ -205,7 +205,7 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                 variant,
                 problem: Problem::Matmul { m, n, k },
                 tol: TOL_PLAIN,
-                run: Box::new(move || Ok(vec![gemm::matmul(&a, false, &b, false, kernel)?])),
+                run: Box::new(move || Ok(vec![gemm::matmul(&a, false, &b, false, kernel, Precision::Fp32)?])),
                 want: want.clone(),
             }
         })

@@ -29,7 +29,10 @@
 
 use half::{bf16, f16};
 
+use super::gpu_f32;
+use crate::device::gpu::{KernelCall, to_i64};
 use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
@@ -86,6 +89,41 @@ impl Precision {
     pub fn uses_tensor_cores(self) -> bool {
         self != Precision::Fp32
     }
+}
+
+/// A copy of `t` with every value rounded as `p` rounds an operand, on `t`'s device: the
+/// CPU with [`Precision::round`], cuda and emu with the kernel `round_precision_f32`
+/// (kernels/precision.cu), which gives the same bits. FP32 returns `t` itself (shared).
+pub fn round_tensor(t: &Tensor, p: Precision) -> Result<Tensor> {
+    let mut r = t.clone();
+    round_in_place(&mut r, p)?;
+    Ok(r)
+}
+
+/// Rounds the result of a product in place, where [`Precision::rounds_output`] says so.
+pub fn round_output(t: &mut Tensor, p: Precision) -> Result<()> {
+    if p.rounds_output() { round_in_place(t, p) } else { Ok(()) }
+}
+
+fn round_in_place(t: &mut Tensor, p: Precision) -> Result<()> {
+    const OP: &str = "round to precision";
+    if p == Precision::Fp32 {
+        return Ok(());
+    }
+    if t.dtype() != DType::F32 {
+        return Err(Error::DType { op: OP, actual: t.dtype(), supported: "f32 (--precision rounds FP32 tensors)" });
+    }
+    if let Some(gpu) = gpu_f32(OP, t.dtype(), t.device())? {
+        let n = t.numel();
+        let buf = t.gpu_buffer_mut()?;
+        let code = Precision::ALL.iter().position(|&q| q == p).unwrap_or(0) as i32;
+        return gpu
+            .launch(KernelCall::elementwise("round_precision_f32", n).buf(buf).buf(buf).i64(to_i64(n)).i32(code));
+    }
+    for v in t.as_mut_slice::<f32>()? {
+        *v = p.round(*v);
+    }
+    Ok(())
 }
 
 /// Round to nearest, ties away from zero, to TF32's 10 mantissa bits (`cvt.rna.tf32.f32`):

@@ -4,7 +4,7 @@
 
 use super::{TOL_PLAIN, Tester, expected};
 use crate::error::Result;
-use crate::ops::{linear, loss, sgd};
+use crate::ops::{Precision, linear, loss, sgd};
 use crate::tensor::{DType, Shape, Tensor};
 
 impl Tester {
@@ -16,10 +16,10 @@ impl Tester {
         let (x, w, b, dy) = (self.input(&[n, i]), self.input(&[o, i]), self.input(&[o]), self.input(&[n, o]));
         let (xd, wd, bd, dyd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?, self.on_device(&dy)?);
         let (xv, wv, bv, dyv) = (x.to_f64_vec()?, w.to_f64_vec()?, b.to_f64_vec()?, dy.to_f64_vec()?);
-        let got = linear::forward(&xd, &wd, Some(&bd))?;
+        let got = linear::forward(&xd, &wd, Some(&bd), Precision::Fp32)?;
         let want = expected([n, o], reference::forward(&xv, &wv, Some(&bv), dims));
         self.record("linear forward", &case, &got, &want, TOL_PLAIN)?;
-        let got = linear::backward_data(&dyd, &wd)?;
+        let got = linear::backward_data(&dyd, &wd, Precision::Fp32)?;
         self.record(
             "linear backward (data)",
             &case,
@@ -27,7 +27,7 @@ impl Tester {
             &expected([n, i], reference::backward_data(&dyv, &wv, dims)),
             TOL_PLAIN,
         )?;
-        let got = linear::backward_weight(&dyd, &xd)?;
+        let got = linear::backward_weight(&dyd, &xd, Precision::Fp32)?;
         let want = expected([o, i], reference::backward_weight(&dyv, &xv, dims));
         self.record("linear backward (weight)", &case, &got, &want, TOL_PLAIN)?;
         let got = linear::backward_bias(&dyd)?;

@@ -24,7 +24,7 @@ use crate::ops::conv2d::{self, Conv2dParams, ConvAlgo, ConvGeometry, reference};
 use crate::ops::gemm::{self, GemmKernel, matmul};
 use crate::ops::lrn::LrnParams;
 use crate::ops::pool::Pool2dParams;
-use crate::ops::{ExecOptions, bias_act, elementwise, linear};
+use crate::ops::{ExecOptions, Precision, bias_act, elementwise, linear};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// Tolerance for results computed with the same order of operations as the reference, or
@@ -246,7 +246,7 @@ impl Tester {
             let want = expected([m, n], gemm::reference::matmul(&a_rows, &b_rows, m, n, k));
             let (ad, bd) = (self.on_device(&a)?, self.on_device(&b)?);
             for kernel in GemmKernel::ALL.into_iter().filter(|kernel| kernel.fits(m, n, k, ta, tb)) {
-                let got = matmul(&ad, ta, &bd, tb, kernel)?;
+                let got = matmul(&ad, ta, &bd, tb, kernel, Precision::Fp32)?;
                 let case = format!("{m}×{k}·{k}×{n} transposed ({ta}, {tb}) {kernel:?}");
                 self.record("matmul", &case, &got, &want, TOL_PLAIN)?;
             }
@@ -289,7 +289,12 @@ impl Tester {
         let y = linear::reference::forward(&x.to_f64_vec()?, &w.to_f64_vec()?, Some(&b.to_f64_vec()?), (n, i, o));
         let want_v = elementwise::reference::relu(&y);
         let want = expected([n, o], want_v.clone());
-        let got = linear::forward_relu(&self.on_device(&x)?, &self.on_device(&w)?, Some(&self.on_device(&b)?))?;
+        let got = linear::forward_relu(
+            &self.on_device(&x)?,
+            &self.on_device(&w)?,
+            Some(&self.on_device(&b)?),
+            Precision::Fp32,
+        )?;
         self.record("linear+bias+relu forward", "x [9, 37] w [21, 37]", &got, &want, TOL_PLAIN)?;
         let dy = self.input(&[n, o]);
         let (_, db) = bias_act::relu_backward_with_bias(&self.on_device(&dy)?, &self.on_device(&want)?, true)?;

@@ -121,16 +121,17 @@ fn prepare_linear(
     let (x, w) = (s.tensor(&Shape::new([n, inputs]), 1)?, s.tensor(&Shape::new([outputs, inputs]), 2)?);
     let dy = s.tensor(&Shape::new([n, outputs]), 4)?;
     let b = if bias { Some(s.tensor(&Shape::new([outputs]), 3)?) } else { None };
+    let p = s.exec.precision;
     Ok(match (s.variant, pass) {
-        (Variant::Gemm(kernel), Pass::Forward) => Box::new(move || matmul(&x, false, &w, true, kernel).map(drop)),
+        (Variant::Gemm(kernel), Pass::Forward) => Box::new(move || matmul(&x, false, &w, true, kernel, p).map(drop)),
         (Variant::Gemm(kernel), Pass::BackwardData) => {
-            Box::new(move || matmul(&dy, false, &w, false, kernel).map(drop))
+            Box::new(move || matmul(&dy, false, &w, false, kernel, p).map(drop))
         }
-        (Variant::Gemm(kernel), _) => Box::new(move || matmul(&dy, true, &x, false, kernel).map(drop)),
-        (_, Pass::Forward) if relu => Box::new(move || linear::forward_relu(&x, &w, b.as_ref()).map(drop)),
-        (_, Pass::Forward) => Box::new(move || linear::forward(&x, &w, b.as_ref()).map(drop)),
-        (_, Pass::BackwardData) => Box::new(move || linear::backward_data(&dy, &w).map(drop)),
-        _ => Box::new(move || linear::backward_weight(&dy, &x).map(drop)),
+        (Variant::Gemm(kernel), _) => Box::new(move || matmul(&dy, true, &x, false, kernel, p).map(drop)),
+        (_, Pass::Forward) if relu => Box::new(move || linear::forward_relu(&x, &w, b.as_ref(), p).map(drop)),
+        (_, Pass::Forward) => Box::new(move || linear::forward(&x, &w, b.as_ref(), p).map(drop)),
+        (_, Pass::BackwardData) => Box::new(move || linear::backward_data(&dy, &w, p).map(drop)),
+        _ => Box::new(move || linear::backward_weight(&dy, &x, p).map(drop)),
     })
 }
 
@@ -140,7 +141,8 @@ fn prepare_matmul(s: &Setup, m: usize, n: usize, k: usize) -> Result<Run> {
         Variant::Gemm(kernel) => kernel,
         _ => GemmKernel::default(),
     };
-    Ok(Box::new(move || matmul(&a, false, &b, false, kernel).map(drop)))
+    let p = s.exec.precision;
+    Ok(Box::new(move || matmul(&a, false, &b, false, kernel, p).map(drop)))
 }
 
 /// Training-mode batch norm with its residual addition and ReLU: fused kernels, or with

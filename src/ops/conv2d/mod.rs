@@ -26,6 +26,7 @@ pub mod reference;
 
 pub use gpu::ConvAlgo;
 
+use super::precision::{Precision, round_output, round_tensor};
 use super::{ExecOptions, common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
@@ -198,6 +199,9 @@ fn forward_act(
     relu: bool,
     exec: &ExecOptions,
 ) -> Result<Tensor> {
+    if exec.precision != Precision::Fp32 {
+        return forward_rounded(x, w, b, p, relu, exec);
+    }
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -221,8 +225,35 @@ fn forward_act(
     Ok(y)
 }
 
+/// A convolution in a low precision (see [`Precision`]), computed by the FP32 path from
+/// rounded operands: the product of the rounded input and weights, its result rounded (for
+/// the 16-bit types), then the bias and ReLU in FP32.
+fn forward_rounded(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: Conv2dParams,
+    relu: bool,
+    exec: &ExecOptions,
+) -> Result<Tensor> {
+    let precision = exec.precision;
+    let fp32 = ExecOptions { precision: Precision::Fp32, ..*exec };
+    let mut y = forward_act(&round_tensor(x, precision)?, &round_tensor(w, precision)?, None, p, false, &fp32)?;
+    round_output(&mut y, precision)?;
+    if b.is_some() || relu {
+        super::bias_act::bias_act_in_place(&mut y, b, relu)?;
+    }
+    Ok(y)
+}
+
 /// The gradient with respect to the input, from the output gradient `dy` and the weights.
 pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams, exec: &ExecOptions) -> Result<Tensor> {
+    if exec.precision != Precision::Fp32 {
+        let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
+        let mut dx = backward_data(&round_tensor(dy, precision)?, &round_tensor(w, precision)?, x_shape, p, &fp32)?;
+        round_output(&mut dx, precision)?;
+        return Ok(dx);
+    }
     let g = ConvGeometry::new(x_shape, w.shape(), p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
@@ -244,6 +275,12 @@ pub fn backward_filter(
     p: Conv2dParams,
     exec: &ExecOptions,
 ) -> Result<Tensor> {
+    if exec.precision != Precision::Fp32 {
+        let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
+        let mut dw = backward_filter(&round_tensor(dy, precision)?, &round_tensor(x, precision)?, w_shape, p, &fp32)?;
+        round_output(&mut dw, precision)?;
+        return Ok(dw);
+    }
     let g = ConvGeometry::new(x.shape(), w_shape, p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
@@ -268,6 +305,15 @@ pub fn backward_data_and_filter(
     (want_dx, want_dw): (bool, bool),
     exec: &ExecOptions,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    if exec.precision != Precision::Fp32 {
+        let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
+        let (dy, x, w) = (round_tensor(dy, precision)?, round_tensor(x, precision)?, round_tensor(w, precision)?);
+        let (mut dx, mut dw) = backward_data_and_filter(&dy, &x, &w, p, (want_dx, want_dw), &fp32)?;
+        for t in dx.iter_mut().chain(dw.iter_mut()) {
+            round_output(t, precision)?;
+        }
+        return Ok((dx, dw));
+    }
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     expect_shape(OP, "output gradient", dy, &g.out_shape())?;
     let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("weight", w)])?;

@@ -9,6 +9,7 @@
 //!   their launch;
 //! - [`reference`](mod@reference): the product as its definition, which both are held to.
 
+use super::precision::{Precision, round_output, round_tensor};
 use super::{common_dtype, gpu_f32, host, with_float_type};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
@@ -76,8 +77,23 @@ impl Layout {
 
 /// `op(a) · op(b)` for 2-D tensors, where `op` transposes when asked: the matrix product as
 /// an op on tensors, on any device. The transposes are strided views; nothing is copied.
-pub fn matmul(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool, kernel: GemmKernel) -> Result<Tensor> {
+/// In a low `precision` the operands are rounded first and (for the 16-bit types) the
+/// result after (see [`Precision`]).
+pub fn matmul(
+    a: &Tensor,
+    transpose_a: bool,
+    b: &Tensor,
+    transpose_b: bool,
+    kernel: GemmKernel,
+    precision: Precision,
+) -> Result<Tensor> {
     const OP: &str = "matmul";
+    if precision != Precision::Fp32 {
+        let (ar, br) = (round_tensor(a, precision)?, round_tensor(b, precision)?);
+        let mut c = matmul(&ar, transpose_a, &br, transpose_b, kernel, Precision::Fp32)?;
+        round_output(&mut c, precision)?;
+        return Ok(c);
+    }
     let layout = Layout::of(a, transpose_a, b, transpose_b)?;
     let (dtype, device) = common_dtype(OP, &[("left operand", a), ("right operand", b)])?;
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {

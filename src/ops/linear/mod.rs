@@ -11,13 +11,15 @@
 //! bias:     db = Σ_n dy[n, :]
 //! ```
 //!
-//! The bias kernels are in kernels/linear.cu, the products in kernels/gemm.cu.
+//! The bias kernels are in kernels/linear.cu, the products in kernels/gemm.cu. The products
+//! run in the [`Precision`] the caller passes; the bias is added in FP32.
 
 pub mod reference;
 
 use rayon::prelude::*;
 
 use super::gemm::{GemmKernel, matmul};
+use super::precision::Precision;
 use super::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
@@ -40,7 +42,7 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
     Ok((n, i, o))
 }
 
-pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
     let (n, _, o) = dims(x, w)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -48,7 +50,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         inputs.push(("bias", b));
     }
     let (dtype, device) = common_dtype(OP, &inputs)?;
-    let mut y = matmul(x, false, w, true, GemmKernel::default())?;
+    let mut y = matmul(x, false, w, true, GemmKernel::default(), precision)?;
     let Some(b) = b else { return Ok(y) };
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let bias = b.gpu_buffer()?;
@@ -73,7 +75,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// `relu(x · Wᵀ + b)`: the bias and the ReLU in one pass over the product (see
 /// [`super::bias_act`], which also has the backward).
-pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
     let (_, _, o) = dims(x, w)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -81,26 +83,26 @@ pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor
         inputs.push(("bias", b));
     }
     common_dtype(OP, &inputs)?;
-    let mut y = matmul(x, false, w, true, GemmKernel::default())?;
+    let mut y = matmul(x, false, w, true, GemmKernel::default(), precision)?;
     super::bias_act::bias_act_in_place(&mut y, b, true)?;
     Ok(y)
 }
 
 /// `dx = dy · W`.
-pub fn backward_data(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub fn backward_data(dy: &Tensor, w: &Tensor, precision: Precision) -> Result<Tensor> {
     let (o, _) = w.shape().dims2().ok_or_else(|| Error::shape_of(OP, "a 2-D weight (out, in)", "weight", w.shape()))?;
     let n = dy.dims().first().copied().unwrap_or(0);
     expect_shape(OP, "output gradient", dy, &[n, o])?;
-    matmul(dy, false, w, false, GemmKernel::default())
+    matmul(dy, false, w, false, GemmKernel::default(), precision)
 }
 
 /// `dW = dyᵀ · x`.
-pub fn backward_weight(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+pub fn backward_weight(dy: &Tensor, x: &Tensor, precision: Precision) -> Result<Tensor> {
     let (n, _) =
         x.shape().dims2().ok_or_else(|| Error::shape_of(OP, "a 2-D input (N, features)", "input", x.shape()))?;
     let o = dy.dims().get(1).copied().unwrap_or(0);
     expect_shape(OP, "output gradient", dy, &[n, o])?;
-    matmul(dy, true, x, false, GemmKernel::default())
+    matmul(dy, true, x, false, GemmKernel::default(), precision)
 }
 
 /// `db = Σ_n dy[n, :]` (summed in f64 on the CPU).
@@ -138,12 +140,15 @@ mod tests {
         let x = Tensor::from_vec([1, 2], vec![1.0f32, 2.0]).unwrap();
         let w = Tensor::from_vec([3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
         let b = Tensor::from_vec([3], vec![0.5f32, 0.0, -1.0]).unwrap();
-        let y = forward(&x, &w, Some(&b)).unwrap();
+        let y = forward(&x, &w, Some(&b), Precision::Fp32).unwrap();
         assert_eq!(y.dims(), &[1, 3]);
         assert_eq!(y.to_vec::<f32>().unwrap(), vec![1.5, 2.0, 2.0]);
         let dy = Tensor::from_vec([1, 3], vec![1.0f32, 1.0, 1.0]).unwrap();
-        assert_eq!(backward_data(&dy, &w).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 2.0]);
-        assert_eq!(backward_weight(&dy, &x).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+        assert_eq!(backward_data(&dy, &w, Precision::Fp32).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 2.0]);
+        assert_eq!(
+            backward_weight(&dy, &x, Precision::Fp32).unwrap().to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+        );
         assert_eq!(backward_bias(&dy).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 1.0, 1.0]);
     }
 
@@ -152,11 +157,11 @@ mod tests {
         let x = Tensor::zeros([4, 5], crate::DType::F32);
         let w = Tensor::zeros([3, 6], crate::DType::F32);
         assert_eq!(
-            forward(&x, &w, None).unwrap_err().to_string(),
+            forward(&x, &w, None, Precision::Fp32).unwrap_err().to_string(),
             "linear: expected weight of shape [O, 5] for input [4, 5], got weight of shape [3, 6]"
         );
         let w = Tensor::zeros([3, 5], crate::DType::F32);
         let b = Tensor::zeros([4], crate::DType::F32);
-        assert!(forward(&x, &w, Some(&b)).unwrap_err().to_string().contains("bias of shape [3]"));
+        assert!(forward(&x, &w, Some(&b), Precision::Fp32).unwrap_err().to_string().contains("bias of shape [3]"));
     }
 }
