@@ -50,7 +50,8 @@
 // results that differ from the GPU):
 //   * inline PTX (`asm("...")`), `extern __shared__` (use SCRATCHNET_DYNAMIC_SHARED),
 //     cooperative groups, dynamic parallelism (launching from a kernel), textures and
-//     surfaces, tensor-core intrinsics (wmma/mma), `__constant__` set from the host,
+//     surfaces, wmma and raw mma/ldmatrix PTX (the functions of kernels/mma.cuh are
+//     emulated, by emu/mma_emu.h), `__constant__` set from the host,
 //     the pre-CUDA-9 warp functions without _sync (__shfl, __ballot, __any, __all),
 //     clock()/clock64(), and __CUDA_ARCH__ (not defined here; SCRATCHNET_EMU is).
 //   * Implicit warp-synchronous programming: code that exchanges data between lanes of
