@@ -1,4 +1,5 @@
-// Element-wise kernels: ReLU and its gradient, addition, in-place accumulation, product, fill.
+// Element-wise kernels: ReLU and its gradient, addition, in-place accumulation, product, fill,
+// scaling in place, and the count of values that are not finite (FP16 loss scaling).
 // Reference: src/ops/elementwise/reference.rs.
 //
 // One variant of each (`scratchnet kernel elementwise` runs ReLU and add as "default"): v1,
@@ -94,4 +95,25 @@ extern "C" __global__ void fill_f32(float* __restrict__ y, float value, long lon
     vec4_loop(
         n, [&](long long i) { reinterpret_cast<float4*>(y)[i] = make_float4(value, value, value, value); },
         [&](long long j) { y[j] = value; });
+}
+
+// y *= s, in place (unscaling the gradients of an FP16 step: src/train/loss_scale.rs).
+extern "C" __global__ void scale_f32(float* __restrict__ y, float s, long long n) {
+    vec4_loop(
+        n,
+        [&](long long i) {
+            float4 p = reinterpret_cast<float4*>(y)[i];
+            p.x *= s, p.y *= s, p.z *= s, p.w *= s;
+            reinterpret_cast<float4*>(y)[i] = p;
+        },
+        [&](long long j) { y[j] *= s; });
+}
+
+// *count += the number of x[i] that are NaN or infinite. Each thread counts its own values and
+// adds its count with one atomic, only if it found any: a finite tensor (the common case)
+// costs no atomics at all. Called once per gradient into one counter, read once per step.
+extern "C" __global__ void count_non_finite_f32(unsigned* __restrict__ count, const float* __restrict__ x, long long n) {
+    unsigned bad = 0;
+    for (long long i = global_thread_index(); i < n; i += grid_stride()) bad += !isfinite(x[i]);
+    if (bad) atomicAdd(count, bad);
 }

@@ -14,7 +14,9 @@
 #           it; AlexNet's training step with and without --towers.
 #   tier 2  bench of the ResNet-50, memory-bound and GEMM suites, each followed by the same
 #           problems in PyTorch (scripts/torch_baseline.py; needs torch, and torchvision for the
-#           ResNet/DenseNet training steps, which are skipped without it).
+#           ResNet/DenseNet training steps, which are skipped without it); then the GEMM and
+#           ResNet-50 suites in BF16 and ResNet-50's layers in TF32 (the tensor cores), PyTorch
+#           in the same precision.
 #   tier 3  the other networks (AlexNet, ResNet-18, DenseNet-121) beside PyTorch;
 #           compute-sanitizer memcheck and racecheck on the selftest with the allocator's cache
 #           off (SCRATCHNET_NO_CACHE=1); a profiled step with a trace; `scratchnet kernel` on
@@ -238,11 +240,13 @@ else
     bench_args=()
 fi
 # bench_pair SUITE TIER CAP [BENCH FLAGS]: scratchnet's bench of one suite, then PyTorch on the
-# same problems.
+# same problems (in the precision the bench file records). With pair_tag set, the step and file
+# names carry it (bench-resnet50-bf16).
+pair_tag=
 bench_pair() {
-    local suite=$1 tier=$2 cap=$3
+    local suite=$1$([ -n "$pair_tag" ] && echo "-$pair_tag") tier=$2 cap=$3 bench_suite=$1
     shift 3
-    run_step "bench-$suite" "$tier" "$cap" "$bin" bench --device "$device" --suite "$suite" "${bench_args[@]}" "$@" \
+    run_step "bench-$suite" "$tier" "$cap" "$bin" bench --device "$device" --suite "$bench_suite" "${bench_args[@]}" "$@" \
         --json "$out/bench-$suite.jsonl"
     local rows=0
     [ -f "$out/bench-$suite.jsonl" ] && rows=$(($(wc -l <"$out/bench-$suite.jsonl") - 1))
@@ -282,6 +286,18 @@ if wants 2; then
     else
         bench_pair gemm 2 60
     fi
+    # The tensor cores: the products and ResNet-50 in BF16 (PyTorch under autocast) and its
+    # convolutions in TF32 (PyTorch with TF32 allowed), the issue's goals.
+    pair_tag=bf16
+    if [ $quick -eq 1 ]; then
+        bench_pair gemm 2 60 --filter sgemm --precision bf16
+    else
+        bench_pair gemm 2 60 --precision bf16
+        bench_pair resnet50 2 150 --precision bf16
+        pair_tag=tf32
+        bench_pair resnet50 2 120 --precision tf32 --no-train-step
+    fi
+    pair_tag=
 fi
 
 # ---- tier 3 ----------------------------------------------------------------------------------

@@ -12,13 +12,18 @@ file may also be the older single document with a "rows" list. Only `torch` is n
 training steps of the torchvision networks (ResNets, DenseNets) need `torchvision` too, and are
 listed as skipped without it.
 
-Everything runs in true FP32: TF32 is switched off for cuDNN and for matmul, as scratchnet's
-kernels do FP32 arithmetic. cuDNN's benchmark mode is on (scratchnet's autotuner does the same
+The precision is the bench file's (`scratchnet bench --precision`, recorded in its header;
+--precision overrides it), set up as a PyTorch user would: fp32 is true FP32 (TF32 switched off
+for cuDNN and for matmul); tf32 allows TF32 in both (PyTorch's default for convolutions);
+bf16 and fp16 run the convolutions, linear layers and products under
+`torch.autocast(dtype=...)`, and their backward passes on operands cast to that type, as
+autograd under autocast saves them; the training steps use autocast, and a GradScaler for
+fp16. cuDNN's benchmark mode is on (scratchnet's autotuner does the same
 job). Timing follows the same rule as scratchnet's: two warm-up runs, then at least --repeats
 timed runs and at least 20 ms in all, each between two CUDA events; the median counts.
 
 Usage: scripts/torch_baseline.py BENCH.json --out TORCH.json [--device cuda] [--repeats 10]
-                                  [--filter TEXT] [--no-train-step]
+                                  [--filter TEXT] [--no-train-step] [--precision fp32|tf32|bf16|fp16]
 """
 
 import argparse
@@ -32,6 +37,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MIN_TOTAL_MS = 20.0
+
+# The precision of the run (main sets it): None for fp32 and tf32, else the autocast dtype.
+AUTOCAST = None
+
+
+def low(t):
+    """An operand as the backward kernels under autocast receive it."""
+    return t if AUTOCAST is None else t.to(AUTOCAST)
+
+
+def autocast(fn):
+    """fn run under torch.autocast when the precision is a 16-bit one."""
+    if AUTOCAST is None:
+        return fn
+
+    def run():
+        with torch.autocast(device_type="cuda" if torch.cuda.is_available() else "cpu", dtype=AUTOCAST):
+            return fn()
+    return run
 MAX_RUNS = 1000
 
 
@@ -84,8 +108,9 @@ def conv(spec, dev):
     if p == "forward":
         if spec["relu"]:
             # PyTorch eager runs the convolution and then the ReLU in place: two kernels.
-            return lambda: F.conv2d(x, w, b, **args).relu_()
-        return lambda: F.conv2d(x, w, b, **args)
+            return autocast(lambda: F.conv2d(x, w, b, **args).relu_())
+        return autocast(lambda: F.conv2d(x, w, b, **args))
+    x, w, dy = low(x), low(w), low(dy)
     if p == "backward_data":
         return lambda: torch.nn.grad.conv2d_input(x_shape, w, dy, **args)
     return lambda: torch.nn.grad.conv2d_weight(x, w_shape, dy, **args)
@@ -99,8 +124,9 @@ def linear(spec, dev):
     p = spec["pass"]
     if p == "forward":
         if spec["relu"]:
-            return lambda: F.linear(x, w, b).relu_()
-        return lambda: F.linear(x, w, b)
+            return autocast(lambda: F.linear(x, w, b).relu_())
+        return autocast(lambda: F.linear(x, w, b))
+    x, w, dy = low(x), low(w), low(dy)
     if p == "backward_data":
         return lambda: dy @ w
     return lambda: dy.t() @ x
@@ -270,11 +296,25 @@ def train_step_run(spec, dev, memory_efficient=False):
     y = (torch.arange(batch) % spec["num_classes"]).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
 
+    if AUTOCAST is None:
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+        return step
+
+    # Mixed precision as the PyTorch documentation shows it: the forward pass and the loss
+    # under autocast, backward outside it; FP16 scales the loss (BF16 needs no scaler).
+    scaler = torch.amp.GradScaler(dev.type, enabled=AUTOCAST == torch.float16)
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+        with torch.autocast(device_type=dev.type, dtype=AUTOCAST):
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     return step
 
@@ -303,25 +343,25 @@ MAKERS = {
 
 def matmul(spec, dev):
     a, b = pattern([spec["m"], spec["k"]], dev, 1), pattern([spec["k"], spec["n"]], dev, 2)
-    return lambda: a @ b
+    return autocast(lambda: a @ b)
 
 
 MAKERS["matmul"] = matmul
 
 
 def read_bench(path):
-    """The rows of a bench file: JSON lines (header, then rows; a last line cut off by a
-    stopped run is skipped) or the older single document with a "rows" list."""
+    """The header and rows of a bench file: JSON lines (header, then rows; a last line cut off
+    by a stopped run is skipped) or the older single document with a "rows" list."""
     with open(path) as f:
         text = f.read()
     try:
         doc = json.loads(text)
         if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
-            return doc["rows"]
+            return doc, doc["rows"]
     except ValueError:
         pass
     lines = [l for l in text.splitlines() if l.strip()]
-    rows = []
+    header, rows = {}, []
     for i, line in enumerate(lines):
         try:
             value = json.loads(line)
@@ -332,9 +372,10 @@ def read_bench(path):
         if not isinstance(value, dict):
             raise ValueError(f"line {i + 1} is not a JSON object")
         if i == 0 and "tool" in value:
+            header = value
             continue
         rows.append(value)
-    return rows
+    return header, rows
 
 
 class JsonLines:
@@ -359,27 +400,33 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--filter", default=None, help="only rows whose label contains this text")
     ap.add_argument("--no-train-step", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default=None,
+                    help="default: the precision the bench file was measured in")
     a = ap.parse_args()
 
     try:
-        rows = read_bench(a.bench)
+        header, rows = read_bench(a.bench)
         for row in rows:
             row["key"], row["spec"], row["suite"], row["label"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         sys.exit(f"error: {a.bench} is not a bench results file: {e}")
     dev = torch.device(a.device)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    precision = a.precision or header.get("precision", "fp32")
+    global AUTOCAST
+    AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.benchmark = True
     torch.set_grad_enabled(False)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"PyTorch {torch.__version__} on {name}, cuDNN {torch.backends.cudnn.version()}, TF32 off")
+    mode = {"fp32": "FP32, TF32 off", "tf32": "TF32 allowed", "bf16": "autocast bf16", "fp16": "autocast fp16"}
+    print(f"PyTorch {torch.__version__} on {name}, cuDNN {torch.backends.cudnn.version()}, {mode[precision]}")
     try:
         out = JsonLines(a.out)
     except OSError as e:
         sys.exit(f"error: {a.out} cannot be written: {e}")
     out.write({"tool": "torch_baseline", "torch": torch.__version__, "device": str(dev), "device_name": name,
-               "cudnn": torch.backends.cudnn.version(), "tf32": False})
+               "cudnn": torch.backends.cudnn.version(), "tf32": precision == "tf32", "precision": precision})
 
     out_rows, seen, skipped = [], set(), 0
     for row in rows:

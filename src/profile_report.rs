@@ -61,6 +61,8 @@ pub struct LayerRow {
 pub struct ProfileReport {
     pub model: String,
     pub device: Device,
+    /// The precision of the convolutions and linear layers (`--precision`).
+    pub precision: crate::ops::Precision,
     pub batch: usize,
     pub input: [usize; 3],
     pub rows: Vec<LayerRow>,
@@ -107,6 +109,7 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
     Ok(ProfileReport {
         model: o.model.clone(),
         device: o.device,
+        precision: o.exec.precision,
         batch: o.batch,
         input,
         rows,
@@ -334,9 +337,10 @@ impl std::fmt::Display for ProfileReport {
         let [c, h, w] = self.input;
         writeln!(
             f,
-            "{} on {}, batch {} of {c}×{h}×{w}: step {:.3} ms ({:.1} images/s); ceilings: copy {:.1} GB/s, SGEMM {:.1} GFLOP/s",
+            "{} on {} in {}, batch {} of {c}×{h}×{w}: step {:.3} ms ({:.1} images/s); ceilings: copy {:.1} GB/s, SGEMM {:.1} GFLOP/s",
             self.model,
             self.device,
+            self.precision,
             self.batch,
             self.step_ms,
             self.batch as f64 / (self.step_ms / 1e3),

@@ -245,6 +245,7 @@ mod tests {
             test_loss: Some(0.9),
             test_accuracy: Some(0.5),
             images_per_sec: 50.0,
+            loss_scale: None,
         })
         .unwrap();
         let svg = log.finish().unwrap();

@@ -88,6 +88,20 @@ pub fn compare(ours: &Path, theirs: &Path) -> Result<Comparison> {
             format!("no row of {} matches a row of {}", ours.display(), theirs.display()),
         ));
     }
+    // Files from before precisions existed ran in FP32.
+    let precision = |v: &Value| v["precision"].as_str().unwrap_or("fp32").to_string();
+    if precision(&a.header) != precision(&b.header) {
+        return Err(Error::argument(
+            "bench --compare",
+            format!(
+                "{} ran in {} but {} in {}: compare two runs of one precision",
+                ours.display(),
+                precision(&a.header),
+                theirs.display(),
+                precision(&b.header)
+            ),
+        ));
+    }
     let device = |v: &Value| v["device_name"].as_str().unwrap_or("?").to_string();
     Ok(Comparison { ours_device: device(&a.header), theirs_device: device(&b.header), pairs, unmatched })
 }
@@ -190,6 +204,15 @@ mod tests {
         let bad = write(&dir, "bad.json", serde_json::json!({"no": "rows"}));
         let e = compare(&ours, &bad).unwrap_err().to_string();
         assert!(e.contains("is not a bench results file"), "{e}");
+
+        // A BF16 run against a baseline without a precision (FP32) is refused.
+        let bf16 = write(
+            &dir,
+            "bf16.json",
+            serde_json::json!({"device_name": "A", "precision": "bf16", "rows": [row("c1", "conv", 2.0, true)]}),
+        );
+        let e = compare(&bf16, &theirs).unwrap_err().to_string();
+        assert!(e.contains("bf16") && e.contains("fp32") && e.contains("one precision"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -70,7 +70,13 @@ pub fn run(
         }
     }
     let ceilings = measure_ceilings(opts)?;
-    on_start(&Header { device: opts.device, device_name: &device_name, batch: opts.batch(), ceilings: &ceilings })?;
+    on_start(&Header {
+        device: opts.device,
+        device_name: &device_name,
+        batch: opts.batch(),
+        precision: opts.exec.precision,
+        ceilings: &ceilings,
+    })?;
     let gpu = opts.device.gpu()?;
     let mut rows = Vec::new();
     for (suite, problem, layers) in work {

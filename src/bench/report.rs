@@ -78,6 +78,9 @@ pub struct Header<'a> {
     pub device: Device,
     pub device_name: &'a str,
     pub batch: usize,
+    /// The precision of the convolutions and products (`--precision`); the baseline runs in
+    /// the same one.
+    pub precision: crate::ops::Precision,
     pub ceilings: &'a Ceilings,
 }
 
@@ -89,6 +92,7 @@ impl Header<'_> {
             "device": self.device.to_string(),
             "device_name": self.device_name,
             "batch": self.batch,
+            "precision": self.precision.name(),
             "ceilings": {
                 "copy_gbs": self.ceilings.copy_gbs,
                 "gemm_gflops": self.ceilings.gemm_gflops,

@@ -178,9 +178,13 @@ impl Shown {
             (Some(loss), Some(acc)) => format!("held-out loss {loss:.4} acc {:.1}%", acc * 100.0),
             _ => "nothing held out".to_string(),
         };
+        let scaling = match r.loss_scale {
+            Some((scale, skipped)) => format!(" | loss scale {scale} ({skipped} steps skipped)"),
+            None => String::new(),
+        };
         self.bar.suspend(|| {
             out!(
-                "epoch {}: train loss {:.4} acc {:.1}% | {held_out} | {:.0} img/s",
+                "epoch {}: train loss {:.4} acc {:.1}% | {held_out} | {:.0} img/s{scaling}",
                 r.epoch,
                 r.train_loss,
                 r.train_accuracy * 100.0,

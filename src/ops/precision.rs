@@ -27,7 +27,8 @@
 //! [`Precision::round`], the kernels with `to_tf32`/`pack_bf16`/`pack_f16` of
 //! kernels/mma.cuh, and the two agree to the bit on every operand.
 
-use half::{bf16, f16};
+use half::f16;
+use rayon::prelude::*;
 
 use super::gpu_f32;
 use crate::device::gpu::{KernelCall, to_i64};
@@ -60,7 +61,7 @@ impl Precision {
         match self {
             Precision::Fp32 => x,
             Precision::Tf32 => round_tf32(x),
-            Precision::Bf16 => bf16::from_f32(x).to_f32(),
+            Precision::Bf16 => round_bf16(x),
             Precision::Fp16 => f16::from_f32(x).to_f32(),
         }
     }
@@ -120,10 +121,26 @@ fn round_in_place(t: &mut Tensor, p: Precision) -> Result<()> {
         return gpu
             .launch(KernelCall::elementwise("round_precision_f32", n).buf(buf).buf(buf).i64(to_i64(n)).i32(code));
     }
-    for v in t.as_mut_slice::<f32>()? {
-        *v = p.round(*v);
-    }
+    t.as_mut_slice::<f32>()?.par_chunks_mut(1 << 14).for_each(|chunk| {
+        for v in chunk {
+            *v = p.round(*v);
+        }
+    });
     Ok(())
+}
+
+/// Round to nearest even to BF16's 7 mantissa bits, as the `half` crate's `bf16::from_f32`
+/// and CUDA's `__float2bfloat16_rn` do, but in a few integer operations that the compiler
+/// vectorises: add 0x7fff plus the lowest kept bit (so that a tie rounds to the even neighbour)
+/// and clear the 16 dropped bits. NaN passes unchanged (the addition could carry it into an
+/// infinity), and a value that rounds past the largest finite one becomes infinite.
+pub fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let lsb = (bits >> 16) & 1;
+    f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000)
 }
 
 /// Round to nearest, ties away from zero, to TF32's 10 mantissa bits (`cvt.rna.tf32.f32`):
@@ -178,6 +195,22 @@ mod tests {
             assert_eq!(round_tf32(x).to_bits() & 0x1fff, 0, "{x}");
             assert!((round_tf32(x) - x).abs() <= x.abs() * 2f32.powi(-11));
         }
+    }
+
+    #[test]
+    fn bf16_rounding_matches_the_half_crate_bit_for_bit() {
+        let mut x = 0x9e37_79b9u32;
+        let specials = [0.0f32, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY];
+        let randoms = (0..200_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            f32::from_bits(x)
+        });
+        for v in specials.into_iter().chain(randoms).filter(|v| !v.is_nan()) {
+            assert_eq!(round_bf16(v).to_bits(), half::bf16::from_f32(v).to_f32().to_bits(), "{v:e}");
+        }
+        assert!(round_bf16(f32::NAN).is_nan());
     }
 
     #[test]

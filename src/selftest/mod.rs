@@ -10,12 +10,14 @@
 //!
 //! This file holds the harness, the convolutions, the GEMMs and the bias + ReLU after them;
 //! the other op families are in `pool.rs`, `norm.rs` (LRN and the batch norms), `dense.rs`
-//! (fully connected, cross-entropy, SGD) and `pointwise.rs` (element-wise, concat, dropout).
+//! (fully connected, cross-entropy, SGD), `pointwise.rs` (element-wise, concat, dropout) and
+//! `precision.rs` (the convolutions and the product in TF32, BF16 and FP16).
 
 mod dense;
 mod norm;
 mod pointwise;
 mod pool;
+mod precision;
 
 use crate::autograd::gradcheck::{GradcheckOptions, gradcheck};
 use crate::device::{Device, poison_new_buffers};
@@ -80,6 +82,7 @@ pub fn run(device: Device, mut report: impl FnMut(&Check)) -> Result<Vec<Check>>
         t.dropout()?;
         t.cross_entropy()?;
         t.sgd()?;
+        t.low_precision()?;
         if device.is_cpu() {
             t.finite_differences()?;
         }
@@ -351,7 +354,7 @@ fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     t
 }
 
-fn describe(p: &Conv2dParams) -> String {
+pub(super) fn describe(p: &Conv2dParams) -> String {
     format!(
         "s{} p{} d{} g{}",
         if p.stride.0 == p.stride.1 { p.stride.0.to_string() } else { format!("{:?}", p.stride) },

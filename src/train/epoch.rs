@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use super::graph_step::{GRAPH_WARMUP_STEPS, GraphStep};
+use super::loss_scale::{LossScaler, ScaledStep};
 use super::{Progress, StepReport, TrainOptions, learning_rate};
 use crate::autograd::{Graph, Var};
 use crate::data::{self, Dataset};
@@ -14,6 +15,7 @@ use crate::device::host_memory::{Activity, set_activity};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::Sgd;
+use crate::ops::Precision;
 use crate::ops::loss::argmax_rows;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -40,6 +42,8 @@ pub(super) struct EpochTally {
     pub(super) seen: usize,
     /// Over the epoch's steps, evaluation left out.
     pub(super) images_per_sec: f64,
+    /// The loss scale and the steps skipped so far (`--precision fp16`).
+    pub(super) loss_scale: Option<(f64, usize)>,
 }
 
 /// What training carries from step to step and epoch to epoch.
@@ -56,11 +60,14 @@ pub(super) struct Trainer<'a> {
     plan: Plan,
     /// Steps taken so far.
     pub(super) step: usize,
+    /// The loss scaler of an FP16 run (see `loss_scale`).
+    scaler: Option<LossScaler>,
 }
 
 impl<'a> Trainer<'a> {
     pub(super) fn new(o: &'a TrainOptions, model: Box<dyn Model>, opt: Sgd, plan: Plan) -> Trainer<'a> {
-        Trainer { captured: None, opt, model, o, rng: Rng::new(o.seed ^ 0xDA7A), plan, step: 0 }
+        let scaler = (o.exec.precision == Precision::Fp16).then(LossScaler::default);
+        Trainer { captured: None, opt, model, o, rng: Rng::new(o.seed ^ 0xDA7A), plan, step: 0, scaler }
     }
 
     /// The trained model, once the captured step and then the optimizer are dropped.
@@ -112,7 +119,8 @@ impl<'a> Trainer<'a> {
             return Err(Error::argument("train", format!("epoch {epoch} made no step; nothing to train on")));
         }
         let images_per_sec = seen as f64 / started.elapsed().as_secs_f64();
-        Ok(EpochTally { loss_sum, correct, seen, images_per_sec })
+        let loss_scale = self.scaler.as_ref().map(|s| (s.scale(), s.skipped()));
+        Ok(EpochTally { loss_sum, correct, seen, images_per_sec, loss_scale })
     }
 
     /// One step on the images of `train` at `chunk`, at the learning rate already set: the
@@ -146,7 +154,10 @@ impl<'a> Trainer<'a> {
                 self.model.count_replayed_step();
                 (graph.loss().item()?, argmax_rows(graph.logits())?)
             }
-            _ => eager_step(o, self.model.as_mut(), &mut self.opt, step, (&x_host, &y_host), chunk.len())?,
+            _ => {
+                let batch = (&x_host, &y_host);
+                eager_step(o, self.model.as_mut(), &mut self.opt, self.scaler.as_mut(), step, batch, chunk.len())?
+            }
         };
         if !loss_value.is_finite() {
             return Err(Error::argument(
@@ -159,12 +170,14 @@ impl<'a> Trainer<'a> {
 }
 
 /// Step `step` (counted from 0) on a fresh training graph, on the host batch of `images`
-/// images: forward, loss, backward, SGD. An error says in which pass, which layer and at what
-/// batch size it happened.
+/// images: forward, loss, backward, SGD (with a `scaler`, the backward of the scaled loss,
+/// and SGD only if the scaler accepts the gradients). An error says in which pass, which
+/// layer and at what batch size it happened.
 fn eager_step(
     o: &TrainOptions,
     model: &mut dyn Model,
     opt: &mut Sgd,
+    scaler: Option<&mut LossScaler>,
     step: usize,
     (x_host, y_host): (&Tensor, &Tensor),
     images: usize,
@@ -183,9 +196,13 @@ fn eager_step(
     })();
     let (loss_value, predictions, loss) =
         forward.map_err(|e: Error| e.in_context(|| at("forward pass", g.current_layer())))?;
-    g.backward(&loss)
-        .and_then(|grads| grads.accumulate_into(model.params_mut()))
-        .and_then(|()| opt.step(model.params_mut()))
+    let update = match scaler {
+        None => g.backward(&loss).and_then(|grads| grads.accumulate_into(model.params_mut())).map(|()| true),
+        Some(scaler) => super::loss_scale::backward_scaled(g, &loss, model.params_mut(), scaler)
+            .map(|verdict| verdict == ScaledStep::Apply),
+    };
+    update
+        .and_then(|apply| if apply { opt.step(model.params_mut()) } else { Ok(()) })
         .map_err(|e| e.in_context(|| at("backward pass", None)))?;
     Ok((loss_value, predictions))
 }

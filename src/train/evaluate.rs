@@ -126,6 +126,7 @@ pub(super) fn end_of_epoch(
         test_loss,
         test_accuracy,
         images_per_sec: tally.images_per_sec,
+        loss_scale: tally.loss_scale,
     })
 }
 

@@ -19,6 +19,7 @@
 mod epoch;
 mod evaluate;
 mod graph_step;
+mod loss_scale;
 mod options;
 mod progress;
 mod schedule;
@@ -33,6 +34,7 @@ use setup::Prepared;
 pub use epoch::out_of_memory_advice;
 pub use evaluate::{evaluate, evaluate_on, first_non_finite};
 pub use graph_step::{GraphStep, check_graph_capturable};
+pub use loss_scale::{LossScaler, ScaledStep, backward_scaled};
 pub use options::{TrainOptions, num_classes};
 pub use progress::{EpochReport, Progress, StepReport};
 pub use schedule::{Schedule, learning_rate};

@@ -87,6 +87,10 @@ pub(super) fn check(o: &TrainOptions) -> Result<()> {
     if o.steps == Some(0) {
         return bad("--steps must be at least 1".into());
     }
+    if o.cuda_graph && o.exec.precision == crate::ops::Precision::Fp16 {
+        // A replayed step cannot skip its update: the loss scaler decides on the host.
+        return bad("--cuda-graph cannot be combined with --precision fp16 (the loss scaler decides each step)".into());
+    }
     for (name, v) in [
         ("--lr", o.lr),
         ("--momentum", o.momentum),

@@ -42,4 +42,7 @@ pub struct EpochReport {
     pub test_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
     pub images_per_sec: f64,
+    /// With `--precision fp16`: the loss scale at the end of the epoch and the steps skipped
+    /// so far because their gradients overflowed.
+    pub loss_scale: Option<(f64, usize)>,
 }

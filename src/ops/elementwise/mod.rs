@@ -9,7 +9,7 @@ use super::{common_dtype, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i64};
 use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Element, Float, Tensor};
 
 /// Elements handed to one rayon task: large enough that scheduling costs nothing.
 pub(crate) const PAR_CHUNK: usize = 1 << 14;
@@ -163,6 +163,49 @@ pub fn add_assign(acc: &mut Tensor, x: &Tensor) -> Result<()> {
             .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, &x)| *a += x));
         Ok(())
     })
+}
+
+/// `t *= s`, in place.
+pub fn scale_in_place(t: &mut Tensor, s: f64) -> Result<()> {
+    let (dtype, device) = (t.dtype(), t.device());
+    if let Some(gpu) = gpu_f32("scale", dtype, device)? {
+        let n = t.numel();
+        let tb = t.gpu_buffer_mut()?;
+        return gpu.launch(KernelCall::vec4("scale_f32", n).buf(tb).f32(s as f32).i64(to_i64(n)));
+    }
+    with_float_type!(dtype, "scale", |T| {
+        let s = T::from_f64(s);
+        t.as_mut_slice::<T>()?.par_chunks_mut(PAR_CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+        Ok(())
+    })
+}
+
+/// How many values of the tensors are NaN or infinite, all of them on one device. On a GPU
+/// one kernel per tensor adds into one counter, and only the counter comes back to the host.
+pub fn count_non_finite(ts: &[&Tensor]) -> Result<u64> {
+    const OP: &str = "count non-finite";
+    let Some(first) = ts.first() else { return Ok(0) };
+    if let Some(gpu) = gpu_f32(OP, first.dtype(), first.device())? {
+        let count = gpu.zeros(crate::tensor::DType::F32, 1)?;
+        for t in ts {
+            common_dtype(OP, &[("first tensor", first), ("tensor", t)])?;
+            let n = t.numel();
+            gpu.launch(
+                KernelCall::elementwise("count_non_finite_f32", n).buf(&count).buf(t.gpu_buffer()?).i64(to_i64(n)),
+            )?;
+        }
+        let mut bytes = [0u8; 4];
+        gpu.download(&count, &mut bytes)?;
+        return Ok(u64::from(u32::from_le_bytes(bytes)));
+    }
+    let mut bad = 0u64;
+    for t in ts {
+        common_dtype(OP, &[("first tensor", first), ("tensor", t)])?;
+        bad += with_float_type!(t.dtype(), OP, |T| {
+            Ok(host::<T>(t)?.par_iter().filter(|v| !v.to_f64().is_finite()).count() as u64)
+        })?;
+    }
+    Ok(bad)
 }
 
 /// Σ a·b over all elements, accumulated in f64 (the gradient checks use it to turn any

@@ -1,0 +1,93 @@
+//! The convolutions and the matrix product in each low precision (`--precision`), against
+//! the references run on the operands rounded as the precision rounds them (in f64), with the
+//! result rounded too for the 16-bit types. On cuda and emu this is the tensor-core kernels
+//! (or the rounded FP32 ones where those run); on cpu the rounded FP32 path.
+
+use super::{Tester, expected};
+use crate::error::Result;
+use crate::ops::conv2d::{self, Conv2dParams, ConvGeometry, reference};
+use crate::ops::gemm::{self, GemmKernel, matmul};
+use crate::ops::{ExecOptions, Precision};
+use crate::tensor::{Shape, Tensor};
+
+/// Relative L2 error allowed in `precision`. TF32 results are FP32 sums of exact products, as
+/// any reordered FP32 sum. A 16-bit result is rounded after the sum; where the device's FP32
+/// sum and the reference's f64 one fall on two sides of a rounding boundary, they come out
+/// one 16-bit step apart (2^-8 relative for BF16, 2^-11 for FP16). That happens to a few
+/// values in a thousand at most, which keeps the relative L2 error well below 2^-8 · √0.01.
+fn tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::Fp32 | Precision::Tf32 => super::TOL_REORDERED,
+        Precision::Bf16 => 1e-3,
+        Precision::Fp16 => 2e-4,
+    }
+}
+
+/// `values` rounded as `precision` rounds an operand (f64 → f32 → rounded).
+fn rounded(values: &[f64], precision: Precision) -> Vec<f64> {
+    values.iter().map(|&v| f64::from(precision.round(v as f32))).collect()
+}
+
+/// A reference result rounded as the precision rounds a result.
+fn result(values: Vec<f64>, precision: Precision) -> Vec<f64> {
+    if precision.rounds_output() { rounded(&values, precision) } else { values }
+}
+
+impl Tester {
+    pub(super) fn low_precision(&mut self) -> Result<()> {
+        let p = Conv2dParams::default;
+        let convs = [
+            ([2, 5, 9, 7], [6, 5, 3, 3], p().padding(1)),
+            ([1, 3, 17, 17], [8, 3, 7, 7], p().stride(2).padding(3)),
+            ([2, 6, 9, 9], [4, 3, 3, 3], p().padding(2).dilation(2).groups(2)),
+            ([2, 24, 10, 10], [33, 24, 1, 1], p()),
+        ];
+        for precision in [Precision::Tf32, Precision::Bf16, Precision::Fp16] {
+            for (xs, ws, params) in convs {
+                self.conv2d_in(precision, &xs, &ws, params)?;
+            }
+            for (m, n, k) in [(37, 19, 45), (130, 70, 41)] {
+                self.matmul_in(precision, m, n, k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn conv2d_in(&mut self, precision: Precision, xs: &[usize], ws: &[usize], params: Conv2dParams) -> Result<()> {
+        let (x, w) = (self.input(xs), self.input(ws));
+        let g = ConvGeometry::new(&Shape::from(xs), &Shape::from(ws), params)?;
+        let dy = self.input(g.out_shape().dims());
+        let (xr, wr, dyr) = (
+            rounded(&x.to_f64_vec()?, precision),
+            rounded(&w.to_f64_vec()?, precision),
+            rounded(&dy.to_f64_vec()?, precision),
+        );
+        let want_y = expected(g.out_shape(), result(reference::forward(&xr, &wr, None, &g), precision));
+        let want_dx = expected(g.in_shape(), result(reference::backward_data(&dyr, &wr, &g), precision));
+        let want_dw = expected(g.weight_shape(), result(reference::backward_filter(&dyr, &xr, &g), precision));
+        let exec = ExecOptions::with_precision(precision);
+        let (xd, wd, dyd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&dy)?);
+        let case = format!("x {xs:?} w {ws:?} {}", super::describe(&params));
+        let tol = tolerance(precision);
+        let y = conv2d::forward(&xd, &wd, None, params, &exec)?;
+        self.record(&format!("conv2d forward {precision}"), &case, &y, &want_y, tol)?;
+        let dx = conv2d::backward_data(&dyd, &wd, &g.in_shape(), params, &exec)?;
+        self.record(&format!("conv2d backward data {precision}"), &case, &dx, &want_dx, tol)?;
+        let dw = conv2d::backward_filter(&dyd, &xd, &g.weight_shape(), params, &exec)?;
+        self.record(&format!("conv2d backward filter {precision}"), &case, &dw, &want_dw, tol)
+    }
+
+    fn matmul_in(&mut self, precision: Precision, m: usize, n: usize, k: usize) -> Result<()> {
+        let (a, b) = (self.input(&[m, k]), self.input(&[k, n]));
+        let want = gemm::reference::matmul(
+            &rounded(&a.to_f64_vec()?, precision),
+            &rounded(&b.to_f64_vec()?, precision),
+            m,
+            n,
+            k,
+        );
+        let want: Tensor = expected([m, n], result(want, precision));
+        let got = matmul(&self.on_device(&a)?, false, &self.on_device(&b)?, false, GemmKernel::Auto, precision)?;
+        self.record(&format!("matmul {precision}"), &format!("{m}×{k}·{k}×{n}"), &got, &want, tolerance(precision))
+    }
+}
