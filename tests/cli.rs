@@ -9,6 +9,12 @@ use scratchnet::data::npy;
 
 #[test]
 fn bad_flags_exit_2_with_a_one_line_error() {
+    assert_bad_input(&["train", "--precision", "fp8"], "'fp8' is not fp32, tf32, bf16 or fp16");
+    assert_bad_input(&["bench", "--precision", "half"], "'half' is not fp32, tf32, bf16 or fp16");
+    assert_bad_input(
+        &["train", "--precision", "fp16", "--cuda-graph", "--device", "emu"],
+        "--cuda-graph cannot be combined with --precision fp16",
+    );
     assert_bad_input(&["train", "--model", "resnet19"], "unknown model 'resnet19'");
     assert_bad_input(&["train", "--data", "imagenet"], "unknown data source 'imagenet'");
     assert_bad_input(&["train", "--device", "tpu"], "unknown device 'tpu'");
