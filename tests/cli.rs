@@ -31,7 +31,7 @@ fn bad_flags_exit_2_with_a_one_line_error() {
     assert_bad_input(&["frobnicate"], "unrecognized subcommand");
     assert_bad_input(
         &["train", "--conv-algo", "winograd"],
-        "'winograd' is not direct, implicit-gemm, implicit-gemm-128 or auto",
+        "'winograd' is not direct, implicit-gemm, implicit-gemm-128, tensor-core, tensor-core-64, tensor-core-128 or auto",
     );
 }
 
