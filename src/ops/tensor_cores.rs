@@ -59,13 +59,18 @@ impl TcTile {
 /// TF32 and BF16 tensor cores start with Ampere, and the fatbin's sm_75 code for these
 /// kernels traps.
 pub(crate) fn require_tensor_cores(gpu: &GpuDevice, precision: Precision) -> Result<()> {
-    match gpu.compute_capability() {
+    check_capability(&gpu.name(), gpu.compute_capability(), precision)
+}
+
+/// [`require_tensor_cores`] for a GPU called `name` of compute capability `cc` (`None`: the
+/// emulator, which has tensor cores).
+fn check_capability(name: &str, cc: Option<(i32, i32)>, precision: Precision) -> Result<()> {
+    match cc {
         Some((major, minor)) if major < 8 => Err(Error::argument(
             "--precision",
             format!(
-                "{precision} runs on tensor cores, which need compute capability 8.0 or newer; {} is {major}.{minor} \
-                 (use --precision fp32)",
-                gpu.name()
+                "{precision} runs on tensor cores, which need compute capability 8.0 or newer; {name} is \
+                 {major}.{minor} (use --precision fp32)"
             ),
         )),
         _ => Ok(()),
@@ -86,4 +91,18 @@ pub(crate) fn precision_index(op: &'static str, p: Precision) -> Result<usize> {
 /// [`Precision::ALL`] (1 TF32, 2 BF16, 3 FP16), as `round_precision_f32` takes it.
 pub(crate) fn precision_code(p: Precision) -> i32 {
     Precision::ALL.iter().position(|&q| q == p).unwrap_or(0) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_before_ampere_are_refused_in_one_line() {
+        let e = check_capability("Tesla T4", Some((7, 5)), Precision::Bf16).unwrap_err().to_string();
+        assert!(e.contains("bf16") && e.contains("8.0") && e.contains("Tesla T4 is 7.5") && !e.contains('\n'), "{e}");
+        assert!(check_capability("A100", Some((8, 0)), Precision::Tf32).is_ok());
+        assert!(check_capability("H100", Some((9, 0)), Precision::Fp16).is_ok());
+        assert!(check_capability("emu", None, Precision::Bf16).is_ok());
+    }
 }

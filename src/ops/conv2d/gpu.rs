@@ -11,6 +11,11 @@
 //! `implicit-gemm`, `implicit-gemm-128`, or `auto` (the default), which times them the first
 //! time each shape runs on a GPU and keeps the fastest ([`crate::ops::autotune`]).
 //!
+//! These are the FP32 kernels. In a low precision (`--precision` tf32, bf16, fp16), `auto`
+//! and the `tensor-core` algorithms run the tensor-core kernels of kernels/conv2d_tc.cu
+//! instead (`tensor_core.rs`), and the forced FP32 algorithms run here on rounded operands
+//! (mod.rs).
+//!
 //! **Towers** (`ExecOptions::towers`, `--towers`): AlexNet's grouped convolutions were the
 //! paper's two GPUs, each computing the group of channels it held. With towers on, each group
 //! of a grouped convolution runs on its own side stream ([`GpuDevice::on_streams`]), so the

@@ -13,7 +13,8 @@
 //!
 //! The definition as plain loops, which every path is checked against, is [`reference`](mod@reference). The
 //! `cpu` device runs the fast path below; cuda and emu run the kernels of `kernels/conv2d.cu`
-//! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say).
+//! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say), and in a
+//! low precision those of `kernels/conv2d_tc.cu` on the tensor cores (`tensor_core.rs`).
 //!
 //! The `cpu` device's path, im2col + GEMM, is in `cpu.rs`.
 
