@@ -23,7 +23,7 @@
 //   accumulators MI·NI·4 floats per thread (32 or 16), in registers for the whole K loop.
 // (A 128×128 tile, 64 accumulators per thread, sits at the 128 registers that two blocks per
 // SM allow, and ptxas spilled a few bytes in some of its kernels on sm_80 or sm_90; 128×64
-// has headroom: 109–128 registers, no spills.)
+// has headroom: 108–128 registers, no spills.)
 //
 // Shared memory holds FP32, as the tensors are: cp.async copies bytes and cannot convert, so
 // the rounding to the precision (to_tf32, pack_bf16, pack_f16) happens when a fragment is
@@ -56,10 +56,10 @@
 //
 //   word(row, k) = 16·row + 4·((k/4) ^ s(row)) + k%4,   s(row) = 2·(row/2 % 2) + row/4 % 2
 //
-// Why: a fragment load has the 8 lanes of a "group" g = lane/4 read rows r+g (r a multiple
-// of 8) at the same k. Rows 16 floats apart fall in two bank halves (even rows in banks 0–15,
-// odd rows in 16–31), so without the swizzle rows r, r+2, r+4, r+6 would hit the same four
-// banks: 4-way conflicts. s gives those four rows the chunk permutations 0, 2, 1, 3, so
+// Why: in a fragment load, lane (g, t) = (lane/4, lane%4) reads row r+g (r a multiple of 8)
+// at column k0+t (TF32) or k0+2t (16-bit): eight rows at once. Rows 16 floats apart fall in
+// two bank halves (even rows in banks 0–15, odd rows in 16–31), so without the swizzle rows
+// r, r+2, r+4, r+6 would hit the same four banks: 4-way conflicts. s gives those four rows the chunk permutations 0, 2, 1, 3, so
 //   - a TF32 fragment (32 lanes, one float each: rows r+g, columns k0+t, t < 4) touches
 //     banks 16·(g%2) + 4·(chunk ^ s(g)) + t: 32 different banks;
 //   - a 16-bit fragment (one float2 per lane, columns k0+2t, k0+2t+1: served per half-warp)
