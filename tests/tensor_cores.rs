@@ -21,6 +21,14 @@ use scratchnet::ops::gemm::{self, GemmKernel};
 use scratchnet::ops::{ExecOptions, Precision};
 use scratchnet::{DType, Device, Tensor};
 
+/// Held by every test of this file, so that the one reading the emulator's launch log sees
+/// only its own launches.
+static LAUNCHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    LAUNCHES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const LOW: [Precision; 3] = [Precision::Tf32, Precision::Bf16, Precision::Fp16];
 const TILES: [ConvAlgo; 2] = [ConvAlgo::TensorCore64, ConvAlgo::TensorCore128];
 
@@ -133,6 +141,7 @@ fn exec(algo: ConvAlgo, precision: Precision) -> ExecOptions {
 
 #[test]
 fn conv_forward_on_every_tensor_core_kernel_matches_the_rounded_definition() {
+    let _serial = serial();
     scratchnet::device::poison_new_buffers(true);
     let mut failures = Vec::new();
     for (i, case) in cases().iter().enumerate() {
@@ -168,6 +177,7 @@ fn conv_forward_on_every_tensor_core_kernel_matches_the_rounded_definition() {
 
 #[test]
 fn conv_data_gradient_on_every_tensor_core_kernel_matches_the_rounded_definition() {
+    let _serial = serial();
     scratchnet::device::poison_new_buffers(true);
     let mut failures = Vec::new();
     for (i, case) in cases().iter().enumerate() {
@@ -191,6 +201,7 @@ fn conv_data_gradient_on_every_tensor_core_kernel_matches_the_rounded_definition
 
 #[test]
 fn conv_filter_gradient_on_every_tensor_core_kernel_matches_the_rounded_definition() {
+    let _serial = serial();
     scratchnet::device::poison_new_buffers(true);
     let mut all = cases();
     // N·OH·OW = 648: the shared dimension is cut into two slices, summed and then rounded by
@@ -241,6 +252,7 @@ fn matmul_reference(a: &Tensor, ta: bool, b: &Tensor, tb: bool, p: Precision) ->
 
 #[test]
 fn matmul_on_every_tensor_core_kernel_matches_the_rounded_definition() {
+    let _serial = serial();
     scratchnet::device::poison_new_buffers(true);
     // The three products of a linear layer with batch 37, 75 inputs and 130 outputs (x·Wᵀ,
     // dy·W, dyᵀ·x), and x·Wᵀ again with 72 inputs, where x and W are copied 16 bytes at a time.
@@ -273,6 +285,7 @@ fn matmul_on_every_tensor_core_kernel_matches_the_rounded_definition() {
 /// summation error (and an ulp of the 16-bit output).
 #[test]
 fn tensor_cores_agree_with_the_cpus_rounding_path() {
+    let _serial = serial();
     let (xs, ws, p, _) = cases()[3];
     let (x, w, b, dy, g) = inputs(3, &(xs, ws, p, true));
     for precision in LOW {
@@ -305,6 +318,7 @@ fn tensor_cores_agree_with_the_cpus_rounding_path() {
 /// The tensor-core algorithms need a low precision; the error says so in one line.
 #[test]
 fn tensor_core_algorithms_refuse_fp32() {
+    let _serial = serial();
     let (x, w) = (
         Tensor::randn(vec![1, 2, 4, 4], 0.0, 1.0, DType::F32, 1),
         Tensor::randn(vec![2, 2, 3, 3], 0.0, 1.0, DType::F32, 2),
@@ -320,4 +334,52 @@ fn tensor_core_algorithms_refuse_fp32() {
     .to_string();
     assert!(e.contains("--precision") && !e.contains('\n'), "{e}");
     assert_eq!("tensor-core-128".parse::<ConvAlgo>().unwrap(), ConvAlgo::TensorCore128);
+}
+
+/// Which kernels run: in a low precision `auto` and the tensor-core algorithms launch the
+/// tensor-core kernels of that precision (the 64×64 tile on the emulator), a forced FP32
+/// algorithm or GEMM kernel rounds the operands and launches the FP32 kernel.
+#[test]
+fn the_algorithm_chooses_between_the_tensor_cores_and_the_rounding_path() {
+    let _serial = serial();
+    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let (x, w, _, dy, g) = inputs(0, &cases()[0]);
+    let (xd, wd, dyd) = (on_emu(&x), on_emu(&w), on_emu(&dy));
+    let p = g.params;
+    let launched = |f: &dyn Fn()| -> Vec<&'static str> {
+        gpu.start_launch_log();
+        f();
+        gpu.take_launch_log().into_iter().map(|(name, _)| name).collect()
+    };
+    let names = launched(&|| {
+        conv2d::forward(&xd, &wd, None, p, &ExecOptions::with_precision(Precision::Bf16)).unwrap();
+    });
+    assert_eq!(names, ["conv2d_fwd_tc64_bf16"]);
+    let names = launched(&|| {
+        let e = exec(ConvAlgo::TensorCore, Precision::Tf32);
+        conv2d::backward_data_and_filter(&dyd, &xd, &wd, p, (true, true), &e).unwrap();
+    });
+    assert_eq!(names, ["conv2d_bwd_data_tc64_tf32", "conv2d_bwd_filter_tc64_tf32"]);
+    let names = launched(&|| {
+        conv2d::forward(&xd, &wd, None, p, &exec(ConvAlgo::TensorCore128, Precision::Fp16)).unwrap();
+    });
+    assert_eq!(names, ["conv2d_fwd_tc128_fp16"]);
+    let names = launched(&|| {
+        conv2d::forward(&xd, &wd, None, p, &exec(ConvAlgo::ImplicitGemm, Precision::Bf16)).unwrap();
+    });
+    assert!(names.contains(&"conv2d_fwd_implicit_gemm_f32") && names.contains(&"round_precision_f32"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("_tc")), "{names:?}");
+
+    let (a, b) = (
+        on_emu(&Tensor::randn(vec![5, 7], 0.0, 1.0, DType::F32, 1)),
+        on_emu(&Tensor::randn(vec![6, 7], 0.0, 1.0, DType::F32, 2)),
+    );
+    let names = launched(&|| {
+        gemm::matmul(&a, false, &b, true, GemmKernel::Auto, Precision::Bf16).unwrap();
+    });
+    assert_eq!(names, ["gemm_tc64_bf16"]);
+    let names = launched(&|| {
+        gemm::matmul(&a, false, &b, true, GemmKernel::Blocked64, Precision::Bf16).unwrap();
+    });
+    assert!(names.contains(&"gemm_64x64_f32") && !names.iter().any(|n| n.contains("_tc")), "{names:?}");
 }
