@@ -10,12 +10,14 @@
 //!
 //! This file holds the harness, the convolutions, the GEMMs and the bias + ReLU after them;
 //! the other op families are in `pool.rs`, `norm.rs` (LRN and the batch norms), `dense.rs`
-//! (fully connected, cross-entropy, SGD) and `pointwise.rs` (element-wise, concat, dropout).
+//! (fully connected, cross-entropy, SGD), `pointwise.rs` (element-wise, concat, dropout) and
+//! `tensor_cores.rs` (the tensor-core kernels in each precision, on cuda and emu).
 
 mod dense;
 mod norm;
 mod pointwise;
 mod pool;
+mod tensor_cores;
 
 use crate::autograd::gradcheck::{GradcheckOptions, gradcheck};
 use crate::device::{Device, poison_new_buffers};
@@ -80,6 +82,7 @@ pub fn run(device: Device, mut report: impl FnMut(&Check)) -> Result<Vec<Check>>
         t.dropout()?;
         t.cross_entropy()?;
         t.sgd()?;
+        t.tensor_cores()?;
         if device.is_cpu() {
             t.finite_differences()?;
         }
