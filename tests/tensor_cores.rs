@@ -364,6 +364,14 @@ fn the_algorithm_chooses_between_the_tensor_cores_and_the_rounding_path() {
         conv2d::forward(&xd, &wd, None, p, &exec(ConvAlgo::TensorCore128, Precision::Fp16)).unwrap();
     });
     assert_eq!(names, ["conv2d_fwd_tc128_fp16"]);
+    // A grouped convolution with towers on: the tensor-core kernels still cover the groups in
+    // one launch (grid z).
+    let (gx, gw, _, _, gg) = inputs(3, &cases()[3]);
+    let towers = ExecOptions { towers: true, ..ExecOptions::with_precision(Precision::Bf16) };
+    let names = launched(&|| {
+        conv2d::forward(&on_emu(&gx), &on_emu(&gw), None, gg.params, &towers).unwrap();
+    });
+    assert_eq!(names, ["conv2d_fwd_tc64_bf16"]);
     let names = launched(&|| {
         conv2d::forward(&xd, &wd, None, p, &exec(ConvAlgo::ImplicitGemm, Precision::Bf16)).unwrap();
     });
