@@ -9,8 +9,9 @@
 //
 // Kernels: conv2d_{fwd,bwd_data,bwd_filter}_tc{64,128}_{tf32,bf16,fp16}: one per direction,
 // tile configuration and precision, plus conv2d_bwd_filter_reduce_tc (the split filter
-// gradient's sum, then the output rounding). Groups run as one launch (grid z); the towers of
-// src/ops/conv2d/gpu.rs are not used for these kernels.
+// gradient's sum, then the output rounding). Groups run as one launch (grid z), or as the
+// towers of src/ops/conv2d/gpu.rs: one launch per group, one group deep, with pointers at
+// that group's channels (g = 0 then stands for the group the pointers start at).
 //
 // Semantics (src/ops/precision.rs): operands rounded to the precision as they are built into
 // fragments, products exact, sums in FP32; for BF16/FP16 each output rounded to the 16-bit

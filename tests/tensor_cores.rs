@@ -364,14 +364,14 @@ fn the_algorithm_chooses_between_the_tensor_cores_and_the_rounding_path() {
         conv2d::forward(&xd, &wd, None, p, &exec(ConvAlgo::TensorCore128, Precision::Fp16)).unwrap();
     });
     assert_eq!(names, ["conv2d_fwd_tc128_fp16"]);
-    // A grouped convolution with towers on: the tensor-core kernels still cover the groups in
-    // one launch (grid z).
+    // A grouped convolution with towers on: one launch per group (three), one group deep.
     let (gx, gw, _, _, gg) = inputs(3, &cases()[3]);
     let towers = ExecOptions { towers: true, ..ExecOptions::with_precision(Precision::Bf16) };
-    let names = launched(&|| {
-        conv2d::forward(&on_emu(&gx), &on_emu(&gw), None, gg.params, &towers).unwrap();
-    });
-    assert_eq!(names, ["conv2d_fwd_tc64_bf16"]);
+    gpu.start_launch_log();
+    conv2d::forward(&on_emu(&gx), &on_emu(&gw), None, gg.params, &towers).unwrap();
+    let log = gpu.take_launch_log();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(log.iter().all(|(name, dims)| *name == "conv2d_fwd_tc64_bf16" && dims.grid.2 == 1), "{log:?}");
     let names = launched(&|| {
         conv2d::forward(&xd, &wd, None, p, &exec(ConvAlgo::ImplicitGemm, Precision::Bf16)).unwrap();
     });
@@ -390,4 +390,30 @@ fn the_algorithm_chooses_between_the_tensor_cores_and_the_rounding_path() {
         gemm::matmul(&a, false, &b, true, GemmKernel::Blocked64, Precision::Bf16).unwrap();
     });
     assert!(names.contains(&"gemm_64x64_f32") && !names.iter().any(|n| n.contains("_tc")), "{names:?}");
+}
+
+/// Towers (each group on its own side stream, pointers at its channels) compute what the one
+/// launch over all groups computes, to the bit, in every direction; the filter gradient of
+/// 4·13·13 positions is split in two slices, whose workspace and reduction the towers share.
+#[test]
+fn tensor_core_towers_equal_the_one_launch_to_the_bit() {
+    let _serial = serial();
+    scratchnet::device::poison_new_buffers(true);
+    let params = Conv2dParams::default().padding(1).groups(3);
+    let case = ([4, 6, 13, 13], [9, 2, 3, 3], params, true);
+    let (x, w, b, dy, _) = inputs(7, &case);
+    let (xd, wd, bd, dyd) = (on_emu(&x), on_emu(&w), on_emu(&b), on_emu(&dy));
+    for precision in LOW {
+        let run = |towers: bool| {
+            let e = ExecOptions { towers, ..ExecOptions::with_precision(precision) };
+            let y = conv2d::forward_relu(&xd, &wd, Some(&bd), params, &e).unwrap();
+            let (dx, dw) = conv2d::backward_data_and_filter(&dyd, &xd, &wd, params, (true, true), &e).unwrap();
+            [y, dx.unwrap(), dw.unwrap()].map(|t| t.to_vec::<f32>().unwrap())
+        };
+        let (one, towers) = (run(false), run(true));
+        for (what, (a, b)) in ["forward", "data", "filter"].iter().zip(one.iter().zip(&towers)) {
+            assert!(a.iter().all(|v| v.is_finite()), "{what} {precision}");
+            assert!(a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()), "{what} {precision}");
+        }
+    }
 }

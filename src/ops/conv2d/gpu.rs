@@ -25,7 +25,8 @@
 //! single launch, so the results are the same to the bit. Towers replace the implicit GEMM's
 //! one launch where it is the kernel chosen (forced, or picked by the autotuner, which times
 //! the one-launch kernels); the direct kernels cover all groups in one grid-stride loop, so
-//! where they run, the groups stay one launch.
+//! where they run, the groups stay one launch. The tensor-core kernels (`tensor_core.rs`)
+//! split into towers the same way.
 
 use std::sync::Arc;
 
@@ -83,7 +84,7 @@ impl std::str::FromStr for ConvAlgo {
 
 /// Whether this convolution runs as towers when its kernel is the implicit GEMM: towers
 /// on, and a grouped layer with no more groups than side streams.
-fn splits_into_towers(exec: &ExecOptions, g: &ConvGeometry) -> bool {
+pub(super) fn splits_into_towers(exec: &ExecOptions, g: &ConvGeometry) -> bool {
     exec.towers && (2..=SIDE_STREAMS).contains(&g.groups())
 }
 
@@ -252,17 +253,17 @@ fn tiles(name: &'static str, tile: usize, cols: usize, rows: usize, z: usize) ->
 /// tower, its pointers at that group's channels and its grid one group deep (see the module's
 /// comment; the kernels take `g = 0` for the first group they are given).
 #[derive(Clone, Copy)]
-struct Groups {
-    first: usize,
-    count: usize,
+pub(super) struct Groups {
+    pub(super) first: usize,
+    pub(super) count: usize,
 }
 
 impl Groups {
-    fn all(g: &ConvGeometry) -> Groups {
+    pub(super) fn all(g: &ConvGeometry) -> Groups {
         Groups { first: 0, count: g.groups() }
     }
 
-    fn one(t: usize) -> Groups {
+    pub(super) fn one(t: usize) -> Groups {
         Groups { first: t, count: 1 }
     }
 }

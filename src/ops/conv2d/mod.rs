@@ -264,7 +264,7 @@ fn forward_low_precision(
     if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
         let bias = b.map(Tensor::gpu_buffer).transpose()?;
         let (xb, wb) = (x.gpu_buffer()?, w.gpu_buffer()?);
-        let y = tensor_core::forward(&gpu, tiles, exec.precision, xb, wb, bias, relu, &g)?;
+        let y = tensor_core::forward(&gpu, exec, tiles, xb, wb, bias, relu, &g)?;
         return Ok(Tensor::from_gpu(g.out_shape(), y));
     }
     forward_rounded(x, w, b, p, relu, exec)
@@ -298,7 +298,7 @@ pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams, 
         expect_shape(OP, "output gradient", dy, &g.out_shape())?;
         let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
         if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
-            let dx = tensor_core::backward_data(&gpu, tiles, exec.precision, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
+            let dx = tensor_core::backward_data(&gpu, exec, tiles, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
             return Ok(Tensor::from_gpu(g.in_shape(), dx));
         }
         let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
@@ -332,7 +332,7 @@ pub fn backward_filter(
         expect_shape(OP, "output gradient", dy, &g.out_shape())?;
         let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
         if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
-            let dw = tensor_core::backward_filter(&gpu, tiles, exec.precision, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
+            let dw = tensor_core::backward_filter(&gpu, exec, tiles, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
             return Ok(Tensor::from_gpu(g.weight_shape(), dw));
         }
         let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
@@ -365,7 +365,7 @@ pub fn backward_data_and_filter(
     exec: &ExecOptions,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     if exec.precision != Precision::Fp32 {
-        // On the tensor cores each gradient is its own launch (no towers: tensor_core.rs).
+        // On the tensor cores each gradient is computed on its own (each forks its own towers).
         let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("weight", w)])?;
         if tensor_cores(dtype, device, exec)?.is_some() {
             let dx = if want_dx { Some(backward_data(dy, w, x.shape(), p, exec)?) } else { None };

@@ -10,20 +10,20 @@
 //! rounded, products exact, sums in FP32, outputs rounded for BF16 and FP16, then the bias and
 //! the ReLU in FP32 (in the forward kernel's epilogue).
 //!
-//! Grouped convolutions run as one launch (grid z over the groups) whatever
-//! [`ExecOptions::towers`](crate::ops::ExecOptions::towers) says: the towers of `gpu.rs` are
-//! an FP32 feature.
+//! Grouped convolutions run as one launch (grid z over the groups), or, with
+//! [`ExecOptions::towers`] on, as `gpu.rs`'s towers: each group's launch, one group deep with
+//! pointers at its channels, on its own side stream, with the same bits as the one launch.
 
 use std::sync::Arc;
 
-use super::gpu::{ConvAlgo, check_index_range, filter_splits, shape_args};
+use super::gpu::{ConvAlgo, Groups, check_index_range, filter_splits, shape_args, splits_into_towers};
 use super::{ConvGeometry, OP};
 use crate::device::GpuDevice;
 use crate::device::gpu::{GpuBuffer, KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
-use crate::ops::autotune;
 use crate::ops::precision::Precision;
 use crate::ops::tensor_cores::{TcTile, precision_code, precision_index, require_tensor_cores};
+use crate::ops::{ExecOptions, autotune};
 use crate::tensor::DType;
 
 /// The configurations `algo` allows for the tensor-core path, or `None` where it asks for
@@ -107,12 +107,30 @@ fn choose(
     autotune::pick(gpu, &problem, tiles, TcTile::name, launch)
 }
 
-/// `conv(x, w)` rounded as `precision` rounds outputs, `+ bias`, then ReLU when `relu`.
+/// Runs `launch` over all groups with `tile`, or, where the layer splits into towers
+/// ([`ExecOptions::towers`]), once per group on side stream t + 1, with pointers at that
+/// group's channels: the same blocks computing the same sums, so the same bits.
+fn run(
+    gpu: &Arc<GpuDevice>,
+    exec: &ExecOptions,
+    g: &ConvGeometry,
+    tile: TcTile,
+    launch: impl Fn(TcTile, Groups) -> Result<()>,
+) -> Result<()> {
+    if splits_into_towers(exec, g) {
+        gpu.on_streams(g.groups(), |t| launch(tile, Groups::one(t)))?;
+        Ok(())
+    } else {
+        launch(tile, Groups::all(g))
+    }
+}
+
+/// `conv(x, w)` rounded as `exec.precision` rounds outputs, `+ bias`, then ReLU when `relu`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     gpu: &Arc<GpuDevice>,
+    exec: &ExecOptions,
     tiles: &[TcTile],
-    precision: Precision,
     x: &GpuBuffer,
     w: &GpuBuffer,
     bias: Option<&GpuBuffer>,
@@ -120,84 +138,118 @@ pub(super) fn forward(
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
     check_index_range(g)?;
+    let precision = exec.precision;
     let y = gpu.alloc(DType::F32, g.out_shape().numel())?;
-    let launch = |tile: TcTile| -> Result<()> {
-        let call = tiles_call(&FORWARD, tile, precision, g.n * g.out_pixels(), g.o_per_group(), g.groups())?;
-        let call = call.buf(&y).buf(x).buf(w).buf_or_null(bias);
+    let (cg, og) = (g.c / g.groups(), g.o_per_group());
+    let launch = |tile: TcTile, Groups { first, count }: Groups| -> Result<()> {
+        let call = tiles_call(&FORWARD, tile, precision, g.n * g.out_pixels(), og, count)?
+            .buf_from(&y, first * og * g.out_pixels())?
+            .buf_from(x, first * cg * g.h * g.w)?
+            .buf_from(w, first * og * g.k_per_group())?;
+        let call = match bias {
+            Some(b) => call.buf_from(b, first * og)?,
+            None => call.buf_or_null(None),
+        };
         gpu.launch(shape_args(call, g)?.i32(relu as i32))
     };
     let pass = if relu { "forward+relu" } else { "forward" };
-    let tile = choose(gpu, tiles, precision, pass, g, launch)?;
-    launch(tile)?;
+    let tile = choose(gpu, tiles, precision, pass, g, |tile| launch(tile, Groups::all(g)))?;
+    run(gpu, exec, g, tile, launch)?;
     Ok(y)
 }
 
-/// The data gradient from `dy` and `w`, rounded as `precision` rounds outputs.
+/// The data gradient from `dy` and `w`, rounded as `exec.precision` rounds outputs.
 pub(super) fn backward_data(
     gpu: &Arc<GpuDevice>,
+    exec: &ExecOptions,
     tiles: &[TcTile],
-    precision: Precision,
     dy: &GpuBuffer,
     w: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
     check_index_range(g)?;
+    let precision = exec.precision;
     let dx = gpu.alloc(DType::F32, g.in_shape().numel())?;
-    let launch = |tile: TcTile| -> Result<()> {
-        let cols = g.n * g.h * g.w;
-        let call = tiles_call(&DATA, tile, precision, cols, g.c / g.groups(), g.groups())?;
-        gpu.launch(shape_args(call.buf(&dx).buf(dy).buf(w), g)?)
+    let (cg, og) = (g.c / g.groups(), g.o_per_group());
+    let launch = |tile: TcTile, Groups { first, count }: Groups| -> Result<()> {
+        let call = tiles_call(&DATA, tile, precision, g.n * g.h * g.w, cg, count)?
+            .buf_from(&dx, first * cg * g.h * g.w)?
+            .buf_from(dy, first * og * g.out_pixels())?
+            .buf_from(w, first * og * g.k_per_group())?;
+        gpu.launch(shape_args(call, g)?)
     };
-    let tile = choose(gpu, tiles, precision, "backward data", g, launch)?;
-    launch(tile)?;
+    let tile = choose(gpu, tiles, precision, "backward data", g, |tile| launch(tile, Groups::all(g)))?;
+    run(gpu, exec, g, tile, launch)?;
     Ok(dx)
 }
 
-/// The filter gradient into `dw`: one launch when the shared dimension N·OH·OW is not
-/// split, else the slices' FP32 partial sums into a workspace and their sum, rounded, by
-/// conv2d_bwd_filter_reduce_tc (the split of `gpu.rs`, sized for the tile's rows).
-fn filter_into(
-    gpu: &Arc<GpuDevice>,
+/// The filter gradient's output and, where its shared dimension N·OH·OW is split (the split
+/// of `gpu.rs`, sized for the tile's rows), the workspace of the slices' FP32 partial sums,
+/// which `conv2d_bwd_filter_reduce_tc` sums and rounds. Allocated before any fork, so that
+/// the towers only write into them.
+struct FilterGradient {
     tile: TcTile,
     precision: Precision,
-    dw: &GpuBuffer,
-    dy: &GpuBuffer,
-    x: &GpuBuffer,
-    g: &ConvGeometry,
-) -> Result<()> {
-    let count = g.weight_shape().numel();
-    let (splits, chunk) = filter_splits(g, tile.rows());
-    let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
-    let call = tiles_call(&FILTER, tile, precision, g.k_per_group(), g.o_per_group(), g.groups() * splits)?;
-    let call = shape_args(call.buf(workspace.as_ref().unwrap_or(dw)).buf(dy).buf(x), g)?;
-    gpu.launch(call.i32(to_i32(OP, "slice length", chunk)?).i32(to_i32(OP, "groups", g.groups())?))?;
-    match &workspace {
-        Some(ws) => gpu.launch(
-            KernelCall::elementwise("conv2d_bwd_filter_reduce_tc", count)
-                .buf(dw)
-                .buf(ws)
-                .i64(to_i64(count))
-                .i64(to_i64(count))
-                .i32(to_i32(OP, "slices", splits)?)
-                .i32(precision_code(precision)),
-        ),
-        None => Ok(()),
+    dw: GpuBuffer,
+    workspace: Option<GpuBuffer>,
+    splits: usize,
+    chunk: usize,
+}
+
+impl FilterGradient {
+    fn alloc(gpu: &Arc<GpuDevice>, tile: TcTile, precision: Precision, g: &ConvGeometry) -> Result<FilterGradient> {
+        let count = g.weight_shape().numel();
+        let (splits, chunk) = filter_splits(g, tile.rows());
+        let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
+        Ok(FilterGradient { tile, precision, dw: gpu.alloc(DType::F32, count)?, workspace, splits, chunk })
+    }
+
+    /// The launches over `groups` (and their share of the slices' reduction).
+    fn launch(
+        &self,
+        gpu: &GpuDevice,
+        dy: &GpuBuffer,
+        x: &GpuBuffer,
+        g: &ConvGeometry,
+        Groups { first, count }: Groups,
+    ) -> Result<()> {
+        let (cg, og) = (g.c / g.groups(), g.o_per_group());
+        let group_weights = og * g.k_per_group();
+        let call = tiles_call(&FILTER, self.tile, self.precision, g.k_per_group(), og, count * self.splits)?
+            .buf_from(self.workspace.as_ref().unwrap_or(&self.dw), first * group_weights)?
+            .buf_from(dy, first * og * g.out_pixels())?
+            .buf_from(x, first * cg * g.h * g.w)?;
+        let call = shape_args(call, g)?.i32(to_i32(OP, "slice length", self.chunk)?);
+        gpu.launch(call.i32(to_i32(OP, "groups", count)?))?;
+        match &self.workspace {
+            Some(ws) => gpu.launch(
+                KernelCall::elementwise("conv2d_bwd_filter_reduce_tc", count * group_weights)
+                    .buf_from(&self.dw, first * group_weights)?
+                    .buf_from(ws, first * group_weights)?
+                    .i64(to_i64(count * group_weights))
+                    .i64(to_i64(g.weight_shape().numel()))
+                    .i32(to_i32(OP, "slices", self.splits)?)
+                    .i32(precision_code(self.precision)),
+            ),
+            None => Ok(()),
+        }
     }
 }
 
-/// The filter gradient from `dy` and `x`, rounded as `precision` rounds outputs.
+/// The filter gradient from `dy` and `x`, rounded as `exec.precision` rounds outputs.
 pub(super) fn backward_filter(
     gpu: &Arc<GpuDevice>,
+    exec: &ExecOptions,
     tiles: &[TcTile],
-    precision: Precision,
     dy: &GpuBuffer,
     x: &GpuBuffer,
     g: &ConvGeometry,
 ) -> Result<GpuBuffer> {
     check_index_range(g)?;
-    let dw = gpu.alloc(DType::F32, g.weight_shape().numel())?;
-    let launch = |tile: TcTile| filter_into(gpu, tile, precision, &dw, dy, x, g);
-    let tile = choose(gpu, tiles, precision, "backward filter", g, launch)?;
-    launch(tile)?;
-    Ok(dw)
+    let precision = exec.precision;
+    let timed = |tile: TcTile| FilterGradient::alloc(gpu, tile, precision, g)?.launch(gpu, dy, x, g, Groups::all(g));
+    let tile = choose(gpu, tiles, precision, "backward filter", g, timed)?;
+    let grad = FilterGradient::alloc(gpu, tile, precision, g)?;
+    run(gpu, exec, g, tile, |_, groups| grad.launch(gpu, dy, x, g, groups))?;
+    Ok(grad.dw)
 }
