@@ -37,7 +37,7 @@ fn bad_flags_exit_2_with_a_one_line_error() {
     assert_bad_input(&["frobnicate"], "unrecognized subcommand");
     assert_bad_input(
         &["train", "--conv-algo", "winograd"],
-        "'winograd' is not direct, implicit-gemm, implicit-gemm-128 or auto",
+        "'winograd' is not direct, implicit-gemm, implicit-gemm-128, tensor-core, tensor-core-64, tensor-core-128 or auto",
     );
 }
 
@@ -361,7 +361,7 @@ fn profile_times_every_layer_both_ways_and_writes_a_trace() {
         "--trace",
         p(&trace),
     ]);
-    assert!(text.starts_with("resnet20 on emu, batch 2 of 3×8×8: step "), "{text}");
+    assert!(text.starts_with("resnet20 on emu in fp32, batch 2 of 3×8×8: step "), "{text}");
     assert!(text.contains("Conv2d backward") && text.contains("BatchNorm2d forward"), "{text}");
     assert!(text.contains("step peak"), "the emulator's allocator tracks the peak: {text}");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();

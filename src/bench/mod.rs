@@ -80,7 +80,7 @@ pub fn run(
     let gpu = opts.device.gpu()?;
     let mut rows = Vec::new();
     for (suite, problem, layers) in work {
-        for variant in problem.variants(opts.all_variants) {
+        for variant in problem.variants(opts.all_variants, opts.exec.precision) {
             let row = time_row(opts, gpu.as_deref(), suite, &problem, layers, variant)?;
             on_row(&row, &ceilings)?;
             rows.push(row);

@@ -73,8 +73,10 @@ pub struct ProfileArgs {
 /// How the GPU kernels are chosen (train, infer, bench, profile).
 #[derive(Args)]
 pub struct KernelArgs {
-    /// Convolution kernels on cuda/emu: auto (time each shape once and keep the fastest),
-    /// direct, implicit-gemm (64×64 tiles) or implicit-gemm-128 (128×128 tiles).
+    /// Convolution kernels on cuda/emu: auto (time each shape once and keep the fastest; with
+    /// --precision tf32/bf16/fp16 the tensor-core kernels), direct, implicit-gemm (64×64
+    /// tiles) or implicit-gemm-128 (128×128 tiles), which run a low precision on rounded
+    /// operands, or tensor-core, tensor-core-64, tensor-core-128 (needs a low precision).
     #[arg(long, default_value = "auto")]
     pub conv_algo: String,
     /// Precision of the convolutions and linear layers: fp32, tf32 (operands rounded to

@@ -331,6 +331,10 @@ impl Backend for CudaBackend {
         self.info.name.clone()
     }
 
+    fn compute_capability(&self) -> Option<(i32, i32)> {
+        Some(self.info.compute_capability)
+    }
+
     unsafe fn malloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: plain allocation in the current context.

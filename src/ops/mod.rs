@@ -33,6 +33,7 @@ pub mod lrn;
 pub mod pool;
 pub mod precision;
 pub mod sgd;
+pub mod tensor_cores;
 
 pub use exec::ExecOptions;
 pub use precision::Precision;

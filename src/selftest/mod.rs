@@ -10,14 +10,17 @@
 //!
 //! This file holds the harness, the convolutions, the GEMMs and the bias + ReLU after them;
 //! the other op families are in `pool.rs`, `norm.rs` (LRN and the batch norms), `dense.rs`
-//! (fully connected, cross-entropy, SGD), `pointwise.rs` (element-wise, concat, dropout) and
-//! `precision.rs` (the convolutions and the product in TF32, BF16 and FP16).
+//! (fully connected, cross-entropy, SGD), `pointwise.rs` (element-wise, concat, dropout),
+//! `precision.rs` (the convolutions and the product in TF32, BF16 and FP16 through each
+//! device's default path) and `tensor_cores.rs` (every tensor-core kernel and tile, forced one
+//! at a time, on cuda and emu).
 
 mod dense;
 mod norm;
 mod pointwise;
 mod pool;
 mod precision;
+mod tensor_cores;
 
 use crate::autograd::gradcheck::{GradcheckOptions, gradcheck};
 use crate::device::{Device, poison_new_buffers};
@@ -83,6 +86,7 @@ pub fn run(device: Device, mut report: impl FnMut(&Check)) -> Result<Vec<Check>>
         t.cross_entropy()?;
         t.sgd()?;
         t.low_precision()?;
+        t.tensor_cores()?;
         if device.is_cpu() {
             t.finite_differences()?;
         }

@@ -11,11 +11,11 @@
 
 use serde_json::{Value, json};
 
-use crate::ops::ExecOptions;
 use crate::ops::conv2d::{Conv2dParams, ConvAlgo, ConvGeometry};
 use crate::ops::gemm::GemmKernel;
 use crate::ops::lrn::LrnParams;
 use crate::ops::pool::Pool2dParams;
+use crate::ops::{ExecOptions, Precision};
 use crate::tensor::Shape;
 
 mod prepare;
@@ -175,12 +175,17 @@ impl Variant {
             Variant::Conv(ConvAlgo::ImplicitGemm) => "implicit-gemm",
             Variant::Conv(ConvAlgo::ImplicitGemm128) => "implicit-gemm-128",
             Variant::Conv(ConvAlgo::Auto) => "auto",
+            Variant::Conv(ConvAlgo::TensorCore) => "tensor-core",
+            Variant::Conv(ConvAlgo::TensorCore64) => "tensor-core-64",
+            Variant::Conv(ConvAlgo::TensorCore128) => "tensor-core-128",
             Variant::Gemm(GemmKernel::Naive) => "gemm-naive",
             Variant::Gemm(GemmKernel::Tiled) => "gemm-tiled16",
             Variant::Gemm(GemmKernel::Blocked64) => "gemm-64x64",
             Variant::Gemm(GemmKernel::Blocked128) => "gemm-128x128",
             Variant::Gemm(GemmKernel::Vec128) => "gemm-128x128-vec4",
             Variant::Gemm(GemmKernel::Auto) => "gemm-auto",
+            Variant::Gemm(GemmKernel::TensorCore64) => "gemm-tc64",
+            Variant::Gemm(GemmKernel::TensorCore128) => "gemm-tc128",
             Variant::Unfused => "unfused",
             Variant::CudaGraph => "cuda-graph",
             Variant::Towers => "towers",
@@ -399,17 +404,26 @@ impl Problem {
         }
     }
 
-    /// The variants to time: the engine's default always, the alternatives when asked.
-    pub fn variants(&self, all: bool) -> Vec<Variant> {
+    /// The variants to time: the engine's default always, the alternatives when asked (in a
+    /// low `precision`, the tensor-core tile configurations too; the FP32 kernels then run on
+    /// rounded operands).
+    pub fn variants(&self, all: bool, precision: Precision) -> Vec<Variant> {
         let mut v = vec![Variant::Default];
+        let tensor_cores = precision != Precision::Fp32;
         if all {
             match self {
                 Problem::Conv { .. } => {
                     v.extend([ConvAlgo::Direct, ConvAlgo::ImplicitGemm, ConvAlgo::ImplicitGemm128].map(Variant::Conv));
+                    if tensor_cores {
+                        v.extend([ConvAlgo::TensorCore64, ConvAlgo::TensorCore128].map(Variant::Conv));
+                    }
                 }
                 Problem::Linear { .. } | Problem::Matmul { .. } => {
                     let (m, n, k, ta, tb) = self.gemm_shape();
                     v.extend(GemmKernel::ALL.into_iter().filter(|g| g.fits(m, n, k, ta, tb)).map(Variant::Gemm));
+                    if tensor_cores {
+                        v.extend([GemmKernel::TensorCore64, GemmKernel::TensorCore128].map(Variant::Gemm));
+                    }
                 }
                 Problem::BatchNorm { residual, relu, .. } if *residual || *relu => v.push(Variant::Unfused),
                 Problem::TrainStep(step) => {

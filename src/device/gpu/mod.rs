@@ -104,6 +104,11 @@ pub trait Backend: Send + Sync {
     fn caching(&self) -> bool {
         true
     }
+    /// The GPU's compute capability (major, minor); `None` for the emulator, which has every
+    /// feature the kernels use (tensor cores included).
+    fn compute_capability(&self) -> Option<(i32, i32)> {
+        None
+    }
 }
 
 /// A GPU (or its emulation): a backend plus the caching allocator in front of it.
@@ -146,6 +151,11 @@ impl GpuDevice {
 
     pub fn name(&self) -> String {
         self.backend.name()
+    }
+
+    /// The compute capability of a CUDA GPU; `None` for the emulator.
+    pub fn compute_capability(&self) -> Option<(i32, i32)> {
+        self.backend.compute_capability()
     }
 
     pub fn synchronize(&self) -> Result<()> {

@@ -11,6 +11,11 @@
 //! `implicit-gemm`, `implicit-gemm-128`, or `auto` (the default), which times them the first
 //! time each shape runs on a GPU and keeps the fastest ([`crate::ops::autotune`]).
 //!
+//! These are the FP32 kernels. In a low precision (`--precision` tf32, bf16, fp16), `auto`
+//! and the `tensor-core` algorithms run the tensor-core kernels of kernels/conv2d_tc.cu
+//! instead (`tensor_core.rs`), and the forced FP32 algorithms run here on rounded operands
+//! (mod.rs).
+//!
 //! **Towers** (`ExecOptions::towers`, `--towers`): AlexNet's grouped convolutions were the
 //! paper's two GPUs, each computing the group of channels it held. With towers on, each group
 //! of a grouped convolution runs on its own side stream ([`GpuDevice::on_streams`]), so the
@@ -20,7 +25,8 @@
 //! single launch, so the results are the same to the bit. Towers replace the implicit GEMM's
 //! one launch where it is the kernel chosen (forced, or picked by the autotuner, which times
 //! the one-launch kernels); the direct kernels cover all groups in one grid-stride loop, so
-//! where they run, the groups stay one launch.
+//! where they run, the groups stay one launch. The tensor-core kernels (`tensor_core.rs`)
+//! split into towers the same way.
 
 use std::sync::Arc;
 
@@ -42,8 +48,16 @@ pub enum ConvAlgo {
     /// Implicit GEMM on the 128×128 tile engine (large layers).
     ImplicitGemm128,
     /// Time the three on first use of a shape (GPU), or take the 64×64 implicit GEMM
-    /// (emulator).
+    /// (emulator). With `--precision` tf32, bf16 or fp16: the tensor-core kernels, as
+    /// [`ConvAlgo::TensorCore`].
     Auto,
+    /// The tensor-core kernels (`tensor_core.rs`), the autotuner choosing the tile
+    /// configuration (the 64×64 one on the emulator); needs `--precision` tf32, bf16 or fp16.
+    TensorCore,
+    /// The tensor-core kernels on the 64×64 block tile.
+    TensorCore64,
+    /// The tensor-core kernels on the 128×64 block tile.
+    TensorCore128,
 }
 
 impl std::str::FromStr for ConvAlgo {
@@ -54,9 +68,15 @@ impl std::str::FromStr for ConvAlgo {
             "implicit-gemm" => Ok(ConvAlgo::ImplicitGemm),
             "implicit-gemm-128" => Ok(ConvAlgo::ImplicitGemm128),
             "auto" => Ok(ConvAlgo::Auto),
+            "tensor-core" => Ok(ConvAlgo::TensorCore),
+            "tensor-core-64" => Ok(ConvAlgo::TensorCore64),
+            "tensor-core-128" => Ok(ConvAlgo::TensorCore128),
             other => Err(Error::argument(
                 "--conv-algo",
-                format!("'{other}' is not direct, implicit-gemm, implicit-gemm-128 or auto"),
+                format!(
+                    "'{other}' is not direct, implicit-gemm, implicit-gemm-128, tensor-core, tensor-core-64, \
+                     tensor-core-128 or auto"
+                ),
             )),
         }
     }
@@ -64,7 +84,7 @@ impl std::str::FromStr for ConvAlgo {
 
 /// Whether this convolution runs as towers when its kernel is the implicit GEMM: towers
 /// on, and a grouped layer with no more groups than side streams.
-fn splits_into_towers(exec: &ExecOptions, g: &ConvGeometry) -> bool {
+pub(super) fn splits_into_towers(exec: &ExecOptions, g: &ConvGeometry) -> bool {
     exec.towers && (2..=SIDE_STREAMS).contains(&g.groups())
 }
 
@@ -142,6 +162,13 @@ fn choose(
         ConvAlgo::Direct => Kernel::Direct,
         ConvAlgo::ImplicitGemm => Kernel::ImplicitGemm,
         ConvAlgo::ImplicitGemm128 => Kernel::ImplicitGemm128,
+        // A low precision takes the tensor-core path before reaching here (mod.rs).
+        ConvAlgo::TensorCore | ConvAlgo::TensorCore64 | ConvAlgo::TensorCore128 => {
+            return Err(Error::argument(
+                "--conv-algo",
+                "the tensor-core kernels need --precision tf32, bf16 or fp16 (FP32 runs on the FP32 kernels)",
+            ));
+        }
         ConvAlgo::Auto => {
             let p = &g.params;
             let problem = format!(
@@ -165,7 +192,7 @@ fn choose(
 /// implicit GEMMs' column counts and shared dimensions, among them the filter gradient's
 /// `K = N·OH·OW`. Each factor fits an `int` on its own ([`shape_args`] checks that); their
 /// product may not, and would wrap inside the kernel.
-fn check_index_range(g: &ConvGeometry) -> Result<()> {
+pub(super) fn check_index_range(g: &ConvGeometry) -> Result<()> {
     let og = g.o_per_group();
     for (what, factors) in [
         ("N·OH·OW (images × output pixels)", [g.n, g.oh, g.ow]),
@@ -180,7 +207,7 @@ fn check_index_range(g: &ConvGeometry) -> Result<()> {
 }
 
 /// Appends the sixteen shape arguments every conv2d kernel takes, in their order.
-fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
+pub(super) fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
     let p = &g.params;
     let mut call = call;
     for (what, v) in [
@@ -226,17 +253,17 @@ fn tiles(name: &'static str, tile: usize, cols: usize, rows: usize, z: usize) ->
 /// tower, its pointers at that group's channels and its grid one group deep (see the module's
 /// comment; the kernels take `g = 0` for the first group they are given).
 #[derive(Clone, Copy)]
-struct Groups {
-    first: usize,
-    count: usize,
+pub(super) struct Groups {
+    pub(super) first: usize,
+    pub(super) count: usize,
 }
 
 impl Groups {
-    fn all(g: &ConvGeometry) -> Groups {
+    pub(super) fn all(g: &ConvGeometry) -> Groups {
         Groups { first: 0, count: g.groups() }
     }
 
-    fn one(t: usize) -> Groups {
+    pub(super) fn one(t: usize) -> Groups {
         Groups { first: t, count: 1 }
     }
 }
@@ -363,7 +390,7 @@ pub(super) fn backward_data(
 /// How many slices the filter gradient's shared dimension (N·OH·OW) is cut into, for tiles
 /// of side `tile`: enough blocks to fill a large GPU twice over (about 256), each slice at
 /// least 256 long.
-fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
+pub(super) fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
     let k = g.n * g.out_pixels();
     let tiles = g.k_per_group().div_ceil(tile) * g.o_per_group().div_ceil(tile) * g.groups();
     let wanted = 256usize.div_ceil(tiles.max(1)).clamp(1, (k / 256).max(1));

@@ -13,9 +13,12 @@
 //!
 //! The definition as plain loops, which every path is checked against, is [`reference`](mod@reference). The
 //! `cpu` device runs the fast path below; cuda and emu run the kernels of `kernels/conv2d.cu`
-//! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say).
+//! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say), and in a
+//! low precision those of `kernels/conv2d_tc.cu` on the tensor cores (`tensor_core.rs`).
 //!
 //! The `cpu` device's path, im2col + GEMM, is in `cpu.rs`.
+
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -23,14 +26,17 @@ mod cpu;
 mod gpu;
 mod im2col;
 pub mod reference;
+mod tensor_core;
 
 pub use gpu::ConvAlgo;
 
 use super::precision::{Precision, round_output, round_tensor};
+use super::tensor_cores::TcTile;
 use super::{ExecOptions, common_dtype, expect_nchw, expect_shape, gpu_f32, host, with_float_type};
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::{Device, GpuDevice};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Shape, Tensor};
+use crate::tensor::{DType, Element, Shape, Tensor};
 use cpu::{backward_data_cpu, backward_filter_cpu, forward_cpu};
 
 const OP: &str = "conv2d";
@@ -200,7 +206,7 @@ fn forward_act(
     exec: &ExecOptions,
 ) -> Result<Tensor> {
     if exec.precision != Precision::Fp32 {
-        return forward_rounded(x, w, b, p, relu, exec);
+        return forward_low_precision(x, w, b, p, relu, exec);
     }
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     let mut inputs = vec![("input", x), ("weight", w)];
@@ -223,6 +229,45 @@ fn forward_act(
         super::bias_act::bias_act_in_place(&mut y, None, true)?;
     }
     Ok(y)
+}
+
+/// The GPU and the tensor-core tile configurations for a product in `exec`'s (low)
+/// precision on `device`, or `None` where the rounding path runs instead: the CPU, and the
+/// forced FP32 algorithms.
+fn tensor_cores(
+    dtype: DType,
+    device: Device,
+    exec: &ExecOptions,
+) -> Result<Option<(Arc<GpuDevice>, &'static [TcTile])>> {
+    let Some(gpu) = gpu_f32(OP, dtype, device)? else { return Ok(None) };
+    Ok(tensor_core::tiles(&gpu, exec.conv_algo, exec.precision)?.map(|tiles| (gpu, tiles)))
+}
+
+/// A convolution in a low precision: on the tensor cores where [`tensor_cores`] says so,
+/// else [`forward_rounded`]. Both give the bias and the ReLU in FP32 after the rounded
+/// product.
+fn forward_low_precision(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: Conv2dParams,
+    relu: bool,
+    exec: &ExecOptions,
+) -> Result<Tensor> {
+    let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+    let mut inputs = vec![("input", x), ("weight", w)];
+    if let Some(b) = b {
+        expect_shape(OP, "bias", b, &[g.o])?;
+        inputs.push(("bias", b));
+    }
+    let (dtype, device) = common_dtype(OP, &inputs)?;
+    if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
+        let bias = b.map(Tensor::gpu_buffer).transpose()?;
+        let (xb, wb) = (x.gpu_buffer()?, w.gpu_buffer()?);
+        let y = tensor_core::forward(&gpu, exec, tiles, xb, wb, bias, relu, &g)?;
+        return Ok(Tensor::from_gpu(g.out_shape(), y));
+    }
+    forward_rounded(x, w, b, p, relu, exec)
 }
 
 /// A convolution in a low precision (see [`Precision`]), computed by the FP32 path from
@@ -249,6 +294,13 @@ fn forward_rounded(
 /// The gradient with respect to the input, from the output gradient `dy` and the weights.
 pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams, exec: &ExecOptions) -> Result<Tensor> {
     if exec.precision != Precision::Fp32 {
+        let g = ConvGeometry::new(x_shape, w.shape(), p)?;
+        expect_shape(OP, "output gradient", dy, &g.out_shape())?;
+        let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
+        if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
+            let dx = tensor_core::backward_data(&gpu, exec, tiles, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
+            return Ok(Tensor::from_gpu(g.in_shape(), dx));
+        }
         let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
         let mut dx = backward_data(&round_tensor(dy, precision)?, &round_tensor(w, precision)?, x_shape, p, &fp32)?;
         round_output(&mut dx, precision)?;
@@ -276,6 +328,13 @@ pub fn backward_filter(
     exec: &ExecOptions,
 ) -> Result<Tensor> {
     if exec.precision != Precision::Fp32 {
+        let g = ConvGeometry::new(x.shape(), w_shape, p)?;
+        expect_shape(OP, "output gradient", dy, &g.out_shape())?;
+        let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
+        if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
+            let dw = tensor_core::backward_filter(&gpu, exec, tiles, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
+            return Ok(Tensor::from_gpu(g.weight_shape(), dw));
+        }
         let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
         let mut dw = backward_filter(&round_tensor(dy, precision)?, &round_tensor(x, precision)?, w_shape, p, &fp32)?;
         round_output(&mut dw, precision)?;
@@ -306,6 +365,13 @@ pub fn backward_data_and_filter(
     exec: &ExecOptions,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     if exec.precision != Precision::Fp32 {
+        // On the tensor cores each gradient is computed on its own (each forks its own towers).
+        let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x), ("weight", w)])?;
+        if tensor_cores(dtype, device, exec)?.is_some() {
+            let dx = if want_dx { Some(backward_data(dy, w, x.shape(), p, exec)?) } else { None };
+            let dw = if want_dw { Some(backward_filter(dy, x, w.shape(), p, exec)?) } else { None };
+            return Ok((dx, dw));
+        }
         let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
         let (dy, x, w) = (round_tensor(dy, precision)?, round_tensor(x, precision)?, round_tensor(w, precision)?);
         let (mut dx, mut dw) = backward_data_and_filter(&dy, &x, &w, p, (want_dx, want_dw), &fp32)?;

@@ -9,6 +9,8 @@ use crate::device::GpuDevice;
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::ops::autotune;
+use crate::ops::precision::Precision;
+use crate::ops::tensor_cores::{TcTile, precision_index, require_tensor_cores};
 use crate::tensor::{DType, Tensor};
 
 /// Which GPU kernel computes a matrix product (kernels/gemm.cu). The CPU always uses the
@@ -29,8 +31,14 @@ pub enum GemmKernel {
     Vec128,
     /// The fastest of the blocked kernels that fit this shape, timed on first use (see
     /// `ops::autotune`); on the emulator, the last that fits (the 16-byte one, else 128×128).
+    /// In a low precision, the tensor-core kernels, the autotuner choosing the tile.
     #[default]
     Auto,
+    /// The tensor-core kernels (kernels/gemm_tc.cu) on the 64×64 tile; for a low precision
+    /// only (not in [`GemmKernel::ALL`], which lists the FP32 kernels).
+    TensorCore64,
+    /// The tensor-core kernels on the 128×64 tile.
+    TensorCore128,
 }
 
 impl GemmKernel {
@@ -45,6 +53,8 @@ impl GemmKernel {
             GemmKernel::Blocked64 => "gemm_64x64_f32",
             GemmKernel::Blocked128 | GemmKernel::Auto => "gemm_128x128_f32",
             GemmKernel::Vec128 => "gemm_128x128_vec4_f32",
+            GemmKernel::TensorCore64 => "gemm_tc64",
+            GemmKernel::TensorCore128 => "gemm_tc128",
         }
     }
 
@@ -71,6 +81,21 @@ impl GemmKernel {
             GemmKernel::Naive | GemmKernel::Tiled => (16, 16),
             GemmKernel::Blocked64 => (0, 64),
             GemmKernel::Blocked128 | GemmKernel::Vec128 | GemmKernel::Auto => (0, 128),
+            GemmKernel::TensorCore64 => (0, 64),
+            GemmKernel::TensorCore128 => (0, 128),
+        }
+    }
+
+    /// The tile configurations a product in a low precision may run on with this kernel
+    /// choice: both under `Auto`, one when forced, none for a forced FP32 kernel (which then
+    /// runs on rounded operands, as the CPU does).
+    pub(super) fn tensor_core_tiles(self) -> Option<&'static [TcTile]> {
+        match self {
+            GemmKernel::Auto => Some(&TcTile::ALL),
+            GemmKernel::TensorCore64 => Some(&[TcTile::T64]),
+            GemmKernel::TensorCore128 => Some(&[TcTile::T128]),
+            GemmKernel::Naive | GemmKernel::Tiled | GemmKernel::Blocked64 | GemmKernel::Blocked128 => None,
+            GemmKernel::Vec128 => None,
         }
     }
 }
@@ -87,6 +112,9 @@ pub(super) fn matmul(
 ) -> Result<Tensor> {
     const OP: &str = "matmul";
     let Layout { m, n, k, transpose_a, transpose_b, a_strides: (a_rs, a_cs), b_strides: (b_rs, b_cs) } = layout;
+    if matches!(kernel, GemmKernel::TensorCore64 | GemmKernel::TensorCore128) {
+        return Err(Error::argument(OP, format!("{} needs --precision tf32, bf16 or fp16", kernel.name())));
+    }
     if !kernel.fits(m, n, k, transpose_a, transpose_b) {
         return Err(Error::argument(
             OP,
@@ -131,5 +159,50 @@ pub(super) fn matmul(
         k => k,
     };
     launch(kernel)?;
+    Ok(Tensor::from_gpu([m, n], c))
+}
+
+const TENSOR_CORE: [[&str; 3]; 2] =
+    [["gemm_tc64_tf32", "gemm_tc64_bf16", "gemm_tc64_fp16"], ["gemm_tc128_tf32", "gemm_tc128_bf16", "gemm_tc128_fp16"]];
+
+/// [`matmul`](super::matmul) in a low `precision` on the tensor cores (kernels/gemm_tc.cu),
+/// on one of `tiles` (the autotuner's pick where there are two, the 64×64 one on the
+/// emulator): operands rounded to the precision, products exact, sums in FP32, for BF16 and
+/// FP16 each output rounded to the 16-bit type.
+pub(super) fn matmul_tensor_cores(
+    gpu: &Arc<GpuDevice>,
+    a: &Tensor,
+    b: &Tensor,
+    layout: Layout,
+    tiles: &[TcTile],
+    precision: Precision,
+) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    require_tensor_cores(gpu, precision)?;
+    let column = precision_index(OP, precision)?;
+    let Layout { m, n, k, a_strides: (a_rs, a_cs), b_strides: (b_rs, b_cs), .. } = layout;
+    let c = gpu.alloc(DType::F32, m * n)?;
+    let (mi, ni, ki) = (to_i32(OP, "rows", m)?, to_i32(OP, "columns", n)?, to_i32(OP, "inner dimension", k)?);
+    let launch = |tile: TcTile| -> Result<()> {
+        let blocks = |len: usize, side: usize| u32::try_from(len.div_ceil(side)).unwrap_or(u32::MAX);
+        let call = KernelCall::new(TENSOR_CORE[tile.index()][column])
+            .grid(blocks(n, tile.cols()), blocks(m, tile.rows()), 1)
+            .block(256, 1, 1);
+        gpu.launch(
+            call.buf(&c)
+                .buf(a.gpu_buffer()?)
+                .buf(b.gpu_buffer()?)
+                .i32(mi)
+                .i32(ni)
+                .i32(ki)
+                .i64(to_i64(a_rs))
+                .i64(to_i64(a_cs))
+                .i64(to_i64(b_rs))
+                .i64(to_i64(b_cs)),
+        )
+    };
+    let problem = format!("matmul {precision} {m}x{n}x{k} a{a_rs},{a_cs} b{b_rs},{b_cs}");
+    let tile = autotune::pick(gpu, &problem, tiles, TcTile::name, launch)?;
+    launch(tile)?;
     Ok(Tensor::from_gpu([m, n], c))
 }

@@ -89,6 +89,14 @@ pub fn matmul(
 ) -> Result<Tensor> {
     const OP: &str = "matmul";
     if precision != Precision::Fp32 {
+        // The tensor cores on cuda and emu, unless an FP32 kernel is forced.
+        let (dtype, device) = common_dtype(OP, &[("left operand", a), ("right operand", b)])?;
+        if let Some(tiles) = kernel.tensor_core_tiles()
+            && let Some(gpu) = gpu_f32(OP, dtype, device)?
+        {
+            let layout = Layout::of(a, transpose_a, b, transpose_b)?;
+            return gpu::matmul_tensor_cores(&gpu, a, b, layout, tiles, precision);
+        }
         let (ar, br) = (round_tensor(a, precision)?, round_tensor(b, precision)?);
         let mut c = matmul(&ar, transpose_a, &br, transpose_b, kernel, Precision::Fp32)?;
         round_output(&mut c, precision)?;
