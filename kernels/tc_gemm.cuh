@@ -6,8 +6,8 @@
 //
 // Reading order: this comment; tc_word (the shared-memory layout); the precisions TcTf32 and
 // Tc16 (how a fragment is built and rounded); TcStager (the cp.async loads of one operand);
-// tc_gemm (the pipeline, the warp tiles, the epilogue). docs/tensor-core-kernel.md walks one
-// kernel through the same steps.
+// tc_gemm (the pipeline, the warp tiles, the epilogue). docs/kernels.md (the section "tc_gemm.cuh,
+// conv2d_tc.cu, gemm_tc.cu") walks one kernel through the same steps.
 //
 // The tiling, for a block tile of BM×BN (two configurations: TcTile128, 128×64, and
 // TcTile64, 64×64):

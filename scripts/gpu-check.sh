@@ -20,7 +20,8 @@
 #   tier 3  the other networks (AlexNet, ResNet-18, DenseNet-121) beside PyTorch;
 #           compute-sanitizer memcheck and racecheck on the selftest with the allocator's cache
 #           off (SCRATCHNET_NO_CACHE=1); a profiled step with a trace; `scratchnet kernel` on
-#           conv2d, gemm and batchnorm (every variant, with ptxas's figures); running out of memory;
+#           conv2d, gemm and batchnorm (every variant, with ptxas's figures), conv2d and gemm
+#           again in BF16 and TF32 (the tensor-core tiles); running out of memory;
 #           captured training steps at batch 1, 4 and 8.
 #
 # A failing `devices` or selftest ends the run early: nothing after it would mean anything.
@@ -323,6 +324,14 @@ if wants 3; then
     # against v2 fused, the sliced one-pass statistics).
     for op in conv2d gemm batchnorm; do
         run_step "kernel-$op" 3 60 "$bin" kernel "$op" --device "$device" --json "$out/kernel-$op.jsonl"
+    done
+    # The same convolution and product in BF16 and TF32: the FP32 kernels on rounded operands
+    # beside the two tensor-core tiles, each with its ptxas figures.
+    for precision in bf16 tf32; do
+        for op in conv2d gemm; do
+            run_step "kernel-$op-$precision" 3 60 "$bin" kernel "$op" --device "$device" --precision "$precision" \
+                --json "$out/kernel-$op-$precision.jsonl"
+        done
     done
 
     if [ $quick -eq 1 ]; then

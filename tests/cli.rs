@@ -432,6 +432,17 @@ fn kernel_runs_every_variant_of_every_op_family_on_the_emulator() {
         assert!(table.contains(k), "{table}");
     }
     assert!(!table.contains("fwd") && !table.contains("dgrad"), "{table}");
+    // In BF16 the FP32 kernels run on rounded operands and the two tensor-core tiles join
+    // them, all held to the reference on rounded operands.
+    let table = assert_ok(&["kernel", "conv2d", "--device", "emu", "--precision", "bf16", "--input", "2x8x7x7"]);
+    assert!(table.contains("15 variants: 15 within tolerance, 0 not"), "{table}");
+    for k in
+        ["round_precision_f32", "conv2d_fwd_tc64_bf16", "conv2d_bwd_data_tc128_bf16", "conv2d_bwd_filter_tc64_bf16"]
+    {
+        assert!(table.contains(k), "{table}");
+    }
+    let table = assert_ok(&["kernel", "gemm", "--device", "emu", "--precision", "tf32"]);
+    assert!(table.contains("v7 tensor-core-128") && table.contains("7 variants: 7 within tolerance"), "{table}");
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub struct KernelOptions {
     pub gemm: Option<[usize; 3]>,
     /// `fwd`, `dgrad`, `wgrad`, `bwd` or `all`.
     pub pass: String,
+    /// conv2d and gemm: the precision of the product (the reference then runs on operands
+    /// rounded the same way, its result rounded for the 16-bit types).
+    pub precision: Precision,
     /// Every variant, not only the engine's default.
     pub all_variants: bool,
     pub repeats: Option<usize>,
@@ -110,6 +113,30 @@ fn operand(shape: &Shape, seed: u64, device: Device) -> Result<(Vec<f64>, Tensor
     Ok((t.to_f64_vec()?, t.to_device(device)?))
 }
 
+/// `values` as operands in `precision` are rounded (unchanged in FP32).
+fn rounded_to(values: &[f64], precision: Precision) -> Vec<f64> {
+    values
+        .iter()
+        .map(|&v| if precision == Precision::Fp32 { v } else { f64::from(precision.round(v as f32)) })
+        .collect()
+}
+
+/// A reference product's result as `precision` rounds it (the 16-bit types).
+fn result(values: Vec<f64>, precision: Precision) -> Vec<f64> {
+    if precision.rounds_output() { rounded_to(&values, precision) } else { values }
+}
+
+/// The limit for a product in `precision`: `fp32_tol`, plus one unit in the last place of a
+/// 16-bit result (a sum and the reference's may round to neighbours).
+fn tolerance(precision: Precision, fp32_tol: f64) -> f64 {
+    fp32_tol
+        + match precision {
+            Precision::Bf16 => 2f64.powi(-8),
+            Precision::Fp16 => 2f64.powi(-11),
+            Precision::Fp32 | Precision::Tf32 => 0.0,
+        }
+}
+
 fn wants(opts: &KernelOptions, pass: &str) -> bool {
     opts.pass == "all" || opts.pass == pass || (opts.pass == "bwd" && (pass == "dgrad" || pass == "wgrad"))
 }
@@ -125,10 +152,12 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
     let p = opts.conv;
     let g = ConvGeometry::new(&x_shape, &w_shape, p)?;
     let y_shape = g.out_shape();
+    let precision = opts.precision;
     let (xv, x) = operand(&x_shape, 1, device)?;
     let (wv, w) = operand(&w_shape, 2, device)?;
     let (dyv, dy) = operand(&y_shape, 3, device)?;
-    let algos: Vec<(ConvAlgo, &str)> = match (device, opts.all_variants) {
+    let (xv, wv, dyv) = (rounded_to(&xv, precision), rounded_to(&wv, precision), rounded_to(&dyv, precision));
+    let mut algos: Vec<(ConvAlgo, &str)> = match (device, opts.all_variants) {
         (Device::Cpu, _) => vec![(ConvAlgo::Auto, "cpu im2col+gemm")],
         (_, false) => vec![(ConvAlgo::Auto, "default")],
         (_, true) => vec![
@@ -137,19 +166,24 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
             (ConvAlgo::ImplicitGemm128, "v3 implicit-gemm-128"),
         ],
     };
+    if precision.uses_tensor_cores() && opts.all_variants && device != Device::Cpu {
+        // The FP32 kernels above then run on rounded operands; the tensor cores beside them.
+        algos.extend([(ConvAlgo::TensorCore64, "v4 tensor-core-64"), (ConvAlgo::TensorCore128, "v5 tensor-core-128")]);
+    }
+    let (tol_plain, tol_reordered) = (tolerance(precision, TOL_PLAIN), tolerance(precision, TOL_REORDERED));
     let problem =
         |pass| Problem::Conv { x: x_shape.clone(), w: w_shape.clone(), params: p, bias: false, relu: false, pass };
     let mut cases = Vec::new();
     for (algo, name) in algos {
-        let exec = ExecOptions::with_conv_algo(algo);
+        let exec = ExecOptions { conv_algo: algo, precision, ..ExecOptions::default() };
         if wants(opts, "fwd") {
             let (x, w) = (x.clone(), w.clone());
             cases.push(Case {
                 variant: name.into(),
                 problem: problem(Pass::Forward),
-                tol: TOL_PLAIN,
+                tol: tol_plain,
                 run: Box::new(move || Ok(vec![conv2d::forward(&x, &w, None, p, &exec)?])),
-                want: conv2d::reference::forward(&xv, &wv, None, &g),
+                want: result(conv2d::reference::forward(&xv, &wv, None, &g), precision),
             });
         }
         if wants(opts, "dgrad") {
@@ -157,9 +191,9 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
             cases.push(Case {
                 variant: name.into(),
                 problem: problem(Pass::BackwardData),
-                tol: TOL_PLAIN,
+                tol: tol_plain,
                 run: Box::new(move || Ok(vec![conv2d::backward_data(&dy, &w, &xs, p, &exec)?])),
-                want: conv2d::reference::backward_data(&dyv, &wv, &g),
+                want: result(conv2d::reference::backward_data(&dyv, &wv, &g), precision),
             });
         }
         if wants(opts, "wgrad") {
@@ -167,9 +201,9 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
             cases.push(Case {
                 variant: name.into(),
                 problem: problem(Pass::BackwardFilter),
-                tol: TOL_REORDERED,
+                tol: tol_reordered,
                 run: Box::new(move || Ok(vec![conv2d::backward_filter(&dy, &x, &ws, p, &exec)?])),
-                want: conv2d::reference::backward_filter(&dyv, &xv, &g),
+                want: result(conv2d::reference::backward_filter(&dyv, &xv, &g), precision),
             });
         }
     }
@@ -182,10 +216,12 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
     if m == 0 || n == 0 || k == 0 {
         return Err(bad(format!("--gemm must be MxNxK with every size at least 1, got {m}x{n}x{k}")));
     }
+    let precision = opts.precision;
     let (av, a) = operand(&Shape::from([m, k]), 1, device)?;
     let (bv, b) = operand(&Shape::from([k, n]), 2, device)?;
-    let want = gemm::reference::matmul(&av, &bv, m, n, k);
-    let kernels: Vec<(GemmKernel, String)> = match (device, opts.all_variants) {
+    let want =
+        result(gemm::reference::matmul(&rounded_to(&av, precision), &rounded_to(&bv, precision), m, n, k), precision);
+    let mut kernels: Vec<(GemmKernel, String)> = match (device, opts.all_variants) {
         (Device::Cpu, _) => vec![(GemmKernel::Auto, "cpu packed".into())],
         (_, false) => vec![(GemmKernel::Auto, "default".into())],
         // Every kernel that can take this product (the 16-byte loads need N and K multiples of 4).
@@ -197,6 +233,13 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
             .map(|(i, (&g, label))| (g, format!("v{} {label}", i + 1)))
             .collect(),
     };
+    if precision.uses_tensor_cores() && opts.all_variants && device != Device::Cpu {
+        kernels.extend([
+            (GemmKernel::TensorCore64, "v6 tensor-core-64".to_string()),
+            (GemmKernel::TensorCore128, "v7 tensor-core-128".to_string()),
+        ]);
+    }
+    let tol = tolerance(precision, TOL_PLAIN);
     Ok(kernels
         .into_iter()
         .map(|(kernel, variant)| {
@@ -204,8 +247,8 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
             Case {
                 variant,
                 problem: Problem::Matmul { m, n, k },
-                tol: TOL_PLAIN,
-                run: Box::new(move || Ok(vec![gemm::matmul(&a, false, &b, false, kernel, Precision::Fp32)?])),
+                tol,
+                run: Box::new(move || Ok(vec![gemm::matmul(&a, false, &b, false, kernel, precision)?])),
                 want: want.clone(),
             }
         })

@@ -246,6 +246,10 @@ pub struct KernelCmdArgs {
     /// fwd, dgrad, wgrad (conv2d), bwd (both gradients, or the op's backward) or all.
     #[arg(long, default_value = "all")]
     pub pass: String,
+    /// conv2d and gemm: fp32, or tf32, bf16, fp16 (the tensor-core kernels, and the FP32
+    /// ones on rounded operands, against the reference on rounded operands).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// default (what the engine runs) or all (every kernel variant).
     #[arg(long, default_value = "all")]
     pub variants: String,

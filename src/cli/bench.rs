@@ -111,6 +111,7 @@ pub fn run_kernel(a: KernelCmdArgs) -> Result<ExitCode> {
             .groups(a.groups),
         gemm,
         pass: a.pass.clone(),
+        precision: a.precision.parse()?,
         all_variants: match a.variants.as_str() {
             "default" => false,
             "all" => true,
