@@ -27,7 +27,6 @@
 //! [`Precision::round`], the kernels with `to_tf32`/`pack_bf16`/`pack_f16` of
 //! kernels/mma.cuh, and the two agree to the bit on every operand.
 
-use half::f16;
 use rayon::prelude::*;
 
 use super::gpu_f32;
@@ -62,7 +61,7 @@ impl Precision {
             Precision::Fp32 => x,
             Precision::Tf32 => round_tf32(x),
             Precision::Bf16 => round_bf16(x),
-            Precision::Fp16 => f16::from_f32(x).to_f32(),
+            Precision::Fp16 => round_f16(x),
         }
     }
 
@@ -143,6 +142,28 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000)
 }
 
+/// Round to nearest even to FP16 (5 exponent bits, 10 mantissa bits), as the `half` crate's
+/// `f16::from_f32` and CUDA's `__float2half_rn` do, without leaving f32: normal results as
+/// [`round_bf16`] does with 13 dropped bits; results below FP16's smallest normal value
+/// (2^-14) on FP16's subnormal grid of 2^-24, by scaling, rounding to an integer and scaling
+/// back (all exact in f32); from 65520, halfway between the largest finite value 65504 and
+/// 2^16, infinity. NaN passes unchanged.
+pub fn round_f16(x: f32) -> f32 {
+    let abs = x.abs();
+    if x.is_nan() || abs == f32::INFINITY {
+        return x;
+    }
+    let rounded = if abs >= 65520.0 {
+        f32::INFINITY
+    } else if abs < 2f32.powi(-14) {
+        (abs * 2f32.powi(24)).round_ties_even() * 2f32.powi(-24)
+    } else {
+        let bits = abs.to_bits();
+        f32::from_bits(bits.wrapping_add(0x0fff + ((bits >> 13) & 1)) & 0xffff_e000)
+    };
+    rounded.copysign(x)
+}
+
 /// Round to nearest, ties away from zero, to TF32's 10 mantissa bits (`cvt.rna.tf32.f32`):
 /// add half of the last kept place (bit 12) to the magnitude and clear the 13 dropped bits.
 /// A carry out of the mantissa moves the exponent up by one, which is the correct rounding,
@@ -211,6 +232,45 @@ mod tests {
             assert_eq!(round_bf16(v).to_bits(), half::bf16::from_f32(v).to_f32().to_bits(), "{v:e}");
         }
         assert!(round_bf16(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn fp16_rounding_matches_the_half_crate_bit_for_bit() {
+        let mut x = 0x2545_f491u32;
+        let specials = [
+            0.0f32,
+            -0.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            -65520.0,
+            2f32.powi(-14),
+            2f32.powi(-24),
+            2f32.powi(-25),
+            3.0 * 2f32.powi(-25),
+            1e-40,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        // Random bit patterns cover every exponent; most are far outside FP16's range, so
+        // also values scattered over it (subnormals included).
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let values: Vec<f32> =
+            (0..200_000)
+                .map(|i| {
+                    if i % 2 == 0 { f32::from_bits(next()) } else { f32::from_bits(0x3300_0000 + next() % 0x1500_0000) }
+                })
+                .collect();
+        for v in specials.into_iter().chain(values).filter(|v| !v.is_nan()) {
+            assert_eq!(round_f16(v).to_bits(), half::f16::from_f32(v).to_f32().to_bits(), "{v:e}");
+        }
+        assert!(round_f16(f32::NAN).is_nan());
     }
 
     #[test]
