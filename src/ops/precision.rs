@@ -116,7 +116,7 @@ fn round_in_place(t: &mut Tensor, p: Precision) -> Result<()> {
     if let Some(gpu) = gpu_f32(OP, t.dtype(), t.device())? {
         let n = t.numel();
         let buf = t.gpu_buffer_mut()?;
-        let code = Precision::ALL.iter().position(|&q| q == p).unwrap_or(0) as i32;
+        let code = super::tensor_cores::precision_code(p);
         return gpu
             .launch(KernelCall::elementwise("round_precision_f32", n).buf(buf).buf(buf).i64(to_i64(n)).i32(code));
     }

@@ -2,7 +2,7 @@
 //! configurations of their engine (kernels/tc_gemm.cuh), the check that the GPU has tensor
 //! cores, and how a precision picks a kernel. The kernels run when `--precision` is tf32,
 //! bf16 or fp16 on `cuda` (compute capability 8.0 or newer) and on `emu`; see
-//! `conv2d/tensor_core.rs` and `gemm/gpu.rs`.
+//! `conv2d_tc.rs` and `gemm_tc.rs`, named like their kernel files.
 
 use crate::device::GpuDevice;
 use crate::error::{Error, Result};

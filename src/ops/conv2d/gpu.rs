@@ -13,7 +13,7 @@
 //!
 //! These are the FP32 kernels. In a low precision (`--precision` tf32, bf16, fp16), `auto`
 //! and the `tensor-core` algorithms run the tensor-core kernels of kernels/conv2d_tc.cu
-//! instead (`tensor_core.rs`), and the forced FP32 algorithms run here on rounded operands
+//! instead (`src/ops/conv2d_tc.rs`), and the forced FP32 algorithms run here on rounded operands
 //! (mod.rs).
 //!
 //! **Towers** (`ExecOptions::towers`, `--towers`): AlexNet's grouped convolutions were the
@@ -25,7 +25,7 @@
 //! single launch, so the results are the same to the bit. Towers replace the implicit GEMM's
 //! one launch where it is the kernel chosen (forced, or picked by the autotuner, which times
 //! the one-launch kernels); the direct kernels cover all groups in one grid-stride loop, so
-//! where they run, the groups stay one launch. The tensor-core kernels (`tensor_core.rs`)
+//! where they run, the groups stay one launch. The tensor-core kernels (`src/ops/conv2d_tc.rs`)
 //! split into towers the same way.
 
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub enum ConvAlgo {
     /// (emulator). With `--precision` tf32, bf16 or fp16: the tensor-core kernels, as
     /// [`ConvAlgo::TensorCore`].
     Auto,
-    /// The tensor-core kernels (`tensor_core.rs`), the autotuner choosing the tile
+    /// The tensor-core kernels (`src/ops/conv2d_tc.rs`), the autotuner choosing the tile
     /// configuration (the 64×64 one on the emulator); needs `--precision` tf32, bf16 or fp16.
     TensorCore,
     /// The tensor-core kernels on the 64×64 block tile.
@@ -84,7 +84,7 @@ impl std::str::FromStr for ConvAlgo {
 
 /// Whether this convolution runs as towers when its kernel is the implicit GEMM: towers
 /// on, and a grouped layer with no more groups than side streams.
-pub(super) fn splits_into_towers(exec: &ExecOptions, g: &ConvGeometry) -> bool {
+pub(crate) fn splits_into_towers(exec: &ExecOptions, g: &ConvGeometry) -> bool {
     exec.towers && (2..=SIDE_STREAMS).contains(&g.groups())
 }
 
@@ -192,7 +192,7 @@ fn choose(
 /// implicit GEMMs' column counts and shared dimensions, among them the filter gradient's
 /// `K = N·OH·OW`. Each factor fits an `int` on its own ([`shape_args`] checks that); their
 /// product may not, and would wrap inside the kernel.
-pub(super) fn check_index_range(g: &ConvGeometry) -> Result<()> {
+pub(crate) fn check_index_range(g: &ConvGeometry) -> Result<()> {
     let og = g.o_per_group();
     for (what, factors) in [
         ("N·OH·OW (images × output pixels)", [g.n, g.oh, g.ow]),
@@ -207,7 +207,7 @@ pub(super) fn check_index_range(g: &ConvGeometry) -> Result<()> {
 }
 
 /// Appends the sixteen shape arguments every conv2d kernel takes, in their order.
-pub(super) fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
+pub(crate) fn shape_args(call: KernelCall, g: &ConvGeometry) -> Result<KernelCall> {
     let p = &g.params;
     let mut call = call;
     for (what, v) in [
@@ -253,17 +253,17 @@ fn tiles(name: &'static str, tile: usize, cols: usize, rows: usize, z: usize) ->
 /// tower, its pointers at that group's channels and its grid one group deep (see the module's
 /// comment; the kernels take `g = 0` for the first group they are given).
 #[derive(Clone, Copy)]
-pub(super) struct Groups {
-    pub(super) first: usize,
-    pub(super) count: usize,
+pub(crate) struct Groups {
+    pub(crate) first: usize,
+    pub(crate) count: usize,
 }
 
 impl Groups {
-    pub(super) fn all(g: &ConvGeometry) -> Groups {
+    pub(crate) fn all(g: &ConvGeometry) -> Groups {
         Groups { first: 0, count: g.groups() }
     }
 
-    pub(super) fn one(t: usize) -> Groups {
+    pub(crate) fn one(t: usize) -> Groups {
         Groups { first: t, count: 1 }
     }
 }
@@ -390,7 +390,7 @@ pub(super) fn backward_data(
 /// How many slices the filter gradient's shared dimension (N·OH·OW) is cut into, for tiles
 /// of side `tile`: enough blocks to fill a large GPU twice over (about 256), each slice at
 /// least 256 long.
-pub(super) fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
+pub(crate) fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
     let k = g.n * g.out_pixels();
     let tiles = g.k_per_group().div_ceil(tile) * g.o_per_group().div_ceil(tile) * g.groups();
     let wanted = 256usize.div_ceil(tiles.max(1)).clamp(1, (k / 256).max(1));

@@ -14,7 +14,7 @@
 //! The definition as plain loops, which every path is checked against, is [`reference`](mod@reference). The
 //! `cpu` device runs the fast path below; cuda and emu run the kernels of `kernels/conv2d.cu`
 //! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say), and in a
-//! low precision those of `kernels/conv2d_tc.cu` on the tensor cores (`tensor_core.rs`).
+//! low precision those of `kernels/conv2d_tc.cu` on the tensor cores (`src/ops/conv2d_tc.rs`).
 //!
 //! The `cpu` device's path, im2col + GEMM, is in `cpu.rs`.
 
@@ -26,9 +26,9 @@ mod cpu;
 mod gpu;
 mod im2col;
 pub mod reference;
-mod tensor_core;
 
 pub use gpu::ConvAlgo;
+pub(crate) use gpu::{Groups, check_index_range, filter_splits, shape_args, splits_into_towers};
 
 use super::precision::{Precision, round_output, round_tensor};
 use super::tensor_cores::TcTile;
@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Element, Shape, Tensor};
 use cpu::{backward_data_cpu, backward_filter_cpu, forward_cpu};
 
-const OP: &str = "conv2d";
+pub(crate) const OP: &str = "conv2d";
 
 /// Stride, padding, dilation and groups, each per (height, width) where it applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,9 +205,6 @@ fn forward_act(
     relu: bool,
     exec: &ExecOptions,
 ) -> Result<Tensor> {
-    if exec.precision != Precision::Fp32 {
-        return forward_low_precision(x, w, b, p, relu, exec);
-    }
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -215,6 +212,9 @@ fn forward_act(
         inputs.push(("bias", b));
     }
     let (dtype, device) = common_dtype(OP, &inputs)?;
+    if exec.precision != Precision::Fp32 {
+        return forward_low_precision(x, w, b, p, relu, exec, (&g, dtype, device));
+    }
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let bias = b.map(Tensor::gpu_buffer).transpose()?;
         let y = gpu::forward(&gpu, exec, x.gpu_buffer()?, w.gpu_buffer()?, bias, relu, &g)?;
@@ -240,12 +240,12 @@ fn tensor_cores(
     exec: &ExecOptions,
 ) -> Result<Option<(Arc<GpuDevice>, &'static [TcTile])>> {
     let Some(gpu) = gpu_f32(OP, dtype, device)? else { return Ok(None) };
-    Ok(tensor_core::tiles(&gpu, exec.conv_algo, exec.precision)?.map(|tiles| (gpu, tiles)))
+    Ok(super::conv2d_tc::tiles(&gpu, exec.conv_algo, exec.precision)?.map(|tiles| (gpu, tiles)))
 }
 
-/// A convolution in a low precision: on the tensor cores where [`tensor_cores`] says so,
-/// else [`forward_rounded`]. Both give the bias and the ReLU in FP32 after the rounded
-/// product.
+/// A convolution in a low precision, its inputs already checked (`g`, their dtype and
+/// device): on the tensor cores where [`tensor_cores`] says so, else [`forward_rounded`].
+/// Both give the bias and the ReLU in FP32 after the rounded product.
 fn forward_low_precision(
     x: &Tensor,
     w: &Tensor,
@@ -253,18 +253,12 @@ fn forward_low_precision(
     p: Conv2dParams,
     relu: bool,
     exec: &ExecOptions,
+    (g, dtype, device): (&ConvGeometry, DType, Device),
 ) -> Result<Tensor> {
-    let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
-    let mut inputs = vec![("input", x), ("weight", w)];
-    if let Some(b) = b {
-        expect_shape(OP, "bias", b, &[g.o])?;
-        inputs.push(("bias", b));
-    }
-    let (dtype, device) = common_dtype(OP, &inputs)?;
     if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
         let bias = b.map(Tensor::gpu_buffer).transpose()?;
         let (xb, wb) = (x.gpu_buffer()?, w.gpu_buffer()?);
-        let y = tensor_core::forward(&gpu, exec, tiles, xb, wb, bias, relu, &g)?;
+        let y = super::conv2d_tc::forward(&gpu, exec, tiles, xb, wb, bias, relu, g)?;
         return Ok(Tensor::from_gpu(g.out_shape(), y));
     }
     forward_rounded(x, w, b, p, relu, exec)
@@ -298,7 +292,7 @@ pub fn backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: Conv2dParams, 
         expect_shape(OP, "output gradient", dy, &g.out_shape())?;
         let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("weight", w)])?;
         if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
-            let dx = tensor_core::backward_data(&gpu, exec, tiles, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
+            let dx = super::conv2d_tc::backward_data(&gpu, exec, tiles, dy.gpu_buffer()?, w.gpu_buffer()?, &g)?;
             return Ok(Tensor::from_gpu(g.in_shape(), dx));
         }
         let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });
@@ -332,7 +326,7 @@ pub fn backward_filter(
         expect_shape(OP, "output gradient", dy, &g.out_shape())?;
         let (dtype, device) = common_dtype(OP, &[("output gradient", dy), ("input", x)])?;
         if let Some((gpu, tiles)) = tensor_cores(dtype, device, exec)? {
-            let dw = tensor_core::backward_filter(&gpu, exec, tiles, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
+            let dw = super::conv2d_tc::backward_filter(&gpu, exec, tiles, dy.gpu_buffer()?, x.gpu_buffer()?, &g)?;
             return Ok(Tensor::from_gpu(g.weight_shape(), dw));
         }
         let (precision, fp32) = (exec.precision, ExecOptions { precision: Precision::Fp32, ..*exec });

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use super::Layout;
 use crate::device::GpuDevice;
-use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::gpu::KernelCall;
 use crate::error::{Error, Result};
 use crate::ops::autotune;
-use crate::ops::precision::Precision;
-use crate::ops::tensor_cores::{TcTile, precision_index, require_tensor_cores};
+use crate::ops::tensor_cores::TcTile;
 use crate::tensor::{DType, Tensor};
 
 /// Which GPU kernel computes a matrix product (kernels/gemm.cu). The CPU always uses the
@@ -127,26 +126,13 @@ pub(super) fn matmul(
         ));
     }
     let c = gpu.alloc(dtype, m * n)?;
-    let (mi, ni, ki) = (to_i32(OP, "rows", m)?, to_i32(OP, "columns", n)?, to_i32(OP, "inner dimension", k)?);
     let launch = |kernel: GemmKernel| -> Result<()> {
         // One block per tile of C: x along the columns, y along the rows.
         let (side, tile) = kernel.tiling();
         let blocks = |len: usize| u32::try_from(len.div_ceil(tile)).unwrap_or(u32::MAX);
         let call = KernelCall::new(kernel.name()).grid(blocks(n), blocks(m), 1);
         let call = if side == 0 { call.block(256, 1, 1) } else { call.block(side, side, 1) };
-        gpu.launch(
-            call.buf(&c)
-                .buf(a.gpu_buffer()?)
-                .buf(b.gpu_buffer()?)
-                .i32(mi)
-                .i32(ni)
-                .i32(ki)
-                .i64(to_i64(a_rs))
-                .i64(to_i64(a_cs))
-                .i64(to_i64(b_rs))
-                .i64(to_i64(b_cs))
-                .i32(0),
-        )
+        gpu.launch(layout.product_args(call, &c, a, b)?.i32(0))
     };
     let kernel = match kernel {
         GemmKernel::Auto => {
@@ -159,50 +145,5 @@ pub(super) fn matmul(
         k => k,
     };
     launch(kernel)?;
-    Ok(Tensor::from_gpu([m, n], c))
-}
-
-const TENSOR_CORE: [[&str; 3]; 2] =
-    [["gemm_tc64_tf32", "gemm_tc64_bf16", "gemm_tc64_fp16"], ["gemm_tc128_tf32", "gemm_tc128_bf16", "gemm_tc128_fp16"]];
-
-/// [`matmul`](super::matmul) in a low `precision` on the tensor cores (kernels/gemm_tc.cu),
-/// on one of `tiles` (the autotuner's pick where there are two, the 64×64 one on the
-/// emulator): operands rounded to the precision, products exact, sums in FP32, for BF16 and
-/// FP16 each output rounded to the 16-bit type.
-pub(super) fn matmul_tensor_cores(
-    gpu: &Arc<GpuDevice>,
-    a: &Tensor,
-    b: &Tensor,
-    layout: Layout,
-    tiles: &[TcTile],
-    precision: Precision,
-) -> Result<Tensor> {
-    const OP: &str = "matmul";
-    require_tensor_cores(gpu, precision)?;
-    let column = precision_index(OP, precision)?;
-    let Layout { m, n, k, a_strides: (a_rs, a_cs), b_strides: (b_rs, b_cs), .. } = layout;
-    let c = gpu.alloc(DType::F32, m * n)?;
-    let (mi, ni, ki) = (to_i32(OP, "rows", m)?, to_i32(OP, "columns", n)?, to_i32(OP, "inner dimension", k)?);
-    let launch = |tile: TcTile| -> Result<()> {
-        let blocks = |len: usize, side: usize| u32::try_from(len.div_ceil(side)).unwrap_or(u32::MAX);
-        let call = KernelCall::new(TENSOR_CORE[tile.index()][column])
-            .grid(blocks(n, tile.cols()), blocks(m, tile.rows()), 1)
-            .block(256, 1, 1);
-        gpu.launch(
-            call.buf(&c)
-                .buf(a.gpu_buffer()?)
-                .buf(b.gpu_buffer()?)
-                .i32(mi)
-                .i32(ni)
-                .i32(ki)
-                .i64(to_i64(a_rs))
-                .i64(to_i64(a_cs))
-                .i64(to_i64(b_rs))
-                .i64(to_i64(b_cs)),
-        )
-    };
-    let problem = format!("matmul {precision} {m}x{n}x{k} a{a_rs},{a_cs} b{b_rs},{b_cs}");
-    let tile = autotune::pick(gpu, &problem, tiles, TcTile::name, launch)?;
-    launch(tile)?;
     Ok(Tensor::from_gpu([m, n], c))
 }

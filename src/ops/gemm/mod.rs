@@ -11,6 +11,7 @@
 
 use super::precision::{Precision, round_output, round_tensor};
 use super::{common_dtype, gpu_f32, host, with_float_type};
+use crate::device::gpu::{GpuBuffer, KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -29,17 +30,36 @@ pub use views::{MatMut, MatRef};
 /// take them: `op(A)` is `m×k` with element `(i, p)` at `i·a_strides.0 + p·a_strides.1`, and
 /// `op(B)` is `k×n` likewise.
 #[derive(Clone, Copy, Debug)]
-struct Layout {
-    m: usize,
-    n: usize,
-    k: usize,
-    transpose_a: bool,
-    transpose_b: bool,
-    a_strides: (usize, usize),
-    b_strides: (usize, usize),
+pub(crate) struct Layout {
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) transpose_a: bool,
+    pub(crate) transpose_b: bool,
+    pub(crate) a_strides: (usize, usize),
+    pub(crate) b_strides: (usize, usize),
 }
 
 impl Layout {
+    /// The arguments every GPU product kernel takes first (kernels/gemm.cu, gemm_tc.cu):
+    /// `C, A, B, M, N, K, a_rs, a_cs, b_rs, b_cs`.
+    pub(crate) fn product_args(&self, call: KernelCall, c: &GpuBuffer, a: &Tensor, b: &Tensor) -> Result<KernelCall> {
+        const OP: &str = "matmul";
+        let (a_rs, a_cs) = self.a_strides;
+        let (b_rs, b_cs) = self.b_strides;
+        Ok(call
+            .buf(c)
+            .buf(a.gpu_buffer()?)
+            .buf(b.gpu_buffer()?)
+            .i32(to_i32(OP, "rows", self.m)?)
+            .i32(to_i32(OP, "columns", self.n)?)
+            .i32(to_i32(OP, "inner dimension", self.k)?)
+            .i64(to_i64(a_rs))
+            .i64(to_i64(a_cs))
+            .i64(to_i64(b_rs))
+            .i64(to_i64(b_cs)))
+    }
+
     /// The layout of `op(a) · op(b)`, or a shape error for operands that are not 2-D or whose
     /// inner dimensions differ.
     fn of(a: &Tensor, transpose_a: bool, b: &Tensor, transpose_b: bool) -> Result<Layout> {
@@ -95,7 +115,7 @@ pub fn matmul(
             && let Some(gpu) = gpu_f32(OP, dtype, device)?
         {
             let layout = Layout::of(a, transpose_a, b, transpose_b)?;
-            return gpu::matmul_tensor_cores(&gpu, a, b, layout, tiles, precision);
+            return super::gemm_tc::matmul_tensor_cores(&gpu, a, b, layout, tiles, precision);
         }
         let (ar, br) = (round_tensor(a, precision)?, round_tensor(b, precision)?);
         let mut c = matmul(&ar, transpose_a, &br, transpose_b, kernel, Precision::Fp32)?;

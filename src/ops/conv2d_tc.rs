@@ -2,7 +2,7 @@
 //! kernels of kernels/conv2d_tc.cu, which run when `--precision` is tf32, bf16 or fp16 and
 //! the convolution algorithm is `auto` or one of the `tensor-core` ones. The forced FP32
 //! algorithms (`direct`, `implicit-gemm`, `implicit-gemm-128`) round the operands for the
-//! FP32 kernels instead (mod.rs), as the CPU does.
+//! FP32 kernels instead (conv2d/mod.rs), as the CPU does.
 //!
 //! Each direction has one kernel per tile configuration ([`TcTile`]) and precision; the
 //! autotuner chooses the configuration per problem, its key including the precision (the
@@ -11,13 +11,14 @@
 //! the ReLU in FP32 (in the forward kernel's epilogue).
 //!
 //! Grouped convolutions run as one launch (grid z over the groups), or, with
-//! [`ExecOptions::towers`] on, as `gpu.rs`'s towers: each group's launch, one group deep with
+//! [`ExecOptions::towers`] on, as `conv2d/gpu.rs`'s towers: each group's launch, one group deep with
 //! pointers at its channels, on its own side stream, with the same bits as the one launch.
 
 use std::sync::Arc;
 
-use super::gpu::{ConvAlgo, Groups, check_index_range, filter_splits, shape_args, splits_into_towers};
-use super::{ConvGeometry, OP};
+use super::conv2d::{
+    ConvAlgo, ConvGeometry, Groups, OP, check_index_range, filter_splits, shape_args, splits_into_towers,
+};
 use crate::device::GpuDevice;
 use crate::device::gpu::{GpuBuffer, KernelCall, to_i32, to_i64};
 use crate::error::{Error, Result};
@@ -39,7 +40,7 @@ fn tiles_of(algo: ConvAlgo) -> Option<&'static [TcTile]> {
 
 /// The tile configurations to choose among for a convolution in `exec`'s precision on
 /// `gpu`, or `None` where the FP32 kernels run on rounded operands instead.
-pub(super) fn tiles(gpu: &GpuDevice, algo: ConvAlgo, precision: Precision) -> Result<Option<&'static [TcTile]>> {
+pub(crate) fn tiles(gpu: &GpuDevice, algo: ConvAlgo, precision: Precision) -> Result<Option<&'static [TcTile]>> {
     if precision == Precision::Fp32 {
         return Ok(None);
     }
@@ -127,7 +128,7 @@ fn run(
 
 /// `conv(x, w)` rounded as `exec.precision` rounds outputs, `+ bias`, then ReLU when `relu`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward(
+pub(crate) fn forward(
     gpu: &Arc<GpuDevice>,
     exec: &ExecOptions,
     tiles: &[TcTile],
@@ -159,7 +160,7 @@ pub(super) fn forward(
 }
 
 /// The data gradient from `dy` and `w`, rounded as `exec.precision` rounds outputs.
-pub(super) fn backward_data(
+pub(crate) fn backward_data(
     gpu: &Arc<GpuDevice>,
     exec: &ExecOptions,
     tiles: &[TcTile],
@@ -237,7 +238,7 @@ impl FilterGradient {
 }
 
 /// The filter gradient from `dy` and `x`, rounded as `exec.precision` rounds outputs.
-pub(super) fn backward_filter(
+pub(crate) fn backward_filter(
     gpu: &Arc<GpuDevice>,
     exec: &ExecOptions,
     tiles: &[TcTile],
