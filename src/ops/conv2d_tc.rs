@@ -17,10 +17,10 @@
 use std::sync::Arc;
 
 use super::conv2d::{
-    ConvAlgo, ConvGeometry, Groups, OP, check_index_range, filter_splits, shape_args, splits_into_towers,
+    ConvAlgo, ConvGeometry, FilterGradient, Groups, OP, check_index_range, shape_args, splits_into_towers,
 };
 use crate::device::GpuDevice;
-use crate::device::gpu::{GpuBuffer, KernelCall, to_i32, to_i64};
+use crate::device::gpu::{GpuBuffer, KernelCall};
 use crate::error::{Error, Result};
 use crate::ops::precision::Precision;
 use crate::ops::tensor_cores::{TcTile, precision_code, precision_index, require_tensor_cores};
@@ -184,56 +184,26 @@ pub(crate) fn backward_data(
     Ok(dx)
 }
 
-/// The filter gradient's output and, where its shared dimension N·OH·OW is split (the split
-/// of `gpu.rs`, sized for the tile's rows), the workspace of the slices' FP32 partial sums,
-/// which `conv2d_bwd_filter_reduce_tc` sums and rounds. Allocated before any fork, so that
-/// the towers only write into them.
-struct FilterGradient {
+/// The filter gradient on tile `tile` in `precision`: the buffers of `conv2d/gpu.rs`'s
+/// `FilterGradient`, split along N·OH·OW for the tile's rows, whose slices' FP32 partial
+/// sums `conv2d_bwd_filter_reduce_tc` adds and rounds. Allocated before any fork, so that the
+/// towers only write into them.
+struct TcFilterGradient {
     tile: TcTile,
     precision: Precision,
-    dw: GpuBuffer,
-    workspace: Option<GpuBuffer>,
-    splits: usize,
-    chunk: usize,
+    grad: FilterGradient,
 }
 
-impl FilterGradient {
-    fn alloc(gpu: &Arc<GpuDevice>, tile: TcTile, precision: Precision, g: &ConvGeometry) -> Result<FilterGradient> {
-        let count = g.weight_shape().numel();
-        let (splits, chunk) = filter_splits(g, tile.rows());
-        let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
-        Ok(FilterGradient { tile, precision, dw: gpu.alloc(DType::F32, count)?, workspace, splits, chunk })
+impl TcFilterGradient {
+    fn alloc(gpu: &Arc<GpuDevice>, tile: TcTile, precision: Precision, g: &ConvGeometry) -> Result<TcFilterGradient> {
+        Ok(TcFilterGradient { tile, precision, grad: FilterGradient::split(gpu, g, Some(tile.rows()))? })
     }
 
     /// The launches over `groups` (and their share of the slices' reduction).
-    fn launch(
-        &self,
-        gpu: &GpuDevice,
-        dy: &GpuBuffer,
-        x: &GpuBuffer,
-        g: &ConvGeometry,
-        Groups { first, count }: Groups,
-    ) -> Result<()> {
-        let (cg, og) = (g.c / g.groups(), g.o_per_group());
-        let group_weights = og * g.k_per_group();
-        let call = tiles_call(&FILTER, self.tile, self.precision, g.k_per_group(), og, count * self.splits)?
-            .buf_from(self.workspace.as_ref().unwrap_or(&self.dw), first * group_weights)?
-            .buf_from(dy, first * og * g.out_pixels())?
-            .buf_from(x, first * cg * g.h * g.w)?;
-        let call = shape_args(call, g)?.i32(to_i32(OP, "slice length", self.chunk)?);
-        gpu.launch(call.i32(to_i32(OP, "groups", count)?))?;
-        match &self.workspace {
-            Some(ws) => gpu.launch(
-                KernelCall::elementwise("conv2d_bwd_filter_reduce_tc", count * group_weights)
-                    .buf_from(&self.dw, first * group_weights)?
-                    .buf_from(ws, first * group_weights)?
-                    .i64(to_i64(count * group_weights))
-                    .i64(to_i64(g.weight_shape().numel()))
-                    .i32(to_i32(OP, "slices", self.splits)?)
-                    .i32(precision_code(self.precision)),
-            ),
-            None => Ok(()),
-        }
+    fn launch(&self, gpu: &GpuDevice, dy: &GpuBuffer, x: &GpuBuffer, g: &ConvGeometry, groups: Groups) -> Result<()> {
+        let kernel = |z| tiles_call(&FILTER, self.tile, self.precision, g.k_per_group(), g.o_per_group(), z);
+        let reduce = ("conv2d_bwd_filter_reduce_tc", Some(precision_code(self.precision)));
+        self.grad.implicit(gpu, kernel, reduce, (dy, x), g, groups)
     }
 }
 
@@ -248,9 +218,9 @@ pub(crate) fn backward_filter(
 ) -> Result<GpuBuffer> {
     check_index_range(g)?;
     let precision = exec.precision;
-    let timed = |tile: TcTile| FilterGradient::alloc(gpu, tile, precision, g)?.launch(gpu, dy, x, g, Groups::all(g));
+    let timed = |tile: TcTile| TcFilterGradient::alloc(gpu, tile, precision, g)?.launch(gpu, dy, x, g, Groups::all(g));
     let tile = choose(gpu, tiles, precision, "backward filter", g, timed)?;
-    let grad = FilterGradient::alloc(gpu, tile, precision, g)?;
+    let grad = TcFilterGradient::alloc(gpu, tile, precision, g)?;
     run(gpu, exec, g, tile, |_, groups| grad.launch(gpu, dy, x, g, groups))?;
-    Ok(grad.dw)
+    Ok(grad.grad.dw)
 }

@@ -390,7 +390,7 @@ pub(super) fn backward_data(
 /// How many slices the filter gradient's shared dimension (N·OH·OW) is cut into, for tiles
 /// of side `tile`: enough blocks to fill a large GPU twice over (about 256), each slice at
 /// least 256 long.
-pub(crate) fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
+fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
     let k = g.n * g.out_pixels();
     let tiles = g.k_per_group().div_ceil(tile) * g.o_per_group().div_ceil(tile) * g.groups();
     let wanted = 256usize.div_ceil(tiles.max(1)).clamp(1, (k / 256).max(1));
@@ -399,9 +399,10 @@ pub(crate) fn filter_splits(g: &ConvGeometry, tile: usize) -> (usize, usize) {
 }
 
 /// The filter gradient's output and, for an implicit GEMM whose shared dimension is split,
-/// the workspace of the slices' partial sums (`splits` blocks the size of dW).
-struct FilterGradient {
-    dw: GpuBuffer,
+/// the workspace of the slices' partial sums (`splits` blocks the size of dW). The FP32
+/// kernels and the tensor-core ones (src/ops/conv2d_tc.rs) share it.
+pub(crate) struct FilterGradient {
+    pub(crate) dw: GpuBuffer,
     workspace: Option<GpuBuffer>,
     splits: usize,
     chunk: usize,
@@ -410,47 +411,70 @@ struct FilterGradient {
 impl FilterGradient {
     /// The buffers for `kernel` (the split depends on its tile).
     fn alloc(gpu: &Arc<GpuDevice>, kernel: Kernel, g: &ConvGeometry) -> Result<FilterGradient> {
+        FilterGradient::split(gpu, g, kernel.implicit_gemm().map(|k| k.tile))
+    }
+
+    /// The buffers for an implicit GEMM whose tile has `tile_rows` rows (`filter_splits`), or
+    /// for an unsplit kernel (`None`: one slice, no workspace).
+    pub(crate) fn split(gpu: &Arc<GpuDevice>, g: &ConvGeometry, tile_rows: Option<usize>) -> Result<FilterGradient> {
         let count = g.weight_shape().numel();
-        let (splits, chunk) = kernel.implicit_gemm().map_or((1, 0), |k| filter_splits(g, k.tile));
+        let (splits, chunk) = tile_rows.map_or((1, 0), |rows| filter_splits(g, rows));
         let workspace = if splits > 1 { Some(gpu.alloc(DType::F32, count * splits)?) } else { None };
         Ok(FilterGradient { dw: gpu.alloc(DType::F32, count)?, workspace, splits, chunk })
     }
 
-    /// The implicit GEMM over `groups` (and its share of the slices' reduction).
-    fn implicit(
+    /// The implicit GEMM over `groups`, and its share of the slices' reduction. `kernel(z)`
+    /// makes the GEMM's launch with `z` blocks along grid z (groups × slices); `reduce` names
+    /// the reduction kernel, with its last argument where it takes one (the tensor cores'
+    /// precision, whose rounding it applies to the sum).
+    pub(crate) fn implicit(
+        &self,
+        gpu: &GpuDevice,
+        kernel: impl FnOnce(usize) -> Result<KernelCall>,
+        (reduce, reduce_last): (&'static str, Option<i32>),
+        (dy, x): (&GpuBuffer, &GpuBuffer),
+        g: &ConvGeometry,
+        Groups { first, count }: Groups,
+    ) -> Result<()> {
+        let (cg, og) = (g.c / g.groups(), g.o_per_group());
+        let group_weights = og * g.k_per_group();
+        let call = kernel(count * self.splits)?
+            .buf_from(self.workspace.as_ref().unwrap_or(&self.dw), first * group_weights)?
+            .buf_from(dy, first * og * g.out_pixels())?
+            .buf_from(x, first * cg * g.h * g.w)?;
+        let call = shape_args(call, g)?.i32(to_i32(OP, "slice length", self.chunk)?);
+        gpu.launch(call.i32(to_i32(OP, "groups", count)?))?;
+        let Some(ws) = &self.workspace else { return Ok(()) };
+        let call = KernelCall::elementwise(reduce, count * group_weights)
+            .buf_from(&self.dw, first * group_weights)?
+            .buf_from(ws, first * group_weights)?
+            .i64(to_i64(count * group_weights))
+            .i64(to_i64(g.weight_shape().numel()))
+            .i32(to_i32(OP, "slices", self.splits)?);
+        gpu.launch(match reduce_last {
+            Some(v) => call.i32(v),
+            None => call,
+        })
+    }
+
+    /// The FP32 implicit GEMM `k` over `groups`.
+    fn implicit_f32(
         &self,
         gpu: &GpuDevice,
         k: &ImplicitGemmKernels,
         dy: &GpuBuffer,
         x: &GpuBuffer,
         g: &ConvGeometry,
-        Groups { first, count }: Groups,
+        groups: Groups,
     ) -> Result<()> {
-        let (cg, og) = (g.c / g.groups(), g.o_per_group());
-        let group_weights = og * g.k_per_group();
-        let call = tiles(k.filter, k.tile, g.k_per_group(), og, count * self.splits)?
-            .buf_from(self.workspace.as_ref().unwrap_or(&self.dw), first * group_weights)?
-            .buf_from(dy, first * og * g.out_pixels())?
-            .buf_from(x, first * cg * g.h * g.w)?;
-        let call = shape_args(call, g)?.i32(to_i32(OP, "slice length", self.chunk)?);
-        gpu.launch(call.i32(to_i32(OP, "groups", count)?))?;
-        match &self.workspace {
-            Some(ws) => gpu.launch(
-                KernelCall::elementwise("conv2d_bwd_filter_reduce_f32", count * group_weights)
-                    .buf_from(&self.dw, first * group_weights)?
-                    .buf_from(ws, first * group_weights)?
-                    .i64(to_i64(count * group_weights))
-                    .i64(to_i64(g.weight_shape().numel()))
-                    .i32(to_i32(OP, "slices", self.splits)?),
-            ),
-            None => Ok(()),
-        }
+        let kernel = |z| tiles(k.filter, k.tile, g.k_per_group(), g.o_per_group(), z);
+        self.implicit(gpu, kernel, ("conv2d_bwd_filter_reduce_f32", None), (dy, x), g, groups)
     }
 
     /// The launches with kernel `kernel` (whose buffers these are), into `dw`.
     fn launch(&self, gpu: &GpuDevice, kernel: Kernel, dy: &GpuBuffer, x: &GpuBuffer, g: &ConvGeometry) -> Result<()> {
         match kernel.implicit_gemm() {
-            Some(k) => self.implicit(gpu, k, dy, x, g, Groups::all(g)),
+            Some(k) => self.implicit_f32(gpu, k, dy, x, g, Groups::all(g)),
             None => {
                 let count = g.weight_shape().numel();
                 let call = KernelCall::elementwise("conv2d_bwd_filter_direct_f32", count).buf(&self.dw).buf(dy).buf(x);
@@ -521,7 +545,7 @@ pub(super) fn backward_data_and_filter(
                     implicit_data(gpu, k, dx, dy, w, g, Groups::one(t))?;
                 }
                 match &dw {
-                    Some(grad) => grad.implicit(gpu, k, dy, x, g, Groups::one(t)),
+                    Some(grad) => grad.implicit_f32(gpu, k, dy, x, g, Groups::one(t)),
                     None => Ok(()),
                 }
             })?;

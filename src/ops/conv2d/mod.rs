@@ -28,7 +28,7 @@ mod im2col;
 pub mod reference;
 
 pub use gpu::ConvAlgo;
-pub(crate) use gpu::{Groups, check_index_range, filter_splits, shape_args, splits_into_towers};
+pub(crate) use gpu::{FilterGradient, Groups, check_index_range, shape_args, splits_into_towers};
 
 use super::precision::{Precision, round_output, round_tensor};
 use super::tensor_cores::TcTile;
