@@ -113,30 +113,6 @@ fn operand(shape: &Shape, seed: u64, device: Device) -> Result<(Vec<f64>, Tensor
     Ok((t.to_f64_vec()?, t.to_device(device)?))
 }
 
-/// `values` as operands in `precision` are rounded (unchanged in FP32).
-fn rounded_to(values: &[f64], precision: Precision) -> Vec<f64> {
-    values
-        .iter()
-        .map(|&v| if precision == Precision::Fp32 { v } else { f64::from(precision.round(v as f32)) })
-        .collect()
-}
-
-/// A reference product's result as `precision` rounds it (the 16-bit types).
-fn result(values: Vec<f64>, precision: Precision) -> Vec<f64> {
-    if precision.rounds_output() { rounded_to(&values, precision) } else { values }
-}
-
-/// The limit for a product in `precision`: `fp32_tol`, plus one unit in the last place of a
-/// 16-bit result (a sum and the reference's may round to neighbours).
-fn tolerance(precision: Precision, fp32_tol: f64) -> f64 {
-    fp32_tol
-        + match precision {
-            Precision::Bf16 => 2f64.powi(-8),
-            Precision::Fp16 => 2f64.powi(-11),
-            Precision::Fp32 | Precision::Tf32 => 0.0,
-        }
-}
-
 fn wants(opts: &KernelOptions, pass: &str) -> bool {
     opts.pass == "all" || opts.pass == pass || (opts.pass == "bwd" && (pass == "dgrad" || pass == "wgrad"))
 }
@@ -156,7 +132,7 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
     let (xv, x) = operand(&x_shape, 1, device)?;
     let (wv, w) = operand(&w_shape, 2, device)?;
     let (dyv, dy) = operand(&y_shape, 3, device)?;
-    let (xv, wv, dyv) = (rounded_to(&xv, precision), rounded_to(&wv, precision), rounded_to(&dyv, precision));
+    let (xv, wv, dyv) = (precision.round_operands(&xv), precision.round_operands(&wv), precision.round_operands(&dyv));
     let mut algos: Vec<(ConvAlgo, &str)> = match (device, opts.all_variants) {
         (Device::Cpu, _) => vec![(ConvAlgo::Auto, "cpu im2col+gemm")],
         (_, false) => vec![(ConvAlgo::Auto, "default")],
@@ -170,7 +146,7 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
         // The FP32 kernels above then run on rounded operands; the tensor cores beside them.
         algos.extend([(ConvAlgo::TensorCore64, "v4 tensor-core-64"), (ConvAlgo::TensorCore128, "v5 tensor-core-128")]);
     }
-    let (tol_plain, tol_reordered) = (tolerance(precision, TOL_PLAIN), tolerance(precision, TOL_REORDERED));
+    let (tol_plain, tol_reordered) = (precision.result_tolerance(TOL_PLAIN), precision.result_tolerance(TOL_REORDERED));
     let problem =
         |pass| Problem::Conv { x: x_shape.clone(), w: w_shape.clone(), params: p, bias: false, relu: false, pass };
     let mut cases = Vec::new();
@@ -183,7 +159,7 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                 problem: problem(Pass::Forward),
                 tol: tol_plain,
                 run: Box::new(move || Ok(vec![conv2d::forward(&x, &w, None, p, &exec)?])),
-                want: result(conv2d::reference::forward(&xv, &wv, None, &g), precision),
+                want: precision.round_result(conv2d::reference::forward(&xv, &wv, None, &g)),
             });
         }
         if wants(opts, "dgrad") {
@@ -193,7 +169,7 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                 problem: problem(Pass::BackwardData),
                 tol: tol_plain,
                 run: Box::new(move || Ok(vec![conv2d::backward_data(&dy, &w, &xs, p, &exec)?])),
-                want: result(conv2d::reference::backward_data(&dyv, &wv, &g), precision),
+                want: precision.round_result(conv2d::reference::backward_data(&dyv, &wv, &g)),
             });
         }
         if wants(opts, "wgrad") {
@@ -203,7 +179,7 @@ fn conv_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
                 problem: problem(Pass::BackwardFilter),
                 tol: tol_reordered,
                 run: Box::new(move || Ok(vec![conv2d::backward_filter(&dy, &x, &ws, p, &exec)?])),
-                want: result(conv2d::reference::backward_filter(&dyv, &xv, &g), precision),
+                want: precision.round_result(conv2d::reference::backward_filter(&dyv, &xv, &g)),
             });
         }
     }
@@ -219,8 +195,13 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
     let precision = opts.precision;
     let (av, a) = operand(&Shape::from([m, k]), 1, device)?;
     let (bv, b) = operand(&Shape::from([k, n]), 2, device)?;
-    let want =
-        result(gemm::reference::matmul(&rounded_to(&av, precision), &rounded_to(&bv, precision), m, n, k), precision);
+    let want = precision.round_result(gemm::reference::matmul(
+        &precision.round_operands(&av),
+        &precision.round_operands(&bv),
+        m,
+        n,
+        k,
+    ));
     let mut kernels: Vec<(GemmKernel, String)> = match (device, opts.all_variants) {
         (Device::Cpu, _) => vec![(GemmKernel::Auto, "cpu packed".into())],
         (_, false) => vec![(GemmKernel::Auto, "default".into())],
@@ -239,7 +220,7 @@ fn gemm_cases(opts: &KernelOptions) -> Result<Vec<Case>> {
             (GemmKernel::TensorCore128, "v7 tensor-core-128".to_string()),
         ]);
     }
-    let tol = tolerance(precision, TOL_PLAIN);
+    let tol = precision.result_tolerance(TOL_PLAIN);
     Ok(kernels
         .into_iter()
         .map(|(kernel, variant)| {

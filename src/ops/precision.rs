@@ -85,6 +85,34 @@ impl Precision {
         }
     }
 
+    /// A reference's f64 operands as this precision rounds them (through f32), for the
+    /// references the low-precision kernels are held to; FP32 leaves them as they are.
+    pub fn round_operands(self, values: &[f64]) -> Vec<f64> {
+        if self == Precision::Fp32 {
+            return values.to_vec();
+        }
+        values.iter().map(|&v| f64::from(self.round(v as f32))).collect()
+    }
+
+    /// A reference's f64 result as this precision rounds a product's result (the 16-bit
+    /// types; TF32 and FP32 leave it).
+    pub fn round_result(self, values: Vec<f64>) -> Vec<f64> {
+        if self.rounds_output() { self.round_operands(&values) } else { values }
+    }
+
+    /// The relative error allowed a product in this precision against its rounded reference:
+    /// `fp32_tol` for the FP32 sums, plus, for a 16-bit result, one unit in its last place
+    /// (2^-8 for BF16, 2^-11 for FP16), since a sum and the reference's may round to
+    /// neighbours.
+    pub fn result_tolerance(self, fp32_tol: f64) -> f64 {
+        fp32_tol
+            + match self {
+                Precision::Bf16 => 2f64.powi(-8),
+                Precision::Fp16 => 2f64.powi(-11),
+                Precision::Fp32 | Precision::Tf32 => 0.0,
+            }
+    }
+
     /// Whether a product in this precision runs on the tensor cores on a GPU.
     pub fn uses_tensor_cores(self) -> bool {
         self != Precision::Fp32

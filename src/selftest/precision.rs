@@ -23,16 +23,6 @@ fn tolerance(precision: Precision) -> f64 {
     }
 }
 
-/// `values` rounded as `precision` rounds an operand (f64 → f32 → rounded).
-fn rounded(values: &[f64], precision: Precision) -> Vec<f64> {
-    values.iter().map(|&v| f64::from(precision.round(v as f32))).collect()
-}
-
-/// A reference result rounded as the precision rounds a result.
-fn result(values: Vec<f64>, precision: Precision) -> Vec<f64> {
-    if precision.rounds_output() { rounded(&values, precision) } else { values }
-}
-
 impl Tester {
     pub(super) fn low_precision(&mut self) -> Result<()> {
         let p = Conv2dParams::default;
@@ -58,13 +48,13 @@ impl Tester {
         let g = ConvGeometry::new(&Shape::from(xs), &Shape::from(ws), params)?;
         let dy = self.input(g.out_shape().dims());
         let (xr, wr, dyr) = (
-            rounded(&x.to_f64_vec()?, precision),
-            rounded(&w.to_f64_vec()?, precision),
-            rounded(&dy.to_f64_vec()?, precision),
+            precision.round_operands(&x.to_f64_vec()?),
+            precision.round_operands(&w.to_f64_vec()?),
+            precision.round_operands(&dy.to_f64_vec()?),
         );
-        let want_y = expected(g.out_shape(), result(reference::forward(&xr, &wr, None, &g), precision));
-        let want_dx = expected(g.in_shape(), result(reference::backward_data(&dyr, &wr, &g), precision));
-        let want_dw = expected(g.weight_shape(), result(reference::backward_filter(&dyr, &xr, &g), precision));
+        let want_y = expected(g.out_shape(), precision.round_result(reference::forward(&xr, &wr, None, &g)));
+        let want_dx = expected(g.in_shape(), precision.round_result(reference::backward_data(&dyr, &wr, &g)));
+        let want_dw = expected(g.weight_shape(), precision.round_result(reference::backward_filter(&dyr, &xr, &g)));
         let exec = ExecOptions::with_precision(precision);
         let (xd, wd, dyd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&dy)?);
         let case = format!("x {xs:?} w {ws:?} {}", super::describe(&params));
@@ -80,13 +70,13 @@ impl Tester {
     fn matmul_in(&mut self, precision: Precision, m: usize, n: usize, k: usize) -> Result<()> {
         let (a, b) = (self.input(&[m, k]), self.input(&[k, n]));
         let want = gemm::reference::matmul(
-            &rounded(&a.to_f64_vec()?, precision),
-            &rounded(&b.to_f64_vec()?, precision),
+            &precision.round_operands(&a.to_f64_vec()?),
+            &precision.round_operands(&b.to_f64_vec()?),
             m,
             n,
             k,
         );
-        let want: Tensor = expected([m, n], result(want, precision));
+        let want: Tensor = expected([m, n], precision.round_result(want));
         let got = matmul(&self.on_device(&a)?, false, &self.on_device(&b)?, false, GemmKernel::Auto, precision)?;
         self.record(&format!("matmul {precision}"), &format!("{m}×{k}·{k}×{n}"), &got, &want, tolerance(precision))
     }

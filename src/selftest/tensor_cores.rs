@@ -13,26 +13,6 @@ use crate::tensor::Tensor;
 
 const LOW: [Precision; 3] = [Precision::Tf32, Precision::Bf16, Precision::Fp16];
 
-/// The relative L2 limit for a product in `p`.
-fn limit(p: Precision) -> f64 {
-    TOL_REORDERED
-        + match p {
-            Precision::Bf16 => 2f64.powi(-8),
-            Precision::Fp16 => 2f64.powi(-11),
-            _ => 0.0,
-        }
-}
-
-/// `v` rounded as `p` rounds operands.
-fn rounded(v: &[f64], p: Precision) -> Vec<f64> {
-    v.iter().map(|&x| p.round(x as f32) as f64).collect()
-}
-
-/// `v` rounded as `p` rounds outputs.
-fn output(v: Vec<f64>, p: Precision) -> Vec<f64> {
-    if p.rounds_output() { rounded(&v, p) } else { v }
-}
-
 impl Tester {
     pub(super) fn tensor_cores(&mut self) -> Result<()> {
         let Some(gpu) = self.device.gpu()? else { return Ok(()) };
@@ -59,16 +39,17 @@ impl Tester {
             let (xd, wd, dyd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&dy)?);
             for precision in LOW {
                 let (xv, wv, dyv) = (
-                    rounded(&x.to_f64_vec()?, precision),
-                    rounded(&w.to_f64_vec()?, precision),
-                    rounded(&dy.to_f64_vec()?, precision),
+                    precision.round_operands(&x.to_f64_vec()?),
+                    precision.round_operands(&w.to_f64_vec()?),
+                    precision.round_operands(&dy.to_f64_vec()?),
                 );
-                let want_y = expected(g.out_shape(), output(reference::forward(&xv, &wv, None, &g), precision));
-                let want_dx = expected(g.in_shape(), output(reference::backward_data(&dyv, &wv, &g), precision));
-                let want_dw = expected(g.weight_shape(), output(reference::backward_filter(&dyv, &xv, &g), precision));
+                let want_y = expected(g.out_shape(), precision.round_result(reference::forward(&xv, &wv, None, &g)));
+                let want_dx = expected(g.in_shape(), precision.round_result(reference::backward_data(&dyv, &wv, &g)));
+                let want_dw =
+                    expected(g.weight_shape(), precision.round_result(reference::backward_filter(&dyv, &xv, &g)));
                 for (algo, tile) in [(ConvAlgo::TensorCore64, "tc64"), (ConvAlgo::TensorCore128, "tc128")] {
                     let exec = ExecOptions { conv_algo: algo, precision, ..ExecOptions::default() };
-                    let tol = limit(precision);
+                    let tol = precision.result_tolerance(TOL_REORDERED);
                     let label = format!("{tile} {precision}");
                     let got = conv2d::forward(&xd, &wd, None, params, &exec)?;
                     self.record(&format!("conv2d forward {label}"), &case, &got, &want_y, tol)?;
@@ -95,13 +76,21 @@ impl Tester {
             let b = self.input(&if tb { [n, k] } else { [k, n] });
             let (ad, bd) = (self.on_device(&a)?, self.on_device(&b)?);
             for precision in LOW {
-                let a_rows = rounded(&if ta { transpose(&a.to_f64_vec()?, k, m) } else { a.to_f64_vec()? }, precision);
-                let b_rows = rounded(&if tb { transpose(&b.to_f64_vec()?, n, k) } else { b.to_f64_vec()? }, precision);
-                let want = expected([m, n], output(gemm::reference::matmul(&a_rows, &b_rows, m, n, k), precision));
+                let a_rows =
+                    precision.round_operands(&if ta { transpose(&a.to_f64_vec()?, k, m) } else { a.to_f64_vec()? });
+                let b_rows =
+                    precision.round_operands(&if tb { transpose(&b.to_f64_vec()?, n, k) } else { b.to_f64_vec()? });
+                let want = expected([m, n], precision.round_result(gemm::reference::matmul(&a_rows, &b_rows, m, n, k)));
                 for kernel in [GemmKernel::TensorCore64, GemmKernel::TensorCore128] {
                     let got: Tensor = matmul(&ad, ta, &bd, tb, kernel, precision)?;
                     let case = format!("{m}×{k}·{k}×{n} transposed ({ta}, {tb}) {kernel:?}");
-                    self.record(&format!("matmul {precision}"), &case, &got, &want, limit(precision))?;
+                    self.record(
+                        &format!("matmul {precision}"),
+                        &case,
+                        &got,
+                        &want,
+                        precision.result_tolerance(TOL_REORDERED),
+                    )?;
                 }
             }
         }
