@@ -71,6 +71,34 @@ fn memory_efficient_densenet_holds_less_until_backward() {
     assert!(lean * 2 < plain, "{lean} bytes held is not under half of {plain}");
 }
 
+/// A BF16 graph keeps 16-bit copies of the activations its backward reads: between the
+/// forward pass and the backward one the device holds about half of what the FP32 copies
+/// take (every buffer counted, in the allocator's size classes, and batch statistics that
+/// stay FP32: a little over half).
+#[test]
+fn a_bf16_graph_holds_half_the_memory_until_backward() {
+    use scratchnet::ops::{ExecOptions, Precision};
+    let _alone = EMU.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let held = |keep_activations_fp32: bool| {
+        let mut model = ResNetCifar::new(3, 4, 0);
+        model.to_device(Device::Emu).unwrap();
+        let x = Tensor::randn([4, 3, 16, 16], 0.0, 1.0, DType::F32, 6).to_device(Device::Emu).unwrap();
+        let y = Tensor::from_vec([4], vec![0i64, 3, 1, 2]).unwrap().to_device(Device::Emu).unwrap();
+        let before = gpu.memory_stats().in_use;
+        let exec = ExecOptions { keep_activations_fp32, ..ExecOptions::with_precision(Precision::Bf16) };
+        let mut g = Graph::new().with_options(exec);
+        let logits = model.forward(&mut g, &Var::constant(x)).unwrap();
+        let loss = g.cross_entropy(&logits, &y).unwrap();
+        let held = gpu.memory_stats().in_use - before;
+        g.backward(&loss).unwrap();
+        held
+    };
+    let (fp32, bf16) = (held(true), held(false));
+    eprintln!("held from forward to backward in BF16: {fp32} bytes with FP32 copies, {bf16} with BF16 ones");
+    assert!(fp32 <= 2 * bf16 && 2 * bf16 <= fp32 + fp32 / 10, "{bf16} bytes held is not half of {fp32}");
+}
+
 #[test]
 fn a_full_device_empties_its_cache_then_says_how_much_was_missing() {
     const MIB: usize = 1 << 20;

@@ -378,3 +378,52 @@ fn the_rounding_kernel_agrees_with_precision_round_to_the_bit() {
     assert!(x.iter().any(|&v| v.is_finite() && round_tf32(v).is_infinite()));
     assert!(x.iter().any(|&v| Precision::Fp16.round(v) != 0.0 && Precision::Fp16.round(v).abs() < 2f32.powi(-14)));
 }
+
+/// The 16-bit storage of kept activations: `narrow` on emu (the kernel `narrow_f32`) gives the
+/// bits the `half` crate gives on the CPU, and `widen` (`widen_16`) reads them back as the
+/// FP32 value `Precision::round` names, for every edge value.
+#[test]
+fn narrowing_to_16_bits_and_back_agrees_with_the_cpu_and_with_precision_round() {
+    use scratchnet::Tensor;
+    use scratchnet::ops::precision::{narrow, widen};
+    let x = edge_values();
+    let n = x.len();
+    let on_cpu = Tensor::from_vec([n], x.clone()).unwrap();
+    let on_emu = on_cpu.to_device(Device::Emu).unwrap();
+    let same_bits = |a: &[u16], b: &[u16], nan: &dyn Fn(u16) -> bool| {
+        a.iter().zip(b).filter(|&(&a, &b)| if nan(a) { !nan(b) } else { a != b }).count()
+    };
+    for p in [Precision::Bf16, Precision::Fp16] {
+        let (cpu16, emu16) = (narrow(&on_cpu, p).unwrap(), narrow(&on_emu, p).unwrap());
+        assert_eq!((cpu16.dtype(), emu16.dtype()), (p.half_dtype().unwrap(), p.half_dtype().unwrap()));
+        assert!(emu16.device() == Device::Emu);
+        let bits = |t: &Tensor| -> Vec<u16> {
+            match p {
+                Precision::Bf16 => t.to_vec::<half::bf16>().unwrap().iter().map(|h| h.to_bits()).collect(),
+                _ => t.to_vec::<half::f16>().unwrap().iter().map(|h| h.to_bits()).collect(),
+            }
+        };
+        let nan: &dyn Fn(u16) -> bool = match p {
+            Precision::Bf16 => &|b| half::bf16::from_bits(b).is_nan(),
+            _ => &|b| half::f16::from_bits(b).is_nan(),
+        };
+        assert_eq!(same_bits(&bits(&cpu16), &bits(&emu16), nan), 0, "{p}: narrow on emu and on the cpu");
+        for wide in [widen(&cpu16).unwrap(), widen(&emu16).unwrap()] {
+            assert_eq!(wide.dtype(), DType::F32);
+            let got = wide.to_vec::<f32>().unwrap();
+            let wrong = x
+                .iter()
+                .zip(&got)
+                .filter(|&(&v, &g)| {
+                    let want = p.round(v);
+                    if want.is_nan() { !g.is_nan() } else { g.to_bits() != want.to_bits() }
+                })
+                .count();
+            assert_eq!(wrong, 0, "{p}: widen(narrow(x)) is Precision::round(x) on {}", wide.device());
+        }
+    }
+    // FP32 and TF32 have no 16-bit type: the tensor itself comes back, shared.
+    assert!(narrow(&on_emu, Precision::Tf32).unwrap().shares_storage_with(&on_emu));
+    assert!(widen(&on_emu).unwrap().shares_storage_with(&on_emu));
+    assert!(widen(&Tensor::from_vec([2], vec![1i64, 2]).unwrap()).is_err());
+}

@@ -4,12 +4,17 @@
 //! its inputs, in the order the op took them, by calling the op's backward functions in
 //! [`crate::ops`]. `needs[i]` says whether input `i` wants a gradient: the gradient of a
 //! network's first convolution with respect to the image, say, is never computed.
+//!
+//! The activations an entry keeps (inputs, outputs kept as masks) are 16-bit copies in a
+//! BF16 or FP16 graph (`keep.rs`); each arm widens them back to FP32 ([`widened`]) before it
+//! calls the FP32 backward. Parameters and batch statistics are always kept as they are.
 
 use crate::error::Result;
 use crate::ops::{self, ExecOptions, conv2d::Conv2dParams, lrn::LrnParams, pool::Pool2dParams};
 use crate::tensor::{Shape, Tensor};
 
 use super::ParamId;
+use super::keep::widened;
 use super::recompute::Segment;
 
 pub(super) enum Saved {
@@ -140,24 +145,26 @@ impl Saved {
         Ok(match self {
             Saved::Input | Saved::Param(_) => Vec::new(),
             Saved::Conv2d { x, w, p } => {
+                let x = widened(x)?;
                 let (dx, dw) = ops::conv2d::backward_data_and_filter(dy, &x, &w, p, (need(0), need(1)), exec)?;
                 let db = when(need(2), || ops::conv2d::backward_bias(dy))?;
                 vec![dx, dw, db]
             }
             Saved::Conv2dRelu { x, w, p, y } => {
-                let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &y, need(2))?;
-                drop(y);
+                let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &widened(y)?, need(2))?;
+                let x = widened(x)?;
                 let (dx, dw) = ops::conv2d::backward_data_and_filter(&dz, &x, &w, p, (need(0), need(1)), exec)?;
                 vec![dx, dw, db]
             }
             Saved::LinearRelu { x, w, y } => {
-                let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &y, need(2))?;
-                drop(y);
+                let (dz, db) = ops::bias_act::relu_backward_with_bias(dy, &widened(y)?, need(2))?;
+                let x = widened(x)?;
                 let dx = when(need(0), || ops::linear::backward_data(&dz, &w, exec.precision))?;
                 let dw = when(need(1), || ops::linear::backward_weight(&dz, &x, exec.precision))?;
                 vec![dx, dw, db]
             }
             Saved::BatchNormAct { x, gamma, mean, var, eps, batch_stats, y } => {
+                let (x, y) = (widened(x)?, y.map(widened).transpose()?);
                 let g = ops::batchnorm_fused::backward_fused(
                     dy,
                     &x,
@@ -172,20 +179,22 @@ impl Saved {
                 vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta), g.dresidual]
             }
             Saved::Linear { x, w } => {
+                let x = widened(x)?;
                 let dx = when(need(0), || ops::linear::backward_data(dy, &w, exec.precision))?;
                 let dw = when(need(1), || ops::linear::backward_weight(dy, &x, exec.precision))?;
                 let db = when(need(2), || ops::linear::backward_bias(dy))?;
                 vec![dx, dw, db]
             }
-            Saved::MaxPool2d { x, p } => vec![Some(ops::pool::max_pool2d_backward(dy, &x, p)?)],
+            Saved::MaxPool2d { x, p } => vec![Some(ops::pool::max_pool2d_backward(dy, &widened(x)?, p)?)],
             Saved::AvgPool2d { x_shape, p } => {
                 vec![Some(ops::pool::avg_pool2d_backward(dy, &x_shape, p)?)]
             }
             Saved::GlobalAvgPool { x_shape } => {
                 vec![Some(ops::pool::global_avg_pool_backward(dy, &x_shape)?)]
             }
-            Saved::Lrn { x, y, p } => vec![Some(ops::lrn::backward(dy, &x, &y, p)?)],
+            Saved::Lrn { x, y, p } => vec![Some(ops::lrn::backward(dy, &widened(x)?, &widened(y)?, p)?)],
             Saved::BatchNorm { x, gamma, mean, var, eps, batch_stats } => {
+                let x = widened(x)?;
                 let g = if batch_stats {
                     ops::batchnorm::backward_train(dy, &x, &gamma, &mean, &var, eps)?
                 } else {
@@ -193,7 +202,7 @@ impl Saved {
                 };
                 vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta)]
             }
-            Saved::Relu { y } => vec![Some(ops::elementwise::relu_backward(dy, &y)?)],
+            Saved::Relu { y } => vec![Some(ops::elementwise::relu_backward(dy, &widened(y)?)?)],
             // The gradient of a sum is passed unchanged to both terms (the tensor is shared,
             // not copied; accumulating into it later copies on write).
             Saved::Add => vec![Some(dy.clone()), Some(dy.clone())],
@@ -203,7 +212,10 @@ impl Saved {
             Saved::CrossEntropy { probs, labels } => {
                 vec![Some(ops::loss::backward(&probs, &labels, dy)?)]
             }
-            Saved::Recompute { inputs, segment } => segment.recompute_backward(inputs, dy, needs, exec)?,
+            Saved::Recompute { inputs, segment } => {
+                let inputs = inputs.into_iter().map(widened).collect::<Result<Vec<_>>>()?;
+                segment.recompute_backward(inputs, dy, needs, exec)?
+            }
         })
     }
 }

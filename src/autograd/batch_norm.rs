@@ -101,13 +101,8 @@ impl Graph {
             }
         };
         let returned = batch_stats.then(|| (mean.clone(), var.clone()));
-        let y = self.record(y, &[x, gamma, beta], || Saved::BatchNorm {
-            x: x.value.clone(),
-            gamma: gamma.value.clone(),
-            mean,
-            var,
-            eps,
-            batch_stats,
+        let y = self.record(y, &[x, gamma, beta], |k| {
+            Ok(Saved::BatchNorm { x: k.activation(&x.value)?, gamma: gamma.value.clone(), mean, var, eps, batch_stats })
         })?;
         Ok((y, returned))
     }
@@ -139,14 +134,16 @@ impl Graph {
         let y_saved = epilogue.relu.then(|| y.clone());
         let mut inputs = vec![x, gamma, beta];
         inputs.extend(epilogue.residual);
-        let y = self.record(y, &inputs, || Saved::BatchNormAct {
-            x: x.value.clone(),
-            gamma: gamma.value.clone(),
-            mean,
-            var,
-            eps,
-            batch_stats,
-            y: y_saved,
+        let y = self.record(y, &inputs, |k| {
+            Ok(Saved::BatchNormAct {
+                x: k.activation(&x.value)?,
+                gamma: gamma.value.clone(),
+                mean,
+                var,
+                eps,
+                batch_stats,
+                y: y_saved.map(|y| k.activation(&y)).transpose()?,
+            })
         })?;
         Ok(BatchNormOutput { y, batch_stats: returned })
     }

@@ -15,7 +15,7 @@ impl Graph {
         let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p, &self.exec)?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        self.record(y, &inputs, || Saved::Conv2d { x: x.value.clone(), w: w.value.clone(), p })
+        self.record(y, &inputs, |k| Ok(Saved::Conv2d { x: k.activation(&x.value)?, w: w.value.clone(), p }))
     }
 
     /// `relu(conv(x, w) + b)`, fused: one pass over the output, and only the output kept
@@ -25,7 +25,9 @@ impl Graph {
         let y_saved = y.clone();
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        self.record(y, &inputs, || Saved::Conv2dRelu { x: x.value.clone(), w: w.value.clone(), p, y: y_saved })
+        self.record(y, &inputs, |k| {
+            Ok(Saved::Conv2dRelu { x: k.activation(&x.value)?, w: w.value.clone(), p, y: k.activation(&y_saved)? })
+        })
     }
 
     /// `relu(x·Wᵀ + b)`, fused.
@@ -34,54 +36,56 @@ impl Graph {
         let y_saved = y.clone();
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        self.record(y, &inputs, || Saved::LinearRelu { x: x.value.clone(), w: w.value.clone(), y: y_saved })
+        self.record(y, &inputs, |k| {
+            Ok(Saved::LinearRelu { x: k.activation(&x.value)?, w: w.value.clone(), y: k.activation(&y_saved)? })
+        })
     }
 
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value), self.exec.precision)?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        self.record(y, &inputs, || Saved::Linear { x: x.value.clone(), w: w.value.clone() })
+        self.record(y, &inputs, |k| Ok(Saved::Linear { x: k.activation(&x.value)?, w: w.value.clone() }))
     }
 
     pub fn max_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
         let y = ops::pool::max_pool2d_forward(&x.value, p)?;
-        self.record(y, &[x], || Saved::MaxPool2d { x: x.value.clone(), p })
+        self.record(y, &[x], |k| Ok(Saved::MaxPool2d { x: k.activation(&x.value)?, p }))
     }
 
     pub fn avg_pool2d(&mut self, x: &Var, p: Pool2dParams) -> Result<Var> {
         let y = ops::pool::avg_pool2d_forward(&x.value, p)?;
-        self.record(y, &[x], || Saved::AvgPool2d { x_shape: x.shape().clone(), p })
+        self.record(y, &[x], |_| Ok(Saved::AvgPool2d { x_shape: x.shape().clone(), p }))
     }
 
     /// `[N, C, H, W] → [N, C, 1, 1]`.
     pub fn global_avg_pool(&mut self, x: &Var) -> Result<Var> {
         let y = ops::pool::global_avg_pool_forward(&x.value)?;
-        self.record(y, &[x], || Saved::GlobalAvgPool { x_shape: x.shape().clone() })
+        self.record(y, &[x], |_| Ok(Saved::GlobalAvgPool { x_shape: x.shape().clone() }))
     }
 
     pub fn lrn(&mut self, x: &Var, p: LrnParams) -> Result<Var> {
         let y = ops::lrn::forward(&x.value, p)?;
         let y_saved = y.clone();
-        self.record(y, &[x], || Saved::Lrn { x: x.value.clone(), y: y_saved, p })
+        self.record(y, &[x], |k| Ok(Saved::Lrn { x: k.activation(&x.value)?, y: k.activation(&y_saved)?, p }))
     }
 
     pub fn relu(&mut self, x: &Var) -> Result<Var> {
         let y = ops::elementwise::relu_forward(&x.value)?;
         let y_saved = y.clone();
-        self.record(y, &[x], || Saved::Relu { y: y_saved })
+        self.record(y, &[x], |k| Ok(Saved::Relu { y: k.activation(&y_saved)? }))
     }
 
     pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
         let y = ops::elementwise::add(&a.value, &b.value)?;
-        self.record(y, &[a, b], || Saved::Add)
+        self.record(y, &[a, b], |_| Ok(Saved::Add))
     }
 
     /// Concatenation along dimension 1 (channels).
     pub fn concat(&mut self, xs: &[&Var]) -> Result<Var> {
         let values: Vec<&Tensor> = xs.iter().map(|v| &v.value).collect();
         let y = ops::concat::forward(&values)?;
-        self.record(y, xs, || Saved::Concat { channels: xs.iter().map(|v| v.dims()[1]).collect() })
+        self.record(y, xs, |_| Ok(Saved::Concat { channels: xs.iter().map(|v| v.dims()[1]).collect() }))
     }
 
     /// Inverted dropout with probability `p`, mask drawn from `seed`. In an eval graph it
@@ -101,12 +105,12 @@ impl Graph {
             return Ok(x.clone());
         }
         let y = ops::dropout::forward_seeded(&x.value, p, &seed)?;
-        self.record(y, &[x], || Saved::Dropout { p, seed })
+        self.record(y, &[x], |_| Ok(Saved::Dropout { p, seed }))
     }
 
     pub fn reshape(&mut self, x: &Var, shape: impl Into<Shape>) -> Result<Var> {
         let y = x.value.reshape(shape)?;
-        self.record(y, &[x], || Saved::Reshape { from: x.shape().clone() })
+        self.record(y, &[x], |_| Ok(Saved::Reshape { from: x.shape().clone() }))
     }
 
     /// `[N, …] → [N, product of the rest]`, in C, H, W order as `torch.flatten(x, 1)`.
@@ -123,6 +127,6 @@ impl Graph {
     /// Mean softmax cross-entropy of `logits` `[N, K]` against i64 `labels` `[N]`.
     pub fn cross_entropy(&mut self, logits: &Var, labels: &Tensor) -> Result<Var> {
         let (loss, probs) = ops::loss::forward(&logits.value, labels)?;
-        self.record(loss, &[logits], || Saved::CrossEntropy { probs, labels: labels.clone() })
+        self.record(loss, &[logits], |_| Ok(Saved::CrossEntropy { probs, labels: labels.clone() }))
     }
 }

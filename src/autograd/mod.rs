@@ -21,7 +21,8 @@
 //! - `graph_ops.rs`: the ops (convolution, linear, pooling, LRN, ReLU, addition,
 //!   concatenation, dropout, reshape, cross-entropy), and `batch_norm.rs`: batch
 //!   normalisation with its epilogues;
-//! - `backward.rs`: what each tape entry keeps, and its backward pass;
+//! - `backward.rs`: what each tape entry keeps, and its backward pass; `keep.rs`: the 16-bit
+//!   copies of those activations in a BF16 or FP16 graph;
 //! - `recompute.rs`: segments whose entry keeps only their inputs and that are computed again
 //!   in backward ([`Recompute`], DenseNet's memory-efficient bottleneck);
 //! - `profile.rs`: what a profiled step records, forward and backward ([`profile`]);
@@ -31,6 +32,7 @@ mod backward;
 mod batch_norm;
 pub mod gradcheck;
 mod graph_ops;
+mod keep;
 mod param;
 pub mod profile;
 mod recompute;
@@ -120,6 +122,8 @@ pub struct Graph {
     /// The layer that began last (see [`Graph::begin_layer`]), for error messages: the layer
     /// where an image became too small, or where memory ran out.
     current_layer: String,
+    /// The 16-bit copies of the activations the tape keeps, in a BF16 or FP16 graph.
+    kept: keep::KeptActivations,
 }
 
 /// One layer, as it ran: what `scratchnet summary` prints, and what `scratchnet bench`
@@ -231,6 +235,7 @@ impl Graph {
             exec: ExecOptions::default(),
             profile: None,
             current_layer: String::new(),
+            kept: keep::KeptActivations::default(),
         }
     }
 
@@ -373,13 +378,20 @@ impl Graph {
     }
 
     /// Wraps an op's output: records a tape entry if recording and any input needs a gradient.
-    /// `saved` runs only when an entry is made.
-    fn record(&mut self, value: Tensor, inputs: &[&Var], saved: impl FnOnce() -> Saved) -> Result<Var> {
+    /// `saved` runs only when an entry is made; it keeps the activations it needs through
+    /// [`keep::Keep::activation`] (16-bit copies in a BF16 or FP16 graph).
+    fn record(
+        &mut self,
+        value: Tensor,
+        inputs: &[&Var],
+        saved: impl FnOnce(&mut keep::Keep) -> Result<Saved>,
+    ) -> Result<Var> {
         let ids = inputs.iter().map(|v| self.index_of(v)).collect::<Result<Vec<_>>>()?;
         if !self.mode.recording || ids.iter().all(Option::is_none) {
             return Ok(Var::constant(value));
         }
-        Ok(self.push(value, saved(), ids))
+        let saved = saved(&mut keep::Keep { kept: &mut self.kept, exec: &self.exec })?;
+        Ok(self.push(value, saved, ids))
     }
 
     /// Gradients of the scalar `loss` with respect to every leaf and parameter it depends on.
@@ -406,6 +418,9 @@ impl Graph {
                 out.shape()
             )));
         }
+        // The tape entries hold the 16-bit copies they keep; without the cache's references
+        // each is freed with the last entry that keeps it.
+        self.kept.clear();
         let mut grads: Vec<Option<Tensor>> = vec![None; root + 1];
         grads[root] = Some(grad);
         self.nodes.truncate(root + 1);

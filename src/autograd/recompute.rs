@@ -15,6 +15,7 @@
 //! order, so the same ops on the same inputs with the same [`ExecOptions`] do.
 
 use super::backward::Saved;
+use super::keep::widened;
 use super::{Graph, Var};
 use crate::error::Result;
 use crate::ops::ExecOptions;
@@ -33,6 +34,15 @@ pub trait Recompute: Send + Sync + 'static {
     /// What the forward hands back to its caller besides the output (DenseNet's batch
     /// statistics); `()` when nothing.
     type Extra;
+
+    /// How many of the `n_inputs` inputs, from the first, are activations rather than
+    /// parameters. A BF16 or FP16 graph keeps those as 16-bit copies (`keep.rs`), and then
+    /// runs the forward pass's front on the copies too, widened, so that both runs see the
+    /// same values. None unless a segment says so.
+    fn activation_inputs(&self, n_inputs: usize) -> usize {
+        let _ = n_inputs;
+        0
+    }
 
     /// The front, from the inputs. Runs twice: in the forward pass, and again in backward.
     fn front(&self, inputs: &[Tensor], exec: &ExecOptions) -> Result<Self::Front>;
@@ -84,11 +94,23 @@ impl Graph {
     /// Runs `segment` over `inputs` and records one tape entry that keeps only the inputs:
     /// the segment's front is freed as soon as its output is made, and computed again when
     /// the backward pass reaches the entry. Returns the output and the segment's extra.
+    ///
+    /// In a BF16 or FP16 graph the activations among the inputs
+    /// ([`Recompute::activation_inputs`]) are kept as 16-bit copies, and the forward pass runs
+    /// on them as the backward one will.
     pub fn recompute<R: Recompute>(&mut self, inputs: &[&Var], segment: R) -> Result<(Var, R::Extra)> {
-        let values: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
+        let mut kept: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
+        if self.mode.recording && inputs.iter().any(|v| v.requires_grad()) {
+            let activations = segment.activation_inputs(kept.len()).min(kept.len());
+            for t in &mut kept[..activations] {
+                *t = self.kept.keep(t, &self.exec)?;
+            }
+        }
+        let values = kept.iter().map(|t| widened(t.clone())).collect::<Result<Vec<_>>>()?;
         let front = segment.front(&values, &self.exec)?;
         let (y, extra) = segment.output(front, &values, &self.exec)?;
-        let y = self.record(y, inputs, || Saved::Recompute { inputs: values, segment: Box::new(segment) })?;
+        drop(values);
+        let y = self.record(y, inputs, |_| Ok(Saved::Recompute { inputs: kept, segment: Box::new(segment) }))?;
         Ok((y, extra))
     }
 }
@@ -109,8 +131,9 @@ mod tests {
         dropped: AtomicUsize,
     }
 
-    /// `linear(relu(a + b), w)`, with `relu(a + b)` as the front.
-    struct AddReluLinear(Arc<Counts>);
+    /// `linear(relu(a + b), w)`, with `relu(a + b)` as the front; the second field says how
+    /// many inputs are activations (a and b, or none).
+    struct AddReluLinear(Arc<Counts>, usize);
 
     struct Front {
         r: Tensor,
@@ -126,6 +149,10 @@ mod tests {
     impl Recompute for AddReluLinear {
         type Front = Front;
         type Extra = ();
+
+        fn activation_inputs(&self, _: usize) -> usize {
+            self.1
+        }
 
         fn front(&self, inputs: &[Tensor], _: &ExecOptions) -> Result<Front> {
             self.0.made.fetch_add(1, Ordering::Relaxed);
@@ -182,7 +209,7 @@ mod tests {
         let counts = Arc::new(Counts::default());
         let mut g = Graph::new();
         let leaves = [a, b, w].map(|t| g.leaf(t));
-        let (y, ()) = g.recompute(&leaves.each_ref(), AddReluLinear(counts.clone())).unwrap();
+        let (y, ()) = g.recompute(&leaves.each_ref(), AddReluLinear(counts.clone(), 0)).unwrap();
         assert_eq!(g.len(), 4, "three leaves and one entry for the whole segment");
         let made_dropped = || (counts.made.load(Ordering::Relaxed), counts.dropped.load(Ordering::Relaxed));
         assert_eq!(made_dropped(), (1, 1), "the forward pass drops the front it made");
@@ -196,7 +223,7 @@ mod tests {
         let counts = Arc::new(Counts::default());
         let mut g = Graph::eval();
         let xs = inputs().map(Var::constant);
-        let (y, ()) = g.recompute(&xs.each_ref(), AddReluLinear(counts.clone())).unwrap();
+        let (y, ()) = g.recompute(&xs.each_ref(), AddReluLinear(counts.clone(), 2)).unwrap();
         assert!(!y.requires_grad() && g.is_empty());
         assert_eq!(counts.made.load(Ordering::Relaxed), 1);
     }
@@ -205,11 +232,43 @@ mod tests {
     fn gradcheck_through_a_recomputed_segment() {
         let counts = Arc::new(Counts::default());
         let f = |g: &mut Graph, v: &[Var]| {
-            let (y, ()) = g.recompute(&[&v[0], &v[1], &v[2]], AddReluLinear(counts.clone()))?;
+            let (y, ()) = g.recompute(&[&v[0], &v[1], &v[2]], AddReluLinear(counts.clone(), 0))?;
             Ok(y)
         };
         let opts = GradcheckOptions { training: true, ..GradcheckOptions::default() };
         let report = gradcheck(&inputs(), f, opts).unwrap();
         assert!(report.passed(), "{report:?}");
+    }
+
+    /// In a BF16 graph a segment keeps the inputs it calls activations as BF16 copies and runs
+    /// its forward pass on them: it computes what the plain ops compute from the inputs
+    /// rounded to BF16, output and gradients bit for bit, and keeps its parameter as it is.
+    #[test]
+    fn a_bf16_segment_keeps_16_bit_inputs_and_runs_on_them() {
+        use crate::ops::precision::{Precision, round_tensor};
+        let exec = ExecOptions::with_precision(Precision::Bf16);
+        let f32s = inputs().map(|t| t.to_dtype(crate::DType::F32).unwrap());
+        let dy = Tensor::randn([4, 3], 0.0, 1.0, crate::DType::F32, 4);
+
+        let mut g = Graph::new().with_options(exec);
+        let [a, b] = [&f32s[0], &f32s[1]].map(|t| round_tensor(t, Precision::Bf16).unwrap());
+        let leaves = [a, b, f32s[2].clone()].map(|t| g.leaf(t));
+        let s = g.add(&leaves[0], &leaves[1]).unwrap();
+        let r = g.relu(&s).unwrap();
+        let y = g.linear(&r, &leaves[2], None).unwrap();
+        let (value, grads) = (y.value().to_vec::<f32>().unwrap(), g.backward_with_grad(&y, dy.clone()).unwrap());
+        let plain: Vec<Vec<f32>> = leaves.iter().map(|l| grads.of(l).unwrap().to_vec::<f32>().unwrap()).collect();
+
+        let counts = Arc::new(Counts::default());
+        let mut g = Graph::new().with_options(exec);
+        let leaves = f32s.map(|t| g.leaf(t));
+        let (y, ()) = g.recompute(&leaves.each_ref(), AddReluLinear(counts, 2)).unwrap();
+        let Some(Saved::Recompute { inputs, .. }) = g.nodes.last().map(|n| &n.saved) else { panic!("a segment") };
+        let dtypes: Vec<_> = inputs.iter().map(Tensor::dtype).collect();
+        assert_eq!(dtypes, [crate::DType::BF16, crate::DType::BF16, crate::DType::F32]);
+        assert_eq!(y.value().to_vec::<f32>().unwrap(), value, "the forward pass ran on the rounded inputs");
+        let grads = g.backward_with_grad(&y, dy).unwrap();
+        let recomputed: Vec<Vec<f32>> = leaves.iter().map(|l| grads.of(l).unwrap().to_vec::<f32>().unwrap()).collect();
+        assert_eq!(recomputed, plain);
     }
 }

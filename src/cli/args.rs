@@ -101,6 +101,7 @@ impl KernelArgs {
             precision: self.precision.parse()?,
             towers: self.towers,
             fuse: !self.no_fuse,
+            ..ExecOptions::default()
         })
     }
 }

@@ -177,7 +177,7 @@ impl DenseLayer {
 /// recomputed in backward: the memory-efficient DenseNet of Pleiss et al. (2017). The
 /// concatenation and the normalised activations are dropped as soon as the convolution has
 /// read them; the tape keeps only the inputs (the features, which the other layers' entries
-/// keep anyway, γ, β and the convolution's weight), so a dense block's activation memory grows
+/// keep anyway, as 16-bit copies in a BF16 or FP16 graph; γ, β and the convolution's weight), so a dense block's activation memory grows
 /// linearly with its depth instead of quadratically. The extra output is the batch mean and
 /// variance, for the running statistics, which the caller updates once.
 struct Bottleneck {
@@ -210,6 +210,11 @@ impl Bottleneck {
 impl Recompute for Bottleneck {
     type Front = BottleneckFront;
     type Extra = (Tensor, Tensor);
+
+    /// The features; γ, β and w are parameters.
+    fn activation_inputs(&self, n_inputs: usize) -> usize {
+        n_inputs.saturating_sub(3)
+    }
 
     fn front(&self, inputs: &[Tensor], _: &ExecOptions) -> Result<BottleneckFront> {
         let (features, [gamma, beta, _]) = Bottleneck::split(inputs)?;

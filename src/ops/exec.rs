@@ -27,13 +27,23 @@ pub struct ExecOptions {
     /// Whether layers use the fused kernels (BN+ReLU, BN+add+ReLU, bias+ReLU) or run each
     /// op on its own, as written in the papers.
     pub fuse: bool,
+    /// Whether a BF16 or FP16 graph keeps the activations its backward pass reads in FP32
+    /// instead of in its 16-bit type (see `src/autograd/keep.rs`); for comparisons of the
+    /// two, off by default.
+    pub keep_activations_fp32: bool,
 }
 
 impl Default for ExecOptions {
     /// The engine's defaults: the autotuner picks the convolution kernel, FP32, one launch per
     /// grouped convolution, fused kernels.
     fn default() -> Self {
-        ExecOptions { conv_algo: ConvAlgo::Auto, precision: Precision::Fp32, towers: false, fuse: true }
+        ExecOptions {
+            conv_algo: ConvAlgo::Auto,
+            precision: Precision::Fp32,
+            towers: false,
+            fuse: true,
+            keep_activations_fp32: false,
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The arithmetic precision of the convolutions and matrix products: `--precision
 //! fp32|tf32|bf16|fp16`.
 //!
-//! Tensors stay FP32 in memory whatever the precision; what changes is what the tensor
-//! cores (or, on the CPU, the same arithmetic done by hand) see of them:
+//! The tensors that flow between ops stay FP32 whatever the precision; what changes is what
+//! the tensor cores (or, on the CPU, the same arithmetic done by hand) see of them:
 //!
 //! - **fp32**: the FP32 kernels, every operand as it is.
 //! - **tf32**: each operand of a product rounded to TF32 (8 exponent bits like FP32, 10
@@ -19,7 +19,9 @@
 //! Mixed precision as autocast does it follows: the convolutions and linear layers (the ops
 //! that take a [`Precision`] through [`super::ExecOptions`]) run in the low precision, forward
 //! and backward; batch norm, softmax, the loss and the optimizer stay in FP32, and the
-//! weights the optimizer updates are FP32 ("master weights").
+//! weights the optimizer updates are FP32 ("master weights"). What a BF16 or FP16 graph keeps
+//! for its backward pass is kept in the 16-bit type ([`narrow`], [`widen`];
+//! `src/autograd/keep.rs` says which tensors and what that changes).
 //!
 //! A product of two rounded operands is exact in FP32 (11 + 11 significant bits for TF32 and
 //! FP16, 8 + 8 for BF16, all within FP32's 24), so the only FP32 rounding left is that of the
@@ -117,6 +119,16 @@ impl Precision {
     pub fn uses_tensor_cores(self) -> bool {
         self != Precision::Fp32
     }
+
+    /// The 16-bit element type that holds this precision's values: BF16 or FP16; `None` for
+    /// FP32, and for TF32, a format of the tensor cores' registers with no type in memory.
+    pub fn half_dtype(self) -> Option<DType> {
+        match self {
+            Precision::Bf16 => Some(DType::BF16),
+            Precision::Fp16 => Some(DType::F16),
+            Precision::Fp32 | Precision::Tf32 => None,
+        }
+    }
 }
 
 /// A copy of `t` with every value rounded as `p` rounds an operand, on `t`'s device: the
@@ -154,6 +166,65 @@ fn round_in_place(t: &mut Tensor, p: Precision) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// An FP32 tensor stored in `p`'s 16-bit type ([`Precision::half_dtype`]), each value rounded
+/// to nearest even, on `t`'s device: half the memory, and the values [`Precision::round`]
+/// gives. The CPU converts with the `half` crate, cuda and emu with the kernel `narrow_f32`
+/// (kernels/precision.cu); the two give the same bits. A precision without a 16-bit type
+/// returns `t` itself (shared).
+pub fn narrow(t: &Tensor, p: Precision) -> Result<Tensor> {
+    const OP: &str = "narrow to 16 bits";
+    let Some(dtype) = p.half_dtype() else {
+        return Ok(t.clone());
+    };
+    if let Some(gpu) = gpu_f32(OP, t.dtype(), t.device())? {
+        let n = t.numel();
+        let y = gpu.alloc(dtype, n)?;
+        let code = super::tensor_cores::precision_code(p);
+        gpu.launch(KernelCall::elementwise("narrow_f32", n).buf(&y).buf(t.gpu_buffer()?).i64(to_i64(n)).i32(code))?;
+        return Ok(Tensor::from_gpu(t.shape().clone(), y));
+    }
+    let xs = t.as_slice::<f32>().map_err(|_| Error::DType { op: OP, actual: t.dtype(), supported: "f32" })?;
+    Ok(match p {
+        Precision::Fp16 => Tensor::from_cpu(t.shape().clone(), convert(xs, half::f16::from_f32)),
+        _ => Tensor::from_cpu(t.shape().clone(), convert(xs, half::bf16::from_f32)),
+    })
+}
+
+/// A BF16 or FP16 tensor read back as FP32, exactly (every 16-bit value is an FP32 one), on
+/// its device: the CPU with the `half` crate, cuda and emu with the kernel `widen_16`. An FP32
+/// tensor is returned itself (shared).
+pub fn widen(t: &Tensor) -> Result<Tensor> {
+    const OP: &str = "widen to FP32";
+    let precision = match t.dtype() {
+        DType::F32 => return Ok(t.clone()),
+        DType::BF16 => Precision::Bf16,
+        DType::F16 => Precision::Fp16,
+        actual => return Err(Error::DType { op: OP, actual, supported: "f32, bf16 or f16" }),
+    };
+    if let Some(gpu) = t.device().gpu()? {
+        let n = t.numel();
+        let y = gpu.alloc(DType::F32, n)?;
+        let code = super::tensor_cores::precision_code(precision);
+        gpu.launch(KernelCall::elementwise("widen_16", n).buf(&y).buf(t.gpu_buffer()?).i64(to_i64(n)).i32(code))?;
+        return Ok(Tensor::from_gpu(t.shape().clone(), y));
+    }
+    Ok(match precision {
+        Precision::Fp16 => Tensor::from_cpu(t.shape().clone(), convert(t.as_slice::<half::f16>()?, half::f16::to_f32)),
+        _ => Tensor::from_cpu(t.shape().clone(), convert(t.as_slice::<half::bf16>()?, half::bf16::to_f32)),
+    })
+}
+
+/// `f` applied to every element, in parallel chunks.
+fn convert<A: Copy + Sync, B: Copy + Default + Send>(xs: &[A], f: impl Fn(A) -> B + Sync) -> Vec<B> {
+    let mut out = vec![B::default(); xs.len()];
+    out.par_chunks_mut(1 << 14).zip(xs.par_chunks(1 << 14)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = f(x);
+        }
+    });
+    out
 }
 
 /// Round to nearest even to BF16's 7 mantissa bits, as the `half` crate's `bf16::from_f32`

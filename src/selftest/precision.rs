@@ -1,12 +1,14 @@
 //! The convolutions and the matrix product in each low precision (`--precision`), against
 //! the references run on the operands rounded as the precision rounds them (in f64), with the
 //! result rounded too for the 16-bit types. On cuda and emu this is the tensor-core kernels
-//! (or the rounded FP32 ones where those run); on cpu the rounded FP32 path.
+//! (or the rounded FP32 ones where those run); on cpu the rounded FP32 path. Then the 16-bit
+//! copies a BF16 or FP16 graph keeps of its activations, exactly the rounded values.
 
 use super::{Tester, expected};
 use crate::error::Result;
 use crate::ops::conv2d::{self, Conv2dParams, ConvGeometry, reference};
 use crate::ops::gemm::{self, GemmKernel, matmul};
+use crate::ops::precision::{narrow, widen};
 use crate::ops::{ExecOptions, Precision};
 use crate::tensor::{Shape, Tensor};
 
@@ -39,8 +41,22 @@ impl Tester {
             for (m, n, k) in [(37, 19, 45), (130, 70, 41)] {
                 self.matmul_in(precision, m, n, k)?;
             }
+            if precision.half_dtype().is_some() {
+                self.kept_copy_in(precision, &[3, 1000, 7])?;
+            }
         }
         Ok(())
+    }
+
+    /// The 16-bit copy a BF16 or FP16 graph keeps of an activation, and the FP32 tensor the
+    /// backward pass reads back from it: both exactly the values rounded to the precision.
+    fn kept_copy_in(&mut self, precision: Precision, shape: &[usize]) -> Result<()> {
+        let x = self.input(shape);
+        let want = expected(shape, precision.round_operands(&x.to_f64_vec()?));
+        let copy = narrow(&self.on_device(&x)?, precision)?;
+        let case = format!("{shape:?} as {}", copy.dtype());
+        self.record(&format!("activation kept in {precision}"), &case, &copy, &want, 0.0)?;
+        self.record(&format!("activation widened from {precision}"), &case, &widen(&copy)?, &want, 0.0)
     }
 
     fn conv2d_in(&mut self, precision: Precision, xs: &[usize], ws: &[usize], params: Conv2dParams) -> Result<()> {

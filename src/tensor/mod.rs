@@ -8,7 +8,7 @@
 mod dtype;
 mod shape;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 pub use dtype::{DType, Element, Float};
 pub use shape::Shape;
@@ -293,6 +293,14 @@ impl Tensor {
     /// An identity of the storage, equal for tensors that share it (views, clones).
     pub fn storage_id(&self) -> usize {
         Arc::as_ptr(&self.storage) as usize
+    }
+
+    /// A weak handle on the storage. While it lives, the storage's [`Tensor::storage_id`] is
+    /// never given to another storage (the handle holds the `Arc`'s allocation, though not the
+    /// elements, which are freed with the last tensor), and a write through a tensor that
+    /// shares the storage copies first, as [`Tensor::as_mut_slice`] does for a shared one.
+    pub(crate) fn downgrade(&self) -> Weak<Storage> {
+        Arc::downgrade(&self.storage)
     }
 }
 
