@@ -304,6 +304,31 @@ fn bench_times_problems_writes_json_and_compares_two_runs() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The inference suite times whole networks in eval mode; each row carries the spec that
+/// `scripts/cpu_baseline.py` builds the same network from, its throughput and its GFLOP/s
+/// (twice the multiply-adds `summary` counts, per image, times the batch).
+#[test]
+fn bench_times_whole_network_inference() {
+    let dir = workdir("bench-inference");
+    let json = dir.join("bench.jsonl");
+    let args = ["bench", "--device", "cpu", "--suite", "inference", "--filter", "resnet20", "--batch", "3"];
+    let text = assert_ok(&[&args[..], &["--repeats", "1", "--gemm-size", "48", "--size-mb", "1", "--json", p(&json)]].concat());
+    assert!(text.contains("inference resnet20 b3 32x32"), "{text}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "the header and one row: {text}");
+    let row = &lines[1];
+    let spec = serde_json::json!({"op": "inference", "model": "resnet20", "batch": 3, "input": [3, 32, 32], "num_classes": 10});
+    assert_eq!(row["spec"], spec);
+    assert_eq!((row["suite"].as_str(), row["category"].as_str()), (Some("inference"), Some("inference")));
+    // ResNet-20 does 40.8 million multiply-adds per 32×32 image, as `scratchnet summary` counts.
+    let macs = row["flops"].as_f64().unwrap() / 2.0 / 3.0;
+    assert!((40.0e6..41.0e6).contains(&macs), "{macs}");
+    let ms = row["median_ms"].as_f64().unwrap();
+    assert!((row["images_per_s"].as_f64().unwrap() * ms / 1e3 - 3.0).abs() < 1e-9);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bench_on_the_emulator_times_kernels_with_device_events() {
     let text = assert_ok(&[

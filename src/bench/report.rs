@@ -54,8 +54,13 @@ impl Row {
             "roofline": fraction,
             "bound": bound,
         });
-        if let Problem::TrainStep(t) = &self.problem {
-            row["images_per_s"] = json!(t.batch as f64 / (self.median_ms / 1e3));
+        let images = match &self.problem {
+            Problem::TrainStep(t) => Some(t.batch),
+            Problem::Inference(i) => Some(i.batch),
+            _ => None,
+        };
+        if let Some(images) = images {
+            row["images_per_s"] = json!(images as f64 / (self.median_ms / 1e3));
         }
         if let Some(peak) = self.peak_bytes {
             row["peak_mb"] = json!(peak as f64 / (1u64 << 20) as f64);

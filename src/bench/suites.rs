@@ -1,10 +1,10 @@
 //! The suites a bench run is made of ([`Suite`]) and the problems of each: the networks'
 //! layers at the bench's batch size (traced in `layers`), with a whole training step of each;
 //! the memory suite's large activations; the GEMM suite's large square product and AlexNet's
-//! classifier.
+//! classifier; the inference suite's whole networks in eval mode.
 
 use super::layers::{dedupe, layer_problems, trace};
-use super::{BenchOptions, Pass, Problem, TrainStep};
+use super::{BenchOptions, Inference, Pass, Problem, TrainStep};
 use crate::error::{Error, Result};
 use crate::ops::pool::Pool2dParams;
 use crate::tensor::Shape;
@@ -20,11 +20,31 @@ pub enum Suite {
     Memory,
     /// Large square SGEMM and the fully connected layers' products.
     Gemm,
+    /// Whole networks' eval-mode forward passes, at the shapes of [`INFERENCE`].
+    Inference,
 }
 
+/// The inference suite: model, images per batch, and one image's size. Small images, so that
+/// the CPU, where `scripts/cpu_baseline.py` times the same in ONNX Runtime, runs each in a
+/// fraction of a second; `--batch` replaces the batch sizes (the emulator's default is 1).
+pub const INFERENCE: [(&str, usize, [usize; 3]); 5] = [
+    ("resnet18", 8, [3, 64, 64]),
+    ("resnet50", 8, [3, 64, 64]),
+    ("densenet121", 8, [3, 64, 64]),
+    ("alexnet", 8, [3, 227, 227]),
+    ("resnet20", 32, [3, 32, 32]),
+];
+
 impl Suite {
-    pub const ALL: [Suite; 6] =
-        [Suite::AlexNet, Suite::ResNet18, Suite::ResNet50, Suite::DenseNet121, Suite::Memory, Suite::Gemm];
+    pub const ALL: [Suite; 7] = [
+        Suite::AlexNet,
+        Suite::ResNet18,
+        Suite::ResNet50,
+        Suite::DenseNet121,
+        Suite::Memory,
+        Suite::Gemm,
+        Suite::Inference,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +54,7 @@ impl Suite {
             Suite::DenseNet121 => "densenet121",
             Suite::Memory => "memory",
             Suite::Gemm => "gemm",
+            Suite::Inference => "inference",
         }
     }
 
@@ -115,6 +136,13 @@ pub fn suite_problems(suite: Suite, opts: &BenchOptions) -> Result<Vec<(Problem,
             }
             p
         }
+        Suite::Inference => INFERENCE
+            .iter()
+            .map(|&(model, batch, input)| {
+                let batch = opts.batch.unwrap_or(opts.by_device(batch, batch, 1));
+                Ok((Problem::Inference(Inference::new(model, batch, input)?), 1))
+            })
+            .collect::<Result<Vec<_>>>()?,
     };
     Ok(match &opts.filter {
         Some(f) => problems.into_iter().filter(|(p, _)| p.label().contains(f.as_str())).collect(),
@@ -129,7 +157,7 @@ mod tests {
     #[test]
     fn suites_parse_and_bad_names_are_refused() {
         assert_eq!(Suite::parse_list("memory,gemm,memory").unwrap(), vec![Suite::Memory, Suite::Gemm]);
-        assert_eq!(Suite::parse_list("all").unwrap().len(), 6);
+        assert_eq!(Suite::parse_list("all").unwrap().len(), 7);
         let e = Suite::parse_list("resnet51").unwrap_err().to_string();
         assert!(e.contains("unknown suite 'resnet51'"), "{e}");
     }

@@ -267,10 +267,11 @@ pub struct BenchArgs {
     /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Comma-separated: alexnet, resnet18, resnet50, densenet121, memory, gemm; or all.
+    /// Comma-separated: alexnet, resnet18, resnet50, densenet121, memory, gemm, inference; or all.
     #[arg(long, default_value = "all")]
     pub suite: String,
-    /// Images per batch of the network suites (default: 64 on cuda, 2 on cpu, 1 on emu).
+    /// Images per batch of the network suites (default: 64 on cuda, 2 on cpu, 1 on emu; the
+    /// inference suite: 8, and 32 for resnet20, except 1 on emu).
     #[arg(long)]
     pub batch: Option<usize>,
     /// Megabytes per tensor of the memory suite and the copy ceiling (default: 256 on cuda, 64 on cpu, 1 on emu).

@@ -6,8 +6,8 @@
 //! roofline), which kernel variants can run it, and how to set up one run of it on a device.
 //!
 //! This file holds what a problem is and its counting; setting up a run is in `prepare`, one
-//! function per kind of problem, and a whole training step, which builds a model, in
-//! `train_step`.
+//! function per kind of problem, and the problems that build a whole model in `train_step`
+//! (a training step) and `inference` (an eval-mode forward pass).
 
 use serde_json::{Value, json};
 
@@ -18,9 +18,11 @@ use crate::ops::pool::Pool2dParams;
 use crate::ops::{ExecOptions, Precision};
 use crate::tensor::Shape;
 
+mod inference;
 mod prepare;
 mod train_step;
 
+pub use inference::Inference;
 pub use prepare::pattern;
 pub use train_step::TrainStep;
 
@@ -139,6 +141,7 @@ pub enum Problem {
         numel: usize,
     },
     TrainStep(TrainStep),
+    Inference(Inference),
 }
 
 /// A kernel choice for one problem.
@@ -244,6 +247,9 @@ impl Problem {
                 "op": "train_step", "model": t.model, "batch": t.batch, "input": t.input, "num_classes": t.num_classes,
                 "memory_efficient": t.memory_efficient,
             }),
+            Problem::Inference(i) => json!({
+                "op": "inference", "model": i.model, "batch": i.batch, "input": i.input, "num_classes": i.num_classes,
+            }),
         }
     }
 
@@ -309,6 +315,7 @@ impl Problem {
                     if t.memory_efficient { " memory-efficient" } else { "" }
                 )
             }
+            Problem::Inference(i) => format!("inference {} b{} {}x{}", i.model, i.batch, i.input[1], i.input[2]),
         }
     }
 
@@ -318,6 +325,7 @@ impl Problem {
             Problem::Conv { .. } => "conv",
             Problem::Linear { .. } | Problem::Matmul { .. } => "gemm",
             Problem::TrainStep(_) => "train_step",
+            Problem::Inference(_) => "inference",
             _ => "memory",
         }
     }
@@ -354,6 +362,7 @@ impl Problem {
             Problem::Relu { numel, .. } | Problem::Add { numel } | Problem::AddAssign { numel } => *numel as f64,
             Problem::Sgd { numel } => 5.0 * *numel as f64,
             Problem::TrainStep(_) => 0.0,
+            Problem::Inference(i) => 2.0 * i.macs as f64,
         }
     }
 
@@ -400,7 +409,7 @@ impl Problem {
             Problem::Copy { numel } => e(2 * numel),
             // Read param, velocity, gradient; write param, velocity.
             Problem::Sgd { numel } => e(5 * numel),
-            Problem::TrainStep(_) => 0.0,
+            Problem::TrainStep(_) | Problem::Inference(_) => 0.0,
         }
     }
 

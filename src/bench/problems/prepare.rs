@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::inference::prepare_inference;
 use super::train_step::prepare_train_step;
 use super::{Pass, Problem, Variant};
 use crate::device::Device;
@@ -71,6 +72,7 @@ impl Problem {
             Problem::Copy { numel } => prepare_copy(&s, numel),
             Problem::Sgd { numel } => prepare_sgd(&s, numel),
             Problem::TrainStep(step) => prepare_train_step(&step, device, variant == Variant::CudaGraph, s.exec),
+            Problem::Inference(inf) => prepare_inference(&inf, device, s.exec),
         }
     }
 }
