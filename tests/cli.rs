@@ -312,7 +312,9 @@ fn bench_times_whole_network_inference() {
     let dir = workdir("bench-inference");
     let json = dir.join("bench.jsonl");
     let args = ["bench", "--device", "cpu", "--suite", "inference", "--filter", "resnet20", "--batch", "3"];
-    let text = assert_ok(&[&args[..], &["--repeats", "1", "--gemm-size", "48", "--size-mb", "1", "--json", p(&json)]].concat());
+    let text = assert_ok(
+        &[&args[..], &["--repeats", "1", "--gemm-size", "48", "--size-mb", "1", "--json", p(&json)]].concat(),
+    );
     assert!(text.contains("inference resnet20 b3 32x32"), "{text}");
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

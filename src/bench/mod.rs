@@ -45,7 +45,7 @@ use crate::error::Result;
 pub use ceilings::{Ceilings, measure_ceilings};
 pub use layers::{layer_problems, problems_of_layer};
 pub use options::BenchOptions;
-pub use problems::{Pass, Problem, TrainStep, Variant};
+pub use problems::{Inference, Pass, Problem, TrainStep, Variant};
 pub use report::{Header, Report, Row, line};
 pub use suites::{Suite, suite_problems};
 pub(crate) use timing::time;

@@ -42,7 +42,11 @@ impl Inference {
 
 /// One eval-mode forward pass of the model (seed 0's weights) on a fixed batch; the logits
 /// are dropped.
-pub(super) fn prepare_inference(inf: &Inference, device: Device, exec: ExecOptions) -> Result<Box<dyn FnMut() -> Result<()>>> {
+pub(super) fn prepare_inference(
+    inf: &Inference,
+    device: Device,
+    exec: ExecOptions,
+) -> Result<Box<dyn FnMut() -> Result<()>>> {
     let mut model = models::build(&inf.model, inf.num_classes, 0)?;
     let [c, h, w] = inf.input;
     model.check_input(&[inf.batch, c, h, w].into())?;
