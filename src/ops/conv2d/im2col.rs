@@ -192,7 +192,7 @@ impl<T: Float> PackB<T> for Im2col<'_, T> {
                     for run in runs {
                         let (start, dst) = (self.geo.start(tap, run), &mut slot[run.at..run.at + run.len]);
                         if sw == 1 {
-                            dst.copy_from_slice(&x[start..start + run.len]);
+                            copy_run(dst, &x[start..start + run.len]);
                         } else {
                             for (d, &v) in dst.iter_mut().zip(x[start..].iter().step_by(sw)) {
                                 *d = v;
@@ -204,6 +204,31 @@ impl<T: Float> PackB<T> for Im2col<'_, T> {
                 tap.advance(&self.geo.g);
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the runs of an output row narrower than a panel. The widths
+/// of the networks' small maps (2 to 16 at 64×64 images, 7 and 14 at 224×224) are copied as
+/// blocks of a size known at compile time, a few vector moves, where a copy of a length known
+/// only at run time is a call to `memcpy`, which costs more than these few values.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn fixed<T: Copy, const L: usize>(dst: &mut [T], src: &[T]) {
+        if let (Ok(d), Ok(s)) = (<&mut [T; L]>::try_from(&mut *dst), <&[T; L]>::try_from(src)) {
+            *d = *s;
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+    match dst.len() {
+        2 => fixed::<T, 2>(dst, src),
+        4 => fixed::<T, 4>(dst, src),
+        7 => fixed::<T, 7>(dst, src),
+        8 => fixed::<T, 8>(dst, src),
+        14 => fixed::<T, 14>(dst, src),
+        16 => fixed::<T, 16>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -317,6 +342,13 @@ mod tests {
             // Rows of 20 and 40 pixels: blocks of 16 side by side (the transposing path).
             ([2, 3, 6, 20], [5, 3, 3, 3], Conv2dParams::default().padding(1)),
             ([1, 4, 3, 40], [2, 4, 1, 1], Conv2dParams::default()),
+            // Output rows of 2, 4, 7, 8, 14 and 16 pixels: the widths copied as fixed blocks.
+            ([3, 2, 2, 2], [3, 2, 3, 3], Conv2dParams::default().padding(1)),
+            ([3, 2, 4, 4], [2, 2, 3, 3], Conv2dParams::default().padding(1)),
+            ([2, 3, 7, 7], [2, 3, 1, 1], Conv2dParams::default()),
+            ([2, 2, 5, 8], [2, 2, 3, 3], Conv2dParams::default().padding(1)),
+            ([2, 1, 3, 14], [2, 1, 3, 3], Conv2dParams::default().padding(1)),
+            ([3, 2, 4, 16], [3, 2, 3, 3], Conv2dParams::default().padding(1)),
         ];
         for (xs, ws, params) in cases {
             let g = ConvGeometry::new(&Shape::from(xs), &Shape::from(ws), params).unwrap();

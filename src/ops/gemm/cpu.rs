@@ -28,6 +28,8 @@
 //! Matrices are passed as strided views ([`MatRef`]), so a transposed operand costs nothing:
 //! `a.t()` swaps the strides and packing reads it in whatever order it lies.
 
+use rayon::prelude::*;
+
 use super::views::{MatMut, MatRef};
 #[cfg(target_arch = "x86_64")]
 use super::x86;
@@ -73,12 +75,17 @@ impl<T: Float> PackB<T> for MatRef<'_, T> {
 /// `C = A·B` (or `C += A·B` when `accumulate`), single-threaded.
 pub fn gemm<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
+    gemm_rows(a, b, c, accumulate, RowBlocks::InTurn);
+}
+
+/// [`gemm`], its row blocks walked as `rows` says, with the micro-kernel this CPU runs best.
+fn gemm_rows<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool, rows: RowBlocks) {
     #[cfg(target_arch = "x86_64")]
     if T::DTYPE == crate::tensor::DType::F32 {
-        gemm_f32_with(Isa::detect(), a, b, c, accumulate);
+        gemm_f32_with(Isa::detect(), a, b, c, accumulate, rows);
         return;
     }
-    gemm_blocked::<T, 4, 8, B>(a, b, c, accumulate, micro_kernel::<T, 4, 8>)
+    gemm_blocked::<T, 4, 8, B>(a, b, c, accumulate, micro_kernel::<T, 4, 8>, rows)
 }
 
 /// An f32 micro-kernel as one for `T`, when `T` is f32 (and `None` otherwise): the vector
@@ -106,18 +113,23 @@ pub fn cpu_kernel_name() -> &'static str {
 
 /// [`gemm`] for `T` = f32 with the micro-kernel of `isa`.
 #[cfg(target_arch = "x86_64")]
-fn gemm_f32_with<T: Float, B: PackB<T>>(isa: Isa, a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
+fn gemm_f32_with<T: Float, B: PackB<T>>(isa: Isa, a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool, rows: RowBlocks) {
     if let (Isa::Avx512, Some(k)) = (isa, f32_kernel::<T>(x86::kernel_avx512_8x32)) {
-        gemm_blocked::<T, 8, 32, B>(a, b, c, accumulate, k)
+        gemm_blocked::<T, 8, 32, B>(a, b, c, accumulate, k, rows)
     } else if let (Isa::Avx2Fma, Some(k)) = (isa, f32_kernel::<T>(x86::kernel_avx2_6x16)) {
-        gemm_blocked::<T, 6, 16, B>(a, b, c, accumulate, k)
+        gemm_blocked::<T, 6, 16, B>(a, b, c, accumulate, k, rows)
     } else {
-        gemm_blocked::<T, 4, 16, B>(a, b, c, accumulate, micro_kernel::<T, 4, 16>)
+        gemm_blocked::<T, 4, 16, B>(a, b, c, accumulate, micro_kernel::<T, 4, 16>, rows)
     }
 }
 
 /// As [`gemm`], with the columns (or rows) of C shared among the rayon threads. Each element
 /// of C is still computed by one thread in the same order, so the result is identical.
+///
+/// A wide C is cut into column pieces, each a product of its own (B's columns are packed by
+/// the piece that uses them). A C with fewer columns than a couple of micro-tiles and rows
+/// to share packs each block of B once, and the threads take its row blocks
+/// ([`RowBlocks::InParallel`]): cut into row pieces, every piece would pack all of B again.
 pub fn gemm_parallel<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
     // Below about a million multiply-adds the threads cost more than they save.
@@ -126,6 +138,12 @@ pub fn gemm_parallel<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, ac
     let threads = rayon::current_num_threads();
     if threads <= 1 || work < 2 * MIN_WORK {
         gemm(a, b, c, accumulate);
+        return;
+    }
+    if c.cols < 64 && c.rows >= 48 {
+        // Two row blocks per thread at least, in multiples of 24 rows (whole 6- and 8-row tiles).
+        let rows = c.rows.div_ceil(2 * threads).div_ceil(24) * 24;
+        gemm_rows(a, b, c, accumulate, RowBlocks::InParallel(rows));
         return;
     }
     let pieces = (work / MIN_WORK).min(4 * threads);
@@ -259,6 +277,7 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize, B: PackB<T>>(
     mut c: MatMut<T>,
     accumulate: bool,
     kernel: MicroKernel<T>,
+    rows: RowBlocks,
 ) {
     let (m, n, k) = (a.rows, b.cols(), a.cols);
     if m == 0 || n == 0 {
@@ -275,51 +294,110 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize, B: PackB<T>>(
         }
         return;
     }
-    // Packing writes every element it later reads (padding included), so the buffers are
-    // reused between calls without clearing; allocating and zeroing them per call costs as
-    // much as the arithmetic for the small products of a CIFAR network.
-    let a_len = m.min(MC).div_ceil(MR) * MR * k.min(KC);
+    let block_rows = match rows {
+        RowBlocks::InTurn => MC,
+        RowBlocks::InParallel(rows) => rows.clamp(1, MC),
+    };
     let b_len = n.min(NC).div_ceil(NR) * NR * k.min(KC);
-    let mut scratch = SCRATCH.take();
-    let words = ((a_len + b_len) * std::mem::size_of::<T>()).div_ceil(8);
-    if scratch.len() < words {
-        scratch.resize(words, 0.0);
-    }
-    let buf = &mut bytemuck::cast_slice_mut::<f64, T>(&mut scratch[..words])[..a_len + b_len];
-    let (packed_a, packed_b) = buf.split_at_mut(a_len);
-
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            // The first rank-KC update overwrites C unless the caller asked to accumulate.
-            let add_to_c = accumulate || pc > 0;
-            b.pack::<NR>(pc, kc, jc, nc, packed_b);
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                pack_a::<T, MR>(&a, ic, mc, pc, kc, packed_a);
-                for jr in (0..nc).step_by(NR) {
-                    let nr = NR.min(nc - jr);
-                    let b_panel = &packed_b[(jr / NR) * NR * kc..][..NR * kc];
-                    for ir in (0..mc).step_by(MR) {
-                        let mr = MR.min(mc - ir);
-                        let a_panel = &packed_a[(ir / MR) * MR * kc..][..MR * kc];
-                        let c_tile = c.ptr_at(ic + ir, jc + jr);
-                        // SAFETY: the panels hold kc steps; the mr×nr block at c_tile lies
-                        // inside C, which this call borrows exclusively; the kernel was
-                        // chosen for what this CPU supports.
-                        unsafe { kernel(kc, a_panel, b_panel, c_tile, c.row_stride, mr, nr, add_to_c) };
+    with_scratch(&PACKED_B, b_len, |packed_b: &mut [T]| {
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                b.pack::<NR>(pc, kc, jc, nc, packed_b);
+                // The first rank-KC update overwrites C unless the caller asked to accumulate.
+                let step = Step { a: &a, packed_b, pc, kc, jc, nc, add_to_c: accumulate || pc > 0, kernel };
+                let mut rest = c.reborrow();
+                let mut blocks = Vec::with_capacity(m.div_ceil(block_rows));
+                for ic in (0..m).step_by(block_rows) {
+                    let (block, below) = rest.split_at_row(block_rows.min(m - ic));
+                    blocks.push((ic, block));
+                    rest = below;
+                }
+                match rows {
+                    RowBlocks::InTurn => blocks.into_iter().for_each(|(ic, block)| step.rows::<MR, NR>(ic, block)),
+                    RowBlocks::InParallel(_) => {
+                        blocks.into_par_iter().for_each(|(ic, block)| step.rows::<MR, NR>(ic, block))
                     }
                 }
             }
         }
+    });
+}
+
+/// How [`gemm_blocked`] walks the row blocks of C for each packed block of B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowBlocks {
+    /// One after the other, MC rows each, on this thread.
+    InTurn,
+    /// Blocks of (at most) this many rows, shared among the rayon threads, which all read the
+    /// one packed block of B: for a C with few columns and many rows (a convolution of small
+    /// maps: 512 channels × 32 pixels), where cutting C into row pieces that each pack B
+    /// again, im2col gather included, would do that work once per piece.
+    InParallel(usize),
+}
+
+/// One rank-KC update of the blocked product: B's block packed, and what each row block of C
+/// needs to multiply it by its rows of A.
+struct Step<'s, 'a, T> {
+    a: &'s MatRef<'a, T>,
+    packed_b: &'s [T],
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    add_to_c: bool,
+    kernel: MicroKernel<T>,
+}
+
+impl<T: Float> Step<'_, '_, T> {
+    /// Packs rows `ic..` of A (as many as `block` has) in this thread's scratch and runs the
+    /// micro-kernel over every MR×NR tile of the block.
+    fn rows<const MR: usize, const NR: usize>(&self, ic: usize, mut block: MatMut<T>) {
+        let (mc, kc) = (block.rows, self.kc);
+        with_scratch(&PACKED_A, mc.div_ceil(MR) * MR * kc, |packed_a: &mut [T]| {
+            pack_a::<T, MR>(self.a, ic, mc, self.pc, kc, packed_a);
+            for jr in (0..self.nc).step_by(NR) {
+                let nr = NR.min(self.nc - jr);
+                let b_panel = &self.packed_b[(jr / NR) * NR * kc..][..NR * kc];
+                for ir in (0..mc).step_by(MR) {
+                    let mr = MR.min(mc - ir);
+                    let a_panel = &packed_a[(ir / MR) * MR * kc..][..MR * kc];
+                    let c_tile = block.ptr_at(ir, self.jc + jr);
+                    // SAFETY: the panels hold kc steps; the mr×nr block at c_tile lies inside
+                    // this row block of C, which this call borrows exclusively; the kernel was
+                    // chosen for what this CPU supports.
+                    unsafe { (self.kernel)(kc, a_panel, b_panel, c_tile, block.row_stride, mr, nr, self.add_to_c) };
+                }
+            }
+        });
     }
-    SCRATCH.set(scratch);
+}
+
+/// Runs `f` on `len` values of this thread's packing space `cell` (grown as needed, kept for
+/// the next call). Packing writes every element it later reads (padding included), so the
+/// space is reused without clearing; allocating and zeroing it per call costs as much as the
+/// arithmetic for the small products of a CIFAR network.
+fn with_scratch<T: Float>(
+    cell: &'static std::thread::LocalKey<std::cell::Cell<Vec<f64>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]),
+) {
+    let mut scratch = cell.take();
+    let words = (len * std::mem::size_of::<T>()).div_ceil(8);
+    if scratch.len() < words {
+        scratch.resize(words, 0.0);
+    }
+    f(&mut bytemuck::cast_slice_mut::<f64, T>(&mut scratch[..words])[..len]);
+    cell.set(scratch);
 }
 
 thread_local! {
-    /// Packing space of this thread, kept as f64 so it is aligned for f32 and f64 alike.
-    static SCRATCH: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Packing space of this thread for blocks of A and of B, kept as f64 so it is aligned
+    /// for f32 and f64 alike. Two, because a thread that packed a block of B for its
+    /// product also packs blocks of A while the other threads share that block of B.
+    static PACKED_A: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
+    static PACKED_B: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The portable micro-kernel: plain loops over the tile, for any float type.
@@ -460,6 +538,33 @@ mod tests {
         assert_eq!(c1, c2);
     }
 
+    /// A tall, narrow C (a convolution of small maps) is shared by row blocks over one packed
+    /// B: the same bits as one thread, and with blocks of every size, those that cut micro-tiles
+    /// and MC blocks too.
+    #[test]
+    fn row_blocks_in_parallel_give_the_bits_of_one_thread() {
+        for &(m, n, k) in &[(300, 20, 600), (512, 32, 300), (50, 3, 7)] {
+            let a: Vec<f32> = random(m * k, 9).iter().map(|&v| v as f32).collect();
+            let b: Vec<f32> = random(k * n, 10).iter().map(|&v| v as f32).collect();
+            let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+            let mut one = vec![f32::NAN; m * n];
+            gemm(am, bm, MatMut::row_major(&mut one, m, n), false);
+            let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+            let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let want = naive(&MatRef::row_major(&a64, m, k), &MatRef::row_major(&b64, k, n));
+            let got: Vec<f64> = one.iter().map(|&v| v as f64).collect();
+            assert!(rel_err(&got, &want) < 1e-5, "{m}x{n}x{k}");
+            for rows in [1, 5, 24, 96, 200] {
+                let mut shared = vec![f32::NAN; m * n];
+                gemm_rows(am, bm, MatMut::row_major(&mut shared, m, n), false, RowBlocks::InParallel(rows));
+                assert_eq!(shared, one, "{m}x{n}x{k} in blocks of {rows} rows");
+            }
+            let mut through_api = vec![f32::NAN; m * n];
+            gemm_parallel(am, bm, MatMut::row_major(&mut through_api, m, n), false);
+            assert_eq!(through_api, one, "{m}x{n}x{k} through gemm_parallel");
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn every_f32_kernel_matches_and_the_vector_ones_agree_bitwise() {
@@ -475,7 +580,7 @@ mod tests {
                 for accumulate in [false, true] {
                     let mut c = vec![if accumulate { 0.5f32 } else { f32::NAN }; m * n];
                     let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
-                    gemm_f32_with(isa, am, bm, MatMut::row_major(&mut c, m, n), accumulate);
+                    gemm_f32_with(isa, am, bm, MatMut::row_major(&mut c, m, n), accumulate, RowBlocks::InTurn);
                     let got: Vec<f64> = c.iter().map(|&v| v as f64 - if accumulate { 0.5 } else { 0.0 }).collect();
                     assert!(rel_err(&got, &want) < 1e-5, "{isa:?} {m}x{n}x{k} accumulate={accumulate}");
                     if !accumulate {

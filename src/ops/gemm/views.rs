@@ -128,6 +128,11 @@ impl<'a, T: Copy> MatMut<'a, T> {
         (top, bottom)
     }
 
+    /// The same view, borrowed again for a shorter time (to split it and keep it).
+    pub(super) fn reborrow(&mut self) -> MatMut<'_, T> {
+        MatMut { ptr: self.ptr, rows: self.rows, cols: self.cols, row_stride: self.row_stride, _borrow: PhantomData }
+    }
+
     #[inline(always)]
     pub(super) fn ptr_at(&mut self, i: usize, j: usize) -> *mut T {
         debug_assert!(i < self.rows && j < self.cols);
