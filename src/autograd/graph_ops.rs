@@ -12,7 +12,7 @@ use crate::tensor::{Shape, Tensor};
 
 impl Graph {
     pub fn conv2d(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
-        let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p, &self.exec)?;
+        let y = ops::conv2d::forward(&x.value, &w.value, b.map(|b| &b.value), p, &self.op_options())?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
         self.record(y, &inputs, |k| Ok(Saved::Conv2d { x: k.activation(&x.value)?, w: w.value.clone(), p }))
@@ -21,7 +21,7 @@ impl Graph {
     /// `relu(conv(x, w) + b)`, fused: one pass over the output, and only the output kept
     /// for the ReLU's backward.
     pub fn conv2d_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>, p: Conv2dParams) -> Result<Var> {
-        let y = ops::conv2d::forward_relu(&x.value, &w.value, b.map(|b| &b.value), p, &self.exec)?;
+        let y = ops::conv2d::forward_relu(&x.value, &w.value, b.map(|b| &b.value), p, &self.op_options())?;
         let y_saved = y.clone();
         let mut inputs = vec![x, w];
         inputs.extend(b);

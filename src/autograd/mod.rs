@@ -256,6 +256,12 @@ impl Graph {
         &self.exec
     }
 
+    /// The options an op of this graph receives: the graph's, and whether the weights stay
+    /// fixed, which they do in a graph that records nothing for backward.
+    fn op_options(&self) -> ExecOptions {
+        ExecOptions { weights_fixed: !self.mode.recording, ..self.exec }
+    }
+
     /// Starts collecting a [`LayerRecord`] for every layer that runs.
     pub fn start_trace(&mut self) {
         self.trace = Some(Vec::new());

@@ -31,6 +31,11 @@ pub struct ExecOptions {
     /// instead of in its 16-bit type (see `src/autograd/keep.rs`); for comparisons of the
     /// two, off by default.
     pub keep_activations_fp32: bool,
+    /// Whether the weights stay as they are while this graph's ops run and until they are
+    /// next trained (an eval graph: inference, validation). The CPU's convolutions then keep
+    /// them packed for the GEMM between calls (`src/ops/conv2d/packed_weights.rs`); the graph
+    /// sets it, not the command line.
+    pub weights_fixed: bool,
 }
 
 impl Default for ExecOptions {
@@ -43,6 +48,7 @@ impl Default for ExecOptions {
             towers: false,
             fuse: true,
             keep_activations_fp32: false,
+            weights_fixed: false,
         }
     }
 }

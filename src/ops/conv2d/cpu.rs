@@ -35,10 +35,18 @@ use super::im2col::{self, Im2col, Im2colT};
 use super::{Conv2dParams, ConvGeometry};
 use crate::device::host_memory::filled;
 use crate::error::Result;
-use crate::ops::gemm::{MatMut, MatRef, gemm, gemm_parallel};
+use crate::ops::gemm::{MatMut, MatRef, PackA, PackB, PackedMatrix, gemm, gemm_parallel};
 use crate::tensor::{Float, Shape};
 
-pub(super) fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Result<Vec<T>> {
+/// `packed`, when given, is `w` packed for the GEMM, one matrix per group (kept between calls
+/// by `packed_weights` when the weights do not change).
+pub(super) fn forward_cpu<T: Float>(
+    x: &[T],
+    w: &[T],
+    packed: Option<&[PackedMatrix<T>]>,
+    bias: Option<&[T]>,
+    g: &ConvGeometry,
+) -> Result<Vec<T>> {
     let (og, pix, in_len) = (g.o_per_group(), g.out_pixels(), g.c * g.h * g.w);
     // Images per product: one, unless the output maps are small (see MIN_GEMM_COLUMNS).
     let m = if pix < MIN_GEMM_COLUMNS { MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n).max(1) } else { 1 };
@@ -62,13 +70,11 @@ pub(super) fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Co
         };
         for grp in 0..g.groups() {
             let k = g.k_per_group();
-            let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
             let col_g = Im2col::new(x_batch, g, m, grp);
             let y_g = MatMut::row_major(&mut out[grp * og * m * pix..][..og * m * pix], og, m * pix);
-            if split_gemm {
-                gemm_parallel(w_g, col_g, y_g, false);
-            } else {
-                gemm(w_g, col_g, y_g, false);
+            match packed {
+                Some(packed) => product(packed[grp].view(), col_g, y_g, split_gemm),
+                None => product(MatRef::row_major(&w[grp * og * k..][..og * k], og, k), col_g, y_g, split_gemm),
             }
         }
         // [O, m·pix] back to NCHW, adding the bias on the way.
@@ -84,6 +90,11 @@ pub(super) fn forward_cpu<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Co
         }
     });
     Ok(y)
+}
+
+/// `y = a·b` on this thread, or shared among the threads when `split`.
+fn product<T: Float>(a: impl PackA<T>, b: impl PackB<T>, y: MatMut<T>, split: bool) {
+    if split { gemm_parallel(a, b, y, false) } else { gemm(a, b, y, false) }
 }
 
 /// Below this many output pixels per image, the im2col matrices of several images are put
@@ -155,7 +166,7 @@ fn backward_data_as_forward_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -
     let flipped_shape = Shape::new([g.c, og, g.kh, g.kw]);
     let Ok(transposed) = ConvGeometry::new(&dy_shape, &flipped_shape, params) else { return Ok(None) };
     debug_assert_eq!((transposed.oh, transposed.ow), (g.h, g.w));
-    forward_cpu(dy, &flipped, None, &transposed).map(Some)
+    forward_cpu(dy, &flipped, None, None, &transposed).map(Some)
 }
 
 /// `dcol_g = W_gᵀ · dy_g` for every group of one image.

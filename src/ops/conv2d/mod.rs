@@ -25,6 +25,7 @@ use rayon::prelude::*;
 mod cpu;
 mod gpu;
 mod im2col;
+mod packed_weights;
 pub mod reference;
 
 pub use gpu::ConvAlgo;
@@ -222,7 +223,9 @@ fn forward_act(
     }
     let mut y = with_float_type!(dtype, OP, |T| {
         let bias = b.map(host::<T>).transpose()?;
-        let y = forward_cpu::<T>(host(x)?, host(w)?, bias, &g)?;
+        let weights = host::<T>(w)?;
+        let packed = exec.weights_fixed.then(|| packed_weights::packed(w, weights, &g));
+        let y = forward_cpu::<T>(host(x)?, weights, packed.as_deref().map(Vec::as_slice), bias, &g)?;
         Ok(Tensor::from_cpu(g.out_shape(), y))
     })?;
     if relu {

@@ -30,6 +30,7 @@
 
 use rayon::prelude::*;
 
+use super::packed_a::PackA;
 use super::views::{MatMut, MatRef};
 #[cfg(target_arch = "x86_64")]
 use super::x86;
@@ -39,7 +40,7 @@ use crate::tensor::Float;
 // MR = 8) stays in L1 while the B panel (KC·NR·4 B = 32 KiB at NR = 32) streams from L2,
 // whose 2 MiB also hold the MC×KC block of A (96·256·4 B = 96 KiB) and most of the KC×NC
 // block of B (256·2048·4 B = 2 MiB).
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
 
@@ -73,19 +74,19 @@ impl<T: Float> PackB<T> for MatRef<'_, T> {
 }
 
 /// `C = A·B` (or `C += A·B` when `accumulate`), single-threaded.
-pub fn gemm<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
+pub fn gemm<T: Float, A: PackA<T>, B: PackB<T>>(a: A, b: B, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
     gemm_rows(a, b, c, accumulate, RowBlocks::InTurn);
 }
 
 /// [`gemm`], its row blocks walked as `rows` says, with the micro-kernel this CPU runs best.
-fn gemm_rows<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool, rows: RowBlocks) {
+fn gemm_rows<T: Float, A: PackA<T>, B: PackB<T>>(a: A, b: B, c: MatMut<T>, accumulate: bool, rows: RowBlocks) {
     #[cfg(target_arch = "x86_64")]
     if T::DTYPE == crate::tensor::DType::F32 {
         gemm_f32_with(Isa::detect(), a, b, c, accumulate, rows);
         return;
     }
-    gemm_blocked::<T, 4, 8, B>(a, b, c, accumulate, micro_kernel::<T, 4, 8>, rows)
+    gemm_blocked::<T, 4, 8, A, B>(a, b, c, accumulate, micro_kernel::<T, 4, 8>, rows)
 }
 
 /// An f32 micro-kernel as one for `T`, when `T` is f32 (and `None` otherwise): the vector
@@ -111,15 +112,35 @@ pub fn cpu_kernel_name() -> &'static str {
     }
 }
 
+/// The rows of the micro-kernel's tile this CPU runs for `T`: the panel height of A.
+pub(super) fn panel_rows<T: Float>() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == crate::tensor::DType::F32 {
+        return match Isa::detect() {
+            Isa::Avx512 => 8,
+            Isa::Avx2Fma => 6,
+            Isa::Portable => 4,
+        };
+    }
+    4
+}
+
 /// [`gemm`] for `T` = f32 with the micro-kernel of `isa`.
 #[cfg(target_arch = "x86_64")]
-fn gemm_f32_with<T: Float, B: PackB<T>>(isa: Isa, a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool, rows: RowBlocks) {
+fn gemm_f32_with<T: Float, A: PackA<T>, B: PackB<T>>(
+    isa: Isa,
+    a: A,
+    b: B,
+    c: MatMut<T>,
+    accumulate: bool,
+    rows: RowBlocks,
+) {
     if let (Isa::Avx512, Some(k)) = (isa, f32_kernel::<T>(x86::kernel_avx512_8x32)) {
-        gemm_blocked::<T, 8, 32, B>(a, b, c, accumulate, k, rows)
+        gemm_blocked::<T, 8, 32, A, B>(a, b, c, accumulate, k, rows)
     } else if let (Isa::Avx2Fma, Some(k)) = (isa, f32_kernel::<T>(x86::kernel_avx2_6x16)) {
-        gemm_blocked::<T, 6, 16, B>(a, b, c, accumulate, k, rows)
+        gemm_blocked::<T, 6, 16, A, B>(a, b, c, accumulate, k, rows)
     } else {
-        gemm_blocked::<T, 4, 16, B>(a, b, c, accumulate, micro_kernel::<T, 4, 16>, rows)
+        gemm_blocked::<T, 4, 16, A, B>(a, b, c, accumulate, micro_kernel::<T, 4, 16>, rows)
     }
 }
 
@@ -130,11 +151,11 @@ fn gemm_f32_with<T: Float, B: PackB<T>>(isa: Isa, a: MatRef<T>, b: B, c: MatMut<
 /// the piece that uses them). A C with fewer columns than a couple of micro-tiles and rows
 /// to share packs each block of B once, and the threads take its row blocks
 /// ([`RowBlocks::InParallel`]): cut into row pieces, every piece would pack all of B again.
-pub fn gemm_parallel<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool) {
+pub fn gemm_parallel<T: Float, A: PackA<T>, B: PackB<T>>(a: A, b: B, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
     // Below about a million multiply-adds the threads cost more than they save.
     const MIN_WORK: usize = 1 << 20;
-    let work = a.rows * b.cols() * a.cols;
+    let work = a.rows() * b.cols() * a.cols();
     let threads = rayon::current_num_threads();
     if threads <= 1 || work < 2 * MIN_WORK {
         gemm(a, b, c, accumulate);
@@ -150,7 +171,7 @@ pub fn gemm_parallel<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, ac
     split_and_run(a, b, c, accumulate, pieces);
 }
 
-fn split_and_run<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumulate: bool, pieces: usize) {
+fn split_and_run<T: Float, A: PackA<T>, B: PackB<T>>(a: A, b: B, c: MatMut<T>, accumulate: bool, pieces: usize) {
     if pieces <= 1 {
         gemm(a, b, c, accumulate);
         return;
@@ -171,7 +192,7 @@ fn split_and_run<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumu
         let cut = (c.rows * left_pieces / pieces).div_ceil(24) * 24;
         let cut = cut.min(c.rows);
         let (ct, cb) = c.split_at_row(cut);
-        let (at, ab) = (a.rows_range(0, cut), a.rows_range(cut, a.rows - cut));
+        let (at, ab) = (a.rows_range(0, cut), a.rows_range(cut, a.rows() - cut));
         rayon::join(
             || split_and_run(at, b, ct, accumulate, left_pieces),
             || split_and_run(ab, b, cb, accumulate, pieces - left_pieces),
@@ -181,12 +202,12 @@ fn split_and_run<T: Float, B: PackB<T>>(a: MatRef<T>, b: B, c: MatMut<T>, accumu
     }
 }
 
-fn check_dims<T: Copy, B: PackB<T>>(a: &MatRef<T>, b: &B, c: &MatMut<T>) {
+fn check_dims<T: Copy, A: PackA<T>, B: PackB<T>>(a: &A, b: &B, c: &MatMut<T>) {
     assert!(
-        a.cols == b.rows() && c.rows == a.rows && c.cols == b.cols(),
+        a.cols() == b.rows() && c.rows == a.rows() && c.cols == b.cols(),
         "gemm: A {}x{} · B {}x{} into C {}x{}",
-        a.rows,
-        a.cols,
+        a.rows(),
+        a.cols(),
         b.rows(),
         b.cols(),
         c.rows,
@@ -271,15 +292,15 @@ pub(super) unsafe fn store_tile<T: Float, const NR: usize>(
     }
 }
 
-fn gemm_blocked<T: Float, const MR: usize, const NR: usize, B: PackB<T>>(
-    a: MatRef<T>,
+fn gemm_blocked<T: Float, const MR: usize, const NR: usize, A: PackA<T>, B: PackB<T>>(
+    a: A,
     b: B,
     mut c: MatMut<T>,
     accumulate: bool,
     kernel: MicroKernel<T>,
     rows: RowBlocks,
 ) {
-    let (m, n, k) = (a.rows, b.cols(), a.cols);
+    let (m, n, k) = (a.rows(), b.cols(), a.cols());
     if m == 0 || n == 0 {
         return;
     }
@@ -339,8 +360,8 @@ enum RowBlocks {
 
 /// One rank-KC update of the blocked product: B's block packed, and what each row block of C
 /// needs to multiply it by its rows of A.
-struct Step<'s, 'a, T> {
-    a: &'s MatRef<'a, T>,
+struct Step<'s, T, A> {
+    a: &'s A,
     packed_b: &'s [T],
     pc: usize,
     kc: usize,
@@ -350,13 +371,13 @@ struct Step<'s, 'a, T> {
     kernel: MicroKernel<T>,
 }
 
-impl<T: Float> Step<'_, '_, T> {
+impl<T: Float, A: PackA<T>> Step<'_, T, A> {
     /// Packs rows `ic..` of A (as many as `block` has) in this thread's scratch and runs the
     /// micro-kernel over every MR×NR tile of the block.
     fn rows<const MR: usize, const NR: usize>(&self, ic: usize, mut block: MatMut<T>) {
         let (mc, kc) = (block.rows, self.kc);
-        with_scratch(&PACKED_A, mc.div_ceil(MR) * MR * kc, |packed_a: &mut [T]| {
-            pack_a::<T, MR>(self.a, ic, mc, self.pc, kc, packed_a);
+        with_scratch(&PACKED_A, mc.div_ceil(MR) * MR * kc, |scratch: &mut [T]| {
+            let packed_a = self.a.panels::<MR>(ic, mc, self.pc, kc, scratch);
             for jr in (0..self.nc).step_by(NR) {
                 let nr = NR.min(self.nc - jr);
                 let b_panel = &self.packed_b[(jr / NR) * NR * kc..][..NR * kc];
@@ -425,20 +446,6 @@ unsafe fn micro_kernel<T: Float, const MR: usize, const NR: usize>(
     }
     // SAFETY: forwarded from the caller.
     unsafe { store_tile::<T, NR>(tile.as_flattened(), c, ldc, mr, nr, accumulate) }
-}
-
-/// Packs `A[i0..i0+mc, p0..p0+kc]` as row panels of `MR`: panel `q`, step `p`, row `r` goes
-/// to `out[q*MR*kc + p*MR + r]`. Rows past `mc` are zero so the micro-kernel needs no edge case.
-#[inline(always)]
-fn pack_a<T: Float, const MR: usize>(a: &MatRef<T>, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [T]) {
-    for (q, panel) in out.chunks_exact_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
-        let rows = MR.min(mc - q * MR);
-        for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
-            for (r, v) in slot.iter_mut().enumerate() {
-                *v = if r < rows { a.at(i0 + q * MR + r, p0 + p) } else { T::ZERO };
-            }
-        }
-    }
 }
 
 /// Packs `B[p0..p0+kc, j0..j0+nc]` as column panels of `NR`: panel `q`, step `p`, column `c`
