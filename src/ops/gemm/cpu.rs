@@ -454,6 +454,23 @@ unsafe fn micro_kernel<T: Float, const MR: usize, const NR: usize>(
 fn pack_b<T: Float, const NR: usize>(b: &MatRef<T>, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [T]) {
     for (q, panel) in out.chunks_exact_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
         let cols = NR.min(nc - q * NR);
+        if b.row_stride == 1 && b.col_stride != 1 {
+            // A transposed row-major matrix (a linear layer's Wᵀ): each column of B lies
+            // contiguous. Reading it column by column and writing across the panel, which
+            // fits in L1, is several times faster than gathering each step's NR values from
+            // NR columns a whole row of W apart.
+            for cc in 0..NR {
+                if cc < cols {
+                    let column = &b.data[(j0 + q * NR + cc) * b.col_stride + p0..][..kc];
+                    for (p, &v) in column.iter().enumerate() {
+                        panel[p * NR + cc] = v;
+                    }
+                } else {
+                    (0..kc).for_each(|p| panel[p * NR + cc] = T::ZERO);
+                }
+            }
+            continue;
+        }
         for (p, slot) in panel.chunks_exact_mut(NR).enumerate() {
             if cols == NR && b.col_stride == 1 {
                 // The common case: a contiguous run of B's row.
