@@ -140,14 +140,21 @@ pub fn suite_problems(suite: Suite, opts: &BenchOptions) -> Result<Vec<(Problem,
             .iter()
             .map(|&(model, batch, input)| {
                 let batch = opts.batch.unwrap_or(opts.by_device(batch, batch, 1));
-                Ok((Problem::Inference(Inference::new(model, batch, input)?), 1))
+                (Problem::Inference(Inference::new(model, batch, input)), 1)
             })
-            .collect::<Result<Vec<_>>>()?,
+            .collect(),
     };
-    Ok(match &opts.filter {
+    let kept = match &opts.filter {
         Some(f) => problems.into_iter().filter(|(p, _)| p.label().contains(f.as_str())).collect(),
         None => problems,
-    })
+    };
+    // Whole networks are counted once kept: counting builds the model.
+    kept.into_iter()
+        .map(|(p, n)| match p {
+            Problem::Inference(i) => Ok((Problem::Inference(i.counted()?), n)),
+            p => Ok((p, n)),
+        })
+        .collect()
 }
 
 #[cfg(test)]
