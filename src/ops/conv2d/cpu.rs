@@ -39,12 +39,13 @@ use crate::ops::gemm::{MatMut, MatRef, PackA, PackB, PackedMatrix, gemm, gemm_pa
 use crate::tensor::{Float, Shape};
 
 /// `packed`, when given, is `w` packed for the GEMM, one matrix per group (kept between calls
-/// by `packed_weights` when the weights do not change).
+/// by `packed_weights` when the weights do not change). The bias and, with `relu`, the ReLU
+/// are applied as each output plane is written, not in a pass of their own.
 pub(super) fn forward_cpu<T: Float>(
     x: &[T],
     w: &[T],
     packed: Option<&[PackedMatrix<T>]>,
-    bias: Option<&[T]>,
+    (bias, relu): (Option<&[T]>, bool),
     g: &ConvGeometry,
 ) -> Result<Vec<T>> {
     let (og, pix, in_len) = (g.o_per_group(), g.out_pixels(), g.c * g.h * g.w);
@@ -77,14 +78,19 @@ pub(super) fn forward_cpu<T: Float>(
                 None => product(MatRef::row_major(&w[grp * og * k..][..og * k], og, k), col_g, y_g, split_gemm),
             }
         }
-        // [O, m·pix] back to NCHW, adding the bias on the way.
+        // [O, m·pix] back to NCHW, adding the bias and applying the ReLU on the way (NaN
+        // passes the ReLU, as in `bias_act`).
         for (j, y_img) in y_batch.chunks_exact_mut(g.o * pix).enumerate() {
             for (oc, plane) in y_img.chunks_exact_mut(pix).enumerate() {
                 if m > 1 {
                     plane.copy_from_slice(&staged[(oc * m + j) * pix..][..pix]);
                 }
-                if let Some(b) = bias {
-                    plane.iter_mut().for_each(|v| *v += b[oc]);
+                if bias.is_some() || relu {
+                    let add = bias.map_or(T::ZERO, |b| b[oc]);
+                    for v in plane {
+                        let t = *v + add;
+                        *v = if !relu || t > T::ZERO || t.is_nan() { t } else { T::ZERO };
+                    }
                 }
             }
         }
@@ -166,7 +172,7 @@ fn backward_data_as_forward_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -
     let flipped_shape = Shape::new([g.c, og, g.kh, g.kw]);
     let Ok(transposed) = ConvGeometry::new(&dy_shape, &flipped_shape, params) else { return Ok(None) };
     debug_assert_eq!((transposed.oh, transposed.ow), (g.h, g.w));
-    forward_cpu(dy, &flipped, None, None, &transposed).map(Some)
+    forward_cpu(dy, &flipped, None, (None, false), &transposed).map(Some)
 }
 
 /// `dcol_g = W_gᵀ · dy_g` for every group of one image.

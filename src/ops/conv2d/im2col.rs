@@ -99,15 +99,19 @@ impl<T: Float> Im2colGeometry<'_, T> {
     }
 
     /// Cuts `len` consecutive im2col columns (output pixels, counted across images) starting
-    /// at `first` into runs that stay in one output row; returns how many `runs` it filled.
+    /// at `first` into runs whose input values lie one after the other (at the width stride):
+    /// runs that stay in one output row, or, for a pointwise convolution, whose input plane is
+    /// the output plane, in one image (a 16×16 map is then one run of 256, not 16 of 16).
+    /// Returns how many `runs` it filled.
     fn runs(&self, first: usize, len: usize, runs: &mut [Run]) -> usize {
         let (pix, ow) = (self.g.out_pixels(), self.g.ow);
+        let whole_planes = self.g.is_pointwise();
         let mut count = 0;
         let mut col = first;
         while col < first + len {
             let (img, pixel) = (col / pix, col % pix);
             let (oy, ox) = (pixel / ow, pixel % ow);
-            let n = (ow - ox).min(first + len - col);
+            let n = if whole_planes { pix - pixel } else { ow - ox }.min(first + len - col);
             runs[count] = Run { at: col - first, img, oy, ox, len: n };
             count += 1;
             col += n;

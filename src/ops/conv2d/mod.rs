@@ -221,17 +221,13 @@ fn forward_act(
         let y = gpu::forward(&gpu, exec, x.gpu_buffer()?, w.gpu_buffer()?, bias, relu, &g)?;
         return Ok(Tensor::from_gpu(g.out_shape(), y));
     }
-    let mut y = with_float_type!(dtype, OP, |T| {
+    with_float_type!(dtype, OP, |T| {
         let bias = b.map(host::<T>).transpose()?;
         let weights = host::<T>(w)?;
         let packed = exec.weights_fixed.then(|| packed_weights::packed(w, weights, &g));
-        let y = forward_cpu::<T>(host(x)?, weights, packed.as_deref().map(Vec::as_slice), bias, &g)?;
+        let y = forward_cpu::<T>(host(x)?, weights, packed.as_deref().map(Vec::as_slice), (bias, relu), &g)?;
         Ok(Tensor::from_cpu(g.out_shape(), y))
-    })?;
-    if relu {
-        super::bias_act::bias_act_in_place(&mut y, None, true)?;
-    }
-    Ok(y)
+    })
 }
 
 /// The GPU and the tensor-core tile configurations for a product in `exec`'s (low)
