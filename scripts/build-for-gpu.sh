@@ -4,7 +4,8 @@
 #   scratchnet         the release binary, kernels as SASS for sm_90 (H100, H200) plus PTX,
 #                      stripped of debug information
 #   gpu-check.sh       the checks to run there (scripts/gpu-check.sh)
-#   torch_baseline.py  the same problems in PyTorch (scripts/torch_baseline.py)
+#   torch_baseline.py  the same problems in PyTorch (scripts/torch_baseline.py), with
+#   bench_files.py     the results files it reads and writes
 #   MANIFEST           the commit it was built from, the toolchain, the binary's checksum and
 #                      the `scratchnet devices` line that lists the compiled architectures
 #
@@ -40,7 +41,7 @@ SCRATCHNET_REQUIRE_NVCC=1 SCRATCHNET_CUDA_ARCHS=$archs NVCC=$nvcc \
 rm -rf "$bundle.new"
 mkdir -p "$bundle.new"
 strip -o "$bundle.new/scratchnet" "$target/release/scratchnet"
-cp scripts/gpu-check.sh scripts/torch_baseline.py "$bundle.new/"
+cp scripts/gpu-check.sh scripts/torch_baseline.py scripts/bench_files.py "$bundle.new/"
 
 devices=$("$bundle.new/scratchnet" devices | grep '^kernels')
 case $devices in

@@ -86,6 +86,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
+from bench_files import JsonLines, read_bench  # noqa: E402
 
 MIN_TOTAL_MS = 20.0
 MAX_RUNS = 1000
@@ -354,51 +355,6 @@ def check_spec(spec):
 # --- Files ----------------------------------------------------------------------------------
 
 
-def read_bench(path):
-    """The header and rows of a bench file: JSON lines (header, then rows; a last line cut off
-    by a stopped run is skipped) or the older single document with a "rows" list."""
-    with open(path) as f:
-        text = f.read()
-    try:
-        doc = json.loads(text)
-        if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
-            return doc, doc["rows"]
-    except ValueError:
-        pass
-    lines = [line for line in text.splitlines() if line.strip()]
-    header, rows = None, []
-    for i, line in enumerate(lines):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            if i + 1 == len(lines) and i > 0:
-                break
-            raise ValueError(f"line {i + 1} is not JSON")
-        if not isinstance(value, dict):
-            raise ValueError(f"line {i + 1} is not a JSON object")
-        if i == 0 and isinstance(value.get("tool"), str):
-            header = value
-            continue
-        rows.append(value)
-    if header is None:
-        raise ValueError("its first line is not a header (tool, device)")
-    return header, rows
-
-
-class JsonLines:
-    """A results file written a line at a time, each line flushed as soon as it is written."""
-
-    def __init__(self, path):
-        self.f = open(path, "w")
-
-    def write(self, value):
-        self.f.write(json.dumps(value) + "\n")
-        self.f.flush()
-
-    def close(self):
-        self.f.close()
-
-
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -440,6 +396,8 @@ def main():
         sys.exit("error: --threads and --repeats must be at least 1")
     try:
         header, rows = read_bench(a.bench)
+        if header is None:
+            raise ValueError("its first line is not a header (tool, device)")
         for row in rows:
             row["key"], row["suite"], row["label"], row["spec"]["op"]
     except (OSError, UnicodeDecodeError) as e:

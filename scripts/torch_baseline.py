@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench_files import JsonLines, read_bench
+
 MIN_TOTAL_MS = 20.0
 
 # The precision of the run (main sets it): None for fp32 and tf32, else the autocast dtype.
@@ -349,49 +351,6 @@ def matmul(spec, dev):
 MAKERS["matmul"] = matmul
 
 
-def read_bench(path):
-    """The header and rows of a bench file: JSON lines (header, then rows; a last line cut off
-    by a stopped run is skipped) or the older single document with a "rows" list."""
-    with open(path) as f:
-        text = f.read()
-    try:
-        doc = json.loads(text)
-        if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
-            return doc, doc["rows"]
-    except ValueError:
-        pass
-    lines = [l for l in text.splitlines() if l.strip()]
-    header, rows = {}, []
-    for i, line in enumerate(lines):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            if i + 1 == len(lines) and i > 0:
-                break
-            raise ValueError(f"line {i + 1} is not JSON")
-        if not isinstance(value, dict):
-            raise ValueError(f"line {i + 1} is not a JSON object")
-        if i == 0 and "tool" in value:
-            header = value
-            continue
-        rows.append(value)
-    return header, rows
-
-
-class JsonLines:
-    """A results file written a line at a time, each line flushed as soon as it is written."""
-
-    def __init__(self, path):
-        self.f = open(path, "w")
-
-    def write(self, value):
-        self.f.write(json.dumps(value) + "\n")
-        self.f.flush()
-
-    def close(self):
-        self.f.close()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", help="scratchnet bench --json output")
@@ -406,6 +365,7 @@ def main():
 
     try:
         header, rows = read_bench(a.bench)
+        header = header or {}
         for row in rows:
             row["key"], row["spec"], row["suite"], row["label"]
     except (OSError, ValueError, KeyError, TypeError) as e:
