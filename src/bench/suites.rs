@@ -20,7 +20,7 @@ pub enum Suite {
     Memory,
     /// Large square SGEMM and the fully connected layers' products.
     Gemm,
-    /// Whole networks' eval-mode forward passes, at the shapes of [`INFERENCE`].
+    /// Whole networks' eval-mode forward passes, at the shapes of `INFERENCE`.
     Inference,
 }
 

@@ -10,10 +10,16 @@
 //!   for pc in steps of KC over the shared dimension   (one rank-KC update)
 //!     pack B[pc.., jc..] into column panels NR wide   (contiguous, in the order it is read)
 //!     for ic in steps of MC over the rows of C        (a block of A that fits in L2)
-//!       pack A[ic.., pc..] into row panels MR tall
+//!       pack A[ic.., pc..] into row panels MR tall    (or find them packed already)
 //!       for each NR panel, for each MR panel:
 //!         micro-kernel: an MR×NR tile of C in registers, KC rank-1 updates
 //! ```
+//!
+//! The left operand comes through [`PackA`] (`packed_a.rs`): a plain matrix is packed block by
+//! block, a [`super::PackedMatrix`] (a convolution's weights during inference) was packed once
+//! and is read where it lies. The `ic` blocks are walked on one thread, or, for a C with few
+//! columns and many rows, shared among the threads ([`RowBlocks`]), which then all read one
+//! packed block of B.
 //!
 //! Everything but the micro-kernel is plain, portable Rust. For f32 on x86-64 the
 //! micro-kernel is written with vector intrinsics ([`x86`](super::x86)): an 8×32 tile in
@@ -150,7 +156,7 @@ fn gemm_f32_with<T: Float, A: PackA<T>, B: PackB<T>>(
 /// A wide C is cut into column pieces, each a product of its own (B's columns are packed by
 /// the piece that uses them). A C with fewer columns than a couple of micro-tiles and rows
 /// to share packs each block of B once, and the threads take its row blocks
-/// ([`RowBlocks::InParallel`]): cut into row pieces, every piece would pack all of B again.
+/// (`RowBlocks::InParallel`): cut into row pieces, every piece would pack all of B again.
 pub fn gemm_parallel<T: Float, A: PackA<T>, B: PackB<T>>(a: A, b: B, c: MatMut<T>, accumulate: bool) {
     check_dims(&a, &b, &c);
     // Below about a million multiply-adds the threads cost more than they save.

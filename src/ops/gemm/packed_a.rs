@@ -93,7 +93,7 @@ pub struct PackedMatrix<T> {
 }
 
 impl<T: Float> PackedMatrix<T> {
-    /// `a` packed for the micro-kernel this CPU runs for `T` ([`super::cpu::panel_rows`]).
+    /// `a` packed for the micro-kernel this CPU runs for `T` (`cpu::panel_rows`).
     pub fn new(a: MatRef<T>) -> PackedMatrix<T> {
         let mr = super::cpu::panel_rows::<T>();
         let panels = a.rows.div_ceil(mr);
