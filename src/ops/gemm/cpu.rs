@@ -122,11 +122,7 @@ pub fn cpu_kernel_name() -> &'static str {
 pub(super) fn panel_rows<T: Float>() -> usize {
     #[cfg(target_arch = "x86_64")]
     if T::DTYPE == crate::tensor::DType::F32 {
-        return match Isa::detect() {
-            Isa::Avx512 => 8,
-            Isa::Avx2Fma => 6,
-            Isa::Portable => 4,
-        };
+        return Isa::detect().panel_rows();
     }
     4
 }
@@ -244,6 +240,15 @@ impl Isa {
         }
         v.push(Isa::Portable);
         v
+    }
+
+    /// The rows of the f32 micro-kernel's tile (the panel height of A) on this instruction set.
+    fn panel_rows(self) -> usize {
+        match self {
+            Isa::Avx512 => 8,
+            Isa::Avx2Fma => 6,
+            Isa::Portable => 4,
+        }
     }
 
     /// The widest instruction set this CPU supports (a property of the machine, not a choice:
@@ -621,6 +626,29 @@ mod tests {
             let vector: Vec<_> = results.iter().filter(|(isa, _)| *isa != Isa::Portable).collect();
             for pair in vector.windows(2) {
                 assert_eq!(pair[0].1, pair[1].1, "{:?} and {:?} differ", pair[0].0, pair[1].0);
+            }
+        }
+    }
+
+    /// A matrix packed once multiplies as the plain one does on every micro-kernel this CPU
+    /// has: packed for that kernel's panels (read where they lie), and packed for another
+    /// kernel's (packed again as it goes).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_f32_kernel_takes_a_matrix_packed_once() {
+        use super::super::PackedMatrix;
+        let (m, n, k) = (29, 45, 300);
+        let a: Vec<f32> = random(m * k, 11).iter().map(|&v| v as f32).collect();
+        let b: Vec<f32> = random(k * n, 12).iter().map(|&v| v as f32).collect();
+        let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        for isa in Isa::all_supported() {
+            let mut want = vec![f32::NAN; m * n];
+            gemm_f32_with(isa, am, bm, MatMut::row_major(&mut want, m, n), false, RowBlocks::InTurn);
+            for mr in [8, 6, 4] {
+                let packed = PackedMatrix::with_panel_rows(am, mr);
+                let mut got = vec![f32::NAN; m * n];
+                gemm_f32_with(isa, packed.view(), bm, MatMut::row_major(&mut got, m, n), false, RowBlocks::InTurn);
+                assert_eq!(got, want, "{isa:?} with panels of {mr} rows");
             }
         }
     }

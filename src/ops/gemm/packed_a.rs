@@ -95,7 +95,11 @@ pub struct PackedMatrix<T> {
 impl<T: Float> PackedMatrix<T> {
     /// `a` packed for the micro-kernel this CPU runs for `T` (`cpu::panel_rows`).
     pub fn new(a: MatRef<T>) -> PackedMatrix<T> {
-        let mr = super::cpu::panel_rows::<T>();
+        PackedMatrix::with_panel_rows(a, super::cpu::panel_rows::<T>())
+    }
+
+    /// `a` packed in panels of `mr` rows (8, 6 or 4: the micro-kernels' tiles).
+    pub(super) fn with_panel_rows(a: MatRef<T>, mr: usize) -> PackedMatrix<T> {
         let panels = a.rows.div_ceil(mr);
         let mut data = vec![T::ZERO; panels * mr * a.cols];
         for pc in (0..a.cols).step_by(KC) {
