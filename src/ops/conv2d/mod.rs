@@ -275,7 +275,8 @@ fn forward_rounded(
     exec: &ExecOptions,
 ) -> Result<Tensor> {
     let precision = exec.precision;
-    let fp32 = ExecOptions { precision: Precision::Fp32, ..*exec };
+    // The rounded weights are a fresh tensor each call: nothing to keep packed for them.
+    let fp32 = ExecOptions { precision: Precision::Fp32, weights_fixed: false, ..*exec };
     let mut y = forward_act(&round_tensor(x, precision)?, &round_tensor(w, precision)?, None, p, false, &fp32)?;
     round_output(&mut y, precision)?;
     if b.is_some() || relu {

@@ -339,22 +339,31 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize, A: PackA<T>, B: Pack
                 b.pack::<NR>(pc, kc, jc, nc, packed_b);
                 // The first rank-KC update overwrites C unless the caller asked to accumulate.
                 let step = Step { a: &a, packed_b, pc, kc, jc, nc, add_to_c: accumulate || pc > 0, kernel };
-                let mut rest = c.reborrow();
-                let mut blocks = Vec::with_capacity(m.div_ceil(block_rows));
-                for ic in (0..m).step_by(block_rows) {
-                    let (block, below) = rest.split_at_row(block_rows.min(m - ic));
-                    blocks.push((ic, block));
-                    rest = below;
-                }
+                let blocks = row_blocks(c.reborrow(), block_rows);
                 match rows {
-                    RowBlocks::InTurn => blocks.into_iter().for_each(|(ic, block)| step.rows::<MR, NR>(ic, block)),
-                    RowBlocks::InParallel(_) => {
-                        blocks.into_par_iter().for_each(|(ic, block)| step.rows::<MR, NR>(ic, block))
-                    }
+                    RowBlocks::InTurn => blocks.for_each(|(ic, block)| step.rows::<MR, NR>(ic, block)),
+                    RowBlocks::InParallel(_) => blocks
+                        .collect::<Vec<_>>()
+                        .into_par_iter()
+                        .for_each(|(ic, block)| step.rows::<MR, NR>(ic, block)),
                 }
             }
         }
     });
+}
+
+/// C cut into blocks of `rows` rows (the last may be shorter), each with its first row.
+fn row_blocks<T: Copy>(c: MatMut<'_, T>, rows: usize) -> impl Iterator<Item = (usize, MatMut<'_, T>)> {
+    let (mut rest, mut first) = (Some(c), 0);
+    std::iter::from_fn(move || {
+        let r = rest.take().filter(|r| r.rows > 0)?;
+        let n = rows.min(r.rows);
+        let (block, below) = r.split_at_row(n);
+        let ic = first;
+        first += block.rows;
+        rest = Some(below);
+        Some((ic, block))
+    })
 }
 
 /// How [`gemm_blocked`] walks the row blocks of C for each packed block of B.
