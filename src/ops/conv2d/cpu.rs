@@ -49,8 +49,7 @@ pub(super) fn forward_cpu<T: Float>(
     g: &ConvGeometry,
 ) -> Result<Vec<T>> {
     let (og, pix, in_len) = (g.o_per_group(), g.out_pixels(), g.c * g.h * g.w);
-    // Images per product: one, unless the output maps are small (see MIN_GEMM_COLUMNS).
-    let m = if pix < MIN_GEMM_COLUMNS { MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n).max(1) } else { 1 };
+    let m = images_per_product(g);
     let batches = g.n.div_ceil(m);
     // With fewer products than threads, let the GEMM itself share the work.
     let split_gemm = batches < rayon::current_num_threads();
@@ -96,6 +95,13 @@ pub(super) fn forward_cpu<T: Float>(
         }
     });
     Ok(y)
+}
+
+/// Images whose im2col matrices lie side by side in one product of the forward pass: one,
+/// unless the output maps are small (see MIN_GEMM_COLUMNS).
+pub(super) fn images_per_product(g: &ConvGeometry) -> usize {
+    let pix = g.out_pixels();
+    if pix < MIN_GEMM_COLUMNS { MIN_GEMM_COLUMNS.div_ceil(pix.max(1)).min(g.n).max(1) } else { 1 }
 }
 
 /// `y = a·b` on this thread, or shared among the threads when `split`.

@@ -16,7 +16,9 @@
 //! (`gpu.rs` chooses and launches them, as the [`ExecOptions`] the op receives say), and in a
 //! low precision those of `kernels/conv2d_tc.cu` on the tensor cores (`src/ops/conv2d_tc.rs`).
 //!
-//! The `cpu` device's path, im2col + GEMM, is in `cpu.rs`.
+//! The `cpu` device's path, im2col + GEMM, is in `cpu.rs`; in inference, the forward pass
+//! of small padded maps runs one turned-around product per kernel tap instead
+//! (`shifted_taps.rs`), which skips the multiplications by the padding's zeros.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ mod gpu;
 mod im2col;
 mod packed_weights;
 pub mod reference;
+mod shifted_taps;
 
 pub use gpu::ConvAlgo;
 pub(crate) use gpu::{FilterGradient, Groups, check_index_range, shape_args, splits_into_towers};
@@ -38,7 +41,7 @@ use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::device::{Device, GpuDevice};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Element, Shape, Tensor};
-use cpu::{backward_data_cpu, backward_filter_cpu, forward_cpu};
+use cpu::{backward_data_cpu, backward_filter_cpu, forward_cpu, images_per_product};
 
 pub(crate) const OP: &str = "conv2d";
 
@@ -224,8 +227,13 @@ fn forward_act(
     with_float_type!(dtype, OP, |T| {
         let bias = b.map(host::<T>).transpose()?;
         let weights = host::<T>(w)?;
-        let packed = exec.weights_fixed.then(|| packed_weights::packed(w, weights, &g));
-        let y = forward_cpu::<T>(host(x)?, weights, packed.as_deref().map(Vec::as_slice), (bias, relu), &g)?;
+        let y = if exec.weights_fixed && shifted_taps::pays::<T>(&g, images_per_product(&g)) {
+            let taps = packed_weights::packed_taps(w, weights, &g);
+            shifted_taps::forward::<T>(host(x)?, &taps, (bias, relu), &g)?
+        } else {
+            let packed = exec.weights_fixed.then(|| packed_weights::packed(w, weights, &g));
+            forward_cpu::<T>(host(x)?, weights, packed.as_deref().map(Vec::as_slice), (bias, relu), &g)?
+        };
         Ok(Tensor::from_cpu(g.out_shape(), y))
     })
 }

@@ -1,5 +1,6 @@
 //! A convolution's weights kept packed for the CPU's GEMM between calls, when the graph says
-//! they do not change ([`crate::ops::ExecOptions::weights_fixed`]: inference, validation).
+//! they do not change ([`crate::ops::ExecOptions::weights_fixed`]: inference, validation):
+//! per group for im2col + GEMM, or per tap for the shifted taps of small maps.
 //!
 //! The weights are the left-hand operand of every product of a convolution (`y_g = W_g ·
 //! col_g`), and the GEMM packs its left-hand operand into row panels for each block it
@@ -20,40 +21,58 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use super::ConvGeometry;
+use super::{ConvGeometry, shifted_taps};
 use crate::device::Storage;
-use crate::ops::gemm::{MatRef, PackedMatrix};
+use crate::ops::gemm::{MatRef, PackedBMatrix, PackedMatrix};
 use crate::tensor::{Float, Tensor};
 
-/// One weight tensor's packed groups, as `Vec<PackedMatrix<T>>` of its element type.
+/// How a weight tensor is kept packed: for im2col + GEMM, one matrix per group (`W_g`, the
+/// left operand); or for the shifted taps of a small map, one matrix per tap (`W_tapᵀ`, the
+/// right operand, `shifted_taps.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Layout {
+    Groups(usize),
+    Taps,
+}
+
+/// One packed copy of a weight tensor, as the `Vec` of packed matrices of its element type.
 struct Entry {
     weight: Weak<Storage>,
-    groups: usize,
     packed: Arc<dyn Any + Send + Sync>,
 }
 
-static CACHE: Mutex<Option<HashMap<usize, Entry>>> = Mutex::new(None);
+static CACHE: Mutex<Option<HashMap<(usize, Layout), Entry>>> = Mutex::new(None);
 
 /// The weights `w` (elements `weights`, on the CPU) of the convolution `g` as one packed
 /// matrix per group, `O/G × C/G·KH·KW` each: from the cache, or packed now and kept.
 pub(super) fn packed<T: Float>(w: &Tensor, weights: &[T], g: &ConvGeometry) -> Arc<Vec<PackedMatrix<T>>> {
-    let id = w.storage_id();
+    kept(w, Layout::Groups(g.groups()), || {
+        let (og, k) = (g.o_per_group(), g.k_per_group());
+        (0..g.groups())
+            .map(|grp| PackedMatrix::new(MatRef::row_major(&weights[grp * og * k..][..og * k], og, k)))
+            .collect()
+    })
+}
+
+/// The weights `w` of the ungrouped convolution `g` as one packed matrix per tap, `C × O`
+/// each (`shifted_taps::pack_taps`): from the cache, or packed now and kept.
+pub(super) fn packed_taps<T: Float>(w: &Tensor, weights: &[T], g: &ConvGeometry) -> Arc<Vec<PackedBMatrix<T>>> {
+    kept(w, Layout::Taps, || shifted_taps::pack_taps(weights, g))
+}
+
+/// The packed copy of `w` in `layout`, made by `pack` unless the cache holds it.
+fn kept<V: Send + Sync + 'static>(w: &Tensor, layout: Layout, pack: impl FnOnce() -> V) -> Arc<V> {
+    let key = (w.storage_id(), layout);
     let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
-    if let Some(entry) = cache.get(&id)
-        && entry.groups == g.groups()
-        && let Ok(packed) = Arc::clone(&entry.packed).downcast::<Vec<PackedMatrix<T>>>()
+    if let Some(entry) = cache.get(&key)
+        && let Ok(packed) = Arc::clone(&entry.packed).downcast::<V>()
     {
         return packed;
     }
-    let (og, k) = (g.o_per_group(), g.k_per_group());
-    let packed: Arc<Vec<PackedMatrix<T>>> = Arc::new(
-        (0..g.groups())
-            .map(|grp| PackedMatrix::new(MatRef::row_major(&weights[grp * og * k..][..og * k], og, k)))
-            .collect(),
-    );
+    let packed = Arc::new(pack());
     cache.retain(|_, e| e.weight.strong_count() > 0);
-    cache.insert(id, Entry { weight: w.downgrade(), groups: g.groups(), packed: packed.clone() });
+    cache.insert(key, Entry { weight: w.downgrade(), packed: packed.clone() });
     packed
 }
 

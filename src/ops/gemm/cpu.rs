@@ -62,6 +62,20 @@ pub trait PackB<T>: Copy + Send + Sync {
     /// Packs `B[p0..p0+kc, j0..j0+nc]` as column panels of `NR`: panel `q`, step `p`, column
     /// `c` goes to `out[q*NR*kc + p*NR + c]`, zero past `nc` (`out` holds whole panels).
     fn pack<const NR: usize>(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [T]);
+    /// The panels of `B[p0..p0+kc, j0..j0+nc]` (`p0` a multiple of `KC`) in the layout of
+    /// [`PackB::pack`]: packed into `scratch`, which holds `nc.div_ceil(NR)·NR·kc` values, or
+    /// borrowed where they are kept packed ([`super::PackedBMatrix`]).
+    fn panels<'s, const NR: usize>(
+        &'s self,
+        p0: usize,
+        kc: usize,
+        j0: usize,
+        nc: usize,
+        scratch: &'s mut [T],
+    ) -> &'s [T] {
+        self.pack::<NR>(p0, kc, j0, nc, scratch);
+        scratch
+    }
 }
 
 impl<T: Float> PackB<T> for MatRef<'_, T> {
@@ -118,6 +132,12 @@ pub fn cpu_kernel_name() -> &'static str {
     }
 }
 
+/// The micro-kernel's tile this CPU runs for `T`, rows × columns (`MR×NR`): what callers
+/// that choose between two ways of posing a product count in whole tiles.
+pub fn cpu_tile<T: Float>() -> (usize, usize) {
+    (panel_rows::<T>(), panel_cols::<T>())
+}
+
 /// The rows of the micro-kernel's tile this CPU runs for `T`: the panel height of A.
 pub(super) fn panel_rows<T: Float>() -> usize {
     #[cfg(target_arch = "x86_64")]
@@ -125,6 +145,15 @@ pub(super) fn panel_rows<T: Float>() -> usize {
         return Isa::detect().panel_rows();
     }
     4
+}
+
+/// The columns of the micro-kernel's tile this CPU runs for `T`: the panel width of B.
+pub(super) fn panel_cols<T: Float>() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == crate::tensor::DType::F32 {
+        return Isa::detect().panel_cols();
+    }
+    8
 }
 
 /// [`gemm`] for `T` = f32 with the micro-kernel of `isa`.
@@ -251,6 +280,14 @@ impl Isa {
         }
     }
 
+    /// The columns of the f32 micro-kernel's tile (the panel width of B).
+    fn panel_cols(self) -> usize {
+        match self {
+            Isa::Avx512 => 32,
+            Isa::Avx2Fma | Isa::Portable => 16,
+        }
+    }
+
     /// The widest instruction set this CPU supports (a property of the machine, not a choice:
     /// the tests run every supported one, `Isa::all_supported`).
     fn detect() -> Isa {
@@ -331,12 +368,12 @@ fn gemm_blocked<T: Float, const MR: usize, const NR: usize, A: PackA<T>, B: Pack
         RowBlocks::InParallel(rows) => rows.clamp(1, MC),
     };
     let b_len = n.min(NC).div_ceil(NR) * NR * k.min(KC);
-    with_scratch(&PACKED_B, b_len, |packed_b: &mut [T]| {
+    with_scratch(&PACKED_B, b_len, |scratch: &mut [T]| {
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                b.pack::<NR>(pc, kc, jc, nc, packed_b);
+                let packed_b = b.panels::<NR>(pc, kc, jc, nc, scratch);
                 // The first rank-KC update overwrites C unless the caller asked to accumulate.
                 let step = Step { a: &a, packed_b, pc, kc, jc, nc, add_to_c: accumulate || pc > 0, kernel };
                 let blocks = row_blocks(c.reborrow(), block_rows);

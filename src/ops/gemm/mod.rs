@@ -6,7 +6,8 @@
 //! - `cpu`: the CPU's blocked GEMM with packing ([`gemm`], [`gemm_parallel`], [`PackB`]), the
 //!   one CPU routine written for speed, with its f32 micro-kernels for x86-64 in `x86`;
 //! - `packed_a`: its left-hand operand, packed per block or once and kept ([`PackedMatrix`],
-//!   a convolution's weights during inference);
+//!   a convolution's weights during inference); `packed_b`: its right-hand operand packed
+//!   once and kept ([`PackedBMatrix`], a small map's convolution turned around);
 //! - `gpu`: the kernels of `kernels/gemm.cu` ([`GemmKernel`]), the choice among them and
 //!   their launch;
 //! - [`reference`](mod@reference): the product as its definition, which both are held to.
@@ -20,14 +21,16 @@ use crate::tensor::{Float, Tensor};
 mod cpu;
 mod gpu;
 mod packed_a;
+mod packed_b;
 pub mod reference;
 mod views;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-pub use cpu::{PackB, cpu_kernel_name, gemm, gemm_parallel};
+pub use cpu::{PackB, cpu_kernel_name, cpu_tile, gemm, gemm_parallel};
 pub use gpu::GemmKernel;
 pub use packed_a::{PackA, PackedA, PackedMatrix};
+pub use packed_b::{PackedB, PackedBMatrix};
 pub use views::{MatMut, MatRef};
 
 /// A product's sizes and how its operands lie in memory, as both the CPU and the GPU paths
