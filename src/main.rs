@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use scratchnet::device::Device;
+use scratchnet::device::cpu::on_cpu_workers;
 use scratchnet::device::host_memory::{Activity, set_activity};
 use scratchnet::models;
 use scratchnet::output;
@@ -107,11 +108,13 @@ fn run_infer(a: InferArgs) -> Result<()> {
         let end = (start + a.batch_size).min(n);
         let batch =
             Tensor::from_vec([end - start, c, h, w], values[start * per..end * per].to_vec())?.to_device(device)?;
-        let mut g = Graph::eval().with_options(exec);
-        let y = model.forward(&mut g, &Var::constant(batch)).map_err(|e| {
-            e.in_context(|| {
-                let layer = g.current_layer().map(|l| format!(" ({l})")).unwrap_or_default();
-                format!(" in the forward pass{layer} at batch {}; try a smaller --batch-size", end - start)
+        let y = on_cpu_workers(device, || {
+            let mut g = Graph::eval().with_options(exec);
+            model.forward(&mut g, &Var::constant(batch)).map_err(|e| {
+                e.in_context(|| {
+                    let layer = g.current_layer().map(|l| format!(" ({l})")).unwrap_or_default();
+                    format!(" in the forward pass{layer} at batch {}; try a smaller --batch-size", end - start)
+                })
             })
         })?;
         logits.extend(y.value().to_vec::<f32>()?);
@@ -156,6 +159,7 @@ fn run_profile(a: ProfileArgs) -> Result<()> {
         warmup: 2,
         memory_efficient: a.memory_efficient,
         exec,
+        eval: a.eval,
     };
     let batch = options.batch;
     let report = scratchnet::profile_report::profile(&options)

@@ -1,5 +1,5 @@
 //! `scratchnet profile`: where one training step of a model spends its time and its memory,
-//! layer by layer.
+//! layer by layer; with `--eval`, where its inference (an eval forward pass) spends its time.
 //!
 //! A few warm-up steps run first (the autotuner picks its kernels, the allocator fills its
 //! cache); then each profiled step runs on a profiled graph ([`Graph::start_profile`]), which
@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::autograd::profile::{Stamp, StepProfile, nvtx, stream_regions};
 use crate::autograd::{Graph, LayerRecord, Var};
 use crate::bench::{self, BenchOptions, Ceilings, Problem};
+use crate::device::cpu::on_cpu_workers;
 use crate::device::{Device, GpuDevice};
 use crate::error::{Error, Result};
 use crate::models;
@@ -43,6 +44,9 @@ pub struct ProfileOptions {
     pub memory_efficient: bool,
     /// The kernels the profiled graphs run.
     pub exec: ExecOptions,
+    /// Profile the forward pass in eval mode (running statistics, weights kept packed, no
+    /// loss, backward or optimizer) instead of a training step.
+    pub eval: bool,
 }
 
 /// One layer in one direction.
@@ -60,6 +64,8 @@ pub struct LayerRow {
 
 pub struct ProfileReport {
     pub model: String,
+    /// An eval forward pass rather than a training step.
+    pub eval: bool,
     pub device: Device,
     /// The precision of the convolutions and linear layers (`--precision`).
     pub precision: crate::ops::Precision,
@@ -97,7 +103,7 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
     };
     // The medians over every profiled step, the last one included.
     let all: Vec<&ProfiledStep> = steps.iter().chain(std::iter::once(&last)).collect();
-    let rows = layer_rows(&all, &last.profile, o.batch);
+    let rows = layer_rows(&all, &last.profile, o.batch, o.eval);
     let loss_ms = median(all.iter().map(|s| s.profile.loss_forward_ms + s.profile.loss_backward_ms).collect());
     let optimizer_ms = median(all.iter().map(|s| s.optimizer_ms).collect());
     let step_ms = median(
@@ -108,6 +114,7 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
     let ceilings = bench::measure_ceilings(&bench_opts)?;
     Ok(ProfileReport {
         model: o.model.clone(),
+        eval: o.eval,
         device: o.device,
         precision: o.exec.precision,
         batch: o.batch,
@@ -207,9 +214,19 @@ fn run_step(
         gpu.synchronize()?;
         gpu.reset_peak();
     }
-    let mut g = Graph::new().with_options(o.exec);
+    let mut g = if o.eval { Graph::eval() } else { Graph::new() }.with_options(o.exec);
     if profiled {
         g.start_profile(o.device)?;
+    }
+    if o.eval {
+        // As `infer` and the inference bench run it (see `on_cpu_workers`).
+        on_cpu_workers(o.device, || model.forward(&mut g, &Var::constant(x.clone())))?;
+        let profile = g.finish_profile()?;
+        if let Some(gpu) = gpu {
+            gpu.synchronize()?;
+            *peak = (*peak).max(gpu.memory_stats().peak);
+        }
+        return Ok(profile.map(|profile| ProfiledStep { profile, optimizer_ms: 0.0, optimizer_start_ms: 0.0 }));
     }
     let logits = model.forward(&mut g, &Var::constant(x.clone()))?;
     let loss = g.cross_entropy(&logits, y)?;
@@ -239,14 +256,15 @@ fn run_step(
 
 /// A forward and a backward row per layer of `last`: the median time over `all` steps, and
 /// the work `scratchnet bench` counts for the layer.
-fn layer_rows(all: &[&ProfiledStep], last: &StepProfile, batch: usize) -> Vec<LayerRow> {
+fn layer_rows(all: &[&ProfiledStep], last: &StepProfile, batch: usize, eval: bool) -> Vec<LayerRow> {
     let mut rows = Vec::new();
     for (k, layer) in last.layers.iter().enumerate() {
         let problems = bench::problems_of_layer(layer, batch, k == 0);
         let (fwd, bwd): (Vec<&Problem>, Vec<&Problem>) =
             problems.iter().partition(|p| p.spec()["pass"].as_str() == Some("forward"));
         let work = |ps: &[&Problem]| (ps.iter().map(|p| p.flops()).sum(), ps.iter().map(|p| p.bytes()).sum());
-        for (backward, ps) in [(false, fwd), (true, bwd)] {
+        let passes = if eval { vec![(false, fwd)] } else { vec![(false, fwd), (true, bwd)] };
+        for (backward, ps) in passes {
             let profiles = all.iter().map(|s| &s.profile);
             let times = profiles.filter_map(|s| if backward { s.backward_ms.get(k) } else { s.forward_ms.get(k) });
             let (flops, bytes) = work(&ps);
@@ -303,7 +321,12 @@ impl ProfileReport {
             let args = json!({"op": l.kind, "input": l.input.to_string(), "output": l.output.to_string(),
                               "kept_mib": p.kept_bytes[k] as f64 / MIB});
             push(&l.name, "forward", p.forward_start_ms[k], p.forward_ms[k], args.clone());
-            push(&format!("{} (backward)", l.name), "backward", p.backward_start_ms[k], p.backward_ms[k], args);
+            if !self.eval {
+                push(&format!("{} (backward)", l.name), "backward", p.backward_start_ms[k], p.backward_ms[k], args);
+            }
+        }
+        if self.eval {
+            return json!({"traceEvents": events, "displayTimeUnit": "ms"});
         }
         let loss_start = p.forward_ms.iter().sum::<f64>();
         push("loss", "forward", loss_start, p.loss_forward_ms, json!({}));
@@ -337,11 +360,12 @@ impl std::fmt::Display for ProfileReport {
         let [c, h, w] = self.input;
         writeln!(
             f,
-            "{} on {} in {}, batch {} of {c}×{h}×{w}: step {:.3} ms ({:.1} images/s); ceilings: copy {:.1} GB/s, SGEMM {:.1} GFLOP/s",
+            "{} on {} in {}, batch {} of {c}×{h}×{w}: {} {:.3} ms ({:.1} images/s); ceilings: copy {:.1} GB/s, SGEMM {:.1} GFLOP/s",
             self.model,
             self.device,
             self.precision,
             self.batch,
+            if self.eval { "eval forward" } else { "step" },
             self.step_ms,
             self.batch as f64 / (self.step_ms / 1e3),
             self.ceilings.copy_gbs,
@@ -357,7 +381,8 @@ impl std::fmt::Display for ProfileReport {
         for r in &self.rows {
             let (fraction, bound) = self.ceilings.roofline(r.flops, r.bytes, r.ms / 1e3);
             let rate = |work: f64| if r.ms > 0.0 { work / (r.ms * 1e6) } else { 0.0 };
-            let kept = if r.backward { String::new() } else { format!("{:.1}", r.kept_bytes as f64 / MIB) };
+            let kept =
+                if r.backward || self.eval { String::new() } else { format!("{:.1}", r.kept_bytes as f64 / MIB) };
             writeln!(
                 f,
                 "{:<width$}  {:<18} {:<4} {:>9.3} {:>5.1}% {:>9.1} {:>8.1} {:>5.0}%  {:<7} {:>9}",
@@ -372,6 +397,13 @@ impl std::fmt::Display for ProfileReport {
                 bound,
                 kept
             )?;
+        }
+        if self.eval {
+            writeln!(f, "by op:")?;
+            for (op, n, ms) in self.by_op() {
+                writeln!(f, "  {op:<30} {n:>4} layers {ms:>10.3} ms {:>5.1}%", share(ms))?;
+            }
+            return Ok(());
         }
         writeln!(
             f,

@@ -409,6 +409,35 @@ fn profile_times_every_layer_both_ways_and_writes_a_trace() {
 }
 
 #[test]
+fn profile_eval_times_the_inference_forward_pass_only() {
+    let dir = workdir("profile-eval");
+    let trace = dir.join("eval.json");
+    let args = ["profile", "--device", "cpu", "--model", "resnet20", "--batch-size", "2", "--input-size", "8"];
+    let text = assert_ok(&[&args[..], &["--steps", "2", "--eval", "--trace", p(&trace)]].concat());
+    assert!(text.starts_with("resnet20 on cpu in fp32, batch 2 of 3×8×8: eval forward "), "{text}");
+    // 21 convolutions, 21 batch norms, the pool and the classifier, forward only, and no
+    // loss, optimizer or memory kept for backward.
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains(" fwd ") || l.contains(" bwd ")).collect();
+    assert_eq!(rows.len(), 44, "{text}");
+    assert!(rows.iter().all(|l| l.contains(" fwd ")), "{text}");
+    for absent in ["backward", "loss", "optimizer", "kept for backward"] {
+        assert!(!text.contains(absent), "{absent}: {text}");
+    }
+    // The figures are measured: every convolution took time and did its multiply-adds.
+    let convs: Vec<&&str> = rows.iter().filter(|l| l.contains("Conv2d")).collect();
+    assert_eq!(convs.len(), 21);
+    for row in convs {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let (ms, gflops): (f64, f64) = (cols[3].parse().unwrap(), cols[5].parse().unwrap());
+        assert!(ms > 0.0 && gflops > 0.0, "{row}");
+    }
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let spans = doc["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
+    assert_eq!(spans, 44, "one span per layer's forward");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn profile_refuses_bad_options() {
     let dir = workdir("profile-bad");
     let missing = dir.join("no/dir/t.json");

@@ -52,7 +52,7 @@ fn conv2d_rejects_bad_shapes() {
 
 #[test]
 fn linear_rejects_bad_shapes() {
-    assert!(message(linear::forward(&z(&[2, 3, 4]), &z(&[5, 3]), None, Precision::Fp32)).contains("2-D input"));
+    assert!(message(linear::forward(&z(&[2, 3, 4]), &z(&[5, 3]), None, &ExecOptions::default())).contains("2-D input"));
     assert!(
         message(linear::backward_data(&z(&[2, 6]), &z(&[5, 3]), Precision::Fp32))
             .contains("output gradient of shape [2, 5]")

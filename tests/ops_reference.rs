@@ -7,7 +7,9 @@
 use scratchnet::ops::batchnorm::{self, reference as bn_ref};
 use scratchnet::ops::lrn::{self, LrnParams};
 use scratchnet::ops::pool::{self, Pool2dParams};
-use scratchnet::ops::{Precision, batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd};
+use scratchnet::ops::{
+    ExecOptions, Precision, batchnorm_fused, bias_act, concat, dropout, elementwise, linear, loss, sgd,
+};
 use scratchnet::selftest::rel_l2;
 use scratchnet::{DType, Shape, Tensor};
 
@@ -95,15 +97,20 @@ fn fully_connected() {
                 (input(&[n, i], dtype, 1), input(&[o, i], dtype, 2), input(&[o], dtype, 3), input(&[n, o], dtype, 4));
             let (xv, wv, bv, dyv) = (v(&x), v(&w), v(&b), v(&dy));
             let y = r::forward(&xv, &wv, Some(&bv), dims);
-            check("linear forward", &linear::forward(&x, &w, Some(&b), Precision::Fp32).unwrap(), &y, dtype);
+            check("linear forward", &linear::forward(&x, &w, Some(&b), &ExecOptions::default()).unwrap(), &y, dtype);
             check(
                 "linear forward, no bias",
-                &linear::forward(&x, &w, None, Precision::Fp32).unwrap(),
+                &linear::forward(&x, &w, None, &ExecOptions::default()).unwrap(),
                 &r::forward(&xv, &wv, None, dims),
                 dtype,
             );
             let relu = elementwise::reference::relu(&y);
-            check("linear + relu", &linear::forward_relu(&x, &w, Some(&b), Precision::Fp32).unwrap(), &relu, dtype);
+            check(
+                "linear + relu",
+                &linear::forward_relu(&x, &w, Some(&b), &ExecOptions::default()).unwrap(),
+                &relu,
+                dtype,
+            );
             check(
                 "linear data",
                 &linear::backward_data(&dy, &w, Precision::Fp32).unwrap(),
@@ -252,7 +259,9 @@ fn batch_norm_plain_and_fused() {
     let eps = 1e-5;
     for dtype in DTYPES {
         // (Not M = 2 values per channel: there dx is a difference of nearly equal terms.)
-        for shape in [[3, 5, 7, 3], [8, 3, 4, 4], [1, 4, 3, 5]] {
+        // The last two span several of the CPU path's tasks of whole planes (large planes; many
+        // 2×2 planes, whose channel changes within a task).
+        for shape in [[3, 5, 7, 3], [8, 3, 4, 4], [1, 4, 3, 5], [2, 9, 45, 45], [4, 2500, 2, 2]] {
             let dims = nchw(&shape);
             let c = shape[1];
             let (x, gamma, beta, dy, res) = (

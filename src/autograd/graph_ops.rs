@@ -32,7 +32,7 @@ impl Graph {
 
     /// `relu(x·Wᵀ + b)`, fused.
     pub fn linear_relu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = ops::linear::forward_relu(&x.value, &w.value, b.map(|b| &b.value), self.exec.precision)?;
+        let y = ops::linear::forward_relu(&x.value, &w.value, b.map(|b| &b.value), &self.op_options())?;
         let y_saved = y.clone();
         let mut inputs = vec![x, w];
         inputs.extend(b);
@@ -42,7 +42,7 @@ impl Graph {
     }
 
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value), self.exec.precision)?;
+        let y = ops::linear::forward(&x.value, &w.value, b.map(|b| &b.value), &self.op_options())?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
         self.record(y, &inputs, |k| Ok(Saved::Linear { x: k.activation(&x.value)?, w: w.value.clone() }))

@@ -281,6 +281,14 @@ impl Graph {
         Ok(())
     }
 
+    /// Ends the profile of a graph that runs no backward (an eval forward pass): the layers'
+    /// forward times, with no backward time and nothing kept. `None` when not profiling.
+    pub fn finish_profile(&mut self) -> Result<Option<profile::StepProfile>> {
+        let Some(recorder) = self.profile.take() else { return Ok(None) };
+        let trace = self.trace.take().unwrap_or_default();
+        profile::BackwardProfile::start(*recorder, &self.nodes, trace).finish().map(Some)
+    }
+
     /// Called by layers before they run: remembers the layer (for error messages) and opens
     /// its NVTX range when profiling.
     pub fn begin_layer(&mut self, name: &str) {

@@ -161,7 +161,7 @@ mod tests {
         }
 
         fn output(&self, front: Front, inputs: &[Tensor], exec: &ExecOptions) -> Result<(Tensor, ())> {
-            Ok((ops::linear::forward(&front.r, &inputs[2], None, exec.precision)?, ()))
+            Ok((ops::linear::forward(&front.r, &inputs[2], None, exec)?, ()))
         }
 
         fn backward(

@@ -38,7 +38,7 @@ pub enum Command {
     /// One op at one shape, every kernel variant: error against the reference, time,
     /// roofline, and ptxas's registers, shared memory, spills and occupancy.
     Kernel(KernelCmdArgs),
-    /// Where a training step spends its time and memory, layer by layer.
+    /// Where a training step (or, with --eval, inference) spends its time and memory, layer by layer.
     Profile(ProfileArgs),
 }
 
@@ -66,6 +66,10 @@ pub struct ProfileArgs {
     /// DenseNets: recompute each bottleneck's front in backward instead of keeping it.
     #[arg(long)]
     pub memory_efficient: bool,
+    /// Profile inference instead: the forward pass in eval mode (running statistics, no loss,
+    /// backward or optimizer), as `infer` and `bench --suite inference` run it.
+    #[arg(long)]
+    pub eval: bool,
     #[command(flatten)]
     pub kernels: KernelArgs,
 }

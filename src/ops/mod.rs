@@ -36,6 +36,7 @@ pub mod pool;
 pub mod precision;
 pub mod sgd;
 pub mod tensor_cores;
+pub(crate) mod weight_cache;
 
 pub use exec::ExecOptions;
 pub use precision::Precision;

@@ -4,6 +4,7 @@
 
 use super::{TOL_PLAIN, Tester, expected};
 use crate::error::Result;
+use crate::ops::ExecOptions;
 use crate::ops::{Precision, linear, loss, sgd};
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -16,7 +17,7 @@ impl Tester {
         let (x, w, b, dy) = (self.input(&[n, i]), self.input(&[o, i]), self.input(&[o]), self.input(&[n, o]));
         let (xd, wd, bd, dyd) = (self.on_device(&x)?, self.on_device(&w)?, self.on_device(&b)?, self.on_device(&dy)?);
         let (xv, wv, bv, dyv) = (x.to_f64_vec()?, w.to_f64_vec()?, b.to_f64_vec()?, dy.to_f64_vec()?);
-        let got = linear::forward(&xd, &wd, Some(&bd), Precision::Fp32)?;
+        let got = linear::forward(&xd, &wd, Some(&bd), &ExecOptions::default())?;
         let want = expected([n, o], reference::forward(&xv, &wv, Some(&bv), dims));
         self.record("linear forward", &case, &got, &want, TOL_PLAIN)?;
         let got = linear::backward_data(&dyd, &wd, Precision::Fp32)?;

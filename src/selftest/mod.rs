@@ -300,7 +300,7 @@ impl Tester {
             &self.on_device(&x)?,
             &self.on_device(&w)?,
             Some(&self.on_device(&b)?),
-            Precision::Fp32,
+            &ExecOptions::default(),
         )?;
         self.record("linear+bias+relu forward", "x [9, 37] w [21, 37]", &got, &want, TOL_PLAIN)?;
         let dy = self.input(&[n, o]);

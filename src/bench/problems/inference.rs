@@ -6,6 +6,7 @@
 use super::prepare::pattern;
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
+use crate::device::cpu::on_cpu_workers;
 use crate::error::Result;
 use crate::models;
 use crate::ops::ExecOptions;
@@ -54,8 +55,9 @@ pub(super) fn prepare_inference(
     model.to_device(device)?;
     let x = pattern(Shape::new([inf.batch, c, h, w]), 1, device)?;
     Ok(Box::new(move || {
-        let mut g = Graph::eval().with_options(exec);
-        model.forward(&mut g, &Var::constant(x.clone()))?;
-        Ok(())
+        on_cpu_workers(device, || {
+            let mut g = Graph::eval().with_options(exec);
+            model.forward(&mut g, &Var::constant(x.clone())).map(drop)
+        })
     }))
 }

@@ -123,15 +123,15 @@ fn prepare_linear(
     let (x, w) = (s.tensor(&Shape::new([n, inputs]), 1)?, s.tensor(&Shape::new([outputs, inputs]), 2)?);
     let dy = s.tensor(&Shape::new([n, outputs]), 4)?;
     let b = if bias { Some(s.tensor(&Shape::new([outputs]), 3)?) } else { None };
-    let p = s.exec.precision;
+    let (exec, p) = (s.exec, s.exec.precision);
     Ok(match (s.variant, pass) {
         (Variant::Gemm(kernel), Pass::Forward) => Box::new(move || matmul(&x, false, &w, true, kernel, p).map(drop)),
         (Variant::Gemm(kernel), Pass::BackwardData) => {
             Box::new(move || matmul(&dy, false, &w, false, kernel, p).map(drop))
         }
         (Variant::Gemm(kernel), _) => Box::new(move || matmul(&dy, true, &x, false, kernel, p).map(drop)),
-        (_, Pass::Forward) if relu => Box::new(move || linear::forward_relu(&x, &w, b.as_ref(), p).map(drop)),
-        (_, Pass::Forward) => Box::new(move || linear::forward(&x, &w, b.as_ref(), p).map(drop)),
+        (_, Pass::Forward) if relu => Box::new(move || linear::forward_relu(&x, &w, b.as_ref(), &exec).map(drop)),
+        (_, Pass::Forward) => Box::new(move || linear::forward(&x, &w, b.as_ref(), &exec).map(drop)),
         (_, Pass::BackwardData) => Box::new(move || linear::backward_data(&dy, &w, p).map(drop)),
         _ => Box::new(move || linear::backward_weight(&dy, &x, p).map(drop)),
     })

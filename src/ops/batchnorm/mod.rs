@@ -33,6 +33,7 @@ use super::{common_dtype, expect_nchw, expect_shape, gpu_f32, host, sum_f64, sum
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
+use crate::ops::elementwise::PAR_CHUNK;
 use crate::tensor::{Element, Float, Tensor};
 
 const OP: &str = "batch_norm";
@@ -219,12 +220,19 @@ pub(super) fn normalize<T: Float>(
     let residual = epilogue.residual.map(host::<T>).transpose()?;
     let relu = epilogue.relu;
     let mut y = filled(x.len(), T::ZERO)?;
-    y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
-        let (a, b) = coef[plane % c];
-        let r = residual.map(|r| &r[plane * hw..][..hw]);
-        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            let t = x * a + b + r.map_or(T::ZERO, |r| r[i]);
-            *y = if !relu || t > T::ZERO || t.is_nan() { t } else { T::ZERO };
+    // Whole planes per task, PAR_CHUNK values at least: the planes of a small map (4 values
+    // on a 2×2 map) would each cost more to hand to a thread than to normalize.
+    let hw = hw.max(1); // (an empty map has no planes to walk)
+    let planes = (PAR_CHUNK / hw).max(1);
+    y.par_chunks_mut(planes * hw).zip(x.par_chunks(planes * hw)).enumerate().for_each(|(t, (y, x))| {
+        for (p, (y, x)) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).enumerate() {
+            let plane = t * planes + p;
+            let (a, b) = coef[plane % c];
+            let r = residual.map(|r| &r[plane * hw..][..hw]);
+            for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                let t = x * a + b + r.map_or(T::ZERO, |r| r[i]);
+                *y = if !relu || t > T::ZERO || t.is_nan() { t } else { T::ZERO };
+            }
         }
     });
     Ok(y)

@@ -6,47 +6,20 @@
 //! col_g`), and the GEMM packs its left-hand operand into row panels for each block it
 //! multiplies: once per image for maps of 16×16 and more, once per batch for smaller ones.
 //! ResNet-50's 25 million weights are then copied twice over per batch of inference, a fifth
-//! of its time on the 2-core EPYC. Packed once ([`PackedMatrix`]) and kept, they are read
-//! where they lie.
-//!
-//! The packed copies are found by the identity of the weight tensor's storage. The cache holds
-//! a weak handle on each storage, so that its identity is not given to another tensor while
-//! the entry lives, and so that training, which updates the weights in place, copies them
-//! first (a storage with a weak handle on it is shared, see [`Tensor::downgrade`]) and the
-//! next eval graph sees a new storage rather than stale panels. Entries whose weights are gone
-//! are dropped whenever another is added. The cache costs as much memory as the weights it
-//! has packed.
+//! of its time on the 2-core EPYC. Packed once ([`PackedMatrix`]) and kept (in
+//! [`crate::ops::weight_cache`]), they are read where they lie.
 
-use std::any::Any;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use super::{ConvGeometry, shifted_taps};
-use crate::device::Storage;
 use crate::ops::gemm::{MatRef, PackedBMatrix, PackedMatrix};
+use crate::ops::weight_cache::{Packing, kept};
 use crate::tensor::{Float, Tensor};
-
-/// How a weight tensor is kept packed: for im2col + GEMM, one matrix per group (`W_g`, the
-/// left operand); or for the shifted taps of a small map, one matrix per tap (`W_tapᵀ`, the
-/// right operand, `shifted_taps.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Layout {
-    Groups(usize),
-    Taps,
-}
-
-/// One packed copy of a weight tensor, as the `Vec` of packed matrices of its element type.
-struct Entry {
-    weight: Weak<Storage>,
-    packed: Arc<dyn Any + Send + Sync>,
-}
-
-static CACHE: Mutex<Option<HashMap<(usize, Layout), Entry>>> = Mutex::new(None);
 
 /// The weights `w` (elements `weights`, on the CPU) of the convolution `g` as one packed
 /// matrix per group, `O/G × C/G·KH·KW` each: from the cache, or packed now and kept.
 pub(super) fn packed<T: Float>(w: &Tensor, weights: &[T], g: &ConvGeometry) -> Arc<Vec<PackedMatrix<T>>> {
-    kept(w, Layout::Groups(g.groups()), || {
+    kept(w, Packing::ConvGroups(g.groups()), || {
         let (og, k) = (g.o_per_group(), g.k_per_group());
         (0..g.groups())
             .map(|grp| PackedMatrix::new(MatRef::row_major(&weights[grp * og * k..][..og * k], og, k)))
@@ -57,23 +30,7 @@ pub(super) fn packed<T: Float>(w: &Tensor, weights: &[T], g: &ConvGeometry) -> A
 /// The weights `w` of the ungrouped convolution `g` as one packed matrix per tap, `C × O`
 /// each (`shifted_taps::pack_taps`): from the cache, or packed now and kept.
 pub(super) fn packed_taps<T: Float>(w: &Tensor, weights: &[T], g: &ConvGeometry) -> Arc<Vec<PackedBMatrix<T>>> {
-    kept(w, Layout::Taps, || shifted_taps::pack_taps(weights, g))
-}
-
-/// The packed copy of `w` in `layout`, made by `pack` unless the cache holds it.
-fn kept<V: Send + Sync + 'static>(w: &Tensor, layout: Layout, pack: impl FnOnce() -> V) -> Arc<V> {
-    let key = (w.storage_id(), layout);
-    let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let cache = cache.get_or_insert_with(HashMap::new);
-    if let Some(entry) = cache.get(&key)
-        && let Ok(packed) = Arc::clone(&entry.packed).downcast::<V>()
-    {
-        return packed;
-    }
-    let packed = Arc::new(pack());
-    cache.retain(|_, e| e.weight.strong_count() > 0);
-    cache.insert(key, Entry { weight: w.downgrade(), packed: packed.clone() });
-    packed
+    kept(w, Packing::ConvTaps, || shifted_taps::pack_taps(weights, g))
 }
 
 #[cfg(test)]

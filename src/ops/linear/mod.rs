@@ -18,12 +18,16 @@ pub mod reference;
 
 use rayon::prelude::*;
 
-use super::gemm::{GemmKernel, matmul};
+use super::exec::ExecOptions;
+use super::gemm::{GemmKernel, MatMut, MatRef, PackedBMatrix, gemm_parallel, matmul};
 use super::precision::Precision;
+use super::weight_cache::{Packing, kept};
 use super::{common_dtype, expect_shape, gpu_f32, host, with_float_type};
+use crate::device::Device;
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
+use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Float, Tensor};
 
 const OP: &str = "linear";
 
@@ -42,7 +46,7 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
     Ok((n, i, o))
 }
 
-pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
+pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, exec: &ExecOptions) -> Result<Tensor> {
     let (n, _, o) = dims(x, w)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -50,7 +54,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, precision: Precision)
         inputs.push(("bias", b));
     }
     let (dtype, device) = common_dtype(OP, &inputs)?;
-    let mut y = matmul(x, false, w, true, GemmKernel::default(), precision)?;
+    let mut y = product(x, w, exec)?;
     let Some(b) = b else { return Ok(y) };
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let bias = b.gpu_buffer()?;
@@ -75,7 +79,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, precision: Precision)
 
 /// `relu(x · Wᵀ + b)`: the bias and the ReLU in one pass over the product (see
 /// [`super::bias_act`], which also has the backward).
-pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
+pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, exec: &ExecOptions) -> Result<Tensor> {
     let (_, _, o) = dims(x, w)?;
     let mut inputs = vec![("input", x), ("weight", w)];
     if let Some(b) = b {
@@ -83,9 +87,28 @@ pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, precision: Preci
         inputs.push(("bias", b));
     }
     common_dtype(OP, &inputs)?;
-    let mut y = matmul(x, false, w, true, GemmKernel::default(), precision)?;
+    let mut y = product(x, w, exec)?;
     super::bias_act::bias_act_in_place(&mut y, b, true)?;
     Ok(y)
+}
+
+/// `x · Wᵀ` in `exec`'s precision. When the weights stay fixed (inference) on the CPU in
+/// FP32, `Wᵀ` is packed for the GEMM once and kept ([`weight_cache`]): packing it again for
+/// every batch copied all of AlexNet's 59 million classifier weights per forward pass.
+fn product(x: &Tensor, w: &Tensor, exec: &ExecOptions) -> Result<Tensor> {
+    let (dtype, device) = common_dtype(OP, &[("input", x), ("weight", w)])?;
+    if !(exec.weights_fixed && exec.precision == Precision::Fp32 && device == Device::Cpu) {
+        return matmul(x, false, w, true, GemmKernel::default(), exec.precision);
+    }
+    let (n, i, o) = dims(x, w)?;
+    with_float_type!(dtype, OP, |T| {
+        let ws = host::<T>(w)?;
+        // Wᵀ is I×O: element (i, o) is W[o, i].
+        let packed = kept(w, Packing::LinearTransposed, || PackedBMatrix::new(MatRef::new(ws, i, o, 1, i)));
+        let mut y = filled(n * o, T::ZERO)?;
+        gemm_parallel(MatRef::row_major(host::<T>(x)?, n, i), packed.view(), MatMut::row_major(&mut y, n, o), false);
+        Ok(Tensor::from_cpu([n, o], y))
+    })
 }
 
 /// `dx = dy · W`.
@@ -140,7 +163,7 @@ mod tests {
         let x = Tensor::from_vec([1, 2], vec![1.0f32, 2.0]).unwrap();
         let w = Tensor::from_vec([3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
         let b = Tensor::from_vec([3], vec![0.5f32, 0.0, -1.0]).unwrap();
-        let y = forward(&x, &w, Some(&b), Precision::Fp32).unwrap();
+        let y = forward(&x, &w, Some(&b), &ExecOptions::default()).unwrap();
         assert_eq!(y.dims(), &[1, 3]);
         assert_eq!(y.to_vec::<f32>().unwrap(), vec![1.5, 2.0, 2.0]);
         let dy = Tensor::from_vec([1, 3], vec![1.0f32, 1.0, 1.0]).unwrap();
@@ -157,11 +180,42 @@ mod tests {
         let x = Tensor::zeros([4, 5], crate::DType::F32);
         let w = Tensor::zeros([3, 6], crate::DType::F32);
         assert_eq!(
-            forward(&x, &w, None, Precision::Fp32).unwrap_err().to_string(),
+            forward(&x, &w, None, &ExecOptions::default()).unwrap_err().to_string(),
             "linear: expected weight of shape [O, 5] for input [4, 5], got weight of shape [3, 6]"
         );
         let w = Tensor::zeros([3, 5], crate::DType::F32);
         let b = Tensor::zeros([4], crate::DType::F32);
-        assert!(forward(&x, &w, Some(&b), Precision::Fp32).unwrap_err().to_string().contains("bias of shape [3]"));
+        assert!(
+            forward(&x, &w, Some(&b), &ExecOptions::default()).unwrap_err().to_string().contains("bias of shape [3]")
+        );
+    }
+
+    /// With the weights fixed, `Wᵀ` packed once and kept gives the bits of packing it per
+    /// product, with and without bias and ReLU, in f32 and f64, again from the cache, and
+    /// after a write to the weights (as an optimizer step makes) from the new values.
+    #[test]
+    fn kept_transposed_weights_give_the_same_bits() {
+        use crate::DType;
+        let kept = ExecOptions { weights_fixed: true, ..ExecOptions::default() };
+        for dtype in [DType::F32, DType::F64] {
+            let x = Tensor::randn([9, 300], 0.0, 1.0, dtype, 1);
+            let mut w = Tensor::randn([70, 300], 0.0, 0.1, dtype, 2);
+            let b = Tensor::randn([70], 0.0, 0.1, dtype, 3);
+            for round in 0..3 {
+                let plain = forward(&x, &w, Some(&b), &ExecOptions::default()).unwrap().to_f64_vec().unwrap();
+                assert_eq!(forward(&x, &w, Some(&b), &kept).unwrap().to_f64_vec().unwrap(), plain, "round {round}");
+                let relu = forward_relu(&x, &w, Some(&b), &ExecOptions::default()).unwrap().to_f64_vec().unwrap();
+                assert_eq!(forward_relu(&x, &w, Some(&b), &kept).unwrap().to_f64_vec().unwrap(), relu);
+                assert!(relu.iter().zip(&plain).all(|(r, p)| *r == p.max(0.0)));
+                if round == 1 {
+                    let first = w.storage_id();
+                    match dtype {
+                        DType::F32 => w.as_mut_slice::<f32>().unwrap()[5] = 3.0,
+                        _ => w.as_mut_slice::<f64>().unwrap()[5] = 3.0,
+                    }
+                    assert_ne!(w.storage_id(), first, "the write copied the weights first");
+                }
+            }
+        }
     }
 }
