@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::autograd::profile::{Stamp, StepProfile, nvtx, stream_regions};
-use crate::autograd::{Graph, LayerRecord, Var};
+use crate::autograd::{Graph, LayerOp, LayerRecord, Var};
 use crate::bench::{self, BenchOptions, Ceilings, Problem};
 use crate::device::cpu::on_cpu_workers;
 use crate::device::{Device, GpuDevice};
@@ -262,7 +262,12 @@ fn layer_rows(all: &[&ProfiledStep], last: &StepProfile, batch: usize, eval: boo
         let problems = bench::problems_of_layer(layer, batch, k == 0);
         let (fwd, bwd): (Vec<&Problem>, Vec<&Problem>) =
             problems.iter().partition(|p| p.spec()["pass"].as_str() == Some("forward"));
-        let work = |ps: &[&Problem]| (ps.iter().map(|p| p.flops()).sum(), ps.iter().map(|p| p.bytes()).sum());
+        // A batch norm folded into its convolution does its work in the convolution's row.
+        let folded = matches!(layer.op, LayerOp::BatchNorm { folded: true, .. });
+        let work = |ps: &[&Problem]| match folded {
+            true => (0.0, 0.0),
+            false => (ps.iter().map(|p| p.flops()).sum(), ps.iter().map(|p| p.bytes()).sum()),
+        };
         let passes = if eval { vec![(false, fwd)] } else { vec![(false, fwd), (true, bwd)] };
         for (backward, ps) in passes {
             let profiles = all.iter().map(|s| &s.profile);

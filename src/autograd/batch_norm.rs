@@ -13,7 +13,8 @@
 
 use super::backward::Saved;
 use super::{Graph, Var};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::ops::conv2d::{BatchNormEval, Conv2dParams};
 use crate::ops::{self, batchnorm_fused::Epilogue};
 use crate::tensor::Tensor;
 
@@ -79,6 +80,31 @@ impl Graph {
         };
         let y = if epilogue.relu { self.relu(&y)? } else { y };
         Ok(BatchNormOutput { y, batch_stats })
+    }
+
+    /// `act(BN(conv(x, w) + b) + residual)` with batch norm in eval mode (running statistics
+    /// `mean`, `var`), in one op ([`ops::conv2d::forward_batch_norm`]): on the CPU, batch
+    /// norm is folded into the convolution's write-back. Only an eval graph, which records
+    /// nothing for backward, runs it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_batch_norm_eval(
+        &mut self,
+        x: &Var,
+        (w, b, p): (&Var, Option<&Var>, Conv2dParams),
+        (gamma, beta): (&Var, &Var),
+        (mean, var): (&Tensor, &Tensor),
+        epilogue: BnEpilogue,
+        eps: f64,
+    ) -> Result<Var> {
+        if self.is_recording() {
+            return Err(Error::Autograd(
+                "batch norm folds into a convolution only in an eval graph, which records nothing for backward".into(),
+            ));
+        }
+        let bn = BatchNormEval { gamma: &gamma.value, beta: &beta.value, running_mean: mean, running_var: var, eps };
+        let e = Epilogue { residual: epilogue.residual.map(|r| &r.value), relu: epilogue.relu };
+        let y = ops::conv2d::forward_batch_norm(&x.value, &w.value, b.map(|b| &b.value), p, bn, e, &self.op_options())?;
+        Ok(Var::constant(y))
     }
 
     /// The normalisation on its own (`ops::batchnorm`).

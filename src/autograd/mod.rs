@@ -159,10 +159,13 @@ pub enum LayerOp {
         bias: bool,
         relu: bool,
     },
-    /// With the fused residual addition and ReLU where the network has them.
+    /// With the fused residual addition and ReLU where the network has them. `folded`: run
+    /// inside the convolution before it (an eval graph, `nn::conv_batch_norm`), no op of its
+    /// own.
     BatchNorm {
         residual: bool,
         relu: bool,
+        folded: bool,
     },
     MaxPool2d(Pool2dParams),
     AvgPool2d(Pool2dParams),

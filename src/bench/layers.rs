@@ -66,7 +66,7 @@ pub fn problems_of_layer(l: &LayerRecord, batch: usize, first: bool) -> Vec<Prob
                     out.push(Problem::Linear { n: batch, inputs, outputs, bias: *bias, relu: *relu, pass });
                 }
             }
-            LayerOp::BatchNorm { residual, relu } => {
+            LayerOp::BatchNorm { residual, relu, .. } => {
                 out.extend(fwd_bwd(&|pass| Problem::BatchNorm { x: y.clone(), residual: *residual, relu: *relu, pass }))
             }
             LayerOp::MaxPool2d(p) => out.extend(fwd_bwd(&|pass| Problem::MaxPool { x: x.clone(), p: *p, pass })),

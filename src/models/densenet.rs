@@ -41,7 +41,9 @@ use super::Model;
 use crate::autograd::{Graph, LayerOp, Recompute, Var};
 use crate::error::{Error, Result};
 use crate::nn::init::Init;
-use crate::nn::{AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Linear, MaxPool2d, Module, join};
+use crate::nn::{
+    AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Linear, MaxPool2d, Module, conv_batch_norm, join,
+};
 use crate::ops::{self, ExecOptions, conv2d::Conv2dParams};
 use crate::rng::Rng;
 use crate::tensor::{Shape, Tensor};
@@ -340,10 +342,10 @@ struct Stem {
 
 impl Module for Stem {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let mut h = self.conv0.forward(g, x)?;
-        if let Some(norm) = &mut self.norm0 {
-            h = norm.forward_relu(g, &h)?;
-        }
+        let mut h = match &mut self.norm0 {
+            Some(norm) => conv_batch_norm(g, (&mut self.conv0, norm), x, None, true)?,
+            None => self.conv0.forward(g, x)?,
+        };
         if let Some(pool) = &mut self.pool0 {
             h = pool.forward(g, &h)?;
         }

@@ -23,7 +23,7 @@ use super::Model;
 use crate::autograd::{Graph, Var};
 use crate::error::Result;
 use crate::nn::init::Init;
-use crate::nn::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, Module, join};
+use crate::nn::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, Module, conv_batch_norm, join};
 use crate::ops::conv2d::Conv2dParams;
 use crate::rng::Rng;
 use crate::tensor::Shape;
@@ -51,8 +51,7 @@ impl Downsample {
 
 impl Module for Downsample {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let s = self.conv.forward(g, x)?;
-        self.bn.forward(g, &s)
+        conv_batch_norm(g, (&mut self.conv, &mut self.bn), x, None, false)
     }
     fn children(&self) -> Vec<&dyn Module> {
         vec![&self.conv, &self.bn]
@@ -62,15 +61,21 @@ impl Module for Downsample {
     }
 }
 
-/// The block's last batch norm, the shortcut (projected if the block has a downsample) added
-/// to it, and the final ReLU: `relu(bn(h) + shortcut(x))`, one fused kernel when the graph
-/// fuses. (The shortcut is computed first, so that the fused kernel can read it.)
-fn finish(g: &mut Graph, x: &Var, h: &Var, bn: &mut BatchNorm2d, downsample: &mut Option<Downsample>) -> Result<Var> {
+/// The block's last convolution and batch norm, the shortcut (projected if the block has a
+/// downsample) added, and the final ReLU: `relu(bn(conv(h)) + shortcut(x))`, the last three
+/// in one fused kernel when the graph fuses, and in an eval graph all four in one op
+/// (`conv_batch_norm`). (The shortcut is computed first, so that the fused op can read it.)
+fn finish(
+    g: &mut Graph,
+    (x, h): (&Var, &Var),
+    last: (&mut Conv2d, &mut BatchNorm2d),
+    downsample: &mut Option<Downsample>,
+) -> Result<Var> {
     let shortcut = match downsample {
         Some(d) => d.forward(g, x)?,
         None => x.clone(),
     };
-    bn.forward_add_relu(g, h, &shortcut)
+    conv_batch_norm(g, last, h, Some(&shortcut), true)
 }
 
 pub struct BasicBlock {
@@ -98,10 +103,8 @@ impl BasicBlock {
 
 impl Module for BasicBlock {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward_relu(g, &h)?;
-        let h = self.conv2.forward(g, &h)?;
-        finish(g, x, &h, &mut self.bn2, &mut self.downsample)
+        let h = conv_batch_norm(g, (&mut self.conv1, &mut self.bn1), x, None, true)?;
+        finish(g, (x, &h), (&mut self.conv2, &mut self.bn2), &mut self.downsample)
     }
     fn children(&self) -> Vec<&dyn Module> {
         let mut v: Vec<&dyn Module> = vec![&self.conv1, &self.bn1, &self.conv2, &self.bn2];
@@ -145,12 +148,9 @@ impl Bottleneck {
 
 impl Module for Bottleneck {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward_relu(g, &h)?;
-        let h = self.conv2.forward(g, &h)?;
-        let h = self.bn2.forward_relu(g, &h)?;
-        let h = self.conv3.forward(g, &h)?;
-        finish(g, x, &h, &mut self.bn3, &mut self.downsample)
+        let h = conv_batch_norm(g, (&mut self.conv1, &mut self.bn1), x, None, true)?;
+        let h = conv_batch_norm(g, (&mut self.conv2, &mut self.bn2), &h, None, true)?;
+        finish(g, (x, &h), (&mut self.conv3, &mut self.bn3), &mut self.downsample)
     }
     fn children(&self) -> Vec<&dyn Module> {
         let mut v: Vec<&dyn Module> = vec![&self.conv1, &self.bn1, &self.conv2, &self.bn2, &self.conv3, &self.bn3];
@@ -233,8 +233,7 @@ impl ResNet {
 
 impl Module for ResNet {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let h = self.conv1.forward(g, x)?;
-        let h = self.bn1.forward_relu(g, &h)?;
+        let h = conv_batch_norm(g, (&mut self.conv1, &mut self.bn1), x, None, true)?;
         let mut h = self.maxpool.forward(g, &h)?;
         for block in &mut self.blocks {
             h = block.forward(g, &h)?;

@@ -15,7 +15,7 @@ use super::Model;
 use super::resnet::{BasicBlock, conv};
 use crate::autograd::{Graph, Var};
 use crate::error::Result;
-use crate::nn::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, Module};
+use crate::nn::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, Module, conv_batch_norm};
 use crate::rng::Rng;
 use crate::tensor::Shape;
 
@@ -62,8 +62,7 @@ impl ResNetCifar {
 
 impl Module for ResNetCifar {
     fn forward(&mut self, g: &mut Graph, x: &Var) -> Result<Var> {
-        let h = self.conv1.forward(g, x)?;
-        let mut h = self.bn1.forward_relu(g, &h)?;
+        let mut h = conv_batch_norm(g, (&mut self.conv1, &mut self.bn1), x, None, true)?;
         for block in &mut self.blocks {
             h = block.forward(g, &h)?;
         }

@@ -67,7 +67,7 @@ impl BatchNorm2d {
     /// running statistics move towards them; in an eval graph the running statistics
     /// normalise. The graph fuses the epilogue into the kernel or runs it op by op
     /// ([`Graph::batch_norm`]).
-    fn forward_act(&mut self, g: &mut Graph, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
+    pub(crate) fn forward_act(&mut self, g: &mut Graph, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
         g.begin_layer(&self.name);
         let gamma = g.param(&self.weight);
         let beta = g.param(&self.bias);
@@ -80,7 +80,13 @@ impl BatchNorm2d {
             self.track(x.shape(), mean, var)?;
         }
         let y = out.y;
-        g.record_layer(&self.name, x, &y, self.num_params(), LayerOp::BatchNorm { residual: residual.is_some(), relu });
+        g.record_layer(
+            &self.name,
+            x,
+            &y,
+            self.num_params(),
+            LayerOp::BatchNorm { residual: residual.is_some(), relu, folded: false },
+        );
         Ok(y)
     }
 }

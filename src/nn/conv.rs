@@ -57,14 +57,18 @@ impl Conv2d {
             g.conv2d(x, &w, b.as_ref(), self.params)?
         };
         let y = if relu && !fused { g.relu(&y)? } else { y };
-        let op = LayerOp::Conv2d {
+        g.record_layer(&self.name, x, &y, self.num_params(), self.layer_op(relu));
+        Ok(y)
+    }
+
+    /// What a trace records of this layer.
+    pub(crate) fn layer_op(&self, relu: bool) -> LayerOp {
+        LayerOp::Conv2d {
             weight: self.weight.value.shape().clone(),
             params: self.params,
             bias: self.bias.is_some(),
             relu,
-        };
-        g.record_layer(&self.name, x, &y, self.num_params(), op);
-        Ok(y)
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod batchnorm;
 mod conv;
+mod conv_bn;
 pub mod init;
 mod layers;
 mod linear;
@@ -20,6 +21,7 @@ mod optim;
 
 pub use batchnorm::BatchNorm2d;
 pub use conv::Conv2d;
+pub use conv_bn::conv_batch_norm;
 pub use layers::{AvgPool2d, Dropout, GlobalAvgPool, LocalResponseNorm, MaxPool2d};
 pub use linear::Linear;
 pub use optim::Sgd;

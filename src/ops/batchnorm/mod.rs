@@ -65,7 +65,7 @@ pub(super) fn shape_args(call: KernelCall, n: usize, c: usize, hw: usize) -> Res
     Ok(call.i32(to_i32(OP, "batch", n)?).i32(to_i32(OP, "channels", c)?).i64(to_i64(hw)))
 }
 
-pub(super) fn check_eps(eps: f64) -> Result<()> {
+pub(crate) fn check_eps(eps: f64) -> Result<()> {
     if eps.is_finite() && eps > 0.0 {
         Ok(())
     } else {
@@ -197,6 +197,26 @@ impl Epilogue<'_> {
     pub const NONE: Epilogue<'static> = Epilogue { residual: None, relu: false };
 }
 
+/// Each channel's `(a, b)` of `x·a + b`: `a = γ/√(σ² + ε)`, `b = β − μ·a`, computed in f64
+/// and rounded once. A convolution followed by batch norm in eval mode applies the same
+/// coefficients as it writes its output (`conv2d::forward_batch_norm`), so the two give the
+/// same bits.
+pub(crate) fn coefficients<T: Float>(
+    gamma: &[T],
+    beta: &[T],
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+    c: usize,
+) -> Vec<(T, T)> {
+    (0..c)
+        .map(|ch| {
+            let a = gamma[ch].to_f64() / (var[ch] + eps).sqrt();
+            (T::from_f64(a), T::from_f64(beta[ch].to_f64() - mean[ch] * a))
+        })
+        .collect()
+}
+
 /// `y = act(γ·(x − μ)/√(σ² + ε) + β + r)`, the normalisation folded into one multiply-add
 /// per element: `x·a + b` with `a = γ/√(σ² + ε)` and `b = β − μ·a`.
 #[allow(clippy::too_many_arguments)]
@@ -211,12 +231,7 @@ pub(super) fn normalize<T: Float>(
     hw: usize,
     epilogue: Epilogue,
 ) -> Result<Vec<T>> {
-    let coef: Vec<(T, T)> = (0..c)
-        .map(|ch| {
-            let a = gamma[ch].to_f64() / (var[ch] + eps).sqrt();
-            (T::from_f64(a), T::from_f64(beta[ch].to_f64() - mean[ch] * a))
-        })
-        .collect();
+    let coef = coefficients(gamma, beta, mean, var, eps, c);
     let residual = epilogue.residual.map(host::<T>).transpose()?;
     let relu = epilogue.relu;
     let mut y = filled(x.len(), T::ZERO)?;

@@ -32,6 +32,7 @@
 use rayon::prelude::*;
 
 use super::im2col::{self, Im2col, Im2colT};
+use super::write_back::WriteBack;
 use super::{Conv2dParams, ConvGeometry};
 use crate::device::host_memory::filled;
 use crate::error::Result;
@@ -39,13 +40,13 @@ use crate::ops::gemm::{MatMut, MatRef, PackA, PackB, PackedMatrix, gemm, gemm_pa
 use crate::tensor::{Float, Shape};
 
 /// `packed`, when given, is `w` packed for the GEMM, one matrix per group (kept between calls
-/// by `packed_weights` when the weights do not change). The bias and, with `relu`, the ReLU
-/// are applied as each output plane is written, not in a pass of their own.
+/// by `packed_weights` when the weights do not change). `wb` (bias, batch norm, residual,
+/// ReLU) is applied as each output plane is written, not in passes of its own.
 pub(super) fn forward_cpu<T: Float>(
     x: &[T],
     w: &[T],
     packed: Option<&[PackedMatrix<T>]>,
-    (bias, relu): (Option<&[T]>, bool),
+    wb: &WriteBack<T>,
     g: &ConvGeometry,
 ) -> Result<Vec<T>> {
     let (og, pix, in_len) = (g.o_per_group(), g.out_pixels(), g.c * g.h * g.w);
@@ -56,7 +57,8 @@ pub(super) fn forward_cpu<T: Float>(
     let mut y = filled(g.n * g.o * pix, T::ZERO)?;
     // Each task keeps its buffers (padded images, staged output) from one batch to the next.
     let buffers = || (Vec::new(), Vec::new());
-    y.par_chunks_mut(m * g.o * pix).zip(x.par_chunks(m * in_len)).for_each_init(buffers, |bufs, (y_batch, x_batch)| {
+    let chunks = y.par_chunks_mut(m * g.o * pix).zip(x.par_chunks(m * in_len)).enumerate();
+    chunks.for_each_init(buffers, |bufs, (batch, (y_batch, x_batch))| {
         let (padded, staged) = bufs;
         let m = x_batch.len() / in_len;
         let x_batch = im2col::pad(x_batch, g, padded);
@@ -77,20 +79,13 @@ pub(super) fn forward_cpu<T: Float>(
                 None => product(MatRef::row_major(&w[grp * og * k..][..og * k], og, k), col_g, y_g, split_gemm),
             }
         }
-        // [O, m·pix] back to NCHW, adding the bias and applying the ReLU on the way (NaN
-        // passes the ReLU, as in `bias_act`).
+        // [O, m·pix] back to NCHW, with the write-back's epilogue on the way.
         for (j, y_img) in y_batch.chunks_exact_mut(g.o * pix).enumerate() {
             for (oc, plane) in y_img.chunks_exact_mut(pix).enumerate() {
                 if m > 1 {
                     plane.copy_from_slice(&staged[(oc * m + j) * pix..][..pix]);
                 }
-                if bias.is_some() || relu {
-                    let add = bias.map_or(T::ZERO, |b| b[oc]);
-                    for v in plane {
-                        let t = *v + add;
-                        *v = if !relu || t > T::ZERO || t.is_nan() { t } else { T::ZERO };
-                    }
-                }
+                wb.apply(plane, oc, ((batch * m + j) * g.o + oc) * pix);
             }
         }
     });
@@ -178,7 +173,7 @@ fn backward_data_as_forward_cpu<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -
     let flipped_shape = Shape::new([g.c, og, g.kh, g.kw]);
     let Ok(transposed) = ConvGeometry::new(&dy_shape, &flipped_shape, params) else { return Ok(None) };
     debug_assert_eq!((transposed.oh, transposed.ow), (g.h, g.w));
-    forward_cpu(dy, &flipped, None, (None, false), &transposed).map(Some)
+    forward_cpu(dy, &flipped, None, &WriteBack::NONE, &transposed).map(Some)
 }
 
 /// `dcol_g = W_gᵀ · dy_g` for every group of one image.

@@ -24,12 +24,14 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+mod batch_norm_folded;
 mod cpu;
 mod gpu;
 mod im2col;
 mod packed_weights;
 pub mod reference;
 mod shifted_taps;
+mod write_back;
 
 pub use gpu::ConvAlgo;
 pub(crate) use gpu::{FilterGradient, Groups, check_index_range, shape_args, splits_into_towers};
@@ -40,8 +42,10 @@ use super::{ExecOptions, common_dtype, expect_nchw, expect_shape, gpu_f32, host,
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::device::{Device, GpuDevice};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Element, Shape, Tensor};
+use crate::tensor::{DType, Element, Float, Shape, Tensor};
+pub use batch_norm_folded::{BatchNormEval, forward_batch_norm};
 use cpu::{backward_data_cpu, backward_filter_cpu, forward_cpu, images_per_product};
+use write_back::WriteBack;
 
 pub(crate) const OP: &str = "conv2d";
 
@@ -225,17 +229,27 @@ fn forward_act(
         return Ok(Tensor::from_gpu(g.out_shape(), y));
     }
     with_float_type!(dtype, OP, |T| {
-        let bias = b.map(host::<T>).transpose()?;
-        let weights = host::<T>(w)?;
-        let y = if exec.weights_fixed && shifted_taps::pays::<T>(&g, images_per_product(&g)) {
-            let taps = packed_weights::packed_taps(w, weights, &g);
-            shifted_taps::forward::<T>(host(x)?, &taps, (bias, relu), &g)?
-        } else {
-            let packed = exec.weights_fixed.then(|| packed_weights::packed(w, weights, &g));
-            forward_cpu::<T>(host(x)?, weights, packed.as_deref().map(Vec::as_slice), (bias, relu), &g)?
-        };
-        Ok(Tensor::from_cpu(g.out_shape(), y))
+        let wb = WriteBack { bias: b.map(host::<T>).transpose()?, relu, ..WriteBack::NONE };
+        Ok(Tensor::from_cpu(g.out_shape(), forward_on_cpu::<T>(x, w, &wb, &g, exec)?))
     })
+}
+
+/// The CPU's forward pass, `wb` applied as it writes: with the weights fixed, the shifted taps
+/// of a small map where they pay, else im2col + GEMM, from weights kept packed.
+fn forward_on_cpu<T: Float>(
+    x: &Tensor,
+    w: &Tensor,
+    wb: &WriteBack<T>,
+    g: &ConvGeometry,
+    exec: &ExecOptions,
+) -> Result<Vec<T>> {
+    let weights = host::<T>(w)?;
+    if exec.weights_fixed && shifted_taps::pays::<T>(g, images_per_product(g)) {
+        let taps = packed_weights::packed_taps(w, weights, g);
+        return shifted_taps::forward::<T>(host(x)?, &taps, wb, g);
+    }
+    let packed = exec.weights_fixed.then(|| packed_weights::packed(w, weights, g));
+    forward_cpu::<T>(host(x)?, weights, packed.as_deref().map(Vec::as_slice), wb, g)
 }
 
 /// The GPU and the tensor-core tile configurations for a product in `exec`'s (low)

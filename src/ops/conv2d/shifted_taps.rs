@@ -37,6 +37,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::ConvGeometry;
+use super::write_back::WriteBack;
 use crate::device::host_memory::filled;
 use crate::error::Result;
 use crate::ops::gemm::{MatMut, MatRef, PackedBMatrix, cpu_tile, gemm, gemm_parallel};
@@ -93,12 +94,12 @@ pub(super) fn pack_taps<T: Float>(w: &[T], g: &ConvGeometry) -> Vec<PackedBMatri
         .collect()
 }
 
-/// `act(conv(x, w) + bias)` for an ungrouped `g`, from the weights as [`pack_taps`] gives
-/// them.
+/// `conv(x, w)` for an ungrouped `g`, from the weights as [`pack_taps`] gives them, with the
+/// write-back's epilogue.
 pub(super) fn forward<T: Float>(
     x: &[T],
     taps: &[PackedBMatrix<T>],
-    (bias, relu): (Option<&[T]>, bool),
+    wb: &WriteBack<T>,
     g: &ConvGeometry,
 ) -> Result<Vec<T>> {
     let (n, c, o) = (g.n, g.c, g.o);
@@ -137,16 +138,15 @@ pub(super) fn forward<T: Float>(
             }
         }
     });
-    // yᵀ back to NCHW, adding the bias and applying the ReLU (NaN passes, as in `bias_act`).
+    // yᵀ back to NCHW, with the write-back's epilogue.
     let pix = g.out_pixels();
     let mut y = filled(n * o * pix, T::ZERO)?;
     y.par_chunks_mut(o * pix).enumerate().for_each(|(image, y_img)| {
         for (oc, plane) in y_img.chunks_exact_mut(pix).enumerate() {
-            let add = bias.map_or(T::ZERO, |b| b[oc]);
             for (p, v) in plane.iter_mut().enumerate() {
-                let t = yt[(p * n + image) * o + oc] + add;
-                *v = if !relu || t > T::ZERO || t.is_nan() { t } else { T::ZERO };
+                *v = yt[(p * n + image) * o + oc];
             }
+            wb.apply(plane, oc, (image * o + oc) * pix);
         }
     });
     Ok(y)
@@ -215,7 +215,8 @@ mod tests {
             let b = random(g.o, 30 + i as u64);
             let taps = pack_taps(&w, &g);
             for (bias, relu) in [(None, false), (Some(&b[..]), true)] {
-                let got = forward(&x, &taps, (bias, relu), &g).unwrap();
+                let wb = WriteBack { bias, relu, ..WriteBack::NONE };
+                let got = forward(&x, &taps, &wb, &g).unwrap();
                 let want: Vec<f32> = reference::forward(&x, &w, bias, &g)
                     .into_iter()
                     .map(|v| if relu { v.max(0.0) } else { v })
