@@ -32,6 +32,7 @@
 use rayon::prelude::*;
 
 use super::im2col::{self, Im2col, Im2colT};
+use super::indirect;
 use super::write_back::WriteBack;
 use super::{Conv2dParams, ConvGeometry};
 use crate::device::host_memory::filled;
@@ -72,6 +73,17 @@ pub(super) fn forward_cpu<T: Float>(
         };
         for grp in 0..g.groups() {
             let k = g.k_per_group();
+            if m == 1 && !split_gemm && indirect::applies::<T>(g) {
+                // One image, a stride-1 convolution: B read from the padded image in place.
+                let y_g = &mut out[grp * og * pix..][..og * pix];
+                match packed {
+                    Some(packed) => indirect::product(packed[grp].view(), x_batch, g, grp, y_g),
+                    None => {
+                        indirect::product(MatRef::row_major(&w[grp * og * k..][..og * k], og, k), x_batch, g, grp, y_g)
+                    }
+                }
+                continue;
+            }
             let col_g = Im2col::new(x_batch, g, m, grp);
             let y_g = MatMut::row_major(&mut out[grp * og * m * pix..][..og * m * pix], og, m * pix);
             match packed {

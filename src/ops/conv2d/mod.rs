@@ -28,6 +28,7 @@ mod batch_norm_folded;
 mod cpu;
 mod gpu;
 mod im2col;
+mod indirect;
 mod packed_weights;
 pub mod reference;
 mod shifted_taps;

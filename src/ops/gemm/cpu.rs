@@ -46,7 +46,7 @@ use crate::tensor::Float;
 // MR = 8) stays in L1 while the B panel (KC·NR·4 B = 32 KiB at NR = 32) streams from L2,
 // whose 2 MiB also hold the MC×KC block of A (96·256·4 B = 96 KiB) and most of the KC×NC
 // block of B (256·2048·4 B = 2 MiB).
-pub(super) const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
 

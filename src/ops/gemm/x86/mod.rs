@@ -13,6 +13,9 @@
 //! A full tile is added to (or stored into) C straight from the registers; a partial tile at
 //! the edge of C goes through a small buffer and is clipped by [`store_tile`].
 //!
+//! [`kernel_avx512_8x32_indirect`] is the AVX-512 kernel reading B in place, at a
+//! per-step offset, for the convolution that skips im2col (`conv2d/indirect.rs`).
+//!
 //! `gather.rs` holds the engine's other intrinsics: the AVX-512 gather that packs conv2d's
 //! transposed im2col panels.
 
@@ -55,6 +58,19 @@ pub(super) unsafe fn kernel_avx512_8x32(
             bp = bp.add(NR);
         }
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { store_accumulators(&acc, c, ldc, mr, nr, accumulate) }
+}
+
+/// Writes (or adds) the `mr×nr` corner of the 8×32 accumulators to C: a full tile straight
+/// from the registers, a partial one through a buffer.
+///
+/// # Safety
+/// As for [`super::cpu::MicroKernel`]'s `c`; the CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn store_accumulators(acc: &[[__m512; 2]; 8], c: *mut f32, ldc: usize, mr: usize, nr: usize, accumulate: bool) {
+    const MR: usize = 8;
+    const NR: usize = 32;
     if mr == MR && nr == NR {
         for (i, row) in acc.iter().enumerate() {
             // SAFETY: a full tile: row i of C holds NR writable values at c + i·ldc.
@@ -81,6 +97,50 @@ pub(super) unsafe fn kernel_avx512_8x32(
         // SAFETY: forwarded from the caller.
         unsafe { store_tile::<f32, NR>(&tile, c, ldc, mr, nr, accumulate) }
     }
+}
+
+/// [`kernel_avx512_8x32`] with B read in place rather than from a packed panel: step `p`'s
+/// 32 values are the 16 at `halves[0] + offsets[p]` and the 16 at `halves[1] +
+/// offsets[p]`. A stride-1 convolution's im2col matrix is such a B, read straight from the
+/// padded image (`conv2d/indirect.rs`). The multiply-adds are those of the packed kernel, in
+/// the same order, so the results are the same bits.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `halves[h].add(offsets[p])` points at 16 readable values for
+/// every `p < kc`; see [`super::cpu::MicroKernel`] for the rest.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn kernel_avx512_8x32_indirect(
+    kc: usize,
+    a: &[f32],
+    halves: [*const f32; 2],
+    offsets: &[usize],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 8;
+    const NR: usize = 32;
+    assert!(a.len() >= MR * kc && offsets.len() >= kc && mr <= MR && nr <= NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut ap = a.as_ptr();
+    for &offset in &offsets[..kc] {
+        // SAFETY: the assert keeps the reads of A inside its panel; the caller vouches for B.
+        unsafe {
+            let b0 = _mm512_loadu_ps(halves[0].add(offset));
+            let b1 = _mm512_loadu_ps(halves[1].add(offset));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+            ap = ap.add(MR);
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { store_accumulators(&acc, c, ldc, mr, nr, accumulate) }
 }
 
 /// # Safety

@@ -1,0 +1,174 @@
+//! conv2d forward on the `cpu` device without im2col, where the convolution allows it: the
+//! GEMM's micro-kernel reads each step of B straight from the padded image.
+//!
+//! For a stride-1, undilated convolution, row `p = (c·KH + ky)·KW + kx` of one image's im2col
+//! matrix, over output columns `j = oy·OW + ox`, is
+//!
+//! ```text
+//! col[p, j] = xp[c, oy + ky, ox + kx]           (xp: the zero-padded image, PH × PW planes)
+//!           = xp[(oy·PW + ox) + (c·PH·PW + ky·PW + kx)]
+//! ```
+//!
+//! a base that depends on the column only plus an offset that depends on the step only. When
+//! the output width is a multiple of 16, each half of the micro-kernel's 32 columns lies in
+//! one output row, so its 16 values of step `p` are contiguous in `xp`, at `base + offset[p]`.
+//! The AVX-512 kernel [`kernel_avx512_8x32_indirect`] loads them from there: B is never packed,
+//! which on ResNet-20's first two stages (16 and 32 channels, 32×32 and 16×16 maps) took a
+//! quarter of the time, each gathered value serving only two or four micro-tiles.
+//!
+//! The blocking over the shared dimension is the GEMM's (`KC` steps; the first block writes C,
+//! the others add to it) and the kernel issues the packed kernel's multiply-adds in the same
+//! order, so the output is the bits of im2col + GEMM (`cpu.rs`), which is the fallback for
+//! everything else: other strides, dilations and widths, other CPUs, f64.
+
+use super::ConvGeometry;
+use crate::ops::gemm::{GEMM_KC, PackA};
+use crate::tensor::{DType, Float};
+
+/// Row blocks of the weights packed at a time (as the GEMM's MC).
+const MC: usize = 96;
+
+/// Whether [`product`] runs `g` on this CPU for `T`.
+pub(super) fn applies<T: Float>(g: &ConvGeometry) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        T::DTYPE == DType::F32
+            && g.params.stride == (1, 1)
+            && g.params.dilation == (1, 1)
+            && g.ow.is_multiple_of(16)
+            && g.out_pixels() > 0
+            && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        false
+    }
+}
+
+/// `y_g = W_g · col_g` for one image and group `grp`: `a` is `W_g` (`O/G × C/G·KH·KW`, packed
+/// or not), `xp` the image padded as `im2col::pad` pads it, `y` the group's `O/G × OH·OW`
+/// output, overwritten. Only where [`applies`] says so.
+pub(super) fn product<T: Float>(a: impl PackA<T>, xp: &[T], g: &ConvGeometry, grp: usize, y: &mut [T]) {
+    let (ph, pw) = g.params.padding;
+    let (hp, wp) = (g.h + 2 * ph, g.w + 2 * pw);
+    let (cg, og, pix) = (g.c / g.groups(), g.o_per_group(), g.out_pixels());
+    assert!(applies::<T>(g) && xp.len() >= g.c * hp * wp && y.len() == og * pix && a.rows() == og);
+    // The step offsets, in im2col's row order, from the group's first channel.
+    let mut offsets = Vec::with_capacity(g.k_per_group());
+    for c in grp * cg..(grp + 1) * cg {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                offsets.push(c * hp * wp + ky * wp + kx);
+            }
+        }
+    }
+    // Each column's base: the padded position of its output pixel's window corner.
+    let base = |j: usize| (j / g.ow) * wp + j % g.ow;
+    let k = offsets.len();
+    let mut scratch = vec![T::ZERO; MC.min(og).div_ceil(8) * 8 * GEMM_KC.min(k)];
+    let xp = xp.as_ptr().cast::<f32>();
+    let c = y.as_mut_ptr().cast::<f32>();
+    for pc in (0..k).step_by(GEMM_KC) {
+        let kc = GEMM_KC.min(k - pc);
+        for ic in (0..og).step_by(MC) {
+            let mc = MC.min(og - ic);
+            let panels = a.panels::<8>(ic, mc, pc, kc, &mut scratch);
+            // SAFETY: T is f32 (`applies`), so the panels are f32 values.
+            let panels = unsafe { std::slice::from_raw_parts(panels.as_ptr().cast::<f32>(), panels.len()) };
+            for jr in (0..pix).step_by(32) {
+                let nr = 32.min(pix - jr);
+                // A last panel of 16 columns reads its first half twice (and stores it once).
+                let second = if nr > 16 { base(jr + 16) } else { base(jr) };
+                // SAFETY: the largest value read, base(j) + offset + 15 for the last step of the
+                // last channel, is c·PH·PW − 1 at most (OW + KW − 1 = PW, OH + KH − 1 = PH at
+                // stride 1): inside xp. A column's 16 values lie in one output row (OW is a
+                // multiple of 16). The tile (ic + ir.., jr..) lies inside y.
+                let halves = unsafe { [xp.add(base(jr)), xp.add(second)] };
+                for ir in (0..mc).step_by(8) {
+                    let mr = 8.min(mc - ir);
+                    let a_panel = &panels[(ir / 8) * 8 * kc..][..8 * kc];
+                    // SAFETY: as above; AVX-512F is present (`applies`).
+                    unsafe {
+                        let tile = c.add((ic + ir) * pix + jr);
+                        let offsets = &offsets[pc..pc + kc];
+                        kernel(kc, a_panel, halves, offsets, tile, pix, (mr, nr), pc > 0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX-512 kernel, or nothing where it does not exist (never called there: `applies`).
+///
+/// # Safety
+/// As for [`kernel_avx512_8x32_indirect`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    kc: usize,
+    a: &[f32],
+    halves: [*const f32; 2],
+    offsets: &[usize],
+    c: *mut f32,
+    ldc: usize,
+    (mr, nr): (usize, usize),
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        crate::ops::gemm::x86::kernel_avx512_8x32_indirect(kc, a, halves, offsets, c, ldc, mr, nr, accumulate)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kc, a, halves, offsets, c, ldc, mr, nr, accumulate);
+        unreachable!("the indirect product runs only on x86-64 with AVX-512")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::im2col::{self, Im2col};
+    use super::*;
+    use crate::ops::conv2d::Conv2dParams;
+    use crate::ops::gemm::{MatMut, MatRef, gemm};
+    use crate::rng::Rng;
+    use crate::tensor::Shape;
+
+    /// The indirect product gives the bits of im2col + GEMM, for kernels of 1×1, 3×3 and
+    /// 5×3, padded and not, groups, output widths of 16 and 32 (panels of one row and of
+    /// two), shared dimensions across KC blocks, and a last panel of 16 columns.
+    #[test]
+    fn gives_the_bits_of_im2col_and_gemm() {
+        let p = Conv2dParams::default();
+        let cases = [
+            ([1, 16, 32, 32], [16, 16, 3, 3], p.padding(1)),
+            ([1, 40, 16, 16], [20, 40, 3, 3], p.padding(1)),
+            ([1, 8, 18, 34], [12, 8, 3, 3], p),
+            ([1, 6, 16, 16], [10, 3, 5, 3], Conv2dParams { padding: (2, 1), ..p.groups(2) }),
+            ([1, 70, 3, 16], [9, 70, 1, 1], p),
+        ];
+        for (xs, ws, p) in cases {
+            let g = ConvGeometry::new(&Shape::from(xs), &Shape::from(ws), p).unwrap();
+            if !applies::<f32>(&g) {
+                assert!(!std::arch::is_x86_feature_detected!("avx512f"), "{xs:?} {ws:?} should apply");
+                continue;
+            }
+            let mut r = Rng::new(3);
+            let x: Vec<f32> = (0..xs.iter().product()).map(|_| r.uniform() as f32 - 0.5).collect();
+            let w: Vec<f32> = (0..ws.iter().product()).map(|_| r.uniform() as f32 - 0.5).collect();
+            let mut padded = Vec::new();
+            let xp = im2col::pad(&x, &g, &mut padded);
+            let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
+            let (mut want, mut got) = (vec![f32::NAN; g.o * pix], vec![f32::NAN; g.o * pix]);
+            for grp in 0..g.groups() {
+                let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
+                let y = MatMut::row_major(&mut want[grp * og * pix..][..og * pix], og, pix);
+                gemm(w_g, Im2col::new(xp, &g, 1, grp), y, false);
+                product(w_g, xp, &g, grp, &mut got[grp * og * pix..][..og * pix]);
+            }
+            assert_eq!(got, want, "{xs:?} {ws:?}");
+        }
+    }
+}
