@@ -193,8 +193,11 @@ pub fn gemm_parallel<T: Float, A: PackA<T>, B: PackB<T>>(a: A, b: B, c: MatMut<T
         return;
     }
     if c.cols < 64 && c.rows >= 48 {
-        // Two row blocks per thread at least, in multiples of 24 rows (whole 6- and 8-row tiles).
-        let rows = c.rows.div_ceil(2 * threads).div_ceil(24) * 24;
+        // Two row blocks per thread at least, in whole micro-tiles of this CPU's kernel (128
+        // rows on two threads: four blocks of 32, not 48, 48 and 32, which leave a thread idle
+        // for a third of the product).
+        let mr = panel_rows::<T>();
+        let rows = c.rows.div_ceil(2 * threads).div_ceil(mr) * mr;
         gemm_rows(a, b, c, accumulate, RowBlocks::InParallel(rows));
         return;
     }
