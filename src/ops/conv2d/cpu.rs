@@ -73,13 +73,14 @@ pub(super) fn forward_cpu<T: Float>(
         };
         for grp in 0..g.groups() {
             let k = g.k_per_group();
-            if m == 1 && !split_gemm && indirect::applies::<T>(g) {
-                // One image, a stride-1 convolution: B read from the padded image in place.
-                let y_g = &mut out[grp * og * pix..][..og * pix];
+            if !split_gemm && indirect::applies::<T>(g) {
+                // A stride-1 convolution: B read from the padded images in place.
+                let y_g = &mut out[grp * og * m * pix..][..og * m * pix];
                 match packed {
-                    Some(packed) => indirect::product(packed[grp].view(), x_batch, g, grp, y_g),
+                    Some(packed) => indirect::product(packed[grp].view(), x_batch, g, (m, grp), y_g),
                     None => {
-                        indirect::product(MatRef::row_major(&w[grp * og * k..][..og * k], og, k), x_batch, g, grp, y_g)
+                        let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
+                        indirect::product(w_g, x_batch, g, (m, grp), y_g)
                     }
                 }
                 continue;

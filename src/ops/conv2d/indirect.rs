@@ -9,12 +9,14 @@
 //!           = xp[(oy·PW + ox) + (c·PH·PW + ky·PW + kx)]
 //! ```
 //!
-//! a base that depends on the column only plus an offset that depends on the step only. When
-//! the output width is a multiple of 16, each half of the micro-kernel's 32 columns lies in
-//! one output row, so its 16 values of step `p` are contiguous in `xp`, at `base + offset[p]`.
-//! The AVX-512 kernel [`kernel_avx512_8x32_indirect`] loads them from there: B is never packed,
-//! which on ResNet-20's first two stages (16 and 32 channels, 32×32 and 16×16 maps) took a
-//! quarter of the time, each gathered value serving only two or four micro-tiles.
+//! a base that depends on the column only plus an offset that depends on the step only (with
+//! several images side by side in one product, the image's place in `xp` joins the base).
+//! When the output width is a multiple of 16, each half of the micro-kernel's 32 columns lies
+//! in one output row, so its 16 values of step `p` are contiguous in `xp`, at `base +
+//! offset[p]`; when it is a multiple of 8, each quarter's 8 values are. The AVX-512 kernel
+//! [`kernel_avx512_8x32_indirect`] loads them from there: B is never packed, which on
+//! ResNet-20 (16 to 64 channels, 32×32 to 8×8 maps) took a fifth of the time, each gathered
+//! value serving only two to eight micro-tiles.
 //!
 //! The blocking over the shared dimension is the GEMM's (`KC` steps; the first block writes C,
 //! the others add to it) and the kernel issues the packed kernel's multiply-adds in the same
@@ -35,7 +37,7 @@ pub(super) fn applies<T: Float>(g: &ConvGeometry) -> bool {
         T::DTYPE == DType::F32
             && g.params.stride == (1, 1)
             && g.params.dilation == (1, 1)
-            && g.ow.is_multiple_of(16)
+            && g.ow.is_multiple_of(8)
             && g.out_pixels() > 0
             && std::arch::is_x86_feature_detected!("avx512f")
     }
@@ -46,14 +48,15 @@ pub(super) fn applies<T: Float>(g: &ConvGeometry) -> bool {
     }
 }
 
-/// `y_g = W_g · col_g` for one image and group `grp`: `a` is `W_g` (`O/G × C/G·KH·KW`, packed
-/// or not), `xp` the image padded as `im2col::pad` pads it, `y` the group's `O/G × OH·OW`
-/// output, overwritten. Only where [`applies`] says so.
-pub(super) fn product<T: Float>(a: impl PackA<T>, xp: &[T], g: &ConvGeometry, grp: usize, y: &mut [T]) {
+/// `y_g = W_g · col_g` for `m` images side by side and group `grp`: `a` is `W_g` (`O/G ×
+/// C/G·KH·KW`, packed or not), `xp` the `m` images padded as `im2col::pad` pads them, `y` the
+/// group's `O/G × m·OH·OW` output, overwritten. Only where [`applies`] says so.
+pub(super) fn product<T: Float>(a: impl PackA<T>, xp: &[T], g: &ConvGeometry, (m, grp): (usize, usize), y: &mut [T]) {
     let (ph, pw) = g.params.padding;
     let (hp, wp) = (g.h + 2 * ph, g.w + 2 * pw);
     let (cg, og, pix) = (g.c / g.groups(), g.o_per_group(), g.out_pixels());
-    assert!(applies::<T>(g) && xp.len() >= g.c * hp * wp && y.len() == og * pix && a.rows() == og);
+    let cols = m * pix;
+    assert!(applies::<T>(g) && xp.len() >= m * g.c * hp * wp && y.len() == og * cols && a.rows() == og);
     // The step offsets, in im2col's row order, from the group's first channel.
     let mut offsets = Vec::with_capacity(g.k_per_group());
     for c in grp * cg..(grp + 1) * cg {
@@ -63,36 +66,41 @@ pub(super) fn product<T: Float>(a: impl PackA<T>, xp: &[T], g: &ConvGeometry, gr
             }
         }
     }
-    // Each column's base: the padded position of its output pixel's window corner.
-    let base = |j: usize| (j / g.ow) * wp + j % g.ow;
+    // Each column's base: its image's place, then the padded position of its window corner.
+    let base = |j: usize| (j / pix) * g.c * hp * wp + (j % pix / g.ow) * wp + j % pix % g.ow;
     let k = offsets.len();
     let mut scratch = vec![T::ZERO; MC.min(og).div_ceil(8) * 8 * GEMM_KC.min(k)];
     let xp = xp.as_ptr().cast::<f32>();
     let c = y.as_mut_ptr().cast::<f32>();
     for pc in (0..k).step_by(GEMM_KC) {
         let kc = GEMM_KC.min(k - pc);
+        let offsets = &offsets[pc..pc + kc];
         for ic in (0..og).step_by(MC) {
             let mc = MC.min(og - ic);
             let panels = a.panels::<8>(ic, mc, pc, kc, &mut scratch);
             // SAFETY: T is f32 (`applies`), so the panels are f32 values.
             let panels = unsafe { std::slice::from_raw_parts(panels.as_ptr().cast::<f32>(), panels.len()) };
-            for jr in (0..pix).step_by(32) {
-                let nr = 32.min(pix - jr);
-                // A last panel of 16 columns reads its first half twice (and stores it once).
-                let second = if nr > 16 { base(jr + 16) } else { base(jr) };
-                // SAFETY: the largest value read, base(j) + offset + 15 for the last step of the
-                // last channel, is c·PH·PW − 1 at most (OW + KW − 1 = PW, OH + KH − 1 = PH at
-                // stride 1): inside xp. A column's 16 values lie in one output row (OW is a
-                // multiple of 16). The tile (ic + ir.., jr..) lies inside y.
-                let halves = unsafe { [xp.add(base(jr)), xp.add(second)] };
+            for jr in (0..cols).step_by(32) {
+                let nr = 32.min(cols - jr);
+                // The part starting at column jr + d, or the first part again past the last
+                // column (read, and never stored).
+                let part = |d: usize| if d < nr { base(jr + d) } else { base(jr) };
+                // SAFETY (for every read below): a part of w values (16 or 8, dividing OW and
+                // so the pixels of an image) lies in one output row of one image; its largest
+                // value read, for the last step of the group's last channel, is at most that
+                // image's last padded value (OW + KW − 1 = PW, OH + KH − 1 = PH at stride 1):
+                // inside xp. The tile (ic + ir.., jr..) lies inside y; AVX-512F is present.
                 for ir in (0..mc).step_by(8) {
                     let mr = 8.min(mc - ir);
                     let a_panel = &panels[(ir / 8) * 8 * kc..][..8 * kc];
-                    // SAFETY: as above; AVX-512F is present (`applies`).
-                    unsafe {
-                        let tile = c.add((ic + ir) * pix + jr);
-                        let offsets = &offsets[pc..pc + kc];
-                        kernel(kc, a_panel, halves, offsets, tile, pix, (mr, nr), pc > 0);
+                    let tile = unsafe { c.add((ic + ir) * cols + jr) };
+                    let shape = (tile, cols, mr, nr, pc > 0);
+                    if g.ow.is_multiple_of(16) {
+                        let parts = unsafe { [xp.add(part(0)), xp.add(part(16))] };
+                        unsafe { kernel(kc, a_panel, parts, offsets, shape) };
+                    } else {
+                        let parts = unsafe { [xp.add(part(0)), xp.add(part(8)), xp.add(part(16)), xp.add(part(24))] };
+                        unsafe { kernel(kc, a_panel, parts, offsets, shape) };
                     }
                 }
             }
@@ -101,28 +109,25 @@ pub(super) fn product<T: Float>(a: impl PackA<T>, xp: &[T], g: &ConvGeometry, gr
 }
 
 /// The AVX-512 kernel, or nothing where it does not exist (never called there: `applies`).
+/// `shape` is C's tile, its row stride, the tile's rows and columns, and whether to add.
 ///
 /// # Safety
 /// As for [`kernel_avx512_8x32_indirect`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn kernel<const PARTS: usize>(
     kc: usize,
     a: &[f32],
-    halves: [*const f32; 2],
+    parts: [*const f32; PARTS],
     offsets: &[usize],
-    c: *mut f32,
-    ldc: usize,
-    (mr, nr): (usize, usize),
-    accumulate: bool,
+    (c, ldc, mr, nr, accumulate): (*mut f32, usize, usize, usize, bool),
 ) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: forwarded from the caller.
     unsafe {
-        crate::ops::gemm::x86::kernel_avx512_8x32_indirect(kc, a, halves, offsets, c, ldc, mr, nr, accumulate)
+        crate::ops::gemm::x86::kernel_avx512_8x32_indirect(kc, a, parts, offsets, c, ldc, mr, nr, accumulate)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kc, a, halves, offsets, c, ldc, mr, nr, accumulate);
+        let _ = (kc, a, parts, offsets, c, ldc, mr, nr, accumulate);
         unreachable!("the indirect product runs only on x86-64 with AVX-512")
     }
 }
@@ -137,8 +142,9 @@ mod tests {
     use crate::tensor::Shape;
 
     /// The indirect product gives the bits of im2col + GEMM, for kernels of 1×1, 3×3 and
-    /// 5×3, padded and not, groups, output widths of 16 and 32 (panels of one row and of
-    /// two), shared dimensions across KC blocks, and a last panel of 16 columns.
+    /// 5×3, padded and not, groups, output widths of 8, 16 and 32 (panels of one row, two and
+    /// four), one image and several side by side, shared dimensions across KC blocks, and
+    /// last panels of 8, 16 and 24 columns.
     #[test]
     fn gives_the_bits_of_im2col_and_gemm() {
         let p = Conv2dParams::default();
@@ -148,6 +154,9 @@ mod tests {
             ([1, 8, 18, 34], [12, 8, 3, 3], p),
             ([1, 6, 16, 16], [10, 3, 5, 3], Conv2dParams { padding: (2, 1), ..p.groups(2) }),
             ([1, 70, 3, 16], [9, 70, 1, 1], p),
+            ([4, 64, 8, 8], [24, 64, 3, 3], p.padding(1)),
+            ([3, 30, 1, 8], [17, 30, 1, 1], p),
+            ([2, 9, 5, 24], [11, 9, 3, 3], p.padding(1)),
         ];
         for (xs, ws, p) in cases {
             let g = ConvGeometry::new(&Shape::from(xs), &Shape::from(ws), p).unwrap();
@@ -160,13 +169,14 @@ mod tests {
             let w: Vec<f32> = (0..ws.iter().product()).map(|_| r.uniform() as f32 - 0.5).collect();
             let mut padded = Vec::new();
             let xp = im2col::pad(&x, &g, &mut padded);
-            let (og, k, pix) = (g.o_per_group(), g.k_per_group(), g.out_pixels());
-            let (mut want, mut got) = (vec![f32::NAN; g.o * pix], vec![f32::NAN; g.o * pix]);
+            let (og, k, m) = (g.o_per_group(), g.k_per_group(), g.n);
+            let cols = m * g.out_pixels();
+            let (mut want, mut got) = (vec![f32::NAN; g.o * cols], vec![f32::NAN; g.o * cols]);
             for grp in 0..g.groups() {
                 let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
-                let y = MatMut::row_major(&mut want[grp * og * pix..][..og * pix], og, pix);
-                gemm(w_g, Im2col::new(xp, &g, 1, grp), y, false);
-                product(w_g, xp, &g, grp, &mut got[grp * og * pix..][..og * pix]);
+                let y = MatMut::row_major(&mut want[grp * og * cols..][..og * cols], og, cols);
+                gemm(w_g, Im2col::new(xp, &g, m, grp), y, false);
+                product(w_g, xp, &g, (m, grp), &mut got[grp * og * cols..][..og * cols]);
             }
             assert_eq!(got, want, "{xs:?} {ws:?}");
         }

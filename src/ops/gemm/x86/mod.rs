@@ -100,20 +100,20 @@ unsafe fn store_accumulators(acc: &[[__m512; 2]; 8], c: *mut f32, ldc: usize, mr
 }
 
 /// [`kernel_avx512_8x32`] with B read in place rather than from a packed panel: step `p`'s
-/// 32 values are the 16 at `halves[0] + offsets[p]` and the 16 at `halves[1] +
-/// offsets[p]`. A stride-1 convolution's im2col matrix is such a B, read straight from the
-/// padded image (`conv2d/indirect.rs`). The multiply-adds are those of the packed kernel, in
-/// the same order, so the results are the same bits.
+/// 32 values are the `32/PARTS` at `parts[q] + offsets[p]` for each part `q` (two halves of
+/// 16, or four quarters of 8). A stride-1 convolution's im2col matrix is such a B, read
+/// straight from the padded images (`conv2d/indirect.rs`). The multiply-adds are those of
+/// the packed kernel, in the same order, so the results are the same bits.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `halves[h].add(offsets[p])` points at 16 readable values for
-/// every `p < kc`; see [`super::cpu::MicroKernel`] for the rest.
+/// The CPU supports AVX-512F; `parts[q].add(offsets[p])` points at `32/PARTS` readable
+/// values for every `q < PARTS` and `p < kc`; see [`super::cpu::MicroKernel`] for the rest.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn kernel_avx512_8x32_indirect(
+pub(crate) unsafe fn kernel_avx512_8x32_indirect<const PARTS: usize>(
     kc: usize,
     a: &[f32],
-    halves: [*const f32; 2],
+    parts: [*const f32; PARTS],
     offsets: &[usize],
     c: *mut f32,
     ldc: usize,
@@ -123,14 +123,23 @@ pub(crate) unsafe fn kernel_avx512_8x32_indirect(
 ) {
     const MR: usize = 8;
     const NR: usize = 32;
-    assert!(a.len() >= MR * kc && offsets.len() >= kc && mr <= MR && nr <= NR);
+    assert!(a.len() >= MR * kc && offsets.len() >= kc && mr <= MR && nr <= NR && (PARTS == 2 || PARTS == 4));
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let mut ap = a.as_ptr();
     for &offset in &offsets[..kc] {
         // SAFETY: the assert keeps the reads of A inside its panel; the caller vouches for B.
         unsafe {
-            let b0 = _mm512_loadu_ps(halves[0].add(offset));
-            let b1 = _mm512_loadu_ps(halves[1].add(offset));
+            let (b0, b1) = if PARTS == 2 {
+                (_mm512_loadu_ps(parts[0].add(offset)), _mm512_loadu_ps(parts[1].add(offset)))
+            } else {
+                let quarter = |q: usize| _mm256_loadu_ps(parts[q].add(offset));
+                // (insertf64x4 is AVX-512F; the f32 form would need AVX-512DQ.)
+                let joined = |lo: __m256, hi: __m256| {
+                    let lo = _mm512_castps_pd(_mm512_castps256_ps512(lo));
+                    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
+                };
+                (joined(quarter(0), quarter(1)), joined(quarter(2), quarter(3)))
+            };
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = _mm512_set1_ps(*ap.add(i));
                 row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
