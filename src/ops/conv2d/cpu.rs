@@ -56,13 +56,16 @@ pub(super) fn forward_cpu<T: Float>(
     // With fewer products than threads, let the GEMM itself share the work.
     let split_gemm = batches < rayon::current_num_threads();
     let mut y = filled(g.n * g.o * pix, T::ZERO)?;
-    // Each task keeps its buffers (padded images, staged output) from one batch to the next.
-    let buffers = || (Vec::new(), Vec::new());
+    // Each task keeps its buffers (padded images, staged output, phases) from one batch to the
+    // next.
+    let buffers = || (Vec::new(), Vec::new(), Vec::new());
     let chunks = y.par_chunks_mut(m * g.o * pix).zip(x.par_chunks(m * in_len)).enumerate();
     chunks.for_each_init(buffers, |bufs, (batch, (y_batch, x_batch))| {
-        let (padded, staged) = bufs;
+        let (padded, staged, phases) = bufs;
         let m = x_batch.len() / in_len;
         let x_batch = im2col::pad(x_batch, g, padded);
+        // Where the micro-kernel can read B in place, the images as it reads them.
+        let source = (!split_gemm && indirect::applies::<T>(g)).then(|| indirect::Source::new(x_batch, g, m, phases));
         // The product's output is [O, m·OH·OW]: for one image that is its NCHW output
         // already; for several it is staged and reordered below.
         let out = if m == 1 {
@@ -73,14 +76,14 @@ pub(super) fn forward_cpu<T: Float>(
         };
         for grp in 0..g.groups() {
             let k = g.k_per_group();
-            if !split_gemm && indirect::applies::<T>(g) {
-                // A stride-1 convolution: B read from the padded images in place.
+            if let Some(source) = &source {
+                // B read from the padded images (or their phases) in place.
                 let y_g = &mut out[grp * og * m * pix..][..og * m * pix];
                 match packed {
-                    Some(packed) => indirect::product(packed[grp].view(), x_batch, g, (m, grp), y_g),
+                    Some(packed) => indirect::product(packed[grp].view(), source, g, (m, grp), y_g),
                     None => {
                         let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
-                        indirect::product(w_g, x_batch, g, (m, grp), y_g)
+                        indirect::product(w_g, source, g, (m, grp), y_g)
                     }
                 }
                 continue;

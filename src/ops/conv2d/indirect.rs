@@ -18,10 +18,21 @@
 //! ResNet-20 (16 to 64 channels, 32×32 to 8×8 maps) took a fifth of the time, each gathered
 //! value serving only two to eight micro-tiles.
 //!
+//! A stride-`s` convolution reads every `s`-th column, which no vector load can. Split into
+//! its `sh·sw` phases first, `P[ry, rx][c, i, j] = xp[c, i·sh + ry, j·sw + rx`] (one copy of
+//! the input, [`Source`]), the image is read at stride 1 again:
+//!
+//! ```text
+//! col[p, j] = xp[c, oy·sh + ky, ox·sw + kx] = P[ky mod sh, kx mod sw][c, oy + ky div sh, ox + kx div sw]
+//! ```
+//!
+//! a base `oy·PWs + ox` plus an offset for the step, as before (a stride-1 convolution has one
+//! phase, the padded image itself).
+//!
 //! The blocking over the shared dimension is the GEMM's (`KC` steps; the first block writes C,
 //! the others add to it) and the kernel issues the packed kernel's multiply-adds in the same
 //! order, so the output is the bits of im2col + GEMM (`cpu.rs`), which is the fallback for
-//! everything else: other strides, dilations and widths, other CPUs, f64.
+//! everything else: dilations, widths not a multiple of 8, other CPUs, f64.
 
 use super::ConvGeometry;
 use crate::ops::gemm::{GEMM_KC, PackA};
@@ -35,7 +46,6 @@ pub(super) fn applies<T: Float>(g: &ConvGeometry) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         T::DTYPE == DType::F32
-            && g.params.stride == (1, 1)
             && g.params.dilation == (1, 1)
             && g.ow.is_multiple_of(8)
             && g.out_pixels() > 0
@@ -48,29 +58,78 @@ pub(super) fn applies<T: Float>(g: &ConvGeometry) -> bool {
     }
 }
 
+/// The padded images as [`product`] reads them: split into the stride's phases (see the
+/// module's comment), or, at stride 1, the padded images themselves.
+pub(super) struct Source<'a, T> {
+    data: &'a [T],
+    /// The stride, and the height and width of a phase plane.
+    stride: (usize, usize),
+    plane: (usize, usize),
+    /// Values per image: `sh·sw·C·PHs·PWs`.
+    image: usize,
+}
+
+impl<'a, T: Float> Source<'a, T> {
+    /// `xp`, `m` images padded as `im2col::pad` pads them, split into phases in `buf` where
+    /// the stride is not 1.
+    pub(super) fn new(xp: &'a [T], g: &ConvGeometry, m: usize, buf: &'a mut Vec<T>) -> Source<'a, T> {
+        let (hp, wp) = (g.h + 2 * g.params.padding.0, g.w + 2 * g.params.padding.1);
+        let (sh, sw) = g.params.stride;
+        let (phs, pws) = (hp.div_ceil(sh), wp.div_ceil(sw));
+        let image = sh * sw * g.c * phs * pws;
+        if (sh, sw) == (1, 1) {
+            return Source { data: xp, stride: (1, 1), plane: (hp, wp), image };
+        }
+        buf.clear();
+        buf.resize(m * image, T::ZERO);
+        for (img, (dst, src)) in buf.chunks_exact_mut(image).zip(xp.chunks_exact(g.c * hp * wp)).enumerate().take(m) {
+            let _ = img;
+            for (phase, dst) in dst.chunks_exact_mut(g.c * phs * pws).enumerate() {
+                let (ry, rx) = (phase / sw, phase % sw);
+                for (dst, src) in dst.chunks_exact_mut(phs * pws).zip(src.chunks_exact(hp * wp)) {
+                    for (i, dst_row) in dst.chunks_exact_mut(pws).enumerate() {
+                        let Some(src_row) = src.chunks_exact(wp).nth(i * sh + ry) else { break };
+                        for (v, &x) in dst_row.iter_mut().zip(src_row.iter().skip(rx).step_by(sw)) {
+                            *v = x;
+                        }
+                    }
+                }
+            }
+        }
+        Source { data: buf, stride: (sh, sw), plane: (phs, pws), image }
+    }
+}
+
 /// `y_g = W_g · col_g` for `m` images side by side and group `grp`: `a` is `W_g` (`O/G ×
-/// C/G·KH·KW`, packed or not), `xp` the `m` images padded as `im2col::pad` pads them, `y` the
+/// C/G·KH·KW`, packed or not), `x` the `m` images as [`Source`] lays them out, `y` the
 /// group's `O/G × m·OH·OW` output, overwritten. Only where [`applies`] says so.
-pub(super) fn product<T: Float>(a: impl PackA<T>, xp: &[T], g: &ConvGeometry, (m, grp): (usize, usize), y: &mut [T]) {
-    let (ph, pw) = g.params.padding;
-    let (hp, wp) = (g.h + 2 * ph, g.w + 2 * pw);
+pub(super) fn product<T: Float>(
+    a: impl PackA<T>,
+    x: &Source<T>,
+    g: &ConvGeometry,
+    (m, grp): (usize, usize),
+    y: &mut [T],
+) {
+    let ((sh, sw), (phs, pws)) = (x.stride, x.plane);
     let (cg, og, pix) = (g.c / g.groups(), g.o_per_group(), g.out_pixels());
     let cols = m * pix;
-    assert!(applies::<T>(g) && xp.len() >= m * g.c * hp * wp && y.len() == og * cols && a.rows() == og);
-    // The step offsets, in im2col's row order, from the group's first channel.
+    assert!(applies::<T>(g) && x.data.len() >= m * x.image && y.len() == og * cols && a.rows() == og);
+    // The step offsets, in im2col's row order, from the group's first channel: the phase of
+    // the tap, the channel, the tap's row and column within the phase.
     let mut offsets = Vec::with_capacity(g.k_per_group());
     for c in grp * cg..(grp + 1) * cg {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                offsets.push(c * hp * wp + ky * wp + kx);
+                let phase = (ky % sh) * sw + kx % sw;
+                offsets.push((phase * g.c + c) * phs * pws + (ky / sh) * pws + kx / sw);
             }
         }
     }
-    // Each column's base: its image's place, then the padded position of its window corner.
-    let base = |j: usize| (j / pix) * g.c * hp * wp + (j % pix / g.ow) * wp + j % pix % g.ow;
+    // Each column's base: its image's place, then its output pixel's place in a phase plane.
+    let base = |j: usize| (j / pix) * x.image + (j % pix / g.ow) * pws + j % pix % g.ow;
     let k = offsets.len();
     let mut scratch = vec![T::ZERO; MC.min(og).div_ceil(8) * 8 * GEMM_KC.min(k)];
-    let xp = xp.as_ptr().cast::<f32>();
+    let xp = x.data.as_ptr().cast::<f32>();
     let c = y.as_mut_ptr().cast::<f32>();
     for pc in (0..k).step_by(GEMM_KC) {
         let kc = GEMM_KC.min(k - pc);
@@ -86,10 +145,12 @@ pub(super) fn product<T: Float>(a: impl PackA<T>, xp: &[T], g: &ConvGeometry, (m
                 // column (read, and never stored).
                 let part = |d: usize| if d < nr { base(jr + d) } else { base(jr) };
                 // SAFETY (for every read below): a part of w values (16 or 8, dividing OW and
-                // so the pixels of an image) lies in one output row of one image; its largest
-                // value read, for the last step of the group's last channel, is at most that
-                // image's last padded value (OW + KW − 1 = PW, OH + KH − 1 = PH at stride 1):
-                // inside xp. The tile (ic + ir.., jr..) lies inside y; AVX-512F is present.
+                // so the pixels of an image) lies in one output row of one image. Its value t
+                // at step (c, ky, kx) is phase (ky mod sh, kx mod sw), channel c, row oy + ky div
+                // sh, column ox + t + kx div sw of that image's phases, and since the output
+                // size keeps (oy·sh + ky, (ox + t)·sw + kx) inside the padded image, that row
+                // and column are inside a phase plane (PHs = ⌈PH/sh⌉, PWs = ⌈PW/sw⌉): inside
+                // x. The tile (ic + ir.., jr..) lies inside y; AVX-512F is present.
                 for ir in (0..mc).step_by(8) {
                     let mr = 8.min(mc - ir);
                     let a_panel = &panels[(ir / 8) * 8 * kc..][..8 * kc];
@@ -141,10 +202,10 @@ mod tests {
     use crate::rng::Rng;
     use crate::tensor::Shape;
 
-    /// The indirect product gives the bits of im2col + GEMM, for kernels of 1×1, 3×3 and
-    /// 5×3, padded and not, groups, output widths of 8, 16 and 32 (panels of one row, two and
-    /// four), one image and several side by side, shared dimensions across KC blocks, and
-    /// last panels of 8, 16 and 24 columns.
+    /// The indirect product gives the bits of im2col + GEMM, for kernels of 1×1, 3×3, 5×3
+    /// and 7×7, padded and not, strides 1, 2 and 3 (and 2 by 1), groups, output widths of 8,
+    /// 16 and 32 (panels of one row, two and four), one image and several side by side,
+    /// shared dimensions across KC blocks, and last panels of 8, 16 and 24 columns.
     #[test]
     fn gives_the_bits_of_im2col_and_gemm() {
         let p = Conv2dParams::default();
@@ -157,6 +218,11 @@ mod tests {
             ([4, 64, 8, 8], [24, 64, 3, 3], p.padding(1)),
             ([3, 30, 1, 8], [17, 30, 1, 1], p),
             ([2, 9, 5, 24], [11, 9, 3, 3], p.padding(1)),
+            ([2, 16, 32, 32], [32, 16, 3, 3], p.padding(1).stride(2)),
+            ([2, 3, 64, 64], [16, 3, 7, 7], p.padding(3).stride(2)),
+            ([3, 12, 16, 15], [8, 12, 1, 1], p.stride(2)),
+            ([1, 10, 9, 33], [6, 5, 3, 2], Conv2dParams { stride: (2, 1), padding: (1, 0), ..p.groups(2) }),
+            ([1, 4, 20, 46], [5, 4, 5, 3], Conv2dParams { stride: (3, 3), padding: (2, 1), ..p }),
         ];
         for (xs, ws, p) in cases {
             let g = ConvGeometry::new(&Shape::from(xs), &Shape::from(ws), p).unwrap();
@@ -172,11 +238,13 @@ mod tests {
             let (og, k, m) = (g.o_per_group(), g.k_per_group(), g.n);
             let cols = m * g.out_pixels();
             let (mut want, mut got) = (vec![f32::NAN; g.o * cols], vec![f32::NAN; g.o * cols]);
+            let mut phases = Vec::new();
+            let source = Source::new(xp, &g, m, &mut phases);
             for grp in 0..g.groups() {
                 let w_g = MatRef::row_major(&w[grp * og * k..][..og * k], og, k);
                 let y = MatMut::row_major(&mut want[grp * og * cols..][..og * cols], og, cols);
                 gemm(w_g, Im2col::new(xp, &g, m, grp), y, false);
-                product(w_g, xp, &g, (m, grp), &mut got[grp * og * cols..][..og * cols]);
+                product(w_g, &source, &g, (m, grp), &mut got[grp * og * cols..][..og * cols]);
             }
             assert_eq!(got, want, "{xs:?} {ws:?}");
         }
