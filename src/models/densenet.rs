@@ -120,16 +120,17 @@ impl DenseLayer {
     /// The new `growth` channels, from all the feature maps before it.
     fn forward_features(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
         let h = if self.memory_efficient && g.is_training() && g.is_recording() {
-            self.bottleneck_recomputed(g, features)?
+            let h = self.bottleneck_recomputed(g, features)?;
+            self.norm2.forward_relu(g, &h)?
         } else {
             self.bottleneck(g, features)?
         };
-        let h = self.norm2.forward_relu(g, &h)?;
         let h = self.conv2.forward(g, &h)?;
         if self.dropout.p > 0.0 { self.dropout.forward(g, &h) } else { Ok(h) }
     }
 
-    /// `conv1(relu(norm1(concat(features))))`, each op on the tape with what its backward needs.
+    /// `relu(norm2(conv1(relu(norm1(concat(features))))))`, each op on the tape with what its
+    /// backward needs; in an eval graph `norm2` is folded into `conv1` (`conv_batch_norm`).
     fn bottleneck(&mut self, g: &mut Graph, features: &[Var]) -> Result<Var> {
         let x = if let [one] = features {
             one.clone()
@@ -144,7 +145,7 @@ impl DenseLayer {
             x
         };
         let h = self.norm1.forward_relu(g, &x)?;
-        self.conv1.forward(g, &h)
+        conv_batch_norm(g, (&mut self.conv1, &mut self.norm2), &h, None, true)
     }
 
     /// The same in training mode as one [`Bottleneck`] segment, recomputed in backward: the
