@@ -17,7 +17,9 @@
 //!
 //! The left operand comes through [`PackA`] (`packed_a.rs`): a plain matrix is packed block by
 //! block, a [`super::PackedMatrix`] (a convolution's weights during inference) was packed once
-//! and is read where it lies. The `ic` blocks are walked on one thread, or, for a C with few
+//! and is read where it lies. The right operand likewise comes through [`PackB`]: packed per
+//! block (a matrix, or a convolution's im2col gathered from the image), or a
+//! [`super::PackedBMatrix`] (a linear layer's `Wᵀ` during inference) read in place. The `ic` blocks are walked on one thread, or, for a C with few
 //! columns and many rows, shared among the threads ([`RowBlocks`]), which then all read one
 //! packed block of B.
 //!
@@ -684,7 +686,7 @@ mod tests {
     /// kernel's (packed again as it goes).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn every_f32_kernel_takes_a_matrix_packed_once() {
+    fn every_f32_kernel_takes_matrices_packed_once() {
         use super::super::PackedMatrix;
         let (m, n, k) = (29, 45, 300);
         let a: Vec<f32> = random(m * k, 11).iter().map(|&v| v as f32).collect();
@@ -698,6 +700,13 @@ mod tests {
                 let mut got = vec![f32::NAN; m * n];
                 gemm_f32_with(isa, packed.view(), bm, MatMut::row_major(&mut got, m, n), false, RowBlocks::InTurn);
                 assert_eq!(got, want, "{isa:?} with panels of {mr} rows");
+            }
+            // And a right-hand operand packed once, in the panels of every kernel's width.
+            for nr in [32, 16, 8] {
+                let packed = super::super::PackedBMatrix::with_panel_cols(bm, nr);
+                let mut got = vec![f32::NAN; m * n];
+                gemm_f32_with(isa, am, packed.view(), MatMut::row_major(&mut got, m, n), false, RowBlocks::InTurn);
+                assert_eq!(got, want, "{isa:?} with B in panels of {nr} columns");
             }
         }
     }
