@@ -82,8 +82,7 @@ impl<'a, T: Float> Source<'a, T> {
         }
         buf.clear();
         buf.resize(m * image, T::ZERO);
-        for (img, (dst, src)) in buf.chunks_exact_mut(image).zip(xp.chunks_exact(g.c * hp * wp)).enumerate().take(m) {
-            let _ = img;
+        for (dst, src) in buf.chunks_exact_mut(image).zip(xp.chunks_exact(g.c * hp * wp)) {
             for (phase, dst) in dst.chunks_exact_mut(g.c * phs * pws).enumerate() {
                 let (ry, rx) = (phase / sw, phase % sw);
                 for (dst, src) in dst.chunks_exact_mut(phs * pws).zip(src.chunks_exact(hp * wp)) {
