@@ -35,7 +35,7 @@
 //! everything else: dilations, widths not a multiple of 8, other CPUs, f64.
 
 use super::ConvGeometry;
-use crate::ops::gemm::{GEMM_KC, PackA};
+use crate::ops::gemm::{GEMM_KC, PackA, with_packing_space_for_a};
 use crate::tensor::{DType, Float};
 
 /// Row blocks of the weights packed at a time (as the GEMM's MC).
@@ -127,45 +127,50 @@ pub(super) fn product<T: Float>(
     // Each column's base: its image's place, then its output pixel's place in a phase plane.
     let base = |j: usize| (j / pix) * x.image + (j % pix / g.ow) * pws + j % pix % g.ow;
     let k = offsets.len();
-    let mut scratch = vec![T::ZERO; MC.min(og).div_ceil(8) * 8 * GEMM_KC.min(k)];
     let xp = x.data.as_ptr().cast::<f32>();
     let c = y.as_mut_ptr().cast::<f32>();
-    for pc in (0..k).step_by(GEMM_KC) {
-        let kc = GEMM_KC.min(k - pc);
-        let offsets = &offsets[pc..pc + kc];
-        for ic in (0..og).step_by(MC) {
-            let mc = MC.min(og - ic);
-            let panels = a.panels::<8>(ic, mc, pc, kc, &mut scratch);
-            // SAFETY: T is f32 (`applies`), so the panels are f32 values.
-            let panels = unsafe { std::slice::from_raw_parts(panels.as_ptr().cast::<f32>(), panels.len()) };
-            for jr in (0..cols).step_by(32) {
-                let nr = 32.min(cols - jr);
-                // The part starting at column jr + d, or the first part again past the last
-                // column (read, and never stored).
-                let part = |d: usize| if d < nr { base(jr + d) } else { base(jr) };
-                // SAFETY (for every read below): a part of w values (16 or 8, dividing OW and
-                // so the pixels of an image) lies in one output row of one image. Its value t
-                // at step (c, ky, kx) is phase (ky mod sh, kx mod sw), channel c, row oy + ky div
-                // sh, column ox + t + kx div sw of that image's phases, and since the output
-                // size keeps (oy·sh + ky, (ox + t)·sw + kx) inside the padded image, that row
-                // and column are inside a phase plane (PHs = ⌈PH/sh⌉, PWs = ⌈PW/sw⌉): inside
-                // x. The tile (ic + ir.., jr..) lies inside y; AVX-512F is present.
-                for ir in (0..mc).step_by(8) {
-                    let mr = 8.min(mc - ir);
-                    let a_panel = &panels[(ir / 8) * 8 * kc..][..8 * kc];
-                    let tile = unsafe { c.add((ic + ir) * cols + jr) };
-                    let shape = (tile, cols, mr, nr, pc > 0);
-                    if g.ow.is_multiple_of(16) {
-                        let parts = unsafe { [xp.add(part(0)), xp.add(part(16))] };
-                        unsafe { kernel(kc, a_panel, parts, offsets, shape) };
-                    } else {
-                        let parts = unsafe { [xp.add(part(0)), xp.add(part(8)), xp.add(part(16)), xp.add(part(24))] };
-                        unsafe { kernel(kc, a_panel, parts, offsets, shape) };
+    // The packing space of the GEMM's row blocks, kept by the thread: A's panels are packed
+    // there, unless the weights are kept packed and read in place.
+    let space = MC.min(og).div_ceil(8) * 8 * GEMM_KC.min(k);
+    with_packing_space_for_a(space, |scratch: &mut [T]| {
+        for pc in (0..k).step_by(GEMM_KC) {
+            let kc = GEMM_KC.min(k - pc);
+            let offsets = &offsets[pc..pc + kc];
+            for ic in (0..og).step_by(MC) {
+                let mc = MC.min(og - ic);
+                let panels = a.panels::<8>(ic, mc, pc, kc, &mut *scratch);
+                // SAFETY: T is f32 (`applies`), so the panels are f32 values.
+                let panels = unsafe { std::slice::from_raw_parts(panels.as_ptr().cast::<f32>(), panels.len()) };
+                for jr in (0..cols).step_by(32) {
+                    let nr = 32.min(cols - jr);
+                    // The part starting at column jr + d, or the first part again past the last
+                    // column (read, and never stored).
+                    let part = |d: usize| if d < nr { base(jr + d) } else { base(jr) };
+                    // SAFETY (for every read below): a part of w values (16 or 8, dividing OW and
+                    // so the pixels of an image) lies in one output row of one image. Its value t
+                    // at step (c, ky, kx) is phase (ky mod sh, kx mod sw), channel c, row oy + ky div
+                    // sh, column ox + t + kx div sw of that image's phases, and since the output
+                    // size keeps (oy·sh + ky, (ox + t)·sw + kx) inside the padded image, that row
+                    // and column are inside a phase plane (PHs = ⌈PH/sh⌉, PWs = ⌈PW/sw⌉): inside
+                    // x. The tile (ic + ir.., jr..) lies inside y; AVX-512F is present.
+                    for ir in (0..mc).step_by(8) {
+                        let mr = 8.min(mc - ir);
+                        let a_panel = &panels[(ir / 8) * 8 * kc..][..8 * kc];
+                        let tile = unsafe { c.add((ic + ir) * cols + jr) };
+                        let shape = (tile, cols, mr, nr, pc > 0);
+                        if g.ow.is_multiple_of(16) {
+                            let parts = unsafe { [xp.add(part(0)), xp.add(part(16))] };
+                            unsafe { kernel(kc, a_panel, parts, offsets, shape) };
+                        } else {
+                            let parts =
+                                unsafe { [xp.add(part(0)), xp.add(part(8)), xp.add(part(16)), xp.add(part(24))] };
+                            unsafe { kernel(kc, a_panel, parts, offsets, shape) };
+                        }
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// The AVX-512 kernel, or nothing where it does not exist (never called there: `applies`).

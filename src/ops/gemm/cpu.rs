@@ -457,6 +457,12 @@ impl<T: Float, A: PackA<T>> Step<'_, T, A> {
     }
 }
 
+/// Runs `f` on `len` values of this thread's space for packing blocks of A, as the GEMM's
+/// own row blocks do: for a product driven outside [`gemm`] (`conv2d/indirect.rs`).
+pub(crate) fn with_packing_space_for_a<T: Float>(len: usize, f: impl FnOnce(&mut [T])) {
+    with_scratch(&PACKED_A, len, f)
+}
+
 /// Runs `f` on `len` values of this thread's packing space `cell` (grown as needed, kept for
 /// the next call). Packing writes every element it later reads (padding included), so the
 /// space is reused without clearing; allocating and zeroing it per call costs as much as the

@@ -27,7 +27,7 @@ mod views;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-pub(crate) use cpu::KC as GEMM_KC;
+pub(crate) use cpu::{KC as GEMM_KC, with_packing_space_for_a};
 pub use cpu::{PackB, cpu_kernel_name, cpu_tile, gemm, gemm_parallel};
 pub use gpu::GemmKernel;
 pub use packed_a::{PackA, PackedA, PackedMatrix};

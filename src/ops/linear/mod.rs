@@ -27,7 +27,7 @@ use crate::device::Device;
 use crate::device::gpu::{KernelCall, to_i32, to_i64};
 use crate::device::host_memory::filled;
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Float, Tensor};
+use crate::tensor::{DType, Element, Float, Tensor};
 
 const OP: &str = "linear";
 
@@ -54,7 +54,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, exec: &ExecOptions) -
         inputs.push(("bias", b));
     }
     let (dtype, device) = common_dtype(OP, &inputs)?;
-    let mut y = product(x, w, exec)?;
+    let mut y = product(x, w, (dtype, device), exec)?;
     let Some(b) = b else { return Ok(y) };
     if let Some(gpu) = gpu_f32(OP, dtype, device)? {
         let bias = b.gpu_buffer()?;
@@ -86,8 +86,8 @@ pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, exec: &ExecOptio
         expect_shape(OP, "bias", b, &[o])?;
         inputs.push(("bias", b));
     }
-    common_dtype(OP, &inputs)?;
-    let mut y = product(x, w, exec)?;
+    let on = common_dtype(OP, &inputs)?;
+    let mut y = product(x, w, on, exec)?;
     super::bias_act::bias_act_in_place(&mut y, b, true)?;
     Ok(y)
 }
@@ -95,8 +95,8 @@ pub fn forward_relu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, exec: &ExecOptio
 /// `x · Wᵀ` in `exec`'s precision. When the weights stay fixed (inference) on the CPU in
 /// FP32, `Wᵀ` is packed for the GEMM once and kept ([`weight_cache`]): packing it again for
 /// every batch copied all of AlexNet's 59 million classifier weights per forward pass.
-fn product(x: &Tensor, w: &Tensor, exec: &ExecOptions) -> Result<Tensor> {
-    let (dtype, device) = common_dtype(OP, &[("input", x), ("weight", w)])?;
+/// `(dtype, device)` is the operands' common one, as the caller checked it.
+fn product(x: &Tensor, w: &Tensor, (dtype, device): (DType, Device), exec: &ExecOptions) -> Result<Tensor> {
     if !(exec.weights_fixed && exec.precision == Precision::Fp32 && device == Device::Cpu) {
         return matmul(x, false, w, true, GemmKernel::default(), exec.precision);
     }
