@@ -215,6 +215,36 @@ fn run_devices() -> Result<()> {
             }
         }
     }
+    let usable: Vec<usize> = cuda::probe()
+        .map(|info| info.gpus.iter().map(|g| g.ordinal).filter(|&n| cuda::check(n).is_ok()).collect())
+        .unwrap_or_default();
+    for (i, &a) in usable.iter().enumerate() {
+        for &b in &usable[i + 1..] {
+            let peer = match (Device::Cuda(a).gpu(), Device::Cuda(b).gpu()) {
+                (Ok(Some(x)), Ok(Some(y))) => match x.can_access_peer(&y) {
+                    Ok(true) => "direct (peer access)".to_string(),
+                    Ok(false) => "staged through the host (no peer access)".to_string(),
+                    Err(e) => format!("unknown: {e}"),
+                },
+                _ => "unknown: a device did not open".to_string(),
+            };
+            out!("peer     cuda:{a} <-> cuda:{b}: copies {peer}");
+        }
+    }
+    match scratchnet::device::nccl::probe() {
+        Ok(version) if usable.len() >= 2 => {
+            out!("nccl     usable: NCCL {version}, for --data-parallel over {} GPUs", usable.len())
+        }
+        Ok(version) => out!(
+            "nccl     NCCL {version} found; data parallelism needs two GPUs here ({} usable), or one per process with --rank/--world-size",
+            usable.len()
+        ),
+        Err(why) => out!("nccl     not usable: {why}"),
+    }
+    out!(
+        "emu:N    emu:0 to emu:{} are independent emulated devices (--devices emu:0,emu:1), summing on the host",
+        scratchnet::device::MAX_EMU_DEVICES - 1
+    );
     if kernels::CUDA_ARCHS.is_empty() {
         out!("kernels  not compiled for the GPU: nvcc was not found at build time (scripts/setup-cuda.sh)");
     } else {

@@ -25,7 +25,7 @@ use scratchnet::{DType, Device, Tensor};
 /// kernels/emu/tests/conv_index_tests.cu).
 #[test]
 fn row_digits_and_fast_division_agree_with_dividing() {
-    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let gpu = Device::Emu(0).gpu().unwrap().unwrap();
     let out = gpu.zeros(DType::F64, 4).unwrap();
     gpu.launch(KernelCall::new("emu_test_conv_index").grid(1, 1, 1).block(1, 1, 1).buf(&out).i32(40)).unwrap();
     let mut bytes = vec![0u8; out.bytes()];
@@ -81,7 +81,7 @@ fn implicit_gemm_operands_walk_every_edge_of_the_row_digits() {
         let dy = Tensor::randn(want_y.dims().to_vec(), 0.0, 1.0, DType::F32, seed + 4);
         let want_dx = conv2d::backward_data(&dy, &w, x.shape(), p, &ExecOptions::default()).unwrap();
         let want_dw = conv2d::backward_filter(&dy, &x, w.shape(), p, &ExecOptions::default()).unwrap();
-        let on_emu = |t: &Tensor| t.to_device(Device::Emu).unwrap();
+        let on_emu = |t: &Tensor| t.to_device(Device::Emu(0)).unwrap();
         let (xd, wd, bd, dyd) = (on_emu(&x), on_emu(&w), on_emu(&b), on_emu(&dy));
         for algo in algos {
             let exec = ExecOptions::with_conv_algo(algo);

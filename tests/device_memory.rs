@@ -15,13 +15,13 @@ static EMU: Mutex<()> = Mutex::new(());
 #[test]
 fn steady_state_training_does_no_device_allocation() {
     let _alone = EMU.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let gpu = Device::Emu(0).gpu().unwrap().unwrap();
     // The smallest ResNet at a tiny size keeps the emulator quick.
     let mut model = ResNetCifar::new(3, 4, 0);
-    model.to_device(Device::Emu).unwrap();
+    model.to_device(Device::Emu(0)).unwrap();
     let mut opt = Sgd::new(0.01, 0.9, 5e-4);
-    let x = Tensor::randn([2, 3, 8, 8], 0.0, 1.0, DType::F32, 6).to_device(Device::Emu).unwrap();
-    let y = Tensor::from_vec([2], vec![0i64, 3]).unwrap().to_device(Device::Emu).unwrap();
+    let x = Tensor::randn([2, 3, 8, 8], 0.0, 1.0, DType::F32, 6).to_device(Device::Emu(0)).unwrap();
+    let y = Tensor::from_vec([2], vec![0i64, 3]).unwrap().to_device(Device::Emu(0)).unwrap();
     let mut step = || {
         let mut g = Graph::new();
         let logits = model.forward(&mut g, &Var::constant(x.clone())).unwrap();
@@ -51,13 +51,13 @@ fn steady_state_training_does_no_device_allocation() {
 #[test]
 fn memory_efficient_densenet_holds_less_until_backward() {
     let _alone = EMU.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let gpu = Device::Emu(0).gpu().unwrap().unwrap();
     let held = |memory_efficient: bool| {
         let mut m = models::build("densenet_bc100", 5, 3).unwrap();
         assert!(m.set_memory_efficient(memory_efficient) > 0);
-        m.to_device(Device::Emu).unwrap();
-        let x = Tensor::randn([2, 3, 8, 8], 0.0, 1.0, DType::F32, 4).to_device(Device::Emu).unwrap();
-        let labels = Tensor::from_vec([2], vec![1i64, 3]).unwrap().to_device(Device::Emu).unwrap();
+        m.to_device(Device::Emu(0)).unwrap();
+        let x = Tensor::randn([2, 3, 8, 8], 0.0, 1.0, DType::F32, 4).to_device(Device::Emu(0)).unwrap();
+        let labels = Tensor::from_vec([2], vec![1i64, 3]).unwrap().to_device(Device::Emu(0)).unwrap();
         let before = gpu.memory_stats().in_use;
         let mut g = Graph::new();
         let logits = m.forward(&mut g, &Var::constant(x)).unwrap();
@@ -79,12 +79,12 @@ fn memory_efficient_densenet_holds_less_until_backward() {
 fn a_bf16_graph_holds_half_the_memory_until_backward() {
     use scratchnet::ops::{ExecOptions, Precision};
     let _alone = EMU.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let gpu = Device::Emu(0).gpu().unwrap().unwrap();
     let held = |keep_activations_fp32: bool| {
         let mut model = ResNetCifar::new(3, 4, 0);
-        model.to_device(Device::Emu).unwrap();
-        let x = Tensor::randn([4, 3, 16, 16], 0.0, 1.0, DType::F32, 6).to_device(Device::Emu).unwrap();
-        let y = Tensor::from_vec([4], vec![0i64, 3, 1, 2]).unwrap().to_device(Device::Emu).unwrap();
+        model.to_device(Device::Emu(0)).unwrap();
+        let x = Tensor::randn([4, 3, 16, 16], 0.0, 1.0, DType::F32, 6).to_device(Device::Emu(0)).unwrap();
+        let y = Tensor::from_vec([4], vec![0i64, 3, 1, 2]).unwrap().to_device(Device::Emu(0)).unwrap();
         let before = gpu.memory_stats().in_use;
         let exec = ExecOptions { keep_activations_fp32, ..ExecOptions::with_precision(Precision::Bf16) };
         let mut g = Graph::new().with_options(exec);

@@ -31,7 +31,7 @@ fn assert_selftest_passes(device: Device) {
 
 #[test]
 fn every_kernel_matches_its_reference_on_emu() {
-    assert_selftest_passes(Device::Emu);
+    assert_selftest_passes(Device::Emu(0));
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn one_training_step_on_cpu_and_emu_matches_the_references() {
     let x = Tensor::randn([3, 3, 11, 13], 0.0, 1.0, DType::F32, 5);
     let labels = [1usize, 4, 0];
     let y = Tensor::from_vec([3], labels.iter().map(|&l| l as i64).collect::<Vec<i64>>()).unwrap();
-    for device in [Device::Cpu, Device::Emu] {
+    for device in [Device::Cpu, Device::Emu(0)] {
         let mut model = Mixed::new();
         let params: HashMap<String, Vec<f64>> =
             model.params().iter().map(|p| (p.name().to_string(), p.value.to_f64_vec().unwrap())).collect();
@@ -206,9 +206,9 @@ fn one_training_step_on_cpu_and_emu_matches_the_references() {
 #[test]
 fn two_training_steps_on_emu_match_the_cpu() {
     let (cpu_losses, cpu_state) = two_steps(Device::Cpu);
-    let (emu_losses, emu_state) = two_steps(Device::Emu);
+    let (emu_losses, emu_state) = two_steps(Device::Emu(0));
     // Each device on its own is deterministic: a second run gives the same bits.
-    assert_eq!(two_steps(Device::Emu), (emu_losses.clone(), emu_state.clone()));
+    assert_eq!(two_steps(Device::Emu(0)), (emu_losses.clone(), emu_state.clone()));
     assert_eq!(two_steps(Device::Cpu), (cpu_losses.clone(), cpu_state.clone()));
     for (a, b) in emu_losses.iter().zip(&cpu_losses) {
         assert!((a - b).abs() <= 1e-5 * b.abs(), "loss {a} on emu, {b} on cpu");
@@ -222,7 +222,7 @@ fn two_training_steps_on_emu_match_the_cpu() {
 
 #[test]
 fn a_launch_with_the_wrong_arguments_is_an_error() {
-    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let gpu = Device::Emu(0).gpu().unwrap().unwrap();
     let y = gpu.alloc(DType::F32, 4).unwrap();
     let e = gpu.launch(KernelCall::elementwise("relu_fwd_f32", 4).buf(&y).i32(4)).unwrap_err().to_string();
     assert!(e.contains("kernel relu_fwd_f32 takes [Ptr, Ptr, I64] but was given [Ptr, I32]"), "{e}");
@@ -235,13 +235,13 @@ fn a_launch_with_the_wrong_arguments_is_an_error() {
 #[test]
 fn tensors_move_between_devices_unchanged() {
     let t = Tensor::randn([3, 5, 7], 0.0, 1.0, DType::F32, 9);
-    let e = t.to_device(Device::Emu).unwrap();
-    assert_eq!(e.device(), Device::Emu);
+    let e = t.to_device(Device::Emu(0)).unwrap();
+    assert_eq!(e.device(), Device::Emu(0));
     assert!(e.as_slice::<f32>().unwrap_err().to_string().contains("lives on emu"));
     assert_eq!(e.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
     let back = e.to_device(Device::Cpu).unwrap();
     assert_eq!(back.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
-    let f64_on_emu = Tensor::zeros([2], DType::F64).to_device(Device::Emu).unwrap();
+    let f64_on_emu = Tensor::zeros([2], DType::F64).to_device(Device::Emu(0)).unwrap();
     let e = scratchnet::ops::elementwise::relu_forward(&f64_on_emu).unwrap_err().to_string();
     assert!(e.contains("dtype f64 is not supported here (supported: f32 on cuda and emu)"), "{e}");
     let cpu = Tensor::zeros([2], DType::F32);
@@ -276,7 +276,7 @@ fn a_whole_resnet_and_densenet_take_the_same_step_on_cpu_and_emu() {
     for (name, size) in [("resnet20", 16), ("densenet_bc100", 8)] {
         let x = Tensor::randn([2, 3, size, size], 0.0, 1.0, DType::F32, 12);
         let (cpu_loss, cpu_state) = one_step_of(name, &x, Device::Cpu);
-        let (emu_loss, emu_state) = one_step_of(name, &x, Device::Emu);
+        let (emu_loss, emu_state) = one_step_of(name, &x, Device::Emu(0));
         assert!(
             (cpu_loss - emu_loss).abs() <= 1e-5 * cpu_loss.abs(),
             "{name}: loss {cpu_loss} on cpu, {emu_loss} on emu"

@@ -11,7 +11,7 @@ use scratchnet::device::gpu::{GpuBuffer, KernelCall};
 use scratchnet::{DType, Device};
 
 fn emu() -> Arc<GpuDevice> {
-    Device::Emu.gpu().expect("emu opens").expect("emu is a GPU-like device")
+    Device::Emu(0).gpu().expect("emu opens").expect("emu is a GPU-like device")
 }
 
 fn upload_f32(gpu: &Arc<GpuDevice>, v: &[f32]) -> GpuBuffer {
@@ -376,7 +376,7 @@ fn a_captured_training_step_replays_after_its_setup_returns() {
     use scratchnet::bench::{Problem, TrainStep, Variant};
     let step =
         TrainStep { model: "resnet20".into(), batch: 2, input: [3, 32, 32], num_classes: 10, memory_efficient: false };
-    let mut run = Problem::TrainStep(step).prepare(Device::Emu, Variant::CudaGraph, &Default::default()).unwrap();
+    let mut run = Problem::TrainStep(step).prepare(Device::Emu(0), Variant::CudaGraph, &Default::default()).unwrap();
     run().unwrap();
     run().unwrap();
 }

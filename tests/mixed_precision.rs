@@ -84,7 +84,7 @@ fn a_bf16_step_of_resnet20_and_densenet_bc100_on_emu_matches_the_cpu_in_bf16() {
     for (name, size) in [("resnet20", 16), ("densenet_bc100", 8)] {
         let x = Tensor::randn([2, 3, size, size], 0.0, 1.0, DType::F32, 12);
         let cpu = one_step_of(name, &x, Precision::Bf16, Device::Cpu);
-        let emu = one_step_of(name, &x, Precision::Bf16, Device::Emu);
+        let emu = one_step_of(name, &x, Precision::Bf16, Device::Emu(0));
         let fp32 = one_step_of(name, &x, Precision::Fp32, Device::Cpu);
         let distance = |a: &Step, b: &Step| {
             (
@@ -128,7 +128,7 @@ fn bf16_graphs_keep_activations_in_16_bits_with_half_the_memory() {
     // (model, image size, device, memory-efficient, bit for bit)
     let cases = [
         ("resnet20", 16, Device::Cpu, false, true),
-        ("resnet20", 8, Device::Emu, false, true),
+        ("resnet20", 8, Device::Emu(0), false, true),
         ("resnet18", 32, Device::Cpu, false, false),
         ("densenet_bc100", 16, Device::Cpu, false, false),
         ("densenet_bc100", 16, Device::Cpu, true, false),

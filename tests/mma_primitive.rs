@@ -20,7 +20,7 @@ use scratchnet::ops::precision::{Precision, round_tf32};
 use scratchnet::{DType, Device};
 
 fn emu() -> Arc<GpuDevice> {
-    Device::Emu.gpu().expect("emu opens").expect("emu is a GPU-like device")
+    Device::Emu(0).gpu().expect("emu opens").expect("emu is a GPU-like device")
 }
 
 fn upload_f32(gpu: &Arc<GpuDevice>, v: &[f32]) -> GpuBuffer {
@@ -389,14 +389,14 @@ fn narrowing_to_16_bits_and_back_agrees_with_the_cpu_and_with_precision_round() 
     let x = edge_values();
     let n = x.len();
     let on_cpu = Tensor::from_vec([n], x.clone()).unwrap();
-    let on_emu = on_cpu.to_device(Device::Emu).unwrap();
+    let on_emu = on_cpu.to_device(Device::Emu(0)).unwrap();
     let same_bits = |a: &[u16], b: &[u16], nan: &dyn Fn(u16) -> bool| {
         a.iter().zip(b).filter(|&(&a, &b)| if nan(a) { !nan(b) } else { a != b }).count()
     };
     for p in [Precision::Bf16, Precision::Fp16] {
         let (cpu16, emu16) = (narrow(&on_cpu, p).unwrap(), narrow(&on_emu, p).unwrap());
         assert_eq!((cpu16.dtype(), emu16.dtype()), (p.half_dtype().unwrap(), p.half_dtype().unwrap()));
-        assert!(emu16.device() == Device::Emu);
+        assert!(emu16.device() == Device::Emu(0));
         let bits = |t: &Tensor| -> Vec<u16> {
             match p {
                 Precision::Bf16 => t.to_vec::<half::bf16>().unwrap().iter().map(|h| h.to_bits()).collect(),

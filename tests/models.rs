@@ -189,7 +189,7 @@ fn fused_and_unfused_layers_train_alike() {
 /// for the backward pass (`tests/device_memory.rs` counts the device's buffers too).
 #[test]
 fn memory_efficient_densenet_trains_alike_and_keeps_less() {
-    for (name, size, device) in [("densenet121", 32, Device::Cpu), ("densenet_bc100", 8, Device::Emu)] {
+    for (name, size, device) in [("densenet121", 32, Device::Cpu), ("densenet_bc100", 8, Device::Emu(0))] {
         let run = |memory_efficient: bool| {
             let mut m = models::build(name, 5, 3).unwrap();
             assert!(m.set_memory_efficient(memory_efficient) > 0);

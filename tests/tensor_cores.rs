@@ -132,7 +132,7 @@ fn inputs(i: usize, (xs, ws, p, _): &Case) -> (Tensor, Tensor, Tensor, Tensor, C
 }
 
 fn on_emu(t: &Tensor) -> Tensor {
-    t.to_device(Device::Emu).unwrap()
+    t.to_device(Device::Emu(0)).unwrap()
 }
 
 fn exec(algo: ConvAlgo, precision: Precision) -> ExecOptions {
@@ -342,7 +342,7 @@ fn tensor_core_algorithms_refuse_fp32() {
 #[test]
 fn the_algorithm_chooses_between_the_tensor_cores_and_the_rounding_path() {
     let _serial = serial();
-    let gpu = Device::Emu.gpu().unwrap().unwrap();
+    let gpu = Device::Emu(0).gpu().unwrap().unwrap();
     let (x, w, _, dy, g) = inputs(0, &cases()[0]);
     let (xd, wd, dyd) = (on_emu(&x), on_emu(&w), on_emu(&dy));
     let p = g.params;

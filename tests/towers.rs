@@ -23,7 +23,7 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 }
 
 fn emu() -> Arc<GpuDevice> {
-    Device::Emu.gpu().unwrap().unwrap()
+    Device::Emu(0).gpu().unwrap().unwrap()
 }
 
 fn err(a: &Tensor, b: &Tensor) -> f64 {
@@ -58,7 +58,7 @@ fn grouped_convolutions_as_towers_give_the_same_bits_on_the_side_streams() {
         let want_y = conv2d::forward_relu(&x, &wt, b.as_ref(), p, &cpu).unwrap();
         let dy = Tensor::randn(want_y.dims().to_vec(), 0.0, 1.0, DType::F32, seed + 4);
         let (want_dx, want_dw) = conv2d::backward_data_and_filter(&dy, &x, &wt, p, (true, true), &cpu).unwrap();
-        let on = |t: &Tensor| t.to_device(Device::Emu).unwrap();
+        let on = |t: &Tensor| t.to_device(Device::Emu(0)).unwrap();
         let (xe, we, be, dye) = (on(&x), on(&wt), b.as_ref().map(on), on(&dy));
 
         let run = |towers: bool| {
@@ -146,7 +146,7 @@ impl Module for TowerNet {
 #[test]
 fn training_with_towers_matches_training_without_also_as_a_captured_graph() {
     let _turn = one_at_a_time();
-    let device = Device::Emu;
+    let device = Device::Emu(0);
     let x = Tensor::randn([3, 3, 6, 6], 0.0, 1.0, DType::F32, 5).to_device(device).unwrap();
     let y = Tensor::from_vec([3], vec![0i64, 3, 1]).unwrap().to_device(device).unwrap();
     let with_towers = |towers: bool| ExecOptions { towers, ..ExecOptions::default() };
@@ -196,7 +196,7 @@ fn training_with_towers_matches_training_without_also_as_a_captured_graph() {
 #[test]
 fn a_profiled_step_times_each_tower_on_its_stream() {
     let _turn = one_at_a_time();
-    let device = Device::Emu;
+    let device = Device::Emu(0);
     let mut m = TowerNet::new(device);
     let x = Tensor::randn([2, 3, 5, 5], 0.0, 1.0, DType::F32, 6).to_device(device).unwrap();
     let y = Tensor::from_vec([2], vec![1i64, 2]).unwrap().to_device(device).unwrap();
@@ -232,12 +232,12 @@ fn side_streams_hold_freed_memory_back_until_the_join() {
     let cached_before = gpu.memory_stats().cached;
     let mut freed = gpu
         .on_streams(2, |_| {
-            assert_ne!(streams::current_on(Device::Emu), 0);
+            assert_ne!(streams::current_on(Device::Emu(0)), 0);
             let b = gpu.alloc(DType::F32, 4000)?;
             Ok(b.ptr())
         })
         .unwrap();
-    assert_eq!(streams::current_on(Device::Emu), 0, "the main stream is current again");
+    assert_eq!(streams::current_on(Device::Emu(0)), 0, "the main stream is current again");
     // Stream 2 could not take the block stream 1 had freed: its kernels might still read it.
     assert_ne!(freed[0], freed[1]);
     if gpu.caches_freed_memory() {
@@ -262,7 +262,7 @@ fn side_streams_hold_freed_memory_back_until_the_join() {
     let failed =
         gpu.on_streams(2, |i| if i == 1 { Err(scratchnet::Error::Device("tower 1 failed".into())) } else { Ok(i) });
     assert_eq!(failed.unwrap_err().to_string(), "device: tower 1 failed");
-    assert_eq!(streams::current_on(Device::Emu), 0);
+    assert_eq!(streams::current_on(Device::Emu(0)), 0);
 }
 
 #[test]
@@ -279,7 +279,7 @@ fn a_tower_that_panics_still_joins_and_the_next_fork_works() {
         });
     }));
     assert!(caught.is_err());
-    assert_eq!(streams::current_on(Device::Emu), 0, "the main stream is current again");
+    assert_eq!(streams::current_on(Device::Emu(0)), 0, "the main stream is current again");
     assert!(!streams::forked());
     // The blocks the towers freed went back to the cache at the join (or, without a cache,
     // to the system: nothing stays held back).
@@ -296,7 +296,7 @@ fn a_tower_that_panics_still_joins_and_the_next_fork_works() {
 #[test]
 fn a_profiled_graph_dropped_before_backward_stops_the_stream_log() {
     let _turn = one_at_a_time();
-    let device = Device::Emu;
+    let device = Device::Emu(0);
     let gpu = emu();
     let mut m = TowerNet::new(device);
     let x = Tensor::randn([2, 3, 5, 5], 0.0, 1.0, DType::F32, 7).to_device(device).unwrap();
@@ -316,7 +316,7 @@ fn a_profiled_graph_dropped_before_backward_stops_the_stream_log() {
 fn two_graphs_in_one_process_run_the_convolution_kernels_each_one_carries() {
     let _turn = one_at_a_time();
     let gpu = emu();
-    let device = Device::Emu;
+    let device = Device::Emu(0);
     let x = Tensor::randn([2, 4, 6, 6], 0.0, 1.0, DType::F32, 8).to_device(device).unwrap();
     let w =
         scratchnet::Param::new("w", Tensor::randn([5, 4, 3, 3], 0.0, 0.3, DType::F32, 9).to_device(device).unwrap());

@@ -137,7 +137,7 @@ fn a_captured_training_step_replays_to_the_same_weights() {
     let run = |cuda_graph: bool| {
         let o = TrainOptions {
             data: DataSource::Npy(xp.clone(), yp.clone()),
-            device: scratchnet::Device::Emu,
+            device: scratchnet::Device::Emu(0),
             // 27 training images: steps of 4, and a last one of 3 that runs as usual.
             epochs: 2,
             batch_size: 4,
@@ -195,7 +195,7 @@ fn a_captured_step_with_dropout_draws_fresh_masks_like_ordinary_steps() {
             vec![&mut self.conv, &mut self.bn, &mut self.drop, &mut self.fc]
         }
     }
-    let device = scratchnet::Device::Emu;
+    let device = scratchnet::Device::Emu(0);
     let build = || {
         let p = Conv2dParams::default().padding(1);
         let mut m = DropNet {

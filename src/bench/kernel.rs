@@ -103,7 +103,7 @@ fn by_device<T>(device: Device, cuda: T, cpu: T, emu: T) -> T {
     match device {
         Device::Cuda(_) => cuda,
         Device::Cpu => cpu,
-        Device::Emu => emu,
+        Device::Emu(_) => emu,
     }
 }
 
@@ -566,7 +566,7 @@ pub fn header() -> String {
 pub fn lines(device: Device, row: &Row, c: &Ceilings) -> Vec<String> {
     let (fraction, _) = c.roofline(row.flops, row.bytes, row.median_ms / 1e3);
     // The emulator's ceilings (a 64³ product, a 1 MiB copy on the CPU) make no roofline.
-    let roof = if device == Device::Emu { "-".to_string() } else { format!("{:.0}%", 100.0 * fraction) };
+    let roof = if device.is_emu() { "-".to_string() } else { format!("{:.0}%", 100.0 * fraction) };
     let mut out = vec![format!(
         "{:<44} {:<22} {:>9.2e} {:>6} {:>10.3} {:>9.1} {:>8.1} {:>5}",
         row.problem,

@@ -51,7 +51,7 @@ impl BenchOptions {
         match self.device {
             Device::Cuda(_) => cuda,
             Device::Cpu => cpu,
-            Device::Emu => emu,
+            Device::Emu(_) => emu,
         }
     }
 

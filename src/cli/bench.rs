@@ -40,7 +40,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         "all" => true,
         other => return Err(Error::argument("bench", format!("--variants must be default or all, got '{other}'"))),
     };
-    if opts.device == Device::Emu {
+    if opts.device.is_emu() {
         err!("note: the emulator runs kernels on the CPU; its timings say nothing about a GPU");
     }
     // The results file is written as the run goes, a line per row (bench::jsonl), so that a
@@ -126,7 +126,7 @@ pub fn run_kernel(a: KernelCmdArgs) -> Result<ExitCode> {
     let mut first = true;
     let (_, rows) = kernel::run(&opts, |row, c| {
         if first {
-            if opts.device == Device::Emu {
+            if opts.device.is_emu() {
                 err!("note: the emulator runs kernels on the CPU; its times say nothing about a GPU");
             }
             out!(

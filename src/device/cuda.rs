@@ -42,7 +42,7 @@ pub struct CudaInfo {
 
 /// Runs `f`, turning a panic (cudarc's way of reporting a missing library or symbol) into
 /// `None` without printing the panic message.
-fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
     static HOOK: Mutex<()> = Mutex::new(());
     let _only_one = HOOK.lock().unwrap_or_else(|p| p.into_inner());
     let previous = std::panic::take_hook();
@@ -228,6 +228,9 @@ struct CudaBackend {
     free_events: Mutex<Vec<u64>>,
     /// Whether the stream is being captured into a graph (no per-launch waits then).
     capturing: std::sync::atomic::AtomicBool,
+    /// Per other GPU (by ordinal): whether this context reads its memory directly, found and
+    /// enabled on the first copy from it.
+    peers: Mutex<HashMap<usize, bool>>,
 }
 
 // SAFETY: driver handles (context, stream, module, function) may be used from any thread;
@@ -283,6 +286,7 @@ impl CudaBackend {
             sync_each_launch: std::env::var("SCRATCHNET_CUDA_SYNC").is_ok_and(|v| v == "1"),
             free_events: Mutex::new(Vec::new()),
             capturing: std::sync::atomic::AtomicBool::new(false),
+            peers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -306,6 +310,38 @@ impl CudaBackend {
     fn bind(&self) -> Result<()> {
         // SAFETY: the context was retained in `open` and is never released.
         unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| self.err("cuCtxSetCurrent", e))
+    }
+
+    /// Whether this GPU can read the memory of GPU `peer` directly; the first time yes,
+    /// enables it for this context (a context may read another's memory only once enabled).
+    fn peer_access(&self, peer: usize, peer_ctx: sys::CUcontext) -> Result<bool> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&can) = peers.get(&peer) {
+            return Ok(can);
+        }
+        self.bind()?;
+        let device = |n: usize| result::device::get(n as i32).map_err(|e| self.err("cuDeviceGet", e));
+        let (me, other) = (device(self.info.ordinal)?, device(peer)?);
+        let mut can = 0;
+        // SAFETY: writes one int; both are valid devices.
+        unsafe { sys::cuDeviceCanAccessPeer(&mut can, me, other) }
+            .result()
+            .map_err(|e| self.err("cuDeviceCanAccessPeer", e))?;
+        let can = can != 0;
+        if can {
+            // SAFETY: our context is current; the peer's context is retained for the process.
+            let enabled = unsafe { sys::cuCtxEnablePeerAccess(peer_ctx, 0) };
+            if enabled != sys::cudaError_enum::CUDA_SUCCESS
+                && enabled != sys::cudaError_enum::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+            {
+                return Err(Error::Device(format!(
+                    "{}: enabling peer access to cuda:{peer}: {enabled:?}",
+                    self.name()
+                )));
+            }
+        }
+        peers.insert(peer, can);
+        Ok(can)
     }
 
     fn function(&self, index: usize, kernel: &KernelInfo) -> Result<sys::CUfunction> {
@@ -445,6 +481,47 @@ impl Backend for CudaBackend {
     fn release_event(&self, event: u64) {
         // Events are kept for reuse: a profiled step records two per op.
         self.free_events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+
+    fn wait_event(&self, event: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: a live event (of this GPU or another) and our stream.
+        unsafe {
+            result::stream::wait_event(
+                self.stream(),
+                event as sys::CUevent,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| self.err("waiting for another device's event", e))
+    }
+
+    unsafe fn copy_from_peer(&self, dst: u64, peer: &dyn Backend, src: u64, bytes: usize) -> Result<bool> {
+        let Device::Cuda(other) = peer.device() else { return Ok(false) };
+        let peer_ctx = peer.raw_context() as sys::CUcontext;
+        if !self.peer_access(other, peer_ctx)? {
+            return Ok(false);
+        }
+        self.bind()?;
+        // SAFETY: both hold `bytes` bytes in their contexts (the caller's contract).
+        unsafe { result::memcpy_peer_async(self.ctx, dst, peer_ctx, src, bytes, self.stream()) }
+            .map_err(|e| self.err(&format!("copying from cuda:{other}"), e))?;
+        Ok(true)
+    }
+
+    fn can_access_peer(&self, peer: &dyn Backend) -> Result<bool> {
+        match peer.device() {
+            Device::Cuda(other) => self.peer_access(other, peer.raw_context() as sys::CUcontext),
+            _ => Ok(false),
+        }
+    }
+
+    fn raw_stream(&self) -> u64 {
+        self.stream() as u64
+    }
+
+    fn raw_context(&self) -> u64 {
+        self.ctx as u64
     }
 
     fn begin_capture(&self) -> Result<()> {

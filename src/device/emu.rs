@@ -42,6 +42,8 @@ unsafe extern "C" {
 const ALIGN: usize = 256;
 
 pub struct EmuBackend {
+    /// Which emulated device this is (`emu:N`).
+    ordinal: usize,
     /// One launch at a time.
     launching: Mutex<()>,
     /// The work recorded since `begin_capture`, when capturing, and the thread capturing.
@@ -105,18 +107,36 @@ fn arg_bytes(kind: ArgKind) -> usize {
     }
 }
 
-/// The emulated device (one per process).
+/// The emulated device `emu` (`emu:0`).
 pub fn device() -> Arc<GpuDevice> {
-    static DEVICE: OnceLock<Arc<GpuDevice>> = OnceLock::new();
-    Arc::clone(DEVICE.get_or_init(|| GpuDevice::new(Box::new(EmuBackend::new(None)), super::cache_requested())))
+    opened(0)
+}
+
+/// The emulated device `emu:N`, opened on first use: each has its own allocator, launch
+/// lock and streams, as separate GPUs have (their memory is all the host's).
+pub fn device_at(ordinal: usize) -> Result<Arc<GpuDevice>> {
+    if ordinal >= super::MAX_EMU_DEVICES {
+        return Err(Error::Device(format!(
+            "emu:{ordinal}: the emulator offers emu:0 to emu:{}",
+            super::MAX_EMU_DEVICES - 1
+        )));
+    }
+    Ok(opened(ordinal))
+}
+
+fn opened(ordinal: usize) -> Arc<GpuDevice> {
+    static DEVICES: [OnceLock<Arc<GpuDevice>>; super::MAX_EMU_DEVICES] =
+        [const { OnceLock::new() }; super::MAX_EMU_DEVICES];
+    let slot = &DEVICES[ordinal.min(super::MAX_EMU_DEVICES - 1)];
+    Arc::clone(slot.get_or_init(|| GpuDevice::new(Box::new(EmuBackend::new(ordinal, None)), super::cache_requested())))
 }
 
 /// An emulated device of its own whose memory holds `bytes` (the shared one of [`device`]
 /// has the host's): for tests of what happens when a GPU's memory runs out. Its buffers are
-/// tagged `emu` like the shared device's, so tensors moved with `to_device(Device::Emu)`
+/// tagged `emu` like the shared device's, so tensors moved with `to_device(Device::Emu(0))`
 /// go to the shared one; allocate on this one directly.
 pub fn device_with_memory(bytes: usize) -> Arc<GpuDevice> {
-    GpuDevice::new(Box::new(EmuBackend::new(Some(bytes))), super::cache_requested())
+    GpuDevice::new(Box::new(EmuBackend::new(0, Some(bytes))), super::cache_requested())
 }
 
 /// Number of kernels the emulator can run (the GPU kernels and its own test kernels).
@@ -130,7 +150,7 @@ fn layout(bytes: usize) -> Result<Layout> {
 
 impl Backend for EmuBackend {
     fn device(&self) -> Device {
-        Device::Emu
+        Device::Emu(self.ordinal)
     }
 
     fn name(&self) -> String {
@@ -215,6 +235,25 @@ impl Backend for EmuBackend {
     }
 
     fn release_event(&self, _event: u64) {}
+
+    // Launches and copies finish before they return: every event has been reached.
+    fn wait_event(&self, _event: u64) -> Result<()> {
+        Ok(())
+    }
+
+    unsafe fn copy_from_peer(&self, dst: u64, peer: &dyn Backend, src: u64, bytes: usize) -> Result<bool> {
+        if !peer.device().is_emu() {
+            return Ok(false);
+        }
+        self.refuse_while_capturing("a copy from another device")?;
+        // SAFETY: both emulated devices' memory is the host's; the caller guarantees the sizes.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+        Ok(true)
+    }
+
+    fn can_access_peer(&self, peer: &dyn Backend) -> Result<bool> {
+        Ok(peer.device().is_emu())
+    }
 
     unsafe fn launch(&self, index: usize, kernel: &KernelInfo, d: LaunchDims, args: &mut [*mut c_void]) -> Result<()> {
         if let Some(ops) = self.captured_here().as_mut().map(|(_, ops)| ops) {
@@ -305,8 +344,9 @@ impl Backend for EmuBackend {
 }
 
 impl EmuBackend {
-    fn new(capacity: Option<usize>) -> EmuBackend {
+    fn new(ordinal: usize, capacity: Option<usize>) -> EmuBackend {
         EmuBackend {
+            ordinal,
             launching: Mutex::new(()),
             capture: Mutex::new(None),
             graphs: Mutex::new(HashMap::new()),

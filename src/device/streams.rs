@@ -25,6 +25,10 @@ use super::{Device, GpuEvent};
 /// Side streams a device offers (streams 1 to `SIDE_STREAMS`; 0 is the main one).
 pub const SIDE_STREAMS: usize = 4;
 
+/// The side stream that carries the collectives of data-parallel training (the last one),
+/// so that they overlap the backward pass on the main stream.
+pub const COMM_STREAM: usize = SIDE_STREAMS;
+
 thread_local! {
     /// The device whose side stream is current on this thread, and which one.
     static CURRENT: Cell<Option<(Device, usize)>> = const { Cell::new(None) };

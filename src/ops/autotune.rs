@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::device::{Device, GpuDevice};
+use crate::device::GpuDevice;
 use crate::error::Result;
 
 /// Runs of each candidate that are timed (after one warm-up run).
@@ -67,7 +67,7 @@ pub fn pick<V: Copy>(
     run: impl Fn(V) -> Result<()>,
 ) -> Result<V> {
     let last = *candidates.last().expect("at least one candidate");
-    if gpu.device() == Device::Emu || candidates.len() == 1 {
+    if gpu.device().is_emu() || candidates.len() == 1 {
         return Ok(last);
     }
     let key = format!("{}\t{problem}", gpu.name());

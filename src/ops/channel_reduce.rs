@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn too_many_channels_for_one_grid_is_an_error() {
-        let gpu = crate::device::Device::Emu.gpu().unwrap().unwrap();
+        let gpu = crate::device::Device::Emu(0).gpu().unwrap().unwrap();
         let e = ChannelReduction::new(&gpu, "bias + relu", (1, 70_000, 1), 1).err().unwrap().to_string();
         assert!(e.contains("70000 channels are more than one launch handles"), "{e}");
         let r = ChannelReduction::new(&gpu, "bias + relu", (2, 3, 5000), 2).unwrap();

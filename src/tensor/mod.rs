@@ -188,6 +188,11 @@ impl Tensor {
         if device == self.device() {
             return Ok(self.clone());
         }
+        // From one GPU (or emulated device) to another: directly, without a host copy where
+        // the two can reach each other's memory.
+        if let (Storage::Gpu(src), Some(gpu)) = (&*self.storage, device.gpu()?) {
+            return Ok(Tensor::from_storage(self.shape.clone(), Storage::Gpu(gpu.copy_from_device(src)?)));
+        }
         let host = self.to_host()?;
         let storage = match device.gpu()? {
             None => Storage::Cpu(host),

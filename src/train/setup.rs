@@ -44,7 +44,7 @@ pub(super) fn prepare(o: &TrainOptions) -> Result<Prepared> {
 }
 
 /// The model of `--model`, with `--dropout` and `--memory-efficient` applied.
-fn build_model(o: &TrainOptions) -> Result<Box<dyn Model>> {
+pub(super) fn build_model(o: &TrainOptions) -> Result<Box<dyn Model>> {
     models::check_name(&o.model)?;
     set_activity(Activity::BuildingModel);
     let mut model = models::build(&o.model, num_classes(o), o.seed)?;
@@ -155,7 +155,7 @@ fn check_memory(o: &TrainOptions, batch: usize, layers: &[LayerRecord], [c, h, w
             let gpu = crate::device::cuda::probe().ok().and_then(|i| i.gpus.into_iter().find(|g| g.ordinal == n));
             (gpu.map(|g| g.memory_bytes), format!("the memory of {}", o.device))
         }
-        Device::Cpu | Device::Emu => (total_host_memory(), "the machine's memory and swap".to_string()),
+        Device::Cpu | Device::Emu(_) => (total_host_memory(), "the machine's memory and swap".to_string()),
     };
     let per_image = models::kept_bytes_lower_bound(layers);
     let Some(total) = total else { return Ok(()) };

@@ -82,6 +82,27 @@ impl GpuDevice {
         Ok(())
     }
 
+    /// Runs `f` with the communication stream ([`streams::COMM_STREAM`]) current, after
+    /// making it wait for what the main stream has queued so far; unlike
+    /// [`GpuDevice::on_streams`], the main stream does not wait for it until
+    /// [`GpuDevice::join_comm_stream`], so the main stream's later work (the rest of a backward
+    /// pass) runs while the collectives `f` queued (a bucket's all-reduce) are in flight.
+    pub fn on_comm_stream<T>(self: &Arc<Self>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if streams::forked() {
+            return Err(Error::Device(format!("{}: the communication stream cannot fork again", self.device())));
+        }
+        // Every side stream waits for the main one: harmless for those that have no work.
+        self.backend.fork(streams::COMM_STREAM)?;
+        let _on = StreamGuard::enter(self.device(), streams::COMM_STREAM);
+        f()
+    }
+
+    /// Makes the main stream wait for everything queued on the communication stream (before
+    /// the optimizer reads the summed gradients); the blocks freed on it go back to the cache.
+    pub fn join_comm_stream(&self) -> Result<()> {
+        self.join_side_streams(streams::COMM_STREAM)
+    }
+
     /// Starts keeping a [`StreamSpan`] for each side stream of each later
     /// [`GpuDevice::on_streams`] (the profiler's view of the streams).
     pub fn start_stream_log(&self) {

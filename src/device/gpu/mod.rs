@@ -17,12 +17,14 @@
 //! | `launch.rs` | [`KernelCall`]; each launch checked against its kernel's signature and the GPU's limits |
 //! | `fork_join.rs` | side streams: [`GpuDevice::on_streams`] and its log of what each stream ran |
 //! | `capture.rs` | graph capture and replay: [`GpuDevice::capture`], [`CapturedGraph`] |
+//! | `peer.rs` | copies from another device, ordered by events on both ([`GpuDevice::copy_from_device`]) |
 
 mod allocator;
 mod buffer;
 mod capture;
 mod fork_join;
 mod launch;
+mod peer;
 
 use std::ffi::c_void;
 use std::sync::atomic::AtomicU64;
@@ -32,6 +34,7 @@ pub use allocator::MemoryStats;
 pub use buffer::GpuBuffer;
 pub use capture::CapturedGraph;
 pub use launch::{Arg, BLOCK, KernelCall, LaunchDims};
+pub use peer::PeerCopyStats;
 
 use super::Device;
 use super::kernels::KernelInfo;
@@ -85,6 +88,26 @@ pub trait Backend: Send + Sync {
     fn elapsed_ms(&self, start: u64, end: u64) -> Result<f64>;
     /// Gives back an event's resources.
     fn release_event(&self, event: u64);
+    /// Makes the current stream wait until `event` is reached; the event may have been
+    /// recorded by another device's backend (CUDA lets a GPU's stream wait on another's event).
+    fn wait_event(&self, event: u64) -> Result<()>;
+    /// Copies `bytes` bytes from `src` in the memory of the device behind `peer` to `dst`
+    /// in this device's, on the current stream; `Ok(false)` when the two cannot reach each
+    /// other's memory and the caller must stage the copy through the host.
+    /// # Safety
+    /// `dst` holds `bytes` bytes of this device, `src` holds `bytes` bytes of `peer`'s.
+    unsafe fn copy_from_peer(&self, dst: u64, peer: &dyn Backend, src: u64, bytes: usize) -> Result<bool>;
+    /// Whether this device can read `peer`'s memory directly.
+    fn can_access_peer(&self, peer: &dyn Backend) -> Result<bool>;
+    /// The driver's handle of the calling thread's current stream (a `CUstream`, for NCCL);
+    /// 0 for the emulator, which has none.
+    fn raw_stream(&self) -> u64 {
+        0
+    }
+    /// The driver's handle of the device's context (a `CUcontext`); 0 for the emulator.
+    fn raw_context(&self) -> u64 {
+        0
+    }
     /// From now on, work is recorded into a graph instead of run (CUDA stream capture). Host
     /// copies and waits are not allowed until [`Backend::end_capture`].
     fn begin_capture(&self) -> Result<()>;
@@ -125,6 +148,10 @@ pub struct GpuDevice {
     launch_log: Mutex<Option<Vec<(&'static str, LaunchDims)>>>,
     /// Held by the thread inside [`GpuDevice::on_streams`]: one fork at a time.
     forking: Mutex<()>,
+    /// Copies received from other devices ([`GpuDevice::copy_from_device`]).
+    peer_direct: AtomicU64,
+    peer_staged: AtomicU64,
+    peer_bytes: AtomicU64,
 }
 
 impl GpuDevice {
@@ -142,6 +169,9 @@ impl GpuDevice {
             spans: Mutex::new(None),
             launch_log: Mutex::new(None),
             forking: Mutex::new(()),
+            peer_direct: AtomicU64::new(0),
+            peer_staged: AtomicU64::new(0),
+            peer_bytes: AtomicU64::new(0),
         })
     }
 
@@ -160,6 +190,16 @@ impl GpuDevice {
 
     pub fn synchronize(&self) -> Result<()> {
         self.backend.synchronize()
+    }
+
+    /// The driver's handle of the calling thread's current stream (0 on the emulator).
+    pub fn raw_stream(&self) -> u64 {
+        self.backend.raw_stream()
+    }
+
+    /// Makes this device's current stream wait for `event`, recorded on this device or another.
+    pub fn wait_event(&self, event: &GpuEvent) -> Result<()> {
+        self.backend.wait_event(event.handle)
     }
 
     /// Marks this point in the device's queue of work, for timing what runs between two marks
