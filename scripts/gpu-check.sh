@@ -11,7 +11,9 @@
 #
 #   tier 1  devices; selftest (every kernel against the plain references); a short training run
 #           whose loss must fall; the same run as a captured CUDA graph, step by step equal to
-#           it; AlexNet's training step with and without --towers.
+#           it; AlexNet's training step with and without --towers; data parallelism over
+#           two devices (with and without --sync-bn, and its scaling against one GPU) where
+#           there are two GPUs, skipped where there is one.
 #   tier 2  bench of the ResNet-50, memory-bound and GEMM suites, each followed by the same
 #           problems in PyTorch (scripts/torch_baseline.py; needs torch, and torchvision for the
 #           ResNet/DenseNet training steps, which are skipped without it); then the GEMM and
@@ -229,6 +231,33 @@ for line in open(sys.argv[1]):
     else
         amend "FAIL (no plain and towers rows in $out/towers.jsonl)"
     fi
+fi
+
+# Data parallelism over two devices (NCCL on cuda, the host-side sum on emu): the run must
+# train, with and without --sync-bn, and on GPUs the images per second of two GPUs against one
+# (the scaling). NCCL is looked up as libnccl.so; PyTorch's wheel ships libnccl.so.2 alone, so
+# a link to it goes on LD_LIBRARY_PATH.
+nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+if [ -n "$nccl_dir" ] && [ -e "$nccl_dir/libnccl.so.2" ] && [ ! -e "$nccl_dir/libnccl.so" ]; then
+    mkdir -p "$out/nccl-lib" && ln -sf "$nccl_dir/libnccl.so.2" "$out/nccl-lib/libnccl.so"
+    export LD_LIBRARY_PATH="$out/nccl-lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+gpus=$(grep -Ec '^cuda:[0-9]+ +usable' "$out/devices.log")
+if [ "$device" = emu ]; then
+    pair=emu:0,emu:1; dp=(--steps 2 --batch-size 4)
+else
+    pair=cuda:0,cuda:1; dp=(--steps 60 --batch-size 256)
+fi
+dp+=(--holdout 0 --seed 1 --no-augment)
+images_per_sec() { awk -F, '$3 == "train" { v = $NF } END { print v + 0 }' "$1"; }
+if [ "$device" = cuda ] && [ "$gpus" -lt 2 ]; then
+    skip data-parallel 1 "$gpus GPU here: data parallelism and towers on two devices need two"
+elif run_step data-parallel 1 120 "$bin" train "${dp[@]}" --devices "$pair" --data-parallel --log "$out/dp.csv"; then
+    if [ "$device" = cuda ] && run_step one-gpu 1 90 "$bin" train "${dp[@]}" --device cuda:0 --log "$out/one.csv"; then
+        two=$(images_per_sec "$out/dp.csv"); one=$(images_per_sec "$out/one.csv")
+        amend "PASS ($one img/s on one GPU, $two on two: x$(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }'))"
+    fi
+    run_step sync-bn 1 120 "$bin" train "${dp[@]}" --devices "$pair" --data-parallel --sync-bn
 fi
 fi
 

@@ -83,6 +83,17 @@ pub(super) enum Saved {
         batch_stats: bool,
         y: Option<Tensor>,
     },
+    /// Synchronised batch norm (inputs x, γ, β): `mean` and `var` are the statistics of all
+    /// devices' `count` values per channel.
+    SyncBatchNorm {
+        x: Tensor,
+        gamma: Tensor,
+        mean: Tensor,
+        var: Tensor,
+        eps: f64,
+        count: f64,
+        sync: super::SyncBn,
+    },
     Relu {
         y: Tensor,
     },
@@ -132,6 +143,7 @@ impl Saved {
                 v.extend(y);
                 v
             }
+            Saved::SyncBatchNorm { x, gamma, mean, var, .. } => vec![x, gamma, mean, var],
             Saved::Relu { y } => vec![y],
             Saved::Dropout { seed: ops::dropout::Seed::Device(t), .. } => vec![t],
             Saved::Dropout { .. } => vec![],
@@ -202,6 +214,9 @@ impl Saved {
                 };
                 vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta)]
             }
+            Saved::SyncBatchNorm { x, gamma, mean, var, eps, count, sync } => {
+                sync_batch_norm_backward(dy, &widened(x)?, &gamma, (&mean, &var), eps, count, &sync)?
+            }
             Saved::Relu { y } => vec![Some(ops::elementwise::relu_backward(dy, &widened(y)?)?)],
             // The gradient of a sum is passed unchanged to both terms (the tensor is shared,
             // not copied; accumulating into it later copies on write).
@@ -218,4 +233,40 @@ impl Saved {
             }
         })
     }
+}
+
+/// The backward pass of synchronised batch norm. With x̂ = (x − μ)/σ over all devices'
+/// `count` values per channel, a batch norm's data gradient is
+///
+/// ```text
+/// dx = γ/σ · (dy − Σdy/count − x̂ · Σ(dy·x̂)/count)
+/// ```
+///
+/// where the sums run over every device's values. Each device's own sums are its gradients
+/// of β (Σdy) and γ (Σdy·x̂), which the eval backward gives; one all-reduce makes them the
+/// sums over all devices. The bracket is then `dy + t`, with `t = −Σ(dy·x̂)/count · x̂ −
+/// Σdy/count`: a batch norm in eval form of x (scale −Σ(dy·x̂)/count, shift −Σdy/count), and
+/// `γ/σ · (dy + t)` is the eval backward's data gradient of `dy + t`. The parameters'
+/// gradients stay this device's own: data-parallel training sums them with the others.
+fn sync_batch_norm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    eps: f64,
+    count: f64,
+    sync: &super::SyncBn,
+) -> Result<Vec<Option<Tensor>>> {
+    let own = ops::batchnorm::backward_eval(dy, x, gamma, mean, var, eps)?;
+    let mut sums = [own.dbeta.to_dtype(crate::tensor::DType::F64)?, own.dgamma.to_dtype(crate::tensor::DType::F64)?];
+    sync.collective.all_reduce_sum(sync.rank, &mut sums)?;
+    let scale_shift = |t: &Tensor| -> Result<Tensor> {
+        let v: Vec<f64> = t.to_f64_vec()?.iter().map(|s| -s / count).collect();
+        Tensor::from_vec([v.len()], v)?.to_dtype(gamma.dtype())?.to_device(gamma.device())
+    };
+    let (shift, scale) = (scale_shift(&sums[0])?, scale_shift(&sums[1])?);
+    let t = ops::batchnorm::forward_eval(x, &scale, &shift, mean, var, eps)?;
+    let bracket = ops::elementwise::add(dy, &t)?;
+    let dx = ops::batchnorm::backward_eval(&bracket, x, gamma, mean, var, eps)?.dx;
+    Ok(vec![Some(dx), Some(own.dgamma), Some(own.dbeta)])
 }

@@ -53,10 +53,20 @@ impl<'a> BnEpilogue<'a> {
 }
 
 /// What [`Graph::batch_norm`] returns: the output, and under [`BnStats::Batch`] the batch
-/// mean and biased variance (from which a layer updates its running statistics).
+/// mean and biased variance (from which a layer updates its running statistics) with the
+/// number of values per channel they were taken over (this device's, or every device's
+/// under synchronised batch norm).
 pub struct BatchNormOutput {
     pub y: Var,
-    pub batch_stats: Option<(Tensor, Tensor)>,
+    pub batch_stats: Option<BatchStats>,
+}
+
+/// A batch's mean and biased variance per channel, and how many values each was taken over.
+pub type BatchStats = (Tensor, Tensor, usize);
+
+/// Values per channel of an `[N, C, H, W]` tensor: N·H·W.
+fn per_channel(x: &Var) -> usize {
+    x.dims().first().copied().unwrap_or(0) * x.dims().iter().skip(2).product::<usize>()
 }
 
 impl Graph {
@@ -70,6 +80,9 @@ impl Graph {
         epilogue: BnEpilogue,
         eps: f64,
     ) -> Result<BatchNormOutput> {
+        if let (Some(sync), BnStats::Batch) = (self.sync_bn.clone(), stats) {
+            return self.batch_norm_synced(x, gamma, beta, epilogue, eps, sync);
+        }
         if self.fuses() && !epilogue.is_none() {
             return self.batch_norm_fused(x, gamma, beta, stats, epilogue, eps);
         }
@@ -115,7 +128,7 @@ impl Graph {
         beta: &Var,
         stats: BnStats,
         eps: f64,
-    ) -> Result<(Var, Option<(Tensor, Tensor)>)> {
+    ) -> Result<(Var, Option<BatchStats>)> {
         let (y, mean, var, batch_stats) = match stats {
             BnStats::Batch => {
                 let out = ops::batchnorm::forward_train(&x.value, &gamma.value, &beta.value, eps)?;
@@ -126,7 +139,7 @@ impl Graph {
                 (y, mean.clone(), var.clone(), false)
             }
         };
-        let returned = batch_stats.then(|| (mean.clone(), var.clone()));
+        let returned = batch_stats.then(|| (mean.clone(), var.clone(), per_channel(x)));
         let y = self.record(y, &[x, gamma, beta], |k| {
             Ok(Saved::BatchNorm { x: k.activation(&x.value)?, gamma: gamma.value.clone(), mean, var, eps, batch_stats })
         })?;
@@ -156,7 +169,7 @@ impl Graph {
                 (y, mean.clone(), var.clone(), false)
             }
         };
-        let returned = batch_stats.then(|| (mean.clone(), var.clone()));
+        let returned = batch_stats.then(|| (mean.clone(), var.clone(), per_channel(x)));
         let y_saved = epilogue.relu.then(|| y.clone());
         let mut inputs = vec![x, gamma, beta];
         inputs.extend(epilogue.residual);
@@ -173,4 +186,67 @@ impl Graph {
         })?;
         Ok(BatchNormOutput { y, batch_stats: returned })
     }
+
+    /// Synchronised batch norm (`--sync-bn`, PyTorch's `SyncBatchNorm`): the statistics of
+    /// the whole batch, all devices together. Each device takes the mean and variance of its
+    /// own part; one all-reduce sums, per channel, the count, the count times the mean, and
+    /// the count times the mean square (variance plus squared mean), in f64 so that the
+    /// difference `E[x²] − E[x]²` loses nothing; every device then normalises with the same
+    /// statistics (the eval kernel, with those as fixed statistics) and runs the epilogue as
+    /// separate ops. The backward pass makes one more all-reduce ([`super::backward`]).
+    fn batch_norm_synced(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        epilogue: BnEpilogue,
+        eps: f64,
+        sync: SyncBn,
+    ) -> Result<BatchNormOutput> {
+        let local = ops::batchnorm::forward_train(&x.value, &gamma.value, &beta.value, eps)?;
+        let (mean, var) = (local.mean.to_f64_vec()?, local.var.to_f64_vec()?);
+        let (c, n) = (mean.len(), per_channel(x) as f64);
+        let mut sums = Vec::with_capacity(1 + 2 * c);
+        sums.push(n);
+        sums.extend(mean.iter().map(|m| n * m));
+        sums.extend(mean.iter().zip(&var).map(|(m, v)| n * (v + m * m)));
+        let mut parts = [Tensor::from_vec([1 + 2 * c], sums)?.to_device(x.value.device())?];
+        sync.collective.all_reduce_sum(sync.rank, &mut parts)?;
+        let total = parts[0].to_f64_vec()?;
+        let count = total[0];
+        let mean: Vec<f64> = total[1..=c].iter().map(|s| s / count).collect();
+        let var: Vec<f64> = total[1 + c..].iter().zip(&mean).map(|(s, m)| (s / count - m * m).max(0.0)).collect();
+        let to_stat = |v: Vec<f64>| -> Result<Tensor> {
+            Tensor::from_vec([c], v)?.to_dtype(local.mean.dtype())?.to_device(x.value.device())
+        };
+        let (mean, var) = (to_stat(mean)?, to_stat(var)?);
+        let y = ops::batchnorm::forward_eval(&x.value, &gamma.value, &beta.value, &mean, &var, eps)?;
+        let (kept_mean, kept_var) = (mean.clone(), var.clone());
+        let y = self.record(y, &[x, gamma, beta], |k| {
+            Ok(Saved::SyncBatchNorm {
+                x: k.activation(&x.value)?,
+                gamma: gamma.value.clone(),
+                mean: kept_mean,
+                var: kept_var,
+                eps,
+                count,
+                sync,
+            })
+        })?;
+        let y = match epilogue.residual {
+            Some(r) => self.add(&y, r)?,
+            None => y,
+        };
+        let y = if epilogue.relu { self.relu(&y)? } else { y };
+        Ok(BatchNormOutput { y, batch_stats: Some((mean, var, count as usize)) })
+    }
+}
+
+/// What synchronised batch norm needs to sum its statistics across devices: the collective
+/// and this device's rank in it. A training graph of a data-parallel replica carries it
+/// ([`Graph::with_sync_bn`]) when the run asks for `--sync-bn`.
+#[derive(Clone)]
+pub struct SyncBn {
+    pub collective: std::sync::Arc<dyn crate::device::collective::Collective>,
+    pub rank: usize,
 }

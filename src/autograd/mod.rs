@@ -40,7 +40,7 @@ mod recompute;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use batch_norm::{BatchNormOutput, BnEpilogue, BnStats};
+pub use batch_norm::{BatchNormOutput, BnEpilogue, BnStats, SyncBn};
 pub use param::{Param, ParamId};
 pub use recompute::Recompute;
 
@@ -124,6 +124,9 @@ pub struct Graph {
     current_layer: String,
     /// The 16-bit copies of the activations the tape keeps, in a BF16 or FP16 graph.
     kept: keep::KeptActivations,
+    /// In a data-parallel replica's training graph under `--sync-bn`: batch norm takes the
+    /// statistics of every device's part of the batch ([`Graph::with_sync_bn`]).
+    sync_bn: Option<SyncBn>,
 }
 
 /// One layer, as it ran: what `scratchnet summary` prints, and what `scratchnet bench`
@@ -239,7 +242,15 @@ impl Graph {
             profile: None,
             current_layer: String::new(),
             kept: keep::KeptActivations::default(),
+            sync_bn: None,
         }
+    }
+
+    /// This graph, its batch norms synchronised across the devices of `sync` (training only:
+    /// an eval graph uses the running statistics, which need no sum).
+    pub fn with_sync_bn(mut self, sync: SyncBn) -> Graph {
+        self.sync_bn = Some(sync);
+        self
     }
 
     /// Whether layers should run their fused forms (the default), or each op on its own, as
@@ -424,7 +435,21 @@ impl Graph {
     }
 
     /// Vector-Jacobian product: the gradients of `⟨grad, out⟩`.
-    pub fn backward_with_grad(mut self, out: &Var, grad: Tensor) -> Result<Gradients> {
+    pub fn backward_with_grad(self, out: &Var, grad: Tensor) -> Result<Gradients> {
+        self.backward_hooked(out, grad, None)
+    }
+
+    /// [`Graph::backward_with_grad`], handing each parameter's gradient to `hook` the moment
+    /// it is final instead of keeping it in the [`Gradients`]. A parameter's tape entry comes
+    /// before every op that read it, so the walk back reaches it after all of them: from
+    /// then on nothing adds to its gradient. Data-parallel training sums those gradients
+    /// across devices there, while the walk goes on with the layers before.
+    pub fn backward_hooked(
+        mut self,
+        out: &Var,
+        grad: Tensor,
+        mut hook: Option<&mut dyn FnMut(ParamId, Tensor) -> Result<()>>,
+    ) -> Result<Gradients> {
         let root = self.index_of(out)?.ok_or_else(|| {
             Error::Autograd("the output does not depend on any parameter or leaf that needs a gradient".into())
         })?;
@@ -461,9 +486,12 @@ impl Graph {
                 Saved::Input => {
                     result.leaves.insert(index, g);
                 }
-                Saved::Param(id) => {
-                    result.params.insert(id, g);
-                }
+                Saved::Param(id) => match hook.as_mut() {
+                    Some(hook) => hook(id, g)?,
+                    None => {
+                        result.params.insert(id, g);
+                    }
+                },
                 saved => {
                     let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
                     let input_grads = saved.backward(&g, &needs, &self.exec)?;

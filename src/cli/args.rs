@@ -126,7 +126,7 @@ pub struct TrainArgs {
     /// evaluate nothing). Default: the source's own held-out images (the last tenth of npy).
     #[arg(long, allow_negative_numbers = true)]
     pub holdout: Option<f64>,
-    /// auto (cuda:0 if usable, else cpu), cpu, emu, cuda or cuda:N.
+    /// auto (cuda:0 if usable, else cpu), cpu, emu, emu:N, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Passes over the training split.
@@ -179,6 +179,38 @@ pub struct TrainArgs {
     pub cuda_graph: bool,
     #[command(flatten)]
     pub kernels: KernelArgs,
+    #[command(flatten)]
+    pub multi: MultiDeviceArgs,
+}
+
+/// Several devices: in one process (`--devices`) or one process per device (`--rank`).
+#[derive(Args)]
+pub struct MultiDeviceArgs {
+    /// Several devices of this process, comma-separated: cuda:0,cuda:1 or emu:0,emu:1 (with
+    /// --data-parallel, or --towers for AlexNet). Replaces --device.
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// A replica of the model per device, each batch split between them, gradients summed
+    /// (NCCL on cuda, a host-side sum on emu).
+    #[arg(long)]
+    pub data_parallel: bool,
+    /// Batch norm takes the statistics of the whole batch, every device's part (default:
+    /// each device's own part, as PyTorch's DDP).
+    #[arg(long)]
+    pub sync_bn: bool,
+    /// Megabytes of gradients per all-reduce, which overlaps the rest of the backward pass.
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// This process's rank among --world-size processes, one GPU each (default: $RANK).
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// How many processes train together (default: $WORLD_SIZE).
+    #[arg(long)]
+    pub world_size: Option<usize>,
+    /// The file through which rank 0 hands the NCCL id to the other ranks (a file system every
+    /// rank reads; default: $SCRATCHNET_NCCL_ID_FILE; or give the id in $SCRATCHNET_NCCL_ID).
+    #[arg(long)]
+    pub nccl_id: Option<PathBuf>,
 }
 
 #[derive(Args)]

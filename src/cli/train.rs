@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::TrainArgs;
+use super::args::{MultiDeviceArgs, TrainArgs};
 use scratchnet::data::{DataSource, HeldOut};
 use scratchnet::device::Device;
 use scratchnet::ops::ExecOptions;
 use scratchnet::output;
 use scratchnet::report::MetricsLog;
-use scratchnet::train::{EpochReport, Progress, Schedule, StepReport, TrainOptions, train};
+use scratchnet::train::{EpochReport, MultiDevice, ProcessGroup, Progress, Schedule, StepReport, TrainOptions, train};
 use scratchnet::{Error, Result};
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -26,7 +26,14 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let options = train_options(&a, data, held_out, exec)?;
     let log = a.log.as_deref().map(MetricsLog::create).transpose()?;
     let mut shown = Shown {
-        device: options.device,
+        device: match (&options.multi.devices[..], &options.multi.process_group) {
+            ([], None) => options.device.to_string(),
+            ([], Some(g)) => format!("{} (rank {} of {}, data-parallel)", options.device, g.rank, g.world_size),
+            (devices, _) => {
+                let names: Vec<String> = devices.iter().map(Device::to_string).collect();
+                format!("{} (data-parallel{})", names.join(","), if options.multi.sync_bn { ", sync-bn" } else { "" })
+            }
+        },
         batch_size: options.batch_size,
         live: std::io::stderr().is_terminal(),
         bar: ProgressBar::hidden(),
@@ -78,13 +85,55 @@ fn refuse_overlaps(a: &TrainArgs, data: &DataSource, held_out: &HeldOut) -> Resu
     Ok(())
 }
 
+/// How the flags spread the run over devices: `--devices` (whose first is then the device),
+/// `--data-parallel`, `--sync-bn`, `--bucket-mb`, and `--rank`/`--world-size` (or torchrun's
+/// `RANK` and `WORLD_SIZE`).
+fn multi_device(a: &MultiDeviceArgs) -> Result<MultiDevice> {
+    let devices = a.devices.as_deref().map(Device::parse_list).transpose()?.unwrap_or_default();
+    let from_env = |flag: Option<usize>, var: &str| -> Result<Option<usize>> {
+        match (flag, std::env::var(var)) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Ok(text)) => text
+                .trim()
+                .parse::<usize>()
+                .map(Some)
+                .map_err(|_| Error::argument("train", format!("${var} is '{text}', not a number"))),
+            (None, Err(_)) => Ok(None),
+        }
+    };
+    let process_group = match (from_env(a.rank, "RANK")?, from_env(a.world_size, "WORLD_SIZE")?) {
+        (Some(rank), Some(world_size)) if world_size > 1 || a.rank.is_some() || a.world_size.is_some() => {
+            let nccl_id = a.nccl_id.clone().or_else(|| std::env::var_os("SCRATCHNET_NCCL_ID_FILE").map(PathBuf::from));
+            Some(ProcessGroup { rank, world_size, nccl_id })
+        }
+        (Some(_), None) if a.rank.is_some() => {
+            return Err(Error::argument("train", "--rank needs --world-size (or $WORLD_SIZE)"));
+        }
+        (None, Some(_)) if a.world_size.is_some() => {
+            return Err(Error::argument("train", "--world-size needs --rank (or $RANK)"));
+        }
+        _ => None,
+    };
+    if !(a.bucket_mb.is_finite() && a.bucket_mb > 0.0) {
+        return Err(Error::argument("train", format!("--bucket-mb must be above 0, got {}", a.bucket_mb)));
+    }
+    let bucket_bytes = ((a.bucket_mb * (1 << 20) as f64) as usize).max(1);
+    Ok(MultiDevice { devices, data_parallel: a.data_parallel, sync_bn: a.sync_bn, bucket_bytes, process_group })
+}
+
 /// The run the flags ask for.
 fn train_options(a: &TrainArgs, data: DataSource, held_out: HeldOut, exec: ExecOptions) -> Result<TrainOptions> {
+    let multi = multi_device(&a.multi)?;
+    let device = match multi.devices.first() {
+        Some(&first) => first,
+        None => a.device.parse::<Device>()?,
+    };
     Ok(TrainOptions {
         model: a.model.clone(),
         data,
         held_out,
-        device: a.device.parse::<Device>()?,
+        device,
+        multi,
         epochs: a.epochs,
         steps: a.steps,
         batch_size: a.batch_size,
@@ -108,7 +157,8 @@ fn train_options(a: &TrainArgs, data: DataSource, held_out: HeldOut, exec: ExecO
 
 /// How a run is shown as it goes, and what it keeps for the lines at the end.
 struct Shown {
-    device: Device,
+    /// The device, or the devices, as the first line names them.
+    device: String,
     batch_size: usize,
     /// Whether stderr is a terminal, which gets the progress bar.
     live: bool,

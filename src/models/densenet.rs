@@ -161,10 +161,8 @@ impl DenseLayer {
         inputs.extend([&gamma, &beta, &w]);
         let segment = Bottleneck { eps: self.norm1.eps, conv: self.conv1.params };
         let (h, (mean, var)) = g.recompute(&inputs, segment)?;
-        let channels: usize = features.iter().map(|f| f.dims()[1]).sum();
-        let mut x_shape = features[0].dims().to_vec();
-        x_shape[1] = channels;
-        self.norm1.track(&x_shape.into(), &mean, &var)?;
+        let per_channel = features[0].dims()[0] * features[0].dims()[2..].iter().product::<usize>();
+        self.norm1.track(per_channel, &mean, &var)?;
         let op = LayerOp::Conv2d {
             weight: self.conv1.weight.value.shape().clone(),
             params: self.conv1.params,

@@ -43,10 +43,9 @@ impl BatchNorm2d {
 }
 
 impl BatchNorm2d {
-    /// Moves the running statistics towards the batch statistics of a training step on an
-    /// input of shape `x`, and counts the step.
-    pub fn track(&mut self, x: &crate::tensor::Shape, mean: &Tensor, var: &Tensor) -> Result<()> {
-        let count = x.dims()[0] * x.dims()[2..].iter().product::<usize>();
+    /// Moves the running statistics towards the batch statistics of a training step, taken
+    /// over `count` values per channel, and counts the step.
+    pub fn track(&mut self, count: usize, mean: &Tensor, var: &Tensor) -> Result<()> {
         update_running_stats(&mut self.running_mean, &mut self.running_var, mean, var, count, self.momentum)?;
         let steps = self.batches_tracked() + 1;
         self.num_batches_tracked = Tensor::scalar(steps);
@@ -76,8 +75,8 @@ impl BatchNorm2d {
             false => BnStats::Running { mean: &self.running_mean, var: &self.running_var },
         };
         let out = g.batch_norm(x, (&gamma, &beta), stats, BnEpilogue { residual, relu }, self.eps)?;
-        if let Some((mean, var)) = &out.batch_stats {
-            self.track(x.shape(), mean, var)?;
+        if let Some((mean, var, count)) = &out.batch_stats {
+            self.track(*count, mean, var)?;
         }
         let y = out.y;
         g.record_layer(

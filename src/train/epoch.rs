@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use super::data_parallel::{DataParallel, ReplicaStep, broadcast_buffers};
 use super::graph_step::{GRAPH_WARMUP_STEPS, GraphStep};
 use super::loss_scale::{LossScaler, ScaledStep};
 use super::{Progress, StepReport, TrainOptions, learning_rate};
@@ -62,12 +63,27 @@ pub(super) struct Trainer<'a> {
     pub(super) step: usize,
     /// The loss scaler of an FP16 run (see `loss_scale`).
     scaler: Option<LossScaler>,
+    /// In data-parallel training, the devices and the other replicas (rank 0's model and
+    /// optimizer are `model` and `opt`).
+    parallel: Option<Replicas>,
+}
+
+/// The replicas of a data-parallel run besides the first, with their optimizers.
+pub(super) struct Replicas {
+    pub(super) dp: DataParallel,
+    pub(super) others: Vec<(Box<dyn Model>, Sgd)>,
 }
 
 impl<'a> Trainer<'a> {
-    pub(super) fn new(o: &'a TrainOptions, model: Box<dyn Model>, opt: Sgd, plan: Plan) -> Trainer<'a> {
+    pub(super) fn new(
+        o: &'a TrainOptions,
+        model: Box<dyn Model>,
+        opt: Sgd,
+        plan: Plan,
+        parallel: Option<Replicas>,
+    ) -> Trainer<'a> {
         let scaler = (o.exec.precision == Precision::Fp16).then(LossScaler::default);
-        Trainer { captured: None, opt, model, o, rng: Rng::new(o.seed ^ 0xDA7A), plan, step: 0, scaler }
+        Trainer { captured: None, opt, model, o, rng: Rng::new(o.seed ^ 0xDA7A), plan, step: 0, scaler, parallel }
     }
 
     /// The trained model, once the captured step and then the optimizer are dropped.
@@ -98,11 +114,19 @@ impl<'a> Trainer<'a> {
             let Plan { total_steps, warmup, steps_per_epoch, .. } = self.plan;
             let lr = learning_rate(self.o.lr, self.o.schedule, self.step, total_steps, warmup, steps_per_epoch);
             self.opt.set_lr(lr)?;
-            let (loss_value, predictions, labels) = self.train_step(train, chunk)?;
+            let (loss_value, predictions, labels) = if let Some(parallel) = &mut self.parallel {
+                for (_, opt) in &mut parallel.others {
+                    opt.set_lr(lr)?;
+                }
+                self.parallel_step(train, chunk)?
+            } else {
+                self.train_step(train, chunk)?
+            };
 
+            // A process of a multi-process run sees its own part of each batch.
             correct += predictions.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
-            loss_sum += loss_value * chunk.len() as f64;
-            seen += chunk.len();
+            loss_sum += loss_value * labels.len() as f64;
+            seen += labels.len();
             self.step += 1;
             on_progress(&Progress::Step(StepReport {
                 step: self.step,
@@ -166,6 +190,53 @@ impl<'a> Trainer<'a> {
             ));
         }
         Ok((loss_value, predictions, labels))
+    }
+}
+
+impl Trainer<'_> {
+    /// One data-parallel step on the images of `train` at `chunk`: each of this process's
+    /// ranks loads its part of the batch, and the replicas step together
+    /// ([`super::data_parallel::step`]); then they take rank 0's running statistics.
+    fn parallel_step(&mut self, train: &dyn Dataset, chunk: &[usize]) -> Result<(f64, Vec<usize>, Vec<i64>)> {
+        let (o, step) = (self.o, self.step);
+        let augment_seed = o.augment.then(|| self.rng.next_u64());
+        let Some(parallel) = self.parallel.as_mut() else {
+            return Err(Error::argument("train", "a data-parallel step without replicas"));
+        };
+        let at = |phase: &str| {
+            let advice = out_of_memory_advice(&o.model, o.memory_efficient);
+            format!(" in the {phase} of step {} at batch {}; {advice}", step + 1, chunk.len())
+        };
+        let mut parts = Vec::with_capacity(parallel.dp.ranks.len());
+        let mut labels = Vec::new();
+        for &(rank, _) in &parallel.dp.ranks {
+            let (start, end) = parallel.dp.part(rank, chunk.len());
+            // Each part is augmented as the images of one batch would be, from its own seed.
+            let seed = augment_seed.map(|s| s ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let (x, y) = data::batch(train, &chunk[start..end], seed).map_err(|e| e.in_context(|| at("images")))?;
+            labels.extend_from_slice(y.as_slice::<i64>()?);
+            parts.push((x, y));
+        }
+        let mut replicas = Vec::with_capacity(parts.len());
+        let mut parts = parts.into_iter();
+        if let Some((images, labels)) = parts.next() {
+            replicas.push(ReplicaStep { model: self.model.as_mut(), opt: &mut self.opt, images, labels });
+        }
+        for ((model, opt), (images, labels)) in parallel.others.iter_mut().zip(parts) {
+            replicas.push(ReplicaStep { model: model.as_mut(), opt, images, labels });
+        }
+        let outcome = super::data_parallel::step(&parallel.dp, replicas, chunk.len(), o.exec)
+            .map_err(|e| e.in_context(|| at("data-parallel step")))?;
+        for (other, _) in &mut parallel.others {
+            broadcast_buffers(self.model.as_ref(), other.as_mut())?;
+        }
+        if !outcome.loss.is_finite() {
+            return Err(Error::argument(
+                "train",
+                format!("the loss became {} at step {}; try a smaller --lr", outcome.loss, step + 1),
+            ));
+        }
+        Ok((outcome.loss, outcome.predictions, labels))
     }
 }
 

@@ -16,6 +16,7 @@
 //! the weights after each epoch and before they are saved; `progress` is what the loop
 //! reports. This file holds [`train`], which runs them in order.
 
+mod data_parallel;
 mod epoch;
 mod evaluate;
 mod graph_step;
@@ -28,14 +29,17 @@ mod setup;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::Sgd;
-use epoch::{Plan, Trainer};
+use epoch::{Plan, Replicas, Trainer};
 use setup::Prepared;
 
+pub use data_parallel::{
+    DataParallel, ReplicaStep, StepOutcome, broadcast_buffers, replicate, step as data_parallel_step,
+};
 pub use epoch::out_of_memory_advice;
 pub use evaluate::{evaluate, evaluate_on, first_non_finite};
 pub use graph_step::{GraphStep, check_graph_capturable};
 pub use loss_scale::{LossScaler, ScaledStep, backward_scaled};
-pub use options::{TrainOptions, num_classes};
+pub use options::{MultiDevice, ProcessGroup, TrainOptions, num_classes};
 pub use progress::{EpochReport, Progress, StepReport};
 pub use schedule::{Schedule, learning_rate};
 pub use setup::{set_memory_efficient, steps_per_epoch};
@@ -44,6 +48,8 @@ pub use setup::{set_memory_efficient, steps_per_epoch};
 pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result<(Box<dyn Model>, Vec<EpochReport>)> {
     options::check(o)?;
     let Prepared { model, split, min_batch, steps_per_epoch } = setup::prepare(o)?;
+    let (parallel, min_batch, steps_per_epoch) =
+        data_parallel_replicas(o, model.as_ref(), &split, min_batch, steps_per_epoch)?;
     let mut opt = Sgd::new(o.lr, o.momentum, o.weight_decay);
     if o.cuda_graph {
         opt.keep_lr_on(o.device)?;
@@ -65,7 +71,7 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         steps_per_epoch,
     });
 
-    let mut trainer = Trainer::new(o, model, opt, Plan { total_steps, warmup, steps_per_epoch, min_batch });
+    let mut trainer = Trainer::new(o, model, opt, Plan { total_steps, warmup, steps_per_epoch, min_batch }, parallel);
     let mut reports = Vec::new();
     let mut epoch = 0;
     while trainer.step < total_steps {
@@ -75,8 +81,53 @@ pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result
         on_progress(&Progress::Epoch(report.clone()));
         reports.push(report);
     }
-    evaluate::save(o, trainer.model.as_mut(), &split)?;
+    // In a run of several processes, rank 0 saves (every rank holds the same weights).
+    if o.multi.process_group.as_ref().is_none_or(|g| g.rank == 0) {
+        evaluate::save(o, trainer.model.as_mut(), &split)?;
+    }
     Ok((trainer.into_model(), reports))
+}
+
+/// The replicas of a data-parallel run (none otherwise), and the fewest images a step and
+/// the steps an epoch make, now that every rank needs its own share of a batch.
+fn data_parallel_replicas(
+    o: &TrainOptions,
+    model: &dyn Model,
+    split: &crate::data::Split,
+    min_batch: usize,
+    steps: usize,
+) -> Result<(Option<Replicas>, usize, usize)> {
+    let m = &o.multi;
+    let dp = match &m.process_group {
+        Some(g) => DataParallel::one_rank(o.device, g, m.sync_bn, m.bucket_bytes)?,
+        None if m.data_parallel => DataParallel::in_process(&m.devices, m.sync_bn, m.bucket_bytes)?,
+        None => return Ok((None, min_batch, steps)),
+    };
+    let world = dp.world_size;
+    let min_batch = min_batch * world;
+    if o.batch_size < min_batch {
+        return Err(Error::argument(
+            "train",
+            format!(
+                "--batch-size {} is too small for {world} devices: each needs at least {} images",
+                o.batch_size,
+                min_batch / world
+            ),
+        ));
+    }
+    let steps = steps_per_epoch(split.train.len(), o.batch_size, min_batch);
+    if steps == 0 {
+        return Err(Error::argument(
+            "train",
+            format!("{} training images make no batch of {min_batch} or more for {world} devices", split.train.len()),
+        ));
+    }
+    let mut others = Vec::new();
+    for &device in &m.devices[1.min(m.devices.len())..] {
+        let replica = replicate(model, setup::build_model(o)?, device)?;
+        others.push((replica, Sgd::new(o.lr, o.momentum, o.weight_decay)));
+    }
+    Ok((Some(Replicas { dp, others }), min_batch, steps))
 }
 
 #[cfg(test)]

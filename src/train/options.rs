@@ -45,6 +45,46 @@ pub struct TrainOptions {
     pub cuda_graph: bool,
     /// The kernels the graphs run (`--conv-algo`, `--towers`, `--no-fuse`).
     pub exec: ExecOptions,
+    /// How the run spreads over several devices (`--devices`, `--data-parallel`, `--rank`).
+    pub multi: MultiDevice,
+}
+
+/// How a run spreads over several devices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiDevice {
+    /// `--devices`: every device this process drives, the first being `device`; empty for one.
+    pub devices: Vec<Device>,
+    /// `--data-parallel`: a replica of the model per device (per rank), each batch split
+    /// between them, the gradients summed.
+    pub data_parallel: bool,
+    /// `--sync-bn`: batch norm takes the statistics of the whole batch, every device's part.
+    pub sync_bn: bool,
+    /// How many bytes of gradients one all-reduce sums (`--bucket-mb`; PyTorch's DDP: 25 MiB).
+    pub bucket_bytes: usize,
+    /// `--rank R --world-size W`: this process is rank R of W, one device each, summing
+    /// through NCCL with the processes of the other ranks.
+    pub process_group: Option<ProcessGroup>,
+}
+
+impl Default for MultiDevice {
+    fn default() -> Self {
+        MultiDevice {
+            devices: Vec::new(),
+            data_parallel: false,
+            sync_bn: false,
+            bucket_bytes: 25 << 20,
+            process_group: None,
+        }
+    }
+}
+
+/// This process's place among the processes of a data-parallel run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessGroup {
+    pub rank: usize,
+    pub world_size: usize,
+    /// The file through which rank 0 hands the NCCL id to the others (`--nccl-id`).
+    pub nccl_id: Option<PathBuf>,
 }
 
 impl Default for TrainOptions {
@@ -72,6 +112,7 @@ impl Default for TrainOptions {
             memory_efficient: false,
             cuda_graph: false,
             exec: ExecOptions::default(),
+            multi: MultiDevice::default(),
         }
     }
 }
@@ -105,6 +146,61 @@ pub(super) fn check(o: &TrainOptions) -> Result<()> {
         && !(0.0..1.0).contains(&p)
     {
         return bad(format!("--dropout must be in [0, 1), got {p}"));
+    }
+    check_multi_device(o)
+}
+
+/// The combinations of `--devices`, `--data-parallel`, `--sync-bn`, `--towers` and
+/// `--rank`/`--world-size` that make a run.
+fn check_multi_device(o: &TrainOptions) -> Result<()> {
+    let bad = |msg: &str| Err(Error::argument("train", msg.to_string()));
+    let m = &o.multi;
+    let several = !m.devices.is_empty();
+    if let Some(g) = &m.process_group {
+        if g.world_size < 2 || g.rank >= g.world_size {
+            return bad(&format!(
+                "--rank {} --world-size {}: a world of 2 or more, ranks 0 to world − 1",
+                g.rank, g.world_size
+            ));
+        }
+        if several {
+            return bad("--rank/--world-size run one device per process: give it --device, not --devices");
+        }
+        if !matches!(o.device, Device::Cuda(_)) {
+            return bad("--rank/--world-size sum gradients through NCCL, across processes: the device must be cuda:N");
+        }
+    }
+    let data_parallel = m.data_parallel || m.process_group.is_some();
+    if several && !data_parallel && !o.exec.towers {
+        return bad("--devices says where, not how: add --data-parallel (a replica of the model per device)");
+    }
+    if m.data_parallel && !several && m.process_group.is_none() {
+        return bad(
+            "--data-parallel needs several devices: --devices cuda:0,cuda:1 (or emu:0,emu:1), or --rank/--world-size",
+        );
+    }
+    if m.sync_bn && !data_parallel {
+        return bad("--sync-bn synchronises the batch norms of data-parallel replicas: add --data-parallel");
+    }
+    if m.sync_bn && o.memory_efficient {
+        return bad(
+            "--sync-bn cannot be combined with --memory-efficient (the recomputed batch norms are not synchronised)",
+        );
+    }
+    if several && o.exec.towers {
+        return bad(
+            "--towers runs AlexNet's towers on two streams of one device; a tower per device is not built yet \
+             (use --device)",
+        );
+    }
+    if (several || m.process_group.is_some()) && o.cuda_graph {
+        return bad("--cuda-graph captures one device's step: it cannot be combined with several devices");
+    }
+    if data_parallel && o.exec.precision == crate::ops::Precision::Fp16 {
+        return bad("--precision fp16 scales the loss on one device: use bf16 with --data-parallel");
+    }
+    if m.bucket_bytes == 0 {
+        return bad("--bucket-mb must be above 0");
     }
     Ok(())
 }
