@@ -97,6 +97,9 @@ pub fn encode(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>)
 /// Saves the model's state_dict to `path`: floating-point tensors as F32, integer buffers
 /// (`num_batches_tracked`) as I64.
 pub fn save(model: &dyn Model, path: &Path) -> Result<()> {
+    // A model spread over devices saves as the one-device network it computes.
+    let merged = model.merged()?;
+    let model = merged.as_deref().unwrap_or(model);
     let as_saved = |t: &Tensor| if t.dtype() == DType::I64 { Ok(t.clone()) } else { t.to_dtype(DType::F32) };
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for p in model.params() {

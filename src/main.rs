@@ -149,9 +149,14 @@ fn run_profile(a: ProfileArgs) -> Result<()> {
     models::check_name(&a.model)?;
     let num_classes = a.num_classes.unwrap_or_else(|| models::default_num_classes(&a.model));
     let own = models::build(&a.model, num_classes, 0)?.input_size();
+    let devices = a.devices.as_deref().map(Device::parse_list).transpose()?.unwrap_or_default();
     let options = scratchnet::profile_report::ProfileOptions {
         model: a.model,
-        device: a.device.parse::<Device>()?,
+        device: match devices.first() {
+            Some(&first) => first,
+            None => a.device.parse::<Device>()?,
+        },
+        devices,
         batch: a.batch_size,
         input: Some(parse_input_size("profile", a.input_size.as_deref(), own)?),
         num_classes,

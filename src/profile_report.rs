@@ -33,6 +33,9 @@ use crate::tensor::{Shape, Tensor};
 pub struct ProfileOptions {
     pub model: String,
     pub device: Device,
+    /// AlexNet's towers on these two devices (`--towers --devices A,B`), the first being
+    /// `device`; empty for one device.
+    pub devices: Vec<Device>,
     pub batch: usize,
     /// `[C, H, W]`; the model's own size when `None`.
     pub input: Option<[usize; 3]>,
@@ -134,6 +137,12 @@ pub fn profile(o: &ProfileOptions) -> Result<ProfileReport> {
 /// Refuses a model, step count or batch size the command cannot run, before building anything.
 fn check_options(o: &ProfileOptions) -> Result<()> {
     models::check_name(&o.model)?;
+    if !o.devices.is_empty() && (!o.exec.towers || o.devices.len() != 2) {
+        return Err(Error::argument(
+            "profile",
+            "--devices profiles AlexNet's towers on two devices: --model alexnet --towers --devices A,B",
+        ));
+    }
     if o.steps == 0 || o.steps > 1000 {
         return Err(Error::argument("profile", format!("--steps must be between 1 and 1000, got {}", o.steps)));
     }
@@ -166,6 +175,9 @@ fn prepare(o: &ProfileOptions) -> Result<Setup> {
     let [c, h, w] = input;
     model.check_input(&[o.batch, c, h, w].into())?;
     model.to_device(o.device)?;
+    if let [a, b] = o.devices[..] {
+        model = model.split_towers([a, b])?;
+    }
     let x = bench::problems::pattern(Shape::new([o.batch, c, h, w]), 1, o.device)?;
     let labels: Vec<i64> = (0..o.batch).map(|i| (i % o.num_classes) as i64).collect();
     let y = Tensor::from_vec([o.batch], labels)?.to_device(o.device)?;
@@ -264,9 +276,13 @@ fn layer_rows(all: &[&ProfiledStep], last: &StepProfile, batch: usize, eval: boo
             problems.iter().partition(|p| p.spec()["pass"].as_str() == Some("forward"));
         // A batch norm folded into its convolution does its work in the convolution's row.
         let folded = matches!(layer.op, LayerOp::BatchNorm { folded: true, .. });
-        let work = |ps: &[&Problem]| match folded {
-            true => (0.0, 0.0),
-            false => (ps.iter().map(|p| p.flops()).sum(), ps.iter().map(|p| p.bytes()).sum()),
+        // A copy between devices reads the activation on one device and writes it on the other
+        // (its gradient the same way back): its bytes, no arithmetic.
+        let copied = matches!(layer.op, LayerOp::Exchange { .. }).then(|| 2.0 * 4.0 * layer.output.numel() as f64);
+        let work = |ps: &[&Problem]| match (folded, copied) {
+            (_, Some(bytes)) => (0.0, bytes),
+            (true, None) => (0.0, 0.0),
+            (false, None) => (ps.iter().map(|p| p.flops()).sum(), ps.iter().map(|p| p.bytes()).sum()),
         };
         let passes = if eval { vec![(false, fwd)] } else { vec![(false, fwd), (true, bwd)] };
         for (backward, ps) in passes {
@@ -315,29 +331,50 @@ impl ProfileReport {
         let mut events = vec![
             json!({"ph": "M", "pid": 1, "name": "process_name",
                    "args": {"name": format!("scratchnet {} on {}, batch {}", self.model, self.device, self.batch)}}),
-            json!({"ph": "M", "pid": 1, "tid": 1, "name": "thread_name", "args": {"name": "device queue"}}),
+            json!({"ph": "M", "pid": 1, "tid": 1, "name": "thread_name", "args": {"name": format!("{} queue", self.device)}}),
         ];
         let us = |ms: f64| (ms * 1e3 * 1000.0).round() / 1000.0;
-        let mut push = |name: &str, cat: &str, start: f64, dur: f64, args: Value| {
-            events.push(json!({"name": name, "cat": cat, "ph": "X", "pid": 1, "tid": 1,
-                               "ts": us(start), "dur": us(dur), "args": args}));
+        let mut push = |name: &str, cat: &str, start: f64, dur: f64, tid: usize, args: Value| {
+            let event = if cat == "meta" {
+                json!({"ph": "M", "pid": 1, "tid": tid, "name": "thread_name", "args": {"name": name}})
+            } else {
+                json!({"name": name, "cat": cat, "ph": "X", "pid": 1, "tid": tid,
+                       "ts": us(start), "dur": us(dur), "args": args})
+            };
+            events.push(event);
         };
+        // Each layer on the track of the device its output lives on: the first device's queue
+        // (tid 1), then one track per other device (AlexNet's towers on two devices, where
+        // each copy between them sits on the receiving device's track).
+        let mut device_tracks: Vec<Device> = vec![self.device];
         for (k, l) in p.layers.iter().enumerate() {
+            let tid = match device_tracks.iter().position(|d| *d == l.device) {
+                Some(0) => 1,
+                Some(i) => 10 + i,
+                None => {
+                    device_tracks.push(l.device);
+                    let tid = 10 + device_tracks.len() - 1;
+                    // A track's name is a metadata event ("meta" to `push`).
+                    push(&format!("{} queue", l.device), "meta", 0.0, 0.0, tid, Value::Null);
+                    tid
+                }
+            };
             let args = json!({"op": l.kind, "input": l.input.to_string(), "output": l.output.to_string(),
-                              "kept_mib": p.kept_bytes[k] as f64 / MIB});
-            push(&l.name, "forward", p.forward_start_ms[k], p.forward_ms[k], args.clone());
+                              "kept_mib": p.kept_bytes[k] as f64 / MIB, "device": l.device.to_string()});
+            push(&l.name, "forward", p.forward_start_ms[k], p.forward_ms[k], tid, args.clone());
             if !self.eval {
-                push(&format!("{} (backward)", l.name), "backward", p.backward_start_ms[k], p.backward_ms[k], args);
+                let (start, ms) = (p.backward_start_ms[k], p.backward_ms[k]);
+                push(&format!("{} (backward)", l.name), "backward", start, ms, tid, args);
             }
         }
         if self.eval {
             return json!({"traceEvents": events, "displayTimeUnit": "ms"});
         }
         let loss_start = p.forward_ms.iter().sum::<f64>();
-        push("loss", "forward", loss_start, p.loss_forward_ms, json!({}));
-        push("loss (backward)", "backward", p.loss_backward_start_ms, p.loss_backward_ms, json!({}));
+        push("loss", "forward", loss_start, p.loss_forward_ms, 1, json!({}));
+        push("loss (backward)", "backward", p.loss_backward_start_ms, p.loss_backward_ms, 1, json!({}));
         let (opt_start, opt_ms) = self.last_optimizer;
-        push("optimizer", "optimizer", opt_start, opt_ms, json!({}));
+        push("optimizer", "optimizer", opt_start, opt_ms, 1, json!({}));
         // Side streams (towers) on tracks of their own, below the main queue.
         let mut named = std::collections::BTreeSet::new();
         for span in &p.streams {

@@ -97,6 +97,16 @@ pub(super) enum Saved {
     Relu {
         y: Tensor,
     },
+    /// A copy from `device` (the gradient goes back there).
+    CopyFrom {
+        device: crate::device::Device,
+    },
+    /// Channels `start .. start + len` of an input with `channels` channels.
+    NarrowChannels {
+        start: usize,
+        len: usize,
+        channels: usize,
+    },
     Add,
     Concat {
         channels: Vec<usize>,
@@ -133,6 +143,7 @@ impl Saved {
         match self {
             Saved::Input | Saved::Param(_) | Saved::AvgPool2d { .. } | Saved::GlobalAvgPool { .. } => vec![],
             Saved::Add | Saved::Concat { .. } | Saved::Reshape { .. } => vec![],
+            Saved::CopyFrom { .. } | Saved::NarrowChannels { .. } => vec![],
             Saved::Conv2d { x, w, .. } | Saved::Linear { x, w } => vec![x, w],
             Saved::Conv2dRelu { x, w, y, .. } | Saved::LinearRelu { x, w, y } => vec![x, w, y],
             Saved::MaxPool2d { x, .. } => vec![x],
@@ -218,6 +229,21 @@ impl Saved {
                 sync_batch_norm_backward(dy, &widened(x)?, &gamma, (&mean, &var), eps, count, &sync)?
             }
             Saved::Relu { y } => vec![Some(ops::elementwise::relu_backward(dy, &widened(y)?)?)],
+            Saved::CopyFrom { device } => vec![Some(dy.to_device(device)?)],
+            Saved::NarrowChannels { start, len, channels } => {
+                let zeros = |c: usize| -> Result<Tensor> {
+                    let mut dims = dy.dims().to_vec();
+                    dims[1] = c;
+                    Tensor::zeros_on(dims, dy.dtype(), dy.device())
+                };
+                let (before, after) = (zeros(start)?, zeros(channels - start - len)?);
+                let pieces: Vec<&Tensor> = [(&before, start), (dy, len), (&after, channels - start - len)]
+                    .into_iter()
+                    .filter(|(_, c)| *c > 0)
+                    .map(|(t, _)| t)
+                    .collect();
+                vec![Some(ops::concat::forward(&pieces)?)]
+            }
             // The gradient of a sum is passed unchanged to both terms (the tensor is shared,
             // not copied; accumulating into it later copies on write).
             Saved::Add => vec![Some(dy.clone()), Some(dy.clone())],

@@ -129,4 +129,31 @@ impl Graph {
         let (loss, probs) = ops::loss::forward(&logits.value, labels)?;
         self.record(loss, &[logits], |_| Ok(Saved::CrossEntropy { probs, labels: labels.clone() }))
     }
+
+    /// `x` copied to `device` (from the device it is on): the gradient is copied back. How
+    /// AlexNet's towers on two devices exchange activations ([`crate::device::gpu`]'s peer
+    /// copies, ordered by events on both devices).
+    pub fn copy_to(&mut self, x: &Var, device: crate::device::Device) -> Result<Var> {
+        let from = x.value.device();
+        let y = x.value.to_device(device)?;
+        self.record(y, &[x], |_| Ok(Saved::CopyFrom { device: from }))
+    }
+
+    /// Channels `start .. start + len` of `x` `[N, C, …]`; the gradient is that of the slice,
+    /// with zeros for the other channels.
+    pub fn narrow_channels(&mut self, x: &Var, start: usize, len: usize) -> Result<Var> {
+        let channels = x.dims().get(1).copied().unwrap_or(0);
+        if len == 0 || start + len > channels || x.dims().len() < 2 {
+            return Err(Error::shape_of(
+                "narrow_channels",
+                format!("a tensor [N, C, …] with C ≥ {} (channels {start} to {})", start + len, start + len),
+                "input",
+                x.shape(),
+            ));
+        }
+        let pieces: Vec<usize> = [start, len, channels - start - len].into_iter().filter(|&c| c > 0).collect();
+        let at = usize::from(start > 0);
+        let y = ops::concat::backward(&x.value, &pieces)?.swap_remove(at);
+        self.record(y, &[x], |_| Ok(Saved::NarrowChannels { start, len, channels }))
+    }
 }

@@ -145,6 +145,8 @@ pub struct LayerRecord {
     pub macs: u64,
     /// What it computes, with the parameters of the op.
     pub op: LayerOp,
+    /// The device its output lives on (AlexNet's towers on two devices have layers on each).
+    pub device: crate::device::Device,
 }
 
 /// The op a layer runs, as [`LayerRecord`] keeps it.
@@ -179,6 +181,13 @@ pub enum LayerOp {
     Concat {
         channels: Vec<usize>,
     },
+    /// Activations copied from one device to another (AlexNet's towers on two devices meeting
+    /// at conv3 and the fully connected layers): not a layer of the network, but a row of
+    /// the profile.
+    Exchange {
+        from: crate::device::Device,
+        to: crate::device::Device,
+    },
 }
 
 impl LayerOp {
@@ -194,12 +203,13 @@ impl LayerOp {
             LayerOp::Lrn(_) => "LocalResponseNorm",
             LayerOp::Dropout(_) => "Dropout",
             LayerOp::Concat { .. } => "Concat",
+            LayerOp::Exchange { .. } => "Copy",
         }
     }
 
     /// Whether it is a module of the network (a summary row); concatenations are not.
     pub fn is_module(&self) -> bool {
-        !matches!(self, LayerOp::Concat { .. })
+        !matches!(self, LayerOp::Concat { .. } | LayerOp::Exchange { .. })
     }
 
     /// Multiply-adds of the forward pass for this output shape.
@@ -331,6 +341,7 @@ impl Graph {
                 params,
                 macs: op.macs(output.shape()),
                 op,
+                device: output.value.device(),
             });
         }
     }

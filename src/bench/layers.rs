@@ -77,6 +77,8 @@ pub fn problems_of_layer(l: &LayerRecord, batch: usize, first: bool) -> Vec<Prob
                 out.extend(fwd_bwd(&|pass| Problem::Dropout { x: x.clone(), p: *p, pass }))
             }
             LayerOp::Dropout(_) => {}
+            // A copy between devices is timed by the multi-device runs, not as a problem.
+            LayerOp::Exchange { .. } => {}
             LayerOp::Concat { channels } => {
                 let (h, w) = (y.dims()[2], y.dims()[3]);
                 out.extend(fwd_bwd(&|pass| Problem::Concat { n: batch, h, w, channels: channels.clone(), pass }))

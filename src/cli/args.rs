@@ -70,6 +70,10 @@ pub struct ProfileArgs {
     /// backward or optimizer), as `infer` and `bench --suite inference` run it.
     #[arg(long)]
     pub eval: bool,
+    /// With --towers and --model alexnet: a tower on each of these two devices (emu:0,emu:1,
+    /// cuda:0,cuda:1); the copies between them are rows of their own. Replaces --device.
+    #[arg(long)]
+    pub devices: Option<String>,
     #[command(flatten)]
     pub kernels: KernelArgs,
 }

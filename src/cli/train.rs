@@ -31,7 +31,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             ([], Some(g)) => format!("{} (rank {} of {}, data-parallel)", options.device, g.rank, g.world_size),
             (devices, _) => {
                 let names: Vec<String> = devices.iter().map(Device::to_string).collect();
-                format!("{} (data-parallel{})", names.join(","), if options.multi.sync_bn { ", sync-bn" } else { "" })
+                let how = match (options.multi.data_parallel, options.multi.sync_bn) {
+                    (false, _) => "AlexNet's towers",
+                    (true, false) => "data-parallel",
+                    (true, true) => "data-parallel, sync-bn",
+                };
+                format!("{} ({how})", names.join(","))
             }
         },
         batch_size: options.batch_size,

@@ -28,22 +28,22 @@ use crate::rng::Rng;
 use crate::tensor::Shape;
 
 pub struct AlexNet {
-    num_classes: usize,
-    conv1: Conv2d,
-    norm1: LocalResponseNorm,
-    pool1: MaxPool2d,
-    conv2: Conv2d,
-    norm2: LocalResponseNorm,
-    pool2: MaxPool2d,
-    conv3: Conv2d,
-    conv4: Conv2d,
-    conv5: Conv2d,
-    pool5: MaxPool2d,
-    fc6: Linear,
-    drop6: Dropout,
-    fc7: Linear,
-    drop7: Dropout,
-    fc8: Linear,
+    pub(super) num_classes: usize,
+    pub(super) conv1: Conv2d,
+    pub(super) norm1: LocalResponseNorm,
+    pub(super) pool1: MaxPool2d,
+    pub(super) conv2: Conv2d,
+    pub(super) norm2: LocalResponseNorm,
+    pub(super) pool2: MaxPool2d,
+    pub(super) conv3: Conv2d,
+    pub(super) conv4: Conv2d,
+    pub(super) conv5: Conv2d,
+    pub(super) pool5: MaxPool2d,
+    pub(super) fc6: Linear,
+    pub(super) drop6: Dropout,
+    pub(super) fc7: Linear,
+    pub(super) drop7: Dropout,
+    pub(super) fc8: Linear,
 }
 
 impl AlexNet {
@@ -150,6 +150,9 @@ impl Model for AlexNet {
     }
     fn num_classes(&self) -> usize {
         self.num_classes
+    }
+    fn split_towers(self: Box<Self>, devices: [crate::device::Device; 2]) -> Result<Box<dyn Model>> {
+        Ok(Box::new(super::AlexNetTowers::split(*self, devices)?))
     }
     fn check_input(&self, shape: &Shape) -> Result<()> {
         // fc6 reads exactly 256·6·6 values, so the image size is fixed.

@@ -10,11 +10,13 @@
 //! | `densenet_bc100` | DenseNet-BC, depth 100, growth 12 | 3×32×32 | 769,162 |
 
 mod alexnet;
+mod alexnet_towers;
 mod densenet;
 mod resnet;
 mod resnet_cifar;
 
 pub use alexnet::AlexNet;
+pub use alexnet_towers::AlexNetTowers;
 pub use densenet::{DenseNet, DenseNetConfig};
 pub use resnet::ResNet;
 pub use resnet_cifar::ResNetCifar;
@@ -33,6 +35,22 @@ pub trait Model: Module + Send {
     /// Checks a batch's shape `[N, C, H, W]` before a forward pass, with an error that names
     /// the size the model expects.
     fn check_input(&self, shape: &Shape) -> Result<()>;
+
+    /// The model split into two towers on two devices (`--towers --devices A,B`); only
+    /// AlexNet, the network the paper split, has towers.
+    fn split_towers(self: Box<Self>, devices: [crate::device::Device; 2]) -> Result<Box<dyn Model>> {
+        Err(Error::argument(
+            "--towers",
+            format!("{} has no towers to put on {} and {} (AlexNet has)", self.name(), devices[0], devices[1]),
+        ))
+    }
+
+    /// For a model spread over several devices (the towers), the same network on one device,
+    /// on the CPU, with the one-device parameter names: what a checkpoint saves. `None` for a
+    /// model that is already one.
+    fn merged(&self) -> Result<Option<Box<dyn Model>>> {
+        Ok(None)
+    }
 }
 
 /// The names [`build`] accepts.

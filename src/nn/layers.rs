@@ -108,6 +108,22 @@ impl Dropout {
     pub fn new(name: &str, p: f64, seed: u64) -> Dropout {
         Dropout { name: name.into(), p, rng: Rng::new(seed), device_seed: None }
     }
+
+    /// The same mask on copies of one tensor (AlexNet's towers on two devices each hold the
+    /// whole fully connected activation): one seed drawn, as one forward draws it, applied to
+    /// every `x` in `xs`, so each copy is dropped as the one device's tensor would be.
+    pub fn forward_copies(&mut self, g: &mut Graph, xs: &[Var], names: &[String]) -> Result<Vec<Var>> {
+        let seed = if g.is_training() { self.rng.next_u64() } else { 0 };
+        xs.iter()
+            .zip(names)
+            .map(|(x, name)| {
+                g.begin_layer(name);
+                let y = g.dropout_seeded(x, self.p, Seed::Host(seed))?;
+                g.record_layer(name, x, &y, 0, LayerOp::Dropout(self.p));
+                Ok(y)
+            })
+            .collect()
+    }
 }
 
 impl Module for Dropout {

@@ -47,7 +47,10 @@ pub use setup::{set_memory_efficient, steps_per_epoch};
 /// Trains a model as the options say and returns it with the report of each epoch.
 pub fn train(o: &TrainOptions, mut on_progress: impl FnMut(&Progress)) -> Result<(Box<dyn Model>, Vec<EpochReport>)> {
     options::check(o)?;
-    let Prepared { model, split, min_batch, steps_per_epoch } = setup::prepare(o)?;
+    let Prepared { mut model, split, min_batch, steps_per_epoch } = setup::prepare(o)?;
+    if let ([a, b], true) = (&o.multi.devices[..], o.exec.towers) {
+        model = model.split_towers([*a, *b])?;
+    }
     let (parallel, min_batch, steps_per_epoch) =
         data_parallel_replicas(o, model.as_ref(), &split, min_batch, steps_per_epoch)?;
     let mut opt = Sgd::new(o.lr, o.momentum, o.weight_decay);

@@ -172,7 +172,7 @@ fn check_multi_device(o: &TrainOptions) -> Result<()> {
     }
     let data_parallel = m.data_parallel || m.process_group.is_some();
     if several && !data_parallel && !o.exec.towers {
-        return bad("--devices says where, not how: add --data-parallel (a replica of the model per device)");
+        return bad("--devices says where, not how: add --data-parallel (a replica per device) or --towers (AlexNet)");
     }
     if m.data_parallel && !several && m.process_group.is_none() {
         return bad(
@@ -187,11 +187,16 @@ fn check_multi_device(o: &TrainOptions) -> Result<()> {
             "--sync-bn cannot be combined with --memory-efficient (the recomputed batch norms are not synchronised)",
         );
     }
+    if data_parallel && o.exec.towers && several {
+        return bad("--towers on several devices and --data-parallel are two ways to use the devices: choose one");
+    }
     if several && o.exec.towers {
-        return bad(
-            "--towers runs AlexNet's towers on two streams of one device; a tower per device is not built yet \
-             (use --device)",
-        );
+        if o.model != "alexnet" {
+            return bad("--towers on several devices splits AlexNet (--model alexnet)");
+        }
+        if m.devices.len() != 2 {
+            return bad("--towers splits AlexNet over exactly two devices, as the paper's two GPUs");
+        }
     }
     if (several || m.process_group.is_some()) && o.cuda_graph {
         return bad("--cuda-graph captures one device's step: it cannot be combined with several devices");
