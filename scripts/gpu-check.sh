@@ -12,8 +12,9 @@
 #   tier 1  devices; selftest (every kernel against the plain references); a short training run
 #           whose loss must fall; the same run as a captured CUDA graph, step by step equal to
 #           it; AlexNet's training step with and without --towers; data parallelism over
-#           two devices (with and without --sync-bn, and its scaling against one GPU) where
-#           there are two GPUs, skipped where there is one.
+#           two devices (with and without --sync-bn, and its scaling against one GPU) and
+#           AlexNet's towers on two GPUs (a profiled step), where there are two GPUs, skipped
+#           where there is one.
 #   tier 2  bench of the ResNet-50, memory-bound and GEMM suites, each followed by the same
 #           problems in PyTorch (scripts/torch_baseline.py; needs torch, and torchvision for the
 #           ResNet/DenseNet training steps, which are skipped without it); then the GEMM and
@@ -258,6 +259,16 @@ elif run_step data-parallel 1 120 "$bin" train "${dp[@]}" --devices "$pair" --da
         amend "PASS ($one img/s on one GPU, $two on two: x$(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }'))"
     fi
     run_step sync-bn 1 120 "$bin" train "${dp[@]}" --devices "$pair" --data-parallel --sync-bn
+fi
+# AlexNet's towers on two devices: a profiled step (its copies between the GPUs are rows of
+# their own), against the one-GPU step of the towers step above.
+if [ "$device" != cuda ]; then
+    skip towers-2gpu 1 "the emulator: AlexNet at 227x227 is minutes; tests/towers_on_devices.rs covers it there"
+elif [ "$gpus" -lt 2 ]; then
+    skip towers-2gpu 1 "$gpus GPU here: a tower per GPU needs two"
+elif run_step towers-2gpu 1 120 "$bin" profile --model alexnet --towers --devices cuda:0,cuda:1 --batch-size 128 \
+    --steps 3 --trace "$out/towers-2gpu.json"; then
+    amend "PASS ($(grep -m1 -o 'step [0-9.]* ms' "$out/towers-2gpu.log") at batch 128 on two GPUs; copies: $(grep -c 'Copy' "$out/towers-2gpu.log") rows)"
 fi
 fi
 

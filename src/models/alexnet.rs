@@ -141,6 +141,14 @@ impl Module for AlexNet {
     }
 }
 
+impl AlexNet {
+    /// The batch shape AlexNet (on one device or two) takes: fc6 reads exactly 256·6·6
+    /// values, so the image size is fixed.
+    pub(super) fn check_image_shape(shape: &Shape) -> Result<()> {
+        super::check_image("alexnet", shape, 3, super::Size::Exactly(227, 227, "its fc6 reads exactly 256×6×6 values"))
+    }
+}
+
 impl Model for AlexNet {
     fn name(&self) -> &str {
         "alexnet"
@@ -155,7 +163,6 @@ impl Model for AlexNet {
         Ok(Box::new(super::AlexNetTowers::split(*self, devices)?))
     }
     fn check_input(&self, shape: &Shape) -> Result<()> {
-        // fc6 reads exactly 256·6·6 values, so the image size is fixed.
-        super::check_image("alexnet", shape, 3, super::Size::Exactly(227, 227, "its fc6 reads exactly 256×6×6 values"))
+        AlexNet::check_image_shape(shape)
     }
 }

@@ -94,26 +94,46 @@ fn tower_name(t: usize, layer: &str) -> String {
     format!("tower{t}.{layer}")
 }
 
-/// Tower `t`'s half of a convolution: output kernels `start..end`, as a convolution of one
-/// group (a grouped layer's group, or a slice of an ungrouped layer's kernels).
-fn conv_half(c: &Conv2d, t: usize, (start, end): (usize, usize), device: Device) -> Result<Conv2d> {
-    let name = tower_name(t, &c.name);
-    let weight = Param::new(format!("{name}.weight"), rows(&c.weight.value, start, end, device)?);
-    let bias = match &c.bias {
+/// Rows `start..end` of a layer's weight and bias, named for tower `t`'s layer `name`.
+fn half_params(
+    name: &str,
+    (weight, bias): (&Param, Option<&Param>),
+    (start, end): (usize, usize),
+    device: Device,
+) -> Result<(Param, Option<Param>)> {
+    let weight = Param::new(format!("{name}.weight"), rows(&weight.value, start, end, device)?);
+    let bias = match bias {
         Some(b) => Some(Param::new(format!("{name}.bias"), rows(&b.value, start, end, device)?)),
         None => None,
     };
+    Ok((weight, bias))
+}
+
+/// Tower `t`'s half of a convolution: output kernels `start..end`, as a convolution of one
+/// group (a grouped layer's group, or a slice of an ungrouped layer's kernels).
+fn conv_half(c: &Conv2d, t: usize, range: (usize, usize), device: Device) -> Result<Conv2d> {
+    let name = tower_name(t, &c.name);
+    let (weight, bias) = half_params(&name, (&c.weight, c.bias.as_ref()), range, device)?;
     Ok(Conv2d { name, weight, bias, params: Conv2dParams { groups: 1, ..c.params } })
 }
 
-fn linear_half(l: &Linear, t: usize, (start, end): (usize, usize), device: Device) -> Result<Linear> {
+fn linear_half(l: &Linear, t: usize, range: (usize, usize), device: Device) -> Result<Linear> {
     let name = tower_name(t, &l.name);
-    let weight = Param::new(format!("{name}.weight"), rows(&l.weight.value, start, end, device)?);
-    let bias = match &l.bias {
-        Some(b) => Some(Param::new(format!("{name}.bias"), rows(&b.value, start, end, device)?)),
-        None => None,
-    };
+    let (weight, bias) = half_params(&name, (&l.weight, l.bias.as_ref()), range, device)?;
     Ok(Linear { name, weight, bias })
+}
+
+/// A whole layer's weight and bias: its two towers' halves stacked.
+fn stack_halves(
+    whole: (&mut Param, Option<&mut Param>),
+    a: (&Param, Option<&Param>),
+    b: (&Param, Option<&Param>),
+) -> Result<()> {
+    whole.0.value = stacked(&a.0.value, &b.0.value)?;
+    if let (Some(w), Some(p), Some(q)) = (whole.1, a.1, b.1) {
+        w.value = stacked(&p.value, &q.value)?;
+    }
+    Ok(())
 }
 
 /// Tower `t`'s share of `n` kernels or units: the first ⌈n/2⌉, or the rest.
@@ -327,33 +347,34 @@ impl Model for AlexNetTowers {
         self.num_classes
     }
     fn check_input(&self, shape: &Shape) -> Result<()> {
-        super::check_image("alexnet", shape, 3, super::Size::Exactly(227, 227, "its fc6 reads exactly 256×6×6 values"))
+        AlexNet::check_image_shape(shape)
     }
 
     /// The one-device AlexNet on the CPU, each layer's halves stacked back together.
     fn merged(&self) -> Result<Option<Box<dyn Model>>> {
         let mut net = AlexNet::new(self.num_classes, 0);
         let [a, b] = &self.towers;
-        let pairs = [
+        for (whole, x, y) in [
             (&mut net.conv1, &a.conv1, &b.conv1),
             (&mut net.conv2, &a.conv2, &b.conv2),
             (&mut net.conv3, &a.conv3, &b.conv3),
             (&mut net.conv4, &a.conv4, &b.conv4),
             (&mut net.conv5, &a.conv5, &b.conv5),
-        ];
-        for (whole, x, y) in pairs {
-            whole.weight.value = stacked(&x.weight.value, &y.weight.value)?;
-            if let (Some(w), Some(p), Some(q)) = (whole.bias.as_mut(), &x.bias, &y.bias) {
-                w.value = stacked(&p.value, &q.value)?;
-            }
+        ] {
+            stack_halves(
+                (&mut whole.weight, whole.bias.as_mut()),
+                (&x.weight, x.bias.as_ref()),
+                (&y.weight, y.bias.as_ref()),
+            )?;
         }
         for (whole, x, y) in
             [(&mut net.fc6, &a.fc6, &b.fc6), (&mut net.fc7, &a.fc7, &b.fc7), (&mut net.fc8, &a.fc8, &b.fc8)]
         {
-            whole.weight.value = stacked(&x.weight.value, &y.weight.value)?;
-            if let (Some(w), Some(p), Some(q)) = (whole.bias.as_mut(), &x.bias, &y.bias) {
-                w.value = stacked(&p.value, &q.value)?;
-            }
+            stack_halves(
+                (&mut whole.weight, whole.bias.as_mut()),
+                (&x.weight, x.bias.as_ref()),
+                (&y.weight, y.bias.as_ref()),
+            )?;
         }
         net.drop6.p = self.drop6.p;
         net.drop7.p = self.drop7.p;
