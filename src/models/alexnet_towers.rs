@@ -180,15 +180,7 @@ impl AlexNetTowers {
 
     /// `x` on tower `t`'s device: itself if it is there, else a copy, as a profiled exchange.
     fn on_device_of(&self, g: &mut Graph, name: &str, x: &Var, t: usize) -> Result<Var> {
-        let (from, to) = (x.value().device(), self.devices[t]);
-        if from == to {
-            return Ok(x.clone());
-        }
-        let label = format!("{name}.to{t}");
-        g.begin_layer(&label);
-        let y = g.copy_to(x, to)?;
-        g.record_layer(&label, x, &y, 0, LayerOp::Exchange { from, to });
-        Ok(y)
+        exchange(g, x, self.devices[t], &format!("{name}.to{t}"))
     }
 
     /// `x` on both devices.
@@ -212,32 +204,49 @@ impl AlexNetTowers {
         Ok([g.flatten(&a)?, g.flatten(&b)?])
     }
 
-    /// LRN across the split: each tower normalises its channels with the other tower's
-    /// `size / 2` channels next to the split beside them, then keeps its own.
     fn lrn(&self, g: &mut Graph, name: &str, h: [Var; 2]) -> Result<[Var; 2]> {
-        let edge = self.lrn.size / 2;
-        let (c0, c1) = (h[0].dims()[1], h[1].dims()[1]);
-        if edge == 0 {
-            return Ok([g.lrn(&h[0], self.lrn)?, g.lrn(&h[1], self.lrn)?]);
-        }
-        let from1 = g.narrow_channels(&h[1], 0, edge.min(c1))?;
-        let from0 = g.narrow_channels(&h[0], c0 - edge.min(c0), edge.min(c0))?;
-        let from1 = self.on_device_of(g, &format!("{name}.edge1"), &from1, 0)?;
-        let from0 = self.on_device_of(g, &format!("{name}.edge0"), &from0, 1)?;
-        let mut out = Vec::with_capacity(2);
-        for (t, (ext, keep)) in
-            [(g.concat(&[&h[0], &from1])?, 0), (g.concat(&[&from0, &h[1]])?, from0.dims()[1])].into_iter().enumerate()
-        {
-            let label = tower_name(t, name);
-            g.begin_layer(&label);
-            let y = g.lrn(&ext, self.lrn)?;
-            let y = g.narrow_channels(&y, keep, h[t].dims()[1])?;
-            g.record_layer(&label, &h[t], &y, 0, LayerOp::Lrn(self.lrn));
-            out.push(y);
-        }
-        let [a, b]: [Var; 2] = out.try_into().map_err(|_| Error::Autograd("two towers".into()))?;
-        Ok([a, b])
+        lrn_across_towers(g, self.lrn, self.devices, name, h)
     }
+}
+
+/// `x` on `to`: itself if it is there, else a copy (a layer of the profile named `label`).
+fn exchange(g: &mut Graph, x: &Var, to: Device, label: &str) -> Result<Var> {
+    let from = x.value().device();
+    if from == to {
+        return Ok(x.clone());
+    }
+    g.begin_layer(label);
+    let y = g.copy_to(x, to)?;
+    g.record_layer(label, x, &y, 0, LayerOp::Exchange { from, to });
+    Ok(y)
+}
+
+/// LRN across the split of two towers' channels `h` (tower 0's first): each tower normalises
+/// its channels with the other tower's `size / 2` channels next to the split beside them,
+/// then keeps its own, which gives what one LRN over all the channels gives.
+fn lrn_across_towers(g: &mut Graph, p: LrnParams, devices: [Device; 2], name: &str, h: [Var; 2]) -> Result<[Var; 2]> {
+    let edge = p.size / 2;
+    let (c0, c1) = (h[0].dims()[1], h[1].dims()[1]);
+    if edge == 0 {
+        return Ok([g.lrn(&h[0], p)?, g.lrn(&h[1], p)?]);
+    }
+    let from1 = g.narrow_channels(&h[1], 0, edge.min(c1))?;
+    let from0 = g.narrow_channels(&h[0], c0 - edge.min(c0), edge.min(c0))?;
+    let from1 = exchange(g, &from1, devices[0], &format!("{name}.edge1.to0"))?;
+    let from0 = exchange(g, &from0, devices[1], &format!("{name}.edge0.to1"))?;
+    let mut out = Vec::with_capacity(2);
+    for (t, (ext, keep)) in
+        [(g.concat(&[&h[0], &from1])?, 0), (g.concat(&[&from0, &h[1]])?, from0.dims()[1])].into_iter().enumerate()
+    {
+        let label = tower_name(t, name);
+        g.begin_layer(&label);
+        let y = g.lrn(&ext, p)?;
+        let y = g.narrow_channels(&y, keep, h[t].dims()[1])?;
+        g.record_layer(&label, &h[t], &y, 0, LayerOp::Lrn(p));
+        out.push(y);
+    }
+    let [a, b]: [Var; 2] = out.try_into().map_err(|_| Error::Autograd("two towers".into()))?;
+    Ok([a, b])
 }
 
 impl Module for AlexNetTowers {
@@ -379,5 +388,59 @@ impl Model for AlexNetTowers {
         net.drop6.p = self.drop6.p;
         net.drop7.p = self.drop7.p;
         Ok(Some(Box::new(net)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two towers' LRN with the edges exchanged equals one LRN over all the channels, forward
+    /// and backward; without the edges, the channels beside the split would differ.
+    #[test]
+    fn lrn_across_the_split_is_one_lrn_over_all_channels() {
+        let p = LrnParams::alexnet();
+        // Large values, so that a neighbour's square moves the result well above rounding.
+        let x = Tensor::randn([2, 10, 3, 3], 0.0, 30.0, crate::tensor::DType::F32, 4);
+        let dy = Tensor::randn([2, 10, 3, 3], 0.0, 1.0, crate::tensor::DType::F32, 5);
+        let mut g = Graph::new();
+        let whole = g.leaf(x.clone());
+        let y = g.lrn(&whole, p).unwrap();
+        let dx = g.backward_with_grad(&y, dy.clone()).unwrap().of(&whole).unwrap().to_f64_vec().unwrap();
+        let y = y.value().to_f64_vec().unwrap();
+
+        let devices = [Device::Emu(0), Device::Emu(1)];
+        let half = |t: usize| {
+            let v = x.to_f64_vec().unwrap();
+            let mut out = Vec::new();
+            for n in 0..2 {
+                let start = (n * 10 + 5 * t) * 9;
+                out.extend(v[start..start + 45].iter().map(|&a| a as f32));
+            }
+            Tensor::from_vec([2, 5, 3, 3], out).unwrap().to_device(devices[t]).unwrap()
+        };
+        let mut g = Graph::new();
+        let h = [g.leaf(half(0)), g.leaf(half(1))];
+        let [a, b] = lrn_across_towers(&mut g, p, devices, "norm", h.clone()).unwrap();
+        assert_eq!((a.value().device(), b.value().device()), (devices[0], devices[1]));
+        let b_here = g.copy_to(&b, devices[0]).unwrap();
+        let both = g.concat(&[&a, &b_here]).unwrap();
+        let grads = g.backward_with_grad(&both, dy.to_device(devices[0]).unwrap()).unwrap();
+        let got = both.value().to_f64_vec().unwrap();
+        let close = |u: &[f64], v: &[f64], what: &str| {
+            for (i, (p, q)) in u.iter().zip(v).enumerate() {
+                assert!((p - q).abs() <= 1e-6 * (1.0 + q.abs()), "{what}[{i}]: {p} vs {q}");
+            }
+        };
+        close(&got, &y, "y");
+        let (g0, g1) = (grads.of(&h[0]).unwrap().to_f64_vec().unwrap(), grads.of(&h[1]).unwrap().to_f64_vec().unwrap());
+        for n in 0..2 {
+            close(&g0[n * 45..n * 45 + 45], &dx[n * 90..n * 90 + 45], "dx of tower 0");
+            close(&g1[n * 45..n * 45 + 45], &dx[n * 90 + 45..n * 90 + 90], "dx of tower 1");
+        }
+        // Each tower's own LRN alone differs beside the split: the edges matter.
+        let alone = crate::ops::lrn::forward(&half(0), p).unwrap().to_f64_vec().unwrap();
+        let last = 4 * 9; // channel 4, the last of tower 0, first image
+        assert!((alone[last] - y[last]).abs() > 1e-4 * y[last].abs(), "{} vs {}", alone[last], y[last]);
     }
 }
