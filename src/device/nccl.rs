@@ -57,6 +57,9 @@ pub struct Nccl {
     devices: Vec<Arc<GpuDevice>>,
     world: usize,
     version: String,
+    /// Set once the communicators are aborted: NCCL frees them then, so they are not
+    /// destroyed again.
+    aborted: std::sync::atomic::AtomicBool,
 }
 
 fn nccl_error(what: &str, e: result::NcclError) -> Error {
@@ -86,6 +89,7 @@ impl Nccl {
             devices: devices.to_vec(),
             world: devices.len(),
             version,
+            aborted: Default::default(),
         })
     }
 
@@ -98,7 +102,7 @@ impl Nccl {
         super::cuda::quietly(|| unsafe { result::comm_init_rank(&mut comm, world as i32, id, rank as i32) })
             .ok_or_else(|| Error::Device("NCCL: ncclCommInitRank is missing from libnccl.so".into()))?
             .map_err(|e| nccl_error(&format!("ncclCommInitRank (rank {rank} of {world})"), e))?;
-        Ok(Nccl { comms: vec![Comm(comm)], devices: vec![device], world, version })
+        Ok(Nccl { comms: vec![Comm(comm)], devices: vec![device], world, version, aborted: Default::default() })
     }
 }
 
@@ -142,6 +146,9 @@ impl Collective for Nccl {
     }
 
     fn abort(&self, _why: &str) {
+        if self.aborted.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         for comm in &self.comms {
             // SAFETY: our communicator; aborting makes the other ranks' calls fail, not hang.
             let _ = unsafe { result::comm_abort(comm.0) };
@@ -151,6 +158,9 @@ impl Collective for Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
+        if *self.aborted.get_mut() {
+            return;
+        }
         for comm in &self.comms {
             // SAFETY: our communicator, destroyed once.
             let _ = unsafe { result::comm_destroy(comm.0) };
