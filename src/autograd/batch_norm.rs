@@ -189,7 +189,8 @@ impl Graph {
 
     /// Synchronised batch norm (`--sync-bn`, PyTorch's `SyncBatchNorm`): the statistics of
     /// the whole batch, all devices together. Each device takes the mean and variance of its
-    /// own part; one all-reduce sums, per channel, the count, the count times the mean, and
+    /// own part (from the training kernel, whose normalised output is dropped: no op gives
+    /// the statistics alone); one all-reduce sums, per channel, the count, the count times the mean, and
     /// the count times the mean square (variance plus squared mean), in f64 so that the
     /// difference `E[x²] − E[x]²` loses nothing; every device then normalises with the same
     /// statistics (the eval kernel, with those as fixed statistics) and runs the epilogue as

@@ -67,7 +67,9 @@ pub struct AlexNetTowers {
     num_classes: usize,
     devices: [Device; 2],
     towers: [Tower; 2],
-    lrn: LrnParams,
+    /// The two LRN layers' parameters (after conv1, after conv2).
+    norm1: LrnParams,
+    norm2: LrnParams,
     drop6: Dropout,
     drop7: Dropout,
 }
@@ -172,7 +174,8 @@ impl AlexNetTowers {
             num_classes: net.num_classes,
             devices,
             towers,
-            lrn: net.norm1.params,
+            norm1: net.norm1.params,
+            norm2: net.norm2.params,
             drop6: net.drop6,
             drop7: net.drop7,
         })
@@ -202,10 +205,6 @@ impl AlexNetTowers {
         let maps = [as_maps(g, &halves[0])?, as_maps(g, &halves[1])?];
         let [a, b] = self.gather(g, name, &maps)?;
         Ok([g.flatten(&a)?, g.flatten(&b)?])
-    }
-
-    fn lrn(&self, g: &mut Graph, name: &str, h: [Var; 2]) -> Result<[Var; 2]> {
-        lrn_across_towers(g, self.lrn, self.devices, name, h)
     }
 }
 
@@ -257,14 +256,14 @@ impl Module for AlexNetTowers {
             h.push(self.towers[t].conv1.forward_relu(g, x)?);
         }
         let h: [Var; 2] = h.try_into().map_err(|_| Error::Autograd("two towers".into()))?;
-        let h = self.lrn(g, "norm1", h)?;
+        let h = lrn_across_towers(g, self.norm1, self.devices, "norm1", h)?;
         let mut next = Vec::with_capacity(2);
         for (t, h) in h.iter().enumerate() {
             let p = self.towers[t].pool1.forward(g, h)?;
             next.push(self.towers[t].conv2.forward_relu(g, &p)?);
         }
         let h: [Var; 2] = next.try_into().map_err(|_| Error::Autograd("two towers".into()))?;
-        let h = self.lrn(g, "norm2", h)?;
+        let h = lrn_across_towers(g, self.norm2, self.devices, "norm2", h)?;
         let pooled = [self.towers[0].pool2.forward(g, &h[0])?, self.towers[1].pool2.forward(g, &h[1])?];
         let full = self.gather(g, "conv3.input", &pooled)?;
         let mut flat = Vec::with_capacity(2);

@@ -128,7 +128,8 @@ pub struct StepOutcome {
 /// One data-parallel step: every replica of this process runs forward and backward on its
 /// part of the batch (`batch` images in all, every rank's together) on a thread of its own,
 /// the gradients are summed by buckets during the backward pass, and each replica makes the
-/// SGD step; then every replica takes the first one's running statistics.
+/// SGD step. (The caller then gives every replica the first one's running statistics,
+/// [`broadcast_buffers`].)
 pub fn step(dp: &DataParallel, replicas: Vec<ReplicaStep<'_>>, batch: usize, exec: ExecOptions) -> Result<StepOutcome> {
     if replicas.len() != dp.ranks.len() {
         return Err(Error::Device(format!("{} replicas for {} devices", replicas.len(), dp.ranks.len())));
@@ -142,7 +143,9 @@ pub fn step(dp: &DataParallel, replicas: Vec<ReplicaStep<'_>>, batch: usize, exe
                 s.spawn(move || {
                     let abort = AbortOnDrop { collective: dp.collective.as_ref(), armed: true, rank: global };
                     let out = replica_step(dp, local, device, r, batch, exec);
-                    abort.disarm(out.is_ok());
+                    if out.is_ok() {
+                        abort.disarm();
+                    }
                     out
                 })
             })
@@ -163,9 +166,8 @@ pub fn step(dp: &DataParallel, replicas: Vec<ReplicaStep<'_>>, batch: usize, exe
         }
     }
     // The replica that failed first says why; the others' errors are the aborts it caused.
-    if let Some(i) =
-        errors.iter().position(|e| !e.to_string().contains("abandoned")).or((!errors.is_empty()).then_some(0))
-    {
+    if !errors.is_empty() {
+        let i = errors.iter().position(|e| !e.to_string().contains("abandoned")).unwrap_or(0);
         return Err(errors.swap_remove(i));
     }
     Ok(StepOutcome { loss: loss / predictions.len().max(1) as f64, predictions })
@@ -179,8 +181,8 @@ struct AbortOnDrop<'a> {
 }
 
 impl AbortOnDrop<'_> {
-    fn disarm(mut self, ok: bool) {
-        self.armed = !ok;
+    fn disarm(mut self) {
+        self.armed = false;
     }
 }
 
@@ -283,7 +285,7 @@ pub fn broadcast_buffers(first: &dyn Model, other: &mut dyn Model) -> Result<()>
     Ok(())
 }
 
-/// A replica of `first` on `device`: a model built by `build` (the same network), holding
+/// A replica of `first` on `device`: `other`, the same network freshly built, holding
 /// `first`'s parameters and buffers.
 pub fn replicate(first: &dyn Model, mut other: Box<dyn Model>, device: Device) -> Result<Box<dyn Model>> {
     other.to_device(device)?;

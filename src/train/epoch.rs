@@ -122,6 +122,12 @@ impl<'a> Trainer<'a> {
             } else {
                 self.train_step(train, chunk)?
             };
+            if !loss_value.is_finite() {
+                return Err(Error::argument(
+                    "train",
+                    format!("the loss became {loss_value} at step {}; try a smaller --lr", self.step + 1),
+                ));
+            }
 
             // A process of a multi-process run sees its own part of each batch.
             correct += predictions.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
@@ -183,12 +189,6 @@ impl<'a> Trainer<'a> {
                 eager_step(o, self.model.as_mut(), &mut self.opt, self.scaler.as_mut(), step, batch, chunk.len())?
             }
         };
-        if !loss_value.is_finite() {
-            return Err(Error::argument(
-                "train",
-                format!("the loss became {loss_value} at step {}; try a smaller --lr", step + 1),
-            ));
-        }
         Ok((loss_value, predictions, labels))
     }
 }
@@ -229,12 +229,6 @@ impl Trainer<'_> {
             .map_err(|e| e.in_context(|| at("data-parallel step")))?;
         for (other, _) in &mut parallel.others {
             broadcast_buffers(self.model.as_ref(), other.as_mut())?;
-        }
-        if !outcome.loss.is_finite() {
-            return Err(Error::argument(
-                "train",
-                format!("the loss became {} at step {}; try a smaller --lr", outcome.loss, step + 1),
-            ));
         }
         Ok((outcome.loss, outcome.predictions, labels))
     }
